@@ -1,0 +1,35 @@
+# Gantry — build, run, test and benchmark. `make run` and `make test` install what is missing.
+SWIFT ?= swift
+DEBIAN_PACKAGES := libgit2-dev libyaml-dev libsqlite3-dev pkg-config openssh-client git python3 curl
+STATE ?= .gantry
+
+.PHONY: deps build run test bench clean
+
+## Install the Debian packages Gantry needs, only when something is missing.
+deps:
+	@missing=""; for p in $(DEBIAN_PACKAGES); do \
+	  dpkg-query -W -f='$${Status}' $$p 2>/dev/null | grep -q "install ok installed" || missing="$$missing $$p"; \
+	done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing:$$missing"; \
+	  SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
+
+build: deps
+	$(SWIFT) build --product gantry
+
+## The demo: a configuration repository made from example-repo/, the local driver, SQLite state.
+run: build
+	$(SWIFT) run gantry demo --state $(STATE)
+
+test: deps
+	$(SWIFT) build --build-tests
+	$(SWIFT) test --skip-build --parallel --num-workers 2
+
+bench: deps
+	$(SWIFT) build -c release --product GantryBench --product gantry
+	$(SWIFT) run -c release GantryBench
+
+clean:
+	rm -rf .build $(STATE)

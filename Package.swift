@@ -1,0 +1,57 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+let package = Package(
+    name: "Gantry",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "gantry", targets: ["gantry"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
+        .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+    ],
+    targets: [
+        // System-library shim for libgit2 (Debian libgit2-dev). No logic.
+        .systemLibrary(name: "CLibgit2", pkgConfig: "libgit2", providers: [.apt(["libgit2-dev"])]),
+        // System-library shim for libyaml (Debian libyaml-dev). No logic.
+        .systemLibrary(name: "CYAML", pkgConfig: "yaml-0.1", providers: [.apt(["libyaml-dev"])]),
+        // The only importer of libgit2: refs, trees, diffs, ancestry, notes, signatures.
+        .target(name: "GitStore", dependencies: ["CLibgit2"]),
+        // Value types for settings, environments and templates. No I/O.
+        .target(name: "SpecModel"),
+        // YAML -> SpecModel with positions; templates, interpolation, validation, previews.
+        .target(name: "SpecLoading", dependencies: ["CYAML", "SpecModel", "GitStore",
+                                                    .product(name: "Crypto", package: "swift-crypto")]),
+        // Audit records, SSHSIG signing/verification, notes writer with compare-and-swap.
+        .target(name: "Audit", dependencies: ["GitStore", .product(name: "Crypto", package: "swift-crypto")]),
+        // SQLite state (GRDB, WAL): environments, services, refs, events.
+        .target(name: "StateStore", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
+        // The reconcile loop, its steps and sweeps; the Driver protocol.
+        .target(name: "Reconciler", dependencies: ["GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore",
+                                                   .product(name: "Logging", package: "swift-log")]),
+        // The embedded default driver: supervised local processes.
+        .target(name: "LocalDriver", dependencies: ["Reconciler", "SpecModel", "StateStore",
+                                                    .product(name: "Logging", package: "swift-log")]),
+        // The CLI and composition root.
+        .executableTarget(name: "gantry", dependencies: [
+            "GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        // `make bench`: figures against a git-CLI baseline measured in the same run.
+        .executableTarget(name: "GantryBench", dependencies: [
+            "GitStore", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver",
+            .product(name: "Logging", package: "swift-log"),
+        ]),
+        .target(name: "TestSupport", dependencies: ["GitStore"], path: "Tests/TestSupport"),
+        .testTarget(name: "GitStoreTests", dependencies: ["GitStore", "TestSupport"]),
+        .testTarget(name: "SpecLoadingTests", dependencies: ["SpecLoading", "SpecModel", "GitStore", "TestSupport"]),
+        .testTarget(name: "AuditTests", dependencies: ["Audit", "GitStore", "TestSupport"]),
+        .testTarget(name: "StateStoreTests", dependencies: ["StateStore", "TestSupport"]),
+        .testTarget(name: "LocalDriverTests", dependencies: ["LocalDriver", "Reconciler", "StateStore", "SpecModel", "TestSupport"]),
+        .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "GitStore", "Audit"]),
+    ]
+)

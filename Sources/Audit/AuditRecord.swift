@@ -1,0 +1,103 @@
+import Crypto
+import Foundation
+
+/// The events FORMATS.md section 2 lists.
+public enum AuditEvent: String, Sendable, CaseIterable, Codable {
+    case admitted, denied, approved, applied, failed, destroyed, slept, woke
+    case pendingApproval = "pending-approval"
+    case driftCorrected = "drift-corrected"
+    case budgetAlert = "budget-alert"
+    case budgetPaused = "budget-paused"
+    case killSwitch = "kill-switch"
+    case ttlExpired = "ttl-expired"
+}
+
+/// What a caller asks to record; `AuditLog` numbers, chains and signs it.
+public struct AuditEntry: Sendable {
+    public let event: AuditEvent
+    /// The commit the note is attached to.
+    public let commit: String
+    /// Ordered `key: value` lines after `at:` (environment, branch, commit, actor, rule, ...).
+    public let fields: [(key: String, value: String)]
+
+    public init(event: AuditEvent, commit: String, fields: [(key: String, value: String)]) {
+        self.event = event
+        self.commit = commit
+        self.fields = fields
+    }
+}
+
+/// One signed record as written in a note.
+public struct AuditRecord: Sendable {
+    public let seq: Int
+    public let event: String
+    public let at: String
+    /// Every line between `at:` and `prev:`, in order.
+    public let fields: [(key: String, value: String)]
+    public let prev: String
+    public let signature: String
+
+    /// The bytes the signature covers: everything before the signature block.
+    public var signedText: String {
+        var text = "gantry-audit: 1\nseq: \(seq)\nevent: \(event)\nat: \(at)\n"
+        for field in fields { text += "\(field.key): \(field.value)\n" }
+        return text + "prev: \(prev)\n"
+    }
+
+    public var text: String { signedText + signature }
+
+    /// `sha256:<hex>` of the full record, the `prev` of the next one.
+    public var digest: String {
+        "sha256:" + SHA256.hash(data: Data(text.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    public func values(_ key: String) -> [String] { fields.filter { $0.key == key }.map(\.value) }
+    public func value(_ key: String) -> String? { values(key).first }
+
+    static func sanitize(_ value: String) -> String {
+        value.replacingOccurrences(of: "\r", with: " ").replacingOccurrences(of: "\n", with: " ")
+    }
+
+    static func timestamp(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        return formatter.string(from: date)
+    }
+
+    /// Splits a note into its records. Text that is not a well-formed record is reported, not dropped.
+    public static func parseNote(_ note: String) -> (records: [AuditRecord], problems: [String]) {
+        var records: [AuditRecord] = []
+        var problems: [String] = []
+        let end = "-----END SSH SIGNATURE-----"
+        var rest = Substring(note)
+        while let stop = rest.range(of: end) {
+            let chunk = rest[..<stop.upperBound].trimmingCharacters(in: .newlines) + "\n"
+            rest = rest[stop.upperBound...]
+            do { records.append(try parse(chunk)) } catch { problems.append("\(error)") }
+        }
+        if !rest.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
+            problems.append("text after the last record that is not a signed record")
+        }
+        return (records, problems)
+    }
+
+    static func parse(_ text: String) throws -> AuditRecord {
+        guard let begin = text.range(of: "-----BEGIN SSH SIGNATURE-----") else { throw SSHFormatError("record without a signature") }
+        let signature = String(text[begin.lowerBound...])
+        var lines = text[..<begin.lowerBound].split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        if lines.last == "" { lines.removeLast() }
+        func pair(_ line: String) -> (String, String)? {
+            guard let range = line.range(of: ": ") else { return nil }
+            return (String(line[..<range.lowerBound]), String(line[range.upperBound...]))
+        }
+        let pairs = lines.compactMap(pair)
+        guard pairs.count == lines.count, pairs.count >= 5, pairs[0] == ("gantry-audit", "1"), pairs[1].0 == "seq",
+              let seq = Int(pairs[1].1), pairs[2].0 == "event", pairs[3].0 == "at", pairs.last!.0 == "prev" else {
+            throw SSHFormatError("malformed record: expected gantry-audit, seq, event, at, ..., prev lines")
+        }
+        return AuditRecord(seq: seq, event: pairs[2].1, at: pairs[3].1,
+                           fields: pairs[4..<(pairs.count - 1)].map { (key: $0.0, value: $0.1) },
+                           prev: pairs.last!.1, signature: signature)
+    }
+}

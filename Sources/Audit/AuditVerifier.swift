@@ -1,0 +1,69 @@
+import Foundation
+import GitStore
+
+/// Checks the whole audit log: every signature, `seq` without gaps or repeats, the `prev` chain,
+/// the head recorded at the notes ref's tip, and the signature of every notes commit.
+public struct AuditVerifier: Sendable {
+    public let trustedKeys: [SSHPublicKey]
+
+    public init(trustedKeys: [SSHPublicKey]) { self.trustedKeys = trustedKeys }
+
+    public struct Report: Sendable {
+        public var recordCount = 0
+        public var faults: [String] = []
+        public var isValid: Bool { faults.isEmpty }
+    }
+
+    public func verify(repository: GitRepository, notesRef: String = AuditLog.defaultRef) throws -> Report {
+        var report = Report()
+        let (records, problems) = try AuditLog.records(in: repository, notesRef: notesRef)
+        report.faults += problems
+        report.recordCount = records.count
+        var expectedSeq = 1
+        var prev = "none"
+        for (commit, record) in records {
+            let place = "record seq \(record.seq) (\(record.event), on \(commit.short))"
+            do {
+                let signer = try SSHSignature.verify(record.signature, message: Data(record.signedText.utf8), namespace: "gantry-audit")
+                if !trustedKeys.contains(signer) {
+                    report.faults.append("\(place): signed by \(signer.fingerprint), which is not the Gantry key")
+                }
+            } catch {
+                report.faults.append("\(place): bad signature: \(error) — the record was edited or forged")
+            }
+            if record.seq < expectedSeq {
+                report.faults.append("\(place): seq \(record.seq) appears more than once")
+            } else if record.seq > expectedSeq {
+                report.faults.append("\(place): records \(expectedSeq)...\(record.seq - 1) are missing")
+            }
+            if record.prev != prev {
+                report.faults.append("\(place): prev is \(record.prev) but the record before it hashes to \(prev) — a record was removed, edited or reordered")
+            }
+            expectedSeq = record.seq + 1
+            prev = record.digest
+        }
+        do {
+            let head = try AuditLog.head(of: repository, notesRef: notesRef)
+            if head.seq != records.count || (head.seq > 0 && head.digest != prev) {
+                report.faults.append("the notes ref's head says seq \(head.seq) \(head.digest), but the records end at seq \(records.last?.record.seq ?? 0) \(prev) — records were removed from the end or rewritten")
+            }
+            var commit = head.tip
+            while let current = commit {
+                if let signature = try repository.signature(of: current) {
+                    do {
+                        let signer = try SSHSignature.verify(signature.signature, message: signature.signedData, namespace: "git")
+                        if !trustedKeys.contains(signer) { report.faults.append("notes commit \(current.short) is signed by an unknown key") }
+                    } catch {
+                        report.faults.append("notes commit \(current.short): bad signature: \(error)")
+                    }
+                } else {
+                    report.faults.append("notes commit \(current.short) is not signed")
+                }
+                commit = try repository.commit(current).parents.first
+            }
+        } catch {
+            report.faults.append("\(error)")
+        }
+        return report
+    }
+}

@@ -1,0 +1,88 @@
+import CLibgit2
+
+extension GitRepository {
+    /// One snapshot of every branch: short branch name (without `refs/heads/`) → tip commit.
+    ///
+    /// Throws when the listing fails; callers must treat a failure as "no information", never as
+    /// "every branch was deleted".
+    public func branches() throws -> [String: ObjectID] {
+        try references(withPrefix: "refs/heads/")
+    }
+
+    /// Every reference whose full name starts with `prefix`, keyed by the name after the prefix.
+    public func references(withPrefix prefix: String) throws -> [String: ObjectID] {
+        try locked {
+            var iterator: OpaquePointer?
+            try check("list references", git_reference_iterator_glob_new(&iterator, handle, prefix + "*"))
+            defer { git_reference_iterator_free(iterator) }
+            var result: [String: ObjectID] = [:]
+            while true {
+                var reference: OpaquePointer?
+                let status = git_reference_next(&reference, iterator)
+                if status == GIT_ITEROVER.rawValue { break }
+                try check("list references", status)
+                defer { git_reference_free(reference) }
+                let name = String(cString: git_reference_name(reference))
+                guard name.hasPrefix(prefix) else { continue }
+                var resolved: OpaquePointer?
+                guard git_reference_resolve(&resolved, reference) == 0, let target = git_reference_target(resolved) else {
+                    git_reference_free(resolved)
+                    continue
+                }
+                result[String(name.dropFirst(prefix.count))] = ObjectID(target.pointee)
+                git_reference_free(resolved)
+            }
+            return result
+        }
+    }
+
+    /// The target of one direct reference, or nil when it does not exist.
+    public func reference(_ name: String) throws -> ObjectID? {
+        try locked {
+            var oid = git_oid()
+            let status = git_reference_name_to_id(&oid, handle, name)
+            if status == GIT_ENOTFOUND.rawValue { return nil }
+            try check("read reference \(name)", status)
+            return ObjectID(oid)
+        }
+    }
+
+    /// Points `name` at `target` only if it still points at `expected` (nil: must not exist yet).
+    /// A lost race throws a `GitError` whose `isConflict` is true.
+    public func updateReference(_ name: String, to target: ObjectID, expected: ObjectID?, message: String) throws {
+        try locked {
+            var reference: OpaquePointer?
+            var newOid = target.oid
+            if let expected {
+                var oldOid = expected.oid
+                try check("update \(name)", git_reference_create_matching(&reference, handle, name, &newOid, 1, &oldOid, message))
+            } else {
+                try check("create \(name)", git_reference_create(&reference, handle, name, &newOid, 0, message))
+            }
+            git_reference_free(reference)
+        }
+    }
+
+    /// The best common ancestor of two commits, or nil when they share no history.
+    public func mergeBase(_ a: ObjectID, _ b: ObjectID) throws -> ObjectID? {
+        try locked {
+            var out = git_oid()
+            var one = a.oid
+            var two = b.oid
+            let status = git_merge_base(&out, handle, &one, &two)
+            if status == GIT_ENOTFOUND.rawValue { return nil }
+            try check("merge-base \(a.short) \(b.short)", status)
+            return ObjectID(out)
+        }
+    }
+
+    /// True when `commit` is `tip` or one of its ancestors ("reachable from tip").
+    public func isReachable(_ commit: ObjectID, from tip: ObjectID) throws -> Bool {
+        if commit == tip { return true }
+        return try locked {
+            var descendant = tip.oid
+            var ancestor = commit.oid
+            return try check("descendant-of", git_graph_descendant_of(handle, &descendant, &ancestor)) == 1
+        }
+    }
+}

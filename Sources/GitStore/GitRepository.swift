@@ -1,0 +1,96 @@
+import CLibgit2
+import Foundation
+
+/// Owner of one libgit2 repository handle.
+///
+/// A handle must not be used from two threads at once: every call takes the repository's lock.
+public final class GitRepository: @unchecked Sendable {
+    let handle: OpaquePointer
+    let lock = NSRecursiveLock()
+    /// The path the repository was opened at.
+    public let path: String
+
+    private static let initialized: Void = {
+        git_libgit2_init()
+        // A daemon opens repositories it may not own; libgit2 1.5 has no `safe.directory = *`.
+        _ = gantry_git_disable_owner_validation()
+    }()
+
+    private init(handle: OpaquePointer, path: String) {
+        self.handle = handle
+        self.path = path
+    }
+
+    deinit { git_repository_free(handle) }
+
+    /// Opens an existing repository, bare or not, at `path`.
+    public static func open(path: String) throws -> GitRepository {
+        _ = initialized
+        var repo: OpaquePointer?
+        try check("open \(path)", git_repository_open_ext(&repo, path, UInt32(GIT_REPOSITORY_OPEN_NO_SEARCH.rawValue), nil))
+        return GitRepository(handle: repo!, path: path)
+    }
+
+    /// Creates a new repository whose initial branch is `initialBranch`.
+    public static func create(path: String, bare: Bool, initialBranch: String = "main") throws -> GitRepository {
+        _ = initialized
+        var options = git_repository_init_options()
+        git_repository_init_options_init(&options, UInt32(GIT_REPOSITORY_INIT_OPTIONS_VERSION))
+        options.flags = UInt32(GIT_REPOSITORY_INIT_MKPATH.rawValue) | (bare ? UInt32(GIT_REPOSITORY_INIT_BARE.rawValue) : 0)
+        var repo: OpaquePointer?
+        try initialBranch.withCString { branch in
+            options.initial_head = branch
+            try check("init \(path)", git_repository_init_ext(&repo, path, &options))
+        }
+        return GitRepository(handle: repo!, path: path)
+    }
+
+    func locked<T>(_ body: () throws -> T) rethrows -> T {
+        lock.lock()
+        defer { lock.unlock() }
+        return try body()
+    }
+
+    /// Resolves a revision (ref name, short or full sha) to the commit it names, or nil when absent.
+    public func resolveCommit(_ revision: String) throws -> ObjectID? {
+        try locked {
+            var object: OpaquePointer?
+            let result = git_revparse_single(&object, handle, revision + "^{commit}")
+            if result == GIT_ENOTFOUND.rawValue || result == GIT_EINVALIDSPEC.rawValue || result == GIT_EAMBIGUOUS.rawValue {
+                return nil
+            }
+            try check("resolve \(revision)", result)
+            defer { git_object_free(object) }
+            return ObjectID(git_object_id(object).pointee)
+        }
+    }
+}
+
+extension GitRepository {
+    /// Creates (or opens) a bare mirror of `url` at `path` holding the remote's branches.
+    public static func mirror(url: String, at path: String) throws -> GitRepository {
+        let repository = FileManager.default.fileExists(atPath: path + "/HEAD")
+            ? try open(path: path) : try create(path: path, bare: true)
+        try repository.fetch(url: url)
+        return repository
+    }
+
+    /// Fetches every branch of `url` into `refs/heads/*`, force-updating and pruning deleted ones.
+    public func fetch(url: String) throws {
+        try locked {
+            var remote: OpaquePointer?
+            try check("remote \(url)", git_remote_create_anonymous(&remote, handle, url))
+            defer { git_remote_free(remote) }
+            var options = git_fetch_options()
+            git_fetch_options_init(&options, UInt32(GIT_FETCH_OPTIONS_VERSION))
+            options.prune = GIT_FETCH_PRUNE
+            let refspec = strdup("+refs/heads/*:refs/heads/*")
+            defer { free(refspec) }
+            var pointers: [UnsafeMutablePointer<CChar>?] = [refspec]
+            try pointers.withUnsafeMutableBufferPointer { buffer in
+                var specs = git_strarray(strings: buffer.baseAddress, count: 1)
+                try check("fetch \(url)", git_remote_fetch(remote, &specs, &options, "gantry: fetch"))
+            }
+        }
+    }
+}

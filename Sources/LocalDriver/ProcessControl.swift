@@ -1,0 +1,169 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Starting, identifying and stopping supervised processes, each the leader of its own process group.
+enum ProcessControl {
+    struct SpawnError: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    /// Starts `arguments` in `directory` as a new process group leader, stdin from /dev/null and
+    /// stdout and stderr appended to `logPath`. The program is looked up in PATH.
+    static func spawn(_ arguments: [String], directory: String, environment: [String: String], logPath: String) throws -> pid_t {
+        guard let program = arguments.first else { throw SpawnError(description: "empty command") }
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for number in [SIGTERM, SIGINT, SIGUSR1, SIGPIPE, SIGHUP, SIGCHLD] { sigaddset(&defaults, number) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        posix_spawnattr_setpgroup(&attributes, 0)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o640)
+        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        guard let addChdir = addChdir else { throw SpawnError(description: "this C library has no posix_spawn_file_actions_addchdir_np") }
+        _ = addChdir(&actions, directory)
+
+        let argv = arguments.map { strdup($0) } + [nil]
+        let envp = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        // posix_spawnp searches the PATH of the *new* environment's caller; resolve it ourselves so
+        // the service's own PATH decides.
+        let executable = resolve(program, path: environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")
+        let status = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
+        guard status == 0 else {
+            throw SpawnError(description: "cannot start '\(program)': \(String(cString: strerror(status)))")
+        }
+        return pid
+    }
+
+    /// glibc 2.29+ has `posix_spawn_file_actions_addchdir_np`, but its header hides it from Swift.
+    nonisolated(unsafe) static let addChdir: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32)? = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addchdir_np") else { return nil }
+        return unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32).self)
+    }()
+
+    static func resolve(_ program: String, path: String) -> String {
+        if program.contains("/") { return program }
+        for directory in path.split(separator: ":") {
+            let candidate = "\(directory)/\(program)"
+            if access(candidate, X_OK) == 0 { return candidate }
+        }
+        return program
+    }
+
+    /// Field 22 of `/proc/PID/stat` (start time in clock ticks) and the state letter; nil when gone.
+    static func identity(of pid: pid_t) -> (start: Int64, state: Character)? {
+        guard let text = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8),
+              let close = text.lastIndex(of: ")") else { return nil }
+        let fields = text[text.index(after: close)...].split(separator: " ")
+        guard fields.count > 19, let start = Int64(fields[19]), let state = fields[0].first else { return nil }
+        return (start, state)
+    }
+
+    /// True when `pid` is alive, not a zombie, and is still the process that started at `start`.
+    static func isAlive(_ pid: pid_t, start: Int64?) -> Bool {
+        reap(pid)
+        guard let identity = identity(of: pid), identity.state != "Z" else { return false }
+        return start == nil || identity.start == start
+    }
+
+    /// Collects the exit status of our own child `pid` if it has exited; returns a description.
+    @discardableResult
+    static func reap(_ pid: pid_t) -> String? {
+        var status: Int32 = 0
+        guard waitpid(pid, &status, WNOHANG) == pid else { return nil }
+        return describe(status)
+    }
+
+    /// Reaps every exited child, whoever it was.
+    static func reapAll() {
+        var status: Int32 = 0
+        while waitpid(-1, &status, WNOHANG) > 0 {}
+    }
+
+    static func describe(_ status: Int32) -> String {
+        let signal = status & 0x7f
+        if signal == 0 { return "exited with status \((status >> 8) & 0xff)" }
+        return "killed by signal \(signal)"
+    }
+
+    /// SIGTERM to the whole group, then SIGKILL after `grace` seconds; waits until the group is gone.
+    static func stopGroup(_ pid: pid_t, grace: Double = 5) {
+        guard pid > 1 else { return }
+        kill(-pid, SIGTERM)
+        kill(pid, SIGTERM)
+        let deadline = Date().addingTimeInterval(grace)
+        while Date() < deadline {
+            reap(pid)
+            if kill(-pid, 0) != 0 && (identity(of: pid).map { $0.state == "Z" } ?? true) { return }
+            usleep(20_000)
+        }
+        kill(-pid, SIGKILL)
+        kill(pid, SIGKILL)
+        let hardDeadline = Date().addingTimeInterval(2)
+        while Date() < hardDeadline {
+            reap(pid)
+            if kill(-pid, 0) != 0 { return }
+            usleep(10_000)
+        }
+    }
+
+    /// Processes whose environment holds `NAME=value...` with the given prefix: (pid, value).
+    static func processes(markedWith name: String, prefix: String) -> [(pid: pid_t, value: String)] {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+        var found: [(pid_t, String)] = []
+        let needle = "\(name)=\(prefix)"
+        for entry in entries {
+            guard let pid = pid_t(entry), pid != getpid(),
+                  let data = FileManager.default.contents(atPath: "/proc/\(entry)/environ") else { continue }
+            for variable in data.split(separator: 0) {
+                let text = String(decoding: variable, as: UTF8.self)
+                if text.hasPrefix(needle) {
+                    found.append((pid, String(text.dropFirst(name.count + 1))))
+                    break
+                }
+            }
+        }
+        return found
+    }
+
+    /// A free TCP port on 127.0.0.1 not in `taken`.
+    static func freePort(excluding taken: Set<Int>) throws -> Int {
+        for _ in 0..<100 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            guard fd >= 0 else { break }
+            defer { close(fd) }
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = 0
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            let bound = withUnsafePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            guard bound == 0 else { continue }
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            _ = withUnsafeMutablePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+            }
+            let port = Int(UInt16(bigEndian: address.sin_port))
+            if !taken.contains(port) { return port }
+        }
+        throw SpawnError(description: "no free loopback port found")
+    }
+}

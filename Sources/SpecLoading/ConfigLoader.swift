@@ -1,0 +1,184 @@
+import Crypto
+import Foundation
+import GitStore
+import SpecModel
+
+/// One `environments/*.yaml` file as loaded at a commit: its spec, or why it is invalid.
+public struct LoadedEnvironment: Sendable {
+    public let file: String
+    /// The spec with its template merged; nil when the file could not be decoded at all.
+    public let spec: EnvironmentSpec?
+    public let templateFile: String?
+    public let diagnostics: [Diagnostic]
+
+    public var isValid: Bool { spec != nil && diagnostics.isEmpty }
+    /// The name used in messages: `metadata.name`, else the file's base name.
+    public var name: String {
+        if let name = spec?.name, !name.isEmpty { return name }
+        return URL(fileURLWithPath: file).deletingPathExtension().lastPathComponent
+    }
+    /// Repository paths whose changes concern this environment (its file, template, sources).
+    public var watchedPaths: [String] {
+        [file] + (templateFile.map { [$0] } ?? []) + (spec?.services.compactMap(\.source) ?? [])
+    }
+}
+
+/// Reads the configuration repository at a commit: settings, templates and environments.
+public struct ConfigLoader: Sendable {
+    public let repository: GitRepository
+    public var parser = YAMLParser()
+
+    public init(repository: GitRepository) { self.repository = repository }
+
+    public static let settingsFile = "gantry.yaml"
+    public static let environmentsDirectory = "environments"
+    public static let templatesDirectory = "templates"
+
+    /// `gantry.yaml` at `commit`; defaults when the file is absent.
+    public func settings(at commit: ObjectID) -> (settings: Settings, diagnostics: [Diagnostic]) {
+        do {
+            guard let data = try repository.readFile(Self.settingsFile, at: commit, limit: parser.maxBytes + 1) else {
+                return (Settings(), [])
+            }
+            var diagnostics: [Diagnostic] = []
+            let settings = SpecDecoder.settings(try parser.parse(data, file: Self.settingsFile), &diagnostics)
+            return (settings, diagnostics)
+        } catch {
+            return (Settings(), [Self.diagnostic(error, file: Self.settingsFile)])
+        }
+    }
+
+    /// Every environment file at `commit`, in file-name order, each valid or with its problems.
+    public func environments(at commit: ObjectID) throws -> [LoadedEnvironment] {
+        let entries = try repository.listDirectory(Self.environmentsDirectory, at: commit) ?? []
+        var templates: [String: (node: YAMLNode?, diagnostics: [Diagnostic])] = [:]
+        var loaded: [LoadedEnvironment] = []
+        var firstByName: [String: String] = [:]
+        for entry in entries where entry.kind == .file || entry.kind == .executable {
+            guard entry.name.hasSuffix(".yaml") || entry.name.hasSuffix(".yml") else { continue }
+            let file = "\(Self.environmentsDirectory)/\(entry.name)"
+            var environment = load(file: file, at: commit, templates: &templates)
+            if let name = environment.spec?.name, !name.isEmpty {
+                if let first = firstByName[name] {
+                    environment = LoadedEnvironment(file: file, spec: environment.spec, templateFile: environment.templateFile,
+                        diagnostics: environment.diagnostics + [Diagnostic(file: file, "environment name '\(name)' is already used by \(first); names must be unique")])
+                } else {
+                    firstByName[name] = file
+                }
+            }
+            loaded.append(environment)
+        }
+        return loaded
+    }
+
+    /// All problems at `commit`: settings, every template and every environment.
+    public func validate(at commit: ObjectID) throws -> [Diagnostic] {
+        var diagnostics = settings(at: commit).diagnostics
+        for environment in try environments(at: commit) { diagnostics += environment.diagnostics }
+        for entry in try repository.listDirectory(Self.templatesDirectory, at: commit) ?? [] where entry.name.hasSuffix(".yaml") {
+            let file = "\(Self.templatesDirectory)/\(entry.name)"
+            do {
+                guard let data = try repository.readFile(file, at: commit, limit: parser.maxBytes + 1) else { continue }
+                var templateDiagnostics: [Diagnostic] = []
+                _ = SpecDecoder.environment(try parser.parse(data, file: file), kind: "Template", &templateDiagnostics)
+                diagnostics += templateDiagnostics
+            } catch {
+                diagnostics.append(Self.diagnostic(error, file: file))
+            }
+        }
+        var seen = Set<Diagnostic>()
+        return diagnostics.filter { seen.insert($0).inserted }
+    }
+
+    func load(file: String, at commit: ObjectID, templates: inout [String: (node: YAMLNode?, diagnostics: [Diagnostic])]) -> LoadedEnvironment {
+        var diagnostics: [Diagnostic] = []
+        let node: YAMLNode
+        do {
+            guard let data = try repository.readFile(file, at: commit, limit: parser.maxBytes + 1) else {
+                return LoadedEnvironment(file: file, spec: nil, templateFile: nil, diagnostics: [Diagnostic(file: file, "file not found")])
+            }
+            node = try parser.parse(data, file: file)
+        } catch {
+            return LoadedEnvironment(file: file, spec: nil, templateFile: nil, diagnostics: [Self.diagnostic(error, file: file)])
+        }
+        var merged = node
+        var templateFile: String?
+        if let templateNode = References.find(node, ["spec", "template"]), let templateName = templateNode.scalarText {
+            if let problem = Names.problem(withLabel: templateName) {
+                diagnostics.append(Diagnostic(templateNode.mark, "spec.template '\(templateName)' \(problem)"))
+            } else {
+                let path = "\(Self.templatesDirectory)/\(templateName).yaml"
+                templateFile = path
+                if templates[templateName] == nil { templates[templateName] = loadTemplate(path, at: commit) }
+                let template = templates[templateName]!
+                diagnostics += template.diagnostics
+                if let templateSpec = template.node.flatMap({ References.find($0, ["spec"]) }) {
+                    merged = Merge.replacing(in: node, path: ["spec"]) { Merge.deep(base: templateSpec, over: $0) }
+                } else if template.diagnostics.isEmpty {
+                    let known = (try? repository.listDirectory(Self.templatesDirectory, at: commit))??.map { String($0.name.split(separator: ".")[0]) } ?? []
+                    diagnostics.append(Diagnostic(templateNode.mark, "spec.template '\(templateName)': \(path) does not exist\(SpecDecoder.suggestion(templateName, known))"))
+                }
+            }
+        }
+        let spec = SpecDecoder.environment(merged, &diagnostics)
+        for service in spec?.services ?? [] {
+            guard let source = service.source else { continue }
+            let exists = (try? repository.listDirectory(source, at: commit)) != nil
+            if !exists {
+                let mark = References.find(merged, ["spec", "services", service.name, "source"])?.mark ?? node.mark
+                diagnostics.append(Diagnostic(mark, "spec.services.\(service.name).source '\(source)' is not a directory at \(commit.short); create it or fix the path"))
+            }
+        }
+        return LoadedEnvironment(file: file, spec: spec, templateFile: templateFile, diagnostics: diagnostics)
+    }
+
+    func loadTemplate(_ path: String, at commit: ObjectID) -> (node: YAMLNode?, diagnostics: [Diagnostic]) {
+        do {
+            guard let data = try repository.readFile(path, at: commit, limit: parser.maxBytes + 1) else { return (nil, []) }
+            let node = try parser.parse(data, file: path)
+            var diagnostics: [Diagnostic] = []
+            _ = SpecDecoder.environment(node, kind: "Template", &diagnostics)
+            if References.find(node, ["spec", "template"]) != nil {
+                diagnostics.append(Diagnostic(node.mark, "a template cannot use another template"))
+            }
+            return (node, diagnostics)
+        } catch {
+            return (nil, [Self.diagnostic(error, file: path)])
+        }
+    }
+
+    static func diagnostic(_ error: Error, file: String) -> Diagnostic {
+        if let diagnostic = error as? Diagnostic { return diagnostic }
+        if let git = error as? GitError, git.message.contains("over the limit") {
+            return Diagnostic(file: file, "file is larger than 1 MiB; configuration files are limited to 1 MiB")
+        }
+        return Diagnostic(file: file, "cannot read: \(error)")
+    }
+}
+
+/// Deep merge of YAML trees: mappings merge key by key, anything else is replaced by the overlay.
+enum Merge {
+    static func deep(base: YAMLNode, over overlay: YAMLNode) -> YAMLNode {
+        guard case .mapping(let basePairs, _) = base, case .mapping(let overPairs, let mark) = overlay else { return overlay }
+        var result = basePairs
+        for pair in overPairs {
+            if let index = result.firstIndex(where: { $0.key.scalarText == pair.key.scalarText }) {
+                result[index] = (result[index].key, deep(base: result[index].value, over: pair.value))
+            } else {
+                result.append(pair)
+            }
+        }
+        return .mapping(result, mark)
+    }
+
+    /// `node` with the value at `path` replaced by `transform(value)` (inserted as `transform(empty)` if absent).
+    static func replacing(in node: YAMLNode, path: [String], _ transform: (YAMLNode) -> YAMLNode) -> YAMLNode {
+        guard let key = path.first, case .mapping(var pairs, let mark) = node else { return transform(node) }
+        if let index = pairs.firstIndex(where: { $0.key.scalarText == key }) {
+            pairs[index] = (pairs[index].key, replacing(in: pairs[index].value, path: Array(path.dropFirst()), transform))
+        } else {
+            pairs.append((.scalar(key, plain: true, mark), transform(.mapping([], mark))))
+        }
+        return .mapping(pairs, mark)
+    }
+}

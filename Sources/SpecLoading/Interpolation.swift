@@ -1,0 +1,133 @@
+import SpecModel
+
+/// `${...}` references in spec strings: parsing, validation and substitution. `$${` is a literal `${`.
+public enum Interpolation {
+    /// One piece of an interpolated string.
+    enum Piece: Equatable {
+        case text(String)
+        case reference(String)
+    }
+
+    /// Splits `text` into literal text and references; nil with a message for an unclosed `${`.
+    static func pieces(_ text: String) -> Result<[Piece], InterpolationError> {
+        var pieces: [Piece] = []
+        var literal = ""
+        var index = text.startIndex
+        while index < text.endIndex {
+            if text[index...].hasPrefix("$${") {
+                literal += "${"
+                index = text.index(index, offsetBy: 3)
+            } else if text[index...].hasPrefix("${") {
+                let start = text.index(index, offsetBy: 2)
+                guard let end = text[start...].firstIndex(of: "}") else {
+                    return .failure(InterpolationError(message: "unclosed '${' in '\(text)'; close it with '}' or write '$${' for a literal"))
+                }
+                if !literal.isEmpty { pieces.append(.text(literal)); literal = "" }
+                pieces.append(.reference(String(text[start..<end]).trimmingCharacters(in: .whitespaces)))
+                index = text.index(after: end)
+            } else {
+                literal.append(text[index])
+                index = text.index(after: index)
+            }
+        }
+        if !literal.isEmpty { pieces.append(.text(literal)) }
+        return .success(pieces)
+    }
+
+    /// Why `reference` is not a valid reference within `spec`, or nil when it is.
+    static func problem(_ reference: String, in spec: EnvironmentSpec) -> String? {
+        let parts = reference.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
+        let known = "known references: env.name, env.domain, env.class, services.S.url|host|port, databases.D.url, caches.C.url, secrets.NAME"
+        switch parts.first {
+        case "env":
+            guard parts.count == 2, ["name", "domain", "class", "team"].contains(parts[1]) else {
+                return "unknown reference '${\(reference)}'; \(known)"
+            }
+        case "services":
+            guard parts.count == 3, ["url", "host", "port"].contains(parts[2]) else {
+                return "unknown reference '${\(reference)}'; use services.S.url, services.S.host or services.S.port"
+            }
+            if spec.service(named: parts[1]) == nil {
+                return "'${\(reference)}' names no service of this environment\(SpecDecoder.suggestion(parts[1], spec.services.map(\.name)))"
+            }
+        case "databases":
+            guard parts.count == 3, parts[2] == "url" else { return "unknown reference '${\(reference)}'; use databases.D.url" }
+            if !spec.databases.contains(where: { $0.name == parts[1] }) {
+                return "'${\(reference)}' names no database of this environment\(SpecDecoder.suggestion(parts[1], spec.databases.map(\.name)))"
+            }
+        case "caches":
+            guard parts.count == 3, parts[2] == "url" else { return "unknown reference '${\(reference)}'; use caches.C.url" }
+            if !spec.caches.contains(where: { $0.name == parts[1] }) {
+                return "'${\(reference)}' names no cache of this environment\(SpecDecoder.suggestion(parts[1], spec.caches.map(\.name)))"
+            }
+        case "secrets":
+            guard parts.count == 2 else { return "unknown reference '${\(reference)}'; use secrets.NAME" }
+            if !spec.secrets.contains(parts[1]) {
+                return "'${\(reference)}' names a secret not listed in spec.secrets; add it there"
+            }
+        default:
+            return "unknown reference '${\(reference)}'; \(known)"
+        }
+        return nil
+    }
+
+    /// Substitutes every reference through `resolve`; returns nil for a reference it cannot resolve.
+    public static func substitute(_ text: String, _ resolve: (String) -> String?) throws -> String {
+        switch pieces(text) {
+        case .failure(let error): throw error
+        case .success(let pieces):
+            var out = ""
+            for piece in pieces {
+                switch piece {
+                case .text(let literal): out += literal
+                case .reference(let reference):
+                    guard let value = resolve(reference) else {
+                        throw InterpolationError(message: "cannot resolve '${\(reference)}'")
+                    }
+                    out += value
+                }
+            }
+            return out
+        }
+    }
+}
+
+public struct InterpolationError: Error, CustomStringConvertible, Sendable {
+    public let message: String
+    public var description: String { message }
+}
+
+/// Validates every `${...}` in a decoded environment, reporting at the node that holds it.
+enum References {
+    static func check(spec: EnvironmentSpec, node: YAMLNode, _ diagnostics: inout [Diagnostic]) {
+        for service in spec.services {
+            let serviceNode = find(node, ["spec", "services", service.name])
+            for variable in service.env {
+                let mark = find(serviceNode, ["env", variable.name])?.mark ?? serviceNode?.mark ?? node.mark
+                check(variable.value, spec: spec, mark: mark, &diagnostics)
+            }
+            for argument in service.command {
+                check(argument, spec: spec, mark: find(serviceNode, ["command"])?.mark ?? node.mark, &diagnostics)
+            }
+        }
+    }
+
+    static func check(_ text: String, spec: EnvironmentSpec, mark: SourceMark, _ diagnostics: inout [Diagnostic]) {
+        switch Interpolation.pieces(text) {
+        case .failure(let error): diagnostics.append(Diagnostic(mark, error.message))
+        case .success(let pieces):
+            for case .reference(let reference) in pieces {
+                if let problem = Interpolation.problem(reference, in: spec) { diagnostics.append(Diagnostic(mark, problem)) }
+            }
+        }
+    }
+
+    static func find(_ node: YAMLNode?, _ path: [String]) -> YAMLNode? {
+        var current = node
+        for key in path {
+            guard case .mapping(let pairs, _)? = current else { return nil }
+            current = pairs.first { $0.key.scalarText == key }?.value
+        }
+        return current
+    }
+}

@@ -1,0 +1,90 @@
+import SpecModel
+
+/// Typed decoding of the configuration documents. Every problem is collected, none stops the rest.
+enum SpecDecoder {
+    /// Checks `apiVersion` and `kind`; returns the reader for the rest of the document.
+    static func header(_ node: YAMLNode, kind: String, _ diagnostics: inout [Diagnostic]) -> NodeReader? {
+        guard var reader = NodeReader(node, path: "", diagnostics: &diagnostics) else { return nil }
+        let apiVersion = reader.requiredString("apiVersion", &diagnostics)
+        if let apiVersion, apiVersion != "gantry/v1" {
+            diagnostics.append(Diagnostic(reader.value("apiVersion")!.mark, "apiVersion must be gantry/v1, found '\(apiVersion)'"))
+        }
+        let found = reader.requiredString("kind", &diagnostics)
+        if let found, found != kind {
+            diagnostics.append(Diagnostic(reader.value("kind")!.mark, "kind must be \(kind) in this file, found '\(found)'"))
+        }
+        return reader
+    }
+
+    static func settings(_ node: YAMLNode, _ diagnostics: inout [Diagnostic]) -> Settings {
+        var settings = Settings()
+        guard var reader = header(node, kind: "Settings", &diagnostics) else { return settings }
+        if let branch = reader.string("protectedBranch", &diagnostics) { settings.protectedBranch = branch }
+        settings.ignoreBranches = reader.stringList("ignoreBranches", &diagnostics) ?? []
+        if let domain = reader.string("domain", &diagnostics) { settings.domain = domain }
+        if let node = reader.value("signing"), var signing = NodeReader(node, path: "signing", diagnostics: &diagnostics) {
+            settings.signing.required = signing.bool("required", &diagnostics) ?? false
+            signing.finish(&diagnostics)
+        }
+        for (name, node) in reader.entries("approvals", &diagnostics) {
+            guard var rule = NodeReader(node, path: "approvals.\(name)", diagnostics: &diagnostics) else { continue }
+            var value = Settings.ApprovalRule()
+            value.count = rule.int("count", &diagnostics) ?? 1
+            value.role = rule.string("role", &diagnostics) ?? "approver"
+            value.distinctFromAuthors = rule.bool("distinctFromAuthors", &diagnostics) ?? true
+            rule.finish(&diagnostics)
+            if !EnvironmentClass.allCases.map(\.rawValue).contains(name) {
+                diagnostics.append(Diagnostic(node.mark, "approvals.\(name): unknown class; classes are \(EnvironmentClass.allCases.map(\.rawValue).joined(separator: ", "))"))
+            }
+            settings.approvals[name] = value
+        }
+        if let node = reader.value("previews"), var previews = NodeReader(node, path: "previews", diagnostics: &diagnostics) {
+            settings.previews.ttl = previews.duration("ttl", &diagnostics)
+            settings.previews.idleSleepAfter = previews.duration("idleSleepAfter", &diagnostics)
+            settings.previews.maxPerTeam = previews.int("maxPerTeam", &diagnostics)
+            settings.previews.maxPerAgent = previews.int("maxPerAgent", &diagnostics)
+            previews.finish(&diagnostics)
+        }
+        if let node = reader.value("pricing"), var pricing = NodeReader(node, path: "pricing", diagnostics: &diagnostics) {
+            for key in ["cpuHour", "memoryGiBHour", "postgresHour", "redisHour"] {
+                if let value = pricing.number(key, &diagnostics) { settings.pricing[key] = value }
+            }
+            pricing.finish(&diagnostics)
+        }
+        if let node = reader.value("budgets"), var budgets = NodeReader(node, path: "budgets", diagnostics: &diagnostics) {
+            settings.budgets.alertAt = budgets.number("alertAt", &diagnostics) ?? 0.8
+            settings.budgets.teams = limits(budgets.entries("teams", &diagnostics), path: "budgets.teams", &diagnostics)
+            settings.budgets.agents = limits(budgets.entries("agents", &diagnostics), path: "budgets.agents", &diagnostics)
+            budgets.finish(&diagnostics)
+        }
+        if let node = reader.value("egress"), var egress = NodeReader(node, path: "egress", diagnostics: &diagnostics) {
+            if let mode = egress.string("default", &diagnostics) {
+                if mode != "allow" && mode != "deny" {
+                    diagnostics.append(Diagnostic(egress.value("default")!.mark, "egress.default must be allow or deny, found '\(mode)'"))
+                }
+                settings.egress.default = mode
+            }
+            settings.egress.allow = egress.stringList("allow", &diagnostics) ?? []
+            settings.egress.deny = egress.stringList("deny", &diagnostics) ?? []
+            egress.finish(&diagnostics)
+        }
+        settings.killSwitch = reader.bool("killSwitch", &diagnostics) ?? false
+        reader.finish(&diagnostics)
+        return settings
+    }
+
+    private static func limits(_ entries: [(name: String, node: YAMLNode)], path: String,
+                               _ diagnostics: inout [Diagnostic]) -> [String: Settings.BudgetLimit] {
+        var result: [String: Settings.BudgetLimit] = [:]
+        for (name, node) in entries {
+            guard var reader = NodeReader(node, path: "\(path).\(name)", diagnostics: &diagnostics) else { continue }
+            var limit = Settings.BudgetLimit()
+            limit.monthly = reader.number("monthly", &diagnostics)
+            limit.daily = reader.number("daily", &diagnostics)
+            limit.hourly = reader.number("hourly", &diagnostics)
+            reader.finish(&diagnostics)
+            result[name] = limit
+        }
+        return result
+    }
+}

@@ -1,0 +1,228 @@
+import CYAML
+import Foundation
+
+/// Parses one YAML document into a `YAMLNode` tree with positions, defending against hostile input:
+/// size, nesting depth and alias expansion are bounded, duplicate keys and non-UTF-8 are errors.
+public struct YAMLParser: Sendable {
+    public var maxBytes = 1 << 20
+    public var maxDepth = 64
+    public var maxNodes = 50_000
+
+    public init() {}
+
+    public func parse(_ data: Data, file: String) throws -> YAMLNode {
+        let start = SourceMark(file: file, line: 1, column: 1)
+        guard data.count <= maxBytes else {
+            throw Diagnostic(start, "file is \(data.count) bytes; configuration files are limited to \(maxBytes) bytes — split it or move data out of the spec")
+        }
+        guard let text = String(validatingUTF8: data) else {
+            let offset = Self.firstInvalidUTF8Offset(data)
+            throw Diagnostic(Self.mark(ofByte: offset, in: data, file: file), "file is not valid UTF-8 (byte \(offset)); save it as UTF-8")
+        }
+        if text.unicodeScalars.contains("\0") {
+            throw Diagnostic(start, "file contains a NUL byte; configuration files must be text")
+        }
+        var builder = Builder(file: file, limits: self)
+        var parser = yaml_parser_t()
+        guard yaml_parser_initialize(&parser) == 1 else { throw Diagnostic(start, "could not start the YAML parser") }
+        defer { yaml_parser_delete(&parser) }
+        return try data.withUnsafeBytes { raw -> YAMLNode in
+            yaml_parser_set_input_string(&parser, raw.bindMemory(to: UInt8.self).baseAddress, raw.count)
+            while true {
+                var event = yaml_event_t()
+                guard yaml_parser_parse(&parser, &event) == 1 else {
+                    let problem = parser.problem.map { String(cString: $0) } ?? "syntax error"
+                    let context = parser.context.map { " " + String(cString: $0) } ?? ""
+                    let mark = parser.problem_mark
+                    throw Diagnostic(SourceMark(file: file, line: Int(mark.line) + 1, column: Int(mark.column) + 1),
+                                     "YAML syntax error: \(problem)\(context)")
+                }
+                defer { yaml_event_delete(&event) }
+                if event.type == YAML_STREAM_END_EVENT { break }
+                try builder.handle(&event)
+            }
+            guard let root = builder.documents.first else {
+                throw Diagnostic(start, "file is empty; expected a YAML mapping with apiVersion and kind")
+            }
+            if builder.documents.count > 1 {
+                throw Diagnostic(builder.documents[1].mark, "file holds \(builder.documents.count) YAML documents; put one document in each file")
+            }
+            return root
+        }
+    }
+
+    /// Byte offset of the first byte that does not start or continue a valid UTF-8 sequence.
+    static func firstInvalidUTF8Offset(_ data: Data) -> Int {
+        let bytes = [UInt8](data)
+        var index = 0
+        while index < bytes.count {
+            let lead = bytes[index]
+            let length: Int
+            switch lead {
+            case 0x00...0x7F: length = 1
+            case 0xC2...0xDF: length = 2
+            case 0xE0...0xEF: length = 3
+            case 0xF0...0xF4: length = 4
+            default: return index
+            }
+            guard index + length <= bytes.count else { return index }
+            for next in bytes[(index + 1)..<(index + length)] where next & 0xC0 != 0x80 { return index }
+            index += length
+        }
+        return bytes.count
+    }
+
+    static func mark(ofByte offset: Int, in data: Data, file: String) -> SourceMark {
+        var line = 1, column = 1
+        for byte in data.prefix(offset) {
+            if byte == UInt8(ascii: "\n") { line += 1; column = 1 } else { column += 1 }
+        }
+        return SourceMark(file: file, line: line, column: column)
+    }
+}
+
+extension String {
+    init?(validatingUTF8 data: Data) {
+        guard let value = String(bytes: data, encoding: .utf8) else { return nil }
+        self = value
+    }
+}
+
+/// Turns the event stream into nodes.
+private struct Builder {
+    enum Frame {
+        case mapping([(key: YAMLNode, value: YAMLNode)], pendingKey: YAMLNode?, anchor: String?, mark: SourceMark)
+        case sequence([YAMLNode], anchor: String?, mark: SourceMark)
+    }
+
+    let file: String
+    let limits: YAMLParser
+    var stack: [Frame] = []
+    var anchors: [String: (node: YAMLNode, size: Int)] = [:]
+    var documents: [YAMLNode] = []
+    var nodeCount = 0
+    /// Expanded size of each open collection, for alias accounting.
+    var sizes: [Int] = []
+
+    init(file: String, limits: YAMLParser) {
+        self.file = file
+        self.limits = limits
+    }
+
+    func mark(_ m: yaml_mark_t) -> SourceMark {
+        SourceMark(file: file, line: Int(m.line) + 1, column: Int(m.column) + 1)
+    }
+
+    static func string(_ pointer: UnsafeMutablePointer<yaml_char_t>?) -> String? {
+        pointer.map { String(cString: UnsafeRawPointer($0).assumingMemoryBound(to: CChar.self)) }
+    }
+
+    mutating func count(_ added: Int, at position: SourceMark) throws {
+        nodeCount += added
+        if nodeCount > limits.maxNodes {
+            throw Diagnostic(position, "document expands to more than \(limits.maxNodes) nodes (an alias bomb?); remove the repeated aliases")
+        }
+    }
+
+    mutating func handle(_ event: inout yaml_event_t) throws {
+        let position = mark(event.start_mark)
+        switch event.type {
+        case YAML_SCALAR_EVENT:
+            let scalar = event.data.scalar
+            let text = String(decoding: UnsafeBufferPointer(start: scalar.value, count: scalar.length), as: UTF8.self)
+            try count(1, at: position)
+            let node = YAMLNode.scalar(text, plain: scalar.style == YAML_PLAIN_SCALAR_STYLE, position)
+            if let anchor = Self.string(scalar.anchor) { anchors[anchor] = (node, 1) }
+            try add(node, size: 1)
+        case YAML_ALIAS_EVENT:
+            let name = Self.string(event.data.alias.anchor) ?? ""
+            guard let target = anchors[name] else {
+                throw Diagnostic(position, "alias *\(name) refers to no anchor defined before it")
+            }
+            try count(target.size, at: position)
+            try add(target.node, size: target.size)
+        case YAML_SEQUENCE_START_EVENT:
+            try open(.sequence([], anchor: Self.string(event.data.sequence_start.anchor), mark: position), at: position)
+        case YAML_MAPPING_START_EVENT:
+            try open(.mapping([], pendingKey: nil, anchor: Self.string(event.data.mapping_start.anchor), mark: position), at: position)
+        case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT:
+            let frame = stack.removeLast()
+            let size = sizes.removeLast()
+            let node: YAMLNode
+            let anchor: String?
+            switch frame {
+            case .sequence(let items, let name, let start):
+                node = .sequence(items, start)
+                anchor = name
+            case .mapping(let pairs, _, let name, let start):
+                node = .mapping(try Self.mergeKeys(pairs), start)
+                anchor = name
+            }
+            if let anchor { anchors[anchor] = (node, size) }
+            try add(node, size: size)
+        case YAML_DOCUMENT_START_EVENT:
+            anchors = [:]
+        default:
+            break
+        }
+    }
+
+    mutating func open(_ frame: Frame, at position: SourceMark) throws {
+        if stack.count >= limits.maxDepth {
+            throw Diagnostic(position, "nesting deeper than \(limits.maxDepth) levels; flatten the document")
+        }
+        try count(1, at: position)
+        stack.append(frame)
+        sizes.append(1)
+    }
+
+    mutating func add(_ node: YAMLNode, size: Int) throws {
+        guard let top = stack.popLast() else {
+            documents.append(node)
+            return
+        }
+        sizes[sizes.count - 1] += size
+        switch top {
+        case .sequence(var items, let anchor, let start):
+            items.append(node)
+            stack.append(.sequence(items, anchor: anchor, mark: start))
+        case .mapping(var pairs, let pendingKey, let anchor, let start):
+            if let key = pendingKey {
+                if let keyText = key.scalarText, keyText != "<<",
+                   let earlier = pairs.first(where: { $0.key.scalarText == keyText }) {
+                    throw Diagnostic(key.mark, "duplicate key '\(keyText)' (first at line \(earlier.key.mark.line)); keep one")
+                }
+                if case .scalar = key {} else {
+                    throw Diagnostic(key.mark, "mapping keys must be scalars, found \(key.kindDescription)")
+                }
+                pairs.append((key, node))
+                stack.append(.mapping(pairs, pendingKey: nil, anchor: anchor, mark: start))
+            } else {
+                stack.append(.mapping(pairs, pendingKey: node, anchor: anchor, mark: start))
+            }
+        }
+    }
+
+    /// Resolves `<<` merge keys: entries of the merged mappings not already present are added.
+    static func mergeKeys(_ pairs: [(key: YAMLNode, value: YAMLNode)]) throws -> [(key: YAMLNode, value: YAMLNode)] {
+        guard pairs.contains(where: { $0.key.scalarText == "<<" }) else { return pairs }
+        var result = pairs.filter { $0.key.scalarText != "<<" }
+        for pair in pairs where pair.key.scalarText == "<<" {
+            let sources: [YAMLNode]
+            switch pair.value {
+            case .mapping: sources = [pair.value]
+            case .sequence(let items, _): sources = items
+            default: throw Diagnostic(pair.value.mark, "a merge key '<<' takes a mapping or a list of mappings")
+            }
+            for source in sources {
+                guard case .mapping(let merged, _) = source else {
+                    throw Diagnostic(source.mark, "a merge key '<<' takes a mapping or a list of mappings")
+                }
+                for entry in merged where !result.contains(where: { $0.key.scalarText == entry.key.scalarText }) {
+                    result.append(entry)
+                }
+            }
+        }
+        return result
+    }
+}

@@ -1,0 +1,83 @@
+import Foundation
+import GRDB
+
+/// The summarized state of an environment, as `gantry status` shows it.
+public enum EnvironmentPhase: String, Sendable, Codable, CaseIterable {
+    case pending = "Pending", running = "Running", sleeping = "Sleeping", pendingApproval = "PendingApproval"
+    case denied = "Denied", failed = "Failed", destroyed = "Destroyed"
+}
+
+/// One environment Gantry knows of, live or kept as history after it was destroyed.
+public struct EnvironmentRecord: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
+    public static let databaseTableName = "environments"
+    public var name: String
+    public var branch: String
+    /// The commit last seen for this environment (applied, or denied).
+    public var commit: String
+    /// The commit whose revision is running (nil until one was applied).
+    public var appliedCommit: String?
+    public var envClass: String
+    public var team: String?
+    public var phase: EnvironmentPhase
+    /// Fingerprint of the applied revision: an unchanged fingerprint is left alone.
+    public var fingerprint: String?
+    /// JSON of the applied `EnvironmentSpec`.
+    public var specJSON: String?
+    /// Why the environment is in its phase (the denial, the failure), for `status`.
+    public var message: String?
+    public var createdAt: Date
+    public var updatedAt: Date
+    public var destroyedAt: Date?
+
+    public init(name: String, branch: String, commit: String, envClass: String, team: String?, phase: EnvironmentPhase, now: Date = Date()) {
+        self.name = name
+        self.branch = branch
+        self.commit = commit
+        self.envClass = envClass
+        self.team = team
+        self.phase = phase
+        self.createdAt = now
+        self.updatedAt = now
+    }
+}
+
+/// One service process of an environment, with what is needed to adopt it after a restart.
+public struct ServiceRecord: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
+    public static let databaseTableName = "services"
+    public var environment: String
+    public var name: String
+    public var port: Int
+    public var pid: Int32?
+    /// Start time of `pid` in clock ticks since boot (`/proc/PID/stat` field 22): a reused pid differs.
+    public var pidStart: Int64?
+    public var workdir: String?
+    public var fingerprint: String?
+    public var phase: String
+    public var restarts: Int
+    public var lastExit: String?
+
+    public init(environment: String, name: String, port: Int) {
+        self.environment = environment
+        self.name = name
+        self.port = port
+        self.phase = "Pending"
+        self.restarts = 0
+    }
+}
+
+/// An entry of the environment's history (phase changes, restarts), for operators.
+public struct EventRecord: Codable, Sendable, FetchableRecord, PersistableRecord {
+    public static let databaseTableName = "events"
+    public var id: Int64?
+    public var at: Date
+    public var environment: String
+    public var kind: String
+    public var message: String
+
+    public init(environment: String, kind: String, message: String, at: Date = Date()) {
+        self.environment = environment
+        self.kind = kind
+        self.message = message
+        self.at = at
+    }
+}

@@ -1,0 +1,142 @@
+import Foundation
+import GRDB
+
+/// Gantry's state: SQLite in WAL mode through GRDB. Safe to read from other processes
+/// (`gantry status`) while the reconciler writes.
+public final class StateStore: Sendable {
+    public let pool: DatabasePool
+
+    public init(path: String) throws {
+        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent,
+                                                withIntermediateDirectories: true)
+        var configuration = Configuration()
+        configuration.busyMode = .timeout(10)
+        pool = try DatabasePool(path: path, configuration: configuration)
+        try Self.migrator.migrate(pool)
+    }
+
+    static var migrator: DatabaseMigrator {
+        var migrator = DatabaseMigrator()
+        migrator.registerMigration("v1") { db in
+            try db.create(table: "environments") { t in
+                t.primaryKey("name", .text)
+                t.column("branch", .text).notNull()
+                t.column("commit", .text).notNull()
+                t.column("appliedCommit", .text)
+                t.column("envClass", .text).notNull()
+                t.column("team", .text)
+                t.column("phase", .text).notNull()
+                t.column("fingerprint", .text)
+                t.column("specJSON", .text)
+                t.column("message", .text)
+                t.column("createdAt", .datetime).notNull()
+                t.column("updatedAt", .datetime).notNull()
+                t.column("destroyedAt", .datetime)
+            }
+            try db.create(table: "services") { t in
+                t.column("environment", .text).notNull()
+                t.column("name", .text).notNull()
+                t.column("port", .integer).notNull().unique()
+                t.column("pid", .integer)
+                t.column("pidStart", .integer)
+                t.column("workdir", .text)
+                t.column("fingerprint", .text)
+                t.column("phase", .text).notNull()
+                t.column("restarts", .integer).notNull()
+                t.column("lastExit", .text)
+                t.primaryKey(["environment", "name"])
+            }
+            try db.create(table: "refs") { t in
+                t.primaryKey("branch", .text)
+                t.column("commit", .text).notNull()
+            }
+            try db.create(table: "events") { t in
+                t.autoIncrementedPrimaryKey("id")
+                t.column("at", .datetime).notNull()
+                t.column("environment", .text).notNull().indexed()
+                t.column("kind", .text).notNull()
+                t.column("message", .text).notNull()
+            }
+        }
+        return migrator
+    }
+
+    // MARK: Environments
+
+    public func environments(includeDestroyed: Bool = false) throws -> [EnvironmentRecord] {
+        try pool.read { db in
+            let request = EnvironmentRecord.order(Column("name"))
+            return try (includeDestroyed ? request : request.filter(Column("phase") != EnvironmentPhase.destroyed.rawValue)).fetchAll(db)
+        }
+    }
+
+    public func environment(_ name: String) throws -> EnvironmentRecord? {
+        try pool.read { db in try EnvironmentRecord.fetchOne(db, key: name) }
+    }
+
+    public func save(_ environment: EnvironmentRecord) throws {
+        try pool.write { db in try environment.save(db) }
+    }
+
+    // MARK: Services
+
+    public func services(of environment: String) throws -> [ServiceRecord] {
+        try pool.read { db in
+            try ServiceRecord.filter(Column("environment") == environment).order(Column("name")).fetchAll(db)
+        }
+    }
+
+    public func allServices() throws -> [ServiceRecord] {
+        try pool.read { db in try ServiceRecord.order(Column("environment"), Column("name")).fetchAll(db) }
+    }
+
+    public func save(_ service: ServiceRecord) throws {
+        try pool.write { db in try service.save(db) }
+    }
+
+    public func deleteService(environment: String, name: String) throws {
+        try pool.write { db in _ = try ServiceRecord.deleteOne(db, key: ["environment": environment, "name": name]) }
+    }
+
+    /// Every port held by a service record.
+    public func allocatedPorts() throws -> Set<Int> {
+        try pool.read { db in Set(try Int.fetchAll(db, sql: "SELECT port FROM services")) }
+    }
+
+    // MARK: Refs
+
+    /// The last tip processed per branch.
+    public func processedRefs() throws -> [String: String] {
+        try pool.read { db in
+            Dictionary(uniqueKeysWithValues: try Row.fetchAll(db, sql: "SELECT branch, \"commit\" FROM refs").map {
+                ($0["branch"] as String, $0["commit"] as String)
+            })
+        }
+    }
+
+    public func setProcessed(branch: String, commit: String?) throws {
+        try pool.write { db in
+            if let commit {
+                try db.execute(sql: "INSERT INTO refs(branch, \"commit\") VALUES (?, ?) ON CONFLICT(branch) DO UPDATE SET \"commit\" = excluded.\"commit\"",
+                               arguments: [branch, commit])
+            } else {
+                try db.execute(sql: "DELETE FROM refs WHERE branch = ?", arguments: [branch])
+            }
+        }
+    }
+
+    // MARK: Events
+
+    public func record(_ event: EventRecord) throws {
+        try pool.write { db in
+            var copy = event
+            try copy.insert(db)
+        }
+    }
+
+    public func events(of environment: String, limit: Int = 50) throws -> [EventRecord] {
+        try pool.read { db in
+            try EventRecord.filter(Column("environment") == environment).order(Column("id").desc).limit(limit).fetchAll(db)
+        }
+    }
+}

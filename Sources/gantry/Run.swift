@@ -1,0 +1,109 @@
+import ArgumentParser
+import Audit
+import Foundation
+import GitStore
+import LocalDriver
+import Logging
+import Reconciler
+import StateStore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Run: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Reconcile continuously (or one full pass with --once).")
+
+    @Option(help: "Configuration repository: a local path, or a URL to mirror into the state directory.")
+    var repo: String
+    @OptionGroup var state: StateOption
+    @Flag(help: "Run one full pass, then exit 0.")
+    var once = false
+    @Option(help: "Seconds between polls of the refs.")
+    var interval: Double = 1
+    @Option(help: "The protected branch (until gantry.yaml on it names another).")
+    var branch = "main"
+    @Flag(help: "Stop every service when Gantry exits (default: leave them running for the next start to adopt).")
+    var stopOnExit = false
+    @Flag(help: "Log debug detail.")
+    var verbose = false
+
+    func run() throws {
+        Logs.bootstrap(level: verbose ? .debug : .info)
+        let logger = Logger(label: "gantry")
+        let paths = StatePaths(root: state.directory)
+        try FileManager.default.createDirectory(at: paths.root, withIntermediateDirectories: true)
+        let lock = open(paths.lockFile, O_CREAT | O_RDWR, 0o600)
+        guard lock >= 0, flock(lock, LOCK_EX | LOCK_NB) == 0 else {
+            throw Failure("another gantry run is using \(paths.root.path) (lock \(paths.lockFile) is held)")
+        }
+        let location = RepositoryLocation.isRemote(repo) ? repo : URL(fileURLWithPath: repo).standardizedFileURL.path
+        try Data((location + "\n").utf8).write(to: URL(fileURLWithPath: paths.repositoryFile))
+        let repository = try RepositoryLocation.open(location, paths: paths)
+        let store = try StateStore(path: paths.database)
+        let key = try SigningKey.loadOrCreate(at: paths.key)
+        let audit = AuditLog(repository: repository, key: key)
+        let driver = LocalDriver(stateDirectory: paths.root, state: store, logger: logger)
+        var options = Reconciler.Options()
+        options.protectedBranch = branch
+        options.pollInterval = interval
+        let reconciler = Reconciler(repository: repository, state: store, audit: audit, driver: driver, logger: logger, options: options)
+        if RepositoryLocation.isRemote(location) {
+            reconciler.beforePass = { try repository.fetch(url: location) }
+        }
+        logger.info("gantry watching \(location) (state \(paths.root.path), audit key \(key.publicKey.fingerprint))")
+        if once {
+            reconciler.recover()
+            let summary = try reconciler.runPass()
+            logger.info("pass done", metadata: ["admitted": "\(summary.admitted)", "denied": "\(summary.denied)",
+                                                "applied": "\(summary.applied)", "failed": "\(summary.failed)",
+                                                "destroyed": "\(summary.destroyed)"])
+            if stopOnExit { driver.shutdown() }
+            return
+        }
+        try Data("\(getpid())\n".utf8).write(to: URL(fileURLWithPath: paths.pidFile))
+        defer { try? FileManager.default.removeItem(atPath: paths.pidFile) }
+        let stop = StopFlag()
+        let wake = WakeSignal()
+        wake.installSignalHandlers { signal in
+            logger.info("received signal \(signal); stopping after this pass")
+            stop.set()
+            wake.wake()
+        }
+        reconciler.run(wake: wake, shouldStop: { stop.isSet })
+        if stopOnExit { driver.shutdown() }
+        logger.info("gantry stopped; services keep running and are adopted on the next start")
+    }
+}
+
+final class StopFlag: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value = false
+    func set() { lock.withLock { value = true } }
+    var isSet: Bool { lock.withLock { value } }
+}
+
+struct Notify: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Wake a running reconciler at once (for a post-receive hook).")
+    @OptionGroup var state: StateOption
+
+    func run() throws {
+        let paths = StatePaths(root: state.directory)
+        guard let text = try? String(contentsOfFile: paths.pidFile, encoding: .utf8),
+              let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw Failure("no running gantry for \(paths.root.path) (no \(paths.pidFile)); start one with `gantry run`")
+        }
+        guard kill(pid, SIGUSR1) == 0 else {
+            throw Failure("gantry (pid \(pid)) is not running: \(String(cString: strerror(errno)))")
+        }
+    }
+}
+
+struct Keys: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Print the reconciler's public key as an allowed_signers line for principal gantry.")
+    @OptionGroup var state: StateOption
+
+    func run() throws {
+        let key = try SigningKey.loadOrCreate(at: StatePaths(root: state.directory).key)
+        print("gantry \(key.publicKey.authorizedKey)")
+    }
+}

@@ -1,0 +1,53 @@
+import Audit
+import Foundation
+import GitStore
+import LocalDriver
+import Logging
+import StateStore
+
+/// The composition root's paths inside a state directory.
+struct StatePaths {
+    let root: URL
+    var database: String { root.appendingPathComponent("gantry.db").path }
+    var key: String { root.appendingPathComponent("keys/gantry_ed25519").path }
+    var pidFile: String { root.appendingPathComponent("gantry.pid").path }
+    var lockFile: String { root.appendingPathComponent("gantry.lock").path }
+    var repositoryFile: String { root.appendingPathComponent("repository").path }
+    var mirror: String { root.appendingPathComponent("mirror.git").path }
+}
+
+enum RepositoryLocation {
+    static func isRemote(_ location: String) -> Bool {
+        location.contains("://") || (location.contains("@") && location.contains(":") && !location.hasPrefix("/"))
+    }
+
+    /// Opens a local path, or mirrors a URL into the state directory.
+    static func open(_ location: String, paths: StatePaths) throws -> GitRepository {
+        if isRemote(location) { return try GitRepository.mirror(url: location, at: paths.mirror) }
+        return try GitRepository.open(path: location)
+    }
+
+    /// `--repo`, else the repository the last `gantry run` with this state directory watched.
+    static func resolve(_ option: String?, paths: StatePaths) throws -> String {
+        if let option { return option }
+        if let saved = try? String(contentsOfFile: paths.repositoryFile, encoding: .utf8) {
+            return saved.trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        if FileManager.default.fileExists(atPath: ".git") { return "." }
+        throw Failure("no repository given: pass --repo PATH (or run `gantry run --repo PATH` once with this --state)")
+    }
+}
+
+enum Logs {
+    nonisolated(unsafe) static var bootstrapped = false
+
+    static func bootstrap(level: Logger.Level = .info) {
+        guard !bootstrapped else { return }
+        bootstrapped = true
+        LoggingSystem.bootstrap { label in
+            var handler = StreamLogHandler.standardError(label: label)
+            handler.logLevel = level
+            return handler
+        }
+    }
+}

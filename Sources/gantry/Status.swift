@@ -1,0 +1,146 @@
+import ArgumentParser
+import Foundation
+import SpecLoading
+import SpecModel
+import StateStore
+
+struct Status: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Environments with phase, branch, commit, class, services and their URLs.")
+    @OptionGroup var state: StateOption
+    @Flag(help: "Print JSON.")
+    var json = false
+    @Flag(help: "Include destroyed environments (history).")
+    var all = false
+
+    func run() throws {
+        let paths = StatePaths(root: state.directory)
+        guard FileManager.default.fileExists(atPath: paths.database) else {
+            throw Failure("no state at \(paths.root.path); start Gantry with `gantry run --repo PATH --state \(paths.root.path)`")
+        }
+        let store = try StateStore(path: paths.database)
+        let environments = try store.environments(includeDestroyed: all)
+        var rows: [PlainValue] = []
+        for environment in environments {
+            let spec = environment.specJSON.flatMap { try? JSONDecoder().decode(EnvironmentSpec.self, from: Data($0.utf8)) }
+            let domain = "localhost"
+            let services: [PlainValue] = try store.services(of: environment.name).map {
+                .map([("name", .string($0.name)), ("phase", .string($0.phase)), ("url", .string("http://127.0.0.1:\($0.port)")),
+                      ("restarts", .int($0.restarts))])
+            }
+            let routes: [PlainValue] = (spec?.routes ?? []).map {
+                .map([("name", .string($0.name)), ("url", .string("http://\($0.name).\(environment.name).\(domain):8080"))])
+            }
+            var fields: [(key: String, value: PlainValue)] = [
+                ("name", .string(environment.name)), ("branch", .string(environment.branch)), ("commit", .string(environment.commit)),
+                ("class", .string(environment.envClass)), ("team", environment.team.map { .string($0) } ?? .null),
+                ("phase", .string(environment.phase.rawValue)), ("services", .list(services)), ("routes", .list(routes)),
+            ]
+            fields.append(("appliedCommit", environment.appliedCommit.map { .string($0) } ?? .null))
+            fields.append(("message", environment.message.map { .string($0) } ?? .null))
+            rows.append(.map(fields))
+        }
+        if json {
+            print(PlainValue.map([("environments", .list(rows))]).json(indent: "  "))
+            return
+        }
+        if environments.isEmpty {
+            print("no environments yet")
+            return
+        }
+        for environment in environments {
+            print("\(environment.name)  \(environment.phase.rawValue)  \(environment.envClass)  \(environment.branch)@\(environment.commit.prefix(7))")
+            for service in try store.services(of: environment.name) {
+                print("  service \(service.name): \(service.phase)  http://127.0.0.1:\(service.port)\(service.restarts > 0 ? "  (\(service.restarts) restarts)" : "")")
+            }
+            if let message = environment.message { print("  \(message.replacingOccurrences(of: "\n", with: "\n  "))") }
+        }
+    }
+}
+
+struct Validate: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "Check specs; errors as path:line:col: message; exit 1 on any.")
+    @Option(help: "Configuration repository path.")
+    var repo = "."
+    @Option(help: "Branch, tag or commit to check.")
+    var ref = "HEAD"
+
+    func run() throws {
+        let repository = try GitRepositoryOpener.open(repo)
+        guard let commit = try repository.resolveCommit(ref) else { throw Failure("\(ref) does not name a commit in \(repo)") }
+        let diagnostics = try ConfigLoader(repository: repository).validate(at: commit)
+        for diagnostic in diagnostics { print(diagnostic) }
+        if !diagnostics.isEmpty {
+            FileHandle.standardError.write(Data("\(diagnostics.count) problem\(diagnostics.count == 1 ? "" : "s") at \(commit.short)\n".utf8))
+            throw ExitCode(1)
+        }
+        print("ok: \(commit.short) is valid")
+    }
+}
+
+import GitStore
+
+enum GitRepositoryOpener {
+    static func open(_ path: String) throws -> GitRepository {
+        do { return try GitRepository.open(path: path) } catch {
+            throw Failure("cannot open the repository at \(path): \(error)")
+        }
+    }
+}
+
+struct Render: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "The effective spec after template, preview isolation and interpolation (secret values masked).")
+    @Option(help: "Configuration repository path.")
+    var repo = "."
+    @Option(help: "Branch to render from (a preview when it is not the protected branch).")
+    var ref: String
+    @Option(help: "Environment name (as in metadata.name, or the preview name).")
+    var env: String
+    @Option(help: "The protected branch.")
+    var branch = "main"
+    @OptionGroup var state: StateOption
+
+    func run() throws {
+        let repository = try GitRepositoryOpener.open(repo)
+        guard let commit = try repository.resolveCommit(ref) else { throw Failure("\(ref) does not name a commit in \(repo)") }
+        let loader = ConfigLoader(repository: repository)
+        let branchName = ref.hasPrefix("refs/heads/") ? String(ref.dropFirst("refs/heads/".count)) : ref
+        let desired = try loader.desiredEnvironments(branch: branchName, commit: commit, protectedBranch: branch,
+                                                     protectedTip: try repository.resolveCommit(branch))
+        guard let found = desired.first(where: { $0.name == env || $0.loaded.name == env }) else {
+            let names = desired.map(\.name)
+            throw Failure("\(ref) has no environment '\(env)'\(names.isEmpty ? " (it changes none)" : "; it has: \(names.joined(separator: ", "))")")
+        }
+        guard var spec = found.spec else {
+            for diagnostic in found.loaded.diagnostics { print(diagnostic) }
+            throw ExitCode(1)
+        }
+        var ports: [String: Int] = [:]
+        let paths = StatePaths(root: state.directory)
+        if FileManager.default.fileExists(atPath: paths.database), let store = try? StateStore(path: paths.database) {
+            for service in (try? store.services(of: spec.name)) ?? [] { ports[service.name] = service.port }
+        }
+        let domain = loader.settings(at: try repository.resolveCommit(branch) ?? commit).settings.domain
+        let resolve: (String) -> String? = { reference in
+            let parts = reference.split(separator: ".").map(String.init)
+            switch parts.first {
+            case "env":
+                return ["name": spec.name, "domain": domain, "class": spec.class.rawValue, "team": spec.team ?? ""][parts.last!]
+            case "secrets": return "********"
+            case "services":
+                guard let port = ports[parts[1]] else { return "<\(parts[2]) of \(parts[1]), assigned at apply>" }
+                return ["url": "http://127.0.0.1:\(port)", "host": "127.0.0.1", "port": String(port)][parts[2]]
+            default: return "<\(reference), provided by the driver>"
+            }
+        }
+        for index in spec.services.indices {
+            spec.services[index].command = try spec.services[index].command.map { try Interpolation.substitute($0, resolve) }
+            for variable in spec.services[index].env.indices {
+                spec.services[index].env[variable].value = try Interpolation.substitute(spec.services[index].env[variable].value, resolve)
+            }
+        }
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
+        print("# \(found.name) from \(branchName)@\(commit.short)\(found.isPreview ? " (preview of \(found.loaded.name), file \(found.loaded.file))" : "")")
+        print(String(decoding: try encoder.encode(spec), as: UTF8.self))
+    }
+}

@@ -1,0 +1,110 @@
+import Foundation
+import GitStore
+import SpecModel
+import Testing
+import TestSupport
+@testable import SpecLoading
+
+@Suite struct ConfigLoaderTests {
+    func loaded(_ files: [String: String]) throws -> (TestRepository, ObjectID) {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        for (path, content) in files { try repo.write(path, content) }
+        let sha = try repo.commit("change")
+        return (repo, ObjectID(hex: sha)!)
+    }
+
+    @Test func exampleRepositoryIsValid() throws {
+        let (repo, commit) = try loaded([:])
+        let loader = ConfigLoader(repository: try repo.open())
+        #expect(try loader.validate(at: commit).isEmpty)
+        let environments = try loader.environments(at: commit)
+        #expect(environments.map(\.name) == ["status-page", "web"])
+        let web = try #require(environments.first { $0.name == "web" }?.spec)
+        #expect(web.class == .production)
+        #expect(web.services.first?.command == ["python3", "server.py"])
+        #expect(web.services.first?.source == "apps/hello")
+        #expect(web.services.first?.health?.http == "/healthz")
+        #expect(web.services.first?.resources.memory == 64 << 20)
+        // The environment overrides the template's GREETING, and adds UPSTREAM, by deep merge.
+        let status = try #require(environments.first { $0.name == "status-page" }?.spec)
+        #expect(status.services.first?.env.map(\.name) == ["GREETING", "UPSTREAM"])
+        #expect(status.services.first?.env.first?.value == "status of ${env.name}: all systems go")
+    }
+
+    @Test func everyProblemIsReportedAtOnceWithPositions() throws {
+        let (repo, commit) = try loaded(["environments/bad.yaml": """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata:
+              name: Bad_Name
+              class: prod
+            spec:
+              servces: {}
+              services:
+                api:
+                  command: python3
+                  replicas: many
+                  env:
+                    URL: "${services.db.url}"
+                    NAME: "${env.nmae}"
+              routes:
+                - {name: www, service: apii}
+            """])
+        let diagnostics = try ConfigLoader(repository: try repo.open()).validate(at: commit).map(\.description)
+        let expected = [
+            "environments/bad.yaml:4:9: metadata.name 'Bad_Name' must be a DNS-1123 label",
+            "environments/bad.yaml:5:10: metadata.class 'prod' is unknown",
+            "environments/bad.yaml:7:3: unknown field 'spec.servces'; did you mean 'services'?",
+            "environments/bad.yaml:10:16: spec.services.api.command must be a list of strings, found a scalar",
+            "environments/bad.yaml:11:17: spec.services.api.replicas must be a whole number, found 'many'",
+            "environments/bad.yaml:13:14: '${services.db.url}' names no service of this environment",
+            "environments/bad.yaml:14:15: unknown reference '${env.nmae}'",
+            "environments/bad.yaml:16:28: spec.routes[0].service 'apii' is not a service of this environment; did you mean 'api'?",
+        ]
+        for prefix in expected {
+            #expect(diagnostics.contains { $0.hasPrefix(prefix) }, "missing: \(prefix)\ngot:\n\(diagnostics.joined(separator: "\n"))")
+        }
+    }
+
+    @Test func missingTemplateAndEscapingSourceAreErrors() throws {
+        let (repo, commit) = try loaded(["environments/x.yaml": """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: x, class: development}
+            spec:
+              template: pyton-web
+              services:
+                api: {source: ../../etc, command: [cat, passwd]}
+                other: {source: apps/missing, command: [true]}
+            """])
+        let diagnostics = try ConfigLoader(repository: try repo.open()).validate(at: commit).map(\.description)
+        #expect(diagnostics.contains { $0.contains("templates/pyton-web.yaml does not exist; did you mean 'python-web'?") })
+        #expect(diagnostics.contains { $0.contains("source '../../etc' escapes the repository") })
+        #expect(diagnostics.contains { $0.contains("source 'apps/missing' is not a directory") })
+    }
+
+    @Test func duplicateNamesAndReservedSeparatorAreRejected() throws {
+        let (repo, commit) = try loaded([
+            "environments/web2.yaml": "apiVersion: gantry/v1\nkind: Environment\nmetadata: {name: web, class: staging}\n",
+            "environments/x.yaml": "apiVersion: gantry/v1\nkind: Environment\nmetadata: {name: a--b, class: staging}\n",
+        ])
+        let diagnostics = try ConfigLoader(repository: try repo.open()).validate(at: commit).map(\.description)
+        #expect(diagnostics.contains { $0.contains("environment name 'web' is already used by environments/web.yaml") })
+        #expect(diagnostics.contains { $0.contains("must not contain '--'") })
+    }
+
+    @Test func oversizedFileInTheRepositoryIsReported() throws {
+        let (repo, commit) = try loaded(["environments/huge.yaml": "a: \"" + String(repeating: "x", count: 2 << 20) + "\"\n"])
+        let diagnostics = try ConfigLoader(repository: try repo.open()).validate(at: commit).map(\.description)
+        #expect(diagnostics.contains { $0.hasPrefix("environments/huge.yaml:1:1:") && $0.contains("1 MiB") })
+    }
+
+    @Test func settingsAreStrictToo() throws {
+        let (repo, commit) = try loaded(["gantry.yaml": "apiVersion: gantry/v1\nkind: Settings\nprotectedBrnch: main\npreviews: {ttl: soon}\n"])
+        let result = ConfigLoader(repository: try repo.open()).settings(at: commit)
+        let text = result.diagnostics.map(\.description)
+        #expect(text.contains { $0.hasPrefix("gantry.yaml:3:1: unknown field 'protectedBrnch'; did you mean 'protectedBranch'?") })
+        #expect(text.contains { $0.contains("previews.ttl must be a duration") })
+    }
+}

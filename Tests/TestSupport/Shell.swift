@@ -1,0 +1,90 @@
+import Foundation
+
+/// Runs real commands (git, ssh-keygen, the gantry binary) for tests.
+public enum Shell {
+    public struct Result: Sendable {
+        public let status: Int32
+        public let stdout: String
+        public let stderr: String
+    }
+
+    /// A clean environment for git: a fixed identity, no user or system configuration.
+    public static var gitEnvironment: [String: String] {
+        var environment = ProcessInfo.processInfo.environment
+        environment["GIT_AUTHOR_NAME"] = "Test Agent"
+        environment["GIT_AUTHOR_EMAIL"] = "agent@example.com"
+        environment["GIT_COMMITTER_NAME"] = "Test Agent"
+        environment["GIT_COMMITTER_EMAIL"] = "agent@example.com"
+        environment["GIT_CONFIG_NOSYSTEM"] = "1"
+        environment["GIT_CONFIG_GLOBAL"] = "/dev/null"
+        return environment
+    }
+
+    @discardableResult
+    public static func run(_ arguments: [String], in directory: String? = nil, input: String? = nil,
+                           environment: [String: String]? = nil) throws -> Result {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        if let directory { process.currentDirectoryURL = URL(fileURLWithPath: directory) }
+        process.environment = environment ?? gitEnvironment
+        let out = Pipe(), err = Pipe(), inPipe = Pipe()
+        process.standardOutput = out
+        process.standardError = err
+        process.standardInput = inPipe
+        try process.run()
+        if let input { inPipe.fileHandleForWriting.write(Data(input.utf8)) }
+        try? inPipe.fileHandleForWriting.close()
+        let outData = ReadAll(out.fileHandleForReading)
+        let errData = ReadAll(err.fileHandleForReading)
+        process.waitUntilExit()
+        return Result(status: process.terminationStatus, stdout: String(decoding: outData.wait(), as: UTF8.self),
+                      stderr: String(decoding: errData.wait(), as: UTF8.self))
+    }
+
+    /// Runs and throws with the output when the command fails.
+    @discardableResult
+    public static func check(_ arguments: [String], in directory: String? = nil, input: String? = nil) throws -> String {
+        let result = try run(arguments, in: directory, input: input)
+        guard result.status == 0 else {
+            throw ShellError(description: "\(arguments.joined(separator: " ")) exited \(result.status): \(result.stderr)\(result.stdout)")
+        }
+        return result.stdout
+    }
+}
+
+public struct ShellError: Error, CustomStringConvertible {
+    public let description: String
+}
+
+/// Reads a pipe to its end on a background thread, so a chatty child never blocks on a full pipe.
+final class ReadAll: @unchecked Sendable {
+    private var data = Data()
+    private let done = DispatchSemaphore(value: 0)
+
+    init(_ handle: FileHandle) {
+        Thread.detachNewThread { [self] in
+            data = handle.readDataToEndOfFile()
+            done.signal()
+        }
+    }
+
+    func wait() -> Data {
+        done.wait()
+        return data
+    }
+}
+
+/// A temporary directory removed when the value goes away.
+public final class TemporaryDirectory: @unchecked Sendable {
+    public let path: String
+    public var url: URL { URL(fileURLWithPath: path) }
+
+    public init(_ prefix: String = "gantry-test") {
+        let base = FileManager.default.temporaryDirectory.appendingPathComponent("\(prefix)-\(UUID().uuidString.prefix(8))")
+        try! FileManager.default.createDirectory(at: base, withIntermediateDirectories: true)
+        path = base.path
+    }
+
+    deinit { try? FileManager.default.removeItem(atPath: path) }
+}

@@ -1,0 +1,100 @@
+import Foundation
+import GitStore
+
+/// A real Git repository built with the git CLI, with an SSH signing key made by ssh-keygen.
+public final class TestRepository: @unchecked Sendable {
+    public let directory: TemporaryDirectory
+    public var path: String { directory.path + "/repo" }
+    public let keyPath: String
+    public let principal: String
+
+    public init(principal: String = "agent@example.com", signing: Bool = true) throws {
+        directory = TemporaryDirectory("gantry-repo")
+        self.principal = principal
+        keyPath = directory.path + "/keys/agent"
+        try FileManager.default.createDirectory(atPath: directory.path + "/keys", withIntermediateDirectories: true)
+        try Shell.check(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", principal, "-f", keyPath])
+        try Shell.check(["git", "init", "-q", "-b", "main", path])
+        if signing {
+            for (key, value) in [("gpg.format", "ssh"), ("user.signingkey", keyPath), ("commit.gpgsign", "true")] {
+                try git("config", key, value)
+            }
+        }
+    }
+
+    /// The allowed_signers line of this repository's signing key.
+    public var allowedSignersLine: String {
+        let publicKey = (try? String(contentsOfFile: keyPath + ".pub", encoding: .utf8)) ?? ""
+        return "\(principal) \(publicKey.split(separator: " ").prefix(2).joined(separator: " "))"
+    }
+
+    @discardableResult
+    public func git(_ arguments: String...) throws -> String {
+        try Shell.check(["git", "-C", path] + arguments).trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
+    public func write(_ relativePath: String, _ content: String) throws {
+        try write(relativePath, Data(content.utf8))
+    }
+
+    public func write(_ relativePath: String, _ data: Data) throws {
+        let url = URL(fileURLWithPath: path).appendingPathComponent(relativePath)
+        try FileManager.default.createDirectory(at: url.deletingLastPathComponent(), withIntermediateDirectories: true)
+        try data.write(to: url)
+    }
+
+    public func remove(_ relativePath: String) throws {
+        try git("rm", "-rq", relativePath)
+    }
+
+    /// Stages everything and commits; returns the new commit id.
+    @discardableResult
+    public func commit(_ message: String) throws -> String {
+        try git("add", "-A")
+        try git("commit", "-q", "--allow-empty", "-m", message)
+        return try git("rev-parse", "HEAD")
+    }
+
+    public func checkout(_ branch: String, create: Bool = false) throws {
+        if create { try git("checkout", "-q", "-b", branch) } else { try git("checkout", "-q", branch) }
+    }
+
+    public func open() throws -> GitRepository { try GitRepository.open(path: path) }
+
+    /// Copies the project's example-repo/ into the repository and commits it on main.
+    @discardableResult
+    public func seedExample(extraSigners: [String] = []) throws -> String {
+        let source = TestPaths.packageRoot.appendingPathComponent("example-repo").path
+        try Shell.check(["cp", "-R", source + "/.", path])
+        try write("identities/allowed_signers", ([allowedSignersLine] + extraSigners).joined(separator: "\n") + "\n")
+        return try commit("Seed from example-repo")
+    }
+}
+
+public enum TestPaths {
+    /// The package root, found from this file's location.
+    public static var packageRoot: URL {
+        URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    }
+
+    /// The debug `gantry` binary built by `swift build` (`make test` builds it first).
+    public static var gantryBinary: String {
+        packageRoot.appendingPathComponent(".build/debug/gantry").path
+    }
+}
+
+/// Polls `condition` until it holds or `seconds` pass.
+public func eventually(_ seconds: Double = 10, interval: Double = 0.05, _ condition: () throws -> Bool) rethrows -> Bool {
+    let deadline = Date().addingTimeInterval(seconds)
+    while Date() < deadline {
+        if try condition() { return true }
+        Thread.sleep(forTimeInterval: interval)
+    }
+    return try condition()
+}
+
+/// GET over loopback with curl (an outside client); nil when the connection fails.
+public func httpGet(_ url: String) -> String? {
+    guard let result = try? Shell.run(["curl", "-s", "--max-time", "3", url]), result.status == 0 else { return nil }
+    return result.stdout
+}
