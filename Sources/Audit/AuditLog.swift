@@ -21,16 +21,25 @@ public final class AuditLog: @unchecked Sendable {
         self.notesRef = notesRef
     }
 
-    /// The chain head recorded at the tip of the notes ref: last seq and its digest.
-    public static func head(of repository: GitRepository, notesRef: String) throws -> (tip: ObjectID?, seq: Int, digest: String) {
-        guard let tip = try repository.reference(notesRef) else { return (nil, 0, "none") }
-        let message = try repository.commit(tip).message
-        guard let line = message.split(separator: "\n").first(where: { $0.hasPrefix("gantry-audit head: ") }) else {
-            throw AuditError.foreignCommit(tip.hex)
+    /// The chain head: last seq and its digest, from the newest notes commit Gantry wrote (the tip,
+    /// unless someone committed to the notes ref behind Gantry's back). `tip` is the ref's target.
+    public static func head(of repository: GitRepository, notesRef: String) throws
+        -> (tip: ObjectID?, seq: Int, digest: String, foreignCommits: [ObjectID]) {
+        guard let tip = try repository.reference(notesRef) else { return (nil, 0, "none", []) }
+        var foreign: [ObjectID] = []
+        var current: ObjectID? = tip
+        while let commit = current {
+            let info = try repository.commit(commit)
+            if let line = info.message.split(separator: "\n").first(where: { $0.hasPrefix("gantry-audit head: ") }) {
+                let parts = line.dropFirst("gantry-audit head: ".count).split(separator: " ")
+                if parts.count == 3, parts[0] == "seq", let seq = Int(parts[1]) {
+                    return (tip, seq, String(parts[2]), foreign)
+                }
+            }
+            foreign.append(commit)
+            current = info.parents.first
         }
-        let parts = line.dropFirst("gantry-audit head: ".count).split(separator: " ")
-        guard parts.count == 3, parts[0] == "seq", let seq = Int(parts[1]) else { throw AuditError.foreignCommit(tip.hex) }
-        return (tip, seq, String(parts[2]))
+        return (tip, 0, "none", foreign)
     }
 
     /// Appends `entries` in order, as one signed notes commit. Returns the records written.
@@ -88,14 +97,11 @@ public final class AuditLog: @unchecked Sendable {
 }
 
 public enum AuditError: Error, CustomStringConvertible {
-    case foreignCommit(String)
     case badTarget(String)
     case tooManyConflicts(Int)
 
     public var description: String {
         switch self {
-        case .foreignCommit(let sha):
-            "the tip of the notes ref (\(sha.prefix(7))) was not written by Gantry: it carries no 'gantry-audit head' line; restore the ref to Gantry's last notes commit"
         case .badTarget(let value): "cannot attach an audit record to '\(value)': not a commit id"
         case .tooManyConflicts(let count): "the notes ref kept moving: gave up after \(count) compare-and-swap attempts"
         }

@@ -44,6 +44,9 @@ public struct AuditVerifier: Sendable {
         }
         do {
             let head = try AuditLog.head(of: repository, notesRef: notesRef)
+            for commit in head.foreignCommits {
+                report.faults.append("notes commit \(commit.short) was not written by Gantry (no 'gantry-audit head' line): the notes were changed behind Gantry's back")
+            }
             if head.seq != records.count || (head.seq > 0 && head.digest != prev) {
                 report.faults.append("the notes ref's head says seq \(head.seq) \(head.digest), but the records end at seq \(records.last?.record.seq ?? 0) \(prev) — records were removed from the end or rewritten")
             }

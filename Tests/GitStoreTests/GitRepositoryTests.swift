@@ -1,0 +1,96 @@
+import Foundation
+import Testing
+import TestSupport
+@testable import GitStore
+
+@Suite struct GitRepositoryTests {
+    @Test func snapshotReadsAndDiffs() throws {
+        let repo = try TestRepository()
+        try repo.write("a/b.txt", "one")
+        let first = try repo.commit("first")
+        try repo.checkout("feature/x", create: true)
+        try repo.write("a/b.txt", "two")
+        try repo.write("c.txt", "new")
+        let second = try repo.commit("second")
+        let git = try repo.open()
+
+        let branches = try git.branches()
+        #expect(branches == ["main": ObjectID(hex: first)!, "feature/x": ObjectID(hex: second)!])
+        #expect(try git.readFile("a/b.txt", at: ObjectID(hex: second)!) == Data("two".utf8))
+        #expect(try git.readFile("missing.txt", at: ObjectID(hex: second)!) == nil)
+        #expect(try git.changedPaths(from: ObjectID(hex: first)!, to: ObjectID(hex: second)!) == ["a/b.txt", "c.txt"])
+        #expect(try git.mergeBase(ObjectID(hex: first)!, ObjectID(hex: second)!) == ObjectID(hex: first)!)
+        #expect(try git.isReachable(ObjectID(hex: first)!, from: ObjectID(hex: second)!))
+        #expect(try !git.isReachable(ObjectID(hex: second)!, from: ObjectID(hex: first)!))
+        #expect(try git.listDirectory("a", at: ObjectID(hex: second)!)?.map(\.name) == ["b.txt"])
+    }
+
+    @Test func oversizedBlobIsRefused() throws {
+        let repo = try TestRepository()
+        try repo.write("big", String(repeating: "x", count: 4096))
+        let sha = try repo.commit("big")
+        #expect(throws: GitError.self) { try repo.open().readFile("big", at: ObjectID(hex: sha)!, limit: 1024) }
+    }
+
+    @Test func extractsTheSignatureGitMade() throws {
+        let repo = try TestRepository()
+        let sha = try repo.commit("signed")
+        let signature = try #require(try repo.open().signature(of: ObjectID(hex: sha)!))
+        #expect(signature.signature.hasPrefix("-----BEGIN SSH SIGNATURE-----"))
+        #expect(String(decoding: signature.signedData, as: UTF8.self).contains("signed"))
+
+        let unsigned = try TestRepository(signing: false)
+        let plain = try unsigned.commit("plain")
+        #expect(try unsigned.open().signature(of: ObjectID(hex: plain)!) == nil)
+    }
+
+    @Test func notesCompareAndSwapRefusesAMovedRef() throws {
+        let repo = try TestRepository()
+        let sha = ObjectID(hex: try repo.commit("target"))!
+        let git = try repo.open()
+        let first = try git.commitNotes([sha: "one"], notesRef: "refs/notes/test", expectedTip: nil, message: "m",
+                                        authorName: "t", authorEmail: "t@x", sign: nil)
+        #expect(try git.note(on: sha, notesRef: "refs/notes/test") == "one")
+        // A writer that still believes the ref is absent loses the race.
+        #expect { try git.commitNotes([sha: "lost"], notesRef: "refs/notes/test", expectedTip: nil, message: "m",
+                                      authorName: "t", authorEmail: "t@x", sign: nil) } throws: { ($0 as? GitError)?.isConflict == true }
+        _ = try git.commitNotes([sha: "two"], notesRef: "refs/notes/test", expectedTip: first, message: "m",
+                                authorName: "t", authorEmail: "t@x", sign: nil)
+        #expect(try repo.git("notes", "--ref=test", "show", sha.hex) == "two")
+    }
+
+    @Test func materializeWritesFilesWithModes() throws {
+        let repo = try TestRepository()
+        try repo.write("app/run.sh", "#!/bin/sh\necho hi\n")
+        try repo.write("app/lib/x.txt", "x")
+        try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: repo.path + "/app/run.sh")
+        let sha = try repo.commit("app")
+        let target = TemporaryDirectory()
+        try repo.open().materialize("app", at: ObjectID(hex: sha)!, into: target.url.appendingPathComponent("w"))
+        #expect(FileManager.default.isExecutableFile(atPath: target.path + "/w/run.sh"))
+        #expect(try String(contentsOfFile: target.path + "/w/lib/x.txt", encoding: .utf8) == "x")
+    }
+
+    @Test func mirrorsAFileURLAndPrunesDeletedBranches() throws {
+        let repo = try TestRepository()
+        try repo.commit("one")
+        try repo.checkout("feature", create: true)
+        let feature = try repo.commit("two")
+        let state = TemporaryDirectory()
+        let mirror = try GitRepository.mirror(url: "file://\(repo.path)", at: state.path + "/mirror.git")
+        #expect(try mirror.branches()["feature"]?.hex == feature)
+        try repo.checkout("main")
+        try repo.git("branch", "-D", "feature")
+        try mirror.fetch(url: "file://\(repo.path)")
+        #expect(try mirror.branches().keys.sorted() == ["main"])
+    }
+
+    @Test func libgit2ErrorsNameTheOperation() throws {
+        do {
+            _ = try GitRepository.open(path: "/nonexistent/repo")
+            Issue.record("expected a failure")
+        } catch let error as GitError {
+            #expect(error.description.contains("open /nonexistent/repo"))
+        }
+    }
+}
