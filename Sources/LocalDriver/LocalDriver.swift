@@ -20,6 +20,8 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     public struct Options: Sendable {
         /// Seconds a new process has to pass its health check.
         public var startTimeout = 30.0
+        /// Seconds a service without an HTTP health check must stay up (unless it listens on PORT sooner).
+        public var settleTime = 2.0
         /// Seconds between SIGTERM and SIGKILL when stopping.
         public var stopGrace = 5.0
         /// A log file is rotated past this size; `keptLogs` old files are kept.
@@ -188,7 +190,8 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     }
 
     func waitHealthy(_ record: inout ServiceRecord, service: Service, progress: (String) -> Void) throws {
-        let deadline = Date().addingTimeInterval(options.startTimeout)
+        let started = Date()
+        let deadline = started.addingTimeInterval(options.startTimeout)
         var last = "not checked yet"
         progress("waiting for service \(service.name) to become healthy")
         while Date() < deadline {
@@ -202,8 +205,11 @@ public final class LocalDriver: Driver, @unchecked Sendable {
                 let result = HTTPProbe.get(port: record.port, path: path, timeout: min(service.health?.timeout ?? 5, 2))
                 if result.isHealthy { break }
                 last = "GET \(path) → \(result.summary)"
-            } else {
+            } else if HTTPProbe.canConnect(port: record.port) || Date() >= started.addingTimeInterval(options.settleTime) {
+                // Without an HTTP check: listening on PORT, or still alive after the settle time.
                 break
+            } else {
+                last = "not listening on port \(record.port) yet"
             }
             usleep(20_000)
         }

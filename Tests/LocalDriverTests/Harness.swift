@@ -1,0 +1,61 @@
+import Audit
+import Foundation
+import GitStore
+import LocalDriver
+import Logging
+import Reconciler
+import StateStore
+import TestSupport
+
+/// A real reconciler with the local driver over a real repository and state directory.
+final class Harness: @unchecked Sendable {
+    let repo: TestRepository
+    let stateDirectory = TemporaryDirectory("gantry-state")
+    let state: StateStore
+    let key: SigningKey
+    let driver: LocalDriver
+    let reconciler: Reconciler
+
+    init(repo: TestRepository) throws {
+        self.repo = repo
+        state = try StateStore(path: stateDirectory.path + "/gantry.db")
+        key = try SigningKey.loadOrCreate(at: stateDirectory.path + "/keys/gantry_ed25519")
+        let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }
+        let git = try repo.open()
+        var options = LocalDriver.Options()
+        options.startTimeout = 15
+        options.stopGrace = 2
+        driver = LocalDriver(stateDirectory: stateDirectory.url, state: state, logger: logger, options: options)
+        reconciler = Reconciler(repository: git, state: state, audit: AuditLog(repository: git, key: key), driver: driver, logger: logger)
+    }
+
+    deinit { driver.shutdown() }
+
+    @discardableResult
+    func pass() throws -> Reconciler.PassSummary { try reconciler.runPass() }
+
+    func environment(_ name: String) throws -> EnvironmentRecord? { try state.environment(name) }
+
+    func service(_ environment: String, _ name: String = "web") throws -> ServiceRecord? {
+        try state.services(of: environment).first { $0.name == name }
+    }
+
+    func get(_ environment: String, _ path: String = "/") throws -> String? {
+        guard let service = try service(environment) else { return nil }
+        return httpGet("http://127.0.0.1:\(service.port)\(path)")
+    }
+
+    func records() throws -> [AuditRecord] {
+        try AuditLog.records(in: try repo.open()).records.map(\.record)
+    }
+
+    func verify() throws -> AuditVerifier.Report {
+        try AuditVerifier(trustedKeys: [key.publicKey]).verify(repository: try repo.open())
+    }
+}
+
+func isRunning(_ pid: Int32?) -> Bool {
+    guard let pid else { return false }
+    guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return false }
+    return !stat.contains(") Z ")
+}

@@ -1,0 +1,197 @@
+import Foundation
+import Testing
+import TestSupport
+@testable import LocalDriver
+@testable import Reconciler
+import StateStore
+
+@Suite(.serialized) struct ReconcileLoopTests {
+    @Test func liveEnvironmentsComeUpAndServe() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let harness = try Harness(repo: repo)
+        let summary = try harness.pass()
+        #expect(summary.applied.sorted() == ["status-page", "web"])
+        #expect(try harness.environment("web")?.phase == .running)
+        #expect(try harness.get("web")?.contains("\"greeting\": \"hello from web\"") == true)
+        let statusPage = try #require(try harness.get("status-page"))
+        #expect(statusPage.contains("status of status-page: all systems go"))
+        #expect(try harness.records().map(\.event) == ["admitted", "applied", "admitted", "applied"])
+        #expect(try harness.verify().isValid)
+        // A second pass with nothing new changes nothing.
+        let pid = try harness.service("web")?.pid
+        let again = try harness.pass()
+        #expect(again.changedBranches.isEmpty && again.applied.isEmpty)
+        #expect(try harness.service("web")?.pid == pid)
+    }
+
+    @Test func previewLifecycleFromPushToMergeAndDeletion() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        let livePid = try harness.service("web")?.pid
+
+        // Push: a branch that changes the web environment gets an isolated preview.
+        try repo.checkout("agents/claude/greeting", create: true)
+        try repo.write("environments/web.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: web, team: payments, class: production}
+            spec:
+              template: python-web
+              services:
+                web:
+                  env: {GREETING: "howdy from ${env.name}"}
+            """)
+        let first = try repo.commit("Change the greeting\n\nAgent: claude-code\nTask: PAY-1")
+        let summary = try harness.pass()
+        #expect(summary.applied == ["web--agents-claude-greeting"])
+        let preview = try #require(try harness.environment("web--agents-claude-greeting"))
+        #expect(preview.envClass == "preview")
+        #expect(preview.branch == "agents/claude/greeting")
+        #expect(try harness.get("web--agents-claude-greeting")?.contains("howdy from web--agents-claude-greeting") == true)
+        // Isolation: its own port and working directory, and the live environment untouched.
+        let previewService = try #require(try harness.service("web--agents-claude-greeting"))
+        let liveService = try #require(try harness.service("web"))
+        #expect(previewService.port != liveService.port)
+        #expect(previewService.workdir != liveService.workdir)
+        #expect(liveService.pid == livePid)
+        let admitted = try #require(try harness.records().last { $0.event == "admitted" })
+        #expect(admitted.value("task") == "PAY-1")
+        #expect(admitted.value("agent") == "claude-code")
+        #expect(admitted.value("commit") == first)
+
+        // A new commit replaces the preview's process with the new revision.
+        try repo.write("apps/hello/VERSION", "2")
+        try repo.commit("Bump the app")
+        try harness.pass()
+        let replaced = try #require(try harness.service("web--agents-claude-greeting"))
+        #expect(replaced.pid != previewService.pid)
+        #expect(!isRunning(previewService.pid))
+        #expect(replaced.port == previewService.port)
+
+        // Merge: the branch's tip becomes reachable from main, and the preview is destroyed.
+        try repo.checkout("main")
+        try repo.git("merge", "-q", "--no-ff", "-m", "Merge greeting", "agents/claude/greeting")
+        let merged = try harness.pass()
+        #expect(merged.destroyed.contains("web--agents-claude-greeting"))
+        #expect(try harness.environment("web--agents-claude-greeting")?.phase == .destroyed)
+        #expect(!isRunning(replaced.pid))
+        #expect(try harness.service("web--agents-claude-greeting") == nil)
+        #expect(replaced.workdir.map { !FileManager.default.fileExists(atPath: $0) } == true)
+        // Main now runs the merged greeting.
+        #expect(try harness.get("web")?.contains("howdy from web") == true)
+        #expect(try harness.verify().isValid)
+    }
+
+    @Test func deletedBranchDestroysItsPreview() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        try repo.checkout("feature", create: true)
+        try repo.write("apps/hello/NOTE", "x")
+        try repo.commit("touch the app")
+        try harness.pass()
+        let pids = try ["web--feature", "status-page--feature"].map { try harness.service($0)?.pid }
+        #expect(pids.allSatisfy(isRunning))
+        try repo.checkout("main")
+        try repo.git("branch", "-D", "feature")
+        let summary = try harness.pass()
+        #expect(summary.destroyed.sorted() == ["status-page--feature", "web--feature"])
+        #expect(pids.allSatisfy { !isRunning($0) })
+        #expect(try harness.records().filter { $0.event == "destroyed" }.allSatisfy { $0.value("reason") == "branch feature was deleted" })
+        // History is kept.
+        #expect(try harness.environment("web--feature")?.phase == .destroyed)
+    }
+
+    @Test func invalidSpecIsDeniedAndNothingIsHalfApplied() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        let before = try harness.service("web")
+        try repo.checkout("broken", create: true)
+        try repo.write("environments/web.yaml", "apiVersion: gantry/v1\nkind: Environment\nmetadata: {name: web, class: production}\nspec:\n  template: python-web\n  sevices: {}\n")
+        let commit = try repo.commit("typo")
+        let summary = try harness.pass()
+        #expect(summary.denied == ["web--broken"])
+        #expect(try harness.environment("web--broken")?.phase == .denied)
+        #expect(try harness.service("web--broken") == nil)
+        let denial = try #require(try harness.records().last)
+        #expect(denial.event == "denied")
+        #expect(denial.value("decision") == "deny")
+        #expect(denial.values("rule").contains { $0.contains("environments/web.yaml:6:3: unknown field 'spec.sevices'; did you mean 'services'?") })
+        #expect(try repo.git("notes", "--ref=gantry", "show", commit).contains("event: denied"))
+        #expect(try harness.service("web")?.pid == before?.pid)
+
+        // On main, a broken commit keeps the previous revision running (fail safe).
+        try repo.checkout("main")
+        try repo.write("environments/web.yaml", "apiVersion: gantry/v1\nkind: Environment\nmetadata: {name: web, class: production}\nspec: {template: nope}\n")
+        try repo.commit("break main")
+        try harness.pass()
+        let live = try #require(try harness.environment("web"))
+        #expect(live.phase == .running)
+        #expect(live.message?.contains("denied") == true)
+        #expect(isRunning(try harness.service("web")?.pid))
+    }
+
+    @Test func crashedServiceIsRestartedWithBackoff() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        let original = try #require(try harness.service("web"))
+        kill(original.pid!, SIGKILL)
+        #expect(eventually(5) { !isRunning(original.pid) })
+        try harness.pass()
+        let restarted = try #require(try harness.service("web"))
+        #expect(restarted.pid != original.pid)
+        #expect(restarted.restarts == 1)
+        #expect(eventually(10) { (try? harness.get("web")) != nil })
+        // A second crash right away waits out the backoff (2s) before restarting.
+        kill(restarted.pid!, SIGKILL)
+        #expect(eventually(5) { !isRunning(restarted.pid) })
+        try harness.pass()
+        #expect(try harness.service("web")?.pid == restarted.pid)
+        #expect(eventually(6) { (try? harness.pass()) != nil && (try? harness.service("web")?.restarts) == 2 })
+    }
+
+    @Test func failingHealthCheckIsReportedWithTheLog() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("environments/crash.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: crash, class: development}
+            spec:
+              services:
+                web:
+                  source: apps/hello
+                  command: ["python3", "-c", "import sys; print('boom: missing config'); sys.exit(3)"]
+            """)
+        try repo.commit("add a crashing environment")
+        let harness = try Harness(repo: repo)
+        let summary = try harness.pass()
+        #expect(summary.failed == ["crash"])
+        let failed = try #require(try harness.environment("crash"))
+        #expect(failed.phase == .failed)
+        #expect(failed.message?.contains("boom: missing config") == true)
+        #expect(try harness.records().last { $0.event == "failed" }?.value("environment") == "crash")
+    }
+
+    @Test func removedEnvironmentOnMainIsDestroyed() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        let pid = try harness.service("status-page")?.pid
+        try repo.remove("environments/status-page.yaml")
+        try repo.commit("retire the status page")
+        let summary = try harness.pass()
+        #expect(summary.destroyed == ["status-page"])
+        #expect(!isRunning(pid))
+        #expect(isRunning(try harness.service("web")?.pid))
+    }
+}
