@@ -269,7 +269,6 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     }
 
     public func supervise() -> [DriverEvent] {
-        ProcessControl.reapAll()
         var events: [DriverEvent] = []
         let now = Date()
         for var record in (try? state.allServices()) ?? [] {

@@ -34,6 +34,8 @@ enum ProcessControl {
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         guard let addChdir = addChdir else { throw SpawnError(description: "this C library has no posix_spawn_file_actions_addchdir_np") }
         _ = addChdir(&actions, directory)
+        // Nothing of Gantry's (the state lock, sockets, the database) may leak into a service.
+        if let addCloseFrom { _ = addCloseFrom(&actions, 3) }
 
         let argv = arguments.map { strdup($0) } + [nil]
         let envp = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
@@ -56,6 +58,12 @@ enum ProcessControl {
     nonisolated(unsafe) static let addChdir: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32)? = {
         guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addchdir_np") else { return nil }
         return unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, UnsafePointer<CChar>) -> Int32).self)
+    }()
+
+    /// glibc 2.34+: close every descriptor from N up in the child.
+    nonisolated(unsafe) static let addCloseFrom: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32)? = {
+        guard let symbol = dlsym(UnsafeMutableRawPointer(bitPattern: 0), "posix_spawn_file_actions_addclosefrom_np") else { return nil }
+        return unsafeBitCast(symbol, to: (@convention(c) (UnsafeMutablePointer<posix_spawn_file_actions_t>, Int32) -> Int32).self)
     }()
 
     static func resolve(_ program: String, path: String) -> String {
@@ -89,12 +97,6 @@ enum ProcessControl {
         var status: Int32 = 0
         guard waitpid(pid, &status, WNOHANG) == pid else { return nil }
         return describe(status)
-    }
-
-    /// Reaps every exited child, whoever it was.
-    static func reapAll() {
-        var status: Int32 = 0
-        while waitpid(-1, &status, WNOHANG) > 0 {}
     }
 
     static func describe(_ status: Int32) -> String {

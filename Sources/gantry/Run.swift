@@ -32,7 +32,7 @@ struct Run: ParsableCommand {
         let logger = Logger(label: "gantry")
         let paths = StatePaths(root: state.directory)
         try FileManager.default.createDirectory(at: paths.root, withIntermediateDirectories: true)
-        let lock = open(paths.lockFile, O_CREAT | O_RDWR, 0o600)
+        let lock = open(paths.lockFile, O_CREAT | O_RDWR | O_CLOEXEC, 0o600)
         guard lock >= 0, flock(lock, LOCK_EX | LOCK_NB) == 0 else {
             throw Failure("another gantry run is using \(paths.root.path) (lock \(paths.lockFile) is held)")
         }

@@ -1,0 +1,103 @@
+import Foundation
+import Testing
+import TestSupport
+
+@Suite(.serialized) struct RunTests {
+    func statusJSON(_ state: String) throws -> [[String: Any]] {
+        let result = try gantry("status", "--state", state, "--json")
+        guard result.status == 0, let object = try JSONSerialization.jsonObject(with: Data(result.stdout.utf8)) as? [String: Any],
+              let environments = object["environments"] as? [[String: Any]] else { return [] }
+        return environments
+    }
+
+    func running(_ state: String) -> Set<String> {
+        Set(((try? statusJSON(state)) ?? []).filter { $0["phase"] as? String == "Running" }.compactMap { $0["name"] as? String })
+    }
+
+    @Test func notifyWakesTheLoopAndStatusReportsServices() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let state = TemporaryDirectory()
+        defer { killMarked(state: state.path) }
+        // A long poll interval: only `gantry notify` can make the second pass happen quickly.
+        let run = try GantryProcess(["run", "--repo", repo.path, "--state", state.path, "--interval", "60", "--stop-on-exit"],
+                                    log: state.path + "/run.log")
+        #expect(eventually(30) { running(state.path) == ["web", "status-page"] })
+        try repo.checkout("feature", create: true)
+        try repo.write("apps/hello/NOTE", "x")
+        try repo.commit("touch")
+        let start = Date()
+        #expect(eventually(5) { (try? gantry("notify", "--state", state.path).status) == 0 })
+        #expect(eventually(20) { running(state.path).contains("web--feature") })
+        #expect(Date().timeIntervalSince(start) < 20)
+        let environments = try statusJSON(state.path)
+        let preview = try #require(environments.first { $0["name"] as? String == "web--feature" })
+        #expect(preview["branch"] as? String == "feature")
+        #expect(preview["class"] as? String == "preview")
+        let services = try #require(preview["services"] as? [[String: Any]])
+        let url = try #require(services.first?["url"] as? String)
+        #expect(httpGet(url)?.contains("hello from web--feature") == true)
+        run.terminate()
+        #expect(markedProcesses(state: state.path).isEmpty)
+    }
+
+    @Test func killDashNineAtAnyMomentThenRestartConverges() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let state = TemporaryDirectory()
+        defer { killMarked(state: state.path) }
+        let arguments = ["run", "--repo", repo.path, "--state", state.path, "--interval", "0.1"]
+        var expected: Set<String> = ["web", "status-page"]
+        for round in 0..<4 {
+            let run = try GantryProcess(arguments, log: state.path + "/run.log")
+            // Change something so the killed run is busy: a new preview branch each round.
+            try repo.checkout("main")
+            try repo.checkout("round-\(round)", create: true)
+            try repo.write("apps/hello/ROUND", "\(round)")
+            try repo.commit("round \(round)")
+            expected.formUnion(["web--round-\(round)", "status-page--round-\(round)"])
+            if round == 2 {
+                // Deleting a branch mid-flight must still end with its previews gone.
+                try repo.checkout("main")
+                try repo.git("branch", "-D", "round-1")
+                expected.subtract(["web--round-1", "status-page--round-1"])
+            }
+            Thread.sleep(forTimeInterval: Double([0.05, 0.3, 0.6, 1.2][round]))
+            run.kill9()
+        }
+        let run = try GantryProcess(arguments + ["--stop-on-exit"], log: state.path + "/run.log")
+        #expect(eventually(60) { running(state.path) == expected }, "running: \(running(state.path)) want \(expected)")
+        // Exactly one process per desired service, no orphans and no duplicates.
+        #expect(eventually(10) {
+            let marks = markedProcesses(state: state.path).map(\.mark)
+            return marks.count == expected.count && Set(marks) == Set(expected.map { "\($0):web" })
+        }, "processes: \(markedProcesses(state: state.path).map(\.mark).sorted())")
+        for environment in try statusJSON(state.path) {
+            let url = try #require((environment["services"] as? [[String: Any]])?.first?["url"] as? String)
+            #expect(httpGet(url) != nil, "\(environment["name"] ?? "") does not serve")
+        }
+        let verify = try gantry("audit", "verify", "--state", state.path)
+        #expect(verify.status == 0, "\(verify.stdout)")
+        run.terminate()
+        #expect(markedProcesses(state: state.path).isEmpty)
+    }
+
+    @Test func auditVerifyFailsOnATamperedLog() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let state = TemporaryDirectory()
+        defer { killMarked(state: state.path) }
+        let once = try gantry("run", "--repo", repo.path, "--state", state.path, "--once", "--stop-on-exit")
+        #expect(once.status == 0, "\(once.stderr)")
+        #expect(try gantry("audit", "verify", "--state", state.path).status == 0)
+        let log = try gantry("audit", "log", "--state", state.path, "--json", "--env", "web").stdout
+        let records = try #require((try JSONSerialization.jsonObject(with: Data(log.utf8)) as? [String: Any])?["records"] as? [[String: Any]])
+        #expect(records.map { $0["event"] as? String } == ["applied", "admitted"])
+        let head = try repo.git("rev-parse", "HEAD")
+        let note = try repo.git("notes", "--ref=gantry", "show", head)
+        try repo.git("notes", "--ref=gantry", "add", "-f", "-m", note.replacingOccurrences(of: "decision: allow", with: "decision: deny"), head)
+        let verify = try gantry("audit", "verify", "--state", state.path)
+        #expect(verify.status == 1)
+        #expect(verify.stdout.contains("bad signature"))
+    }
+}
