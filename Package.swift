@@ -43,7 +43,7 @@ let package = Package(
         ]),
         // `make bench`: figures against a git-CLI baseline measured in the same run.
         .executableTarget(name: "GantryBench", dependencies: [
-            "GitStore", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver",
+            "GitStore", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver", "TestSupport",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "TestSupport", dependencies: ["GitStore"], path: "Tests/TestSupport"),

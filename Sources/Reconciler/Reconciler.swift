@@ -37,6 +37,21 @@ public final class Reconciler: @unchecked Sendable {
     public let options: Options
     /// Called when a fetchable remote is mirrored: refreshes the local copy before each pass.
     public var beforePass: (() throws -> Void)?
+    /// The processed tip per branch, read from the state DB once and then kept in step with it, so a
+    /// pass over unchanged refs costs a ref listing and a dictionary compare.
+    private var processedCache: [String: String]?
+
+    func processedRefs() throws -> [String: String] {
+        if let processedCache { return processedCache }
+        let loaded = try state.processedRefs()
+        processedCache = loaded
+        return loaded
+    }
+
+    func setProcessed(branch: String, commit: String?) throws {
+        try state.setProcessed(branch: branch, commit: commit)
+        if processedCache != nil { processedCache![branch] = commit }
+    }
 
     public init(repository: GitRepository, state: StateStore, audit: AuditLog, driver: Driver, logger: Logger,
                 options: Options = Options()) {
@@ -93,7 +108,7 @@ public final class Reconciler: @unchecked Sendable {
             }
         }
         let protectedTip = branches[protectedBranch]
-        let processed = try state.processedRefs()
+        let processed = try processedRefs()
         let changed = branches.filter { processed[$0.key] != $0.value.hex && !settings.ignores(branch: $0.key) }
             .sorted { ($0.key == protectedBranch ? 0 : 1, $0.key) < ($1.key == protectedBranch ? 0 : 1, $1.key) }
         summary.changedBranches = changed.map(\.key)
@@ -106,7 +121,7 @@ public final class Reconciler: @unchecked Sendable {
                 } else {
                     try reconcile(branch: branch, tip: tip, context: context, &summary)
                 }
-                try state.setProcessed(branch: branch, commit: tip.hex)
+                try setProcessed(branch: branch, commit: tip.hex)
             } catch {
                 logger.error("could not reconcile branch; will retry", metadata: ["git.branch": "\(branch)", "error": "\(error)"])
             }
@@ -144,12 +159,19 @@ public final class Reconciler: @unchecked Sendable {
         let existing = try state.environment(desired.name)
         let live = existing.flatMap { $0.phase == .destroyed ? nil : $0 }
         if let live, live.fingerprint == desired.fingerprint, live.phase == .running {
-            if live.commit != desired.commit.hex {
-                var updated = live
-                updated.commit = desired.commit.hex
-                updated.updatedAt = Date()
-                try state.save(updated)
+            guard live.commit != desired.commit.hex else { return }
+            // Nothing to apply. A commit that touched the environment's files is still judged and
+            // recorded; one that touched other files only moves the environment's commit along.
+            if try touches(desired, since: live.commit) {
+                let base = baseFields(desired.name, branch: desired.branch, commit: commit, policyRevision: context.protectedTip)
+                try appendOnce(.admitted, desired.name, commit.id, base + [("decision", "allow"), ("rule", "spec: valid"),
+                                                                            ("change", "none: the running revision already matches")])
+                summary.admitted.append(desired.name)
             }
+            var updated = live
+            updated.commit = desired.commit.hex
+            updated.updatedAt = Date()
+            try state.save(updated)
             return
         }
         if let live, live.commit == desired.commit.hex, live.fingerprint == desired.fingerprint || live.phase == .denied {
@@ -214,11 +236,17 @@ public final class Reconciler: @unchecked Sendable {
         }
     }
 
+    /// True when a file, template or source of the environment differs between `previous` and its commit.
+    func touches(_ desired: DesiredEnvironment, since previous: String) throws -> Bool {
+        guard let before = ObjectID(hex: previous) else { return true }
+        return desired.loaded.isTouched(by: try repository.changedPaths(from: before, to: desired.commit))
+    }
+
     /// Branch deletion and merges, checked every pass against the fresh listing.
     func sweep(branches: [String: ObjectID], context: PassContext, protectedChanged: Bool, _ summary: inout PassSummary) throws {
-        for branch in try state.processedRefs().keys where branches[branch] == nil {
+        for branch in try processedRefs().keys where branches[branch] == nil {
             try destroyPreviews(of: branch, reason: "branch \(branch) was deleted", commitForNote: nil, &summary)
-            try state.setProcessed(branch: branch, commit: nil)
+            try setProcessed(branch: branch, commit: nil)
         }
         guard protectedChanged, let protectedTip = context.protectedTip else { return }
         let previewBranches = Set(try state.environments().filter { $0.branch != context.protectedBranch }.map(\.branch))

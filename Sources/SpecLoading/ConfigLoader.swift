@@ -21,6 +21,13 @@ public struct LoadedEnvironment: Sendable {
     public var watchedPaths: [String] {
         [file] + (templateFile.map { [$0] } ?? []) + (spec?.services.compactMap(\.source) ?? [])
     }
+
+    /// True when one of `changed` (repository paths of files) is a watched path or lies under one.
+    public func isTouched(by changed: Set<String>) -> Bool {
+        watchedPaths.contains { watched in
+            changed.contains(watched) || changed.contains { $0.hasPrefix(watched + "/") }
+        }
+    }
 }
 
 /// Reads the configuration repository at a commit: settings, templates and environments.

@@ -45,10 +45,7 @@ extension ConfigLoader {
         let base = try protectedTip.flatMap { try repository.mergeBase($0, commit) }
         let changed = try repository.changedPaths(from: base, to: commit)
         return try environments.compactMap { environment in
-            let touched = environment.watchedPaths.contains { watched in
-                changed.contains(watched) || changed.contains { $0.hasPrefix(watched + "/") }
-            }
-            guard touched else { return nil }
+            guard environment.isTouched(by: changed) else { return nil }
             let name = Previews.name(environment: environment.name, branch: branch)
             var spec = environment.isValid ? environment.spec : nil
             spec?.name = name

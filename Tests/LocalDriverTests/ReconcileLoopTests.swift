@@ -195,3 +195,34 @@ import StateStore
         #expect(isRunning(try harness.service("web")?.pid))
     }
 }
+
+@Suite(.serialized) struct JudgingTests {
+    @Test func everyCommitThatTouchesAnEnvironmentIsJudgedButOnlyChangesRestart() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        let web = try harness.service("web")
+        let statusPage = try harness.service("status-page")
+
+        // A comment in web.yaml: judged and recorded, but nothing restarts.
+        let spec = try String(contentsOfFile: repo.path + "/environments/web.yaml", encoding: .utf8)
+        try repo.write("environments/web.yaml", spec + "# reviewed\n")
+        let commented = try repo.commit("comment only")
+        let summary = try harness.pass()
+        #expect(summary.admitted == ["web"])
+        #expect(summary.applied.isEmpty)
+        let note = try repo.git("notes", "--ref=gantry", "show", commented)
+        #expect(note.contains("environment: web\n") && note.contains("change: none: the running revision already matches"))
+        #expect(!note.contains("environment: status-page"))
+        #expect(try harness.service("web")?.pid == web?.pid)
+        #expect(try harness.environment("web")?.commit == commented)
+
+        // A commit touching neither environment records nothing for them.
+        try repo.write("README.txt", "docs")
+        let docs = try repo.commit("docs")
+        #expect(try harness.pass().admitted.isEmpty)
+        #expect(try Shell.run(["git", "-C", repo.path, "notes", "--ref=gantry", "show", docs]).status != 0)
+        #expect(try harness.service("status-page")?.pid == statusPage?.pid)
+    }
+}

@@ -55,6 +55,7 @@ public enum Shell {
 
 public struct ShellError: Error, CustomStringConvertible {
     public let description: String
+    public init(description: String) { self.description = description }
 }
 
 /// Reads a pipe to its end on a background thread, so a chatty child never blocks on a full pipe.

@@ -1,0 +1,205 @@
+// `make bench`: Gantry's figures beside a git-CLI baseline measured in the same run.
+// Figures are printed, never asserted: the machine is shared and noisy.
+import Audit
+import Foundation
+import GitStore
+import LocalDriver
+import Logging
+import Reconciler
+import StateStore
+import TestSupport
+
+let gantryBinary = CommandLine.arguments.dropFirst().first
+    ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("gantry").path
+
+/// Prints at once, even into a pipe or file, so a long run shows its progress.
+func say(_ line: String) { FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
+
+func milliseconds(_ seconds: Double) -> String { String(format: "%.1f ms", seconds * 1000) }
+
+func percentile(_ values: [Double], _ p: Double) -> Double {
+    let sorted = values.sorted()
+    return sorted[min(sorted.count - 1, Int((Double(sorted.count - 1) * p).rounded()))]
+}
+
+func time(_ body: () throws -> Void) rethrows -> Double {
+    let start = DispatchTime.now().uptimeNanoseconds
+    try body()
+    return Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+}
+
+func report(_ name: String, _ samples: [Double], baseline: (String, [Double])? = nil) {
+    var line = "\(name): median \(milliseconds(percentile(samples, 0.5))), p99 \(milliseconds(percentile(samples, 0.99))) (n=\(samples.count))"
+    if let (label, base) = baseline {
+        let ratio = percentile(samples, 0.5) / max(percentile(base, 0.5), 1e-9)
+        line += " | baseline \(label): median \(milliseconds(percentile(base, 0.5))) | ratio \(String(format: "%.2fx", ratio))"
+    }
+    say(line)
+
+}
+
+/// Creates `count` branches at main's tip in one `git update-ref --stdin`.
+func addBranches(_ repo: TestRepository, count: Int, prefix: String) throws {
+    let tip = try repo.git("rev-parse", "main")
+    let input = (0..<count).map { "create refs/heads/\(prefix)\($0) \(tip)" }.joined(separator: "\n") + "\n"
+    _ = try Shell.check(["git", "-C", repo.path, "update-ref", "--stdin"], input: input)
+    try repo.git("pack-refs", "--all")
+}
+
+/// Commits `content` at `path` on top of `parent` without touching the work tree; returns the commit.
+func commitFile(_ repo: TestRepository, parent: String, path: String, content: String, message: String) throws -> String {
+    let blob = try Shell.check(["git", "-C", repo.path, "hash-object", "-w", "--stdin"], input: content).trimmingCharacters(in: .whitespacesAndNewlines)
+    let index = repo.directory.path + "/bench-index"
+    var environment = Shell.gitEnvironment
+    environment["GIT_INDEX_FILE"] = index
+    func git(_ arguments: [String], input: String? = nil) throws -> String {
+        let result = try Shell.run(["git", "-C", repo.path] + arguments, input: input, environment: environment)
+        guard result.status == 0 else { throw ShellError(description: result.stderr) }
+        return result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+    _ = try git(["read-tree", parent])
+    _ = try git(["update-index", "--add", "--cacheinfo", "100644,\(blob),\(path)"])
+    let tree = try git(["write-tree"])
+    return try git(["commit-tree", tree, "-p", parent, "-m", message])
+}
+
+let logger = Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
+say("Gantry benchmarks (\(ProcessInfo.processInfo.activeProcessorCount) cores); gantry binary \(gantryBinary)")
+
+// MARK: 1. A full pass over unchanged branches, against `git for-each-ref`.
+for total in [1_000, 10_000] {
+    let repo = try TestRepository(signing: false)
+    try repo.seedExample()
+    try addBranches(repo, count: total, prefix: "agents/bench/")
+    let state = TemporaryDirectory("gantry-bench")
+    let store = try StateStore(path: state.path + "/gantry.db")
+    let git = try repo.open()
+    let driver = LocalDriver(stateDirectory: state.url, state: store, logger: logger)
+    defer { driver.shutdown() }
+    let reconciler = Reconciler(repository: git, state: store,
+                                audit: AuditLog(repository: git, key: try SigningKey.loadOrCreate(at: state.path + "/key")),
+                                driver: driver, logger: logger)
+    let first = try time { try reconciler.runPass() }
+    say("first pass over \(total) new branches (each judged once): \(milliseconds(first))")
+    let unchanged = try (0..<20).map { _ in try time { try reconciler.runPass() } }
+    let baseline = try (0..<20).map { _ in try time { _ = try Shell.check(["git", "-C", repo.path, "for-each-ref", "refs/heads"]) } }
+    report("pass over \(total) unchanged branches", unchanged, baseline: ("git for-each-ref", baseline))
+    // The same total with 10 branches moved: the extra cost follows the changed refs.
+    var changedSamples: [Double] = []
+    for round in 0..<5 {
+        let tip = try repo.git("rev-parse", "main")
+        let input = (0..<10).map { index -> String in
+            let commit = (try? commitFile(repo, parent: tip, path: "notes/\(round)-\(index).txt", content: "\(round)", message: "r\(round)")) ?? tip
+            return "update refs/heads/agents/bench/\(index) \(commit)"
+        }.joined(separator: "\n") + "\n"
+        _ = try Shell.check(["git", "-C", repo.path, "update-ref", "--stdin"], input: input)
+        changedSamples.append(try time { try reconciler.runPass() })
+    }
+    report("pass over \(total) branches with 10 changed (no environment touched)", changedSamples)
+}
+
+// MARK: 2. Push -> admitted record written, woken by `gantry notify`, 1,000 branches.
+do {
+    let repo = try TestRepository(signing: false)
+    try repo.seedExample()
+    try repo.write("environments/bench.yaml", "apiVersion: gantry/v1\nkind: Environment\nmetadata: {name: bench, class: development}\n")
+    try repo.commit("an environment with no services, so a push costs admission and recording only")
+    try addBranches(repo, count: 1_000, prefix: "agents/other/")
+    try repo.git("branch", "bench-branch", "main")
+    let state = TemporaryDirectory("gantry-bench")
+    let run = Process()
+    run.executableURL = URL(fileURLWithPath: gantryBinary)
+    run.arguments = ["run", "--repo", repo.path, "--state", state.path, "--interval", "600", "--stop-on-exit"]
+    run.standardError = FileHandle(forWritingAtPath: "/dev/null")
+    try run.run()
+    defer { kill(run.processIdentifier, SIGTERM); run.waitUntilExit() }
+    let git = try repo.open()
+    // Wait for the first pass (main's environments running).
+    while (try? git.reference(AuditLog.defaultRef)) == nil || !FileManager.default.fileExists(atPath: state.path + "/gantry.pid") {
+        usleep(50_000)
+    }
+    Thread.sleep(forTimeInterval: 2)
+    var parent = try repo.git("rev-parse", "main")
+    var commits: [String] = []
+    for index in 0..<200 {
+        parent = try commitFile(repo, parent: parent, path: "environments/bench.yaml",
+                                content: "apiVersion: gantry/v1\nkind: Environment\nmetadata: {name: bench, class: development}\n# push \(index)\n",
+                                message: "push \(index)")
+        commits.append(parent)
+    }
+    var samples: [Double] = []
+    var notifyOnly: [Double] = []
+    for commit in commits {
+        let start = DispatchTime.now().uptimeNanoseconds
+        _ = try Shell.check(["git", "-C", repo.path, "update-ref", "refs/heads/bench-branch", commit])
+        notifyOnly.append(try time { _ = try Shell.check([gantryBinary, "notify", "--state", state.path]) })
+        let target = ObjectID(hex: commit)!
+        let deadline = Date().addingTimeInterval(10)
+        while Date() < deadline {
+            if let note = try? git.note(on: target, notesRef: AuditLog.defaultRef), note.contains("event: admitted") { break }
+            usleep(500)
+        }
+        samples.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        // Let the pass finish (applied) before the next push, so each push is measured alone.
+        while Date() < deadline {
+            if let note = try? git.note(on: target, notesRef: AuditLog.defaultRef), note.contains("event: applied") { break }
+            usleep(500)
+        }
+    }
+    var baseline: [Double] = []
+    for commit in commits.prefix(50) {
+        baseline.append(try time { _ = try Shell.check(["git", "-C", repo.path, "notes", "--ref=bench", "add", "-m", "x", commit]) })
+    }
+    report("push -> admitted record (notify, 1000 branches; includes update-ref and the notify process)", samples,
+           baseline: ("git notes add", baseline))
+    report("  of which `gantry notify` process", notifyOnly)
+}
+
+// MARK: 3. Push -> preview serving HTTP 200, over 20 branches.
+do {
+    let repo = try TestRepository(signing: false)
+    try repo.seedExample()
+    let state = TemporaryDirectory("gantry-bench")
+    let run = Process()
+    run.executableURL = URL(fileURLWithPath: gantryBinary)
+    run.arguments = ["run", "--repo", repo.path, "--state", state.path, "--interval", "600", "--stop-on-exit"]
+    run.standardError = FileHandle(forWritingAtPath: "/dev/null")
+    try run.run()
+    defer { kill(run.processIdentifier, SIGTERM); run.waitUntilExit() }
+    let store = try StateStore(path: state.path + "/gantry.db")
+    while ((try? store.environments()) ?? []).filter({ $0.phase == .running }).count < 2 { usleep(50_000) }
+    let main = try repo.git("rev-parse", "main")
+    var samples: [Double] = []
+    var baseline: [Double] = []
+    for index in 0..<20 {
+        let commit = try commitFile(repo, parent: main, path: "apps/hello/VERSION", content: "\(index)", message: "preview \(index)")
+        let start = DispatchTime.now().uptimeNanoseconds
+        _ = try Shell.check(["git", "-C", repo.path, "update-ref", "refs/heads/p\(index)", commit])
+        _ = try Shell.check([gantryBinary, "notify", "--state", state.path])
+        let name = "web--p\(index)"
+        let deadline = Date().addingTimeInterval(30)
+        var served = false
+        while Date() < deadline && !served {
+            if let port = (try? store.services(of: name))?.first?.port, (try? store.environment(name))?.phase == .running {
+                served = httpGet("http://127.0.0.1:\(port)/healthz") != nil
+            }
+            if !served { usleep(2_000) }
+        }
+        samples.append(Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9)
+        // Baseline: the bare cost of starting the same app by hand and waiting for its first 200.
+        let port = 20_000 + index
+        let app = Process()
+        app.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        app.arguments = ["python3", TestPaths.packageRoot.appendingPathComponent("example-repo/apps/hello/server.py").path]
+        app.environment = ["PORT": String(port), "PATH": ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"]
+        app.standardOutput = FileHandle(forWritingAtPath: "/dev/null")
+        let bareStart = DispatchTime.now().uptimeNanoseconds
+        try app.run()
+        while httpGet("http://127.0.0.1:\(port)/healthz") == nil { usleep(2_000) }
+        baseline.append(Double(DispatchTime.now().uptimeNanoseconds - bareStart) / 1e9)
+        app.terminate()
+        app.waitUntilExit()
+    }
+    report("push -> preview serving HTTP 200 (2 previews per push)", samples, baseline: ("python3 server.py started by hand", baseline))
+}
+say("done")
