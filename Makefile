@@ -28,8 +28,8 @@ test: deps
 	$(SWIFT) test --skip-build --parallel --num-workers 2
 
 bench: deps
-	$(SWIFT) build -c release --product GantryBench --product gantry
-	$(SWIFT) run -c release GantryBench
+	$(SWIFT) build -c release
+	.build/release/GantryBench .build/release/gantry
 
 clean:
 	rm -rf .build $(STATE)

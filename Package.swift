@@ -50,7 +50,7 @@ let package = Package(
         .testTarget(name: "GitStoreTests", dependencies: ["GitStore", "TestSupport"]),
         .testTarget(name: "SpecLoadingTests", dependencies: ["SpecLoading", "SpecModel", "GitStore", "TestSupport"]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "GitStore", "TestSupport"]),
-        .testTarget(name: "StateStoreTests", dependencies: ["StateStore", "TestSupport"]),
+        .testTarget(name: "StateStoreTests", dependencies: ["StateStore", "TestSupport", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "LocalDriverTests", dependencies: ["LocalDriver", "Reconciler", "StateStore", "SpecModel", "Audit", "GitStore", "TestSupport",
                                                            .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "GitStore", "Audit"]),

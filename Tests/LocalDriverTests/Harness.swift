@@ -16,7 +16,7 @@ final class Harness: @unchecked Sendable {
     let driver: LocalDriver
     let reconciler: Reconciler
 
-    init(repo: TestRepository) throws {
+    init(repo: TestRepository, configure: (inout LocalDriver.Options) -> Void = { _ in }) throws {
         self.repo = repo
         state = try StateStore(path: stateDirectory.path + "/gantry.db")
         key = try SigningKey.loadOrCreate(at: stateDirectory.path + "/keys/gantry_ed25519")
@@ -25,6 +25,7 @@ final class Harness: @unchecked Sendable {
         var options = LocalDriver.Options()
         options.startTimeout = 15
         options.stopGrace = 2
+        configure(&options)
         driver = LocalDriver(stateDirectory: stateDirectory.url, state: state, logger: logger, options: options)
         reconciler = Reconciler(repository: git, state: state, audit: AuditLog(repository: git, key: key), driver: driver, logger: logger)
     }

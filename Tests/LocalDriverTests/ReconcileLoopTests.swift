@@ -226,3 +226,36 @@ import StateStore
         #expect(try harness.service("status-page")?.pid == statusPage?.pid)
     }
 }
+
+@Suite struct LogTests {
+    @Test func serviceOutputIsCapturedAndRotated() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("environments/chatty.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: chatty, class: development}
+            spec:
+              services:
+                web:
+                  command: ["python3", "-u", "-c", "import time\\nwhile True:\\n    print('x' * 99, flush=True)\\n    time.sleep(0.001)"]
+            """)
+        try repo.commit("a chatty service")
+        let harness = try Harness(repo: repo) { $0.maxLogBytes = 20_000; $0.keptLogs = 2 }
+        try harness.pass()
+        let log = harness.stateDirectory.path + "/envs/chatty/logs/web.log"
+        func size(_ path: String) -> Int { ((try? FileManager.default.attributesOfItem(atPath: path))?[.size] as? Int) ?? 0 }
+        #expect(eventually(10) { size(log) > 20_000 })
+        _ = harness.driver.supervise()
+        #expect(size(log + ".1") > 20_000)
+        #expect(size(log) < 20_000)
+        // The service keeps writing to the truncated file, and older files are capped at keptLogs.
+        #expect(eventually(10) { size(log) > 20_000 })
+        _ = harness.driver.supervise()
+        #expect(eventually(10) { size(log) > 20_000 })
+        _ = harness.driver.supervise()
+        #expect(FileManager.default.fileExists(atPath: log + ".2"))
+        #expect(!FileManager.default.fileExists(atPath: log + ".3"))
+        #expect(try String(contentsOfFile: log + ".1", encoding: .utf8).hasPrefix("x"))
+    }
+}
