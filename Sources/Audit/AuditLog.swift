@@ -14,6 +14,9 @@ public final class AuditLog: @unchecked Sendable {
     public let notesRef: String
     public var clock: @Sendable () -> Date = { Date() }
     public var maxAttempts = 50
+    /// When the repository mirrors a remote: every append is published there, and a remote that
+    /// moved (another writer) makes the append start over from the remote's head.
+    public var remote: String?
 
     public init(repository: GitRepository, key: SigningKey, notesRef: String = AuditLog.defaultRef) {
         self.repository = repository
@@ -47,6 +50,9 @@ public final class AuditLog: @unchecked Sendable {
     public func append(_ entries: [AuditEntry]) throws -> [AuditRecord] {
         guard !entries.isEmpty else { return [] }
         for attempt in 1...maxAttempts {
+            // With a remote, the local notes ref is always the remote's: fetched here, and only
+            // ahead of it between the local commit and its push below.
+            if let remote { try repository.fetch(url: remote) }
             let head = try Self.head(of: repository, notesRef: notesRef)
             var records: [AuditRecord] = []
             var prev = head.digest
@@ -74,6 +80,7 @@ public final class AuditLog: @unchecked Sendable {
                                            authorName: "gantry", authorEmail: "gantry@localhost") { buffer in
                     try SSHSignature.sign(buffer, namespace: "git", key: self.key)
                 }
+                if let remote { try repository.push(url: remote, reference: notesRef) }
                 return records
             } catch let error as GitError where error.isConflict && attempt < maxAttempts {
                 continue

@@ -75,7 +75,8 @@ extension GitRepository {
         return repository
     }
 
-    /// Fetches every branch of `url` into `refs/heads/*`, force-updating and pruning deleted ones.
+    /// Fetches every branch of `url` into `refs/heads/*` and its notes into `refs/notes/*`,
+    /// force-updating and pruning what the remote no longer has.
     public func fetch(url: String) throws {
         try locked {
             var remote: OpaquePointer?
@@ -84,13 +85,52 @@ extension GitRepository {
             var options = git_fetch_options()
             git_fetch_options_init(&options, UInt32(GIT_FETCH_OPTIONS_VERSION))
             options.prune = GIT_FETCH_PRUNE
-            let refspec = strdup("+refs/heads/*:refs/heads/*")
-            defer { free(refspec) }
-            var pointers: [UnsafeMutablePointer<CChar>?] = [refspec]
-            try pointers.withUnsafeMutableBufferPointer { buffer in
-                var specs = git_strarray(strings: buffer.baseAddress, count: 1)
+            try withStrings(["+refs/heads/*:refs/heads/*", "+refs/notes/*:refs/notes/*"]) { specs in
                 try check("fetch \(url)", git_remote_fetch(remote, &specs, &options, "gantry: fetch"))
             }
         }
     }
+
+    /// Pushes the local `reference` to the same name on `url` without force. A remote that moved
+    /// (not a fast-forward) throws a `GitError` whose `isConflict` is true.
+    public func push(url: String, reference: String) throws {
+        try locked {
+            var remote: OpaquePointer?
+            try check("remote \(url)", git_remote_create_anonymous(&remote, handle, url))
+            defer { git_remote_free(remote) }
+            var options = git_push_options()
+            git_push_options_init(&options, UInt32(GIT_PUSH_OPTIONS_VERSION))
+            let outcome = PushOutcome()
+            options.callbacks.payload = Unmanaged.passUnretained(outcome).toOpaque()
+            options.callbacks.push_update_reference = { _, status, payload in
+                if let status, let payload {
+                    Unmanaged<PushOutcome>.fromOpaque(payload).takeUnretainedValue().rejection = String(cString: status)
+                }
+                return 0
+            }
+            let status = try withStrings(["\(reference):\(reference)"]) { specs in
+                git_remote_push(remote, &specs, &options)
+            }
+            if status == GIT_ENONFASTFORWARD.rawValue || status == GIT_EMODIFIED.rawValue {
+                throw GitError(operation: "push \(reference) to \(url)", code: GIT_EMODIFIED.rawValue, message: "the remote moved (not a fast-forward)")
+            }
+            try check("push \(reference) to \(url)", status)
+            if let rejection = outcome.rejection {
+                throw GitError(operation: "push \(reference) to \(url)", code: GIT_EMODIFIED.rawValue, message: "rejected: \(rejection)")
+            }
+        }
+    }
+
+    private func withStrings<T>(_ strings: [String], _ body: (inout git_strarray) throws -> T) rethrows -> T {
+        var pointers: [UnsafeMutablePointer<CChar>?] = strings.map { strdup($0) }
+        defer { pointers.forEach { free($0) } }
+        return try pointers.withUnsafeMutableBufferPointer { buffer in
+            var array = git_strarray(strings: buffer.baseAddress, count: strings.count)
+            return try body(&array)
+        }
+    }
+}
+
+private final class PushOutcome {
+    var rejection: String?
 }

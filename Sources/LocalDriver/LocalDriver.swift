@@ -56,6 +56,13 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         root.appendingPathComponent(environment).appendingPathComponent("logs").appendingPathComponent("\(service).log")
     }
 
+    /// The phase to show for a service: its recorded phase, or `Stopped` when its process is gone
+    /// (Gantry stopped with `--stop-on-exit`, or not yet restarted after a crash).
+    public static func observedPhase(of record: ServiceRecord) -> String {
+        guard let pid = record.pid else { return record.phase }
+        return ProcessControl.isAlive(pid, start: record.pidStart) ? record.phase : "Stopped"
+    }
+
     /// `http://127.0.0.1:PORT` of a service, when it has a port.
     public func url(environment: String, service: String) -> String? {
         (try? state.services(of: environment))?.first { $0.name == service }.map { "http://127.0.0.1:\($0.port)" }

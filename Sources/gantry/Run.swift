@@ -42,6 +42,7 @@ struct Run: ParsableCommand {
         let store = try StateStore(path: paths.database)
         let key = try SigningKey.loadOrCreate(at: paths.key)
         let audit = AuditLog(repository: repository, key: key)
+        if RepositoryLocation.isRemote(location) { audit.remote = location }
         let driver = LocalDriver(stateDirectory: paths.root, state: store, logger: logger)
         var options = Reconciler.Options()
         options.protectedBranch = branch

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import LocalDriver
 import SpecLoading
 import SpecModel
 import StateStore
@@ -24,7 +25,7 @@ struct Status: ParsableCommand {
             let spec = environment.specJSON.flatMap { try? JSONDecoder().decode(EnvironmentSpec.self, from: Data($0.utf8)) }
             let domain = "localhost"
             let services: [PlainValue] = try store.services(of: environment.name).map {
-                .map([("name", .string($0.name)), ("phase", .string($0.phase)), ("url", .string("http://127.0.0.1:\($0.port)")),
+                .map([("name", .string($0.name)), ("phase", .string(LocalDriver.observedPhase(of: $0))), ("url", .string("http://127.0.0.1:\($0.port)")),
                       ("restarts", .int($0.restarts))])
             }
             let routes: [PlainValue] = (spec?.routes ?? []).map {
@@ -50,7 +51,7 @@ struct Status: ParsableCommand {
         for environment in environments {
             print("\(environment.name)  \(environment.phase.rawValue)  \(environment.envClass)  \(environment.branch)@\(environment.commit.prefix(7))")
             for service in try store.services(of: environment.name) {
-                print("  service \(service.name): \(service.phase)  http://127.0.0.1:\(service.port)\(service.restarts > 0 ? "  (\(service.restarts) restarts)" : "")")
+                print("  service \(service.name): \(LocalDriver.observedPhase(of: service))  http://127.0.0.1:\(service.port)\(service.restarts > 0 ? "  (\(service.restarts) restarts)" : "")")
             }
             if let message = environment.message { print("  \(message.replacingOccurrences(of: "\n", with: "\n  "))") }
         }

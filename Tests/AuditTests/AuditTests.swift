@@ -136,3 +136,41 @@ final class Locked<Value>: @unchecked Sendable {
     var value: Value { lock.withLock { stored } }
     func mutate(_ body: (inout Value) -> Void) { lock.withLock { body(&stored) } }
 }
+
+@Suite struct RemotePublishingTests {
+    @Test func twoMirrorsWritingToOneRemoteKeepOneChain() throws {
+        let origin = try TestRepository()
+        let sha = ObjectID(hex: try origin.commit("target"))!
+        let bare = TemporaryDirectory()
+        try Shell.check(["git", "clone", "-q", "--bare", origin.path, bare.path + "/remote.git"])
+        let url = "file://\(bare.path)/remote.git"
+        let keys = [SigningKey(), SigningKey()]
+        let failures = Locked<[String]>([])
+        let group = DispatchGroup()
+        for (index, key) in keys.enumerated() {
+            group.enter()
+            Thread.detachNewThread {
+                defer { group.leave() }
+                do {
+                    let state = TemporaryDirectory()
+                    let mirror = try GitRepository.mirror(url: url, at: state.path + "/mirror.git")
+                    let log = AuditLog(repository: mirror, key: key)
+                    log.remote = url
+                    for round in 0..<8 {
+                        try log.append([AuditEntry(event: .admitted, commit: sha.hex, fields: [("environment", "w\(index)-\(round)")])])
+                    }
+                } catch {
+                    failures.mutate { $0.append("\(error)") }
+                }
+            }
+        }
+        group.wait()
+        #expect(failures.value.isEmpty, "\(failures.value)")
+        let remote = try GitRepository.open(path: bare.path + "/remote.git")
+        let report = try AuditVerifier(trustedKeys: keys.map(\.publicKey)).verify(repository: remote)
+        #expect(report.recordCount == 16)
+        #expect(report.faults.isEmpty, "\(report.faults)")
+        // Plain git sees the notes on the remote.
+        #expect(try Shell.check(["git", "-C", bare.path + "/remote.git", "notes", "--ref=gantry", "show", sha.hex]).contains("environment: w1-7"))
+    }
+}

@@ -100,4 +100,31 @@ import TestSupport
         #expect(verify.status == 1)
         #expect(verify.stdout.contains("bad signature"))
     }
+
+    @Test func mirrorsARemoteAndPublishesTheAuditNotesThere() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.checkout("feature", create: true)
+        try repo.write("apps/hello/NOTE", "x")
+        try repo.commit("touch")
+        let remote = TemporaryDirectory()
+        try Shell.check(["git", "clone", "-q", "--bare", repo.path, remote.path + "/config.git"])
+        let url = "file://\(remote.path)/config.git"
+        let state = TemporaryDirectory()
+        defer { killMarked(state: state.path) }
+        let first = try gantry("run", "--repo", url, "--state", state.path, "--once")
+        #expect(first.status == 0, "\(first.stderr)")
+        #expect(running(state.path) == ["web", "status-page", "web--feature", "status-page--feature"])
+        let notes = try Shell.check(["git", "-C", remote.path + "/config.git", "notes", "--ref=gantry", "list"])
+        #expect(notes.split(separator: "\n").count == 2)
+        // The branch is deleted on the remote: the next pass fetches, prunes and destroys its previews.
+        try Shell.check(["git", "-C", remote.path + "/config.git", "branch", "-D", "feature"])
+        let second = try gantry("run", "--repo", url, "--state", state.path, "--once", "--stop-on-exit")
+        #expect(second.status == 0, "\(second.stderr)")
+        #expect(!running(state.path).contains("web--feature"))
+        let log = try gantry("audit", "log", "--state", state.path).stdout
+        #expect(log.contains("destroyed web--feature"))
+        // Anyone with the remote verifies it: audit verify reads the mirror, refreshed from the remote.
+        #expect(try gantry("audit", "verify", "--repo", url, "--state", state.path).status == 0)
+    }
 }
