@@ -80,6 +80,16 @@ func commitFile(_ repo: TestRepository, parent: String, path: String, content: S
     return try git(["commit-tree", tree, "-p", parent, "-m", message])
 }
 
+/// `gantry run` on `repo`, polling only every 10 minutes: passes happen on `gantry notify`.
+func startReconciler(repo: TestRepository, state: TemporaryDirectory) throws -> Process {
+    let run = Process()
+    run.executableURL = URL(fileURLWithPath: gantryBinary)
+    run.arguments = ["run", "--repo", repo.path, "--state", state.path, "--interval", "600", "--stop-on-exit"]
+    run.standardError = FileHandle(forWritingAtPath: "/dev/null")
+    try run.run()
+    return run
+}
+
 let logger = Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
 say("Gantry benchmarks (\(ProcessInfo.processInfo.activeProcessorCount) cores); gantry binary \(gantryBinary)")
 
@@ -124,11 +134,7 @@ do {
     try addBranches(repo, count: 1_000, prefix: "agents/other/")
     try repo.git("branch", "bench-branch", "main")
     let state = TemporaryDirectory("gantry-bench")
-    let run = Process()
-    run.executableURL = URL(fileURLWithPath: gantryBinary)
-    run.arguments = ["run", "--repo", repo.path, "--state", state.path, "--interval", "600", "--stop-on-exit"]
-    run.standardError = FileHandle(forWritingAtPath: "/dev/null")
-    try run.run()
+    let run = try startReconciler(repo: repo, state: state)
     defer { kill(run.processIdentifier, SIGTERM); run.waitUntilExit() }
     let git = try repo.open()
     // Wait for the first pass (main's environments running).
@@ -184,11 +190,7 @@ do {
     let repo = try TestRepository(signing: false)
     try repo.seedExample()
     let state = TemporaryDirectory("gantry-bench")
-    let run = Process()
-    run.executableURL = URL(fileURLWithPath: gantryBinary)
-    run.arguments = ["run", "--repo", repo.path, "--state", state.path, "--interval", "600", "--stop-on-exit"]
-    run.standardError = FileHandle(forWritingAtPath: "/dev/null")
-    try run.run()
+    let run = try startReconciler(repo: repo, state: state)
     defer { kill(run.processIdentifier, SIGTERM); run.waitUntilExit() }
     let store = try StateStore(path: state.path + "/gantry.db")
     while ((try? store.environments()) ?? []).filter({ $0.phase == .running }).count < 2 { usleep(50_000) }

@@ -78,10 +78,7 @@ extension GitRepository {
     /// Fetches every branch of `url` into `refs/heads/*` and its notes into `refs/notes/*`,
     /// force-updating and pruning what the remote no longer has.
     public func fetch(url: String) throws {
-        try locked {
-            var remote: OpaquePointer?
-            try check("remote \(url)", git_remote_create_anonymous(&remote, handle, url))
-            defer { git_remote_free(remote) }
+        try withRemote(url) { remote in
             var options = git_fetch_options()
             git_fetch_options_init(&options, UInt32(GIT_FETCH_OPTIONS_VERSION))
             options.prune = GIT_FETCH_PRUNE
@@ -94,10 +91,7 @@ extension GitRepository {
     /// Pushes the local `reference` to the same name on `url` without force. A remote that moved
     /// (not a fast-forward) throws a `GitError` whose `isConflict` is true.
     public func push(url: String, reference: String) throws {
-        try locked {
-            var remote: OpaquePointer?
-            try check("remote \(url)", git_remote_create_anonymous(&remote, handle, url))
-            defer { git_remote_free(remote) }
+        try withRemote(url) { remote in
             var options = git_push_options()
             git_push_options_init(&options, UInt32(GIT_PUSH_OPTIONS_VERSION))
             let outcome = PushOutcome()
@@ -118,6 +112,15 @@ extension GitRepository {
             if let rejection = outcome.rejection {
                 throw GitError(operation: "push \(reference) to \(url)", code: GIT_EMODIFIED.rawValue, message: "rejected: \(rejection)")
             }
+        }
+    }
+
+    private func withRemote<T>(_ url: String, _ body: (OpaquePointer) throws -> T) throws -> T {
+        try locked {
+            var remote: OpaquePointer?
+            try check("remote \(url)", git_remote_create_anonymous(&remote, handle, url))
+            defer { git_remote_free(remote) }
+            return try body(remote!)
         }
     }
 

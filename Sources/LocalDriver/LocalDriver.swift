@@ -138,32 +138,9 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     }
 
     func resolve(_ service: Service, spec: EnvironmentSpec, domain: String, ports: [String: Int]) throws -> ResolvedService {
-        let resolver: (String) -> String? = { reference in
-            let parts = reference.split(separator: ".").map(String.init)
-            switch (parts.first, parts.count) {
-            case ("env", 2):
-                switch parts[1] {
-                case "name": return spec.name
-                case "domain": return domain
-                case "class": return spec.class.rawValue
-                case "team": return spec.team ?? ""
-                default: return nil
-                }
-            case ("services", 3):
-                guard let port = ports[parts[1]] else { return nil }
-                switch parts[2] {
-                case "url": return "http://127.0.0.1:\(port)"
-                case "host": return "127.0.0.1"
-                case "port": return String(port)
-                default: return nil
-                }
-            default: return nil
-            }
-        }
-        let command = try service.command.map { try Interpolation.substitute($0, resolver) }
-        var variables: [String: String] = [:]
-        for variable in service.env { variables[variable.name] = try Interpolation.substitute(variable.value, resolver) }
-        return ResolvedService(command: command, environment: variables)
+        let resolved = try Interpolation.resolve(service, Interpolation.resolver(spec: spec, domain: domain, ports: ports))
+        return ResolvedService(command: resolved.command,
+                               environment: Dictionary(resolved.env.map { ($0.name, $0.value) }, uniquingKeysWith: { $1 }))
     }
 
     static func fingerprint(_ resolved: ResolvedService, tree: ObjectID?) -> String {

@@ -244,7 +244,10 @@ public final class Reconciler: @unchecked Sendable {
 
     /// Branch deletion and merges, checked every pass against the fresh listing.
     func sweep(branches: [String: ObjectID], context: PassContext, protectedChanged: Bool, _ summary: inout PassSummary) throws {
-        for branch in try processedRefs().keys where branches[branch] == nil {
+        // Branches seen before, and branches of environments a pass cut short may have left behind.
+        // The protected branch is never swept: a listing without it must not take production down.
+        let known = Set(try processedRefs().keys).union(try state.environments().map(\.branch))
+        for branch in known.sorted() where branches[branch] == nil && branch != context.protectedBranch {
             try destroyPreviews(of: branch, reason: "branch \(branch) was deleted", commitForNote: nil, &summary)
             try setProcessed(branch: branch, commit: nil)
         }

@@ -71,6 +71,30 @@ public enum Interpolation {
         return nil
     }
 
+    /// Resolves the references a driver knows: `env.*` and `services.S.*` on loopback ports.
+    /// Anything else (or a service without a port) goes to `fallback`.
+    public static func resolver(spec: EnvironmentSpec, domain: String, ports: [String: Int],
+                                fallback: @escaping (String) -> String? = { _ in nil }) -> (String) -> String? {
+        { reference in
+            let parts = reference.split(separator: ".").map(String.init)
+            switch (parts.first, parts.count) {
+            case ("env", 2):
+                return ["name": spec.name, "domain": domain, "class": spec.class.rawValue, "team": spec.team ?? ""][parts[1]]
+            case ("services", 3):
+                guard let port = ports[parts[1]] else { return fallback(reference) }
+                return ["url": "http://127.0.0.1:\(port)", "host": "127.0.0.1", "port": String(port)][parts[2]]
+            default:
+                return fallback(reference)
+            }
+        }
+    }
+
+    /// A service's command and environment with every reference substituted.
+    public static func resolve(_ service: Service, _ resolve: (String) -> String?) throws -> (command: [String], env: [EnvVar]) {
+        (try service.command.map { try substitute($0, resolve) },
+         try service.env.map { EnvVar(name: $0.name, value: try substitute($0.value, resolve)) })
+    }
+
     /// Substitutes every reference through `resolve`; returns nil for a reference it cannot resolve.
     public static func substitute(_ text: String, _ resolve: (String) -> String?) throws -> String {
         switch pieces(text) {

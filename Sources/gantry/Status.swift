@@ -121,23 +121,18 @@ struct Render: ParsableCommand {
             for service in (try? store.services(of: spec.name)) ?? [] { ports[service.name] = service.port }
         }
         let domain = loader.settings(at: try repository.resolveCommit(branch) ?? commit).settings.domain
-        let resolve: (String) -> String? = { reference in
+        let resolve = Interpolation.resolver(spec: spec, domain: domain, ports: ports) { reference in
             let parts = reference.split(separator: ".").map(String.init)
             switch parts.first {
-            case "env":
-                return ["name": spec.name, "domain": domain, "class": spec.class.rawValue, "team": spec.team ?? ""][parts.last!]
             case "secrets": return "********"
-            case "services":
-                guard let port = ports[parts[1]] else { return "<\(parts[2]) of \(parts[1]), assigned at apply>" }
-                return ["url": "http://127.0.0.1:\(port)", "host": "127.0.0.1", "port": String(port)][parts[2]]
+            case "services": return "<\(parts[2]) of \(parts[1]), assigned at apply>"
             default: return "<\(reference), provided by the driver>"
             }
         }
         for index in spec.services.indices {
-            spec.services[index].command = try spec.services[index].command.map { try Interpolation.substitute($0, resolve) }
-            for variable in spec.services[index].env.indices {
-                spec.services[index].env[variable].value = try Interpolation.substitute(spec.services[index].env[variable].value, resolve)
-            }
+            let resolved = try Interpolation.resolve(spec.services[index], resolve)
+            spec.services[index].command = resolved.command
+            spec.services[index].env = resolved.env
         }
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]

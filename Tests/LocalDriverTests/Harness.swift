@@ -10,14 +10,17 @@ import TestSupport
 /// A real reconciler with the local driver over a real repository and state directory.
 final class Harness: @unchecked Sendable {
     let repo: TestRepository
-    let stateDirectory = TemporaryDirectory("gantry-state")
+    let stateDirectory: TemporaryDirectory
     let state: StateStore
     let key: SigningKey
     let driver: LocalDriver
     let reconciler: Reconciler
 
-    init(repo: TestRepository, configure: (inout LocalDriver.Options) -> Void = { _ in }) throws {
+    /// A new reconciler; with `reusing`, a restart over the same state directory (a new process would
+    /// have the same view: the state DB, the key and the running services).
+    init(repo: TestRepository, reusing previous: Harness? = nil, configure: (inout LocalDriver.Options) -> Void = { _ in }) throws {
         self.repo = repo
+        stateDirectory = previous?.stateDirectory ?? TemporaryDirectory("gantry-state")
         state = try StateStore(path: stateDirectory.path + "/gantry.db")
         key = try SigningKey.loadOrCreate(at: stateDirectory.path + "/keys/gantry_ed25519")
         let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }

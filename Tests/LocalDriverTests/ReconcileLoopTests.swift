@@ -259,3 +259,39 @@ import StateStore
         #expect(try String(contentsOfFile: log + ".1", encoding: .utf8).hasPrefix("x"))
     }
 }
+
+@Suite(.serialized) struct FailSafeTests {
+    @Test func previewOfAPassCutShortIsStillDestroyedWhenItsBranchGoes() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        try repo.checkout("cut-short", create: true)
+        try repo.write("apps/hello/NOTE", "x")
+        try repo.commit("touch")
+        try harness.pass()
+        let pid = try harness.service("web--cut-short")?.pid
+        #expect(isRunning(pid))
+        // As if Gantry died after starting the preview but before marking the branch processed.
+        try harness.state.setProcessed(branch: "cut-short", commit: nil)
+        let restarted = try Harness(repo: repo, reusing: harness)
+        try repo.checkout("main")
+        try repo.git("branch", "-D", "cut-short")
+        let summary = try restarted.pass()
+        #expect(summary.destroyed.sorted() == ["status-page--cut-short", "web--cut-short"])
+        #expect(!isRunning(pid))
+    }
+
+    @Test func deletingTheProtectedBranchNeverDestroysLiveEnvironments() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.git("branch", "keep", "main")
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        try repo.checkout("keep")
+        try repo.git("branch", "-D", "main")
+        let summary = try harness.pass()
+        #expect(summary.destroyed.isEmpty)
+        #expect(isRunning(try harness.service("web")?.pid))
+    }
+}
