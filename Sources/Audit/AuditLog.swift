@@ -49,6 +49,10 @@ public final class AuditLog: @unchecked Sendable {
     @discardableResult
     public func append(_ entries: [AuditEntry]) throws -> [AuditRecord] {
         guard !entries.isEmpty else { return [] }
+        return try repository.withExclusiveLock("gantry-audit.lock") { try appendLocked(entries) }
+    }
+
+    private func appendLocked(_ entries: [AuditEntry]) throws -> [AuditRecord] {
         for attempt in 1...maxAttempts {
             // With a remote, the local notes ref is always the remote's: fetched here, and only
             // ahead of it between the local commit and its push below.
@@ -80,7 +84,7 @@ public final class AuditLog: @unchecked Sendable {
                                            authorName: "gantry", authorEmail: "gantry@localhost") { buffer in
                     try SSHSignature.sign(buffer, namespace: "git", key: self.key)
                 }
-                if let remote { try repository.push(url: remote, reference: notesRef) }
+                if let remote { try repository.push(url: remote, reference: notesRef, expected: head.tip) }
                 return records
             } catch let error as GitError where error.isConflict && attempt < maxAttempts {
                 continue

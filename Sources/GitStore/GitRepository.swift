@@ -1,5 +1,8 @@
 import CLibgit2
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// Owner of one libgit2 repository handle.
 ///
@@ -88,31 +91,49 @@ extension GitRepository {
         }
     }
 
-    /// Pushes the local `reference` to the same name on `url` without force. A remote that moved
-    /// (not a fast-forward) throws a `GitError` whose `isConflict` is true.
-    public func push(url: String, reference: String) throws {
-        try withRemote(url) { remote in
-            var options = git_push_options()
-            git_push_options_init(&options, UInt32(GIT_PUSH_OPTIONS_VERSION))
-            let outcome = PushOutcome()
-            options.callbacks.payload = Unmanaged.passUnretained(outcome).toOpaque()
-            options.callbacks.push_update_reference = { _, status, payload in
-                if let status, let payload {
-                    Unmanaged<PushOutcome>.fromOpaque(payload).takeUnretainedValue().rejection = String(cString: status)
-                }
-                return 0
-            }
-            let status = try withStrings(["\(reference):\(reference)"]) { specs in
-                git_remote_push(remote, &specs, &options)
-            }
-            if status == GIT_ENONFASTFORWARD.rawValue || status == GIT_EMODIFIED.rawValue {
-                throw GitError(operation: "push \(reference) to \(url)", code: GIT_EMODIFIED.rawValue, message: "the remote moved (not a fast-forward)")
-            }
-            try check("push \(reference) to \(url)", status)
-            if let rejection = outcome.rejection {
-                throw GitError(operation: "push \(reference) to \(url)", code: GIT_EMODIFIED.rawValue, message: "rejected: \(rejection)")
-            }
+    /// Pushes the local `reference` to the same name on `url`, only if the remote still has it at
+    /// `expected` (nil: must not exist) — a compare-and-swap that the receiving side checks under
+    /// its ref lock. A remote that moved throws a `GitError` whose `isConflict` is true.
+    ///
+    /// This uses the git CLI (`push --force-with-lease`): libgit2 1.5 has no leases, and git's
+    /// transports bring the user's credential helpers and ssh agent along.
+    public func push(url: String, reference: String, expected: ObjectID?) throws {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = ["git", "--git-dir", gitDirectory, "push", "--porcelain", "--quiet",
+                             "--force-with-lease=\(reference):\(expected?.hex ?? "")", url, "\(reference):\(reference)"]
+        let output = Pipe()
+        process.standardOutput = output
+        process.standardError = output
+        try process.run()
+        let text = String(decoding: output.fileHandleForReading.readDataToEndOfFile(), as: UTF8.self)
+        process.waitUntilExit()
+        guard process.terminationStatus != 0 else { return }
+        let moved = ["stale info", "rejected", "fetch first", "non-fast-forward"].contains { text.contains($0) }
+        throw GitError(operation: "push \(reference) to \(url)", code: moved ? GIT_EMODIFIED.rawValue : -1,
+                       message: moved ? "the remote moved: \(text.trimmingCharacters(in: .whitespacesAndNewlines))"
+                                      : text.trimmingCharacters(in: .whitespacesAndNewlines))
+    }
+
+    /// The repository's git directory (`.git`, or the repository itself when bare).
+    public var gitDirectory: String {
+        locked { String(cString: git_repository_path(handle)) }
+    }
+
+    /// Runs `body` holding an exclusive `flock` on `<git dir>/<name>`: serialises writers on this
+    /// machine (threads and processes alike) around a read-modify-write of a ref.
+    public func withExclusiveLock<T>(_ name: String, _ body: () throws -> T) throws -> T {
+        let path = gitDirectory + "/" + name
+        let descriptor = Glibc.open(path, O_CREAT | O_RDWR | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else {
+            throw GitError(operation: "lock \(path)", code: -1, message: String(cString: strerror(errno)))
         }
+        defer { close(descriptor) }
+        while flock(descriptor, LOCK_EX) != 0 {
+            guard errno == EINTR else { throw GitError(operation: "lock \(path)", code: -1, message: String(cString: strerror(errno))) }
+        }
+        defer { flock(descriptor, LOCK_UN) }
+        return try body()
     }
 
     private func withRemote<T>(_ url: String, _ body: (OpaquePointer) throws -> T) throws -> T {
@@ -134,6 +155,3 @@ extension GitRepository {
     }
 }
 
-private final class PushOutcome {
-    var rejection: String?
-}

@@ -226,7 +226,15 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         }
         progress("removing working directories")
         let directory = root.appendingPathComponent(name)
-        if FileManager.default.fileExists(atPath: directory.path) { try FileManager.default.removeItem(at: directory) }
+        if FileManager.default.fileExists(atPath: directory.path) {
+            do {
+                try FileManager.default.removeItem(at: directory)
+            } catch {
+                // Everything that runs is stopped; a directory left behind is reported, not fatal.
+                progress("could not remove \(directory.path): \(error)")
+                logger.warning("could not remove a working directory", metadata: ["gantry.env": "\(name)", "error": "\(error)"])
+            }
+        }
     }
 
     // MARK: Recovery and supervision

@@ -248,8 +248,12 @@ public final class Reconciler: @unchecked Sendable {
         // The protected branch is never swept: a listing without it must not take production down.
         let known = Set(try processedRefs().keys).union(try state.environments().map(\.branch))
         for branch in known.sorted() where branches[branch] == nil && branch != context.protectedBranch {
-            try destroyPreviews(of: branch, reason: "branch \(branch) was deleted", commitForNote: nil, &summary)
-            try setProcessed(branch: branch, commit: nil)
+            do {
+                try destroyPreviews(of: branch, reason: "branch \(branch) was deleted", commitForNote: nil, &summary)
+                try setProcessed(branch: branch, commit: nil)
+            } catch {
+                logger.error("could not tear down the previews of a deleted branch; will retry", metadata: ["git.branch": "\(branch)", "error": "\(error)"])
+            }
         }
         guard protectedChanged, let protectedTip = context.protectedTip else { return }
         let previewBranches = Set(try state.environments().filter { $0.branch != context.protectedBranch }.map(\.branch))

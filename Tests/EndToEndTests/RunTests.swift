@@ -72,7 +72,10 @@ import TestSupport
             let marks = markedProcesses(state: state.path).map(\.mark)
             return marks.count == expected.count && Set(marks) == Set(expected.map { "\($0):web" })
         }, "processes: \(markedProcesses(state: state.path).map(\.mark).sorted())")
-        for environment in try statusJSON(state.path) {
+        let listed = try statusJSON(state.path)
+        #expect(Set(listed.compactMap { $0["name"] as? String }) == expected,
+                "\(listed.map { "\($0["name"] ?? "") \($0["phase"] ?? "") \($0["message"] ?? "")" })")
+        for environment in listed {
             let url = try #require((environment["services"] as? [[String: Any]])?.first?["url"] as? String)
             #expect(httpGet(url) != nil, "\(environment["name"] ?? "") does not serve")
         }
