@@ -66,7 +66,12 @@ import TestSupport
             run.kill9()
         }
         let run = try GantryProcess(arguments + ["--stop-on-exit"], log: state.path + "/run.log")
-        #expect(eventually(60) { running(state.path) == expected }, "running: \(running(state.path)) want \(expected)")
+        // Converged: every desired environment Running, and nothing else left (the sweep of deleted
+        // branches ends the pass, after the changed branches are applied).
+        #expect(eventually(60) {
+            let listed = ((try? statusJSON(state.path)) ?? []).compactMap { $0["name"] as? String }
+            return running(state.path) == expected && Set(listed) == expected
+        }, "running: \(running(state.path)) want \(expected)")
         // Exactly one process per desired service, no orphans and no duplicates.
         #expect(eventually(10) {
             let marks = markedProcesses(state: state.path).map(\.mark)
