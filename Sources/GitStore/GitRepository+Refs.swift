@@ -24,13 +24,17 @@ extension GitRepository {
                 defer { git_reference_free(reference) }
                 let name = String(cString: git_reference_name(reference))
                 guard name.hasPrefix(prefix) else { continue }
-                var resolved: OpaquePointer?
-                guard git_reference_resolve(&resolved, reference) == 0, let target = git_reference_target(resolved) else {
-                    git_reference_free(resolved)
+                let key = String(name.dropFirst(prefix.count))
+                if let target = git_reference_target(reference) {
+                    result[key] = ObjectID(target.pointee)
                     continue
                 }
-                result[String(name.dropFirst(prefix.count))] = ObjectID(target.pointee)
-                git_reference_free(resolved)
+                // A symbolic branch ref: follow it.
+                var resolved: OpaquePointer?
+                defer { git_reference_free(resolved) }
+                if git_reference_resolve(&resolved, reference) == 0, let target = git_reference_target(resolved) {
+                    result[key] = ObjectID(target.pointee)
+                }
             }
             return result
         }

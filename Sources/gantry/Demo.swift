@@ -45,7 +45,7 @@ struct Demo: ParsableCommand {
           cd \(demo.path)
           git checkout -b agents/claude/greeting
           sed -i 's/hello from/howdy from/' templates/python-web.yaml
-          git commit -am 'Change the greeting'      # signed with the demo key
+          git commit -am 'Change the greeting' --trailer 'Task: DEMO-2'   # signed with the demo key
           gantry notify --state \(paths.root.path)  # or wait a second
           gantry status --state \(paths.root.path)
           git log --notes=gantry -1
