@@ -200,6 +200,7 @@ public final class Reconciler: @unchecked Sendable {
         }
         record.envClass = spec.class.rawValue
         record.team = spec.team
+        record.domain = context.settings.domain
         try appendOnce(.admitted, desired.name, commit.id, base + [("decision", "allow"), ("rule", "spec: valid")])
         summary.admitted.append(desired.name)
         if record.appliedCommit == nil { record.phase = .pending }
@@ -218,8 +219,10 @@ public final class Reconciler: @unchecked Sendable {
             record.specJSON = Self.json(spec)
             record.message = nil
             record.updatedAt = Date()
-            try state.save(record)
+            // The record first: a crash before the state is saved redoes the apply (a no-op for the
+            // driver) and finds the record already written.
             try appendOnce(.applied, desired.name, commit.id, base + outcome.changes.map { ("change", $0) })
+            try state.save(record)
             try state.record(EventRecord(environment: desired.name, kind: "applied", message: "revision \(commit.id.short) running"))
             logger.info("applied", metadata: ["gantry.env": "\(desired.name)", "git.commit": "\(commit.id.short)"])
             summary.applied.append(desired.name)
@@ -228,8 +231,8 @@ public final class Reconciler: @unchecked Sendable {
             record.message = "apply of \(commit.id.short) failed: \(error)"
             record.fingerprint = desired.fingerprint
             record.updatedAt = Date()
-            try state.save(record)
             try appendOnce(.failed, desired.name, commit.id, base + [("error", "\(error)")])
+            try state.save(record)
             try state.record(EventRecord(environment: desired.name, kind: "failed", message: record.message!))
             logger.error("apply failed", metadata: ["gantry.env": "\(desired.name)", "error": "\(error)"])
             summary.failed.append(desired.name)
@@ -275,15 +278,18 @@ public final class Reconciler: @unchecked Sendable {
         try driver.destroy(environment: environment.name) { step in
             logger.info("Destroying \(environment.name): \(step)")
         }
+        var fields: [(String, String)] = [("environment", environment.name), ("branch", environment.branch), ("commit", commitForNote)]
+        fields.append(("reason", reason))
+        guard let target = ObjectID(hex: commitForNote) else {
+            throw ReconcileError(message: "cannot record the teardown of \(environment.name): '\(commitForNote)' is not a commit id")
+        }
+        try appendOnce(.destroyed, environment.name, target, fields)
         var record = environment
         record.phase = .destroyed
         record.destroyedAt = Date()
         record.updatedAt = Date()
         record.message = reason
         try state.save(record)
-        var fields: [(String, String)] = [("environment", environment.name), ("branch", environment.branch), ("commit", commitForNote)]
-        fields.append(("reason", reason))
-        try audit.append([AuditEntry(event: .destroyed, commit: commitForNote, fields: fields)])
         try state.record(EventRecord(environment: environment.name, kind: "destroyed", message: reason))
         summary.destroyed.append(environment.name)
     }
@@ -303,14 +309,32 @@ public final class Reconciler: @unchecked Sendable {
         return fields
     }
 
-    /// Appends a record unless the commit's note already holds the same event for the environment
-    /// (a pass redone after a crash must not record twice).
+    /// Appends a record unless a pass redone after a crash already wrote it: the commit's note is
+    /// the evidence. Within the environment's records on that note, an `admitted`/`denied` counts
+    /// as written while no `destroyed` follows it; `applied`/`failed` while no new admission
+    /// follows; `destroyed` when it is the latest. An environment destroyed and re-created on the
+    /// same commit is therefore recorded again.
     func appendOnce(_ event: AuditEvent, _ environment: String, _ commit: ObjectID, _ fields: [(String, String)]) throws {
         if let note = try repository.note(on: commit, notesRef: audit.notesRef) {
-            let existing = AuditRecord.parseNote(note).records
-            if existing.contains(where: { $0.event == event.rawValue && $0.value("environment") == environment }) { return }
+            let events = AuditRecord.parseNote(note).records.filter { $0.value("environment") == environment }.map(\.event)
+            if Self.alreadyRecorded(event.rawValue, in: events) { return }
         }
         try audit.append([AuditEntry(event: event, commit: commit.hex, fields: fields.map { (key: $0.0, value: $0.1) })])
+    }
+
+    static func alreadyRecorded(_ event: String, in events: [String]) -> Bool {
+        let judged: Set<String> = [AuditEvent.admitted.rawValue, AuditEvent.denied.rawValue]
+        let destroyed = AuditEvent.destroyed.rawValue
+        switch event {
+        case destroyed:
+            return events.last == destroyed
+        case _ where judged.contains(event):
+            guard let last = events.lastIndex(where: { judged.contains($0) }) else { return false }
+            return !events[last...].contains(destroyed)
+        default:
+            let cycle = events.lastIndex(where: { judged.contains($0) }).map { events[($0 + 1)...] } ?? events[...]
+            return cycle.contains(event)
+        }
     }
 
     func note(_ event: DriverEvent) {
@@ -323,4 +347,10 @@ public final class Reconciler: @unchecked Sendable {
         encoder.outputFormatting = .sortedKeys
         return (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
     }
+}
+
+/// A broken invariant inside a pass, with what was being done.
+struct ReconcileError: Error, CustomStringConvertible {
+    let message: String
+    var description: String { message }
 }

@@ -18,6 +18,8 @@ public struct EnvironmentRecord: Codable, Sendable, Equatable, FetchableRecord, 
     public var appliedCommit: String?
     public var envClass: String
     public var team: String?
+    /// The routing domain of `gantry.yaml` when the environment was last admitted.
+    public var domain: String?
     public var phase: EnvironmentPhase
     /// Fingerprint of the applied revision: an unchanged fingerprint is left alone.
     public var fingerprint: String?

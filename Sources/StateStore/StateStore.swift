@@ -25,6 +25,7 @@ public final class StateStore: Sendable {
                 t.column("appliedCommit", .text)
                 t.column("envClass", .text).notNull()
                 t.column("team", .text)
+                t.column("domain", .text)
                 t.column("phase", .text).notNull()
                 t.column("fingerprint", .text)
                 t.column("specJSON", .text)

@@ -23,7 +23,7 @@ struct Status: ParsableCommand {
         var rows: [PlainValue] = []
         for environment in environments {
             let spec = environment.specJSON.flatMap { try? JSONDecoder().decode(EnvironmentSpec.self, from: Data($0.utf8)) }
-            let domain = "localhost"
+            let domain = environment.domain ?? "localhost"
             let services: [PlainValue] = try store.services(of: environment.name).map {
                 .map([("name", .string($0.name)), ("phase", .string(LocalDriver.observedPhase(of: $0))), ("url", .string("http://127.0.0.1:\($0.port)")),
                       ("restarts", .int($0.restarts))])

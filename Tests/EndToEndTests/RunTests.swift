@@ -37,6 +37,8 @@ import TestSupport
         let services = try #require(preview["services"] as? [[String: Any]])
         let url = try #require(services.first?["url"] as? String)
         #expect(httpGet(url)?.contains("hello from web--feature") == true)
+        let routes = try #require(preview["routes"] as? [[String: Any]])
+        #expect(routes.first?["url"] as? String == "http://www.web--feature.localhost:8080")
         run.terminate()
         #expect(markedProcesses(state: state.path).isEmpty)
     }

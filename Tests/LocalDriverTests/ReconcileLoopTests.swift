@@ -295,3 +295,21 @@ import StateStore
         #expect(isRunning(try harness.service("web")?.pid))
     }
 }
+
+@Suite struct RecordOnceTests {
+    @Test func aRedonePassDoesNotRecordTwiceButARecreatedEnvironmentIsRecordedAgain() {
+        let seen = { (event: String, events: [String]) in Reconciler.alreadyRecorded(event, in: events) }
+        #expect(!seen("admitted", []))
+        #expect(seen("admitted", ["admitted"]))
+        #expect(seen("admitted", ["admitted", "applied"]))
+        #expect(!seen("applied", ["admitted"]))
+        #expect(seen("applied", ["admitted", "applied"]))
+        #expect(seen("destroyed", ["admitted", "applied", "destroyed"]))
+        // Destroyed, then re-created on the same commit: a new cycle.
+        #expect(!seen("admitted", ["admitted", "applied", "destroyed"]))
+        #expect(!seen("applied", ["admitted", "applied", "destroyed", "admitted"]))
+        #expect(!seen("destroyed", ["admitted", "applied", "destroyed", "admitted", "applied"]))
+        #expect(seen("denied", ["denied"]))
+        #expect(!seen("failed", ["admitted", "failed", "admitted"]))
+    }
+}
