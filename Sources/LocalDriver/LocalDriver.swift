@@ -63,11 +63,6 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         return ProcessControl.isAlive(pid, start: record.pidStart) ? record.phase : "Stopped"
     }
 
-    /// `http://127.0.0.1:PORT` of a service, when it has a port.
-    public func url(environment: String, service: String) -> String? {
-        (try? state.services(of: environment))?.first { $0.name == service }.map { "http://127.0.0.1:\($0.port)" }
-    }
-
     // MARK: Apply
 
     public func apply(_ environment: PlannedEnvironment, progress: (String) -> Void) throws -> ApplyOutcome {

@@ -27,6 +27,11 @@ struct Run: ParsableCommand {
     @Flag(help: "Log debug detail.")
     var verbose = false
 
+    func validate() throws {
+        guard interval > 0 else { throw ValidationError("--interval must be a positive number of seconds") }
+        guard !repo.isEmpty else { throw ValidationError("--repo must name a repository path or URL") }
+    }
+
     func run() throws {
         Logs.bootstrap(level: verbose ? .debug : .info)
         let logger = Logger(label: "gantry")

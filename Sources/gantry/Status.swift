@@ -12,6 +12,8 @@ struct Status: ParsableCommand {
     var json = false
     @Flag(help: "Include destroyed environments (history).")
     var all = false
+    @Option(help: "Show one environment with its recent history (applies, restarts, denials).")
+    var env: String?
 
     func run() throws {
         let paths = StatePaths(root: state.directory)
@@ -19,7 +21,11 @@ struct Status: ParsableCommand {
             throw Failure("no state at \(paths.root.path); start Gantry with `gantry run --repo PATH --state \(paths.root.path)`")
         }
         let store = try StateStore(path: paths.database)
-        let environments = try store.environments(includeDestroyed: all)
+        var environments = try store.environments(includeDestroyed: all || env != nil)
+        if let env {
+            environments = environments.filter { $0.name == env }
+            guard !environments.isEmpty else { throw Failure("no environment named '\(env)' in \(paths.root.path)") }
+        }
         var rows: [PlainValue] = []
         for environment in environments {
             let spec = environment.specJSON.flatMap { try? JSONDecoder().decode(EnvironmentSpec.self, from: Data($0.utf8)) }
@@ -54,6 +60,12 @@ struct Status: ParsableCommand {
                 print("  service \(service.name): \(LocalDriver.observedPhase(of: service))  http://127.0.0.1:\(service.port)\(service.restarts > 0 ? "  (\(service.restarts) restarts)" : "")")
             }
             if let message = environment.message { print("  \(message.replacingOccurrences(of: "\n", with: "\n  "))") }
+            if env != nil {
+                print("  history (newest first):")
+                for event in try store.events(of: environment.name, limit: 20) {
+                    print("    \(ISO8601DateFormatter().string(from: event.at))  \(event.kind): \(event.message)")
+                }
+            }
         }
     }
 }

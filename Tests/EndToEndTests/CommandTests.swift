@@ -56,5 +56,18 @@ import TestSupport
         let status = try gantry("status", "--state", state.path, "--json").stdout
         #expect(status.contains("\"phase\": \"Running\""))
         #expect(try gantry("audit", "verify", "--state", state.path).status == 0)
+        let history = try gantry("status", "--state", state.path, "--env", "web").stdout
+        #expect(history.contains("history (newest first):") && history.contains("applied: revision"))
+        #expect(try gantry("status", "--state", state.path, "--env", "nope").status != 0)
+    }
+
+    @Test func badArgumentsAreRefusedWithAReason() throws {
+        let result = try gantry("run", "--repo", "/nonexistent", "--interval", "0")
+        #expect(result.status == 64)
+        #expect(result.stderr.contains("--interval must be a positive number of seconds"))
+        let state = TemporaryDirectory()
+        let missing = try gantry("run", "--repo", "/nonexistent/repo", "--state", state.path, "--once")
+        #expect(missing.status != 0)
+        #expect(missing.stderr.contains("open /nonexistent/repo"))
     }
 }
