@@ -1,0 +1,155 @@
+import Crypto
+import Foundation
+import GitStore
+import Reconciler
+import SpecLoading
+import SpecModel
+import StateStore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension LocalDriver {
+    // MARK: Apply
+
+    public func apply(_ environment: PlannedEnvironment, progress: (String) -> Void) throws -> ApplyOutcome {
+        var outcome = ApplyOutcome()
+        domain = environment.domain
+        let unsupported = environment.spec.databases.map { "database \($0.name) (\($0.engine))" }
+            + environment.spec.caches.map { "cache \($0.name) (\($0.engine))" }
+            + environment.spec.secrets.map { "secret \($0)" }
+        if !unsupported.isEmpty {
+            throw ProcessControl.SpawnError(description: "the local driver does not provide \(unsupported.joined(separator: ", ")) yet")
+        }
+        var records = Dictionary(uniqueKeysWithValues: try state.services(of: environment.name).map { ($0.name, $0) })
+        // Ports first: every service's URL must be known before any command is interpolated.
+        var taken = try state.allocatedPorts()
+        for service in environment.spec.services where service.replicas > 0 && records[service.name] == nil {
+            let port = try ProcessControl.freePort(excluding: taken)
+            taken.insert(port)
+            let record = ServiceRecord(environment: environment.name, name: service.name, port: port)
+            try state.save(record)
+            records[service.name] = record
+        }
+        let ports = records.mapValues(\.port)
+        for service in environment.spec.services where service.replicas > 0 {
+            var record = records[service.name]!
+            let resolved = try resolve(service, spec: environment.spec, domain: environment.domain, ports: ports)
+            let tree = try service.source.flatMap { try environment.repository.objectID(at: $0, in: environment.commit) }
+            let fingerprint = Self.fingerprint(resolved, tree: tree)
+            if record.fingerprint == fingerprint, let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) {
+                continue
+            }
+            let change = record.pid == nil ? "+service \(service.name)" : "~service \(service.name)"
+            if let pid = record.pid {
+                progress("stopping the previous revision of service \(service.name)")
+                ProcessControl.stopGroup(pid, grace: options.stopGrace)
+            }
+            let previousWorkdir = record.workdir
+            let workdir = root.appendingPathComponent(environment.name)
+                .appendingPathComponent("\(service.name)-\(environment.commit.short)-\(fingerprint.prefix(8))")
+            progress("materializing \(service.source ?? "(no source)") for service \(service.name)")
+            try? FileManager.default.removeItem(at: workdir)
+            if let source = service.source {
+                try environment.repository.materialize(source, at: environment.commit, into: workdir)
+            } else {
+                try FileManager.default.createDirectory(at: workdir, withIntermediateDirectories: true)
+            }
+            if let previousWorkdir, previousWorkdir != workdir.path { try? FileManager.default.removeItem(atPath: previousWorkdir) }
+            record.workdir = workdir.path
+            record.fingerprint = fingerprint
+            record.phase = "Starting"
+            record.restarts = 0
+            try start(&record, resolved: resolved, progress: progress)
+            try waitHealthy(&record, service: service, progress: progress)
+            outcome.changes.append(change)
+        }
+        for record in records.values where environment.spec.service(named: record.name).map({ $0.replicas == 0 }) ?? true {
+            progress("stopping removed service \(record.name)")
+            if let pid = record.pid { ProcessControl.stopGroup(pid, grace: options.stopGrace) }
+            if let workdir = record.workdir { try? FileManager.default.removeItem(atPath: workdir) }
+            try state.deleteService(environment: environment.name, name: record.name)
+            outcome.changes.append("-service \(record.name)")
+        }
+        return outcome
+    }
+
+    struct ResolvedService {
+        let command: [String]
+        let environment: [String: String]
+    }
+
+    func resolve(_ service: Service, spec: EnvironmentSpec, domain: String, ports: [String: Int]) throws -> ResolvedService {
+        let resolved = try Interpolation.resolve(service, Interpolation.resolver(spec: spec, domain: domain, ports: ports))
+        return ResolvedService(command: resolved.command,
+                               environment: Dictionary(resolved.env.map { ($0.name, $0.value) }, uniquingKeysWith: { $1 }))
+    }
+
+    static func fingerprint(_ resolved: ResolvedService, tree: ObjectID?) -> String {
+        var text = resolved.command.joined(separator: "\u{0}") + "\n" + (tree?.hex ?? "-")
+        for (key, value) in resolved.environment.sorted(by: { $0.key < $1.key }) { text += "\n\(key)=\(value)" }
+        return SHA256.hash(data: Data(text.utf8)).map { String(format: "%02x", $0) }.joined()
+    }
+
+    func start(_ record: inout ServiceRecord, resolved: ResolvedService, progress: (String) -> Void) throws {
+        let log = logPath(record.environment, record.name)
+        try FileManager.default.createDirectory(at: log.deletingLastPathComponent(), withIntermediateDirectories: true)
+        var variables: [String: String] = [:]
+        let inherited = ProcessInfo.processInfo.environment
+        for key in ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER"] { variables[key] = inherited[key] }
+        variables["PATH"] = variables["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        variables.merge(resolved.environment) { $1 }
+        variables["PORT"] = String(record.port)
+        variables["GANTRY_ENVIRONMENT"] = record.environment
+        variables["GANTRY_SERVICE"] = record.name
+        variables[Self.markVariable] = "\(instance):\(record.environment):\(record.name)"
+        progress("starting service \(record.name) on port \(record.port)")
+        // Record the intent before the process exists: a crash right after spawn leaves a marked
+        // process that `recover` finds and stops, never an unknown one.
+        record.pid = nil
+        record.pidStart = nil
+        try state.save(record)
+        let pid = try ProcessControl.spawn(resolved.command, directory: record.workdir!, environment: variables, logPath: log.path)
+        record.pid = pid
+        record.pidStart = ProcessControl.identity(of: pid)?.start
+        try state.save(record)
+    }
+
+    func waitHealthy(_ record: inout ServiceRecord, service: Service, progress: (String) -> Void) throws {
+        let started = Date()
+        let deadline = started.addingTimeInterval(options.startTimeout)
+        var last = "not checked yet"
+        progress("waiting for service \(service.name) to become healthy")
+        while Date() < deadline {
+            guard let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) else {
+                record.phase = "Failed"
+                record.lastExit = "exited during start"
+                try state.save(record)
+                throw ProcessControl.SpawnError(description: "service \(service.name) exited during start; last log lines:\n\(tail(record))")
+            }
+            if let path = service.health?.http {
+                let result = HTTPProbe.get(port: record.port, path: path, timeout: min(service.health?.timeout ?? 5, 2))
+                if result.isHealthy { break }
+                last = "GET \(path) → \(result.summary)"
+            } else if HTTPProbe.canConnect(port: record.port) || Date() >= started.addingTimeInterval(options.settleTime) {
+                // Without an HTTP check: listening on PORT, or still alive after the settle time.
+                break
+            } else {
+                last = "not listening on port \(record.port) yet"
+            }
+            usleep(20_000)
+        }
+        guard Date() < deadline else {
+            record.phase = "Unhealthy"
+            try state.save(record)
+            throw ProcessControl.SpawnError(description: "service \(service.name) did not become healthy within \(Int(options.startTimeout))s (\(last)); last log lines:\n\(tail(record))")
+        }
+        record.phase = "Running"
+        try state.save(record)
+    }
+
+    func tail(_ record: ServiceRecord, lines: Int = 10) -> String {
+        let text = (try? String(contentsOf: logPath(record.environment, record.name), encoding: .utf8)) ?? ""
+        return text.split(separator: "\n", omittingEmptySubsequences: false).suffix(lines + 1).joined(separator: "\n")
+    }
+}

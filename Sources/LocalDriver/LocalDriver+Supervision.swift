@@ -1,0 +1,118 @@
+import Crypto
+import Foundation
+import GitStore
+import Reconciler
+import SpecLoading
+import SpecModel
+import StateStore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+extension LocalDriver {
+    // MARK: Destroy
+
+    public func destroy(environment name: String, progress: (String) -> Void) throws {
+        for record in try state.services(of: name) {
+            if let pid = record.pid {
+                progress("stopping service \(record.name)")
+                ProcessControl.stopGroup(pid, grace: options.stopGrace)
+            }
+            try state.deleteService(environment: name, name: record.name)
+        }
+        for (pid, _) in ProcessControl.processes(markedWith: Self.markVariable, prefix: "\(instance):\(name):") {
+            ProcessControl.stopGroup(pid, grace: options.stopGrace)
+        }
+        progress("removing working directories")
+        let directory = root.appendingPathComponent(name)
+        if FileManager.default.fileExists(atPath: directory.path) {
+            do {
+                try FileManager.default.removeItem(at: directory)
+            } catch {
+                // Everything that runs is stopped; a directory left behind is reported, not fatal.
+                progress("could not remove \(directory.path): \(error)")
+                logger.warning("could not remove a working directory", metadata: ["gantry.env": "\(name)", "error": "\(error)"])
+            }
+        }
+    }
+
+    // MARK: Recovery and supervision
+
+    public func recover(desired: Set<String>) -> [DriverEvent] {
+        var events: [DriverEvent] = []
+        let records = (try? state.allServices()) ?? []
+        let known = Dictionary(records.compactMap { record in record.pid.map { ($0, record) } }, uniquingKeysWith: { a, _ in a })
+        for (pid, mark) in ProcessControl.processes(markedWith: Self.markVariable, prefix: "\(instance):") {
+            let parts = mark.split(separator: ":")
+            guard parts.count == 3 else { continue }
+            let environment = String(parts[1])
+            // Only group leaders are ours to judge; their children go with the group.
+            guard getpgid(pid) == pid else { continue }
+            if let record = known[pid], record.pidStart == ProcessControl.identity(of: pid)?.start, desired.contains(environment) {
+                events.append(DriverEvent(environment: environment, kind: "adopted", message: "adopted service \(record.name) (pid \(pid)) after a restart"))
+                continue
+            }
+            ProcessControl.stopGroup(pid, grace: options.stopGrace)
+            events.append(DriverEvent(environment: environment, kind: "orphan-stopped",
+                                      message: "stopped unrecorded process \(pid) of service \(parts[2]) left by an earlier run"))
+        }
+        return events
+    }
+
+    public func supervise() -> [DriverEvent] {
+        var events: [DriverEvent] = []
+        let now = Date()
+        for var record in (try? state.allServices()) ?? [] {
+            rotateLog(logPath(record.environment, record.name))
+            guard record.phase == "Running" || record.phase == "Restarting" || record.phase == "Starting" else { continue }
+            if let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) { continue }
+            let key = "\(record.environment)/\(record.name)"
+            if let next = nextRestart[key], next > now { continue }
+            guard let environment = try? state.environment(record.environment), let json = environment.specJSON,
+                  let spec = try? JSONDecoder().decode(EnvironmentSpec.self, from: Data(json.utf8)),
+                  let service = spec.service(named: record.name), let workdir = record.workdir,
+                  FileManager.default.fileExists(atPath: workdir) else {
+                continue
+            }
+            record.restarts += 1
+            record.lastExit = "exited unexpectedly"
+            let delay = min(pow(2.0, Double(record.restarts - 1)), 60)
+            nextRestart[key] = now.addingTimeInterval(delay)
+            do {
+                let ports = Dictionary(uniqueKeysWithValues: try state.services(of: record.environment).map { ($0.name, $0.port) })
+                let resolved = try resolve(service, spec: spec, domain: domain, ports: ports)
+                record.phase = "Restarting"
+                try start(&record, resolved: resolved) { _ in }
+                record.phase = "Running"
+                try state.save(record)
+                events.append(DriverEvent(environment: record.environment, kind: "restarted",
+                                          message: "service \(record.name) had stopped; restarted it (restart \(record.restarts), next backoff \(Int(delay))s)"))
+            } catch {
+                events.append(DriverEvent(environment: record.environment, kind: "restart-failed",
+                                          message: "service \(record.name) could not be restarted: \(error)"))
+            }
+        }
+        return events
+    }
+
+    func rotateLog(_ path: URL) {
+        guard let size = (try? FileManager.default.attributesOfItem(atPath: path.path))?[.size] as? Int,
+              size > options.maxLogBytes else { return }
+        let manager = FileManager.default
+        for index in stride(from: options.keptLogs - 1, through: 1, by: -1) {
+            let from = path.path + ".\(index)", to = path.path + ".\(index + 1)"
+            try? manager.removeItem(atPath: to)
+            try? manager.moveItem(atPath: from, toPath: to)
+        }
+        try? manager.removeItem(atPath: path.path + ".1")
+        try? manager.copyItem(atPath: path.path, toPath: path.path + ".1")
+        // The process appends (O_APPEND), so it goes on writing at the new end.
+        truncate(path.path, 0)
+    }
+
+    public func shutdown() {
+        for record in (try? state.allServices()) ?? [] {
+            if let pid = record.pid { ProcessControl.stopGroup(pid, grace: options.stopGrace) }
+        }
+    }
+}

@@ -1,0 +1,51 @@
+import Audit
+import Foundation
+import GitStore
+import SpecLoading
+import SpecModel
+import StateStore
+
+extension Reconciler {
+    func baseFields(_ environment: String, branch: String, commit: CommitInfo, policyRevision: ObjectID?) -> [(String, String)] {
+        var fields: [(String, String)] = [("environment", environment), ("branch", branch), ("commit", commit.id.hex),
+                                          ("actor", commit.authorEmail), ("actor-kind", "unverified")]
+        for trailer in commit.trailers {
+            switch trailer.key.lowercased() {
+            case "agent": fields.append(("agent", trailer.value))
+            case "on-behalf-of": fields.append(("on-behalf-of", trailer.value))
+            case "task": fields.append(("task", trailer.value))
+            default: break
+            }
+        }
+        fields.append(("policy-revision", policyRevision?.hex ?? "none"))
+        return fields
+    }
+
+    /// Appends a record unless a pass redone after a crash already wrote it: the commit's note is
+    /// the evidence. Within the environment's records on that note, an `admitted`/`denied` counts
+    /// as written while no `destroyed` follows it; `applied`/`failed` while no new admission
+    /// follows; `destroyed` when it is the latest. An environment destroyed and re-created on the
+    /// same commit is therefore recorded again.
+    func appendOnce(_ event: AuditEvent, _ environment: String, _ commit: ObjectID, _ fields: [(String, String)]) throws {
+        if let note = try repository.note(on: commit, notesRef: audit.notesRef) {
+            let events = AuditRecord.parseNote(note).records.filter { $0.value("environment") == environment }.map(\.event)
+            if Self.alreadyRecorded(event.rawValue, in: events) { return }
+        }
+        try audit.append([AuditEntry(event: event, commit: commit.hex, fields: fields.map { (key: $0.0, value: $0.1) })])
+    }
+
+    static func alreadyRecorded(_ event: String, in events: [String]) -> Bool {
+        let judged: Set<String> = [AuditEvent.admitted.rawValue, AuditEvent.denied.rawValue]
+        let destroyed = AuditEvent.destroyed.rawValue
+        switch event {
+        case destroyed:
+            return events.last == destroyed
+        case _ where judged.contains(event):
+            guard let last = events.lastIndex(where: { judged.contains($0) }) else { return false }
+            return !events[last...].contains(destroyed)
+        default:
+            let cycle = events.lastIndex(where: { judged.contains($0) }).map { events[($0 + 1)...] } ?? events[...]
+            return cycle.contains(event)
+        }
+    }
+}

@@ -1,0 +1,116 @@
+import Audit
+import Foundation
+import GitStore
+import SpecLoading
+import SpecModel
+import StateStore
+
+extension Reconciler {
+    /// Converges the environments one branch asks for, and destroys those it no longer asks for.
+    func reconcile(branch: String, tip: ObjectID, context: PassContext, _ summary: inout PassSummary) throws {
+        let desired = try loader.desiredEnvironments(branch: branch, commit: tip, protectedBranch: context.protectedBranch,
+                                                     protectedTip: context.protectedTip)
+        let commit = try repository.commit(tip)
+        for environment in desired {
+            try converge(environment, commit: commit, context: context, &summary)
+        }
+        let wanted = Set(desired.map(\.name))
+        for existing in try state.environments() where existing.branch == branch && !wanted.contains(existing.name) {
+            let reason = branch == context.protectedBranch
+                ? "environment \(existing.name) was removed from \(branch) at \(tip.short)"
+                : "branch \(branch) no longer changes \(existing.name) at \(tip.short)"
+            try destroy(existing, reason: reason, commitForNote: tip.hex, &summary)
+        }
+    }
+
+    /// Judges and applies one desired environment.
+    func converge(_ desired: DesiredEnvironment, commit: CommitInfo, context: PassContext, _ summary: inout PassSummary) throws {
+        let existing = try state.environment(desired.name)
+        let live = existing.flatMap { $0.phase == .destroyed ? nil : $0 }
+        if let live, live.fingerprint == desired.fingerprint, live.phase == .running {
+            guard live.commit != desired.commit.hex else { return }
+            // Nothing to apply. A commit that touched the environment's files is still judged and
+            // recorded; one that touched other files only moves the environment's commit along.
+            if try touches(desired, since: live.commit) {
+                let base = baseFields(desired.name, branch: desired.branch, commit: commit, policyRevision: context.protectedTip)
+                try appendOnce(.admitted, desired.name, commit.id, base + [("decision", "allow"), ("rule", "spec: valid"),
+                                                                            ("change", "none: the running revision already matches")])
+                summary.admitted.append(desired.name)
+            }
+            var updated = live
+            updated.commit = desired.commit.hex
+            updated.updatedAt = Date()
+            try state.save(updated)
+            return
+        }
+        if let live, live.commit == desired.commit.hex, live.fingerprint == desired.fingerprint || live.phase == .denied {
+            return
+        }
+        var record = live ?? EnvironmentRecord(name: desired.name, branch: desired.branch, commit: desired.commit.hex,
+                                               envClass: desired.spec?.class.rawValue ?? (desired.isPreview ? "preview" : "development"),
+                                               team: desired.loaded.spec?.team, phase: .pending)
+        if existing?.phase == .destroyed { record.createdAt = Date(); record.destroyedAt = nil; record.appliedCommit = nil; record.fingerprint = nil }
+        record.branch = desired.branch
+        record.commit = desired.commit.hex
+        record.updatedAt = Date()
+        let base = baseFields(desired.name, branch: desired.branch, commit: commit, policyRevision: context.protectedTip)
+
+        guard let spec = desired.spec else {
+            let rules = desired.loaded.diagnostics.map { "spec: invalid: \($0)" }
+            try appendOnce(.denied, desired.name, commit.id, base + [("decision", "deny")] + rules.map { ("rule", $0) })
+            record.phase = record.appliedCommit == nil ? .denied : .running
+            record.message = "commit \(commit.id.short) denied: \(desired.loaded.diagnostics.map(\.description).joined(separator: "; "))"
+            try state.save(record)
+            try state.record(EventRecord(environment: desired.name, kind: "denied", message: record.message!))
+            logger.warning("denied", metadata: ["gantry.env": "\(desired.name)", "git.commit": "\(commit.id.short)",
+                                                 "reason": "\(desired.loaded.diagnostics.first?.description ?? "")"])
+            summary.denied.append(desired.name)
+            return
+        }
+        record.envClass = spec.class.rawValue
+        record.team = spec.team
+        record.domain = context.settings.domain
+        try appendOnce(.admitted, desired.name, commit.id, base + [("decision", "allow"), ("rule", "spec: valid")])
+        summary.admitted.append(desired.name)
+        if record.appliedCommit == nil { record.phase = .pending }
+        record.message = "applying \(commit.id.short)"
+        try state.save(record)
+
+        let plan = PlannedEnvironment(name: desired.name, branch: desired.branch, commit: desired.commit, spec: spec,
+                                      fingerprint: desired.fingerprint, domain: context.settings.domain, repository: repository)
+        do {
+            let outcome = try driver.apply(plan) { step in
+                logger.info("Applying revision \(commit.id.short): \(step)", metadata: ["gantry.env": "\(desired.name)"])
+            }
+            record.phase = .running
+            record.appliedCommit = desired.commit.hex
+            record.fingerprint = desired.fingerprint
+            record.specJSON = Self.json(spec)
+            record.message = nil
+            record.updatedAt = Date()
+            // The record first: a crash before the state is saved redoes the apply (a no-op for the
+            // driver) and finds the record already written.
+            try appendOnce(.applied, desired.name, commit.id, base + outcome.changes.map { ("change", $0) })
+            try state.save(record)
+            try state.record(EventRecord(environment: desired.name, kind: "applied", message: "revision \(commit.id.short) running"))
+            logger.info("applied", metadata: ["gantry.env": "\(desired.name)", "git.commit": "\(commit.id.short)"])
+            summary.applied.append(desired.name)
+        } catch {
+            record.phase = .failed
+            record.message = "apply of \(commit.id.short) failed: \(error)"
+            record.fingerprint = desired.fingerprint
+            record.updatedAt = Date()
+            try appendOnce(.failed, desired.name, commit.id, base + [("error", "\(error)")])
+            try state.save(record)
+            try state.record(EventRecord(environment: desired.name, kind: "failed", message: record.message!))
+            logger.error("apply failed", metadata: ["gantry.env": "\(desired.name)", "error": "\(error)"])
+            summary.failed.append(desired.name)
+        }
+    }
+
+    /// True when a file, template or source of the environment differs between `previous` and its commit.
+    func touches(_ desired: DesiredEnvironment, since previous: String) throws -> Bool {
+        guard let before = ObjectID(hex: previous) else { return true }
+        return desired.loaded.isTouched(by: try repository.changedPaths(from: before, to: desired.commit))
+    }
+}
