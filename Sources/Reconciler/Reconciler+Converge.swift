@@ -27,21 +27,26 @@ extension Reconciler {
     func converge(_ desired: DesiredEnvironment, commit: CommitInfo, context: PassContext, _ summary: inout PassSummary) throws {
         let existing = try state.environment(desired.name)
         let live = existing.flatMap { $0.phase == .destroyed ? nil : $0 }
-        if let live, live.fingerprint == desired.fingerprint, live.phase == .running {
+        if let live, live.fingerprint == desired.fingerprint, live.phase == .running || live.phase == .failed {
             guard live.commit != desired.commit.hex else { return }
-            // Nothing to apply. A commit that touched the environment's files is still judged and
-            // recorded; one that touched other files only moves the environment's commit along.
-            if try touches(desired, since: live.commit) {
-                let base = baseFields(desired.name, branch: desired.branch, commit: commit, policyRevision: context.protectedTip)
-                try appendOnce(.admitted, desired.name, commit.id, base + [("decision", "allow"), ("rule", "spec: valid"),
-                                                                            ("change", "none: the running revision already matches")])
-                summary.admitted.append(desired.name)
+            let touched = try touches(desired, since: live.commit)
+            if live.phase == .running || !touched {
+                // Nothing to apply (a failed revision is retried only by a commit that touches the
+                // environment). A touching commit is still judged and recorded; one that touched
+                // other files only moves the environment's commit along.
+                if touched {
+                    let base = baseFields(desired.name, branch: desired.branch, commit: commit, policyRevision: context.protectedTip)
+                    try appendOnce(.admitted, desired.name, commit.id, base + [("decision", "allow"), ("rule", "spec: valid"),
+                                                                                ("change", "none: the running revision already matches")])
+                    summary.admitted.append(desired.name)
+                }
+                var updated = live
+                updated.commit = desired.commit.hex
+                if live.phase == .running { updated.message = nil }
+                updated.updatedAt = Date()
+                try state.save(updated)
+                return
             }
-            var updated = live
-            updated.commit = desired.commit.hex
-            updated.updatedAt = Date()
-            try state.save(updated)
-            return
         }
         if let live, live.commit == desired.commit.hex, live.fingerprint == desired.fingerprint || live.phase == .denied {
             return

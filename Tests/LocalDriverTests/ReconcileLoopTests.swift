@@ -134,7 +134,14 @@ import StateStore
         let live = try #require(try harness.environment("web"))
         #expect(live.phase == .running)
         #expect(live.message?.contains("denied") == true)
-        #expect(isRunning(try harness.service("web")?.pid))
+        let pid = try harness.service("web")?.pid
+        #expect(isRunning(pid))
+
+        // Reverting to the running revision clears the denial without a restart.
+        try repo.git("revert", "--no-edit", "HEAD")
+        try harness.pass()
+        #expect(try harness.environment("web")?.message == nil)
+        #expect(try harness.service("web")?.pid == pid)
     }
 
     @Test func crashedServiceIsRestartedWithBackoff() throws {
@@ -179,6 +186,18 @@ import StateStore
         #expect(failed.phase == .failed)
         #expect(failed.message?.contains("boom: missing config") == true)
         #expect(try harness.records().last { $0.event == "failed" }?.value("environment") == "crash")
+
+        // A commit elsewhere does not retry (or re-record) the failed environment...
+        try repo.write("README.txt", "docs")
+        try repo.commit("docs")
+        #expect(try harness.pass().failed.isEmpty)
+        #expect(try harness.records().filter { $0.event == "failed" }.count == 1)
+        // ...a commit that touches it does.
+        let spec = try String(contentsOfFile: repo.path + "/environments/crash.yaml", encoding: .utf8)
+        try repo.write("environments/crash.yaml", spec + "\n# retry\n")
+        try repo.commit("retry")
+        #expect(try harness.pass().failed == ["crash"])
+        #expect(try harness.records().filter { $0.event == "failed" }.count == 2)
     }
 
     @Test func removedEnvironmentOnMainIsDestroyed() throws {
