@@ -42,7 +42,10 @@ extension Reconciler {
                 }
                 var updated = live
                 updated.commit = desired.commit.hex
-                if live.phase == .running { updated.message = nil }
+                if live.phase == .running {
+                    updated.message = nil
+                    updated.conditions = []
+                }
                 updated.updatedAt = Date()
                 try state.save(updated)
                 return
@@ -64,6 +67,7 @@ extension Reconciler {
             let rules = desired.loaded.diagnostics.map { "spec: invalid: \($0)" }
             try appendOnce(.denied, desired.name, commit.id, base + [("decision", "deny")] + rules.map { ("rule", $0) })
             record.phase = record.appliedCommit == nil ? .denied : .running
+            record.conditions = ["SpecInvalid"]
             record.message = "commit \(commit.id.short) denied: \(desired.loaded.diagnostics.map(\.description).joined(separator: "; "))"
             try state.save(record)
             try state.record(EventRecord(environment: desired.name, kind: "denied", message: record.message!))
@@ -92,6 +96,7 @@ extension Reconciler {
             record.fingerprint = desired.fingerprint
             record.specJSON = Self.json(spec)
             record.message = nil
+            record.conditions = []
             record.updatedAt = Date()
             // The record first: a crash before the state is saved redoes the apply (a no-op for the
             // driver) and finds the record already written.
@@ -102,6 +107,7 @@ extension Reconciler {
             summary.applied.append(desired.name)
         } catch {
             record.phase = .failed
+            record.conditions = ["ApplyFailed"]
             record.message = "apply of \(commit.id.short) failed: \(error)"
             record.fingerprint = desired.fingerprint
             record.updatedAt = Date()

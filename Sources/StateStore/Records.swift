@@ -27,6 +27,8 @@ public struct EnvironmentRecord: Codable, Sendable, Equatable, FetchableRecord, 
     public var specJSON: String?
     /// Why the environment is in its phase (the denial, the failure), for `status`.
     public var message: String?
+    /// Conditions that are true, named for the problem (`SpecInvalid`, `ApplyFailed`, ...).
+    public var conditions: [String] = []
     public var createdAt: Date
     public var updatedAt: Date
     public var destroyedAt: Date?

@@ -30,6 +30,7 @@ public final class StateStore: Sendable {
                 t.column("fingerprint", .text)
                 t.column("specJSON", .text)
                 t.column("message", .text)
+                t.column("conditions", .text).notNull().defaults(to: "[]")
                 t.column("createdAt", .datetime).notNull()
                 t.column("updatedAt", .datetime).notNull()
                 t.column("destroyedAt", .datetime)

@@ -30,9 +30,14 @@ struct Status: ParsableCommand {
         for environment in environments {
             let spec = environment.specJSON.flatMap { try? JSONDecoder().decode(EnvironmentSpec.self, from: Data($0.utf8)) }
             let domain = environment.domain ?? "localhost"
-            let services: [PlainValue] = try store.services(of: environment.name).map {
+            let serviceRecords = try store.services(of: environment.name)
+            let services: [PlainValue] = serviceRecords.map {
                 .map([("name", .string($0.name)), ("phase", .string(LocalDriver.observedPhase(of: $0))), ("url", .string("http://127.0.0.1:\($0.port)")),
                       ("restarts", .int($0.restarts))])
+            }
+            var conditions = environment.conditions
+            if environment.phase == .running, serviceRecords.contains(where: { LocalDriver.observedPhase(of: $0) != "Running" }) {
+                conditions.append("Unhealthy")
             }
             let routes: [PlainValue] = (spec?.routes ?? []).map {
                 .map([("name", .string($0.name)), ("url", .string("http://\($0.name).\(environment.name).\(domain):8080"))])
@@ -42,6 +47,7 @@ struct Status: ParsableCommand {
                 ("class", .string(environment.envClass)), ("team", environment.team.map { .string($0) } ?? .null),
                 ("phase", .string(environment.phase.rawValue)), ("services", .list(services)), ("routes", .list(routes)),
             ]
+            fields.append(("conditions", .list(conditions.map { .string($0) })))
             fields.append(("appliedCommit", environment.appliedCommit.map { .string($0) } ?? .null))
             fields.append(("message", environment.message.map { .string($0) } ?? .null))
             rows.append(.map(fields))

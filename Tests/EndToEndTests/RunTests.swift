@@ -39,8 +39,13 @@ import TestSupport
         #expect(httpGet(url)?.contains("hello from web--feature") == true)
         let routes = try #require(preview["routes"] as? [[String: Any]])
         #expect(routes.first?["url"] as? String == "http://www.web--feature.localhost:8080")
+        #expect((preview["conditions"] as? [String]) == [])
         run.terminate()
         #expect(markedProcesses(state: state.path).isEmpty)
+        // Stopped with --stop-on-exit: status says so rather than pretending the services run.
+        let after = try #require(try statusJSON(state.path).first { $0["name"] as? String == "web--feature" })
+        #expect((after["conditions"] as? [String]) == ["Unhealthy"])
+        #expect(((after["services"] as? [[String: Any]])?.first?["phase"] as? String) == "Stopped")
     }
 
     @Test func killDashNineAtAnyMomentThenRestartConverges() throws {
@@ -136,5 +141,34 @@ import TestSupport
         #expect(log.contains("destroyed web--feature"))
         // Anyone with the remote verifies it: audit verify reads the mirror, refreshed from the remote.
         #expect(try gantry("audit", "verify", "--repo", url, "--state", state.path).status == 0)
+    }
+
+    @Test func thePostReceiveHookFromDeployWakesGantryOnPush() throws {
+        let seed = try TestRepository()
+        try seed.seedExample()
+        let server = TemporaryDirectory()
+        let bare = server.path + "/config.git"
+        try Shell.check(["git", "clone", "-q", "--bare", seed.path, bare])
+        let hook = bare + "/hooks/post-receive"
+        try FileManager.default.copyItem(atPath: TestPaths.packageRoot.appendingPathComponent("deploy/post-receive").path, toPath: hook)
+        let state = TemporaryDirectory()
+        defer { killMarked(state: state.path) }
+        let run = try GantryProcess(["run", "--repo", bare, "--state", state.path, "--interval", "60", "--stop-on-exit"],
+                                    log: state.path + "/run.log")
+        #expect(eventually(30) { running(state.path) == ["web", "status-page"] })
+        // An agent clones, commits on a branch and pushes; only the hook can wake Gantry this soon.
+        try Shell.check(["git", "clone", "-q", bare, server.path + "/work"])
+        let work = server.path + "/work"
+        try Shell.check(["git", "-C", work, "checkout", "-q", "-b", "agents/hook"])
+        try "x".write(toFile: work + "/apps/hello/NOTE", atomically: true, encoding: .utf8)
+        try Shell.check(["git", "-C", work, "add", "-A"])
+        try Shell.check(["git", "-C", work, "-c", "commit.gpgsign=false", "commit", "-q", "-m", "touch"])
+        var environment = Shell.gitEnvironment
+        environment["PATH"] = TestPaths.packageRoot.appendingPathComponent(".build/debug").path + ":" + (environment["PATH"] ?? "/usr/bin:/bin")
+        environment["GANTRY_STATE"] = state.path
+        let push = try Shell.run(["git", "-C", work, "push", "-q", "origin", "agents/hook"], environment: environment)
+        #expect(push.status == 0, "\(push.stderr)")
+        #expect(eventually(20) { running(state.path).contains("web--agents-hook") })
+        run.terminate()
     }
 }

@@ -118,6 +118,7 @@ import StateStore
         let summary = try harness.pass()
         #expect(summary.denied == ["web--broken"])
         #expect(try harness.environment("web--broken")?.phase == .denied)
+        #expect(try harness.environment("web--broken")?.conditions == ["SpecInvalid"])
         #expect(try harness.service("web--broken") == nil)
         let denial = try #require(try harness.records().last)
         #expect(denial.event == "denied")
@@ -184,6 +185,7 @@ import StateStore
         #expect(summary.failed == ["crash"])
         let failed = try #require(try harness.environment("crash"))
         #expect(failed.phase == .failed)
+        #expect(failed.conditions == ["ApplyFailed"])
         #expect(failed.message?.contains("boom: missing config") == true)
         #expect(try harness.records().last { $0.event == "failed" }?.value("environment") == "crash")
 
