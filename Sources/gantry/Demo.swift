@@ -52,7 +52,8 @@ struct Demo: ParsableCommand {
           git checkout main && git branch -D agents/claude/greeting   # the preview is destroyed
 
         """)
-        var arguments = ["--repo", demo.path, "--state", paths.root.path]
+        // The demo cleans up after itself: Ctrl-C stops its services too.
+        var arguments = ["--repo", demo.path, "--state", paths.root.path, "--stop-on-exit"]
         if once { arguments.append("--once") }
         var command = try Run.parse(arguments)
         try command.run()
