@@ -39,7 +39,7 @@ struct Demo: ParsableCommand {
             try shell(git + ["add", "-A"])
             try shell(git + ["commit", "-q", "-m", "Initial configuration from example-repo\n\nTask: DEMO-1"])
         }
-        print("""
+        FileHandle.standardOutput.write(Data("""
         Demo configuration repository: \(demo.path)
         Try, in another terminal:
           cd \(demo.path)
@@ -51,11 +51,11 @@ struct Demo: ParsableCommand {
           git log --notes=gantry -1
           git checkout main && git branch -D agents/claude/greeting   # the preview is destroyed
 
-        """)
+        """.utf8))
         // The demo cleans up after itself: Ctrl-C stops its services too.
         var arguments = ["--repo", demo.path, "--state", paths.root.path, "--stop-on-exit"]
         if once { arguments.append("--once") }
-        var command = try Run.parse(arguments)
+        let command = try Run.parse(arguments)
         try command.run()
     }
 
