@@ -103,7 +103,7 @@ extension GitRepository {
     public func createBlob(_ data: Data) throws -> ObjectID {
         try locked {
             var oid = git_oid()
-            try data.withUnsafeBytes { raw in
+            _ = try data.withUnsafeBytes { raw in
                 try check("write blob", git_blob_create_from_buffer(&oid, handle, raw.baseAddress, raw.count))
             }
             return ObjectID(oid)
@@ -133,7 +133,7 @@ extension GitRepository {
             }
             var buffer = git_buf()
             defer { git_buf_dispose(&buffer) }
-            try parentObjects.withUnsafeMutableBufferPointer { parentsPointer in
+            _ = try parentObjects.withUnsafeMutableBufferPointer { parentsPointer in
                 try check("create commit buffer", git_commit_create_buffer(
                     &buffer, handle, signature, signature, nil, message, treeObject,
                     parents.count, parentsPointer.baseAddress))

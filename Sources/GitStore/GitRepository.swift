@@ -85,7 +85,7 @@ extension GitRepository {
             var options = git_fetch_options()
             git_fetch_options_init(&options, UInt32(GIT_FETCH_OPTIONS_VERSION))
             options.prune = GIT_FETCH_PRUNE
-            try withStrings(["+refs/heads/*:refs/heads/*", "+refs/notes/*:refs/notes/*"]) { specs in
+            _ = try withStrings(["+refs/heads/*:refs/heads/*", "+refs/notes/*:refs/notes/*"]) { specs in
                 try check("fetch \(url)", git_remote_fetch(remote, &specs, &options, "gantry: fetch"))
             }
         }

@@ -131,8 +131,7 @@ public final class StateStore: Sendable {
 
     public func record(_ event: EventRecord) throws {
         try pool.write { db in
-            var copy = event
-            try copy.insert(db)
+            try event.insert(db)
         }
     }
 
