@@ -76,7 +76,8 @@ extension LocalDriver {
             }
             record.restarts += 1
             record.lastExit = "exited unexpectedly"
-            let delay = min(pow(2.0, Double(record.restarts - 1)), 60)
+            // The first restart is immediate; the next waits base·2, then base·4, ... up to the cap.
+            let delay = min(options.restartBackoff * pow(2.0, Double(record.restarts)), options.maxRestartBackoff)
             nextRestart[key] = now.addingTimeInterval(delay)
             do {
                 let ports = Dictionary(uniqueKeysWithValues: try state.services(of: record.environment).map { ($0.name, $0.port) })

@@ -148,7 +148,7 @@ import StateStore
     @Test func crashedServiceIsRestartedWithBackoff() throws {
         let repo = try TestRepository()
         try repo.seedExample()
-        let harness = try Harness(repo: repo)
+        let harness = try Harness(repo: repo) { $0.restartBackoff = 2 }
         try harness.pass()
         let original = try #require(try harness.service("web"))
         kill(original.pid!, SIGKILL)
@@ -158,12 +158,12 @@ import StateStore
         #expect(restarted.pid != original.pid)
         #expect(restarted.restarts == 1)
         #expect(eventually(10) { (try? harness.get("web")) != nil })
-        // A second crash right away waits out the backoff (2s) before restarting.
+        // A second crash right away waits out the backoff (2 × 2s) before restarting.
         kill(restarted.pid!, SIGKILL)
         #expect(eventually(5) { !isRunning(restarted.pid) })
         try harness.pass()
         #expect(try harness.service("web")?.pid == restarted.pid)
-        #expect(eventually(6) { (try? harness.pass()) != nil && (try? harness.service("web")?.restarts) == 2 })
+        #expect(eventually(10) { (try? harness.pass()) != nil && (try? harness.service("web")?.restarts) == 2 })
     }
 
     @Test func failingHealthCheckIsReportedWithTheLog() throws {
