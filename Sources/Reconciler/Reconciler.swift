@@ -101,10 +101,15 @@ public final class Reconciler: @unchecked Sendable {
         var protectedBranch = options.protectedBranch
         var settings = Settings()
         if let tip = branches[protectedBranch] {
-            settings = loader.settings(at: tip).settings
-            if settings.protectedBranch != protectedBranch, let configured = branches[settings.protectedBranch] {
-                protectedBranch = settings.protectedBranch
-                settings = loader.settings(at: configured).settings
+            var loaded = loader.settings(at: tip)
+            if loaded.settings.protectedBranch != protectedBranch, let configured = branches[loaded.settings.protectedBranch] {
+                protectedBranch = loaded.settings.protectedBranch
+                loaded = loader.settings(at: configured)
+            }
+            settings = loaded.settings
+            for diagnostic in loaded.diagnostics {
+                logger.error("gantry.yaml on the protected branch is invalid; the defaults stand in for what it gets wrong",
+                             metadata: ["problem": "\(diagnostic)"])
             }
         }
         let protectedTip = branches[protectedBranch]
