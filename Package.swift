@@ -27,10 +27,12 @@ let package = Package(
                                                     .product(name: "Crypto", package: "swift-crypto")]),
         // Audit records, SSHSIG signing/verification, notes writer with compare-and-swap.
         .target(name: "Audit", dependencies: ["GitStore", .product(name: "Crypto", package: "swift-crypto")]),
+        // Identity (commit signatures, allowed signers, actors) and, later, policies and approvals → verdicts.
+        .target(name: "Governance", dependencies: ["GitStore", "SpecModel", "SpecLoading", "Audit"]),
         // SQLite state (GRDB, WAL): environments, services, refs, events.
         .target(name: "StateStore", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
         // The reconcile loop, its steps and sweeps; the Driver protocol.
-        .target(name: "Reconciler", dependencies: ["GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore",
+        .target(name: "Reconciler", dependencies: ["GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Governance",
                                                    .product(name: "Logging", package: "swift-log")]),
         // The embedded default driver: supervised local processes.
         .target(name: "LocalDriver", dependencies: ["Reconciler", "SpecModel", "StateStore",
@@ -49,6 +51,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["GitStore"], path: "Tests/TestSupport"),
         .testTarget(name: "GitStoreTests", dependencies: ["GitStore", "TestSupport"]),
         .testTarget(name: "SpecLoadingTests", dependencies: ["SpecLoading", "SpecModel", "GitStore", "TestSupport"]),
+        .testTarget(name: "GovernanceTests", dependencies: ["Governance", "Audit", "GitStore", "SpecLoading", "SpecModel", "TestSupport"]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "GitStore", "TestSupport"]),
         .testTarget(name: "StateStoreTests", dependencies: ["StateStore", "TestSupport", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "LocalDriverTests", dependencies: ["LocalDriver", "Reconciler", "StateStore", "SpecModel", "Audit", "GitStore", "TestSupport",

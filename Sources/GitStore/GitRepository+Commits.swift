@@ -33,6 +33,11 @@ public struct CommitInfo: Sendable, Hashable {
 public struct CommitSignature: Sendable {
     public let signature: String
     public let signedData: Data
+
+    public init(signature: String, signedData: Data) {
+        self.signature = signature
+        self.signedData = signedData
+    }
 }
 
 extension GitRepository {

@@ -1,0 +1,87 @@
+import Audit
+import Foundation
+import GitStore
+import SpecModel
+
+/// Who made one commit, as far as its signature proves, or why it proves nothing.
+public struct CommitIdentity: Sendable {
+    public let commit: ObjectID
+    /// The principal of `allowed_signers` whose key signed the commit.
+    public let principal: String?
+    public let actor: Actor?
+    public let agent: String?
+    public let onBehalfOf: String?
+    public let task: String?
+    /// Why the commit cannot be admitted; nil when it can.
+    public let problem: String?
+
+    public var isVerified: Bool { principal != nil && problem == nil }
+}
+
+/// Judges commits' signatures against the governance read from the protected branch.
+public struct IdentityJudge: Sendable {
+    public let signers: AllowedSigners
+    public let actors: [String: Actor]
+    /// `signing.required` of gantry.yaml: when false, unsigned commits pass as unverified.
+    public let required: Bool
+
+    public init(signers: AllowedSigners, actors: [String: Actor], required: Bool) {
+        self.signers = signers
+        self.actors = actors
+        self.required = required
+    }
+
+    /// Checks one commit's SSH signature (namespace `git`) at time `now`, then its signer's actor
+    /// entry and its `On-Behalf-Of` trailer.
+    public func judge(_ commit: CommitInfo, signature: CommitSignature?, now: Date) -> CommitIdentity {
+        var agent: String?, onBehalfOf: String?, task: String?
+        for trailer in commit.trailers {
+            switch trailer.key.lowercased() {
+            case "agent": agent = trailer.value
+            case "on-behalf-of": onBehalfOf = trailer.value
+            case "task": task = trailer.value
+            default: break
+            }
+        }
+        let short = commit.id.short
+        func result(_ principal: String?, _ problem: String?) -> CommitIdentity {
+            CommitIdentity(commit: commit.id, principal: principal, actor: principal.flatMap { actors[$0] },
+                           agent: agent, onBehalfOf: onBehalfOf, task: task, problem: problem)
+        }
+        guard let signature else {
+            return result(nil, required
+                ? "commit \(short) is not signed; sign it with an SSH key listed in identities/allowed_signers on main (git config gpg.format ssh; git commit -S)"
+                : nil)
+        }
+        let signer: SSHPublicKey
+        do {
+            signer = try SSHSignature.verify(signature.signature, message: signature.signedData, namespace: "git")
+        } catch {
+            return result(nil, "commit \(short) has a signature that does not verify: \(error)")
+        }
+        switch signers.lookup(signer, namespace: "git", at: now) {
+        case .unknownKey:
+            return result(nil, "commit \(short) is signed by key \(signer.fingerprint), which identities/allowed_signers on main does not list; add the key there (on main) or re-sign with a listed key")
+        case .namespaceNotAllowed(let principal, let namespaces):
+            return result(nil, "commit \(short) is signed by \(principal), whose key is allowed for namespaces \(namespaces.joined(separator: ",")) only, not git")
+        case .notYetValid(let principal, let after):
+            return result(nil, "commit \(short) is signed by \(principal) with a key valid only after \(Self.format(after)); use the current key")
+        case .expired(let principal, let before):
+            return result(nil, "commit \(short) is signed by \(principal) with a key that expired or was revoked at \(Self.format(before)); re-sign with a current key")
+        case .allowed(let principal):
+            guard let actor = actors[principal] else {
+                return result(principal, "commit \(short) is signed by \(principal), who has no entry in identities/actors.yaml on main; add one (kind, teams, roles)")
+            }
+            if let onBehalfOf, !actor.actsFor.contains(onBehalfOf) {
+                return result(principal, "commit \(short) says On-Behalf-Of: \(onBehalfOf), but \(principal) may act only for \(actor.actsFor.isEmpty ? "nobody" : actor.actsFor.joined(separator: ", ")) (actsFor in identities/actors.yaml)")
+            }
+            return result(principal, nil)
+        }
+    }
+
+    static func format(_ date: Date) -> String {
+        let formatter = ISO8601DateFormatter()
+        formatter.timeZone = TimeZone(identifier: "UTC")
+        return formatter.string(from: date)
+    }
+}
