@@ -1,22 +1,25 @@
 import Audit
 import Foundation
 import GitStore
+import Governance
 import SpecLoading
 import SpecModel
 import StateStore
 
 extension Reconciler {
-    func baseFields(_ environment: String, branch: String, commit: CommitInfo, policyRevision: ObjectID?) -> [(String, String)] {
-        var fields: [(String, String)] = [("environment", environment), ("branch", branch), ("commit", commit.id.hex),
-                                          ("actor", commit.authorEmail), ("actor-kind", "unverified")]
-        for trailer in commit.trailers {
-            switch trailer.key.lowercased() {
-            case "agent": fields.append(("agent", trailer.value))
-            case "on-behalf-of": fields.append(("on-behalf-of", trailer.value))
-            case "task": fields.append(("task", trailer.value))
-            default: break
-            }
+    /// The lines every record of a judged commit starts with. The actor is the verified signer;
+    /// without one, the commit's author e-mail marked `actor-kind: unverified`.
+    func baseFields(_ environment: String, branch: String, commit: CommitInfo, identity: CommitIdentity,
+                    policyRevision: ObjectID?) -> [(String, String)] {
+        var fields: [(String, String)] = [("environment", environment), ("branch", branch), ("commit", commit.id.hex)]
+        if let principal = identity.principal, identity.problem == nil {
+            fields += [("actor", principal), ("actor-kind", identity.actor?.kind.rawValue ?? "unknown")]
+        } else {
+            fields += [("actor", commit.authorEmail), ("actor-kind", "unverified")]
         }
+        if let agent = identity.agent { fields.append(("agent", agent)) }
+        if let onBehalfOf = identity.onBehalfOf { fields.append(("on-behalf-of", onBehalfOf)) }
+        if let task = identity.task { fields.append(("task", task)) }
         fields.append(("policy-revision", policyRevision?.hex ?? "none"))
         return fields
     }

@@ -1,6 +1,7 @@
 import Audit
 import Foundation
 import GitStore
+import Governance
 import SpecLoading
 import SpecModel
 import StateStore
@@ -11,9 +12,11 @@ extension Reconciler {
         let desired = try loader.desiredEnvironments(branch: branch, commit: tip, protectedBranch: context.protectedBranch,
                                                      protectedTip: context.protectedTip)
         let commit = try repository.commit(tip)
+        let identity = try judgeIdentity(branch: branch, tip: tip, context: context)
         for environment in desired {
-            try converge(environment, commit: commit, context: context, &summary)
+            try converge(environment, commit: commit, identity: identity, context: context, &summary)
         }
+        if identity.problems.isEmpty { try state.setAdmitted(branch: branch, commit: tip.hex) }
         let wanted = Set(desired.map(\.name))
         for existing in try state.environments() where existing.branch == branch && !wanted.contains(existing.name) {
             let reason = branch == context.protectedBranch
@@ -23,35 +26,21 @@ extension Reconciler {
         }
     }
 
-    /// Judges and applies one desired environment.
-    func converge(_ desired: DesiredEnvironment, commit: CommitInfo, context: PassContext, _ summary: inout PassSummary) throws {
+    /// Judges one desired environment at the branch's new tip and applies it when admitted:
+    /// identity, then the spec; an unchanged revision is recorded but not restarted.
+    func converge(_ desired: DesiredEnvironment, commit: CommitInfo, identity: IdentityVerdict, context: PassContext,
+                  _ summary: inout PassSummary) throws {
         let existing = try state.environment(desired.name)
         let live = existing.flatMap { $0.phase == .destroyed ? nil : $0 }
-        if let live, live.fingerprint == desired.fingerprint, live.phase == .running || live.phase == .failed {
-            guard live.commit != desired.commit.hex else { return }
-            let touched = try touches(desired, since: live.commit)
-            if live.phase == .running || !touched {
-                // Nothing to apply (a failed revision is retried only by a commit that touches the
-                // environment). A touching commit is still judged and recorded; one that touched
-                // other files only moves the environment's commit along.
-                if touched {
-                    let base = baseFields(desired.name, branch: desired.branch, commit: commit, policyRevision: context.protectedTip)
-                    try appendOnce(.admitted, desired.name, commit.id, base + [("decision", "allow"), ("rule", "spec: valid"),
-                                                                                ("change", "none: the running revision already matches")])
-                    summary.admitted.append(desired.name)
-                }
-                var updated = live
-                updated.commit = desired.commit.hex
-                if live.phase == .running {
-                    updated.message = nil
-                    updated.conditions = []
-                }
-                updated.updatedAt = Date()
-                try state.save(updated)
-                return
-            }
-        }
-        if let live, live.commit == desired.commit.hex, live.fingerprint == desired.fingerprint || live.phase == .denied {
+        // This commit was already judged (a pass cut short mid-apply is Pending and goes on).
+        if let live, live.commit == desired.commit.hex, live.phase != .pending { return }
+        // A commit that touches none of the environment's files only moves its commit along
+        // (unless an apply was cut short: Pending goes on).
+        if let live, live.phase != .pending, !(try touches(desired, since: live.commit)) {
+            var updated = live
+            updated.commit = desired.commit.hex
+            updated.updatedAt = Date()
+            try state.save(updated)
             return
         }
         var record = live ?? EnvironmentRecord(name: desired.name, branch: desired.branch, commit: desired.commit.hex,
@@ -61,30 +50,48 @@ extension Reconciler {
         record.branch = desired.branch
         record.commit = desired.commit.hex
         record.updatedAt = Date()
-        let base = baseFields(desired.name, branch: desired.branch, commit: commit, policyRevision: context.protectedTip)
+        let base = baseFields(desired.name, branch: desired.branch, commit: commit, identity: identity.tip, policyRevision: context.protectedTip)
 
-        guard let spec = desired.spec else {
-            let rules = desired.loaded.diagnostics.map { "spec: invalid: \($0)" }
+        let denials = identity.problems.map { "signature: \($0)" } + desired.loaded.diagnostics.map { "spec: invalid: \($0)" }
+        guard denials.isEmpty, let spec = desired.spec else {
+            let rules = (identity.problems.isEmpty ? ["signature: ok"] : []) + denials
             try appendOnce(.denied, desired.name, commit.id, base + [("decision", "deny")] + rules.map { ("rule", $0) })
+            // A running revision stays up (fail safe); the denial is its condition and message.
             record.phase = record.appliedCommit == nil ? .denied : .running
-            record.conditions = ["SpecInvalid"]
-            record.message = "commit \(commit.id.short) denied: \(desired.loaded.diagnostics.map(\.description).joined(separator: "; "))"
+            record.conditions = identity.problems.isEmpty ? ["SpecInvalid"] : ["AdmissionDenied"]
+            record.message = "commit \(commit.id.short) denied: \(denials.joined(separator: "; "))"
             try state.save(record)
             try state.record(EventRecord(environment: desired.name, kind: "denied", message: record.message!))
             logger.warning("denied", metadata: ["gantry.env": "\(desired.name)", "git.commit": "\(commit.id.short)",
-                                                 "reason": "\(desired.loaded.diagnostics.first?.description ?? "")"])
+                                                 "reason": "\(denials.first ?? "")"])
             summary.denied.append(desired.name)
             return
         }
+        let admitted = base + [("decision", "allow"), ("rule", "signature: \(identity.tip.principal.map { "ok (\($0))" } ?? "not required")"),
+                               ("rule", "spec: valid")]
         record.envClass = spec.class.rawValue
         record.team = spec.team
         record.domain = context.settings.domain
-        try appendOnce(.admitted, desired.name, commit.id, base + [("decision", "allow"), ("rule", "spec: valid")])
+        if let live, live.fingerprint == desired.fingerprint, live.phase == .running {
+            // Judged and recorded, nothing to apply: the running revision already matches.
+            try appendOnce(.admitted, desired.name, commit.id, admitted + [("change", "none: the running revision already matches")])
+            summary.admitted.append(desired.name)
+            record.message = nil
+            record.conditions = []
+            try state.save(record)
+            return
+        }
+        try appendOnce(.admitted, desired.name, commit.id, admitted)
         summary.admitted.append(desired.name)
         if record.appliedCommit == nil { record.phase = .pending }
         record.message = "applying \(commit.id.short)"
         try state.save(record)
+        try apply(desired, spec: spec, commit: commit, base: base, context: context, record: &record, &summary)
+    }
 
+    /// Applies an admitted revision through the driver and records the outcome.
+    func apply(_ desired: DesiredEnvironment, spec: EnvironmentSpec, commit: CommitInfo, base: [(String, String)],
+               context: PassContext, record: inout EnvironmentRecord, _ summary: inout PassSummary) throws {
         let plan = PlannedEnvironment(name: desired.name, branch: desired.branch, commit: desired.commit, spec: spec,
                                       fingerprint: desired.fingerprint, domain: context.settings.domain, repository: repository)
         do {

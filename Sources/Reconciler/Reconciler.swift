@@ -1,6 +1,7 @@
 import Audit
 import Foundation
 import GitStore
+import Governance
 import Logging
 import SpecLoading
 import SpecModel
@@ -117,7 +118,8 @@ public final class Reconciler: @unchecked Sendable {
         let changed = branches.filter { processed[$0.key] != $0.value.hex && !settings.ignores(branch: $0.key) }
             .sorted { ($0.key == protectedBranch ? 0 : 1, $0.key) < ($1.key == protectedBranch ? 0 : 1, $1.key) }
         summary.changedBranches = changed.map(\.key)
-        let context = PassContext(settings: settings, protectedBranch: protectedBranch, protectedTip: protectedTip)
+        let context = PassContext(settings: settings, protectedBranch: protectedBranch, protectedTip: protectedTip,
+                                  identity: try identityJudge(at: protectedTip, settings: settings))
 
         for (branch, tip) in changed {
             do {
@@ -140,6 +142,8 @@ public final class Reconciler: @unchecked Sendable {
         let settings: Settings
         let protectedBranch: String
         let protectedTip: ObjectID?
+        /// Identity governance from the protected branch: allowed_signers, actors, signing.required.
+        let identity: IdentityJudge
     }
 
     func note(_ event: DriverEvent) {

@@ -52,6 +52,10 @@ public final class StateStore: Sendable {
                 t.primaryKey("branch", .text)
                 t.column("commit", .text).notNull()
             }
+            try db.create(table: "admittedRefs") { t in
+                t.primaryKey("branch", .text)
+                t.column("commit", .text).notNull()
+            }
             try db.create(table: "events") { t in
                 t.autoIncrementedPrimaryKey("id")
                 t.column("at", .datetime).notNull()
@@ -124,6 +128,18 @@ public final class StateStore: Sendable {
             } else {
                 try db.execute(sql: "DELETE FROM refs WHERE branch = ?", arguments: [branch])
             }
+        }
+    }
+
+    /// The last commit of `branch` whose identity was admitted: the next judgement starts after it.
+    public func admittedCommit(branch: String) throws -> String? {
+        try pool.read { db in try String.fetchOne(db, sql: "SELECT \"commit\" FROM admittedRefs WHERE branch = ?", arguments: [branch]) }
+    }
+
+    public func setAdmitted(branch: String, commit: String) throws {
+        try pool.write { db in
+            try db.execute(sql: "INSERT INTO admittedRefs(branch, \"commit\") VALUES (?, ?) ON CONFLICT(branch) DO UPDATE SET \"commit\" = excluded.\"commit\"",
+                           arguments: [branch, commit])
         }
     }
 

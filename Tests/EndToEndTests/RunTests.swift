@@ -162,7 +162,7 @@ import TestSupport
         try Shell.check(["git", "-C", work, "checkout", "-q", "-b", "agents/hook"])
         try "x".write(toFile: work + "/apps/hello/NOTE", atomically: true, encoding: .utf8)
         try Shell.check(["git", "-C", work, "add", "-A"])
-        try Shell.check(["git", "-C", work, "-c", "commit.gpgsign=false", "commit", "-q", "-m", "touch"])
+        try Shell.check(["git", "-C", work, "-c", "gpg.format=ssh", "-c", "user.signingkey=\(seed.keyPath)", "commit", "-S", "-q", "-m", "touch"])
         var environment = Shell.gitEnvironment
         environment["PATH"] = TestPaths.packageRoot.appendingPathComponent(".build/debug").path + ":" + (environment["PATH"] ?? "/usr/bin:/bin")
         environment["GANTRY_STATE"] = state.path

@@ -67,6 +67,10 @@ public final class TestRepository: @unchecked Sendable {
         let source = TestPaths.packageRoot.appendingPathComponent("example-repo").path
         try Shell.check(["cp", "-R", source + "/.", path])
         try write("identities/allowed_signers", ([allowedSignersLine] + extraSigners).joined(separator: "\n") + "\n")
+        // The test's own signer is an agent acting for alice, like claude@payments in the example.
+        let actors = try String(contentsOfFile: path + "/identities/actors.yaml", encoding: .utf8)
+        try write("identities/actors.yaml", actors
+            + "  \(principal): {kind: agent, teams: [payments, platform], actsFor: [alice@example.com]}\n")
         return try commit("Seed from example-repo")
     }
 }
