@@ -77,7 +77,8 @@ func commitFile(_ repo: TestRepository, parent: String, path: String, content: S
     _ = try git(["read-tree", parent])
     _ = try git(["update-index", "--add", "--cacheinfo", "100644,\(blob),\(path)"])
     let tree = try git(["write-tree"])
-    return try git(["commit-tree", tree, "-p", parent, "-m", message])
+    // Signed like an agent's commit: signing.required is on in the example repository.
+    return try git(["commit-tree", "-S", tree, "-p", parent, "-m", message])
 }
 
 /// `gantry run` on `repo`, polling only every 10 minutes: passes happen on `gantry notify`.
@@ -99,7 +100,7 @@ func runs(_ part: String) -> Bool { only == nil || only == part }
 
 // MARK: 1. A full pass over unchanged branches, against `git for-each-ref`.
 for total in [1_000, 10_000] where runs("passes") {
-    let repo = try TestRepository(signing: false)
+    let repo = try TestRepository()
     try repo.seedExample()
     try addBranches(repo, count: total, prefix: "agents/bench/")
     let state = TemporaryDirectory("gantry-bench")
@@ -132,7 +133,7 @@ for total in [1_000, 10_000] where runs("passes") {
 
 // MARK: 2. Push -> admitted record written, woken by `gantry notify`, 1,000 branches.
 if runs("push") {
-    let repo = try TestRepository(signing: false)
+    let repo = try TestRepository()
     try repo.seedExample()
     try repo.write("environments/bench.yaml", "apiVersion: gantry/v1\nkind: Environment\nmetadata: {name: bench, class: development}\n")
     try repo.commit("an environment with no services, so a push costs admission and recording only")
@@ -192,7 +193,7 @@ if runs("push") {
 
 // MARK: 3. Push -> preview serving HTTP 200, over 20 branches.
 if runs("preview") {
-    let repo = try TestRepository(signing: false)
+    let repo = try TestRepository()
     try repo.seedExample()
     let state = TemporaryDirectory("gantry-bench")
     let run = try startReconciler(repo: repo, state: state)

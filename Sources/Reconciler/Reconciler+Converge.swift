@@ -34,9 +34,11 @@ extension Reconciler {
         let live = existing.flatMap { $0.phase == .destroyed ? nil : $0 }
         // This commit was already judged (a pass cut short mid-apply is Pending and goes on).
         if let live, live.commit == desired.commit.hex, live.phase != .pending { return }
-        // A commit that touches none of the environment's files only moves its commit along
-        // (unless an apply was cut short: Pending goes on).
-        if let live, live.phase != .pending, !(try touches(desired, since: live.commit)) {
+        // A commit that touches none of the environment's files only moves its commit along —
+        // unless an apply was cut short (Pending goes on) or the last denial was about identity,
+        // which a new commit (re-signed history, say) may cure.
+        if let live, live.phase != .pending, !live.conditions.contains("AdmissionDenied"),
+           !(try touches(desired, since: live.commit)) {
             var updated = live
             updated.commit = desired.commit.hex
             updated.updatedAt = Date()
