@@ -39,7 +39,7 @@ let package = Package(
                                                     .product(name: "Logging", package: "swift-log")]),
         // The CLI and composition root.
         .executableTarget(name: "gantry", dependencies: [
-            "GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver",
+            "GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver", "Governance",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -54,7 +54,7 @@ let package = Package(
         .testTarget(name: "GovernanceTests", dependencies: ["Governance", "Audit", "GitStore", "SpecLoading", "SpecModel", "TestSupport"]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "GitStore", "TestSupport"]),
         .testTarget(name: "StateStoreTests", dependencies: ["StateStore", "TestSupport", .product(name: "GRDB", package: "GRDB.swift")]),
-        .testTarget(name: "LocalDriverTests", dependencies: ["LocalDriver", "Reconciler", "StateStore", "SpecModel", "Audit", "GitStore", "TestSupport",
+        .testTarget(name: "LocalDriverTests", dependencies: ["LocalDriver", "Reconciler", "StateStore", "SpecModel", "Audit", "GitStore", "Governance", "TestSupport",
                                                            .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "GitStore", "Audit"]),
     ]

@@ -32,12 +32,13 @@ extension Reconciler {
                   _ summary: inout PassSummary) throws {
         let existing = try state.environment(desired.name)
         let live = existing.flatMap { $0.phase == .destroyed ? nil : $0 }
-        // This commit was already judged (a pass cut short mid-apply is Pending and goes on).
-        if let live, live.commit == desired.commit.hex, live.phase != .pending { return }
+        // This commit was already judged (a pass cut short mid-apply is Pending and goes on; one
+        // waiting for approval is judged again, as approvals arrive).
+        if let live, live.commit == desired.commit.hex, live.phase != .pending, !live.conditions.contains("ApprovalPending") { return }
         // A commit that touches none of the environment's files only moves its commit along —
         // unless an apply was cut short (Pending goes on) or the last denial was about identity,
         // which a new commit (re-signed history, say) may cure.
-        if let live, live.phase != .pending, !live.conditions.contains("AdmissionDenied"),
+        if let live, live.phase != .pending, !live.conditions.contains("AdmissionDenied"), !live.conditions.contains("ApprovalPending"),
            !(try touches(desired, since: live.commit)) {
             var updated = live
             updated.commit = desired.commit.hex
@@ -83,7 +84,23 @@ extension Reconciler {
             try state.save(record)
             return
         }
-        try appendOnce(.admitted, desired.name, commit.id, admitted)
+        var rules = admitted
+        if let approval = try judgeApproval(spec, tip: commit, identity: identity, context: context) {
+            guard approval.isSatisfied else {
+                let wanted = context.settings.approvals[spec.class.rawValue]!
+                let need = "approval: needs \(approval.required) approval\(approval.required == 1 ? "" : "s") of this exact commit by a human with role \(wanted.role)\(wanted.distinctFromAuthors ? " who did not author or sign the change" : "") (a signed merge commit, or gantry approve \(commit.id.short) --key KEY); has \(approval.approvers.count)"
+                try appendOnce(.pendingApproval, desired.name, commit.id,
+                               base + [("decision", "pending")] + ([need] + approval.rejected.map { "approval: not counted: \($0)" }).map { ("rule", $0) })
+                record.phase = .pendingApproval
+                record.conditions = ["ApprovalPending"]
+                record.message = "commit \(commit.id.short) waits for approval\(record.appliedCommit.map { "; still running \($0.prefix(7))" } ?? ""): \(need)"
+                try state.save(record)
+                summary.pending.append(desired.name)
+                return
+            }
+            rules.append(("rule", "approval: ok (\(approval.approvers.joined(separator: ", ")))"))
+        }
+        try appendOnce(.admitted, desired.name, commit.id, rules)
         summary.admitted.append(desired.name)
         if record.appliedCommit == nil { record.phase = .pending }
         record.message = "applying \(commit.id.short)"

@@ -26,6 +26,7 @@ public final class Reconciler: @unchecked Sendable {
         public var applied: [String] = []
         public var failed: [String] = []
         public var destroyed: [String] = []
+        public var pending: [String] = []
         public var skipped = false
     }
 
@@ -41,6 +42,8 @@ public final class Reconciler: @unchecked Sendable {
     /// The processed tip per branch, read from the state DB once and then kept in step with it, so a
     /// pass over unchanged refs costs a ref listing and a dictionary compare.
     private var processedCache: [String: String]?
+    /// The approvals notes ref as last seen; when it moves, environments waiting for approval are judged again.
+    private var approvalsSeen: (tip: ObjectID?, known: Bool) = (nil, false)
 
     func processedRefs() throws -> [String: String] {
         if let processedCache { return processedCache }
@@ -115,7 +118,13 @@ public final class Reconciler: @unchecked Sendable {
         }
         let protectedTip = branches[protectedBranch]
         let processed = try processedRefs()
-        let changed = branches.filter { processed[$0.key] != $0.value.hex && !settings.ignores(branch: $0.key) }
+        var waiting = Set<String>()
+        let approvalsTip = try repository.reference(Approvals.notesRef)
+        if !approvalsSeen.known || approvalsSeen.tip != approvalsTip {
+            waiting = Set(try state.environments().filter { $0.conditions.contains("ApprovalPending") }.map(\.branch))
+            approvalsSeen = (approvalsTip, true)
+        }
+        let changed = branches.filter { (processed[$0.key] != $0.value.hex || waiting.contains($0.key)) && !settings.ignores(branch: $0.key) }
             .sorted { ($0.key == protectedBranch ? 0 : 1, $0.key) < ($1.key == protectedBranch ? 0 : 1, $1.key) }
         summary.changedBranches = changed.map(\.key)
         let context = PassContext(settings: settings, protectedBranch: protectedBranch, protectedTip: protectedTip,

@@ -80,8 +80,10 @@ import StateStore
         #expect(!isRunning(replaced.pid))
         #expect(try harness.service("web--agents-claude-greeting") == nil)
         #expect(replaced.workdir.map { !FileManager.default.fileExists(atPath: $0) } == true)
-        // Main now runs the merged greeting.
-        #expect(try harness.get("web")?.contains("howdy from web") == true)
+        // web is production: the agent's merge waits for a human approver, the old revision serving.
+        #expect(merged.pending == ["web"])
+        #expect(try harness.environment("web")?.phase == .pendingApproval)
+        #expect(try harness.get("web")?.contains("hello from web") == true)
         #expect(try harness.verify().isValid)
     }
 

@@ -1,0 +1,115 @@
+import Audit
+import Foundation
+import GitStore
+import SpecModel
+
+/// Signed approvals of exact commits, kept as notes on `refs/notes/gantry-approvals`.
+///
+/// An approval is the text `gantry-approve: 1\ncommit: <sha>\n` followed by its SSHSIG signature
+/// (namespace `gantry-approve`); several approvals of one commit share its note.
+public enum Approvals {
+    public static let notesRef = "refs/notes/gantry-approvals"
+    public static let namespace = "gantry-approve"
+
+    public static func message(for commit: ObjectID) -> String { "gantry-approve: 1\ncommit: \(commit.hex)\n" }
+
+    /// Signs an approval of `commit` with `key` and adds it to the commit's approvals note.
+    public static func approve(_ commit: ObjectID, key: SigningKey, in repository: GitRepository) throws {
+        let text = message(for: commit) + (try SSHSignature.sign(Data(message(for: commit).utf8), namespace: namespace, key: key))
+        try repository.withExclusiveLock("gantry-approvals.lock") {
+            for _ in 0..<20 {
+                let tip = try repository.reference(notesRef)
+                let existing = try repository.note(on: commit, notesRef: notesRef)
+                let note = existing.map { $0 + "\n" + text } ?? text
+                do {
+                    try repository.commitNotes([commit: note], notesRef: notesRef, expectedTip: tip,
+                                               message: "gantry approve \(commit.short)\n", authorName: "gantry approve",
+                                               authorEmail: key.publicKey.fingerprint) { buffer in
+                        try SSHSignature.sign(buffer, namespace: "git", key: key)
+                    }
+                    return
+                } catch let error as GitError where error.isConflict {
+                    continue
+                }
+            }
+            throw GitError(operation: "approve \(commit.short)", code: -1, message: "the approvals ref kept moving")
+        }
+    }
+
+    /// The signatures in `commit`'s approvals note that verify over an approval of that very commit:
+    /// the keys that approved it. Approvals of other commits, or that do not verify, are ignored.
+    public static func approvingKeys(of commit: ObjectID, in repository: GitRepository) throws -> [SSHPublicKey] {
+        guard let note = try repository.note(on: commit, notesRef: notesRef) else { return [] }
+        let expected = Data(message(for: commit).utf8)
+        var keys: [SSHPublicKey] = []
+        let end = "-----END SSH SIGNATURE-----"
+        var rest = Substring(note)
+        while let stop = rest.range(of: end) {
+            let chunk = String(rest[..<stop.upperBound])
+            rest = rest[stop.upperBound...]
+            guard let begin = chunk.range(of: "-----BEGIN SSH SIGNATURE-----") else { continue }
+            if let key = try? SSHSignature.verify(String(chunk[begin.lowerBound...]) + "\n", message: expected, namespace: namespace) {
+                keys.append(key)
+            }
+        }
+        return keys
+    }
+}
+
+/// Whether a change may converge under `approvals.<class>` of gantry.yaml.
+public struct ApprovalVerdict: Sendable {
+    public let required: Int
+    /// Principals whose approval counts.
+    public let approvers: [String]
+    /// Why each other candidate did not count.
+    public let rejected: [String]
+    public var isSatisfied: Bool { approvers.count >= required }
+}
+
+public struct ApprovalJudge: Sendable {
+    public let signers: AllowedSigners
+    public let actors: [String: Actor]
+
+    public init(signers: AllowedSigners, actors: [String: Actor]) {
+        self.signers = signers
+        self.actors = actors
+    }
+
+    /// Counts the approvals of `tip` under `rule`: the tip's own signer when it is a merge commit,
+    /// and every signed `gantry approve` of exactly `tip`. An approver must be a human with the
+    /// rule's role and, with `distinctFromAuthors`, none of `authors` (the authors and signers of
+    /// the approved changes).
+    public func judge(rule: Settings.ApprovalRule, tip: CommitInfo, tipSigner: String?, approvingKeys: [SSHPublicKey],
+                      authors: Set<String>, now: Date) -> ApprovalVerdict {
+        var candidates: [(String, String)] = []
+        if tip.parents.count > 1, let tipSigner { candidates.append((tipSigner, "the merge commit \(tip.id.short)")) }
+        var rejected: [String] = []
+        for key in approvingKeys {
+            switch signers.lookup(key, namespace: Approvals.namespace, at: now) {
+            case .allowed(let principal): candidates.append((principal, "gantry approve"))
+            default: rejected.append("an approval signed by \(key.fingerprint), which allowed_signers on main does not allow for \(Approvals.namespace)")
+            }
+        }
+        var approvers: [String] = []
+        for (principal, source) in candidates where !approvers.contains(principal) {
+            guard let actor = actors[principal] else {
+                rejected.append("\(principal) (\(source)) has no entry in identities/actors.yaml")
+                continue
+            }
+            guard actor.kind == .human else {
+                rejected.append("\(principal) (\(source)) is an agent; approvals need a human")
+                continue
+            }
+            guard actor.roles.contains(rule.role) else {
+                rejected.append("\(principal) (\(source)) lacks the role \(rule.role)")
+                continue
+            }
+            if rule.distinctFromAuthors && authors.contains(principal) {
+                rejected.append("\(principal) (\(source)) authored or signed the approved changes; approvals must come from someone else")
+                continue
+            }
+            approvers.append(principal)
+        }
+        return ApprovalVerdict(required: rule.count, approvers: approvers, rejected: rejected)
+    }
+}
