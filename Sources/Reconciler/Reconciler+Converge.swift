@@ -12,7 +12,9 @@ extension Reconciler {
         let desired = try loader.desiredEnvironments(branch: branch, commit: tip, protectedBranch: context.protectedBranch,
                                                      protectedTip: context.protectedTip)
         let commit = try repository.commit(tip)
-        let identity = try judgeIdentity(branch: branch, tip: tip, context: context)
+        let identity = try admission.judgeIdentity(branch: branch, tip: tip,
+                                                   lastAdmitted: try state.admittedCommit(branch: branch).flatMap(ObjectID.init(hex:)),
+                                                   context: context)
         for environment in desired {
             try converge(environment, commit: commit, identity: identity, context: context, &summary)
         }
@@ -55,50 +57,42 @@ extension Reconciler {
         record.updatedAt = Date()
         let base = baseFields(desired.name, branch: desired.branch, commit: commit, identity: identity.tip, policyRevision: context.protectedTip)
 
-        let denials = identity.problems.map { "signature: \($0)" } + desired.loaded.diagnostics.map { "spec: invalid: \($0)" }
-        guard denials.isEmpty, let spec = desired.spec else {
-            let rules = (identity.problems.isEmpty ? ["signature: ok"] : []) + denials
-            try appendOnce(.denied, desired.name, commit.id, base + [("decision", "deny")] + rules.map { ("rule", $0) })
+        let unchanged = live.map { $0.fingerprint == desired.fingerprint && $0.phase == .running } ?? false
+        let judgement = try admission.judge(desired, tip: commit, identity: identity, context: context, changesRevision: !unchanged)
+        record.conditions = judgement.conditions
+        let rules = base + [("decision", judgement.decision.rawValue)] + judgement.rules.map { ("rule", $0) }
+        switch judgement.decision {
+        case .deny:
+            try appendOnce(.denied, desired.name, commit.id, rules)
             // A running revision stays up (fail safe); the denial is its condition and message.
             record.phase = record.appliedCommit == nil ? .denied : .running
-            record.conditions = identity.problems.isEmpty ? ["SpecInvalid"] : ["AdmissionDenied"]
-            record.message = "commit \(commit.id.short) denied: \(denials.joined(separator: "; "))"
+            record.message = "commit \(commit.id.short) denied: \(judgement.rules.filter { !$0.hasSuffix("valid") && !$0.contains(": ok") }.joined(separator: "; "))"
             try state.save(record)
             try state.record(EventRecord(environment: desired.name, kind: "denied", message: record.message!))
-            logger.warning("denied", metadata: ["gantry.env": "\(desired.name)", "git.commit": "\(commit.id.short)",
-                                                 "reason": "\(denials.first ?? "")"])
+            logger.warning("denied", metadata: ["gantry.env": "\(desired.name)", "git.commit": "\(commit.id.short)", "reason": "\(record.message!)"])
             summary.denied.append(desired.name)
             return
+        case .pending:
+            try appendOnce(.pendingApproval, desired.name, commit.id, rules)
+            record.phase = .pendingApproval
+            record.message = "commit \(commit.id.short) waits for approval\(record.appliedCommit.map { "; still running \($0.prefix(7))" } ?? ""): \(judgement.remedies.joined(separator: "; "))"
+            try state.save(record)
+            summary.pending.append(desired.name)
+            return
+        case .allow:
+            break
         }
-        let admitted = base + [("decision", "allow"), ("rule", "signature: \(identity.tip.principal.map { "ok (\($0))" } ?? "not required")"),
-                               ("rule", "spec: valid")]
+        guard let spec = desired.spec else { return }
         record.envClass = spec.class.rawValue
         record.team = spec.team
         record.domain = context.settings.domain
-        if let live, live.fingerprint == desired.fingerprint, live.phase == .running {
+        if unchanged {
             // Judged and recorded, nothing to apply: the running revision already matches.
-            try appendOnce(.admitted, desired.name, commit.id, admitted + [("change", "none: the running revision already matches")])
+            try appendOnce(.admitted, desired.name, commit.id, rules + [("change", "none: the running revision already matches")])
             summary.admitted.append(desired.name)
             record.message = nil
-            record.conditions = []
             try state.save(record)
             return
-        }
-        var rules = admitted
-        if let approval = try judgeApproval(spec, tip: commit, identity: identity, context: context) {
-            guard approval.isSatisfied else {
-                let wanted = context.settings.approvals[spec.class.rawValue]!
-                let need = "approval: needs \(approval.required) approval\(approval.required == 1 ? "" : "s") of this exact commit by a human with role \(wanted.role)\(wanted.distinctFromAuthors ? " who did not author or sign the change" : "") (a signed merge commit, or gantry approve \(commit.id.short) --key KEY); has \(approval.approvers.count)"
-                try appendOnce(.pendingApproval, desired.name, commit.id,
-                               base + [("decision", "pending")] + ([need] + approval.rejected.map { "approval: not counted: \($0)" }).map { ("rule", $0) })
-                record.phase = .pendingApproval
-                record.conditions = ["ApprovalPending"]
-                record.message = "commit \(commit.id.short) waits for approval\(record.appliedCommit.map { "; still running \($0.prefix(7))" } ?? ""): \(need)"
-                try state.save(record)
-                summary.pending.append(desired.name)
-                return
-            }
-            rules.append(("rule", "approval: ok (\(approval.approvers.joined(separator: ", ")))"))
         }
         try appendOnce(.admitted, desired.name, commit.id, rules)
         summary.admitted.append(desired.name)

@@ -32,6 +32,7 @@ public final class Reconciler: @unchecked Sendable {
 
     let repository: GitRepository
     let loader: ConfigLoader
+    let admission: Admission
     let state: StateStore
     let audit: AuditLog
     let driver: Driver
@@ -61,6 +62,7 @@ public final class Reconciler: @unchecked Sendable {
                 options: Options = Options()) {
         self.repository = repository
         self.loader = ConfigLoader(repository: repository)
+        self.admission = Admission(repository: repository, logger: logger)
         self.state = state
         self.audit = audit
         self.driver = driver
@@ -102,21 +104,8 @@ public final class Reconciler: @unchecked Sendable {
             summary.skipped = true
             return summary
         }
-        var protectedBranch = options.protectedBranch
-        var settings = Settings()
-        if let tip = branches[protectedBranch] {
-            var loaded = loader.settings(at: tip)
-            if loaded.settings.protectedBranch != protectedBranch, let configured = branches[loaded.settings.protectedBranch] {
-                protectedBranch = loaded.settings.protectedBranch
-                loaded = loader.settings(at: configured)
-            }
-            settings = loaded.settings
-            for diagnostic in loaded.diagnostics {
-                logger.error("gantry.yaml on the protected branch is invalid; the defaults stand in for what it gets wrong",
-                             metadata: ["problem": "\(diagnostic)"])
-            }
-        }
-        let protectedTip = branches[protectedBranch]
+        let context = try admission.context(branches: branches, protectedBranch: options.protectedBranch)
+        let (settings, protectedBranch, protectedTip) = (context.settings, context.protectedBranch, context.protectedTip)
         let processed = try processedRefs()
         var waiting = Set<String>()
         let approvalsTip = try repository.reference(Approvals.notesRef)
@@ -127,8 +116,6 @@ public final class Reconciler: @unchecked Sendable {
         let changed = branches.filter { (processed[$0.key] != $0.value.hex || waiting.contains($0.key)) && !settings.ignores(branch: $0.key) }
             .sorted { ($0.key == protectedBranch ? 0 : 1, $0.key) < ($1.key == protectedBranch ? 0 : 1, $1.key) }
         summary.changedBranches = changed.map(\.key)
-        let context = PassContext(settings: settings, protectedBranch: protectedBranch, protectedTip: protectedTip,
-                                  identity: try identityJudge(at: protectedTip, settings: settings))
 
         for (branch, tip) in changed {
             do {
@@ -147,13 +134,7 @@ public final class Reconciler: @unchecked Sendable {
         return summary
     }
 
-    struct PassContext {
-        let settings: Settings
-        let protectedBranch: String
-        let protectedTip: ObjectID?
-        /// Identity governance from the protected branch: allowed_signers, actors, signing.required.
-        let identity: IdentityJudge
-    }
+    typealias PassContext = Admission.Context
 
     func note(_ event: DriverEvent) {
         logger.notice("\(event.message)", metadata: ["gantry.env": "\(event.environment)", "event": "\(event.kind)"])

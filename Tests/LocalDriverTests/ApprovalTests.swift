@@ -54,7 +54,8 @@ import StateStore
         #expect(summary.pending == ["web"], "\(summary) \(tail)")
         let pending = try #require(try harness.records().last { $0.event == "pending-approval" })
         #expect(pending.value("decision") == "pending")
-        #expect(pending.values("rule").first?.contains("needs 1 approval of this exact commit by a human with role approver") == true)
+        #expect(pending.values("rule").contains { $0.hasPrefix("approval: needs 1 approval of this exact commit by a human with role approver") })
+        #expect(pending.values("rule").prefix(2) == ["signature: ok (agent@example.com)", "spec: valid"])
         #expect(try harness.environment("web")?.conditions == ["ApprovalPending"])
         #expect(try harness.get("web")?.contains("hello from web") == true)
 

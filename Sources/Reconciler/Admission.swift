@@ -1,0 +1,146 @@
+import Foundation
+import GitStore
+import Governance
+import Logging
+import SpecLoading
+import SpecModel
+
+/// Judges commits for admission with the governance read from the protected branch: identity of
+/// every new commit, the spec, and approvals. It decides and explains; it never applies anything.
+/// The reconciler acts on its judgements; `gantry explain` prints them.
+public struct Admission: Sendable {
+    let repository: GitRepository
+    let loader: ConfigLoader
+    let logger: Logger
+
+    public init(repository: GitRepository, logger: Logger) {
+        self.repository = repository
+        self.loader = ConfigLoader(repository: repository)
+        self.logger = logger
+    }
+
+    /// Governance for one pass: everything read from the protected branch.
+    public struct Context: Sendable {
+        public let settings: Settings
+        public let protectedBranch: String
+        public let protectedTip: ObjectID?
+        /// Identity governance: allowed_signers, actors, signing.required.
+        public let identity: IdentityJudge
+    }
+
+    /// Reads gantry.yaml (following its `protectedBranch`), allowed_signers and actors from the
+    /// protected branch of `branches`.
+    public func context(branches: [String: ObjectID], protectedBranch configured: String) throws -> Context {
+        var protectedBranch = configured
+        var settings = Settings()
+        if let tip = branches[protectedBranch] {
+            var loaded = loader.settings(at: tip)
+            if loaded.settings.protectedBranch != protectedBranch, let other = branches[loaded.settings.protectedBranch] {
+                protectedBranch = loaded.settings.protectedBranch
+                loaded = loader.settings(at: other)
+            }
+            settings = loaded.settings
+            for diagnostic in loaded.diagnostics {
+                logger.error("gantry.yaml on the protected branch is invalid; the defaults stand in for what it gets wrong",
+                             metadata: ["problem": "\(diagnostic)"])
+            }
+        }
+        let protectedTip = branches[protectedBranch]
+        var identity = IdentityJudge(signers: AllowedSigners(text: ""), actors: [:], required: settings.signing.required)
+        if let protectedTip {
+            let signers = AllowedSigners(text: try loader.allowedSignersText(at: protectedTip))
+            let actors = loader.actors(at: protectedTip)
+            for diagnostic in signers.diagnostics + actors.diagnostics {
+                logger.error("identity file on the protected branch has a problem", metadata: ["problem": "\(diagnostic)"])
+            }
+            identity = IdentityJudge(signers: signers, actors: actors.actors, required: settings.signing.required)
+        }
+        return Context(settings: settings, protectedBranch: protectedBranch, protectedTip: protectedTip, identity: identity)
+    }
+
+    /// Judges every commit of `branch` up to `tip` that is new: not reachable from `lastAdmitted`
+    /// nor, for other branches, from the protected branch. Without a last admitted commit on the
+    /// protected branch, only its tip is judged (history before Gantry is taken as it is).
+    func judgeIdentity(branch: String, tip: ObjectID, lastAdmitted: ObjectID?, context: Context) throws -> IdentityVerdict {
+        var hidden: [ObjectID] = lastAdmitted.map { [$0] } ?? []
+        if branch != context.protectedBranch, let protectedTip = context.protectedTip { hidden.append(protectedTip) }
+        let commits = branch == context.protectedBranch && hidden.isEmpty
+            ? [tip] : try repository.newCommits(tip: tip, hiding: hidden)
+        let now = Date()
+        var problems: [String] = []
+        var authors = Set<String>()
+        var tipIdentity: CommitIdentity?
+        for id in commits.isEmpty ? [tip] : commits {
+            let commit = try repository.commit(id)
+            let identity = context.identity.judge(commit, signature: try repository.signature(of: id), now: now)
+            if let problem = identity.problem { problems.append(problem) }
+            if id == tip { tipIdentity = identity }
+            if !(id == tip && commit.parents.count > 1) {
+                authors.insert(commit.authorEmail)
+                if let principal = identity.principal { authors.insert(principal) }
+            }
+        }
+        if tipIdentity == nil {
+            tipIdentity = context.identity.judge(try repository.commit(tip), signature: try repository.signature(of: tip), now: now)
+        }
+        return IdentityVerdict(tip: tipIdentity!, problems: problems, authors: authors,
+                               needsApproval: !(branch == context.protectedBranch && hidden.isEmpty))
+    }
+
+    /// The verdict on one environment at the branch's tip.
+    public struct Judgement: Sendable {
+        public enum Decision: String, Sendable { case allow, deny, pending }
+        public let decision: Decision
+        /// One line per rule evaluated, as the audit record's `rule:` lines.
+        public let rules: [String]
+        /// For each failing rule, what would satisfy it.
+        public let remedies: [String]
+        /// Conditions that are true (`AdmissionDenied`, `SpecInvalid`, `ApprovalPending`).
+        public let conditions: [String]
+    }
+
+    /// Identity, then the spec, then (when the revision would change) approvals.
+    func judge(_ desired: DesiredEnvironment, tip: CommitInfo, identity: IdentityVerdict, context: Context,
+               changesRevision: Bool) throws -> Judgement {
+        let signatureRules = identity.problems.isEmpty
+            ? ["signature: \(identity.tip.principal.map { "ok (\($0))" } ?? "not required")"]
+            : identity.problems.map { "signature: \($0)" }
+        let specRules = desired.loaded.diagnostics.isEmpty ? ["spec: valid"] : desired.loaded.diagnostics.map { "spec: invalid: \($0)" }
+        guard identity.problems.isEmpty, desired.loaded.diagnostics.isEmpty, let spec = desired.spec else {
+            var remedies: [String] = []
+            if !identity.problems.isEmpty {
+                remedies.append("sign every new commit of the branch with an ed25519 key listed in identities/allowed_signers on main, by a principal in identities/actors.yaml")
+            }
+            if !desired.loaded.diagnostics.isEmpty { remedies.append("fix the spec errors listed (gantry validate shows them)") }
+            return Judgement(decision: .deny, rules: signatureRules + specRules, remedies: remedies,
+                             conditions: identity.problems.isEmpty ? ["SpecInvalid"] : ["AdmissionDenied"])
+        }
+        guard changesRevision, identity.needsApproval, let rule = context.settings.approvals[spec.class.rawValue] else {
+            return Judgement(decision: .allow, rules: signatureRules + specRules, remedies: [], conditions: [])
+        }
+        let approval = ApprovalJudge(signers: context.identity.signers, actors: context.identity.actors).judge(
+            rule: rule, tip: tip, tipSigner: identity.tip.problem == nil ? identity.tip.principal : nil,
+            approvingKeys: try Approvals.approvingKeys(of: tip.id, in: repository), authors: identity.authors, now: Date())
+        if approval.isSatisfied {
+            return Judgement(decision: .allow, rules: signatureRules + specRules + ["approval: ok (\(approval.approvers.joined(separator: ", ")))"],
+                             remedies: [], conditions: [])
+        }
+        let need = "approval: needs \(approval.required) approval\(approval.required == 1 ? "" : "s") of this exact commit by a human with role \(rule.role)\(rule.distinctFromAuthors ? " who did not author or sign the change" : ""); has \(approval.approvers.count)"
+        return Judgement(decision: .pending,
+                         rules: signatureRules + specRules + [need] + approval.rejected.map { "approval: not counted: \($0)" },
+                         remedies: ["a human with role \(rule.role) signs the merge commit, or runs `gantry approve \(tip.id.short) --key KEY`"],
+                         conditions: ["ApprovalPending"])
+    }
+}
+
+/// The identity verdict of one branch's new commits, shared by every environment the branch asks for.
+struct IdentityVerdict {
+    /// The tip's identity: who the records name as actor.
+    let tip: CommitIdentity
+    /// Every problem of every new commit, oldest first; empty when all may be admitted.
+    let problems: [String]
+    /// Authors and signers of the new commits (a merge at the tip excluded): who may not approve them.
+    let authors: Set<String>
+    /// False on the protected branch's first pass: the state found at start is taken as approved.
+    let needsApproval: Bool
+}
