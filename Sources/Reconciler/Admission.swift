@@ -133,6 +133,27 @@ public struct Admission: Sendable {
     }
 }
 
+extension Admission {
+    /// One environment's judgement, for `gantry explain`.
+    public struct Explanation: Sendable {
+        public let environment: String
+        public let judgement: Judgement
+    }
+
+    /// Judges `commit` as the tip of `branch` for every environment it touches (compared with its
+    /// first parent), exactly as a pass would, without changing anything.
+    public func explain(commit: ObjectID, branch: String, lastAdmitted: ObjectID?, context: Context) throws -> [Explanation] {
+        let info = try repository.commit(commit)
+        let changed = try repository.changedPaths(from: info.parents.first, to: commit)
+        let desired = try loader.desiredEnvironments(branch: branch, commit: commit, protectedBranch: context.protectedBranch,
+                                                     protectedTip: context.protectedTip)
+        let identity = try judgeIdentity(branch: branch, tip: commit, lastAdmitted: lastAdmitted, context: context)
+        return try desired.filter { $0.loaded.isTouched(by: changed) }.map {
+            Explanation(environment: $0.name, judgement: try judge($0, tip: info, identity: identity, context: context, changesRevision: true))
+        }
+    }
+}
+
 /// The identity verdict of one branch's new commits, shared by every environment the branch asks for.
 struct IdentityVerdict {
     /// The tip's identity: who the records name as actor.

@@ -71,3 +71,63 @@ import TestSupport
         #expect(missing.stderr.contains("open /nonexistent/repo"))
     }
 }
+
+@Suite(.serialized) struct GovernanceCommandTests {
+    @Test func explainAndApproveAProductionChange() throws {
+        let repo = try TestRepository()
+        let alice = try TestRepository(principal: "alice@example.com")
+        try repo.seedExample(extraSigners: [alice.allowedSignersLine])
+        let state = TemporaryDirectory()
+        defer { killMarked(state: state.path) }
+        #expect(try gantry("run", "--repo", repo.path, "--state", state.path, "--once").status == 0)
+
+        try repo.checkout("agents/greeting", create: true)
+        let spec = try String(contentsOfFile: repo.path + "/environments/web.yaml", encoding: .utf8)
+        try repo.write("environments/web.yaml", spec + "  lifecycle: {ttl: 24h}\n")
+        try repo.commit("web lives a day")
+        try repo.checkout("main")
+        try repo.git("merge", "-q", "--no-ff", "-m", "Merge greeting", "agents/greeting")
+
+        let before = try gantry("explain", "main", "--repo", repo.path, "--state", state.path)
+        #expect(before.status == 0, "\(before.stderr)")
+        #expect(before.stdout.contains("web: pending"))
+        #expect(before.stdout.contains("rule signature: ok (agent@example.com)"))
+        #expect(before.stdout.contains("rule approval: needs 1 approval of this exact commit by a human with role approver"))
+        #expect(before.stdout.contains("to satisfy: a human with role approver signs the merge commit, or runs `gantry approve"))
+        #expect(!before.stdout.contains("status-page:"))
+
+        let approve = try gantry("approve", "main", "--key", alice.keyPath, "--repo", repo.path)
+        #expect(approve.status == 0, "\(approve.stderr)")
+        // The approval is an SSHSIG of the exact commit that ssh-keygen verifies for alice.
+        let merge = try repo.git("rev-parse", "main")
+        let note = try repo.git("notes", "--ref=gantry-approvals", "show", merge)
+        let signature = String(note[note.range(of: "-----BEGIN SSH SIGNATURE-----")!.lowerBound...])
+        try signature.write(toFile: state.path + "/approval.sig", atomically: true, encoding: .utf8)
+        try alice.allowedSignersLine.write(toFile: state.path + "/signers", atomically: true, encoding: .utf8)
+        let outside = try Shell.run(["ssh-keygen", "-Y", "verify", "-n", "gantry-approve", "-f", state.path + "/signers",
+                                     "-I", "alice@example.com", "-s", state.path + "/approval.sig"],
+                                    input: "gantry-approve: 1\ncommit: \(merge)\n")
+        #expect(outside.status == 0, "\(outside.stderr)")
+
+        let after = try gantry("explain", "main", "--repo", repo.path, "--state", state.path)
+        #expect(after.stdout.contains("web: allow"))
+        #expect(after.stdout.contains("rule approval: ok (alice@example.com)"))
+        #expect(try gantry("run", "--repo", repo.path, "--state", state.path, "--once", "--stop-on-exit").status == 0)
+        let status = try gantry("status", "--state", state.path, "--env", "web").stdout
+        #expect(status.contains("main@\(merge.prefix(7))"))
+        #expect(status.contains("applied: revision \(merge.prefix(7)) running"))
+    }
+
+    @Test func explainNamesTheUnsignedCommit() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.checkout("agents/unsigned", create: true)
+        try repo.write("apps/hello/NOTE", "x")
+        try repo.git("add", "-A")
+        try repo.git("-c", "commit.gpgsign=false", "commit", "-q", "-m", "unsigned")
+        let result = try gantry("explain", "agents/unsigned", "--repo", repo.path)
+        #expect(result.stdout.contains("web--agents-unsigned: deny"))
+        #expect(result.stdout.contains("is not signed"))
+        #expect(result.stdout.contains("to satisfy: sign every new commit of the branch"))
+    }
+}
