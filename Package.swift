@@ -27,6 +27,8 @@ let package = Package(
                                                     .product(name: "Crypto", package: "swift-crypto")]),
         // Audit records, SSHSIG signing/verification, notes writer with compare-and-swap.
         .target(name: "Audit", dependencies: ["GitStore", .product(name: "Crypto", package: "swift-crypto")]),
+        // The Common Expression Language: parse and evaluate with cost limits. Knows nothing of Gantry.
+        .target(name: "CEL"),
         // Identity (commit signatures, allowed signers, actors) and, later, policies and approvals → verdicts.
         .target(name: "Governance", dependencies: ["GitStore", "SpecModel", "SpecLoading", "Audit"]),
         // SQLite state (GRDB, WAL): environments, services, refs, events.
@@ -39,7 +41,7 @@ let package = Package(
                                                     .product(name: "Logging", package: "swift-log")]),
         // The CLI and composition root.
         .executableTarget(name: "gantry", dependencies: [
-            "GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver", "Governance",
+            "GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver", "Governance", "CEL",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -51,6 +53,7 @@ let package = Package(
         .target(name: "TestSupport", dependencies: ["GitStore"], path: "Tests/TestSupport"),
         .testTarget(name: "GitStoreTests", dependencies: ["GitStore", "TestSupport"]),
         .testTarget(name: "SpecLoadingTests", dependencies: ["SpecLoading", "SpecModel", "GitStore", "TestSupport"]),
+        .testTarget(name: "CELTests", dependencies: ["CEL", "TestSupport"]),
         .testTarget(name: "GovernanceTests", dependencies: ["Governance", "Audit", "GitStore", "SpecLoading", "SpecModel", "TestSupport"]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "GitStore", "TestSupport"]),
         .testTarget(name: "StateStoreTests", dependencies: ["StateStore", "TestSupport", .product(name: "GRDB", package: "GRDB.swift")]),
