@@ -30,7 +30,7 @@ let package = Package(
         // The Common Expression Language: parse and evaluate with cost limits. Knows nothing of Gantry.
         .target(name: "CEL"),
         // Identity (commit signatures, allowed signers, actors) and, later, policies and approvals → verdicts.
-        .target(name: "Governance", dependencies: ["GitStore", "SpecModel", "SpecLoading", "Audit"]),
+        .target(name: "Governance", dependencies: ["GitStore", "SpecModel", "SpecLoading", "Audit", "CEL"]),
         // SQLite state (GRDB, WAL): environments, services, refs, events.
         .target(name: "StateStore", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
         // The reconcile loop, its steps and sweeps; the Driver protocol.
@@ -54,7 +54,7 @@ let package = Package(
         .testTarget(name: "GitStoreTests", dependencies: ["GitStore", "TestSupport"]),
         .testTarget(name: "SpecLoadingTests", dependencies: ["SpecLoading", "SpecModel", "GitStore", "TestSupport"]),
         .testTarget(name: "CELTests", dependencies: ["CEL", "TestSupport"]),
-        .testTarget(name: "GovernanceTests", dependencies: ["Governance", "Audit", "GitStore", "SpecLoading", "SpecModel", "TestSupport"]),
+        .testTarget(name: "GovernanceTests", dependencies: ["Governance", "Audit", "GitStore", "SpecLoading", "SpecModel", "CEL", "TestSupport"]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "GitStore", "TestSupport"]),
         .testTarget(name: "StateStoreTests", dependencies: ["StateStore", "TestSupport", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "LocalDriverTests", dependencies: ["LocalDriver", "Reconciler", "StateStore", "SpecModel", "Audit", "GitStore", "Governance", "TestSupport",

@@ -26,6 +26,10 @@ public struct Admission: Sendable {
         public let protectedTip: ObjectID?
         /// Identity governance: allowed_signers, actors, signing.required.
         public let identity: IdentityJudge
+        /// `policies/*.yaml`, compiled.
+        public let policies: PolicySet
+        /// The environments of the protected branch, for the policies' `previous`.
+        let live: [String: EnvironmentSpec]
     }
 
     /// Reads gantry.yaml (following its `protectedBranch`), allowed_signers and actors from the
@@ -47,7 +51,16 @@ public struct Admission: Sendable {
         }
         let protectedTip = branches[protectedBranch]
         var identity = IdentityJudge(signers: AllowedSigners(text: ""), actors: [:], required: settings.signing.required)
+        var policies = PolicySet(loaded: [])
+        var live: [String: EnvironmentSpec] = [:]
         if let protectedTip {
+            policies = PolicySet(loaded: try loader.policies(at: protectedTip))
+            for file in policies.brokenFiles {
+                logger.error("a policy on the protected branch is invalid; it fails closed", metadata: ["file": "\(file.file)", "problem": "\(file.problems)"])
+            }
+            for environment in try loader.environments(at: protectedTip) where environment.isValid {
+                live[environment.name] = environment.spec
+            }
             let signers = AllowedSigners(text: try loader.allowedSignersText(at: protectedTip))
             let actors = loader.actors(at: protectedTip)
             for diagnostic in signers.diagnostics + actors.diagnostics {
@@ -55,7 +68,8 @@ public struct Admission: Sendable {
             }
             identity = IdentityJudge(signers: signers, actors: actors.actors, required: settings.signing.required)
         }
-        return Context(settings: settings, protectedBranch: protectedBranch, protectedTip: protectedTip, identity: identity)
+        return Context(settings: settings, protectedBranch: protectedBranch, protectedTip: protectedTip, identity: identity,
+                       policies: policies, live: live)
     }
 
     /// Judges every commit of `branch` up to `tip` that is new: not reachable from `lastAdmitted`
@@ -80,11 +94,18 @@ public struct Admission: Sendable {
                 if let principal = identity.principal { authors.insert(principal) }
             }
         }
+        let tipCommit = try repository.commit(tip)
         if tipIdentity == nil {
-            tipIdentity = context.identity.judge(try repository.commit(tip), signature: try repository.signature(of: tip), now: now)
+            tipIdentity = context.identity.judge(tipCommit, signature: try repository.signature(of: tip), now: now)
         }
+        // The files the change touches: since the merge-base with the protected branch for a preview,
+        // since the last admitted commit (or the parent) on the protected branch.
+        let base = branch == context.protectedBranch
+            ? (lastAdmitted ?? tipCommit.parents.first)
+            : try context.protectedTip.flatMap { try repository.mergeBase($0, tip) }
         return IdentityVerdict(tip: tipIdentity!, problems: problems, authors: authors,
-                               needsApproval: !(branch == context.protectedBranch && hidden.isEmpty))
+                               needsApproval: !(branch == context.protectedBranch && hidden.isEmpty),
+                               changedFiles: try repository.changedPaths(from: base, to: tip).sorted())
     }
 
     /// The verdict on one environment at the branch's tip.
@@ -115,19 +136,30 @@ public struct Admission: Sendable {
             return Judgement(decision: .deny, rules: signatureRules + specRules, remedies: remedies,
                              conditions: identity.problems.isEmpty ? ["SpecInvalid"] : ["AdmissionDenied"])
         }
+        let variables = PolicyInput.variables(
+            env: spec, previous: context.live[desired.loaded.name], actor: identity.tip.actor, principal: identity.tip.principal,
+            onBehalfOf: identity.tip.onBehalfOf, task: identity.tip.task, branch: desired.branch,
+            protected: desired.branch == context.protectedBranch,
+            commit: PolicyInput.Commit(sha: tip.id.hex, message: tip.message, trailers: tip.trailers),
+            changedFiles: identity.changedFiles, approvals: [], now: Date())
+        let policy = context.policies.evaluate(variables)
+        let judged = signatureRules + specRules + policy.rules
+        if policy.denied {
+            return Judgement(decision: .deny, rules: judged, remedies: policy.remedies, conditions: ["AdmissionDenied"])
+        }
         guard changesRevision, identity.needsApproval, let rule = context.settings.approvals[spec.class.rawValue] else {
-            return Judgement(decision: .allow, rules: signatureRules + specRules, remedies: [], conditions: [])
+            return Judgement(decision: .allow, rules: judged, remedies: [], conditions: [])
         }
         let approval = ApprovalJudge(signers: context.identity.signers, actors: context.identity.actors).judge(
             rule: rule, tip: tip, tipSigner: identity.tip.problem == nil ? identity.tip.principal : nil,
             approvingKeys: try Approvals.approvingKeys(of: tip.id, in: repository), authors: identity.authors, now: Date())
         if approval.isSatisfied {
-            return Judgement(decision: .allow, rules: signatureRules + specRules + ["approval: ok (\(approval.approvers.joined(separator: ", ")))"],
+            return Judgement(decision: .allow, rules: judged + ["approval: ok (\(approval.approvers.joined(separator: ", ")))"],
                              remedies: [], conditions: [])
         }
         let need = "approval: needs \(approval.required) approval\(approval.required == 1 ? "" : "s") of this exact commit by a human with role \(rule.role)\(rule.distinctFromAuthors ? " who did not author or sign the change" : ""); has \(approval.approvers.count)"
         return Judgement(decision: .pending,
-                         rules: signatureRules + specRules + [need] + approval.rejected.map { "approval: not counted: \($0)" },
+                         rules: judged + [need] + approval.rejected.map { "approval: not counted: \($0)" },
                          remedies: ["a human with role \(rule.role) signs the merge commit, or runs `gantry approve \(tip.id.short) --key KEY`"],
                          conditions: ["ApprovalPending"])
     }
@@ -164,4 +196,6 @@ struct IdentityVerdict {
     let authors: Set<String>
     /// False on the protected branch's first pass: the state found at start is taken as approved.
     let needsApproval: Bool
+    /// Repository paths the branch's change touches (the policies' `change.files`).
+    let changedFiles: [String]
 }

@@ -1,0 +1,100 @@
+import Foundation
+import Testing
+import TestSupport
+@testable import Reconciler
+import StateStore
+
+/// Policies read from main only, on real repositories.
+@Suite(.serialized) struct PolicyAdmissionTests {
+    /// A branch whose web environment runs 3 replicas: example-repo's preview-limits denies it.
+    func greedyBranch(_ repo: TestRepository, _ name: String) throws {
+        try repo.checkout("main")
+        try repo.checkout(name, create: true)
+        try repo.write("environments/web.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: web, team: payments, class: production}
+            spec:
+              template: python-web
+              services:
+                web: {replicas: 3}
+            """)
+    }
+
+    @Test func aPolicyOnMainDeniesAPreview() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        try greedyBranch(repo, "greedy")
+        try repo.commit("three replicas")
+        let summary = try harness.pass()
+        #expect(summary.denied == ["web--greedy"])
+        let denial = try #require(try harness.records().last { $0.event == "denied" })
+        #expect(denial.values("rule").contains("policy preview-limits: fail: a preview may run at most 2 replicas of a service"))
+        #expect(denial.values("rule").contains("signature: ok (agent@example.com)"))
+        #expect(try harness.service("web--greedy") == nil)
+    }
+
+    @Test func aBranchThatDeletesThePolicyIsStillJudgedByMain() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        try greedyBranch(repo, "lawless")
+        try repo.remove("policies/preview-limits.yaml")
+        try repo.commit("no more limits")
+        #expect(try harness.pass().denied == ["web--lawless"])
+    }
+
+    @Test func aBrokenPolicyOnMainFailsClosedAndSaysWhere() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("policies/broken.yaml", """
+            apiVersion: gantry/v1
+            kind: Policy
+            metadata: {name: broken}
+            spec:
+              action: deny
+              rules:
+                - expr: "env.spec.services.all(s, "
+                  message: "never parses"
+            """)
+        try repo.commit("a policy with a syntax error")
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        try repo.checkout("feature", create: true)
+        try repo.write("apps/hello/NOTE", "x")
+        try repo.commit("touch")
+        let summary = try harness.pass()
+        #expect(summary.denied.sorted() == ["status-page--feature", "web--feature"])
+        let denial = try #require(try harness.records().last { $0.event == "denied" })
+        #expect(denial.values("rule").contains { $0.contains("policies/broken.yaml:7:13: rule 1 of policy broken does not parse (at 1:26: unexpected end of expression)") }, "\(denial.values("rule"))")
+    }
+
+    @Test func aWarningPolicyAdmitsWithTheWarningRecorded() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("policies/ticket.yaml", """
+            apiVersion: gantry/v1
+            kind: Policy
+            metadata: {name: needs-ticket}
+            spec:
+              match: "!branch.protected"
+              action: warn
+              rules:
+                - {expr: "task != null", message: "changes should name a Task: trailer"}
+            """)
+        try repo.commit("warn about missing tasks")
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        try repo.checkout("no-task", create: true)
+        try repo.write("apps/hello/NOTE", "x")
+        try repo.commit("touch without a task")
+        let summary = try harness.pass()
+        #expect(summary.applied.sorted() == ["status-page--no-task", "web--no-task"])
+        let admitted = try #require(try harness.records().last { $0.event == "admitted" })
+        #expect(admitted.values("rule").contains("policy needs-ticket: warn: changes should name a Task: trailer"))
+        #expect(admitted.values("rule").contains("policy preview-limits: pass"))
+    }
+}
