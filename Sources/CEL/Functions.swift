@@ -2,7 +2,7 @@ import Foundation
 
 /// The standard function library: size, strings, conversions, time accessors, type().
 enum Functions {
-    static let namespaced: Set<String> = []
+    static let namespaced: Set<String> = ["strings.quote"]
 
     static func noOverload(_ name: String, _ receiver: CELValue?, _ args: [CELValue]) -> CELError {
         let types = ((receiver.map { [$0] } ?? []) + args).map(\.typeName).joined(separator: ", ")
@@ -95,6 +95,7 @@ enum Functions {
             }
         default:
             if receiver != nil, let value = try accessor(name, all) { return value }
+            if let value = try StringExtensions.call(name, receiver: receiver, args: args) { return value }
             throw CELError("found no matching overload for '\(name)' applied to (\(all.map(\.typeName).joined(separator: ", ")))")
         }
     }

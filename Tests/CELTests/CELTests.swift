@@ -10,7 +10,7 @@ import TestSupport
 
     /// The official conformance vectors of the core language files, all run by our evaluator.
     @Test(arguments: ["basic", "comparisons", "conversions", "fields", "fp_math", "integer_math", "lists", "logic",
-                      "macros", "namespace", "parse", "plumbing", "string", "timestamps"])
+                      "macros", "namespace", "parse", "plumbing", "string", "timestamps", "string_ext"])
     func conformance(_ file: String) throws {
         let path = TestPaths.packageRoot.appendingPathComponent("../shared/cel-conformance/\(file).json").standardizedFileURL.path
         let results = try Conformance.run(file: path)
