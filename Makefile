@@ -3,7 +3,7 @@ SWIFT ?= swift
 DEBIAN_PACKAGES := libgit2-dev libyaml-dev libsqlite3-dev pkg-config openssh-client git python3 curl
 STATE ?= .gantry
 
-.PHONY: deps build run test bench clean
+.PHONY: deps build run test bench fuzz-cel clean
 
 ## Install the Debian packages Gantry needs, only when something is missing.
 deps:
@@ -30,6 +30,13 @@ test: deps
 bench: deps
 	$(SWIFT) build -c release
 	.build/release/GantryBench .build/release/gantry
+
+## Differential fuzzing of the CEL evaluator against cel-expr-python (Google's C++ CEL, from PyPI).
+SEED ?= 1
+COUNT ?= 2000
+fuzz-cel: build
+	python3 -m pip install -q cel-expr-python
+	python3 scripts/cel_fuzz.py .build/debug/gantry $(COUNT) $(SEED)
 
 clean:
 	rm -rf .build $(STATE)

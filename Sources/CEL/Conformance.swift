@@ -135,6 +135,24 @@ public enum Conformance {
         }
     }
 
+    /// A value in the vector shape (`{"int": "5"}`, `{"list": [...]}`), for JSON output.
+    public static func vector(_ value: CELValue) -> Any {
+        switch value {
+        case .null: return ["null": true]
+        case .bool(let b): return ["bool": b]
+        case .int(let i): return ["int": String(i)]
+        case .uint(let u): return ["uint": String(u)]
+        case .double(let d): return ["double": d.isNaN ? "NaN" : d.isInfinite ? (d > 0 ? "Infinity" : "-Infinity") : d as Any]
+        case .string(let s): return ["string": s]
+        case .bytes(let b): return ["bytes": Data(b).base64EncodedString()]
+        case .list(let items): return ["list": items.map(vector)]
+        case .map(let map): return ["map": map.entries.map { [vector($0.key), vector($0.value)] }]
+        case .type(let name): return ["type": name]
+        case .timestamp(let s, let n): return ["timestamp": Time.formatTimestamp(s, n)]
+        case .duration(let s, let n): return ["duration": Time.formatDuration(s, n)]
+        }
+    }
+
     /// Plain JSON (as `--bindings` takes it) to CEL: integral numbers become int, others double.
     public static func value(fromJSON object: Any) throws -> CELValue {
         switch object {

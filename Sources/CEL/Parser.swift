@@ -156,6 +156,11 @@ struct Parser {
                     _ = parser.advance()
                     return try parser.member(.literal(.int(Int64.min)))
                 }
+                if parser.isSymbol("-"), parser.tokens[parser.position + 1].kind == .minIntMagnitude {
+                    // `--9223372036854775808`: the literal itself is out of range.
+                    throw CELSyntaxError(line: parser.tokens[parser.position + 1].line, column: parser.tokens[parser.position + 1].column,
+                                         message: "int literal out of range")
+                }
                 if case .int(let value) = parser.current.kind {
                     _ = parser.advance()
                     return try parser.member(.literal(.int(-value)))

@@ -4,7 +4,25 @@ import Foundation
 
 struct CELCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "cel", abstract: "Evaluate CEL expressions and run conformance vectors.",
-                                                    subcommands: [Eval.self, ConformanceRun.self])
+                                                    subcommands: [Eval.self, ConformanceRun.self, Batch.self])
+
+    struct Batch: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Evaluate one expression per line of standard input; print one JSON result per line (for differential fuzzing).")
+
+        func run() throws {
+            while let line = readLine(strippingNewline: true) {
+                let result: Any
+                do {
+                    result = Conformance.vector(try CELProgram(line).evaluate([:], costLimit: 100_000))
+                } catch {
+                    result = ["error": "\(error)"]
+                }
+                let data = try JSONSerialization.data(withJSONObject: result, options: [.fragmentsAllowed])
+                FileHandle.standardOutput.write(data + Data("\n".utf8))
+            }
+        }
+    }
 
     struct Eval: ParsableCommand {
         static let configuration = CommandConfiguration(abstract: "Evaluate a CEL expression and print the result.")
