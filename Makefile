@@ -28,6 +28,7 @@ test: deps
 	$(SWIFT) test --skip-build --parallel --num-workers 2
 
 bench: deps
+	python3 -m pip install -q cel-expr-python || echo "cel-expr-python unavailable: the CEL baseline is skipped"
 	$(SWIFT) build -c release
 	.build/release/GantryBench .build/release/gantry
 

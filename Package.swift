@@ -47,7 +47,7 @@ let package = Package(
         ]),
         // `make bench`: figures against a git-CLI baseline measured in the same run.
         .executableTarget(name: "GantryBench", dependencies: [
-            "GitStore", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver", "TestSupport",
+            "GitStore", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver", "TestSupport", "CEL",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "TestSupport", dependencies: ["GitStore"], path: "Tests/TestSupport"),

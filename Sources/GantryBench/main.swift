@@ -8,6 +8,7 @@ import Logging
 import Reconciler
 import StateStore
 import TestSupport
+import CEL
 
 let gantryBinary = CommandLine.arguments.dropFirst().first
     ?? URL(fileURLWithPath: CommandLine.arguments[0]).deletingLastPathComponent().appendingPathComponent("gantry").path
@@ -233,5 +234,78 @@ if runs("preview") {
         app.waitUntilExit()
     }
     report("push -> preview serving HTTP 200 (2 previews per push)", samples, baseline: ("python3 server.py started by hand", baseline))
+}
+// MARK: 4. Admission of one commit: its signature and 20 policies.
+if runs("admission") {
+    let repo = try TestRepository()
+    try repo.seedExample()
+    let checks = ["env.spec.services.all(s, env.spec.services[s].replicas <= 5)", "actor.kind in ['human', 'agent']",
+                  "size(change.files) < 1000", "!env.name.contains('prod') || env.class == 'production'",
+                  "branch.name.matches('^[a-z0-9/._-]+$')", "env.spec.routes.all(r, r.service in env.spec.services)"]
+    for index in 0..<20 {
+        try repo.write("policies/p\(index).yaml", """
+            apiVersion: gantry/v1
+            kind: Policy
+            metadata: {name: p\(index)}
+            spec:
+              match: "env.class == 'preview' || \(index) >= 0"
+              action: \(index % 3 == 0 ? "warn" : "deny")
+              rules:
+                - {expr: "\(checks[index % checks.count])", message: "check \(index)"}
+            """)
+    }
+    try repo.commit("20 policies")
+    try repo.checkout("agents/bench", create: true)
+    try repo.write("apps/hello/NOTE", "x")
+    let tip = ObjectID(hex: try repo.commit("touch"))!
+    let git = try repo.open()
+    let admission = Admission(repository: git, logger: logger)
+    let contextTimes = try (0..<20).map { _ in try time { _ = try admission.context(branches: try git.branches(), protectedBranch: "main") } }
+    let context = try admission.context(branches: try git.branches(), protectedBranch: "main")
+    var verdicts: [Admission.Explanation] = []
+    let samples = try (0..<200).map { _ in
+        try time { verdicts = try admission.explain(commit: tip, branch: "agents/bench", lastAdmitted: nil, context: context) }
+    }
+    let baseline = (0..<50).map { _ in time { _ = spawnWait(["git", "-C", repo.path, "-c", "gpg.ssh.allowedSignersFile=\(repo.path)/identities/allowed_signers", "verify-commit", tip.hex]) } }
+    let rules = verdicts.first?.judgement.rules.count ?? 0
+    report("admission of one commit (signature + 20 policies, 2 environments, \(rules) rules each)", samples,
+           baseline: ("git verify-commit", baseline))
+    report("  reading governance from main (settings, signers, actors, 20 policies compiled)", contextTimes)
+}
+
+// MARK: 5. CEL evaluation throughput against cel-expr-python on the same expressions.
+if runs("cel") {
+    let expressions = ["[1, 2, 3, 4, 5].all(x, x > 0) && 'web--fix'.startsWith('web')",
+                       "{'a': 1, 'b': 2}.exists(k, k == 'b') ? 42 * 3 - 7 : 0",
+                       "size('hello world') + int('17') > 20 || 3.5 * 2.0 < 1.0",
+                       "[1, 2, 3].map(x, x * x).filter(y, y % 2 == 1) == [1, 9]",
+                       "timestamp('2026-11-27T03:40:12Z') + duration('72h') > timestamp('2026-11-29T00:00:00Z')"]
+    let iterations = 20_000
+    let programs = try expressions.map { try CELProgram($0) }
+    let elapsed = try time {
+        for _ in 0..<(iterations / expressions.count) { for program in programs { _ = try program.evaluate() } }
+    }
+    let ours = Double(iterations) / elapsed
+    let script = """
+        import json, sys, time
+        from cel_expr_python import cel
+        env = cel.NewEnv()
+        programs = [env.compile(e, disable_check=True) for e in json.loads(sys.argv[1])]
+        n = int(sys.argv[2])
+        start = time.perf_counter()
+        for _ in range(n // len(programs)):
+            for p in programs:
+                p.eval()
+        print(n / (time.perf_counter() - start))
+        """
+    let data = try JSONSerialization.data(withJSONObject: expressions)
+    let result = try Shell.run(["python3", "-c", script, String(decoding: data, as: UTF8.self), String(iterations)])
+    if result.status == 0, let theirs = Double(result.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) {
+        say(String(format: "CEL evaluation: %.0f evaluations/s | baseline cel-expr-python (C++ CEL from Python): %.0f evaluations/s | ratio %.2fx",
+                   ours, theirs, ours / theirs))
+    } else {
+        say(String(format: "CEL evaluation: %.0f evaluations/s | baseline cel-expr-python unavailable (pip install cel-expr-python): %@",
+                   ours, result.stderr.split(separator: "\n").last.map(String.init) ?? ""))
+    }
 }
 say("done")
