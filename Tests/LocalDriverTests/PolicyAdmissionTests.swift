@@ -97,4 +97,29 @@ import StateStore
         #expect(admitted.values("rule").contains("policy needs-ticket: warn: changes should name a Task: trailer"))
         #expect(admitted.values("rule").contains("policy preview-limits: pass"))
     }
+
+    @Test func aPolicyThatLoopsOverAHugeListEndsAndFailsClosed() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let ten = "[0,1,2,3,4,5,6,7,8,9]"
+        try repo.write("policies/hostile.yaml", """
+            apiVersion: gantry/v1
+            kind: Policy
+            metadata: {name: hostile}
+            spec:
+              action: deny
+              rules:
+                - expr: "\(ten).all(a, \(ten).all(b, \(ten).all(c, \(ten).all(d, \(ten).all(e, \(ten).all(f, a + b + c + d + e + f >= 0))))))"
+                  message: "a million iterations"
+            """)
+        try repo.commit("a policy that would run for a long time")
+        let harness = try Harness(repo: repo)
+        let start = Date()
+        let summary = try harness.pass()
+        #expect(Date().timeIntervalSince(start) < 30)
+        // Fail closed: the live environments are denied (they never started), with the reason.
+        #expect(summary.denied.sorted() == ["status-page", "web"])
+        let denial = try #require(try harness.records().last { $0.event == "denied" })
+        #expect(denial.values("rule").contains { $0.contains("policy hostile: fail: a million iterations (evaluation error, fails closed: evaluation cost limit of 100000 exceeded)") })
+    }
 }
