@@ -13,6 +13,8 @@ import TestSupport
                       "macros", "namespace", "parse", "plumbing", "string", "timestamps", "string_ext"])
     func conformance(_ file: String) throws {
         let path = TestPaths.packageRoot.appendingPathComponent("../shared/cel-conformance/\(file).json").standardizedFileURL.path
+        try #require(FileManager.default.fileExists(atPath: path),
+                     "the conformance vectors belong at \(path): shared/ beside the project, as every checkout and CI has it")
         let results = try Conformance.run(file: path)
         let failures = results.compactMap { result -> String? in
             if case .fail(let why) = result.outcome { return "\(result.name): \(why)" }
