@@ -1,4 +1,5 @@
 import Foundation
+import GitStore
 import Testing
 import TestSupport
 @testable import Reconciler
@@ -98,5 +99,43 @@ import StateStore
         #expect(try harness.pass().denied.count == 2)
         let denial = try #require(try harness.records().last { $0.event == "denied" })
         #expect(denial.values("rule").contains { $0.contains("may act only for alice@example.com") })
+    }
+
+    @Test func aSignatureOverDifferentContentIsDenied() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        let git = try repo.open()
+        let main = try #require(try git.resolveCommit("main"))
+        let stolen = try #require(try git.signature(of: main)).signature
+        // A commit whose tree adds a file, carrying the signature of main's commit.
+        try repo.checkout("forged", create: true)
+        try repo.write("apps/hello/EVIL", "x")
+        try repo.git("add", "-A")
+        let tree = ObjectID(hex: try repo.git("write-tree"))!
+        let forged = try git.createCommit(tree: tree, parents: [main], message: "looks signed", authorName: "Test Agent",
+                                          authorEmail: "agent@example.com") { _ in stolen }
+        try repo.git("update-ref", "refs/heads/forged", forged.hex)
+        // git itself rejects it too.
+        #expect(try Shell.run(["git", "-C", repo.path, "-c", "gpg.ssh.allowedSignersFile=\(repo.path)/identities/allowed_signers",
+                               "verify-commit", forged.hex]).status != 0)
+        #expect(try harness.pass().denied.sorted() == ["status-page--forged", "web--forged"])
+        let denial = try #require(try harness.records().last { $0.event == "denied" })
+        #expect(denial.values("rule").contains { $0.contains("commit \(forged.short) has a signature that does not verify") })
+    }
+
+    @Test func anRSASignedCommitIsDeniedWithAClearMessage() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        try Shell.check(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "", "-f", repo.directory.path + "/rsa"])
+        try branchTouchingWeb(repo, "rsa")
+        try repo.git("config", "user.signingkey", repo.directory.path + "/rsa")
+        try repo.commit("signed with RSA")
+        #expect(try harness.pass().denied.count == 2)
+        let denial = try #require(try harness.records().last { $0.event == "denied" })
+        #expect(denial.values("rule").contains { $0.contains("unsupported key type 'ssh-rsa'") && $0.contains("ssh-ed25519") })
     }
 }
