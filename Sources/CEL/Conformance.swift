@@ -88,7 +88,7 @@ public enum Conformance {
         case .int(let i): return String(i)
         case .uint(let u): return "\(u)u"
         case .double(let d): return "double(\(d))"
-        case .string(let s): return PlainJSON.quote(s)
+        case .string(let s): return StringExtensions.quote(s)
         case .bytes(let b): return "b\"\(b.map { String(format: "\\x%02x", $0) }.joined())\""
         case .list(let items): return "[" + items.map(describe).joined(separator: ", ") + "]"
         case .map(let map): return "{" + map.entries.map { "\(describe($0.key)): \(describe($0.value))" }.joined(separator: ", ") + "}"
@@ -169,21 +169,5 @@ public enum Conformance {
             return .map(try CELMap(try dict.sorted { $0.key < $1.key }.map { (.string($0.key), try value(fromJSON: $0.value)) }))
         default: throw CELError("unsupported JSON value \(object)")
         }
-    }
-}
-
-enum PlainJSON {
-    static func quote(_ text: String) -> String {
-        var out = "\""
-        for scalar in text.unicodeScalars {
-            switch scalar {
-            case "\"": out += "\\\""
-            case "\\": out += "\\\\"
-            case "\n": out += "\\n"
-            case _ where scalar.value < 0x20: out += String(format: "\\u%04x", scalar.value)
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out + "\""
     }
 }

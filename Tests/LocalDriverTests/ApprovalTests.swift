@@ -23,16 +23,7 @@ import StateStore
     func changeWebOnABranchAndMerge(_ repo: TestRepository, greeting: String, mergeSigner: TestRepository? = nil) throws -> String {
         try repo.checkout("main")
         try repo.checkout("change-\(greeting)", create: true)
-        try repo.write("environments/web.yaml", """
-            apiVersion: gantry/v1
-            kind: Environment
-            metadata: {name: web, team: payments, class: production}
-            spec:
-              template: python-web
-              services:
-                web:
-                  env: {GREETING: "\(greeting) from ${env.name}"}
-            """)
+        try repo.writeWeb(service: "{env: {GREETING: \"\(greeting) from ${env.name}\"}}")
         try repo.commit("greeting \(greeting)")
         try repo.checkout("main")
         if let mergeSigner { try repo.git("config", "user.signingkey", mergeSigner.keyPath) }

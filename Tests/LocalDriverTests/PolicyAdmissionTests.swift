@@ -10,15 +10,7 @@ import StateStore
     func greedyBranch(_ repo: TestRepository, _ name: String) throws {
         try repo.checkout("main")
         try repo.checkout(name, create: true)
-        try repo.write("environments/web.yaml", """
-            apiVersion: gantry/v1
-            kind: Environment
-            metadata: {name: web, team: payments, class: production}
-            spec:
-              template: python-web
-              services:
-                web: {replicas: 3}
-            """)
+        try repo.writeWeb(service: "{replicas: 3}")
     }
 
     @Test func aPolicyOnMainDeniesAPreview() throws {

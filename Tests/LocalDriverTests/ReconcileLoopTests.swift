@@ -34,16 +34,7 @@ import StateStore
 
         // Push: a branch that changes the web environment gets an isolated preview.
         try repo.checkout("agents/claude/greeting", create: true)
-        try repo.write("environments/web.yaml", """
-            apiVersion: gantry/v1
-            kind: Environment
-            metadata: {name: web, team: payments, class: production}
-            spec:
-              template: python-web
-              services:
-                web:
-                  env: {GREETING: "howdy from ${env.name}"}
-            """)
+        try repo.writeWeb(service: #"{env: {GREETING: "howdy from ${env.name}"}}"#)
         let first = try repo.commit("Change the greeting\n\nAgent: claude-code\nTask: PAY-1")
         let summary = try harness.pass()
         #expect(summary.applied == ["web--agents-claude-greeting"])

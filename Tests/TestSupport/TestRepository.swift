@@ -61,6 +61,20 @@ public final class TestRepository: @unchecked Sendable {
 
     public func open() throws -> GitRepository { try GitRepository.open(path: path) }
 
+    /// Rewrites example-repo's production `web` environment with `service` as its web service's
+    /// fields (a YAML flow mapping, e.g. `{replicas: 3}`), on top of the python-web template.
+    public func writeWeb(service: String) throws {
+        try write("environments/web.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: web, team: payments, class: production}
+            spec:
+              template: python-web
+              services:
+                web: \(service)
+            """)
+    }
+
     /// Copies the project's example-repo/ into the repository and commits it on main.
     @discardableResult
     public func seedExample(extraSigners: [String] = []) throws -> String {
