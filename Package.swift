@@ -32,7 +32,8 @@ let package = Package(
         // Identity (commit signatures, allowed signers, actors) and, later, policies and approvals → verdicts.
         .target(name: "Governance", dependencies: ["GitStore", "SpecModel", "SpecLoading", "Audit", "CEL"]),
         // SQLite state (GRDB, WAL): environments, services, refs, events.
-        .target(name: "StateStore", dependencies: [.product(name: "GRDB", package: "GRDB.swift")]),
+        .target(name: "StateStore", dependencies: [.product(name: "GRDB", package: "GRDB.swift"),
+                                                   .product(name: "Crypto", package: "swift-crypto")]),
         // The reconcile loop, its steps and sweeps; the Driver protocol.
         .target(name: "Reconciler", dependencies: ["GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Governance",
                                                    .product(name: "Logging", package: "swift-log")]),

@@ -17,7 +17,6 @@ extension LocalDriver {
         domain = environment.domain
         let unsupported = environment.spec.databases.map { "database \($0.name) (\($0.engine))" }
             + environment.spec.caches.map { "cache \($0.name) (\($0.engine))" }
-            + environment.spec.secrets.map { "secret \($0)" }
         if !unsupported.isEmpty {
             throw ProcessControl.SpawnError(description: "the local driver does not provide \(unsupported.joined(separator: ", ")) yet")
         }
@@ -36,7 +35,9 @@ extension LocalDriver {
             var record = records[service.name]!
             let resolved = try resolve(service, spec: environment.spec, domain: environment.domain, ports: ports)
             let tree = try service.source.flatMap { try environment.repository.objectID(at: $0, in: environment.commit) }
-            let fingerprint = Self.fingerprint(resolved, tree: tree)
+            // Secrets enter the fingerprint by version, never by value: a rotation restarts the service.
+            let fingerprint = Self.fingerprint(try resolve(service, spec: environment.spec, domain: environment.domain, ports: ports,
+                                                           secretVersions: true), tree: tree)
             if record.fingerprint == fingerprint, let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) {
                 continue
             }
@@ -79,8 +80,25 @@ extension LocalDriver {
         let environment: [String: String]
     }
 
-    func resolve(_ service: Service, spec: EnvironmentSpec, domain: String, ports: [String: Int]) throws -> ResolvedService {
-        let resolved = try Interpolation.resolve(service, Interpolation.resolver(spec: spec, domain: domain, ports: ports))
+    /// The service's command and environment with every reference substituted; with
+    /// `secretVersions`, secrets stand as their version (for fingerprints), not their value.
+    func resolve(_ service: Service, spec: EnvironmentSpec, domain: String, ports: [String: Int],
+                 secretVersions: Bool = false) throws -> ResolvedService {
+        let secrets = self.secrets
+        var missing: [String] = []
+        let resolver = Interpolation.resolver(spec: spec, domain: domain, ports: ports) { reference in
+            guard reference.hasPrefix("secrets.") else { return nil }
+            let name = String(reference.dropFirst("secrets.".count))
+            guard let found = try? secrets?.lookup(name, environment: spec.name, class: spec.class.rawValue, team: spec.team) else {
+                missing.append(name)
+                return ""
+            }
+            return secretVersions ? "secret:\(name):\(found.version)" : String(decoding: found.value, as: UTF8.self)
+        }
+        let resolved = try Interpolation.resolve(service, resolver)
+        if !missing.isEmpty {
+            throw ProcessControl.SpawnError(description: "secret \(missing.joined(separator: ", ")) is not set for \(spec.name) (gantry secret set NAME --env \(spec.name), or --class \(spec.class.rawValue))")
+        }
         return ResolvedService(command: resolved.command,
                                environment: Dictionary(resolved.env.map { ($0.name, $0.value) }, uniquingKeysWith: { $1 }))
     }

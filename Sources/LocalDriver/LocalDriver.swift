@@ -43,6 +43,8 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     var nextRestart: [String: Date] = [:]
     /// The routing domain of the last applied revision, for `${env.domain}` on a crash restart.
     var domain = "localhost"
+    /// Where `${secrets.NAME}` values come from; nil when no secret store is configured.
+    public var secrets: SecretStore?
 
     public init(stateDirectory: URL, state: StateStore, logger: Logger, options: Options = Options()) {
         self.root = stateDirectory.appendingPathComponent("envs")

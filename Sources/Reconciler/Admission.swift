@@ -122,7 +122,7 @@ public struct Admission: Sendable {
 
     /// Identity, then the spec, then (when the revision would change) approvals.
     func judge(_ desired: DesiredEnvironment, tip: CommitInfo, identity: IdentityVerdict, context: Context,
-               changesRevision: Bool) throws -> Judgement {
+               changesRevision: Bool, missingSecrets: [String] = []) throws -> Judgement {
         let signatureRules = identity.problems.isEmpty
             ? ["signature: \(identity.tip.principal.map { "ok (\($0))" } ?? "not required")"]
             : identity.problems.map { "signature: \($0)" }
@@ -143,9 +143,13 @@ public struct Admission: Sendable {
             commit: PolicyInput.Commit(sha: tip.id.hex, message: tip.message, trailers: tip.trailers),
             changedFiles: identity.changedFiles, approvals: [], now: Date())
         let policy = context.policies.evaluate(variables)
-        let judged = signatureRules + specRules + policy.rules
-        if policy.denied {
-            return Judgement(decision: .deny, rules: judged, remedies: policy.remedies, conditions: ["AdmissionDenied"])
+        let secretRules = missingSecrets.map {
+            "secret: \($0) is not set for \(spec.name); set it with `gantry secret set \($0) --env \(spec.name)` (or --class \(spec.class.rawValue), --team)"
+        }
+        let judged = signatureRules + specRules + policy.rules + secretRules
+        if policy.denied || !missingSecrets.isEmpty {
+            return Judgement(decision: .deny, rules: judged, remedies: policy.remedies + secretRules.map { String($0.dropFirst("secret: ".count)) },
+                             conditions: ["AdmissionDenied"] + (missingSecrets.isEmpty ? [] : ["SecretMissing"]))
         }
         guard changesRevision, identity.needsApproval, let rule = context.settings.approvals[spec.class.rawValue] else {
             return Judgement(decision: .allow, rules: judged, remedies: [], conditions: [])

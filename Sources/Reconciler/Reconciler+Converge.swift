@@ -36,7 +36,8 @@ extension Reconciler {
         let live = existing.flatMap { $0.phase == .destroyed ? nil : $0 }
         // This commit was already judged (a pass cut short mid-apply is Pending and goes on; one
         // waiting for approval is judged again, as approvals arrive).
-        if let live, live.commit == desired.commit.hex, live.phase != .pending, !live.conditions.contains("ApprovalPending") { return }
+        if let live, live.commit == desired.commit.hex, live.phase != .pending,
+           !live.conditions.contains("ApprovalPending"), !live.conditions.contains("SecretMissing") { return }
         // A commit that touches none of the environment's files only moves its commit along —
         // unless an apply was cut short (Pending goes on) or the last denial was about identity,
         // which a new commit (re-signed history, say) may cure.
@@ -58,7 +59,8 @@ extension Reconciler {
         let base = baseFields(desired.name, branch: desired.branch, commit: commit, identity: identity.tip, policyRevision: context.protectedTip)
 
         let unchanged = live.map { $0.fingerprint == desired.fingerprint && $0.phase == .running } ?? false
-        let judgement = try admission.judge(desired, tip: commit, identity: identity, context: context, changesRevision: !unchanged)
+        let judgement = try admission.judge(desired, tip: commit, identity: identity, context: context, changesRevision: !unchanged,
+                                            missingSecrets: desired.spec.flatMap { spec in missingSecrets?(spec) } ?? [])
         record.conditions = judgement.conditions
         let rules = base + [("decision", judgement.decision.rawValue)] + judgement.rules.map { ("rule", $0) }
         switch judgement.decision {

@@ -40,6 +40,8 @@ public final class Reconciler: @unchecked Sendable {
     public let options: Options
     /// Called when a fetchable remote is mirrored: refreshes the local copy before each pass.
     public var beforePass: (() throws -> Void)?
+    /// The secrets of `spec.secrets` the environment cannot see (none are checked when nil).
+    public var missingSecrets: ((EnvironmentSpec) -> [String])?
     /// The processed tip per branch, read from the state DB once and then kept in step with it, so a
     /// pass over unchanged refs costs a ref listing and a dictionary compare.
     private var processedCache: [String: String]?
@@ -113,6 +115,8 @@ public final class Reconciler: @unchecked Sendable {
             waiting = Set(try state.environments().filter { $0.conditions.contains("ApprovalPending") }.map(\.branch))
             approvalsSeen = (approvalsTip, true)
         }
+        // Environments denied for a missing secret are judged again each pass: `gantry secret set` admits them.
+        waiting.formUnion(try state.environments().filter { $0.conditions.contains("SecretMissing") }.map(\.branch))
         let changed = branches.filter { (processed[$0.key] != $0.value.hex || waiting.contains($0.key)) && !settings.ignores(branch: $0.key) }
             .sorted { ($0.key == protectedBranch ? 0 : 1, $0.key) < ($1.key == protectedBranch ? 0 : 1, $1.key) }
         summary.changedBranches = changed.map(\.key)

@@ -56,6 +56,15 @@ public final class StateStore: Sendable {
                 t.primaryKey("branch", .text)
                 t.column("commit", .text).notNull()
             }
+            try db.create(table: "secrets") { t in
+                t.column("name", .text).notNull()
+                t.column("scopeKind", .text).notNull()
+                t.column("scopeValue", .text).notNull()
+                t.column("sealed", .blob).notNull()
+                t.column("version", .integer).notNull()
+                t.column("updatedAt", .datetime).notNull()
+                t.primaryKey(["name", "scopeKind", "scopeValue"])
+            }
             try db.create(table: "events") { t in
                 t.autoIncrementedPrimaryKey("id")
                 t.column("at", .datetime).notNull()

@@ -49,12 +49,17 @@ struct Run: ParsableCommand {
         let audit = AuditLog(repository: repository, key: key)
         if RepositoryLocation.isRemote(location) { audit.remote = location }
         let driver = LocalDriver(stateDirectory: paths.root, state: store, logger: logger)
+        let secrets = try SecretStore(state: store, keyPath: paths.root.appendingPathComponent("keys/secrets.key").path)
+        driver.secrets = secrets
         var options = Reconciler.Options()
         options.protectedBranch = branch
         options.pollInterval = interval
         let reconciler = Reconciler(repository: repository, state: store, audit: audit, driver: driver, logger: logger, options: options)
         if RepositoryLocation.isRemote(location) {
             reconciler.beforePass = { try repository.fetch(url: location) }
+        }
+        reconciler.missingSecrets = { spec in
+            spec.secrets.filter { (try? secrets.lookup($0, environment: spec.name, class: spec.class.rawValue, team: spec.team)) == nil }
         }
         logger.info("gantry watching \(location) (state \(paths.root.path), audit key \(key.publicKey.fingerprint))")
         if once {

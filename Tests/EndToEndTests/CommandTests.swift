@@ -131,3 +131,58 @@ import TestSupport
         #expect(result.stdout.contains("to satisfy: sign every new commit of the branch"))
     }
 }
+
+@Suite(.serialized) struct SecretTests {
+    @Test func secretsReachOnlyTheirScopeAndNeverAppearInPlainText() throws {
+        let value = "sk_live_\(UUID().uuidString)"
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("environments/pay.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: pay, team: payments, class: staging}
+            spec:
+              template: python-web
+              secrets: [api-key]
+              services:
+                web:
+                  env: {GREETING: "key=${secrets.api-key}"}
+            """)
+        try repo.commit("an environment with a secret")
+        let state = TemporaryDirectory()
+        defer { killMarked(state: state.path) }
+
+        // Missing: a clear denial naming the secret.
+        #expect(try gantry("run", "--repo", repo.path, "--state", state.path, "--once").status == 0)
+        let denied = try gantry("status", "--state", state.path, "--env", "pay").stdout
+        #expect(denied.contains("Denied") && denied.contains("secret: api-key is not set for pay"))
+
+        // Set (from standard input): the next pass admits and delivers it.
+        let set = try gantry("secret", "set", "api-key", "--env", "pay", "--state", state.path, input: value)
+        #expect(set.status == 0, "\(set.stderr)")
+        #expect(try gantry("run", "--repo", repo.path, "--state", state.path, "--once").status == 0)
+        let status = try gantry("status", "--state", state.path, "--json").stdout
+        let pay = try #require(((try JSONSerialization.jsonObject(with: Data(status.utf8)) as? [String: Any])?["environments"] as? [[String: Any]])?
+            .first { $0["name"] as? String == "pay" })
+        #expect(pay["phase"] as? String == "Running")
+        let url = try #require((pay["services"] as? [[String: Any]])?.first?["url"] as? String)
+        #expect(httpGet(url)?.contains("key=\(value)") == true)
+
+        // A preview does not see a secret scoped to the live environment.
+        try repo.checkout("agents/pay", create: true)
+        try repo.write("apps/hello/NOTE", "x")
+        try repo.commit("touch")
+        #expect(try gantry("run", "--repo", repo.path, "--state", state.path, "--once", "--stop-on-exit").status == 0)
+        #expect(try gantry("status", "--state", state.path, "--env", "pay--agents-pay").stdout.contains("secret: api-key is not set for pay--agents-pay"))
+
+        // list shows names only; render masks; nothing Gantry wrote holds the value.
+        let list = try gantry("secret", "list", "--state", state.path).stdout
+        #expect(list.contains("api-key  --env pay  v1") && !list.contains(value))
+        let render = try gantry("render", "--repo", repo.path, "--ref", "main", "--env", "pay", "--state", state.path).stdout
+        #expect(render.contains("key=********") && !render.contains(value))
+        let grep = try Shell.run(["grep", "-r", "-l", "-a", value, state.path, repo.path + "/.git"])
+        #expect(grep.status == 1, "the value was found in: \(grep.stdout)")
+        let audit = try gantry("audit", "log", "--state", state.path).stdout
+        #expect(!audit.contains(value))
+    }
+}
