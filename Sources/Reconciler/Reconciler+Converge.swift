@@ -109,6 +109,9 @@ extension Reconciler {
                context: PassContext, record: inout EnvironmentRecord, _ summary: inout PassSummary) throws {
         let plan = PlannedEnvironment(name: desired.name, branch: desired.branch, commit: desired.commit, spec: spec,
                                       fingerprint: desired.fingerprint, domain: context.settings.domain, repository: repository)
+        // The secret versions as of now: the driver resolves these or newer ones, so a rotation
+        // racing this apply is still noticed on the next pass.
+        if let secretVersions, !spec.secrets.isEmpty { appliedSecretVersions[desired.name] = secretVersions(spec) }
         do {
             let outcome = try driver.apply(plan) { step in
                 logger.info("Applying revision \(commit.id.short): \(step)", metadata: ["gantry.env": "\(desired.name)"])

@@ -42,6 +42,11 @@ public final class Reconciler: @unchecked Sendable {
     public var beforePass: (() throws -> Void)?
     /// The secrets of `spec.secrets` the environment cannot see (none are checked when nil).
     public var missingSecrets: ((EnvironmentSpec) -> [String])?
+    /// The version of each secret an environment sees (name → version), to notice rotations.
+    public var secretVersions: ((EnvironmentSpec) -> [String: String])?
+    /// Secret versions last applied per environment (in memory: after a restart the driver's own
+    /// fingerprints still catch a rotation).
+    var appliedSecretVersions: [String: [String: String]] = [:]
     /// The processed tip per branch, read from the state DB once and then kept in step with it, so a
     /// pass over unchanged refs costs a ref listing and a dictionary compare.
     private var processedCache: [String: String]?
@@ -134,6 +139,7 @@ public final class Reconciler: @unchecked Sendable {
             }
         }
         try sweep(branches: branches, context: context, protectedChanged: changed.contains { $0.key == protectedBranch }, &summary)
+        rotateSecrets(context: context, &summary)
         for event in driver.supervise() { note(event) }
         return summary
     }

@@ -185,4 +185,41 @@ import TestSupport
         let audit = try gantry("audit", "log", "--state", state.path).stdout
         #expect(!audit.contains(value))
     }
+
+    @Test func rotatingASecretRestartsItsServicesAndIsRecordedByName() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("environments/pay.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: pay, team: payments, class: staging}
+            spec:
+              template: python-web
+              secrets: [api-key]
+              services:
+                web:
+                  env: {GREETING: "key=${secrets.api-key}"}
+            """)
+        try repo.commit("an environment with a secret")
+        let state = TemporaryDirectory()
+        defer { killMarked(state: state.path) }
+        #expect(try gantry("secret", "set", "api-key", "--team", "payments", "--state", state.path, input: "first-value").status == 0)
+        let run = try GantryProcess(["run", "--repo", repo.path, "--state", state.path, "--interval", "0.2", "--stop-on-exit"],
+                                    log: state.path + "/run.log")
+        func served() -> String? {
+            guard let text = try? gantry("status", "--state", state.path, "--json").stdout,
+                  let object = try? JSONSerialization.jsonObject(with: Data(text.utf8)) as? [String: Any],
+                  let pay = (object["environments"] as? [[String: Any]])?.first(where: { $0["name"] as? String == "pay" }),
+                  let url = (pay["services"] as? [[String: Any]])?.first?["url"] as? String else { return nil }
+            return httpGet(url)
+        }
+        #expect(eventually(30) { served()?.contains("key=first-value") == true })
+        #expect(try gantry("secret", "set", "api-key", "--team", "payments", "--state", state.path, input: "second-value").status == 0)
+        #expect(eventually(30) { served()?.contains("key=second-value") == true },
+                "\((try? String(contentsOfFile: state.path + "/run.log", encoding: .utf8))?.suffix(3000) ?? "")")
+        let log = try gantry("audit", "log", "--state", state.path, "--env", "pay").stdout
+        #expect(log.contains("rotated: secret api-key"))
+        #expect(!log.contains("second-value") && !log.contains("first-value"))
+        run.terminate()
+    }
 }

@@ -1,0 +1,41 @@
+import Audit
+import Foundation
+import GitStore
+import SpecModel
+import StateStore
+
+extension Reconciler {
+    /// A running environment whose secrets changed (`gantry secret set`) is applied again: the
+    /// driver restarts exactly the services whose resolved secrets changed, and a record names the
+    /// rotated secrets (never their values).
+    func rotateSecrets(context: PassContext, _ summary: inout PassSummary) {
+        guard let secretVersions else { return }
+        for record in (try? state.environments()) ?? [] where record.phase == .running {
+            guard let json = record.specJSON, let applied = record.appliedCommit.flatMap(ObjectID.init(hex:)),
+                  let spec = try? JSONDecoder().decode(EnvironmentSpec.self, from: Data(json.utf8)), !spec.secrets.isEmpty else { continue }
+            let versions = secretVersions(spec)
+            let previous = appliedSecretVersions[record.name]
+            guard previous != versions else { continue }
+            // Unknown (first pass after a start) or changed: the driver's fingerprints decide what restarts.
+            appliedSecretVersions[record.name] = versions
+            let rotated = versions.keys.filter { previous?[$0] != versions[$0] }.sorted()
+            let plan = PlannedEnvironment(name: record.name, branch: record.branch, commit: applied, spec: spec,
+                                          fingerprint: record.fingerprint ?? "", domain: record.domain ?? context.settings.domain,
+                                          repository: repository)
+            do {
+                let outcome = try driver.apply(plan) { step in
+                    logger.info("Rotating secrets of \(record.name): \(step)")
+                }
+                guard !outcome.changes.isEmpty else { continue }
+                let fields: [(key: String, value: String)] = [("environment", record.name), ("branch", record.branch), ("commit", applied.hex)]
+                    + rotated.map { (key: "rotated", value: "secret \($0)") } + outcome.changes.map { (key: "change", value: $0) }
+                try audit.append([AuditEntry(event: .applied, commit: applied.hex, fields: fields)])
+                try state.record(EventRecord(environment: record.name, kind: "secret-rotated",
+                                             message: "restarted \(outcome.changes.joined(separator: ", ")) for \(rotated.joined(separator: ", "))"))
+                summary.applied.append(record.name)
+            } catch {
+                logger.error("could not apply rotated secrets", metadata: ["gantry.env": "\(record.name)", "error": "\(error)"])
+            }
+        }
+    }
+}
