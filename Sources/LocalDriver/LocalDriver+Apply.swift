@@ -20,6 +20,7 @@ extension LocalDriver {
         if !unsupported.isEmpty {
             throw ProcessControl.SpawnError(description: "the local driver does not provide \(unsupported.joined(separator: ", ")) yet")
         }
+        outcome.changes += try runCreateJobs(environment, progress: progress)
         var records = Dictionary(uniqueKeysWithValues: try state.services(of: environment.name).map { ($0.name, $0) })
         // Ports first: every service's URL must be known before any command is interpolated.
         var taken = try state.allocatedPorts()

@@ -12,7 +12,8 @@ import Glibc
 extension LocalDriver {
     // MARK: Destroy
 
-    public func destroy(environment name: String, progress: (String) -> Void) throws {
+    public func destroy(environment name: String, repository: GitRepository?, progress: (String) -> Void) throws -> [String] {
+        var problems: [String] = []
         for record in try state.services(of: name) {
             if let pid = record.pid {
                 progress("stopping service \(record.name)")
@@ -23,6 +24,7 @@ extension LocalDriver {
         for (pid, _) in ProcessControl.processes(markedWith: Self.markVariable, prefix: "\(instance):\(name):") {
             ProcessControl.stopGroup(pid, grace: options.stopGrace)
         }
+        problems += runDestroyJobs(name, repository: repository, progress: progress)
         progress("removing working directories")
         let directory = root.appendingPathComponent(name)
         if FileManager.default.fileExists(atPath: directory.path) {
@@ -32,8 +34,10 @@ extension LocalDriver {
                 // Everything that runs is stopped; a directory left behind is reported, not fatal.
                 progress("could not remove \(directory.path): \(error)")
                 logger.warning("could not remove a working directory", metadata: ["gantry.env": "\(name)", "error": "\(error)"])
+                problems.append("could not remove \(directory.path): \(error)")
             }
         }
+        return problems
     }
 
     // MARK: Recovery and supervision

@@ -27,6 +27,8 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         /// A log file is rotated past this size; `keptLogs` old files are kept.
         public var maxLogBytes = 10 << 20
         public var keptLogs = 3
+        /// Seconds a job may run.
+        public var jobTimeout = 600.0
         /// Crash restarts: the first at once, the k-th after `restartBackoff`·2^(k-1) seconds, capped.
         public var restartBackoff = 1.0
         public var maxRestartBackoff = 60.0

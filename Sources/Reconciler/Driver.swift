@@ -47,8 +47,9 @@ public struct DriverEvent: Sendable {
 public protocol Driver: AnyObject {
     /// Makes the environment run `environment`'s revision; throws with a reason when it cannot.
     func apply(_ environment: PlannedEnvironment, progress: (String) -> Void) throws -> ApplyOutcome
-    /// Removes everything of the named environment. Succeeds when there is nothing left to remove.
-    func destroy(environment name: String, progress: (String) -> Void) throws
+    /// Removes everything of the named environment. Succeeds when there is nothing left to remove;
+    /// returns what could not be cleaned (a failed onDestroy job, say) — teardown completes anyway.
+    func destroy(environment name: String, repository: GitRepository?, progress: (String) -> Void) throws -> [String]
     /// Called once at start: adopt what survived a restart of Gantry, stop what nobody wants.
     func recover(desired: Set<String>) -> [DriverEvent]
     /// Called every pass: restart what crashed, rotate logs; returns what it did.

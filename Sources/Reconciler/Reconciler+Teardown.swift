@@ -36,11 +36,12 @@ extension Reconciler {
 
     func destroy(_ environment: EnvironmentRecord, reason: String, commitForNote: String, _ summary: inout PassSummary) throws {
         logger.info("destroying: \(reason)", metadata: ["gantry.env": "\(environment.name)"])
-        try driver.destroy(environment: environment.name) { step in
+        let problems = try driver.destroy(environment: environment.name, repository: repository) { step in
             logger.info("Destroying \(environment.name): \(step)")
         }
         var fields: [(String, String)] = [("environment", environment.name), ("branch", environment.branch), ("commit", commitForNote)]
         fields.append(("reason", reason))
+        fields += problems.map { ("problem", $0) }
         guard let target = ObjectID(hex: commitForNote) else {
             throw ReconcileError(message: "cannot record the teardown of \(environment.name): '\(commitForNote)' is not a commit id")
         }

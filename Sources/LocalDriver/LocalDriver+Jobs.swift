@@ -1,0 +1,94 @@
+import Foundation
+import GitStore
+import Reconciler
+import SpecModel
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `jobs.*.onCreate` runs once when an environment is created, `onDestroy` when it is destroyed,
+/// each in a checkout of the repository at the environment's commit, output to `logs/job-NAME.log`.
+extension LocalDriver {
+    /// What `onDestroy` needs after the spec is gone: kept beside the environment as JSON.
+    struct JobPlan: Codable {
+        let commit: String
+        let jobs: [Job]
+    }
+
+    func environmentDirectory(_ name: String) -> URL { root.appendingPathComponent(name) }
+
+    /// Runs the onCreate jobs the first time an environment is applied; a failure fails the apply.
+    func runCreateJobs(_ environment: PlannedEnvironment, progress: (String) -> Void) throws -> [String] {
+        let directory = environmentDirectory(environment.name)
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        let plan = JobPlan(commit: environment.commit.hex, jobs: environment.spec.jobs)
+        try JSONEncoder().encode(plan).write(to: directory.appendingPathComponent("jobs.json"))
+        let marker = directory.appendingPathComponent(".created")
+        guard !FileManager.default.fileExists(atPath: marker.path) else { return [] }
+        var changes: [String] = []
+        for job in environment.spec.jobs {
+            guard let command = job.onCreate, !command.isEmpty else { continue }
+            progress("running job \(job.name) (onCreate)")
+            try runJob(job.name, phase: "onCreate", command: command, environment: environment.name, commit: environment.commit,
+                       repository: environment.repository)
+            changes.append("job \(job.name): onCreate ran")
+        }
+        FileManager.default.createFile(atPath: marker.path, contents: Data())
+        return changes
+    }
+
+    /// Runs the onDestroy jobs recorded at apply time; returns what failed (teardown goes on).
+    func runDestroyJobs(_ name: String, repository: GitRepository?, progress: (String) -> Void) -> [String] {
+        let file = environmentDirectory(name).appendingPathComponent("jobs.json")
+        guard let data = FileManager.default.contents(atPath: file.path),
+              let plan = try? JSONDecoder().decode(JobPlan.self, from: data), let commit = ObjectID(hex: plan.commit) else { return [] }
+        var problems: [String] = []
+        for job in plan.jobs {
+            guard let command = job.onDestroy, !command.isEmpty else { continue }
+            guard let repository else {
+                problems.append("job \(job.name) (onDestroy) not run: no repository to check it out from")
+                continue
+            }
+            progress("running job \(job.name) (onDestroy)")
+            do {
+                try runJob(job.name, phase: "onDestroy", command: command, environment: name, commit: commit, repository: repository)
+            } catch {
+                problems.append("job \(job.name) (onDestroy) failed: \(error)")
+            }
+        }
+        return problems
+    }
+
+    func runJob(_ name: String, phase: String, command: [String], environment: String, commit: ObjectID,
+                repository: GitRepository) throws {
+        let directory = environmentDirectory(environment)
+        let checkout = directory.appendingPathComponent("job-\(name)-\(commit.short)")
+        try? FileManager.default.removeItem(at: checkout)
+        try repository.materialize("", at: commit, into: checkout)
+        defer { try? FileManager.default.removeItem(at: checkout) }
+        let log = directory.appendingPathComponent("logs/job-\(name).log")
+        try FileManager.default.createDirectory(at: log.deletingLastPathComponent(), withIntermediateDirectories: true)
+        var variables: [String: String] = [:]
+        let inherited = ProcessInfo.processInfo.environment
+        for key in ["PATH", "HOME", "LANG", "TMPDIR", "USER"] { variables[key] = inherited[key] }
+        variables["PATH"] = variables["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        variables["GANTRY_ENVIRONMENT"] = environment
+        variables["GANTRY_JOB"] = name
+        variables["GANTRY_JOB_PHASE"] = phase
+        variables[Self.markVariable] = "\(instance):\(environment):job-\(name)"
+        let pid = try ProcessControl.spawn(command, directory: checkout.path, environment: variables, logPath: log.path)
+        let deadline = Date().addingTimeInterval(options.jobTimeout)
+        var status: Int32 = 0
+        while waitpid(pid, &status, WNOHANG) == 0 {
+            if Date() > deadline {
+                ProcessControl.stopGroup(pid, grace: options.stopGrace)
+                throw ProcessControl.SpawnError(description: "job \(name) (\(phase)) did not finish within \(Int(options.jobTimeout))s")
+            }
+            usleep(20_000)
+        }
+        if status != 0 {
+            let tail = ((try? String(contentsOf: log, encoding: .utf8)) ?? "").split(separator: "\n").suffix(10).joined(separator: "\n")
+            throw ProcessControl.SpawnError(description: "job \(name) (\(phase)) \(ProcessControl.describe(status)); last log lines:\n\(tail)")
+        }
+    }
+}
