@@ -16,7 +16,6 @@ extension LocalDriver {
         var outcome = ApplyOutcome()
         domain = environment.domain
         let unsupported = environment.spec.databases.map { "database \($0.name) (\($0.engine))" }
-            + environment.spec.caches.map { "cache \($0.name) (\($0.engine))" }
         if !unsupported.isEmpty {
             throw ProcessControl.SpawnError(description: "the local driver does not provide \(unsupported.joined(separator: ", ")) yet")
         }
@@ -24,14 +23,18 @@ extension LocalDriver {
         var records = Dictionary(uniqueKeysWithValues: try state.services(of: environment.name).map { ($0.name, $0) })
         // Ports first: every service's URL must be known before any command is interpolated.
         var taken = try state.allocatedPorts()
-        for service in environment.spec.services where service.replicas > 0 && records[service.name] == nil {
+        let units = environment.spec.caches.map { Self.cacheRecordName($0.name) }
+            + environment.spec.services.filter { $0.replicas > 0 }.map(\.name)
+        for unit in units where records[unit] == nil {
             let port = try ProcessControl.freePort(excluding: taken)
             taken.insert(port)
-            let record = ServiceRecord(environment: environment.name, name: service.name, port: port)
+            let record = ServiceRecord(environment: environment.name, name: unit, port: port)
             try state.save(record)
-            records[service.name] = record
+            records[unit] = record
         }
         let ports = records.mapValues(\.port)
+        // Caches first: services connect to them as they start.
+        outcome.changes += try applyCaches(environment, records: &records, progress: progress)
         for service in environment.spec.services where service.replicas > 0 {
             var record = records[service.name]!
             let resolved = try resolve(service, spec: environment.spec, domain: environment.domain, ports: ports)
@@ -66,7 +69,7 @@ extension LocalDriver {
             try waitHealthy(&record, service: service, progress: progress)
             outcome.changes.append(change)
         }
-        for record in records.values where environment.spec.service(named: record.name).map({ $0.replicas == 0 }) ?? true {
+        for record in records.values where !units.contains(record.name) {
             progress("stopping removed service \(record.name)")
             if let pid = record.pid { ProcessControl.stopGroup(pid, grace: options.stopGrace) }
             if let workdir = record.workdir { try? FileManager.default.removeItem(atPath: workdir) }
@@ -88,6 +91,14 @@ extension LocalDriver {
         let secrets = self.secrets
         var missing: [String] = []
         let resolver = Interpolation.resolver(spec: spec, domain: domain, ports: ports) { reference in
+            if reference.hasPrefix("caches."), reference.hasSuffix(".url") {
+                let cache = String(reference.dropFirst("caches.".count).dropLast(".url".count))
+                guard let port = ports[Self.cacheRecordName(cache)] else { return nil }
+                if secretVersions {
+                    return (try? self.cachePassword(cache, environment: spec.name)).map { "redis:\(port):\($0.version)" }
+                }
+                return try? self.cacheURL(cache, environment: spec.name, port: port)
+            }
             guard reference.hasPrefix("secrets.") else { return nil }
             let name = String(reference.dropFirst("secrets.".count))
             guard let found = try? secrets?.lookup(name, environment: spec.name, class: spec.class.rawValue, team: spec.team) else {
@@ -110,7 +121,7 @@ extension LocalDriver {
         return SHA256.hash(data: Data(text.utf8)).map { String(format: "%02x", $0) }.joined()
     }
 
-    func start(_ record: inout ServiceRecord, resolved: ResolvedService, progress: (String) -> Void) throws {
+    func start(_ record: inout ServiceRecord, resolved: ResolvedService, input: Data? = nil, progress: (String) -> Void) throws {
         let log = logPath(record.environment, record.name)
         try FileManager.default.createDirectory(at: log.deletingLastPathComponent(), withIntermediateDirectories: true)
         var variables: [String: String] = [:]
@@ -128,7 +139,7 @@ extension LocalDriver {
         record.pid = nil
         record.pidStart = nil
         try state.save(record)
-        let pid = try ProcessControl.spawn(resolved.command, directory: record.workdir!, environment: variables, logPath: log.path)
+        let pid = try ProcessControl.spawn(resolved.command, directory: record.workdir!, environment: variables, logPath: log.path, input: input)
         record.pid = pid
         record.pidStart = ProcessControl.identity(of: pid)?.start
         try state.save(record)

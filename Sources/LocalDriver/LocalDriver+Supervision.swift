@@ -25,6 +25,7 @@ extension LocalDriver {
             ProcessControl.stopGroup(pid, grace: options.stopGrace)
         }
         problems += runDestroyJobs(name, repository: repository, progress: progress)
+        do { try secrets?.removeAll(prefix: "gantry.", environment: name) } catch { problems.append("could not remove cache passwords: \(error)") }
         progress("removing working directories")
         let directory = root.appendingPathComponent(name)
         if FileManager.default.fileExists(atPath: directory.path) {
@@ -72,9 +73,10 @@ extension LocalDriver {
             if let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) { continue }
             let key = "\(record.environment)/\(record.name)"
             if let next = nextRestart[key], next > now { continue }
+            let cache = record.name.hasPrefix("redis:") ? String(record.name.dropFirst("redis:".count)) : nil
             guard let environment = try? state.environment(record.environment), let json = environment.specJSON,
                   let spec = try? JSONDecoder().decode(EnvironmentSpec.self, from: Data(json.utf8)),
-                  let service = spec.service(named: record.name), let workdir = record.workdir,
+                  cache != nil || spec.service(named: record.name) != nil, let workdir = record.workdir,
                   FileManager.default.fileExists(atPath: workdir) else {
                 continue
             }
@@ -84,10 +86,13 @@ extension LocalDriver {
             let delay = min(options.restartBackoff * pow(2.0, Double(record.restarts)), options.maxRestartBackoff)
             nextRestart[key] = now.addingTimeInterval(delay)
             do {
-                let ports = Dictionary(uniqueKeysWithValues: try state.services(of: record.environment).map { ($0.name, $0.port) })
-                let resolved = try resolve(service, spec: spec, domain: domain, ports: ports)
                 record.phase = "Restarting"
-                try start(&record, resolved: resolved) { _ in }
+                if let cache {
+                    try startCache(&record, cache: cache) { _ in }
+                } else {
+                    let ports = Dictionary(uniqueKeysWithValues: try state.services(of: record.environment).map { ($0.name, $0.port) })
+                    try start(&record, resolved: try resolve(spec.service(named: record.name)!, spec: spec, domain: domain, ports: ports)) { _ in }
+                }
                 record.phase = "Running"
                 try state.save(record)
                 events.append(DriverEvent(environment: record.environment, kind: "restarted",

@@ -11,7 +11,10 @@ enum ProcessControl {
 
     /// Starts `arguments` in `directory` as a new process group leader, stdin from /dev/null and
     /// stdout and stderr appended to `logPath`. The program is looked up in PATH.
-    static func spawn(_ arguments: [String], directory: String, environment: [String: String], logPath: String) throws -> pid_t {
+    /// With `input`, the child's standard input is a pipe that receives those bytes and is then
+    /// closed (how configuration with passwords reaches a server without argv or files).
+    static func spawn(_ arguments: [String], directory: String, environment: [String: String], logPath: String,
+                      input: Data? = nil) throws -> pid_t {
         guard let program = arguments.first else { throw SpawnError(description: "empty command") }
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
@@ -29,7 +32,15 @@ enum ProcessControl {
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
-        posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        var pipeEnds: [Int32] = [-1, -1]
+        if input != nil {
+            guard pipe(&pipeEnds) == 0 else { throw SpawnError(description: "cannot create a pipe: \(String(cString: strerror(errno)))") }
+            for end in pipeEnds { _ = fcntl(end, F_SETFD, FD_CLOEXEC) }
+            posix_spawn_file_actions_adddup2(&actions, pipeEnds[0], 0)
+        } else {
+            posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
+        }
+        defer { if pipeEnds[0] >= 0 { close(pipeEnds[0]) } }
         posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o640)
         posix_spawn_file_actions_adddup2(&actions, 1, 2)
         guard let addChdir = addChdir else { throw SpawnError(description: "this C library has no posix_spawn_file_actions_addchdir_np") }
@@ -49,7 +60,19 @@ enum ProcessControl {
         let executable = resolve(program, path: environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")
         let status = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
         guard status == 0 else {
+            if pipeEnds[1] >= 0 { close(pipeEnds[1]) }
             throw SpawnError(description: "cannot start '\(program)': \(String(cString: strerror(status)))")
+        }
+        if let input, pipeEnds[1] >= 0 {
+            input.withUnsafeBytes { raw in
+                var offset = 0
+                while offset < raw.count {
+                    let written = write(pipeEnds[1], raw.baseAddress! + offset, raw.count - offset)
+                    if written <= 0 { break }
+                    offset += written
+                }
+            }
+            close(pipeEnds[1])
         }
         return pid
     }

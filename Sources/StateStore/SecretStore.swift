@@ -77,6 +77,14 @@ public final class SecretStore: @unchecked Sendable {
         }
     }
 
+    /// Removes every secret of an environment whose name starts with `prefix` (Gantry's own, at teardown).
+    public func removeAll(prefix: String, environment: String) throws {
+        try state.pool.write { db in
+            try db.execute(sql: "DELETE FROM secrets WHERE scopeKind = 'env' AND scopeValue = ? AND substr(name, 1, ?) = ?",
+                           arguments: [environment, prefix.count, prefix])
+        }
+    }
+
     /// Names, scopes and versions — never values.
     public func list() throws -> [(name: String, scope: String, version: Int, updatedAt: Date)] {
         try state.pool.read { db in

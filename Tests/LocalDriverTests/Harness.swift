@@ -30,6 +30,7 @@ final class Harness: @unchecked Sendable {
         options.stopGrace = 2
         configure(&options)
         driver = LocalDriver(stateDirectory: stateDirectory.url, state: state, logger: logger, options: options)
+        driver.secrets = try SecretStore(state: state, keyPath: stateDirectory.path + "/keys/secrets.key")
         reconciler = Reconciler(repository: git, state: state, audit: AuditLog(repository: git, key: key), driver: driver, logger: logger)
     }
 

@@ -1,0 +1,66 @@
+import Crypto
+import Foundation
+import Reconciler
+import SpecModel
+import StateStore
+
+/// `engine: redis` caches: one redis-server per cache per environment, on its own loopback port,
+/// with a generated password kept encrypted in the secret store and handed to redis-server on its
+/// standard input (never on its command line, in a file or in the state DB).
+extension LocalDriver {
+    static func cacheRecordName(_ cache: String) -> String { "redis:\(cache)" }
+
+    /// The cache's password, created on first use.
+    func cachePassword(_ cache: String, environment: String) throws -> (value: String, version: String) {
+        guard let secrets else { throw ProcessControl.SpawnError(description: "caches need the secret store for their passwords") }
+        let name = "gantry.redis.\(cache)"
+        if let found = try secrets.lookup(name, environment: environment, class: "", team: nil) {
+            return (String(decoding: found.value, as: UTF8.self), found.version)
+        }
+        let password = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }.map { String(format: "%02x", $0) }.joined()
+        try secrets.set(name, value: Data(password.utf8), scope: .environment(environment))
+        let stored = try secrets.lookup(name, environment: environment, class: "", team: nil)!
+        return (password, stored.version)
+    }
+
+    /// `redis://default:PASSWORD@127.0.0.1:PORT/0` (the ACL user `default`, as Redis 6+ clients expect).
+    func cacheURL(_ cache: String, environment: String, port: Int) throws -> String {
+        "redis://default:\(try cachePassword(cache, environment: environment).value)@127.0.0.1:\(port)/0"
+    }
+
+    /// The redis-server configuration for standard input.
+    func cacheConfiguration(_ cache: String, environment: String, port: Int, directory: String) throws -> Data {
+        let password = try cachePassword(cache, environment: environment).value
+        return Data("port \(port)\nbind 127.0.0.1\nprotected-mode yes\nrequirepass \(password)\ndir \(directory)\nsave \"\"\nappendonly no\n".utf8)
+    }
+
+    /// Starts (or keeps) every cache of the environment; returns the change lines.
+    func applyCaches(_ environment: PlannedEnvironment, records: inout [String: ServiceRecord], progress: (String) -> Void) throws -> [String] {
+        var changes: [String] = []
+        for cache in environment.spec.caches {
+            let name = Self.cacheRecordName(cache.name)
+            var record = records[name]!
+            let version = try cachePassword(cache.name, environment: environment.name).version
+            let fingerprint = "redis:\(record.port):\(version)"
+            if record.fingerprint == fingerprint, let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) { continue }
+            if let pid = record.pid { ProcessControl.stopGroup(pid, grace: options.stopGrace) }
+            let directory = root.appendingPathComponent(environment.name).appendingPathComponent("redis-\(cache.name)")
+            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            record.workdir = directory.path
+            record.fingerprint = fingerprint
+            record.phase = "Starting"
+            try startCache(&record, cache: cache.name, progress: progress)
+            records[name] = record
+            changes.append("+cache \(cache.name)")
+        }
+        return changes
+    }
+
+    func startCache(_ record: inout ServiceRecord, cache: String, progress: (String) -> Void) throws {
+        let configuration = try cacheConfiguration(cache, environment: record.environment, port: record.port, directory: record.workdir!)
+        try start(&record, resolved: ResolvedService(command: ["redis-server", "-"], environment: [:]), input: configuration, progress: progress)
+        var probe = Service(name: record.name)
+        probe.command = ["redis-server"]
+        try waitHealthy(&record, service: probe, progress: progress)
+    }
+}
