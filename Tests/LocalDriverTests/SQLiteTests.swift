@@ -1,0 +1,58 @@
+import Foundation
+import Testing
+import TestSupport
+@testable import LocalDriver
+@testable import Reconciler
+import StateStore
+
+@Suite(.serialized) struct SQLiteTests {
+    @Test func seededClonedAndIsolatedSQLiteDatabases() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("db/seed.sql", "CREATE TABLE users(name TEXT); INSERT INTO users VALUES ('ada'), ('grace');")
+        try repo.write("apps/dbapp/server.py", """
+            import http.server, os, sqlite3
+            class H(http.server.BaseHTTPRequestHandler):
+                def do_GET(self):
+                    path = os.environ["DATABASE_URL"][len("sqlite://"):]
+                    count = sqlite3.connect(path).execute("select count(*) from users").fetchone()[0]
+                    body = f"users={count}".encode()
+                    self.send_response(200); self.end_headers(); self.wfile.write(body)
+            http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+            """)
+        for (name, extra) in [("app", "seed: db/seed.sql"), ("copy", "cloneFrom: app")] {
+            try repo.write("environments/\(name).yaml", """
+                apiVersion: gantry/v1
+                kind: Environment
+                metadata: {name: \(name), class: development}
+                spec:
+                  databases:
+                    main: {engine: sqlite, \(extra)}
+                  services:
+                    web:
+                      source: apps/dbapp
+                      command: ["python3", "server.py"]
+                      env: {DATABASE_URL: "${databases.main.url}"}
+                      health: {http: /}
+                """)
+        }
+        try repo.commit("two environments with sqlite")
+        let harness = try Harness(repo: repo)
+        let summary = try harness.pass()
+        #expect(summary.applied.contains("app") && summary.applied.contains("copy"), "\(summary)")
+        #expect(try harness.get("app") == "users=2")
+        #expect(try harness.get("copy") == "users=2")
+        let applied = try #require(try harness.records().last { $0.event == "applied" && $0.value("environment") == "app" })
+        #expect(applied.values("change").contains("+database main"))
+
+        // A preview has its own file: writing to it leaves the live database alone.
+        try repo.checkout("agents/db", create: true)
+        try repo.write("apps/dbapp/NOTE", "x")
+        try repo.commit("touch")
+        try harness.pass()
+        let previewPath = harness.driver.sqlitePath(environment: "app--agents-db", database: "main")
+        try Shell.check(["python3", "-c", "import sqlite3; c = sqlite3.connect('\(previewPath)'); c.execute(\"insert into users values ('x')\"); c.commit()"])
+        #expect(try harness.get("app--agents-db") == "users=3")
+        #expect(try harness.get("app") == "users=2")
+    }
+}
