@@ -15,11 +15,8 @@ extension LocalDriver {
     public func apply(_ environment: PlannedEnvironment, progress: (String) -> Void) throws -> ApplyOutcome {
         var outcome = ApplyOutcome()
         domain = environment.domain
-        let unsupported = environment.spec.databases.filter { $0.engine != "sqlite" }.map { "database \($0.name) (\($0.engine))" }
-        if !unsupported.isEmpty {
-            throw ProcessControl.SpawnError(description: "the local driver does not provide \(unsupported.joined(separator: ", ")) yet")
-        }
         outcome.changes += try applySQLite(environment, progress: progress)
+        outcome.changes += try applyPostgres(environment, progress: progress)
         outcome.changes += try runCreateJobs(environment, progress: progress)
         var records = Dictionary(uniqueKeysWithValues: try state.services(of: environment.name).map { ($0.name, $0) })
         // Ports first: every service's URL must be known before any command is interpolated.
@@ -94,8 +91,12 @@ extension LocalDriver {
         let resolver = Interpolation.resolver(spec: spec, domain: domain, ports: ports) { reference in
             if reference.hasPrefix("databases."), reference.hasSuffix(".url") {
                 let database = String(reference.dropFirst("databases.".count).dropLast(".url".count))
-                guard spec.databases.contains(where: { $0.name == database && $0.engine == "sqlite" }) else { return nil }
-                return "sqlite://" + self.sqlitePath(environment: spec.name, database: database)
+                guard let engine = spec.databases.first(where: { $0.name == database })?.engine else { return nil }
+                if engine == "sqlite" { return "sqlite://" + self.sqlitePath(environment: spec.name, database: database) }
+                if secretVersions {
+                    return (try? self.postgresPassword(environment: spec.name, database: database)).map { "postgres:\(database):\($0.version)" }
+                }
+                return try? self.postgresURL(environment: spec.name, database: database)
             }
             if reference.hasPrefix("caches."), reference.hasSuffix(".url") {
                 let cache = String(reference.dropFirst("caches.".count).dropLast(".url".count))

@@ -25,6 +25,7 @@ extension LocalDriver {
             ProcessControl.stopGroup(pid, grace: options.stopGrace)
         }
         problems += runDestroyJobs(name, repository: repository, progress: progress)
+        problems += dropPostgres(environment: name)
         do { try secrets?.removeAll(prefix: "gantry.", environment: name) } catch { problems.append("could not remove cache passwords: \(error)") }
         progress("removing working directories")
         let directory = root.appendingPathComponent(name)
@@ -53,7 +54,8 @@ extension LocalDriver {
             let environment = String(parts[1])
             // Only group leaders are ours to judge; their children go with the group.
             guard getpgid(pid) == pid else { continue }
-            if let record = known[pid], record.pidStart == ProcessControl.identity(of: pid)?.start, desired.contains(environment) {
+            if let record = known[pid], record.pidStart == ProcessControl.identity(of: pid)?.start,
+               desired.contains(environment) || environment == Self.hostEnvironment {
                 events.append(DriverEvent(environment: environment, kind: "adopted", message: "adopted service \(record.name) (pid \(pid)) after a restart"))
                 continue
             }
@@ -73,6 +75,18 @@ extension LocalDriver {
             if let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) { continue }
             let key = "\(record.environment)/\(record.name)"
             if let next = nextRestart[key], next > now { continue }
+            if record.environment == Self.hostEnvironment {
+                if record.name == Self.postgresRecord {
+                    nextRestart[key] = now.addingTimeInterval(min(options.restartBackoff * 2, options.maxRestartBackoff))
+                    do {
+                        _ = try ensurePostgres { _ in }
+                        events.append(DriverEvent(environment: record.environment, kind: "restarted", message: "PostgreSQL had stopped; restarted it"))
+                    } catch {
+                        events.append(DriverEvent(environment: record.environment, kind: "restart-failed", message: "PostgreSQL could not be restarted: \(error)"))
+                    }
+                }
+                continue
+            }
             let cache = record.name.hasPrefix("redis:") ? String(record.name.dropFirst("redis:".count)) : nil
             guard let environment = try? state.environment(record.environment), let json = environment.specJSON,
                   let spec = try? JSONDecoder().decode(EnvironmentSpec.self, from: Data(json.utf8)),

@@ -15,7 +15,10 @@ extension Reconciler {
         let identity = try admission.judgeIdentity(branch: branch, tip: tip,
                                                    lastAdmitted: try state.admittedCommit(branch: branch).flatMap(ObjectID.init(hex:)),
                                                    context: context)
-        for environment in desired {
+        // Environments that clone another's data come after the ones they clone from.
+        let ordered = desired.filter { !($0.spec?.databases.contains { $0.cloneFrom != nil } ?? false) }
+            + desired.filter { $0.spec?.databases.contains { $0.cloneFrom != nil } ?? false }
+        for environment in ordered {
             try converge(environment, commit: commit, identity: identity, context: context, &summary)
         }
         if identity.problems.isEmpty { try state.setAdmitted(branch: branch, commit: tip.hex) }
