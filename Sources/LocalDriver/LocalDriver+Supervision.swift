@@ -66,7 +66,7 @@ extension LocalDriver {
         return events
     }
 
-    public func supervise() -> [DriverEvent] {
+    public func supervise(correct: Bool = true) -> [DriverEvent] {
         var events: [DriverEvent] = []
         let now = Date()
         for var record in (try? state.allServices()) ?? [] {
@@ -74,6 +74,11 @@ extension LocalDriver {
             guard record.phase == "Running" || record.phase == "Restarting" || record.phase == "Starting" else { continue }
             if let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) { continue }
             let key = "\(record.environment)/\(record.name)"
+            guard correct else {
+                events.append(DriverEvent(environment: record.environment, kind: "drift-detected",
+                                          message: "\(record.name) is not running (pid \(record.pid.map(String.init) ?? "none")); not restarted (--detect-only)"))
+                continue
+            }
             if let next = nextRestart[key], next > now { continue }
             if record.environment == Self.hostEnvironment {
                 if record.name == Self.postgresRecord {
@@ -110,7 +115,7 @@ extension LocalDriver {
                 record.phase = "Running"
                 try state.save(record)
                 events.append(DriverEvent(environment: record.environment, kind: "restarted",
-                                          message: "service \(record.name) had stopped; restarted it (restart \(record.restarts), next backoff \(Int(delay))s)"))
+                                          message: "\(record.name.hasPrefix("redis:") ? "cache \(record.name.dropFirst(6))" : "service \(record.name)") was not running (pid \(record.pid.map(String.init) ?? "none") gone); restarted it (restart \(record.restarts), next backoff \(Int(delay))s)"))
             } catch {
                 events.append(DriverEvent(environment: record.environment, kind: "restart-failed",
                                           message: "service \(record.name) could not be restarted: \(error)"))
@@ -138,5 +143,30 @@ extension LocalDriver {
         for record in (try? state.allServices()) ?? [] {
             if let pid = record.pid { ProcessControl.stopGroup(pid, grace: options.stopGrace) }
         }
+    }
+}
+
+extension LocalDriver {
+    public func drift(_ environment: PlannedEnvironment) -> [String] {
+        var found: [String] = []
+        for database in environment.spec.databases {
+            switch database.engine {
+            case "sqlite":
+                if !FileManager.default.fileExists(atPath: sqlitePath(environment: environment.name, database: database.name)) {
+                    found.append("database \(database.name) (sqlite) is missing")
+                }
+            case "postgres":
+                let name = Self.postgresName(environment: environment.name, database: database.name)
+                guard let record = try? state.services(of: Self.hostEnvironment).first(where: { $0.name == Self.postgresRecord }),
+                      let exists = try? psql(port: record.port, sql: "SELECT 1 FROM pg_database WHERE datname = '\(name)'") else {
+                    found.append("database \(database.name) (postgres) is unreachable: the server is not running")
+                    continue
+                }
+                if !exists.contains("1") { found.append("database \(database.name) (postgres \(name)) was dropped") }
+            default:
+                continue
+            }
+        }
+        return found
     }
 }

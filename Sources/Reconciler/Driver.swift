@@ -52,8 +52,12 @@ public protocol Driver: AnyObject {
     func destroy(environment name: String, repository: GitRepository?, progress: (String) -> Void) throws -> [String]
     /// Called once at start: adopt what survived a restart of Gantry, stop what nobody wants.
     func recover(desired: Set<String>) -> [DriverEvent]
-    /// Called every pass: restart what crashed, rotate logs; returns what it did.
-    func supervise() -> [DriverEvent]
+    /// Called every pass: restart what crashed (only report it when `correct` is false), rotate
+    /// logs; returns what it found and did (`restarted`, `drift-detected`, ...).
+    func supervise(correct: Bool) -> [DriverEvent]
+    /// What of a running environment's state is missing besides its processes (a dropped database);
+    /// `apply` recreates it.
+    func drift(_ environment: PlannedEnvironment) -> [String]
     /// Stops everything without forgetting it (used when Gantry shuts down with `--stop-on-exit`).
     func shutdown()
 }

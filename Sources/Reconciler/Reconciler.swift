@@ -15,6 +15,8 @@ public final class Reconciler: @unchecked Sendable {
         public var protectedBranch = "main"
         /// Seconds between polls of the refs.
         public var pollInterval = 1.0
+        /// Report drift (stopped processes, dropped databases) without correcting it.
+        public var detectOnly = false
         public init() {}
     }
 
@@ -27,6 +29,9 @@ public final class Reconciler: @unchecked Sendable {
         public var failed: [String] = []
         public var destroyed: [String] = []
         public var pending: [String] = []
+        /// Environments whose drift was corrected (recorded), or only detected (`detectOnly`).
+        public var driftCorrected: [String] = []
+        public var drift: [String] = []
         public var skipped = false
     }
 
@@ -140,7 +145,7 @@ public final class Reconciler: @unchecked Sendable {
         }
         try sweep(branches: branches, context: context, protectedChanged: changed.contains { $0.key == protectedBranch }, &summary)
         rotateSecrets(context: context, &summary)
-        for event in driver.supervise() { note(event) }
+        correctDrift(context: context, &summary)
         return summary
     }
 

@@ -24,6 +24,8 @@ struct Run: ParsableCommand {
     var branch = "main"
     @Flag(help: "Stop every service when Gantry exits (default: leave them running for the next start to adopt).")
     var stopOnExit = false
+    @Flag(help: "Report drift (stopped processes, dropped databases) without correcting it.")
+    var detectOnly = false
     @Flag(help: "Log debug detail.")
     var verbose = false
 
@@ -54,6 +56,7 @@ struct Run: ParsableCommand {
         var options = Reconciler.Options()
         options.protectedBranch = branch
         options.pollInterval = interval
+        options.detectOnly = detectOnly
         let reconciler = Reconciler(repository: repository, state: store, audit: audit, driver: driver, logger: logger, options: options)
         if RepositoryLocation.isRemote(location) {
             reconciler.beforePass = { try repository.fetch(url: location) }

@@ -18,7 +18,8 @@ final class Harness: @unchecked Sendable {
 
     /// A new reconciler; with `reusing`, a restart over the same state directory (a new process would
     /// have the same view: the state DB, the key and the running services).
-    init(repo: TestRepository, reusing previous: Harness? = nil, configure: (inout LocalDriver.Options) -> Void = { _ in }) throws {
+    init(repo: TestRepository, reusing previous: Harness? = nil, detectOnly: Bool = false,
+         configure: (inout LocalDriver.Options) -> Void = { _ in }) throws {
         self.repo = repo
         stateDirectory = previous?.stateDirectory ?? TemporaryDirectory("gantry-state")
         state = try StateStore(path: stateDirectory.path + "/gantry.db")
@@ -31,7 +32,10 @@ final class Harness: @unchecked Sendable {
         configure(&options)
         driver = LocalDriver(stateDirectory: stateDirectory.url, state: state, logger: logger, options: options)
         driver.secrets = try SecretStore(state: state, keyPath: stateDirectory.path + "/keys/secrets.key")
-        reconciler = Reconciler(repository: git, state: state, audit: AuditLog(repository: git, key: key), driver: driver, logger: logger)
+        var reconcilerOptions = Reconciler.Options()
+        reconcilerOptions.detectOnly = detectOnly
+        reconciler = Reconciler(repository: git, state: state, audit: AuditLog(repository: git, key: key), driver: driver, logger: logger,
+                                options: reconcilerOptions)
     }
 
     deinit { driver.shutdown() }

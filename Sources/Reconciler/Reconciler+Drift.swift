@@ -1,0 +1,51 @@
+import Audit
+import Foundation
+import GitStore
+import SpecModel
+import StateStore
+
+extension Reconciler {
+    /// Every pass compares actual with desired for running environments: processes the driver finds
+    /// stopped, databases that disappeared. Corrections are recorded as `drift-corrected` with what
+    /// was found; with `detectOnly` the drift is only reported.
+    func correctDrift(context: PassContext, _ summary: inout PassSummary) {
+        var corrected: [String: [String]] = [:]
+        for event in driver.supervise(correct: !options.detectOnly) {
+            note(event)
+            if event.kind == "restarted" { corrected[event.environment, default: []].append(event.message) }
+            if event.kind == "drift-detected" { summary.drift.append(event.environment) }
+        }
+        for record in (try? state.environments()) ?? [] where record.phase == .running {
+            guard let json = record.specJSON, let spec = try? JSONDecoder().decode(EnvironmentSpec.self, from: Data(json.utf8)),
+                  !spec.databases.isEmpty, let applied = record.appliedCommit.flatMap(ObjectID.init(hex:)) else { continue }
+            let plan = PlannedEnvironment(name: record.name, branch: record.branch, commit: applied, spec: spec,
+                                          fingerprint: record.fingerprint ?? "", domain: record.domain ?? context.settings.domain,
+                                          repository: repository)
+            let found = driver.drift(plan)
+            guard !found.isEmpty else { continue }
+            if options.detectOnly {
+                for item in found { note(DriverEvent(environment: record.name, kind: "drift-detected", message: "\(item); not corrected (--detect-only)")) }
+                summary.drift.append(record.name)
+                continue
+            }
+            do {
+                _ = try driver.apply(plan) { step in logger.info("Correcting drift of \(record.name): \(step)") }
+                corrected[record.name, default: []] += found.map { "\($0); recreated" }
+            } catch {
+                logger.error("could not correct drift", metadata: ["gantry.env": "\(record.name)", "error": "\(error)"])
+            }
+        }
+        for (environment, findings) in corrected.sorted(by: { $0.key < $1.key }) {
+            guard let record = try? state.environment(environment), record.phase != .destroyed else { continue }
+            let commit = record.appliedCommit ?? record.commit
+            let fields: [(key: String, value: String)] = [("environment", environment), ("branch", record.branch), ("commit", commit)]
+                + findings.map { (key: "found", value: $0) }
+            do {
+                try audit.append([AuditEntry(event: .driftCorrected, commit: commit, fields: fields)])
+                summary.driftCorrected.append(environment)
+            } catch {
+                logger.error("could not record corrected drift", metadata: ["gantry.env": "\(environment)", "error": "\(error)"])
+            }
+        }
+    }
+}
