@@ -40,9 +40,11 @@ let package = Package(
         // The embedded default driver: supervised local processes.
         .target(name: "LocalDriver", dependencies: ["Reconciler", "SpecModel", "StateStore",
                                                     .product(name: "Logging", package: "swift-log")]),
+        // Ingress: routes <route>.<environment>.<domain> by Host to services.
+        .target(name: "Gateway"),
         // The CLI and composition root.
         .executableTarget(name: "gantry", dependencies: [
-            "GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver", "Governance", "CEL",
+            "GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver", "Governance", "CEL", "Gateway",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),

@@ -1,10 +1,12 @@
 import ArgumentParser
 import Audit
 import Foundation
+import Gateway
 import GitStore
 import LocalDriver
 import Logging
 import Reconciler
+import SpecModel
 import StateStore
 #if canImport(Glibc)
 import Glibc
@@ -24,6 +26,10 @@ struct Run: ParsableCommand {
     var branch = "main"
     @Flag(help: "Stop every service when Gantry exits (default: leave them running for the next start to adopt).")
     var stopOnExit = false
+    @Option(help: "Port of the HTTP router on 127.0.0.1 for routes (<route>.<environment>.<domain>); 0 picks a free one.")
+    var routerPort = 8080
+    @Flag(help: "Do not start the HTTP router.")
+    var noRouter = false
     @Flag(help: "Report drift (stopped processes, dropped databases) without correcting it.")
     var detectOnly = false
     @Flag(help: "Log debug detail.")
@@ -80,6 +86,22 @@ struct Run: ParsableCommand {
             return
         }
         try Data("\(getpid())\n".utf8).write(to: URL(fileURLWithPath: paths.pidFile))
+        var router: Router?
+        if !noRouter {
+            let candidate = Router { [store] in RouteTable.build(store) }
+            do {
+                try candidate.start(port: routerPort)
+                try Data("\(candidate.port)\n".utf8).write(to: URL(fileURLWithPath: paths.routerPortFile))
+                logger.info("router listening on 127.0.0.1:\(candidate.port)")
+                router = candidate
+            } catch {
+                logger.error("the router could not start; routes are not served (use --router-port)", metadata: ["error": "\(error)"])
+            }
+        }
+        defer {
+            router?.stop()
+            try? FileManager.default.removeItem(atPath: paths.routerPortFile)
+        }
         defer { try? FileManager.default.removeItem(atPath: paths.pidFile) }
         let stop = StopFlag()
         let wake = WakeSignal()
@@ -124,5 +146,29 @@ struct Keys: ParsableCommand {
     func run() throws {
         let key = try SigningKey.loadOrCreate(at: StatePaths(root: state.directory).key)
         print("gantry \(key.publicKey.authorizedKey)")
+    }
+}
+
+/// The router's view of the state: every route of every running environment.
+enum RouteTable {
+    static func build(_ store: StateStore) -> [String: RouteTarget] {
+        var table: [String: RouteTarget] = [:]
+        for environment in (try? store.environments()) ?? [] {
+            guard let json = environment.specJSON,
+                  let spec = try? JSONDecoder().decode(EnvironmentSpec.self, from: Data(json.utf8)) else { continue }
+            let services = (try? store.services(of: environment.name)) ?? []
+            for route in spec.routes {
+                let host = "\(route.name).\(environment.name).\(environment.domain ?? "localhost")".lowercased()
+                guard let service = services.first(where: { $0.name == route.service }) else {
+                    table[host] = RouteTarget(environment: environment.name, port: nil, reason: "service \(route.service) has no process (\(environment.phase.rawValue))")
+                    continue
+                }
+                let phase = LocalDriver.observedPhase(of: service)
+                table[host] = phase == "Running"
+                    ? RouteTarget(environment: environment.name, port: service.port)
+                    : RouteTarget(environment: environment.name, port: nil, reason: "service \(route.service) is \(phase)")
+            }
+        }
+        return table
     }
 }

@@ -11,6 +11,7 @@ struct StatePaths {
     var database: String { root.appendingPathComponent("gantry.db").path }
     var key: String { root.appendingPathComponent("keys/gantry_ed25519").path }
     var pidFile: String { root.appendingPathComponent("gantry.pid").path }
+    var routerPortFile: String { root.appendingPathComponent("router.port").path }
     var lockFile: String { root.appendingPathComponent("gantry.lock").path }
     var repositoryFile: String { root.appendingPathComponent("repository").path }
     var mirror: String { root.appendingPathComponent("mirror.git").path }

@@ -21,6 +21,8 @@ struct Status: ParsableCommand {
             throw Failure("no state at \(paths.root.path); start Gantry with `gantry run --repo PATH --state \(paths.root.path)`")
         }
         let store = try StateStore(path: paths.database)
+        let routerPort = (try? String(contentsOfFile: paths.routerPortFile, encoding: .utf8))
+            .flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 8080
         var environments = try store.environments(includeDestroyed: all || env != nil)
         if let env {
             environments = environments.filter { $0.name == env }
@@ -40,7 +42,7 @@ struct Status: ParsableCommand {
                 conditions.append("Unhealthy")
             }
             let routes: [PlainValue] = (spec?.routes ?? []).map {
-                .map([("name", .string($0.name)), ("url", .string("http://\($0.name).\(environment.name).\(domain):8080"))])
+                .map([("name", .string($0.name)), ("url", .string("http://\($0.name).\(environment.name).\(domain):\(routerPort)"))])
             }
             var fields: [(key: String, value: PlainValue)] = [
                 ("name", .string(environment.name)), ("branch", .string(environment.branch)), ("commit", .string(environment.commit)),

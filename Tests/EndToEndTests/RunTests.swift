@@ -20,8 +20,8 @@ import TestSupport
         let state = TemporaryDirectory()
         defer { killMarked(state: state.path) }
         // A long poll interval: only `gantry notify` can make the second pass happen quickly.
-        let run = try GantryProcess(["run", "--repo", repo.path, "--state", state.path, "--interval", "60", "--stop-on-exit"],
-                                    log: state.path + "/run.log")
+        let run = try GantryProcess(["run", "--repo", repo.path, "--state", state.path, "--interval", "60", "--stop-on-exit",
+                                     "--router-port", "0"], log: state.path + "/run.log")
         #expect(eventually(30) { running(state.path) == ["web", "status-page"] })
         try repo.checkout("feature", create: true)
         try repo.write("apps/hello/NOTE", "x")
@@ -37,8 +37,24 @@ import TestSupport
         let services = try #require(preview["services"] as? [[String: Any]])
         let url = try #require(services.first?["url"] as? String)
         #expect(httpGet(url)?.contains("hello from web--feature") == true)
+        // The router serves the route by Host, forwarding the client's address.
+        let routerPort = try #require(Int(try String(contentsOfFile: state.path + "/router.port", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines)))
         let routes = try #require(preview["routes"] as? [[String: Any]])
-        #expect(routes.first?["url"] as? String == "http://www.web--feature.localhost:8080")
+        #expect(routes.first?["url"] as? String == "http://www.web--feature.localhost:\(routerPort)")
+        let routed = try Shell.run(["curl", "-s", "--max-time", "3", "-H", "Host: www.web--feature.localhost:\(routerPort)",
+                                    "http://127.0.0.1:\(routerPort)/hello"])
+        #expect(routed.stdout.contains("hello from web--feature") && routed.stdout.contains("/hello"), "\(routed.stdout)")
+        let unknown = try Shell.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "3",
+                                     "-H", "Host: nope.localhost", "http://127.0.0.1:\(routerPort)/"])
+        #expect(unknown.stdout == "404")
+        // A backend that is down gets a page naming the environment and why.
+        for (pid, mark) in markedProcesses(state: state.path) where mark == "web--feature:web" { kill(-pid, SIGKILL); kill(pid, SIGKILL) }
+        #expect(eventually(5) {
+            let page = (try? Shell.run(["curl", "-s", "--max-time", "3", "-H", "Host: www.web--feature.localhost",
+                                        "http://127.0.0.1:\(routerPort)/"]))?.stdout ?? ""
+            return page.contains("502 No healthy backend") && page.contains("Environment web--feature")
+        })
         #expect((preview["conditions"] as? [String]) == [])
         run.terminate()
         #expect(markedProcesses(state: state.path).isEmpty)

@@ -1,0 +1,172 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Where a hostname routes: a backend port, or why there is none (for the error page).
+public struct RouteTarget: Sendable, Equatable {
+    public let environment: String
+    public let port: Int?
+    public let reason: String?
+
+    public init(environment: String, port: Int?, reason: String? = nil) {
+        self.environment = environment
+        self.port = port
+        self.reason = reason
+    }
+}
+
+/// The HTTP entrypoint: routes `<route>.<environment>.<domain>` by Host header to a service on
+/// loopback, streaming bytes both ways, adding `X-Forwarded-For`/`X-Forwarded-Host`, and answering
+/// 502/404 pages that say which environment and why when there is no healthy backend.
+public final class Router: @unchecked Sendable {
+    let table: @Sendable () -> [String: RouteTarget]
+    private var listener: Int32 = -1
+    public private(set) var port: Int = 0
+    private let lock = NSLock()
+
+    /// `table` maps lowercase hostnames (without port) to targets; it is asked on every request.
+    public init(table: @escaping @Sendable () -> [String: RouteTarget]) {
+        self.table = table
+    }
+
+    /// Listens on 127.0.0.1:`port` (0 picks a free port) and serves in background threads.
+    public func start(port requested: Int) throws {
+        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard fd >= 0 else { throw RouterError("socket: \(String(cString: strerror(errno)))") }
+        var yes: Int32 = 1
+        setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
+        _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(requested).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let bound = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard bound == 0, listen(fd, 128) == 0 else {
+            close(fd)
+            throw RouterError("cannot listen on 127.0.0.1:\(requested): \(String(cString: strerror(errno)))")
+        }
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        listener = fd
+        port = Int(UInt16(bigEndian: address.sin_port))
+        Thread.detachNewThread { [self] in acceptLoop(fd) }
+    }
+
+    public func stop() {
+        lock.withLock {
+            if listener >= 0 { shutdown(listener, Int32(SHUT_RDWR)); close(listener); listener = -1 }
+        }
+    }
+
+    private func acceptLoop(_ fd: Int32) {
+        while true {
+            var peer = sockaddr_in()
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let client = withUnsafeMutablePointer(to: &peer) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { accept(fd, $0, &length) } }
+            if client < 0 {
+                if errno == EINTR { continue }
+                return
+            }
+            _ = fcntl(client, F_SETFD, FD_CLOEXEC)
+            let address = String(cString: inet_ntoa(peer.sin_addr))
+            Thread.detachNewThread { [self] in handle(client, from: address) }
+        }
+    }
+
+    private func handle(_ client: Int32, from clientIP: String) {
+        defer { close(client) }
+        // Read the request head (bounded), then forward it and stream the rest.
+        var head = [UInt8]()
+        var buffer = [UInt8](repeating: 0, count: 8192)
+        while !head.containsHeadEnd() {
+            let count = recv(client, &buffer, buffer.count, 0)
+            if count <= 0 { return }
+            head += buffer[0..<count]
+            if head.count > 64 * 1024 { respond(client, 431, "Request header too large", detail: "The request head exceeds 64 KiB."); return }
+        }
+        guard let split = head.headEnd() else { return }
+        let headText = String(decoding: head[..<split], as: UTF8.self)
+        let body = Array(head[split...])
+        var lines = headText.components(separatedBy: "\r\n")
+        let hostLine = lines.first { $0.lowercased().hasPrefix("host:") }
+        let host = hostLine.map { String($0.dropFirst(5)).trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
+        let hostname = host.split(separator: ":").first.map(String.init) ?? host
+        guard let target = table()[hostname] else {
+            respond(client, 404, "No such route", detail: "No environment has a route for \(hostname.isEmpty ? "this request (no Host header)" : hostname).")
+            return
+        }
+        guard let port = target.port else {
+            respond(client, 502, "No healthy backend", detail: "Environment \(target.environment): \(target.reason ?? "its service is not running").")
+            return
+        }
+        let backend = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        guard backend >= 0 else { return }
+        defer { close(backend) }
+        var backendAddress = sockaddr_in()
+        backendAddress.sin_family = sa_family_t(AF_INET)
+        backendAddress.sin_port = UInt16(port).bigEndian
+        backendAddress.sin_addr.s_addr = inet_addr("127.0.0.1")
+        let connected = withUnsafePointer(to: &backendAddress) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(backend, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+        }
+        guard connected == 0 else {
+            respond(client, 502, "No healthy backend", detail: "Environment \(target.environment): its service refused the connection on port \(port).")
+            return
+        }
+        lines.removeAll { $0.isEmpty }
+        lines.insert("X-Forwarded-For: \(clientIP)", at: 1)
+        lines.insert("X-Forwarded-Host: \(host)", at: 2)
+        let forwarded = Array((lines.joined(separator: "\r\n") + "\r\n\r\n").utf8) + body
+        guard sendAll(backend, forwarded) else { return }
+        // Stream the rest of the request to the backend while the response streams back.
+        let pump = Thread { [self] in
+            var chunk = [UInt8](repeating: 0, count: 16384)
+            while true {
+                let count = recv(client, &chunk, chunk.count, 0)
+                if count <= 0 || !sendAll(backend, Array(chunk[0..<count])) { break }
+            }
+            shutdown(backend, Int32(SHUT_WR))
+        }
+        pump.start()
+        var chunk = [UInt8](repeating: 0, count: 16384)
+        while true {
+            let count = recv(backend, &chunk, chunk.count, 0)
+            if count <= 0 || !sendAll(client, Array(chunk[0..<count])) { break }
+        }
+        shutdown(client, Int32(SHUT_RDWR))
+    }
+
+    private func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {
+        var offset = 0
+        while offset < bytes.count {
+            let sent = bytes[offset...].withUnsafeBytes { send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+            if sent <= 0 { return false }
+            offset += sent
+        }
+        return true
+    }
+
+    private func respond(_ fd: Int32, _ status: Int, _ title: String, detail: String) {
+        let escaped = detail.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
+        let body = "<!doctype html><title>\(status) \(title)</title><h1>\(status) \(title)</h1><p>\(escaped)</p><p>gantry router</p>\n"
+        let response = "HTTP/1.1 \(status) \(title)\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
+        _ = sendAll(fd, Array(response.utf8))
+    }
+}
+
+public struct RouterError: Error, CustomStringConvertible {
+    public let description: String
+    init(_ description: String) { self.description = description }
+}
+
+extension Array where Element == UInt8 {
+    func headEnd() -> Int? {
+        guard count >= 4 else { return nil }
+        for i in 0...(count - 4) where self[i] == 13 && self[i + 1] == 10 && self[i + 2] == 13 && self[i + 3] == 10 { return i + 4 }
+        return nil
+    }
+    func containsHeadEnd() -> Bool { headEnd() != nil }
+}
