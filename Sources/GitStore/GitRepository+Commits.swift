@@ -155,3 +155,27 @@ extension GitRepository {
         }
     }
 }
+
+extension GitRepository {
+    /// A commit on top of `parent` whose tree is the parent's with `path` set to `content`;
+    /// signed by `sign` when given. No ref is moved.
+    public func commit(adding content: Data, at path: String, parent: ObjectID, message: String,
+                       authorName: String, authorEmail: String, sign: ((Data) throws -> String)? = nil) throws -> ObjectID {
+        let tree: ObjectID = try locked {
+            let blob = try createBlob(content)
+            return try withTree(of: parent) { base in
+                var update = git_tree_update()
+                update.action = GIT_TREE_UPDATE_UPSERT
+                update.id = blob.oid
+                update.filemode = GIT_FILEMODE_BLOB
+                var out = git_oid()
+                try path.withCString { pointer in
+                    update.path = pointer
+                    try check("update tree", git_tree_create_updated(&out, handle, base, 1, &update))
+                }
+                return ObjectID(out)
+            }
+        }
+        return try createCommit(tree: tree, parents: [parent], message: message, authorName: authorName, authorEmail: authorEmail, sign: sign)
+    }
+}

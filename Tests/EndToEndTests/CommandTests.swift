@@ -223,3 +223,24 @@ import TestSupport
         run.terminate()
     }
 }
+
+@Suite(.serialized) struct EnvCloneTests {
+    @Test func cloneCreatesASignedBranchCommitWhosePreviewRuns() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let clone = try gantry("env", "clone", "web", "--as", "web-copy", "--repo", repo.path, "--key", repo.keyPath, "--email", "agent@example.com")
+        #expect(clone.status == 0, "\(clone.stderr)")
+        #expect(clone.stdout.contains("created environments/web-copy.yaml on branch clone/web-copy"))
+        let copy = try repo.git("show", "clone/web-copy:environments/web-copy.yaml")
+        #expect(copy.contains("name: web-copy") && copy.contains("template: python-web"))
+        #expect(try Shell.run(["git", "-C", repo.path, "-c", "gpg.ssh.allowedSignersFile=\(repo.path)/identities/allowed_signers",
+                               "verify-commit", "clone/web-copy"]).status == 0)
+        let state = TemporaryDirectory()
+        defer { killMarked(state: state.path) }
+        #expect(try gantry("run", "--repo", repo.path, "--state", state.path, "--once", "--no-router").status == 0)
+        let status = try gantry("status", "--state", state.path, "--env", "web-copy--clone-web-copy").stdout
+        #expect(status.contains("Running") && status.contains("preview"), "\(status)")
+        #expect(try gantry("env", "clone", "web", "--as", "bad--name", "--repo", repo.path).status != 0)
+        #expect(try gantry("env", "clone", "nope", "--as", "x", "--repo", repo.path).stderr.contains("has no environment 'nope'"))
+    }
+}
