@@ -308,4 +308,87 @@ if runs("cel") {
                    ours, result.stderr.split(separator: "\n").last.map(String.init) ?? ""))
     }
 }
+// MARK: 6. Full stack: push -> preview with a seeded PostgreSQL database serving a query; a 100 MB clone.
+if runs("fullstack") {
+    let repo = try TestRepository()
+    try repo.seedExample()
+    try repo.write("db/seed.sql", "CREATE TABLE users(name text); INSERT INTO users SELECT 'user' || g FROM generate_series(1, 1000) g;")
+    try repo.write("apps/pgapp/server.py", """
+        import http.server, os, subprocess
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                out = subprocess.run(["psql", os.environ["DATABASE_URL"], "-Atc", "select count(*) from users"], capture_output=True, text=True)
+                self.send_response(200 if out.returncode == 0 else 500); self.end_headers(); self.wfile.write(out.stdout.encode())
+            def log_message(self, *args): pass
+        http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+        """)
+    try repo.write("environments/shop.yaml", """
+        apiVersion: gantry/v1
+        kind: Environment
+        metadata: {name: shop, class: development}
+        spec:
+          databases:
+            main: {engine: postgres, seed: db/seed.sql}
+          services:
+            web:
+              source: apps/pgapp
+              command: ["python3", "server.py"]
+              env: {DATABASE_URL: "${databases.main.url}"}
+              health: {http: /}
+        """)
+    try repo.commit("a shop with PostgreSQL")
+    let state = TemporaryDirectory("gantry-bench")
+    let store = try StateStore(path: state.path + "/gantry.db")
+    let git = try repo.open()
+    let driver = LocalDriver(stateDirectory: state.url, state: store, logger: logger)
+    driver.secrets = try SecretStore(state: store, keyPath: state.path + "/keys/secrets.key")
+    defer { driver.shutdown() }
+    let reconciler = Reconciler(repository: git, state: store,
+                                audit: AuditLog(repository: git, key: try SigningKey.loadOrCreate(at: state.path + "/key")),
+                                driver: driver, logger: logger)
+    let first = try time { try reconciler.runPass() }
+    say("first pass with PostgreSQL (initdb, server start, seeded database): \(milliseconds(first))")
+    var samples: [Double] = []
+    for index in 0..<10 {
+        try repo.checkout("main")
+        try repo.checkout("pg-\(index)", create: true)
+        try repo.write("environments/shop.yaml", try String(contentsOfFile: repo.path + "/environments/shop.yaml", encoding: .utf8) + "# \(index)\n")
+        try repo.commit("preview \(index)")
+        let name = "shop--pg-\(index)"
+        samples.append(try time {
+            try reconciler.runPass()
+            let port = try store.services(of: name).first { $0.name == "web" }?.port ?? 0
+            while httpGet("http://127.0.0.1:\(port)/")?.contains("1000") != true { usleep(2_000) }
+        })
+    }
+    report("push -> preview with a seeded PostgreSQL database serving a query over HTTP", samples)
+
+    // A 100 MB database, cloned by a new environment, against pg_dump | psql by hand.
+    guard let postgres = try store.services(of: "_host").first(where: { $0.name == "postgres" }) else {
+        throw ShellError(description: "PostgreSQL did not start: \(try store.environment("shop")?.message ?? "")")
+    }
+    let socket = state.path + "/postgres/run"
+    func sql(_ text: String, database: String = "g_shop_main") throws {
+        _ = try Shell.check(["psql", "-h", socket, "-p", String(postgres.port), "-U", "postgres", "-d", database, "-q", "-v", "ON_ERROR_STOP=1"], input: text)
+    }
+    try sql("CREATE TABLE blobs(id int, payload text); INSERT INTO blobs SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, 110000) g; ANALYZE;")
+    let size = try Shell.check(["psql", "-h", socket, "-p", String(postgres.port), "-U", "postgres", "-d", "g_shop_main", "-At", "-c",
+                                "select pg_size_pretty(pg_database_size('g_shop_main'))"]).trimmingCharacters(in: .whitespacesAndNewlines)
+    try repo.checkout("main")
+    try repo.write("environments/shop-copy.yaml", """
+        apiVersion: gantry/v1
+        kind: Environment
+        metadata: {name: shop-copy, class: development}
+        spec:
+          databases:
+            main: {engine: postgres, cloneFrom: shop}
+        """)
+    try repo.commit("clone the shop")
+    let clone = try time { try reconciler.runPass() }
+    try sql("CREATE DATABASE manual_copy", database: "postgres")
+    let manual = try time {
+        _ = try Shell.check(["bash", "-c", "pg_dump -h \(socket) -p \(postgres.port) -U postgres --no-owner g_shop_main | psql -q -h \(socket) -p \(postgres.port) -U postgres manual_copy"])
+    }
+    say("clone of a \(size) database (cloneFrom): \(milliseconds(clone)) | baseline pg_dump | psql by hand: \(milliseconds(manual)) | ratio \(String(format: "%.2fx", clone / manual))")
+}
 say("done")

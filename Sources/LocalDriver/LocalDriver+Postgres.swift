@@ -125,9 +125,9 @@ extension LocalDriver {
                 let sourceName = Self.postgresName(environment: source, database: database.name)
                 if try psql(port: port, sql: "SELECT 1 FROM pg_database WHERE datname = '\(sourceName)'").contains("1") {
                     progress("cloning \(sourceName) into \(name) (pg_dump | psql, works while the source is in use)")
-                    let dump = try runTool(["pg_dump", "-h", postgresSocketDirectory, "-p", String(port), "-U", "postgres",
-                                            "--no-owner", "--no-privileges", sourceName])
-                    try psql(port: port, sql: dump, database: name, user: name)
+                    // Streamed: the dump never sits in Gantry's memory.
+                    try runTool(["bash", "-c", "set -o pipefail; pg_dump -h \"$1\" -p \"$2\" -U postgres --no-owner --no-privileges \"$3\" | psql -q -X -v ON_ERROR_STOP=1 -h \"$1\" -p \"$2\" -U \"$4\" -d \"$4\"",
+                                 "clone", postgresSocketDirectory, String(port), sourceName, name])
                     changes.append("+database \(database.name) (cloned from \(source))")
                     continue
                 }
