@@ -133,8 +133,8 @@ import TestSupport
 }
 
 @Suite(.serialized) struct SecretTests {
-    @Test func secretsReachOnlyTheirScopeAndNeverAppearInPlainText() throws {
-        let value = "sk_live_\(UUID().uuidString)"
+    /// example-repo plus `pay`, whose service shows the secret api-key in its greeting.
+    func payRepository() throws -> TestRepository {
         let repo = try TestRepository()
         try repo.seedExample()
         try repo.write("environments/pay.yaml", """
@@ -149,6 +149,12 @@ import TestSupport
                   env: {GREETING: "key=${secrets.api-key}"}
             """)
         try repo.commit("an environment with a secret")
+        return repo
+    }
+
+    @Test func secretsReachOnlyTheirScopeAndNeverAppearInPlainText() throws {
+        let value = "sk_live_\(UUID().uuidString)"
+        let repo = try payRepository()
         let state = TemporaryDirectory()
         defer { killMarked(state: state.path) }
 
@@ -187,20 +193,7 @@ import TestSupport
     }
 
     @Test func rotatingASecretRestartsItsServicesAndIsRecordedByName() throws {
-        let repo = try TestRepository()
-        try repo.seedExample()
-        try repo.write("environments/pay.yaml", """
-            apiVersion: gantry/v1
-            kind: Environment
-            metadata: {name: pay, team: payments, class: staging}
-            spec:
-              template: python-web
-              secrets: [api-key]
-              services:
-                web:
-                  env: {GREETING: "key=${secrets.api-key}"}
-            """)
-        try repo.commit("an environment with a secret")
+        let repo = try payRepository()
         let state = TemporaryDirectory()
         defer { killMarked(state: state.path) }
         #expect(try gantry("secret", "set", "api-key", "--team", "payments", "--state", state.path, input: "first-value").status == 0)

@@ -8,10 +8,7 @@ import StateStore
 /// Real redis-server per environment.
 @Suite(.serialized) struct CacheTests {
     func redisURL(servicePid: Int32?) throws -> String {
-        let pid = try #require(servicePid)
-        let environ = try #require(FileManager.default.contents(atPath: "/proc/\(pid)/environ"))
-        let variable = try #require(environ.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }.first { $0.hasPrefix("REDIS_URL=") })
-        return String(variable.dropFirst("REDIS_URL=".count))
+        try #require(processEnvironmentVariable(pid: servicePid, "REDIS_URL"))
     }
 
     @Test func eachEnvironmentGetsItsOwnPasswordProtectedRedis() throws {

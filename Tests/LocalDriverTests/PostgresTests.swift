@@ -8,10 +8,7 @@ import StateStore
 /// A real PostgreSQL server (Debian's), started by Gantry under the state directory.
 @Suite(.serialized) struct PostgresTests {
     func databaseURL(_ harness: Harness, _ environment: String) throws -> String {
-        let pid = try #require(try harness.service(environment)?.pid)
-        let environ = try #require(FileManager.default.contents(atPath: "/proc/\(pid)/environ"))
-        let variable = try #require(environ.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }.first { $0.hasPrefix("DATABASE_URL=") })
-        return String(variable.dropFirst("DATABASE_URL=".count))
+        try #require(processEnvironmentVariable(pid: try harness.service(environment)?.pid, "DATABASE_URL"))
     }
 
     @Test func seededIsolatedClonedAndDroppedDatabases() throws {

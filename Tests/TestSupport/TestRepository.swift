@@ -116,3 +116,10 @@ public func httpGet(_ url: String) -> String? {
     guard let result = try? Shell.run(["curl", "-s", "--max-time", "3", url]), result.status == 0 else { return nil }
     return result.stdout
 }
+
+/// The value of `name` in the environment of process `pid` (read from /proc), as a service received it.
+public func processEnvironmentVariable(pid: Int32?, _ name: String) -> String? {
+    guard let pid, let environ = FileManager.default.contents(atPath: "/proc/\(pid)/environ") else { return nil }
+    return environ.split(separator: 0).map { String(decoding: $0, as: UTF8.self) }
+        .first { $0.hasPrefix(name + "=") }.map { String($0.dropFirst(name.count + 1)) }
+}
