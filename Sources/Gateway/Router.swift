@@ -37,10 +37,7 @@ public final class Router: @unchecked Sendable {
         var yes: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_port = UInt16(requested).bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var address = Self.loopback(requested)
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
@@ -105,10 +102,7 @@ public final class Router: @unchecked Sendable {
         let backend = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard backend >= 0 else { return }
         defer { close(backend) }
-        var backendAddress = sockaddr_in()
-        backendAddress.sin_family = sa_family_t(AF_INET)
-        backendAddress.sin_port = UInt16(port).bigEndian
-        backendAddress.sin_addr.s_addr = inet_addr("127.0.0.1")
+        var backendAddress = Self.loopback(port)
         let connected = withUnsafePointer(to: &backendAddress) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(backend, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
@@ -137,6 +131,14 @@ public final class Router: @unchecked Sendable {
             if count <= 0 || !sendAll(client, Array(chunk[0..<count])) { break }
         }
         shutdown(client, Int32(SHUT_RDWR))
+    }
+
+    static func loopback(_ port: Int) -> sockaddr_in {
+        var address = sockaddr_in()
+        address.sin_family = sa_family_t(AF_INET)
+        address.sin_port = UInt16(port).bigEndian
+        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        return address
     }
 
     private func sendAll(_ fd: Int32, _ bytes: [UInt8]) -> Bool {

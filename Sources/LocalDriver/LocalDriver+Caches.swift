@@ -12,15 +12,19 @@ extension LocalDriver {
 
     /// The cache's password, created on first use.
     func cachePassword(_ cache: String, environment: String) throws -> (value: String, version: String) {
-        guard let secrets else { throw ProcessControl.SpawnError(description: "caches need the secret store for their passwords") }
-        let name = "gantry.redis.\(cache)"
+        try generatedPassword("gantry.redis.\(cache)", environment: environment)
+    }
+
+    /// A password Gantry generates for a server it runs (a cache, a database role), kept encrypted in
+    /// the secret store under an environment-scoped `gantry.` name and created on first use.
+    func generatedPassword(_ name: String, environment: String) throws -> (value: String, version: String) {
+        guard let secrets else { throw ProcessControl.SpawnError(description: "\(name) needs the secret store for its password") }
         if let found = try secrets.lookup(name, environment: environment, class: "", team: nil) {
             return (String(decoding: found.value, as: UTF8.self), found.version)
         }
         let password = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }.map { String(format: "%02x", $0) }.joined()
         try secrets.set(name, value: Data(password.utf8), scope: .environment(environment))
-        let stored = try secrets.lookup(name, environment: environment, class: "", team: nil)!
-        return (password, stored.version)
+        return (password, try secrets.lookup(name, environment: environment, class: "", team: nil)!.version)
     }
 
     /// `redis://default:PASSWORD@127.0.0.1:PORT/0` (the ACL user `default`, as Redis 6+ clients expect).

@@ -89,14 +89,7 @@ extension LocalDriver {
     }
 
     func postgresPassword(environment: String, database: String) throws -> (value: String, version: String) {
-        guard let secrets else { throw ProcessControl.SpawnError(description: "databases need the secret store for their passwords") }
-        let name = "gantry.postgres.\(database)"
-        if let found = try secrets.lookup(name, environment: environment, class: "", team: nil) {
-            return (String(decoding: found.value, as: UTF8.self), found.version)
-        }
-        let password = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }.map { String(format: "%02x", $0) }.joined()
-        try secrets.set(name, value: Data(password.utf8), scope: .environment(environment))
-        return (password, try secrets.lookup(name, environment: environment, class: "", team: nil)!.version)
+        try generatedPassword("gantry.postgres.\(database)", environment: environment)
     }
 
     func postgresURL(environment: String, database: String) throws -> String? {
@@ -142,6 +135,14 @@ extension LocalDriver {
             changes.append("+database \(database.name)")
         }
         return changes
+    }
+
+    /// Every database of the host's server (one psql call), or nil when the server is not running.
+    func listPostgresDatabases() -> Set<String>? {
+        guard let record = try? state.services(of: Self.hostEnvironment).first(where: { $0.name == Self.postgresRecord }),
+              let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart),
+              let names = try? psql(port: record.port, sql: "SELECT datname FROM pg_database") else { return nil }
+        return Set(names.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) })
     }
 
     /// Drops the environment's databases and roles (the server stays for the others).

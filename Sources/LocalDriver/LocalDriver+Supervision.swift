@@ -68,6 +68,7 @@ extension LocalDriver {
 
     public func supervise(correct: Bool = true) -> [DriverEvent] {
         var events: [DriverEvent] = []
+        postgresDatabases = listPostgresDatabases()
         let now = Date()
         for var record in (try? state.allServices()) ?? [] {
             rotateLog(logPath(record.environment, record.name))
@@ -93,8 +94,7 @@ extension LocalDriver {
                 continue
             }
             let cache = record.name.hasPrefix("redis:") ? String(record.name.dropFirst("redis:".count)) : nil
-            guard let environment = try? state.environment(record.environment), let json = environment.specJSON,
-                  let spec = try? JSONDecoder().decode(EnvironmentSpec.self, from: Data(json.utf8)),
+            guard let spec = (try? state.environment(record.environment))??.appliedSpec,
                   cache != nil || spec.service(named: record.name) != nil, let workdir = record.workdir,
                   FileManager.default.fileExists(atPath: workdir) else {
                 continue
@@ -157,12 +157,11 @@ extension LocalDriver {
                 }
             case "postgres":
                 let name = Self.postgresName(environment: environment.name, database: database.name)
-                guard let record = try? state.services(of: Self.hostEnvironment).first(where: { $0.name == Self.postgresRecord }),
-                      let exists = try? psql(port: record.port, sql: "SELECT 1 FROM pg_database WHERE datname = '\(name)'") else {
+                guard let existing = postgresDatabases else {
                     found.append("database \(database.name) (postgres) is unreachable: the server is not running")
                     continue
                 }
-                if !exists.contains("1") { found.append("database \(database.name) (postgres \(name)) was dropped") }
+                if !existing.contains(name) { found.append("database \(database.name) (postgres \(name)) was dropped") }
             default:
                 continue
             }

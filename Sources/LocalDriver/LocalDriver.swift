@@ -45,6 +45,9 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     var nextRestart: [String: Date] = [:]
     /// The routing domain of the last applied revision, for `${env.domain}` on a crash restart.
     var domain = "localhost"
+    /// The databases of the host's PostgreSQL server, listed once per pass by `supervise` for the
+    /// drift checks (nil while the server is not running).
+    var postgresDatabases: Set<String>?
     /// Where `${secrets.NAME}` values come from; nil when no secret store is configured.
     public var secrets: SecretStore?
 

@@ -16,11 +16,7 @@ extension Reconciler {
             if event.kind == "drift-detected" { summary.drift.append(event.environment) }
         }
         for record in (try? state.environments()) ?? [] where record.phase == .running {
-            guard let json = record.specJSON, let spec = try? JSONDecoder().decode(EnvironmentSpec.self, from: Data(json.utf8)),
-                  !spec.databases.isEmpty, let applied = record.appliedCommit.flatMap(ObjectID.init(hex:)) else { continue }
-            let plan = PlannedEnvironment(name: record.name, branch: record.branch, commit: applied, spec: spec,
-                                          fingerprint: record.fingerprint ?? "", domain: record.domain ?? context.settings.domain,
-                                          repository: repository)
+            guard let plan = appliedPlan(record, context: context), !plan.spec.databases.isEmpty else { continue }
             let found = driver.drift(plan)
             guard !found.isEmpty else { continue }
             if options.detectOnly {

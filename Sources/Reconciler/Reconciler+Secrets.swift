@@ -11,17 +11,14 @@ extension Reconciler {
     func rotateSecrets(context: PassContext, _ summary: inout PassSummary) {
         guard let secretVersions else { return }
         for record in (try? state.environments()) ?? [] where record.phase == .running {
-            guard let json = record.specJSON, let applied = record.appliedCommit.flatMap(ObjectID.init(hex:)),
-                  let spec = try? JSONDecoder().decode(EnvironmentSpec.self, from: Data(json.utf8)), !spec.secrets.isEmpty else { continue }
-            let versions = secretVersions(spec)
+            guard let plan = appliedPlan(record, context: context), !plan.spec.secrets.isEmpty else { continue }
+            let versions = secretVersions(plan.spec)
             let previous = appliedSecretVersions[record.name]
             guard previous != versions else { continue }
             // Unknown (first pass after a start) or changed: the driver's fingerprints decide what restarts.
             appliedSecretVersions[record.name] = versions
             let rotated = versions.keys.filter { previous?[$0] != versions[$0] }.sorted()
-            let plan = PlannedEnvironment(name: record.name, branch: record.branch, commit: applied, spec: spec,
-                                          fingerprint: record.fingerprint ?? "", domain: record.domain ?? context.settings.domain,
-                                          repository: repository)
+            let applied = plan.commit
             do {
                 let outcome = try driver.apply(plan) { step in
                     logger.info("Rotating secrets of \(record.name): \(step)")

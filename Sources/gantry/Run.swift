@@ -154,8 +154,7 @@ enum RouteTable {
     static func build(_ store: StateStore) -> [String: RouteTarget] {
         var table: [String: RouteTarget] = [:]
         for environment in (try? store.environments()) ?? [] {
-            guard let json = environment.specJSON,
-                  let spec = try? JSONDecoder().decode(EnvironmentSpec.self, from: Data(json.utf8)) else { continue }
+            guard let spec = environment.appliedSpec else { continue }
             let services = (try? store.services(of: environment.name)) ?? []
             for route in spec.routes {
                 let host = "\(route.name).\(environment.name).\(environment.domain ?? "localhost")".lowercased()

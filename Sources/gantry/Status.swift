@@ -30,7 +30,7 @@ struct Status: ParsableCommand {
         }
         var rows: [PlainValue] = []
         for environment in environments {
-            let spec = environment.specJSON.flatMap { try? JSONDecoder().decode(EnvironmentSpec.self, from: Data($0.utf8)) }
+            let spec = environment.appliedSpec
             let domain = environment.domain ?? "localhost"
             let serviceRecords = try store.services(of: environment.name)
             let services: [PlainValue] = serviceRecords.map {

@@ -237,3 +237,24 @@ import TestSupport
         #expect(try gantry("env", "clone", "nope", "--as", "x", "--repo", repo.path).stderr.contains("has no environment 'nope'"))
     }
 }
+
+@Suite struct CELCommandTests {
+    @Test func evalTakesTypedJSONBindings() throws {
+        let result = try gantry("cel", "eval", "n + 1 == 2 && flag && type(ratio) == double && name.startsWith('w')",
+                                "--bindings", #"{"n": 1, "flag": true, "ratio": 0.5, "name": "web"}"#)
+        #expect(result.status == 0, "\(result.stderr)")
+        #expect(result.stdout == "true\n")
+        let error = try gantry("cel", "eval", "1 / 0")
+        #expect(error.status != 0 && error.stderr.contains("division by zero"))
+        let syntax = try gantry("cel", "eval", "1 +")
+        #expect(syntax.status != 0 && syntax.stderr.contains("syntax error at 1:"))
+    }
+
+    @Test func conformanceEndsWithTheSummaryLine() throws {
+        let file = TestPaths.packageRoot.appendingPathComponent("../shared/cel-conformance/logic.json").standardizedFileURL.path
+        let result = try gantry("cel", "conformance", file)
+        #expect(result.status == 0)
+        #expect(result.stdout.contains("PASS logic/"))
+        #expect(result.stdout.hasSuffix("23 passed, 0 failed, 0 skipped\n"))
+    }
+}
