@@ -146,7 +146,7 @@ enum StringExtensions {
 
     static func format(_ template: String, _ values: [CELValue]) throws -> String {
         var out = ""
-        var chars = Array(template)
+        let chars = Array(template)
         var index = 0, argument = 0
         func next() throws -> CELValue {
             guard argument < values.count else { throw CELError("format: not enough arguments for \"\(template)\"") }
