@@ -50,7 +50,7 @@ let package = Package(
         ]),
         // `make bench`: figures against a git-CLI baseline measured in the same run.
         .executableTarget(name: "GantryBench", dependencies: [
-            "GitStore", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver", "TestSupport", "CEL",
+            "GitStore", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver", "TestSupport", "CEL", "Governance",
             .product(name: "Logging", package: "swift-log"),
         ]),
         .target(name: "TestSupport", dependencies: ["GitStore"], path: "Tests/TestSupport"),

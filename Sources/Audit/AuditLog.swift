@@ -17,6 +17,10 @@ public final class AuditLog: @unchecked Sendable {
     /// When the repository mirrors a remote: every append is published there, and a remote that
     /// moved (another writer) makes the append start over from the remote's head.
     public var remote: String?
+    /// Gantry's own copy of the chain. With one, a notes ref that lost records (reset, truncated,
+    /// deleted) is never continued: the records are published again first, and an
+    /// `audit-restored` record says what was found.
+    public var journal: AuditJournal?
 
     public init(repository: GitRepository, key: SigningKey, notesRef: String = AuditLog.defaultRef) {
         self.repository = repository
@@ -52,45 +56,115 @@ public final class AuditLog: @unchecked Sendable {
         return try repository.withExclusiveLock("gantry-audit.lock") { try appendLocked(entries) }
     }
 
-    private func appendLocked(_ entries: [AuditEntry]) throws -> [AuditRecord] {
+    /// Checks the notes ref against the journal and publishes again what it lost; returns the
+    /// `audit-restored` record when something was restored, nil when the chain was intact.
+    @discardableResult
+    public func ensureIntact() throws -> AuditRecord? {
+        guard journal != nil else { return nil }
+        return try repository.withExclusiveLock("gantry-audit.lock") {
+            try appendLocked([]).first { $0.event == AuditEvent.auditRestored.rawValue }
+        }
+    }
+
+    private func appendLocked(_ requested: [AuditEntry]) throws -> [AuditRecord] {
         for attempt in 1...maxAttempts {
             // With a remote, the local notes ref is always the remote's: fetched here, and only
             // ahead of it between the local commit and its push below.
             if let remote { try repository.fetch(url: remote) }
-            let head = try Self.head(of: repository, notesRef: notesRef)
-            var records: [AuditRecord] = []
-            var prev = head.digest
-            let at = AuditRecord.timestamp(clock())
-            for (index, entry) in entries.enumerated() {
-                let unsigned = AuditRecord(seq: head.seq + index + 1, event: entry.event.rawValue, at: at,
-                                           fields: entry.fields.map { (AuditRecord.sanitize($0.key), AuditRecord.sanitize($0.value)) },
-                                           prev: prev, signature: "")
-                let signature = try SSHSignature.sign(Data(unsigned.signedText.utf8), namespace: "gantry-audit", key: key)
-                let record = AuditRecord(seq: unsigned.seq, event: unsigned.event, at: at, fields: unsigned.fields,
-                                         prev: prev, signature: signature)
-                records.append(record)
-                prev = record.digest
-            }
-            var notes: [ObjectID: String] = [:]
-            for (entry, record) in zip(entries, records) {
-                guard let target = ObjectID(hex: entry.commit) else { throw AuditError.badTarget(entry.commit) }
-                if notes[target] == nil { notes[target] = try repository.note(on: target, notesRef: notesRef) ?? "" }
-                notes[target] = notes[target]!.isEmpty ? record.text : notes[target]! + "\n" + record.text
-            }
-            let last = records.last!
-            let message = "gantry audit: \(records.map { "\($0.event) #\($0.seq)" }.joined(separator: ", "))\n\ngantry-audit head: seq \(last.seq) \(last.digest)\n"
+            var head = try Self.head(of: repository, notesRef: notesRef)
+            var entries = requested
             do {
-                try repository.commitNotes(notes, notesRef: notesRef, expectedTip: head.tip, message: message,
-                                           authorName: "gantry", authorEmail: "gantry@localhost") { buffer in
-                    try SSHSignature.sign(buffer, namespace: "git", key: self.key)
+                if let restored = try checkJournal(head) {
+                    head = try Self.head(of: repository, notesRef: notesRef)
+                    entries.insert(restored, at: 0)
                 }
-                if let remote { try repository.push(url: remote, reference: notesRef, expected: head.tip) }
-                return records
+                guard !entries.isEmpty else { return [] }
+                return try write(entries, on: head)
             } catch let error as GitError where error.isConflict && attempt < maxAttempts {
                 continue
             }
         }
         throw AuditError.tooManyConflicts(maxAttempts)
+    }
+
+    /// Numbers, chains and signs `entries` after `head` and commits them as one notes commit.
+    private func write(_ entries: [AuditEntry], on head: (tip: ObjectID?, seq: Int, digest: String, foreignCommits: [ObjectID])) throws -> [AuditRecord] {
+        var records: [AuditRecord] = []
+        var prev = head.digest
+        let at = AuditRecord.timestamp(clock())
+        for (index, entry) in entries.enumerated() {
+            let unsigned = AuditRecord(seq: head.seq + index + 1, event: entry.event.rawValue, at: at,
+                                       fields: entry.fields.map { (AuditRecord.escape($0.key), AuditRecord.escape($0.value)) },
+                                       prev: prev, signature: "")
+            let signature = try SSHSignature.sign(Data(unsigned.signedText.utf8), namespace: "gantry-audit", key: key)
+            let record = AuditRecord(seq: unsigned.seq, event: unsigned.event, at: at, fields: unsigned.fields,
+                                     prev: prev, signature: signature)
+            records.append(record)
+            prev = record.digest
+        }
+        var notes: [ObjectID: String] = [:]
+        for (entry, record) in zip(entries, records) {
+            guard let target = ObjectID(hex: entry.commit) else { throw AuditError.badTarget(entry.commit) }
+            if notes[target] == nil { notes[target] = try repository.note(on: target, notesRef: notesRef) ?? "" }
+            notes[target] = notes[target]!.isEmpty ? record.text : notes[target]! + "\n" + record.text
+        }
+        let last = records.last!
+        let message = "gantry audit: \(records.map { "\($0.event) #\($0.seq)" }.joined(separator: ", "))\n\ngantry-audit head: seq \(last.seq) \(last.digest)\n"
+        let commit = try repository.commitNotes(notes, notesRef: notesRef, expectedTip: head.tip, message: message,
+                                                authorName: "gantry", authorEmail: "gantry@localhost") { buffer in
+            try SSHSignature.sign(buffer, namespace: "git", key: self.key)
+        }
+        if let remote { try repository.push(url: remote, reference: notesRef, expected: head.tip) }
+        try journal?.journal(zip(entries, records).map { AuditJournalEntry($1, target: $0.commit) }, notesCommit: commit.hex)
+        return records
+    }
+
+    /// Compares the chain on the notes ref with the journal. A chain that grew (another writer, or
+    /// a crash between the notes commit and the journal) is taken into the journal. A chain that
+    /// lost records the journal holds is published again from the journal, and the returned entry
+    /// records what was found.
+    private func checkJournal(_ head: (tip: ObjectID?, seq: Int, digest: String, foreignCommits: [ObjectID])) throws -> AuditEntry? {
+        guard let journal else { return nil }
+        guard let kept = try journal.journalHead() else {
+            // A journal that starts now takes the chain as it is.
+            guard let tip = head.tip else { return nil }
+            let found = try Self.records(in: repository, notesRef: notesRef).records
+            try journal.journal(found.map { AuditJournalEntry($0.record, target: $0.commit.hex) }, notesCommit: tip.hex)
+            return nil
+        }
+        if let tip = head.tip, tip.hex == (try journal.journalNotesCommit()) { return nil }
+        let found = head.tip == nil ? [] : try Self.records(in: repository, notesRef: notesRef).records
+        if head.seq >= kept.seq, head.foreignCommits.isEmpty, let tip = head.tip,
+           found.contains(where: { $0.record.seq == kept.seq && $0.record.digest == kept.digest }) {
+            let newer = found.filter { $0.record.seq > kept.seq }
+            try journal.journal(newer.map { AuditJournalEntry($0.record, target: $0.commit.hex) }, notesCommit: tip.hex)
+            return nil
+        }
+        // The notes lost records: publish the journal's chain again, exactly as it was written.
+        let chain = try journal.journalRecords()
+        var notes: [ObjectID: String] = [:]
+        for entry in chain {
+            guard let target = ObjectID(hex: entry.target) else { throw AuditError.badTarget(entry.target) }
+            notes[target] = notes[target].map { $0 + "\n" + entry.text } ?? entry.text
+        }
+        let present = Set(found.map(\.record.digest))
+        let missing = chain.filter { !present.contains($0.digest) }.count
+        let parent = try journal.journalNotesCommit().flatMap { try repository.resolveCommit($0) }
+        let message = "gantry audit: restored seq 1...\(kept.seq) from the state DB\n\ngantry-audit head: seq \(kept.seq) \(kept.digest)\n"
+        let commit = try repository.commitNotes(notes, notesRef: notesRef, expectedTip: head.tip, message: message,
+                                                authorName: "gantry", authorEmail: "gantry@localhost",
+                                                replacing: parent.map { [$0] } ?? []) { buffer in
+            try SSHSignature.sign(buffer, namespace: "git", key: self.key)
+        }
+        if let remote { try repository.push(url: remote, reference: notesRef, expected: head.tip) }
+        try journal.journal([], notesCommit: commit.hex)
+        let foundText = head.tip.map { "\(notesRef) at \($0.short) ends at seq \(head.seq)" + (head.foreignCommits.isEmpty ? "" : " with \(head.foreignCommits.count) notes commit(s) not written by Gantry") }
+            ?? "\(notesRef) was deleted"
+        let target = chain.last!.target
+        return AuditEntry(event: .auditRestored, commit: target, fields: [
+            ("found", "\(foundText), but the state DB holds the chain up to seq \(kept.seq) \(kept.digest)"),
+            ("republished", "\(missing) record\(missing == 1 ? "" : "s") missing from the notes; seq 1...\(kept.seq) published again unchanged"),
+        ])
     }
 
     /// Every record under the notes ref, in `seq` order, with the commit it is attached to.

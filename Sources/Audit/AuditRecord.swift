@@ -10,6 +10,10 @@ public enum AuditEvent: String, Sendable, CaseIterable, Codable {
     case budgetPaused = "budget-paused"
     case killSwitch = "kill-switch"
     case ttlExpired = "ttl-expired"
+    /// The trust anchor was set or moved (first start, `gantry trust set`).
+    case trustAnchored = "trust-anchored"
+    /// The notes ref had lost records the state DB holds; they were published again.
+    case auditRestored = "audit-restored"
 }
 
 /// What a caller asks to record; `AuditLog` numbers, chains and signs it.
@@ -54,8 +58,41 @@ public struct AuditRecord: Sendable {
     public func values(_ key: String) -> [String] { fields.filter { $0.key == key }.map(\.value) }
     public func value(_ key: String) -> String? { values(key).first }
 
-    static func sanitize(_ value: String) -> String {
-        value.replacingOccurrences(of: "\r", with: " ").replacingOccurrences(of: "\n", with: " ")
+    /// A field as it may appear on one record line: a backslash, a control or line-separating
+    /// character becomes an escape (`\\`, `\n`, `\r`, `\t`, `\u{85}`), and no run of five dashes is
+    /// left (the fifth becomes `\u{2d}`), so no value can end a line, fake a field or open or close a
+    /// signature block. Text without those characters is unchanged.
+    public static func escape(_ value: String) -> String {
+        var out = ""
+        out.unicodeScalars.reserveCapacity(value.unicodeScalars.count)
+        var dashes = 0
+        for scalar in value.unicodeScalars {
+            if scalar == "-" {
+                dashes += 1
+                if dashes == 5 {
+                    out += "\\u{2d}"
+                    dashes = 0
+                } else {
+                    out.unicodeScalars.append(scalar)
+                }
+                continue
+            }
+            dashes = 0
+            switch scalar {
+            case "\\": out += "\\\\"
+            case "\n": out += "\\n"
+            case "\r": out += "\\r"
+            case "\t": out += "\\t"
+            default:
+                switch scalar.properties.generalCategory {
+                case .control, .lineSeparator, .paragraphSeparator:
+                    out += "\\u{\(String(scalar.value, radix: 16))}"
+                default:
+                    out.unicodeScalars.append(scalar)
+                }
+            }
+        }
+        return out
     }
 
     static func timestamp(_ date: Date) -> String {
@@ -65,25 +102,32 @@ public struct AuditRecord: Sendable {
         return formatter.string(from: date)
     }
 
-    /// Splits a note into its records. Text that is not a well-formed record is reported, not dropped.
+    static let beginMarker = "-----BEGIN SSH SIGNATURE-----"
+    static let endMarker = "-----END SSH SIGNATURE-----"
+
+    /// Splits a note into its records, line by line: a record ends at a line that is exactly the
+    /// signature's end marker. Text that is not a well-formed record is reported, not dropped.
     public static func parseNote(_ note: String) -> (records: [AuditRecord], problems: [String]) {
         var records: [AuditRecord] = []
         var problems: [String] = []
-        let end = "-----END SSH SIGNATURE-----"
-        var rest = Substring(note)
-        while let stop = rest.range(of: end) {
-            let chunk = rest[..<stop.upperBound].trimmingCharacters(in: .newlines) + "\n"
-            rest = rest[stop.upperBound...]
-            do { records.append(try parse(chunk)) } catch { problems.append("\(error)") }
+        var chunk: [Substring] = []
+        for line in note.split(separator: "\n", omittingEmptySubsequences: false) {
+            if chunk.isEmpty && line.isEmpty { continue }
+            chunk.append(line)
+            guard line == endMarker else { continue }
+            do { records.append(try parse(chunk.joined(separator: "\n") + "\n")) } catch { problems.append("\(error)") }
+            chunk = []
         }
-        if !rest.trimmingCharacters(in: .whitespacesAndNewlines).isEmpty {
+        if chunk.contains(where: { !$0.trimmingCharacters(in: .whitespaces).isEmpty }) {
             problems.append("text after the last record that is not a signed record")
         }
         return (records, problems)
     }
 
     static func parse(_ text: String) throws -> AuditRecord {
-        guard let begin = text.range(of: "-----BEGIN SSH SIGNATURE-----") else { throw SSHFormatError("record without a signature") }
+        guard let begin = text.range(of: "\n" + beginMarker + "\n").map({ text.index(after: $0.lowerBound)..<$0.upperBound }) else {
+            throw SSHFormatError("record without a signature")
+        }
         let signature = String(text[begin.lowerBound...])
         var lines = text[..<begin.lowerBound].split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
         if lines.last == "" { lines.removeLast() }

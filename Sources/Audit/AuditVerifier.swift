@@ -14,7 +14,9 @@ public struct AuditVerifier: Sendable {
         public var isValid: Bool { faults.isEmpty }
     }
 
-    public func verify(repository: GitRepository, notesRef: String = AuditLog.defaultRef) throws -> Report {
+    /// With `kept` (the newest record of the state DB's journal), a notes ref that no longer holds
+    /// that record — reset, truncated, rewritten or deleted — is a fault too.
+    public func verify(repository: GitRepository, notesRef: String = AuditLog.defaultRef, kept: AuditJournalEntry? = nil) throws -> Report {
         var report = Report()
         let (records, problems) = try AuditLog.records(in: repository, notesRef: notesRef)
         report.faults += problems
@@ -41,6 +43,10 @@ public struct AuditVerifier: Sendable {
             }
             expectedSeq = record.seq + 1
             prev = record.digest
+        }
+        if let kept, !records.contains(where: { $0.record.seq == kept.seq && $0.record.digest == kept.digest }) {
+            let ends = records.last.map { "seq \($0.record.seq)" } ?? "no record"
+            report.faults.append("the notes ref \(notesRef) was reset, truncated, rewritten or deleted: the state DB holds the chain up to seq \(kept.seq) \(kept.digest), the notes end at \(ends); `gantry run` publishes the kept records again")
         }
         do {
             let head = try AuditLog.head(of: repository, notesRef: notesRef)

@@ -3,6 +3,7 @@
 import Audit
 import Foundation
 import GitStore
+import Governance
 import LocalDriver
 import Logging
 import Reconciler
@@ -260,14 +261,17 @@ if runs("admission") {
     let tip = ObjectID(hex: try repo.commit("touch"))!
     let git = try repo.open()
     let admission = Admission(repository: git, logger: logger)
-    let contextTimes = try (0..<20).map { _ in try time { _ = try admission.context(branches: try git.branches(), protectedBranch: "main") } }
-    let context = try admission.context(branches: try git.branches(), protectedBranch: "main")
-    var verdicts: [Admission.Explanation] = []
+    let main = try git.resolveCommit("main")!
+    let contextTimes = try (0..<20).map { _ in try time {
+        _ = try admission.context(governance: try GovernanceRevision.load(at: main, repository: git), protectedBranch: "main",
+                                  protectedTip: main, revision: main, protectedMerges: [])
+    } }
+    var lines: [String] = []
     let samples = try (0..<200).map { _ in
-        try time { verdicts = try admission.explain(commit: tip, branch: "agents/bench", lastAdmitted: nil, context: context) }
+        try time { lines = try admission.explain(commit: tip, branch: "agents/bench", branches: try git.branches(), protectedBranch: "main", known: .init()) }
     }
     let baseline = (0..<50).map { _ in time { _ = spawnWait(["git", "-C", repo.path, "-c", "gpg.ssh.allowedSignersFile=\(repo.path)/identities/allowed_signers", "verify-commit", tip.hex]) } }
-    let rules = verdicts.first?.judgement.rules.count ?? 0
+    let rules = lines.drop { !$0.hasSuffix(": allow") && !$0.hasSuffix(": deny") }.dropFirst().prefix { $0.hasPrefix("  rule") }.count
     report("admission of one commit (signature + 20 policies, 2 environments, \(rules) rules each)", samples,
            baseline: ("git verify-commit", baseline))
     report("  reading governance from main (settings, signers, actors, 20 policies compiled)", contextTimes)

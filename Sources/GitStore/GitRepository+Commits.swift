@@ -63,8 +63,9 @@ extension GitRepository {
         }
     }
 
-    /// The commits reachable from `tip` but not from any of `hidden`, oldest first.
-    public func newCommits(tip: ObjectID, hiding hidden: [ObjectID], limit: Int = 10_000) throws -> [ObjectID] {
+    /// The commits reachable from `tip` but not from any of `hidden`, oldest first (parents before
+    /// children). All of them: callers that bound the work count first and refuse with the count.
+    public func newCommits(tip: ObjectID, hiding hidden: [ObjectID], limit: Int = .max) throws -> [ObjectID] {
         try locked {
             var walker: OpaquePointer?
             try check("revwalk", git_revwalk_new(&walker, handle))

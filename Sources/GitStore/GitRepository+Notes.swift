@@ -37,14 +37,18 @@ extension GitRepository {
     /// Sets the notes of several objects in one new commit on `notesRef`, moved only if the ref is
     /// still at `expectedTip` (compare-and-swap). Notes live flat at the tree's top level, as git
     /// writes them for small notes trees. Throws a conflict `GitError` when the ref moved.
+    ///
+    /// With `replacing` the new commit holds exactly `notes` (nothing of the old tree) and has the
+    /// given parents instead of `expectedTip`: used to publish again a history that was cut.
     @discardableResult
     public func commitNotes(_ notes: [ObjectID: String], notesRef: String, expectedTip: ObjectID?,
                             message: String, authorName: String, authorEmail: String,
+                            replacing parents: [ObjectID]? = nil,
                             sign: ((Data) throws -> String)?) throws -> ObjectID {
         try locked {
             var builder: OpaquePointer?
             var baseTree: OpaquePointer?
-            if let expectedTip {
+            if let expectedTip, parents == nil {
                 var oid = expectedTip.oid
                 var commitObject: OpaquePointer?
                 try check("lookup notes commit", git_commit_lookup(&commitObject, handle, &oid))
@@ -60,7 +64,7 @@ extension GitRepository {
             }
             var treeOid = git_oid()
             try check("write notes tree", git_treebuilder_write(&treeOid, builder))
-            let commit = try createCommit(tree: ObjectID(treeOid), parents: expectedTip.map { [$0] } ?? [],
+            let commit = try createCommit(tree: ObjectID(treeOid), parents: parents ?? expectedTip.map { [$0] } ?? [],
                                           message: message, authorName: authorName, authorEmail: authorEmail, sign: sign)
             try updateReference(notesRef, to: commit, expected: expectedTip, message: "gantry: notes")
             return commit

@@ -75,23 +75,48 @@ public struct ApprovalJudge: Sendable {
         self.actors = actors
     }
 
-    /// Counts the approvals of `tip` under `rule`: the tip's own signer when it is a merge commit,
-    /// and every signed `gantry approve` of exactly `tip`. An approver must be a human with the
-    /// rule's role and, with `distinctFromAuthors`, none of `authors` (the authors and signers of
-    /// the approved changes).
-    public func judge(rule: Settings.ApprovalRule, tip: CommitInfo, tipSigner: String?, approvingKeys: [SSHPublicKey],
-                      authors: Set<String>, now: Date) -> ApprovalVerdict {
-        var candidates: [(String, String)] = []
-        if tip.parents.count > 1, let tipSigner { candidates.append((tipSigner, "the merge commit \(tip.id.short)")) }
+    /// Who signed the approved commit, and whether that signature approves.
+    public struct CommitSigner: Sendable {
+        public let principal: String
+        /// True for a merge commit made on the protected branch that merges something new: its
+        /// signer approves what it merges, like a reviewer pressing "merge".
+        public let isProtectedMerge: Bool
+        /// The people of the approved range other than the approved commit itself.
+        public let others: Set<String>
+        public init(principal: String, isProtectedMerge: Bool, others: Set<String>) {
+            self.principal = principal
+            self.isProtectedMerge = isProtectedMerge
+            self.others = others
+        }
+    }
+
+    /// Counts the approvals of one commit under `rule`: its signer when it is a merge made on the
+    /// protected branch (or when the rule lets authors approve), and every signed `gantry approve`
+    /// of exactly that commit. An approver must be a human with the rule's role (any human when the
+    /// rule names none) and, with `distinctFromAuthors`, none of `people` (the authors, committers,
+    /// signers and On-Behalf-Of principals of every commit the approval covers).
+    public func judge(rule: Settings.ApprovalRule, commit: CommitInfo, signer: CommitSigner?, approvingKeys: [SSHPublicKey],
+                      people: Set<String>, now: Date) -> ApprovalVerdict {
+        var candidates: [(principal: String, source: String, excluded: Set<String>)] = []
         var rejected: [String] = []
+        if let signer {
+            if signer.isProtectedMerge {
+                candidates.append((signer.principal, "the signed merge \(commit.id.short)", signer.others))
+            } else if !rule.distinctFromAuthors {
+                candidates.append((signer.principal, "the signature of \(commit.id.short)", []))
+            } else if commit.parents.count > 1 {
+                rejected.append("the merge \(commit.id.short) signed by \(signer.principal) was not made on the protected branch (or merges nothing new), so it approves nothing")
+            }
+        }
         for key in approvingKeys {
             switch signers.lookup(key, namespace: Approvals.namespace, at: now) {
-            case .allowed(let principal): candidates.append((principal, "gantry approve"))
+            case .allowed(let principal): candidates.append((principal, "gantry approve", people))
             default: rejected.append("an approval signed by \(key.fingerprint), which allowed_signers on main does not allow for \(Approvals.namespace)")
             }
         }
         var approvers: [String] = []
-        for (principal, source) in candidates where !approvers.contains(principal) {
+        for candidate in candidates where !approvers.contains(candidate.principal) {
+            let (principal, source) = (candidate.principal, candidate.source)
             guard let actor = actors[principal] else {
                 rejected.append("\(principal) (\(source)) has no entry in identities/actors.yaml")
                 continue
@@ -100,12 +125,12 @@ public struct ApprovalJudge: Sendable {
                 rejected.append("\(principal) (\(source)) is an agent; approvals need a human")
                 continue
             }
-            guard actor.roles.contains(rule.role) else {
+            guard rule.role.isEmpty || actor.roles.contains(rule.role) else {
                 rejected.append("\(principal) (\(source)) lacks the role \(rule.role)")
                 continue
             }
-            if rule.distinctFromAuthors && authors.contains(principal) {
-                rejected.append("\(principal) (\(source)) authored or signed the approved changes; approvals must come from someone else")
+            if rule.distinctFromAuthors && candidate.excluded.contains(principal.lowercased()) {
+                rejected.append("\(principal) (\(source)) authored, committed, signed or was On-Behalf-Of in the approved changes; approvals must come from someone else")
                 continue
             }
             approvers.append(principal)

@@ -16,6 +16,23 @@ public struct CommitIdentity: Sendable {
     public let problem: String?
 
     public var isVerified: Bool { principal != nil && problem == nil }
+
+    /// Everyone who had a hand in `commit` (this identity's commit): its author and committer
+    /// e-mails, its verified signer and its On-Behalf-Of principal. None of them may approve it.
+    public func people(of commit: CommitInfo) -> Set<String> {
+        var people: Set<String> = [commit.authorEmail.lowercased(), commit.committerEmail.lowercased()]
+        if let principal { people.insert(principal.lowercased()) }
+        if let onBehalfOf { people.insert(onBehalfOf.lowercased()) }
+        return people
+    }
+
+    /// The teams this commit acts with: the signer's, and for an agent acting On-Behalf-Of a human,
+    /// that human's too.
+    public func teams(actors: [String: Actor]) -> Set<String> {
+        var teams = Set(actor?.teams ?? [])
+        if actor?.kind == .agent, let onBehalfOf, let human = actors[onBehalfOf] { teams.formUnion(human.teams) }
+        return teams
+    }
 }
 
 /// Judges commits' signatures against the governance read from the protected branch.
@@ -35,10 +52,11 @@ public struct IdentityJudge: Sendable {
     /// entry and its `On-Behalf-Of` trailer.
     public func judge(_ commit: CommitInfo, signature: CommitSignature?, now: Date) -> CommitIdentity {
         var agent: String?, onBehalfOf: String?, task: String?
+        var behalf: [String] = []
         for trailer in commit.trailers {
             switch trailer.key.lowercased() {
             case "agent": agent = trailer.value
-            case "on-behalf-of": onBehalfOf = trailer.value
+            case "on-behalf-of": onBehalfOf = trailer.value; behalf.append(trailer.value)
             case "task": task = trailer.value
             default: break
             }
@@ -71,6 +89,9 @@ public struct IdentityJudge: Sendable {
         case .allowed(let principal):
             guard let actor = actors[principal] else {
                 return result(principal, "commit \(short) is signed by \(principal), who has no entry in identities/actors.yaml on main; add one (kind, teams, roles)")
+            }
+            if behalf.count > 1 {
+                return result(principal, "commit \(short) has \(behalf.count) On-Behalf-Of trailers (\(behalf.joined(separator: ", "))); a commit acts for one principal: keep one")
             }
             if let onBehalfOf, !actor.actsFor.contains(onBehalfOf) {
                 return result(principal, "commit \(short) says On-Behalf-Of: \(onBehalfOf), but \(principal) may act only for \(actor.actsFor.isEmpty ? "nobody" : actor.actsFor.joined(separator: ", ")) (actsFor in identities/actors.yaml)")

@@ -17,6 +17,8 @@ public struct PolicySet: Sendable {
     /// Policy files that are not valid YAML or not a Policy: they fail closed for every environment.
     public let brokenFiles: [(file: String, problems: [String])]
     public var count: Int { compiled.count }
+    /// Rules and matches that do not parse, each `file:line:col: ...`.
+    public var problems: [String] { compiled.flatMap(\.problems) }
 
     public init(loaded: [(file: String, policy: Policy?, diagnostics: [Diagnostic])]) {
         var compiled: [Compiled] = []
@@ -127,7 +129,8 @@ public enum PolicyInput {
         }
     }
 
-    public static func variables(env: EnvironmentSpec, previous: EnvironmentSpec?, actor: Actor?, principal: String?,
+    /// `env` is nil when the change removes the environment (`previous` is then what runs).
+    public static func variables(env: EnvironmentSpec?, previous: EnvironmentSpec?, actor: Actor?, principal: String?,
                                  onBehalfOf: String?, task: String?, branch: String, protected: Bool, commit: Commit,
                                  changedFiles: [String], approvals: [String], now: Date) -> [String: CELValue] {
         let actorValue: CELValue = .map(map([
@@ -136,7 +139,7 @@ public enum PolicyInput {
         ]))
         let seconds = now.timeIntervalSince1970
         return [
-            "env": envValue(env),
+            "env": env.map(envValue) ?? .null,
             "previous": previous.map(envValue) ?? .null,
             "actor": actorValue,
             "onBehalfOf": onBehalfOf.map { .string($0) } ?? .null,

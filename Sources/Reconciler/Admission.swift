@@ -4,14 +4,18 @@ import Governance
 import Logging
 import SpecLoading
 import SpecModel
+import StateStore
 
-/// Judges commits for admission with the governance read from the protected branch: identity of
-/// every new commit, the spec, and approvals. It decides and explains; it never applies anything.
-/// The reconciler acts on its judgements; `gantry explain` prints them.
+/// Judges commits for admission with the governance of the last admitted protected revision:
+/// identity of every new commit, the spec, team membership, policies and approvals. It decides and
+/// explains; it never applies anything. The reconciler acts on its judgements; `gantry explain`
+/// prints them.
 public struct Admission: Sendable {
     let repository: GitRepository
     let loader: ConfigLoader
     let logger: Logger
+    /// More new commits than this in one judgement are denied with their count (never skipped).
+    public static let maxCommits = 100_000
 
     public init(repository: GitRepository, logger: Logger) {
         self.repository = repository
@@ -19,93 +23,54 @@ public struct Admission: Sendable {
         self.logger = logger
     }
 
-    /// Governance for one pass: everything read from the protected branch.
+    /// Governance for judging environments: everything read from one admitted protected revision.
     public struct Context: Sendable {
-        public let settings: Settings
+        public let governance: GovernanceRevision
+        public var settings: Settings { governance.settings }
+        public var identity: IdentityJudge { governance.identity }
+        public var policies: PolicySet { governance.policies }
         public let protectedBranch: String
-        public let protectedTip: ObjectID?
-        /// Identity governance: allowed_signers, actors, signing.required.
-        public let identity: IdentityJudge
-        /// `policies/*.yaml`, compiled.
-        public let policies: PolicySet
-        /// The environments of the protected branch, for the policies' `previous`.
+        /// The protected branch's tip as listed: a branch's previews are what it changes since its
+        /// merge-base with it.
+        public let protectedTip: ObjectID
+        /// The last admitted protected revision: new commits of other branches are those it does
+        /// not contain, and a branch it contains is merged.
+        public let revision: ObjectID
+        /// The environments of `revision`, for the policies' `previous`.
         let live: [String: EnvironmentSpec]
+        /// Merge commits made on the protected branch: their signers approve what they merge.
+        let protectedMerges: Set<String>
+        let cache: CommitCache
     }
 
-    /// Reads gantry.yaml (following its `protectedBranch`), allowed_signers and actors from the
-    /// protected branch of `branches`.
-    public func context(branches: [String: ObjectID], protectedBranch configured: String) throws -> Context {
-        var protectedBranch = configured
-        var settings = Settings()
-        if let tip = branches[protectedBranch] {
-            var loaded = loader.settings(at: tip)
-            if loaded.settings.protectedBranch != protectedBranch, let other = branches[loaded.settings.protectedBranch] {
-                protectedBranch = loaded.settings.protectedBranch
-                loaded = loader.settings(at: other)
-            }
-            settings = loaded.settings
-            for diagnostic in loaded.diagnostics {
-                logger.error("gantry.yaml on the protected branch is invalid; the defaults stand in for what it gets wrong",
-                             metadata: ["problem": "\(diagnostic)"])
-            }
-        }
-        let protectedTip = branches[protectedBranch]
-        var identity = IdentityJudge(signers: AllowedSigners(text: ""), actors: [:], required: settings.signing.required)
-        var policies = PolicySet(loaded: [])
+    public func context(governance: GovernanceRevision, protectedBranch: String, protectedTip: ObjectID, revision: ObjectID,
+                        protectedMerges: Set<String>, loadLive: Bool = true) throws -> Context {
         var live: [String: EnvironmentSpec] = [:]
-        if let protectedTip {
-            policies = PolicySet(loaded: try loader.policies(at: protectedTip))
-            for file in policies.brokenFiles {
-                logger.error("a policy on the protected branch is invalid; it fails closed", metadata: ["file": "\(file.file)", "problem": "\(file.problems)"])
-            }
-            for environment in try loader.environments(at: protectedTip) where environment.isValid {
-                live[environment.name] = environment.spec
-            }
-            let signers = AllowedSigners(text: try loader.allowedSignersText(at: protectedTip))
-            let actors = loader.actors(at: protectedTip)
-            for diagnostic in signers.diagnostics + actors.diagnostics {
-                logger.error("identity file on the protected branch has a problem", metadata: ["problem": "\(diagnostic)"])
-            }
-            identity = IdentityJudge(signers: signers, actors: actors.actors, required: settings.signing.required)
+        for environment in loadLive ? try loader.environments(at: revision) : [] where environment.isValid {
+            live[environment.name] = environment.spec
         }
-        return Context(settings: settings, protectedBranch: protectedBranch, protectedTip: protectedTip, identity: identity,
-                       policies: policies, live: live)
+        return Context(governance: governance, protectedBranch: protectedBranch, protectedTip: protectedTip, revision: revision,
+                       live: live, protectedMerges: protectedMerges, cache: CommitCache(repository: repository))
     }
 
-    /// Judges every commit of `branch` up to `tip` that is new: not reachable from `lastAdmitted`
-    /// nor, for other branches, from the protected branch. Without a last admitted commit on the
-    /// protected branch, only its tip is judged (history before Gantry is taken as it is).
-    func judgeIdentity(branch: String, tip: ObjectID, lastAdmitted: ObjectID?, context: Context) throws -> IdentityVerdict {
-        var hidden: [ObjectID] = lastAdmitted.map { [$0] } ?? []
-        if branch != context.protectedBranch, let protectedTip = context.protectedTip { hidden.append(protectedTip) }
-        let commits = branch == context.protectedBranch && hidden.isEmpty
-            ? [tip] : try repository.newCommits(tip: tip, hiding: hidden)
-        let now = Date()
+    /// Judges every commit of `tip` that `hidden` does not contain, oldest first, with the
+    /// context's identities. `changedSince` is where the change's files are counted from.
+    func judgeIdentity(tip: ObjectID, hiding hidden: [ObjectID], changedSince: ObjectID?, context: Context) throws -> IdentityVerdict {
+        let ids = try repository.newCommits(tip: tip, hiding: hidden)
         var problems: [String] = []
-        var authors = Set<String>()
-        var tipIdentity: CommitIdentity?
-        for id in commits.isEmpty ? [tip] : commits {
-            let commit = try repository.commit(id)
-            let identity = context.identity.judge(commit, signature: try repository.signature(of: id), now: now)
-            if let problem = identity.problem { problems.append(problem) }
-            if id == tip { tipIdentity = identity }
-            if !(id == tip && commit.parents.count > 1) {
-                authors.insert(commit.authorEmail)
-                if let principal = identity.principal { authors.insert(principal) }
+        var commits: [JudgedCommit] = []
+        if ids.count > Self.maxCommits {
+            problems.append("\(tip.short) brings \(ids.count) new commits, more than the \(Self.maxCommits) Gantry judges at once; none is admitted. Split the history into smaller pushes, or have an operator move the trust anchor (gantry trust set)")
+        } else {
+            for id in ids {
+                let judged = try context.cache.judged(id, with: context.identity)
+                if let problem = judged.identity.problem { problems.append(problem) }
+                commits.append(judged)
             }
         }
-        let tipCommit = try repository.commit(tip)
-        if tipIdentity == nil {
-            tipIdentity = context.identity.judge(tipCommit, signature: try repository.signature(of: tip), now: now)
-        }
-        // The files the change touches: since the merge-base with the protected branch for a preview,
-        // since the last admitted commit (or the parent) on the protected branch.
-        let base = branch == context.protectedBranch
-            ? (lastAdmitted ?? tipCommit.parents.first)
-            : try context.protectedTip.flatMap { try repository.mergeBase($0, tip) }
-        return IdentityVerdict(tip: tipIdentity!, problems: problems, authors: authors,
-                               needsApproval: !(branch == context.protectedBranch && hidden.isEmpty),
-                               changedFiles: try repository.changedPaths(from: base, to: tip).sorted())
+        let tipJudged = try context.cache.judged(tip, with: context.identity)
+        return IdentityVerdict(tip: tipJudged.identity, problems: problems, commits: commits, hidden: hidden,
+                               changedFiles: try repository.changedPaths(from: changedSince, to: tip).sorted())
     }
 
     /// The verdict on one environment at the branch's tip.
@@ -120,22 +85,35 @@ public struct Admission: Sendable {
         public let conditions: [String]
     }
 
-    /// Identity, then the spec, then (when the revision would change) approvals.
-    func judge(_ desired: DesiredEnvironment, tip: CommitInfo, identity: IdentityVerdict, context: Context,
-               changesRevision: Bool, missingSecrets: [String] = []) throws -> Judgement {
-        let signatureRules = identity.problems.isEmpty
-            ? ["signature: \(identity.tip.principal.map { "ok (\($0))" } ?? "not required")"]
-            : identity.problems.map { "signature: \($0)" }
+    /// What the environment was before this change: what the approvals, teams and policies compare with.
+    struct Before {
+        /// The class and team of the running revision (nil when none runs).
+        var envClass: String?
+        var team: String?
+        var spec: EnvironmentSpec?
+        /// Where the change starts: the approval covers the commits from here to the judged commit.
+        var base: [ObjectID]
+        /// Paths of the environment at that revision (its file, template, sources).
+        var watched: [String] = []
+    }
+
+    /// Identity, then the spec, team membership, policies and secrets, then (when the revision
+    /// would change) the approvals of the stricter of the old and new class.
+    /// With `asFound` (a revision just anchored, taken as found) team and approvals are not asked.
+    func judge(_ desired: DesiredEnvironment, tip: CommitInfo, identity: IdentityVerdict, before: Before, context: Context,
+               changesRevision: Bool, asFound: Bool = false, missingSecrets: [String] = []) throws -> Judgement {
+        let signatureRules = signatureRules(identity)
         let specRules = desired.loaded.diagnostics.isEmpty ? ["spec: valid"] : desired.loaded.diagnostics.map { "spec: invalid: \($0)" }
         guard identity.problems.isEmpty, desired.loaded.diagnostics.isEmpty, let spec = desired.spec else {
             var remedies: [String] = []
-            if !identity.problems.isEmpty {
-                remedies.append("sign every new commit of the branch with an ed25519 key listed in identities/allowed_signers on main, by a principal in identities/actors.yaml")
-            }
+            if !identity.problems.isEmpty { remedies.append(Self.signatureRemedy) }
             if !desired.loaded.diagnostics.isEmpty { remedies.append("fix the spec errors listed (gantry validate shows them)") }
             return Judgement(decision: .deny, rules: signatureRules + specRules, remedies: remedies,
                              conditions: identity.problems.isEmpty ? ["SpecInvalid"] : ["AdmissionDenied"])
         }
+        let team = asFound ? (rule: "team: taken as found at the trust anchor", remedy: nil)
+            : try teamRule(environment: desired.name, teams: [spec.team, before.team],
+                           watched: desired.loaded.watchedPaths + before.watched, identity: identity, context: context)
         let variables = PolicyInput.variables(
             env: spec, previous: context.live[desired.loaded.name], actor: identity.tip.actor, principal: identity.tip.principal,
             onBehalfOf: identity.tip.onBehalfOf, task: identity.tip.task, branch: desired.branch,
@@ -146,60 +124,159 @@ public struct Admission: Sendable {
         let secretRules = missingSecrets.map {
             "secret: \($0) is not set for \(spec.name); set it with `gantry secret set \($0) --env \(spec.name)` (or --class \(spec.class.rawValue), --team)"
         }
-        let judged = signatureRules + specRules + policy.rules + secretRules
-        if policy.denied || !missingSecrets.isEmpty {
-            return Judgement(decision: .deny, rules: judged, remedies: policy.remedies + secretRules.map { String($0.dropFirst("secret: ".count)) },
+        let judged = signatureRules + specRules + [team.rule] + policy.rules + secretRules
+        if team.remedy != nil || policy.denied || !missingSecrets.isEmpty {
+            return Judgement(decision: .deny, rules: judged,
+                             remedies: (team.remedy.map { [$0] } ?? []) + policy.remedies + secretRules.map { String($0.dropFirst("secret: ".count)) },
                              conditions: ["AdmissionDenied"] + (missingSecrets.isEmpty ? [] : ["SecretMissing"]))
         }
-        guard changesRevision, identity.needsApproval, let rule = context.settings.approvals[spec.class.rawValue] else {
-            return Judgement(decision: .allow, rules: judged, remedies: [], conditions: [])
+        guard changesRevision, !asFound else { return Judgement(decision: .allow, rules: judged, remedies: [], conditions: []) }
+        return try approvals(classes: [before.envClass, spec.class.rawValue], tip: tip, base: before.base, rules: judged, context: context)
+    }
+
+    /// A removal (the environment's file deleted, or its branch no longer changing it) is a change
+    /// too: identity, the old team, the policies (with `env` null and `previous` set) and the
+    /// approvals of the old class come before anything is destroyed.
+    func judgeRemoval(of record: EnvironmentRecord, tip: CommitInfo, identity: IdentityVerdict, before: Before,
+                      context: Context) throws -> Judgement {
+        let signatureRules = signatureRules(identity)
+        guard identity.problems.isEmpty else {
+            return Judgement(decision: .deny, rules: signatureRules, remedies: [Self.signatureRemedy], conditions: ["AdmissionDenied"])
         }
-        let approval = ApprovalJudge(signers: context.identity.signers, actors: context.identity.actors).judge(
-            rule: rule, tip: tip, tipSigner: identity.tip.problem == nil ? identity.tip.principal : nil,
-            approvingKeys: try Approvals.approvingKeys(of: tip.id, in: repository), authors: identity.authors, now: Date())
-        if approval.isSatisfied {
-            return Judgement(decision: .allow, rules: judged + ["approval: ok (\(approval.approvers.joined(separator: ", ")))"],
-                             remedies: [], conditions: [])
+        let team = try teamRule(environment: record.name, teams: [before.team], watched: before.watched, identity: identity, context: context)
+        let variables = PolicyInput.variables(
+            env: nil, previous: before.spec, actor: identity.tip.actor, principal: identity.tip.principal,
+            onBehalfOf: identity.tip.onBehalfOf, task: identity.tip.task, branch: record.branch,
+            protected: record.branch == context.protectedBranch,
+            commit: PolicyInput.Commit(sha: tip.id.hex, message: tip.message, trailers: tip.trailers),
+            changedFiles: identity.changedFiles, approvals: [], now: Date())
+        let policy = context.policies.evaluate(variables)
+        let judged = signatureRules + [team.rule] + policy.rules
+        if team.remedy != nil || policy.denied {
+            return Judgement(decision: .deny, rules: judged, remedies: (team.remedy.map { [$0] } ?? []) + policy.remedies,
+                             conditions: ["AdmissionDenied"])
         }
-        let need = "approval: needs \(approval.required) approval\(approval.required == 1 ? "" : "s") of this exact commit by a human with role \(rule.role)\(rule.distinctFromAuthors ? " who did not author or sign the change" : ""); has \(approval.approvers.count)"
-        return Judgement(decision: .pending,
-                         rules: judged + [need] + approval.rejected.map { "approval: not counted: \($0)" },
-                         remedies: ["a human with role \(rule.role) signs the merge commit, or runs `gantry approve \(tip.id.short) --key KEY`"],
-                         conditions: ["ApprovalPending"])
+        return try approvals(classes: [before.envClass], tip: tip, base: before.base, rules: judged, context: context)
+    }
+
+    static let signatureRemedy = "sign every new commit of the branch with an ed25519 key listed in identities/allowed_signers on main, by a principal in identities/actors.yaml"
+
+    func signatureRules(_ identity: IdentityVerdict) -> [String] {
+        identity.problems.isEmpty
+            ? ["signature: \(identity.tip.principal.map { "ok (\($0))" } ?? "not required")"]
+            : identity.problems.map { "signature: \($0)" }
+    }
+
+    /// Every verified commit of the change that touches the environment must come from a member of
+    /// its team (old and new): the signer's teams, or for an agent, those of its On-Behalf-Of human.
+    func teamRule(environment: String, teams: [String?], watched: [String], identity: IdentityVerdict,
+                  context: Context) throws -> (rule: String, remedy: String?) {
+        let needed = Array(Set(teams.compactMap { $0 })).sorted()
+        guard !needed.isEmpty else { return ("team: none set", nil) }
+        for judged in identity.commits {
+            guard judged.identity.principal != nil else { continue } // unverified: only when signing is not required
+            let touched = try context.cache.touchedPaths(judged.info)
+            let touches = watched.contains { path in touched.contains(path) || touched.contains { $0.hasPrefix(path + "/") } }
+            guard touches else { continue }
+            let has = judged.identity.teams(actors: context.identity.actors)
+            let missing = needed.filter { !has.contains($0) }
+            guard !missing.isEmpty else { continue }
+            let who = judged.identity.principal! + (judged.identity.onBehalfOf.map { " on behalf of \($0)" } ?? "")
+            return ("team: commit \(judged.info.id.short) by \(who) (teams: \(has.isEmpty ? "none" : has.sorted().joined(separator: ", "))) changes \(environment) of team \(missing.joined(separator: ", "))",
+                    "the change to \(environment) must come from a member of team \(missing.joined(separator: ", ")) (or an agent acting for one); add the actor to the team in identities/actors.yaml on main, or have a member make the change")
+        }
+        return ("team: ok (\(needed.joined(separator: ", ")))", nil)
+    }
+
+    /// The approvals of every class rule that applies (the old and the new class: a relabel needs
+    /// the stricter of both), for exactly `tip`, covering the commits from `base` to it.
+    func approvals(classes: [String?], tip: CommitInfo, base: [ObjectID], rules judged: [String], context: Context) throws -> Judgement {
+        let names = classes.compactMap { $0 }.reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
+        let applicable = names.compactMap { name in context.settings.approvals[name].map { (name, $0) } }
+        guard !applicable.isEmpty else { return Judgement(decision: .allow, rules: judged, remedies: [], conditions: []) }
+        var rules = judged
+        var remedies: [String] = []
+        for (name, rule) in applicable {
+            let verdict = try approvalVerdict(rule: rule, of: tip, base: base, isProtectedMerge: context.protectedMerges.contains(tip.id.hex),
+                                              context: context)
+            let label = applicable.count > 1 ? "approval (\(name))" : "approval"
+            if verdict.isSatisfied {
+                rules.append("\(label): ok (\(verdict.approvers.joined(separator: ", ")))")
+                continue
+            }
+            rules.append("\(label): needs \(verdict.required) approval\(verdict.required == 1 ? "" : "s") of this exact commit by a human with role \(rule.role)\(rule.distinctFromAuthors ? " who did not author, commit, sign or act for the change" : ""); has \(verdict.approvers.count)")
+            rules += verdict.rejected.map { "\(label): not counted: \($0)" }
+            remedies.append("a human with role \(rule.role) signs the merge into \(context.protectedBranch), or runs `gantry approve \(tip.id.short) --key KEY`")
+        }
+        if remedies.isEmpty { return Judgement(decision: .allow, rules: rules, remedies: [], conditions: []) }
+        return Judgement(decision: .pending, rules: rules, remedies: remedies, conditions: ["ApprovalPending"])
+    }
+
+    /// Counts the approvals of `commit` under `rule`; the approval covers the commits from `base`
+    /// (exclusive) to `commit`, and none of their people may approve.
+    func approvalVerdict(rule: Settings.ApprovalRule, of commit: CommitInfo, base: [ObjectID], isProtectedMerge: Bool,
+                         context: Context) throws -> ApprovalVerdict {
+        let range = try repository.newCommits(tip: commit.id, hiding: base)
+        var people = Set<String>()
+        var others = Set<String>()
+        for id in range {
+            let judged = try context.cache.judged(id, with: context.identity)
+            let hands = judged.identity.people(of: judged.info)
+            people.formUnion(hands)
+            if id != commit.id { others.formUnion(hands) }
+        }
+        let own = try context.cache.judged(commit.id, with: context.identity).identity
+        let signer = own.isVerified ? ApprovalJudge.CommitSigner(principal: own.principal!, isProtectedMerge: isProtectedMerge, others: others) : nil
+        return ApprovalJudge(signers: context.identity.signers, actors: context.identity.actors).judge(
+            rule: rule, commit: commit, signer: signer, approvingKeys: try Approvals.approvingKeys(of: commit.id, in: repository),
+            people: people, now: Date())
     }
 }
 
-extension Admission {
-    /// One environment's judgement, for `gantry explain`.
-    public struct Explanation: Sendable {
-        public let environment: String
-        public let judgement: Judgement
-    }
-
-    /// Judges `commit` as the tip of `branch` for every environment it touches (compared with its
-    /// first parent), exactly as a pass would, without changing anything.
-    public func explain(commit: ObjectID, branch: String, lastAdmitted: ObjectID?, context: Context) throws -> [Explanation] {
-        let info = try repository.commit(commit)
-        let changed = try repository.changedPaths(from: info.parents.first, to: commit)
-        let desired = try loader.desiredEnvironments(branch: branch, commit: commit, protectedBranch: context.protectedBranch,
-                                                     protectedTip: context.protectedTip)
-        let identity = try judgeIdentity(branch: branch, tip: commit, lastAdmitted: lastAdmitted, context: context)
-        return try desired.filter { $0.loaded.isTouched(by: changed) }.map {
-            Explanation(environment: $0.name, judgement: try judge($0, tip: info, identity: identity, context: context, changesRevision: true))
-        }
-    }
+/// One commit with its identity under some governance.
+struct JudgedCommit: Sendable {
+    let info: CommitInfo
+    let identity: CommitIdentity
 }
 
 /// The identity verdict of one branch's new commits, shared by every environment the branch asks for.
-struct IdentityVerdict {
+struct IdentityVerdict: Sendable {
     /// The tip's identity: who the records name as actor.
     let tip: CommitIdentity
     /// Every problem of every new commit, oldest first; empty when all may be admitted.
     let problems: [String]
-    /// Authors and signers of the new commits (a merge at the tip excluded): who may not approve them.
-    let authors: Set<String>
-    /// False on the protected branch's first pass: the state found at start is taken as approved.
-    let needsApproval: Bool
+    /// The new commits, oldest first, with their identities.
+    let commits: [JudgedCommit]
+    /// What the new commits were counted from.
+    let hidden: [ObjectID]
     /// Repository paths the branch's change touches (the policies' `change.files`).
     let changedFiles: [String]
+}
+
+/// Commits, their identities and the paths they touch, read once per context.
+final class CommitCache: @unchecked Sendable {
+    let repository: GitRepository
+    private let lock = NSLock()
+    private var judged: [ObjectID: JudgedCommit] = [:]
+    private var touched: [ObjectID: Set<String>] = [:]
+
+    init(repository: GitRepository) { self.repository = repository }
+
+    func judged(_ id: ObjectID, with judge: IdentityJudge) throws -> JudgedCommit {
+        if let known = lock.withLock({ judged[id] }) { return known }
+        let info = try repository.commit(id)
+        let result = JudgedCommit(info: info, identity: judge.judge(info, signature: try repository.signature(of: id), now: Date()))
+        lock.withLock { judged[id] = result }
+        return result
+    }
+
+    /// The paths a commit itself changes: against its parent, or for a merge, the paths that differ
+    /// from every parent (what the merge itself resolved).
+    func touchedPaths(_ commit: CommitInfo) throws -> Set<String> {
+        if let known = lock.withLock({ touched[commit.id] }) { return known }
+        var paths = try repository.changedPaths(from: commit.parents.first, to: commit.id)
+        for parent in commit.parents.dropFirst() { paths.formIntersection(try repository.changedPaths(from: parent, to: commit.id)) }
+        lock.withLock { touched[commit.id] = paths }
+        return paths
+    }
 }

@@ -12,10 +12,10 @@ extension EnvironmentRecord {
 
 extension Reconciler {
     /// The running revision of `record` as a plan the driver can apply again (rotations, drift).
-    func appliedPlan(_ record: EnvironmentRecord, context: PassContext) -> PlannedEnvironment? {
+    func appliedPlan(_ record: EnvironmentRecord) -> PlannedEnvironment? {
         guard let spec = record.appliedSpec, let applied = record.appliedCommit.flatMap(ObjectID.init(hex:)) else { return nil }
         return PlannedEnvironment(name: record.name, branch: record.branch, commit: applied, spec: spec,
-                                  fingerprint: record.fingerprint ?? "", domain: record.domain ?? context.settings.domain,
+                                  fingerprint: record.fingerprint ?? "", domain: record.domain ?? Settings().domain,
                                   repository: repository)
     }
 }

@@ -9,9 +9,10 @@ import StateStore
 extension Reconciler {
     /// The lines every record of a judged commit starts with. The actor is the verified signer;
     /// without one, the commit's author e-mail marked `actor-kind: unverified`.
-    func baseFields(_ environment: String, branch: String, commit: CommitInfo, identity: CommitIdentity,
+    func baseFields(_ environment: String?, branch: String, commit: CommitInfo, identity: CommitIdentity,
                     policyRevision: ObjectID?) -> [(String, String)] {
-        var fields: [(String, String)] = [("environment", environment), ("branch", branch), ("commit", commit.id.hex)]
+        var fields: [(String, String)] = environment.map { [("environment", $0)] } ?? []
+        fields += [("branch", branch), ("commit", commit.id.hex)]
         if let principal = identity.principal, identity.problem == nil {
             fields += [("actor", principal), ("actor-kind", identity.actor?.kind.rawValue ?? "unknown")]
         } else {

@@ -7,62 +7,87 @@ import SpecModel
 import StateStore
 
 extension Reconciler {
-    /// Converges the environments one branch asks for, and destroys those it no longer asks for.
-    func reconcile(branch: String, tip: ObjectID, context: PassContext, _ summary: inout PassSummary) throws {
+    /// Converges the environments `branch` asks for at `tip` and judges the removal of those it no
+    /// longer asks for. The change is the commits of `tip` that `hidden` does not contain;
+    /// `changedSince` is where its files are counted from. With `asFound` (a revision just
+    /// anchored) only the tip's own identity is checked and no approval is asked.
+    func reconcile(branch: String, tip: ObjectID, hidden: [ObjectID], changedSince: ObjectID?, context: PassContext,
+                   asFound: Bool = false, _ summary: inout PassSummary) throws {
+        var names = Set<String>()
         let desired = try loader.desiredEnvironments(branch: branch, commit: tip, protectedBranch: context.protectedBranch,
-                                                     protectedTip: context.protectedTip)
+                                                     protectedTip: context.protectedTip) { try self.previewName(environment: $0, branch: $1) }
+            .filter { names.insert($0.name).inserted }
         let commit = try repository.commit(tip)
-        let identity = try admission.judgeIdentity(branch: branch, tip: tip,
-                                                   lastAdmitted: try state.admittedCommit(branch: branch).flatMap(ObjectID.init(hex:)),
-                                                   context: context)
+        let identity = try admission.judgeIdentity(tip: tip, hiding: hidden, changedSince: changedSince, context: context)
         // Environments that clone another's data come after the ones they clone from.
         let ordered = desired.filter { !($0.spec?.databases.contains { $0.cloneFrom != nil } ?? false) }
             + desired.filter { $0.spec?.databases.contains { $0.cloneFrom != nil } ?? false }
         for environment in ordered {
-            try converge(environment, commit: commit, identity: identity, context: context, &summary)
+            try converge(environment, commit: commit, identity: identity, context: context, asFound: asFound, &summary)
         }
-        if identity.problems.isEmpty { try state.setAdmitted(branch: branch, commit: tip.hex) }
-        let wanted = Set(desired.map(\.name))
-        for existing in try state.environments() where existing.branch == branch && !wanted.contains(existing.name) {
-            let reason = branch == context.protectedBranch
-                ? "environment \(existing.name) was removed from \(branch) at \(tip.short)"
-                : "branch \(branch) no longer changes \(existing.name) at \(tip.short)"
-            try destroy(existing, reason: reason, commitForNote: tip.hex, &summary)
+        if branch != context.protectedBranch && identity.problems.isEmpty { try state.setAdmitted(branch: branch, commit: tip.hex) }
+        for existing in try state.environments() where existing.branch == branch && !names.contains(existing.name) {
+            try remove(existing, tip: commit, identity: identity, context: context, asFound: asFound, &summary)
         }
     }
 
+    /// The name a preview of `environment` on `branch` runs under: the one it already has, else
+    /// FORMATS.md's `<environment>--<slug>` unless another branch (or another environment) ever
+    /// held it, else a name with 64 bits of hash of its own. A name never changes hands.
+    func previewName(environment: String, branch: String) throws -> String {
+        if let owned = try state.environment(branch: branch, source: environment) { return owned.name }
+        var candidate = Previews.name(environment: environment, branch: branch)
+        var attempt = 0
+        while let holder = try state.environment(candidate),
+              !(holder.branch == branch && (holder.source == nil || holder.source == environment)) {
+            candidate = Previews.hashed(environment: environment, branch: branch, attempt: attempt)
+            attempt += 1
+        }
+        return candidate
+    }
+
     /// Judges one desired environment at the branch's new tip and applies it when admitted:
-    /// identity, then the spec; an unchanged revision is recorded but not restarted.
-    func converge(_ desired: DesiredEnvironment, commit: CommitInfo, identity: IdentityVerdict, context: PassContext,
-                  _ summary: inout PassSummary) throws {
+    /// identity, then the spec, team, policies and approvals; an unchanged revision is recorded
+    /// but not restarted.
+    func converge(_ desired: DesiredEnvironment, commit tipCommit: CommitInfo, identity: IdentityVerdict, context: PassContext,
+                  asFound: Bool, _ summary: inout PassSummary) throws {
         let existing = try state.environment(desired.name)
         let live = existing.flatMap { $0.phase == .destroyed ? nil : $0 }
         // This commit was already judged (a pass cut short mid-apply is Pending and goes on; one
         // waiting for approval is judged again, as approvals arrive).
         if let live, live.commit == desired.commit.hex, live.phase != .pending,
            !live.conditions.contains("ApprovalPending"), !live.conditions.contains("SecretMissing") { return }
+        let untouched = try live.map { !(try touches(desired, since: $0.commit)) } ?? false
         // A commit that touches none of the environment's files only moves its commit along —
         // unless an apply was cut short (Pending goes on) or the last denial was about identity,
         // which a new commit (re-signed history, say) may cure.
-        if let live, live.phase != .pending, !live.conditions.contains("AdmissionDenied"), !live.conditions.contains("ApprovalPending"),
-           !(try touches(desired, since: live.commit)) {
+        if let live, live.phase != .pending, !live.conditions.contains("AdmissionDenied"), !live.conditions.contains("ApprovalPending"), untouched {
             var updated = live
             updated.commit = desired.commit.hex
             updated.updatedAt = Date()
             try state.save(updated)
             return
         }
-        var record = live ?? EnvironmentRecord(name: desired.name, branch: desired.branch, commit: desired.commit.hex,
+        // Waiting for approval with nothing changed since: the approval asked for is still of the
+        // commit it waits at (later commits elsewhere do not reset it).
+        var commit = tipCommit
+        if let live, live.conditions.contains("ApprovalPending"), untouched, let waitingAt = ObjectID(hex: live.commit), waitingAt != tipCommit.id {
+            commit = try repository.commit(waitingAt)
+        }
+        var record = live ?? EnvironmentRecord(name: desired.name, branch: desired.branch, commit: commit.id.hex,
                                                envClass: desired.spec?.class.rawValue ?? (desired.isPreview ? "preview" : "development"),
                                                team: desired.loaded.spec?.team, phase: .pending)
         if existing?.phase == .destroyed { record.createdAt = Date(); record.destroyedAt = nil; record.appliedCommit = nil; record.fingerprint = nil }
+        if record.appliedCommit == nil && (record.baseCommit == nil || existing?.phase == .destroyed) { record.baseCommit = identity.hidden.first?.hex }
         record.branch = desired.branch
-        record.commit = desired.commit.hex
+        record.source = desired.loaded.name
+        record.commit = commit.id.hex
         record.updatedAt = Date()
-        let base = baseFields(desired.name, branch: desired.branch, commit: commit, identity: identity.tip, policyRevision: context.protectedTip)
+        let base = baseFields(desired.name, branch: desired.branch, commit: commit, identity: identity.tip, policyRevision: context.governance.commit)
 
         let unchanged = live.map { $0.fingerprint == desired.fingerprint && $0.phase == .running } ?? false
-        let judgement = try admission.judge(desired, tip: commit, identity: identity, context: context, changesRevision: !unchanged,
+        let judgement = try admission.judge(desired, tip: commit, identity: identity, before: try before(live, branch: desired.branch, identity: identity, context: context), context: context,
+                                            changesRevision: !unchanged, asFound: asFound,
                                             missingSecrets: desired.spec.flatMap { spec in missingSecrets?(spec) } ?? [])
         record.conditions = judgement.conditions
         let rules = base + [("decision", judgement.decision.rawValue)] + judgement.rules.map { ("rule", $0) }
@@ -105,6 +130,83 @@ extension Reconciler {
         record.message = "applying \(commit.id.short)"
         try state.save(record)
         try apply(desired, spec: spec, commit: commit, base: base, context: context, record: &record, &summary)
+    }
+
+    /// What the environment was before the change: its running class, team, spec and paths, and
+    /// where the change starts (the applied revision, else where the environment first appeared;
+    /// for a new one, what the branch's change is counted from).
+    func before(_ live: EnvironmentRecord?, branch: String, identity: IdentityVerdict, context: PassContext) throws -> Admission.Before {
+        let start = live.flatMap { ($0.appliedCommit ?? $0.baseCommit).flatMap(ObjectID.init(hex:)) }
+        guard let start else { return Admission.Before(base: identity.hidden) }
+        var before = Admission.Before(base: [start] + (branch == context.protectedBranch ? [] : [context.revision]))
+        guard let live, let applied = live.appliedCommit.flatMap(ObjectID.init(hex:)) else { return before }
+        before.envClass = live.envClass
+        before.team = live.team
+        before.spec = live.appliedSpec
+        if let loaded = try loadedEnvironments(at: applied).first(where: { $0.name == (live.source ?? live.name) }) {
+            before.watched = loaded.watchedPaths
+        }
+        return before
+    }
+
+    /// The environment files at `commit`, read once per commit (a few kept).
+    func loadedEnvironments(at commit: ObjectID) throws -> [LoadedEnvironment] {
+        if let known = loadedCache[commit] { return known }
+        let loaded = try loader.environments(at: commit)
+        if loadedCache.count > 16 { loadedCache.removeAll() }
+        loadedCache[commit] = loaded
+        return loaded
+    }
+
+    /// An environment its branch no longer asks for. Removing it is a change to it: judged like
+    /// one (identity, the old team, policies with `env` null, the approvals of its class) before
+    /// anything is destroyed; denied or waiting, it keeps running. One that never ran just goes.
+    func remove(_ existing: EnvironmentRecord, tip: CommitInfo, identity: IdentityVerdict, context: PassContext, asFound: Bool,
+                _ summary: inout PassSummary) throws {
+        let protected = existing.branch == context.protectedBranch
+        let reason = protected
+            ? "environment \(existing.name) was removed from \(existing.branch) at \(tip.id.short)"
+            : "branch \(existing.branch) no longer changes \(existing.name) at \(tip.id.short)"
+        guard existing.appliedCommit != nil, !asFound else {
+            try destroy(existing, reason: reason, commitForNote: tip.id.hex, &summary)
+            return
+        }
+        let before = try before(existing, branch: existing.branch, identity: identity, context: context)
+        // Waiting since an earlier commit with nothing of it changed since: judged at that commit.
+        var commit = tip
+        if existing.conditions.contains("ApprovalPending"), let waitingAt = ObjectID(hex: existing.commit), waitingAt != tip.id,
+           try repository.isReachable(waitingAt, from: tip.id),
+           try loadedEnvironments(at: waitingAt).allSatisfy({ $0.name != (existing.source ?? existing.name) }),
+           !(try repository.changedPaths(from: waitingAt, to: tip.id)).contains(where: { path in before.watched.contains { path == $0 || path.hasPrefix($0 + "/") } }) {
+            commit = try repository.commit(waitingAt)
+        }
+        let judgement = try admission.judgeRemoval(of: existing, tip: commit, identity: identity, before: before, context: context)
+        let base = baseFields(existing.name, branch: existing.branch, commit: commit, identity: identity.tip, policyRevision: context.governance.commit)
+        let rules = base + [("decision", judgement.decision.rawValue)] + judgement.rules.map { ("rule", $0) }
+        var record = existing
+        record.updatedAt = Date()
+        switch judgement.decision {
+        case .allow:
+            try appendOnce(.admitted, existing.name, commit.id, rules + [("change", "-environment \(existing.name)")])
+            summary.admitted.append(existing.name)
+            try destroy(existing, reason: reason, commitForNote: commit.id.hex, &summary)
+        case .pending:
+            try appendOnce(.pendingApproval, existing.name, commit.id, rules + [("change", "-environment \(existing.name)")])
+            record.commit = commit.id.hex
+            record.phase = .pendingApproval
+            record.conditions = judgement.conditions
+            record.message = "removal at \(commit.id.short) waits for approval; still running \(existing.appliedCommit!.prefix(7)): \(judgement.remedies.joined(separator: "; "))"
+            try state.save(record)
+            summary.pending.append(existing.name)
+        case .deny:
+            try appendOnce(.denied, existing.name, commit.id, rules + [("change", "-environment \(existing.name)")])
+            record.commit = commit.id.hex
+            record.conditions = judgement.conditions
+            record.message = "removal at \(commit.id.short) denied; still running \(existing.appliedCommit!.prefix(7)): \(judgement.rules.filter { !$0.contains(": ok") && !$0.hasSuffix(": pass") }.joined(separator: "; "))"
+            try state.save(record)
+            try state.record(EventRecord(environment: existing.name, kind: "denied", message: record.message!))
+            summary.denied.append(existing.name)
+        }
     }
 
     /// Applies an admitted revision through the driver and records the outcome.

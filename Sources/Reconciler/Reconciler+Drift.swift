@@ -8,7 +8,7 @@ extension Reconciler {
     /// Every pass compares actual with desired for running environments: processes the driver finds
     /// stopped, databases that disappeared. Corrections are recorded as `drift-corrected` with what
     /// was found; with `detectOnly` the drift is only reported.
-    func correctDrift(context: PassContext, _ summary: inout PassSummary) {
+    func correctDrift(_ summary: inout PassSummary) {
         var corrected: [String: [String]] = [:]
         for event in driver.supervise(correct: !options.detectOnly) {
             note(event)
@@ -16,7 +16,7 @@ extension Reconciler {
             if event.kind == "drift-detected" { summary.drift.append(event.environment) }
         }
         for record in (try? state.environments()) ?? [] where record.phase == .running {
-            guard let plan = appliedPlan(record, context: context), !plan.spec.databases.isEmpty else { continue }
+            guard let plan = appliedPlan(record), !plan.spec.databases.isEmpty else { continue }
             let found = driver.drift(plan)
             guard !found.isEmpty else { continue }
             if options.detectOnly {

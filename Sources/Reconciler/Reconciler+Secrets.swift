@@ -8,10 +8,10 @@ extension Reconciler {
     /// A running environment whose secrets changed (`gantry secret set`) is applied again: the
     /// driver restarts exactly the services whose resolved secrets changed, and a record names the
     /// rotated secrets (never their values).
-    func rotateSecrets(context: PassContext, _ summary: inout PassSummary) {
+    func rotateSecrets(_ summary: inout PassSummary) {
         guard let secretVersions else { return }
         for record in (try? state.environments()) ?? [] where record.phase == .running {
-            guard let plan = appliedPlan(record, context: context), !plan.spec.secrets.isEmpty else { continue }
+            guard let plan = appliedPlan(record), !plan.spec.secrets.isEmpty else { continue }
             let versions = secretVersions(plan.spec)
             let previous = appliedSecretVersions[record.name]
             guard previous != versions else { continue }

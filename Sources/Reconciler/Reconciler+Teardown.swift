@@ -6,7 +6,9 @@ import SpecModel
 import StateStore
 
 extension Reconciler {
-    /// Branch deletion and merges, checked every pass against the fresh listing.
+    /// Branch deletion and merges, checked every pass against the fresh listing. A branch is
+    /// merged when the last admitted protected revision contains its tip (an unadmitted merge on
+    /// the protected branch destroys nothing).
     func sweep(branches: [String: ObjectID], context: PassContext, protectedChanged: Bool, _ summary: inout PassSummary) throws {
         // Branches seen before, and branches of environments a pass cut short may have left behind.
         // The protected branch is never swept: a listing without it must not take production down.
@@ -19,11 +21,11 @@ extension Reconciler {
                 logger.error("could not tear down the previews of a deleted branch; will retry", metadata: ["git.branch": "\(branch)", "error": "\(error)"])
             }
         }
-        guard protectedChanged, let protectedTip = context.protectedTip else { return }
+        guard protectedChanged else { return }
         let previewBranches = Set(try state.environments().filter { $0.branch != context.protectedBranch }.map(\.branch))
         for branch in previewBranches {
-            guard let tip = branches[branch], try repository.isReachable(tip, from: protectedTip) else { continue }
-            try destroyPreviews(of: branch, reason: "branch \(branch) was merged into \(context.protectedBranch) at \(protectedTip.short)",
+            guard let tip = branches[branch], try tip == context.revision || repository.isReachable(tip, from: context.revision) else { continue }
+            try destroyPreviews(of: branch, reason: "branch \(branch) was merged into \(context.protectedBranch) at \(context.revision.short)",
                                 commitForNote: tip, &summary)
         }
     }

@@ -33,6 +33,12 @@ public final class Reconciler: @unchecked Sendable {
         public var driftCorrected: [String] = []
         public var drift: [String] = []
         public var skipped = false
+        /// Why nothing was admitted or destroyed this pass (no anchor, anchor lost, branch missing).
+        public var halted: String?
+        /// The protected commit admission stopped at (waiting for approval, or denied).
+        public var blocked: String?
+        /// The notes had lost records and were published again.
+        public var auditRestored = false
     }
 
     let repository: GitRepository
@@ -57,6 +63,10 @@ public final class Reconciler: @unchecked Sendable {
     private var processedCache: [String: String]?
     /// The approvals notes ref as last seen; when it moves, environments waiting for approval are judged again.
     private var approvalsSeen: (tip: ObjectID?, known: Bool) = (nil, false)
+    /// Governance read at recent revisions (a few entries).
+    var governanceCache: [ObjectID: GovernanceRevision] = [:]
+    /// Environment files read at recent commits (a few entries).
+    var loadedCache: [ObjectID: [LoadedEnvironment]] = [:]
 
     func processedRefs() throws -> [String: String] {
         if let processedCache { return processedCache }
@@ -80,6 +90,7 @@ public final class Reconciler: @unchecked Sendable {
         self.driver = driver
         self.logger = logger
         self.options = options
+        if audit.journal == nil { audit.journal = StateJournal(state) }
     }
 
     /// Adopts what survived a restart, then loops: a pass, then wait for the poll interval or a wake.
@@ -98,11 +109,17 @@ public final class Reconciler: @unchecked Sendable {
         for event in driver.recover(desired: wanted) { note(event) }
     }
 
-    /// One full pass over the changed refs, then the sweeps, then supervision.
+    /// One full pass: the audit chain's integrity, the protected branch commit by commit, then
+    /// every other changed branch, the sweeps, and supervision.
     @discardableResult
     public func runPass() throws -> PassSummary {
         var summary = PassSummary()
         try beforePass?()
+        if let restored = try audit.ensureIntact() {
+            summary.auditRestored = true
+            logger.critical("the audit notes had lost records; they were published again from the state DB",
+                            metadata: ["found": "\(restored.values("found").joined(separator: "; "))"])
+        }
         let branches: [String: ObjectID]
         do {
             branches = try repository.branches()
@@ -116,36 +133,43 @@ public final class Reconciler: @unchecked Sendable {
             summary.skipped = true
             return summary
         }
-        let context = try admission.context(branches: branches, protectedBranch: options.protectedBranch)
-        let (settings, protectedBranch, protectedTip) = (context.settings, context.protectedBranch, context.protectedTip)
-        let processed = try processedRefs()
-        var waiting = Set<String>()
         let approvalsTip = try repository.reference(Approvals.notesRef)
-        if !approvalsSeen.known || approvalsSeen.tip != approvalsTip {
-            waiting = Set(try state.environments().filter { $0.conditions.contains("ApprovalPending") }.map(\.branch))
-            approvalsSeen = (approvalsTip, true)
+        let approvalsMoved = !approvalsSeen.known || approvalsSeen.tip != approvalsTip
+        approvalsSeen = (approvalsTip, true)
+        guard let context = try advanceProtected(branches: branches, approvalsMoved: approvalsMoved, &summary) else {
+            // Halted: nothing is admitted or destroyed; what runs is still supervised.
+            correctDrift(&summary)
+            return summary
         }
+        let processed = try processedRefs()
+        let protectedBranch = context.protectedBranch
+        var waiting = Set<String>()
+        let environments = try state.environments()
+        if approvalsMoved { waiting = Set(environments.filter { $0.conditions.contains("ApprovalPending") }.map(\.branch)) }
         // Environments denied for a missing secret are judged again each pass: `gantry secret set` admits them.
-        waiting.formUnion(try state.environments().filter { $0.conditions.contains("SecretMissing") }.map(\.branch))
-        let changed = branches.filter { (processed[$0.key] != $0.value.hex || waiting.contains($0.key)) && !settings.ignores(branch: $0.key) }
-            .sorted { ($0.key == protectedBranch ? 0 : 1, $0.key) < ($1.key == protectedBranch ? 0 : 1, $1.key) }
-        summary.changedBranches = changed.map(\.key)
+        waiting.formUnion(environments.filter { $0.conditions.contains("SecretMissing") }.map(\.branch))
+        let changed = branches.filter { $0.key != protectedBranch && (processed[$0.key] != $0.value.hex || waiting.contains($0.key))
+                                        && !context.settings.ignores(branch: $0.key) }
+            .sorted { $0.key < $1.key }
+        summary.changedBranches += changed.map(\.key)
 
         for (branch, tip) in changed {
             do {
-                if branch != protectedBranch, let protectedTip, try repository.isReachable(tip, from: protectedTip) {
-                    try destroyPreviews(of: branch, reason: "branch \(branch) was merged into \(protectedBranch) at \(protectedTip.short)", commitForNote: tip, &summary)
+                if try tip == context.revision || repository.isReachable(tip, from: context.revision) {
+                    try destroyPreviews(of: branch, reason: "branch \(branch) was merged into \(protectedBranch) at \(context.revision.short)", commitForNote: tip, &summary)
                 } else {
-                    try reconcile(branch: branch, tip: tip, context: context, &summary)
+                    let lastAdmitted = try state.admittedCommit(branch: branch).flatMap(ObjectID.init(hex:))
+                    try reconcile(branch: branch, tip: tip, hidden: (lastAdmitted.map { [$0] } ?? []) + [context.revision],
+                                  changedSince: try repository.mergeBase(context.protectedTip, tip), context: context, &summary)
                 }
                 try setProcessed(branch: branch, commit: tip.hex)
             } catch {
                 logger.error("could not reconcile branch; will retry", metadata: ["git.branch": "\(branch)", "error": "\(error)"])
             }
         }
-        try sweep(branches: branches, context: context, protectedChanged: changed.contains { $0.key == protectedBranch }, &summary)
-        rotateSecrets(context: context, &summary)
-        correctDrift(context: context, &summary)
+        try sweep(branches: branches, context: context, protectedChanged: summary.changedBranches.contains(protectedBranch), &summary)
+        rotateSecrets(&summary)
+        correctDrift(&summary)
         return summary
     }
 

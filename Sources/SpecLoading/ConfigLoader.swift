@@ -60,22 +60,22 @@ public struct ConfigLoader: Sendable {
         let entries = try repository.listDirectory(Self.environmentsDirectory, at: commit) ?? []
         var templates: [String: (node: YAMLNode?, diagnostics: [Diagnostic])] = [:]
         var loaded: [LoadedEnvironment] = []
-        var firstByName: [String: String] = [:]
+        var filesByName: [String: [String]] = [:]
         for entry in entries where entry.kind == .file || entry.kind == .executable {
             guard entry.name.hasSuffix(".yaml") || entry.name.hasSuffix(".yml") else { continue }
             let file = "\(Self.environmentsDirectory)/\(entry.name)"
-            var environment = load(file: file, at: commit, templates: &templates)
-            if let name = environment.spec?.name, !name.isEmpty {
-                if let first = firstByName[name] {
-                    environment = LoadedEnvironment(file: file, spec: environment.spec, templateFile: environment.templateFile,
-                        diagnostics: environment.diagnostics + [Diagnostic(file: file, "environment name '\(name)' is already used by \(first); names must be unique")])
-                } else {
-                    firstByName[name] = file
-                }
-            }
+            let environment = load(file: file, at: commit, templates: &templates)
+            if let name = environment.spec?.name, !name.isEmpty { filesByName[name, default: []].append(file) }
             loaded.append(environment)
         }
-        return loaded
+        // A name claimed by several files is invalid in every one of them: no file takes over
+        // another's environment by sorting first.
+        return loaded.map { environment in
+            guard let name = environment.spec?.name, let files = filesByName[name], files.count > 1 else { return environment }
+            let others = files.filter { $0 != environment.file }.joined(separator: ", ")
+            return LoadedEnvironment(file: environment.file, spec: environment.spec, templateFile: environment.templateFile,
+                diagnostics: environment.diagnostics + [Diagnostic(file: environment.file, "environment name '\(name)' is also used by \(others); names must be unique (rename or remove one)")])
+        }
     }
 
     /// All problems at `commit`: settings, every template and every environment.

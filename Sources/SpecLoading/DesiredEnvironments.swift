@@ -20,15 +20,27 @@ public struct DesiredEnvironment: Sendable {
 }
 
 public enum Previews {
-    /// `<environment>--<slug(branch)>`, cut to 63 characters with a hash suffix when longer.
+    /// `<environment>--<slug(branch)>`, cut to 63 characters when longer, then ending in `-` and
+    /// 16 hex digits (64 bits) of sha256 of the branch and environment names.
     public static func name(environment: String, branch: String) -> String {
-        let hash = SHA256.hash(data: Data(branch.utf8)).map { String(format: "%02x", $0) }.joined().prefix(6)
         let slug = Names.slug(branch)
-        let full = "\(environment)--\(slug.isEmpty ? String(hash) : slug)"
+        let full = "\(environment)--\(slug.isEmpty ? hash(environment: environment, branch: branch, attempt: 0) : slug)"
         guard full.count > 63 else { return full }
-        var cut = String(full.prefix(63 - 7))
+        return hashed(environment: environment, branch: branch, attempt: 0)
+    }
+
+    /// A name of the branch's own when `name(environment:branch:)` is taken by another branch:
+    /// the slug cut to fit, then `-` and 16 hex digits of sha256 of the branch, the environment and
+    /// `attempt` (0, 1, ... until one is free).
+    public static func hashed(environment: String, branch: String, attempt: Int) -> String {
+        var cut = String("\(environment)--\(Names.slug(branch))".prefix(63 - 17))
         while cut.hasSuffix("-") { cut.removeLast() }
-        return "\(cut)-\(hash)"
+        return "\(cut)-\(hash(environment: environment, branch: branch, attempt: attempt))"
+    }
+
+    static func hash(environment: String, branch: String, attempt: Int) -> String {
+        let input = "\(branch)\n\(environment)" + (attempt == 0 ? "" : "\n\(attempt)")
+        return SHA256.hash(data: Data(input.utf8)).prefix(8).map { String(format: "%02x", $0) }.joined()
     }
 }
 
@@ -36,8 +48,12 @@ extension ConfigLoader {
     /// The environments `branch` at `commit` asks for. On the protected branch every environment is
     /// live; on another branch, a preview for each environment whose file, template or source
     /// changed since the merge-base with the protected branch.
-    public func desiredEnvironments(branch: String, commit: ObjectID, protectedBranch: String,
-                                    protectedTip: ObjectID?) throws -> [DesiredEnvironment] {
+    ///
+    /// `previewName` picks a preview's name (default: `Previews.name`); the reconciler gives one
+    /// that never hands a name another branch owns.
+    public func desiredEnvironments(branch: String, commit: ObjectID, protectedBranch: String, protectedTip: ObjectID?,
+                                    previewName: (_ environment: String, _ branch: String) throws -> String = { Previews.name(environment: $0, branch: $1) })
+        throws -> [DesiredEnvironment] {
         let environments = try self.environments(at: commit)
         if branch == protectedBranch {
             return try environments.map { try desired($0, name: $0.name, spec: $0.isValid ? $0.spec : nil, branch: branch, commit: commit) }
@@ -46,7 +62,7 @@ extension ConfigLoader {
         let changed = try repository.changedPaths(from: base, to: commit)
         return try environments.compactMap { environment in
             guard environment.isTouched(by: changed) else { return nil }
-            let name = Previews.name(environment: environment.name, branch: branch)
+            let name = try previewName(environment.name, branch)
             var spec = environment.isValid ? environment.spec : nil
             spec?.name = name
             spec?.class = .preview

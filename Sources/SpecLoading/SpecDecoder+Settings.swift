@@ -33,8 +33,12 @@ enum SpecDecoder {
             value.role = rule.string("role", &diagnostics) ?? "approver"
             value.distinctFromAuthors = rule.bool("distinctFromAuthors", &diagnostics) ?? true
             rule.finish(&diagnostics)
-            if !EnvironmentClass.allCases.map(\.rawValue).contains(name) {
-                diagnostics.append(Diagnostic(node.mark, "approvals.\(name): unknown class; classes are \(EnvironmentClass.allCases.map(\.rawValue).joined(separator: ", "))"))
+            let known = EnvironmentClass.allCases.map(\.rawValue) + [Settings.governanceApprovals]
+            if !known.contains(name) {
+                diagnostics.append(Diagnostic(node.mark, "approvals.\(name): unknown class\(suggestion(name, known)); the keys are \(known.joined(separator: ", "))"))
+            }
+            if value.count < 1, let countNode = rule.value("count") {
+                diagnostics.append(Diagnostic(countNode.mark, "approvals.\(name).count must be at least 1; remove the rule to need no approval"))
             }
             settings.approvals[name] = value
         }

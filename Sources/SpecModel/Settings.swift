@@ -13,6 +13,9 @@ public struct Settings: Sendable, Codable, Equatable {
 
     public init() {}
 
+    /// The `approvals` key for changes to gantry.yaml, identities/ and policies/ on the protected branch.
+    public static let governanceApprovals = "governance"
+
     public struct Signing: Sendable, Codable, Equatable {
         public var required = false
         public init(required: Bool = false) { self.required = required }

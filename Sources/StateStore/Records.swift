@@ -32,6 +32,13 @@ public struct EnvironmentRecord: Codable, Sendable, Equatable, FetchableRecord, 
     public var createdAt: Date
     public var updatedAt: Date
     public var destroyedAt: Date?
+    /// `metadata.name` of the environment file this one comes from: a preview's name belongs to
+    /// exactly one (branch, source) pair, for good.
+    public var source: String?
+    /// Where the change waiting to converge starts: the applied revision, or for an environment
+    /// never applied, the revision its branch had been judged up to when it first appeared. An
+    /// approval covers the commits from here to the approved commit.
+    public var baseCommit: String?
 
     public init(name: String, branch: String, commit: String, envClass: String, team: String?, phase: EnvironmentPhase, now: Date = Date()) {
         self.name = name

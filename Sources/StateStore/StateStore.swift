@@ -73,6 +73,25 @@ public final class StateStore: Sendable {
                 t.column("message", .text).notNull()
             }
         }
+        migrator.registerMigration("v2") { db in
+            try db.create(table: "meta") { t in
+                t.primaryKey("key", .text)
+                t.column("value", .text).notNull()
+            }
+            try db.create(table: "auditRecords") { t in
+                t.primaryKey("seq", .integer)
+                t.column("digest", .text).notNull()
+                t.column("target", .text).notNull()
+                t.column("text", .text).notNull()
+            }
+            try db.alter(table: "environments") { t in
+                t.add(column: "source", .text)
+                t.add(column: "baseCommit", .text)
+            }
+            try db.create(table: "protectedMerges") { t in
+                t.primaryKey("commit", .text)
+            }
+        }
         return migrator
     }
 
@@ -87,6 +106,13 @@ public final class StateStore: Sendable {
 
     public func environment(_ name: String) throws -> EnvironmentRecord? {
         try pool.read { db in try EnvironmentRecord.fetchOne(db, key: name) }
+    }
+
+    /// The environment (live or destroyed) that `branch` runs for the environment file named `source`.
+    public func environment(branch: String, source: String) throws -> EnvironmentRecord? {
+        try pool.read { db in
+            try EnvironmentRecord.filter(Column("branch") == branch && Column("source") == source).fetchOne(db)
+        }
     }
 
     public func save(_ environment: EnvironmentRecord) throws {
@@ -150,6 +176,72 @@ public final class StateStore: Sendable {
             try db.execute(sql: "INSERT INTO admittedRefs(branch, \"commit\") VALUES (?, ?) ON CONFLICT(branch) DO UPDATE SET \"commit\" = excluded.\"commit\"",
                            arguments: [branch, commit])
         }
+    }
+
+    // MARK: Protected merges
+
+    /// Merge commits made on the protected branch (their signers approve what they merge).
+    public func protectedMerges() throws -> Set<String> {
+        try pool.read { db in Set(try String.fetchAll(db, sql: "SELECT \"commit\" FROM protectedMerges")) }
+    }
+
+    public func addProtectedMerge(_ commit: String) throws {
+        try pool.write { db in try db.execute(sql: "INSERT OR IGNORE INTO protectedMerges(\"commit\") VALUES (?)", arguments: [commit]) }
+    }
+
+    // MARK: Meta
+
+    /// A JSON value kept under `key` (the trust state, the audit journal's notes commit).
+    public func meta<T: Decodable>(_ key: String, as type: T.Type = T.self) throws -> T? {
+        try pool.read { db in
+            try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = ?", arguments: [key])
+        }.flatMap { try JSONDecoder().decode(T.self, from: Data($0.utf8)) }
+    }
+
+    public func setMeta<T: Encodable>(_ key: String, _ value: T?) throws {
+        let text = try value.map { String(decoding: try JSONEncoder().encode($0), as: UTF8.self) }
+        try pool.write { db in
+            if let text {
+                try db.execute(sql: "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                               arguments: [key, text])
+            } else {
+                try db.execute(sql: "DELETE FROM meta WHERE key = ?", arguments: [key])
+            }
+        }
+    }
+
+    // MARK: Audit journal
+
+    /// Every audit record Gantry wrote or found on its chain, as (seq, digest, target commit, text).
+    public func auditRecords(from seq: Int = 1) throws -> [(seq: Int, digest: String, target: String, text: String)] {
+        try pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT seq, digest, target, text FROM auditRecords WHERE seq >= ? ORDER BY seq", arguments: [seq])
+                .map { ($0["seq"], $0["digest"], $0["target"], $0["text"]) }
+        }
+    }
+
+    /// The newest record kept.
+    public func lastAuditRecord() throws -> (seq: Int, digest: String, target: String, text: String)? {
+        try pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT seq, digest, target, text FROM auditRecords ORDER BY seq DESC LIMIT 1")
+                .map { ($0["seq"], $0["digest"], $0["target"], $0["text"]) }
+        }
+    }
+
+    /// Keeps records and the notes commit that holds them, in one transaction.
+    public func keepAuditRecords(_ records: [(seq: Int, digest: String, target: String, text: String)], notesCommit: String) throws {
+        try pool.write { db in
+            for record in records {
+                try db.execute(sql: "INSERT OR REPLACE INTO auditRecords(seq, digest, target, text) VALUES (?, ?, ?, ?)",
+                               arguments: [record.seq, record.digest, record.target, record.text])
+            }
+            try db.execute(sql: "INSERT INTO meta(key, value) VALUES ('audit.notesCommit', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                           arguments: [notesCommit])
+        }
+    }
+
+    public func auditNotesCommit() throws -> String? {
+        try pool.read { db in try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = 'audit.notesCommit'") }
     }
 
     // MARK: Events

@@ -2,7 +2,9 @@ import ArgumentParser
 import Audit
 import Foundation
 import GitStore
+import Reconciler
 import SpecLoading
+import StateStore
 
 struct AuditCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "audit", abstract: "Read and verify the signed audit log.",
@@ -75,7 +77,12 @@ struct AuditCommand: ParsableCommand {
             } else {
                 throw Failure("no trusted key: pass --allowed-signers FILE or --state DIR of the Gantry that wrote the log")
             }
-            let report = try AuditVerifier(trustedKeys: keys).verify(repository: repository)
+            // The state DB keeps the chain Gantry wrote: a notes ref that lost records is a fault.
+            var kept: AuditJournalEntry?
+            if FileManager.default.fileExists(atPath: paths.database) {
+                kept = try StateJournal(try StateStore(path: paths.database)).journalHead()
+            }
+            let report = try AuditVerifier(trustedKeys: keys).verify(repository: repository, kept: kept)
             for fault in report.faults { print("FAULT \(fault)") }
             if report.isValid {
                 print("ok: \(report.recordCount) records, signatures, seq and prev chain verified")

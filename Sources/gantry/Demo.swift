@@ -38,6 +38,9 @@ struct Demo: ParsableCommand {
             }
             try shell(git + ["add", "-A"])
             try shell(git + ["commit", "-q", "-m", "Initial configuration from example-repo\n\nTask: DEMO-1"])
+            // The demo anchors its own repository, as an operator would: alice, a human approver, trusts this commit.
+            let anchor = try TrustCommand.SetAnchor.parse(["main", "--key", keyPath, "--repo", demo.path, "--state", paths.root.path])
+            try anchor.run()
         }
         FileHandle.standardOutput.write(Data("""
         Demo configuration repository: \(demo.path)

@@ -16,7 +16,7 @@ struct Explain: ParsableCommand {
     @OptionGroup var state: StateOption
     @Option(help: "The branch to judge it on (default: a branch whose tip it is, else one that contains it).")
     var branch: String?
-    @Option(help: "The protected branch.")
+    @Option(help: "The protected branch (when there is no state yet).")
     var protected = "main"
 
     func run() throws {
@@ -24,25 +24,28 @@ struct Explain: ParsableCommand {
         let repository = try RepositoryLocation.open(try RepositoryLocation.resolve(repo, paths: paths), paths: paths)
         guard let target = try repository.resolveCommit(commit) else { throw Failure("\(commit) does not name a commit") }
         let branches = try repository.branches()
-        let onBranch = try branch ?? branches.first(where: { $0.value == target }).map(\.key)
-            ?? branches.keys.sorted().first(where: { try repository.isReachable(target, from: branches[$0]!) })
-        guard let onBranch else { throw Failure("no branch contains \(target.short); name one with --branch") }
-        let admission = Admission(repository: repository, logger: Logger(label: "gantry") { _ in SwiftLogNoOpLogHandler() })
-        let context = try admission.context(branches: branches, protectedBranch: protected)
-        var lastAdmitted: ObjectID?
+        var known = Admission.Known()
         if FileManager.default.fileExists(atPath: paths.database) {
             let store = try StateStore(path: paths.database)
-            lastAdmitted = try store.admittedCommit(branch: onBranch).flatMap(ObjectID.init(hex:))
-            if let known = lastAdmitted, try repository.isReachable(target, from: known) { lastAdmitted = nil }
+            known.trust = try store.trust()
+            known.protectedMerges = try store.protectedMerges()
+            known.records = Dictionary(try store.environments(includeDestroyed: true).map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         }
-        print("commit \(target.short) on \(onBranch), judged with policy revision \(context.protectedTip?.short ?? "none") of \(context.protectedBranch)")
-        let explanations = try admission.explain(commit: target, branch: onBranch, lastAdmitted: lastAdmitted, context: context)
-        if explanations.isEmpty { print("it touches no environment") }
-        for explanation in explanations {
-            let judgement = explanation.judgement
-            print("\(explanation.environment): \(judgement.decision.rawValue)")
-            for rule in judgement.rules { print("  rule \(rule)") }
-            for remedy in judgement.remedies { print("  to satisfy: \(remedy)") }
+        let protectedBranch = known.trust?.protectedBranch ?? protected
+        let onBranch = try branch ?? (branches[protectedBranch] == target ? protectedBranch : nil)
+            ?? branches.first(where: { $0.value == target }).map(\.key)
+            ?? ([protectedBranch] + branches.keys.sorted()).first(where: { name in
+                try branches[name].map { try repository.isReachable(target, from: $0) } ?? false
+            })
+        guard let onBranch else { throw Failure("no branch contains \(target.short); name one with --branch") }
+        if FileManager.default.fileExists(atPath: paths.database), onBranch != protectedBranch {
+            let store = try StateStore(path: paths.database)
+            known.lastAdmitted = try store.admittedCommit(branch: onBranch).flatMap(ObjectID.init(hex:))
+            if let last = known.lastAdmitted, try repository.isReachable(target, from: last) { known.lastAdmitted = nil }
+        }
+        let admission = Admission(repository: repository, logger: Logger(label: "gantry") { _ in SwiftLogNoOpLogHandler() })
+        for line in try admission.explain(commit: target, branch: onBranch, branches: branches, protectedBranch: protectedBranch, known: known) {
+            print(line)
         }
     }
 }

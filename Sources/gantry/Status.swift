@@ -54,9 +54,14 @@ struct Status: ParsableCommand {
             fields.append(("message", environment.message.map { .string($0) } ?? .null))
             rows.append(.map(fields))
         }
+        let trust = try store.trust()
         if json {
-            print(PlainValue.map([("environments", .list(rows))]).json(indent: "  "))
+            print(PlainValue.map([("environments", .list(rows))] + (trust.map { [("governance", GovernanceSummary.value($0))] } ?? [])).json(indent: "  "))
             return
+        }
+        if env == nil, let trust {
+            for line in GovernanceSummary.lines(trust) { print(line) }
+            print("")
         }
         if environments.isEmpty {
             print("no environments yet")

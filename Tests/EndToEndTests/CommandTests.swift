@@ -93,7 +93,7 @@ import TestSupport
         #expect(before.stdout.contains("web: pending"))
         #expect(before.stdout.contains("rule signature: ok (agent@example.com)"))
         #expect(before.stdout.contains("rule approval: needs 1 approval of this exact commit by a human with role approver"))
-        #expect(before.stdout.contains("to satisfy: a human with role approver signs the merge commit, or runs `gantry approve"))
+        #expect(before.stdout.contains("to satisfy: a human with role approver signs the merge into main, or runs `gantry approve"))
         #expect(!before.stdout.contains("status-page:"))
 
         let approve = try gantry("approve", "main", "--key", alice.keyPath, "--repo", repo.path)
@@ -148,7 +148,7 @@ import TestSupport
                 web:
                   env: {GREETING: "key=${secrets.api-key}"}
             """)
-        try repo.commit("an environment with a secret")
+        try repo.commitAsOwner("an environment with a secret")
         return repo
     }
 
@@ -251,7 +251,7 @@ import TestSupport
     }
 
     @Test func conformanceEndsWithTheSummaryLine() throws {
-        let file = TestPaths.packageRoot.appendingPathComponent("../shared/cel-conformance/logic.json").standardizedFileURL.path
+        let file = TestPaths.conformanceVectors.appendingPathComponent("logic.json").path
         let result = try gantry("cel", "conformance", file)
         #expect(result.status == 0)
         #expect(result.stdout.contains("PASS logic/"))

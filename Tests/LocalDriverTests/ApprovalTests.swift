@@ -87,7 +87,7 @@ import StateStore
         try approve(own, as: repo, in: repo)
         #expect(try harness.pass().pending == ["web"])
         let pending = try #require(try harness.records().last { $0.event == "pending-approval" })
-        #expect(pending.values("rule").contains { $0.contains("alice@example.com (gantry approve) authored or signed the approved changes") })
+        #expect(pending.values("rule").contains { $0.contains("alice@example.com (gantry approve) authored, committed, signed or was On-Behalf-Of in the approved changes") })
         #expect(pending.values("rule").contains { $0.contains("agent@example.com (gantry approve) is an agent") })
     }
 }

@@ -1,6 +1,7 @@
 import Audit
 import Foundation
 import GitStore
+import Governance
 import LocalDriver
 import Logging
 import Reconciler
@@ -18,7 +19,9 @@ final class Harness: @unchecked Sendable {
 
     /// A new reconciler; with `reusing`, a restart over the same state directory (a new process would
     /// have the same view: the state DB, the key and the running services).
-    init(repo: TestRepository, reusing previous: Harness? = nil, detectOnly: Bool = false,
+    /// With `anchor` (the default) main's tip is anchored as an operator would with
+    /// `gantry trust set`, unless the state already has an anchor.
+    init(repo: TestRepository, reusing previous: Harness? = nil, detectOnly: Bool = false, anchor: Bool = true,
          configure: (inout LocalDriver.Options) -> Void = { _ in }) throws {
         self.repo = repo
         stateDirectory = previous?.stateDirectory ?? TemporaryDirectory("gantry-state")
@@ -34,8 +37,11 @@ final class Harness: @unchecked Sendable {
         driver.secrets = try SecretStore(state: state, keyPath: stateDirectory.path + "/keys/secrets.key")
         var reconcilerOptions = Reconciler.Options()
         reconcilerOptions.detectOnly = detectOnly
-        reconciler = Reconciler(repository: git, state: state, audit: AuditLog(repository: git, key: key), driver: driver, logger: logger,
-                                options: reconcilerOptions)
+        let audit = AuditLog(repository: git, key: key)
+        reconciler = Reconciler(repository: git, state: state, audit: audit, driver: driver, logger: logger, options: reconcilerOptions)
+        if anchor, try state.trust()?.anchor == nil, let main = try git.resolveCommit("refs/heads/main") {
+            try Trust.anchor(main, branch: "main", by: "the test's operator", how: "gantry trust set", repository: git, state: state, audit: audit)
+        }
     }
 
     deinit { driver.shutdown() }
@@ -67,4 +73,10 @@ func isRunning(_ pid: Int32?) -> Bool {
     guard let pid else { return false }
     guard let stat = try? String(contentsOfFile: "/proc/\(pid)/stat", encoding: .utf8) else { return false }
     return !stat.contains(") Z ")
+}
+
+/// `gantry approve COMMIT` by the repository's owner (a human admin and approver).
+func approveAsOwner(_ commit: String, _ repo: TestRepository) throws {
+    let key = try SigningKey(openSSH: try String(contentsOfFile: repo.ownerKeyPath, encoding: .utf8))
+    try Approvals.approve(ObjectID(hex: commit)!, key: key, in: try repo.open())
 }

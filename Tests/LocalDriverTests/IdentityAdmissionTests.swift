@@ -18,7 +18,10 @@ import StateStore
         try repo.seedExample()
         let harness = try Harness(repo: repo)
         try harness.pass()
-        let admitted = try #require(try harness.records().first { $0.event == "admitted" })
+        try branchTouchingWeb(repo, "signed")
+        try repo.commit("a signed change")
+        try harness.pass()
+        let admitted = try #require(try harness.records().last { $0.event == "admitted" })
         #expect(admitted.value("actor") == "agent@example.com")
         #expect(admitted.value("actor-kind") == "agent")
         #expect(admitted.values("rule").contains("signature: ok (agent@example.com)"))
@@ -69,17 +72,20 @@ import StateStore
 
     @Test func aRevokedKeyIsDenied() throws {
         let repo = try TestRepository()
-        try repo.seedExample()
+        let human = try TestRepository(principal: "alice@example.com")
+        try repo.seedExample(extraSigners: [human.allowedSignersLine])
         let harness = try Harness(repo: repo)
         try harness.pass()
         // Main revokes the agent's key (valid-before in the past); the revocation itself is signed
         // by a human whose key stays valid.
-        let human = try TestRepository(principal: "alice@example.com")
         let parts = repo.allowedSignersLine.split(separator: " ", maxSplits: 1).map(String.init)
-        try repo.write("identities/allowed_signers", "\(parts[0]) valid-before=\"20200101\" \(parts[1])\n\(human.allowedSignersLine)\n")
+        try repo.write("identities/allowed_signers", "\(parts[0]) valid-before=\"20200101\" \(parts[1])\n\(human.allowedSignersLine)\n\(try repo.ownerSignersLine())\n")
         try repo.git("config", "user.signingkey", human.keyPath)
-        try repo.commit("revoke the agent's key")
-        try harness.pass()
+        let revocation = try repo.commit("revoke the agent's key")
+        // A governance change: it waits for an admin other than its author, then takes effect.
+        #expect(try harness.pass().blocked == revocation)
+        try approveAsOwner(revocation, repo)
+        #expect(try harness.pass().blocked == nil)
         try repo.git("config", "user.signingkey", repo.keyPath)
         try branchTouchingWeb(repo, "after-revocation")
         try repo.commit("signed with the revoked key")

@@ -39,9 +39,12 @@ import StateStore
         #expect(try harness.pass().denied == ["web--lawless"])
     }
 
-    @Test func aBrokenPolicyOnMainFailsClosedAndSaysWhere() throws {
+    @Test func aBrokenPolicyOnMainIsDeniedWithItsPositionAndThePreviousPoliciesStayInForce() throws {
         let repo = try TestRepository()
         try repo.seedExample()
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        // Even the owner (a human admin) cannot bring a policy that does not parse into force.
         try repo.write("policies/broken.yaml", """
             apiVersion: gantry/v1
             kind: Policy
@@ -52,16 +55,19 @@ import StateStore
                 - expr: "env.spec.services.all(s, "
                   message: "never parses"
             """)
-        try repo.commit("a policy with a syntax error")
-        let harness = try Harness(repo: repo)
-        try harness.pass()
-        try repo.checkout("feature", create: true)
-        try repo.write("apps/hello/NOTE", "x")
-        try repo.commit("touch")
+        let broken = try repo.commitAsOwner("a policy with a syntax error")
         let summary = try harness.pass()
-        #expect(summary.denied.sorted() == ["status-page--feature", "web--feature"])
-        let denial = try #require(try harness.records().last { $0.event == "denied" })
+        #expect(summary.blocked == broken)
+        let denial = try #require(try harness.records().last { $0.event == "denied" && $0.value("scope") == "governance" })
+        #expect(denial.value("commit") == broken)
         #expect(denial.values("rule").contains { $0.contains("policies/broken.yaml:7:13: rule 1 of policy broken does not parse (at 1:26: unexpected end of expression)") }, "\(denial.values("rule"))")
+        // Branches are still judged, by the policies of the last admitted revision.
+        try greedyBranch(repo, "greedy")
+        try repo.commit("greedy")
+        #expect(try harness.pass().denied == ["web--greedy"])
+        let verdict = try #require(try harness.records().last { $0.event == "denied" && $0.value("environment") == "web--greedy" })
+        #expect(verdict.values("rule").contains("policy preview-limits: fail: a preview may run at most 2 replicas of a service"))
+        #expect(!verdict.values("rule").contains { $0.contains("broken") })
     }
 
     @Test func aWarningPolicyAdmitsWithTheWarningRecorded() throws {

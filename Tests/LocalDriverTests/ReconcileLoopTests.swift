@@ -16,7 +16,7 @@ import StateStore
         #expect(try harness.get("web")?.contains("\"greeting\": \"hello from web\"") == true)
         let statusPage = try #require(try harness.get("status-page"))
         #expect(statusPage.contains("status of status-page: all systems go"))
-        #expect(try harness.records().map(\.event) == ["admitted", "applied", "admitted", "applied"])
+        #expect(try harness.records().map(\.event) == ["trust-anchored", "admitted", "applied", "admitted", "applied"])
         #expect(try harness.verify().isValid)
         // A second pass with nothing new changes nothing.
         let pid = try harness.service("web")?.pid

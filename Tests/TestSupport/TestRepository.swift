@@ -75,17 +75,47 @@ public final class TestRepository: @unchecked Sendable {
             """)
     }
 
-    /// Copies the project's example-repo/ into the repository and commits it on main.
+    /// The repository owner: a human admin and approver of both teams, whose key signs the seed
+    /// commit, so a first start anchors it (an operator would otherwise run `gantry trust set`).
+    public static let ownerPrincipal = "owner@example.com"
+    public var ownerKeyPath: String { directory.path + "/keys/owner" }
+
+    /// The allowed_signers line of the owner's key (made on first use).
+    public func ownerSignersLine() throws -> String {
+        if !FileManager.default.fileExists(atPath: ownerKeyPath) {
+            try Shell.check(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", Self.ownerPrincipal, "-f", ownerKeyPath])
+        }
+        let publicKey = try String(contentsOfFile: ownerKeyPath + ".pub", encoding: .utf8)
+        return "\(Self.ownerPrincipal) \(publicKey.split(separator: " ").prefix(2).joined(separator: " "))"
+    }
+
+    /// Runs `body` with commits signed by `keyPath` instead of this repository's agent key.
+    public func signing<T>(with keyPath: String, _ body: () throws -> T) throws -> T {
+        try git("config", "user.signingkey", keyPath)
+        defer { _ = try? git("config", "user.signingkey", self.keyPath) }
+        return try body()
+    }
+
+    /// Commits as the owner (a human admin): governance changes the tests do not mean to attack.
+    @discardableResult
+    public func commitAsOwner(_ message: String) throws -> String {
+        _ = try ownerSignersLine()
+        return try signing(with: ownerKeyPath) { try commit(message) }
+    }
+
+    /// Copies the project's example-repo/ into the repository and commits it on main, signed by
+    /// the owner (see `ownerPrincipal`).
     @discardableResult
     public func seedExample(extraSigners: [String] = []) throws -> String {
         let source = TestPaths.packageRoot.appendingPathComponent("example-repo").path
         try Shell.check(["cp", "-R", source + "/.", path])
-        try write("identities/allowed_signers", ([allowedSignersLine] + extraSigners).joined(separator: "\n") + "\n")
+        try write("identities/allowed_signers", ([allowedSignersLine, try ownerSignersLine()] + extraSigners).joined(separator: "\n") + "\n")
         // The test's own signer is an agent acting for alice, like claude@payments in the example.
         let actors = try String(contentsOfFile: path + "/identities/actors.yaml", encoding: .utf8)
         try write("identities/actors.yaml", actors
-            + "  \(principal): {kind: agent, teams: [payments, platform], actsFor: [alice@example.com]}\n")
-        return try commit("Seed from example-repo")
+            + "  \(principal): {kind: agent, teams: [payments, platform], actsFor: [alice@example.com]}\n"
+            + "  \(Self.ownerPrincipal): {kind: human, teams: [payments, platform], roles: [approver, admin]}\n")
+        return try commitAsOwner("Seed from example-repo")
     }
 }
 
@@ -93,6 +123,11 @@ public enum TestPaths {
     /// The package root, found from this file's location.
     public static var packageRoot: URL {
         URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+    }
+
+    /// The official CEL conformance vectors the tests run (copied from the CEL suite with its LICENSE).
+    public static var conformanceVectors: URL {
+        packageRoot.appendingPathComponent("Tests/Fixtures/cel-conformance")
     }
 
     /// The debug `gantry` binary built by `swift build` (`make test` builds it first).

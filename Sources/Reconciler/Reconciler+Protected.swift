@@ -1,0 +1,261 @@
+import Audit
+import Foundation
+import GitStore
+import Governance
+import SpecLoading
+import SpecModel
+import StateStore
+
+extension Reconciler {
+    /// The protected branch's part of a pass: the trust anchor, then every new protected commit
+    /// in order, each judged with the governance of the last admitted revision. Returns the context
+    /// the other branches are judged with, or nil when admission is halted (no anchor, anchor lost,
+    /// protected branch missing): nothing is admitted or destroyed then.
+    func advanceProtected(branches: [String: ObjectID], approvalsMoved: Bool, _ summary: inout PassSummary) throws -> PassContext? {
+        var trust = try state.trust() ?? TrustState(protectedBranch: options.protectedBranch)
+        guard let tip = branches[trust.protectedBranch] else {
+            try halt(&trust, "the protected branch \(trust.protectedBranch) is missing: nothing is admitted or destroyed until it is back", tip: nil, &summary)
+            return nil
+        }
+        if trust.anchor == nil {
+            guard try anchorOnFirstStart(tip: tip, branches: branches, &trust, &summary) else { return nil }
+        }
+        let name = trust.protectedBranch
+        guard let tip = branches[name], let anchor = trust.anchor.flatMap(ObjectID.init(hex:)),
+              let revision = trust.revision.flatMap(ObjectID.init(hex:)) else {
+            try halt(&trust, "the protected branch \(trust.protectedBranch) is missing: nothing is admitted or destroyed until it is back", tip: nil, &summary)
+            return nil
+        }
+        guard try tip == anchor || repository.isReachable(anchor, from: tip) else {
+            try halt(&trust, "\(name) at \(tip.short) no longer contains the trust anchor \(anchor.short) (its history was rewritten or replaced): nothing is admitted or destroyed until an operator checks it and moves the anchor with `gantry trust set COMMIT --key KEY`", tip: tip, &summary)
+            return nil
+        }
+        if trust.halted != nil {
+            logger.notice("admission resumes", metadata: ["git.branch": "\(name)", "was": "\(trust.halted!)"])
+            trust.halted = nil
+            try state.setTrust(trust)
+        }
+        if trust.segmentBase == nil {
+            // Just anchored: the environments at the anchor are taken as found.
+            try convergeProtected(at: revision, base: nil, governance: try governance(at: revision), tip: tip, trust: trust, &summary)
+            trust.segmentBase = revision.hex
+            try state.setTrust(trust)
+            summary.changedBranches.append(name)
+        }
+        let mainWaiting = try state.environments().contains {
+            $0.branch == name && ($0.conditions.contains("SecretMissing") || (approvalsMoved && $0.conditions.contains("ApprovalPending")))
+        }
+        let processed = try processedRefs()[name]
+        if processed != tip.hex || mainWaiting || (approvalsMoved && trust.blocked != nil) {
+            summary.changedBranches.append(name)
+            try walk(to: tip, anchor: anchor, branches: branches, rejudge: mainWaiting, &trust, &summary)
+            try state.setTrust(trust)
+            try setProcessed(branch: name, commit: tip.hex)
+            if let current = trust.revision.flatMap(ObjectID.init(hex:)) { try state.setAdmitted(branch: name, commit: current.hex) }
+        }
+        guard let current = trust.revision.flatMap(ObjectID.init(hex:)), let currentTip = branches[trust.protectedBranch] else { return nil }
+        return try context(governance: try governance(at: current), revision: current, tip: currentTip, trust: trust)
+    }
+
+    /// Walks the first-parent chain from the last admitted revision to `tip`, one step at a time.
+    /// Environments converge at the end of each run of steps that share one governance (a step
+    /// that changes governance ends a run: its own environments are judged with the rules before
+    /// it). The walk stops at the first step that is denied or waits for approval.
+    func walk(to tip: ObjectID, anchor: ObjectID, branches: [String: ObjectID], rejudge: Bool, _ trust: inout TrustState,
+              _ summary: inout PassSummary) throws {
+        guard let start = trust.revision.flatMap(ObjectID.init(hex:)) else { return }
+        let new = try repository.newCommits(tip: tip, hiding: [start])
+        trust.blocked = nil
+        if new.count > Admission.maxCommits {
+            let rule = "trust: \(trust.protectedBranch) brings \(new.count) new commits since \(start.short), more than the \(Admission.maxCommits) judged at once; none is admitted"
+            try block(tip, decision: .deny, rules: [rule], remedies: ["push the history in smaller steps, or have an operator move the trust anchor (gantry trust set)"],
+                      from: start, to: tip, &trust, &summary)
+            return
+        }
+        let newSet = Set(new)
+        var chain: [ObjectID] = []
+        var cursor = tip
+        while newSet.contains(cursor) {
+            chain.append(cursor)
+            guard let parent = try repository.commit(cursor).parents.first else { break }
+            cursor = parent
+        }
+        chain.reverse()
+        var governance = try self.governance(at: start)
+        var previous = start
+        var segmentBase = start
+        var converged = false
+        for step in chain {
+            let stepContext = try context(governance: governance, revision: previous, tip: tip, trust: trust, loadLive: false)
+            let verdict = try admission.judgeStep(step, previous: previous, start: start, anchor: anchor, branches: branches, context: stepContext)
+            if verdict.isProtectedMerge { try state.addProtectedMerge(step.hex) }
+            guard verdict.decision == .allow else {
+                // What was admitted before this step converges; this step and those after it wait.
+                if previous != segmentBase {
+                    try convergeProtected(at: previous, base: segmentBase, governance: governance, tip: tip, trust: trust, &summary)
+                    trust.policyRevision = governance.commit.hex
+                    trust.segmentBase = segmentBase.hex
+                    converged = true
+                }
+                trust.revision = previous.hex
+                try block(step, decision: verdict.decision, rules: verdict.rules, remedies: verdict.remedies, from: previous, to: tip,
+                          identity: verdict.identity.tip, policyRevision: governance.commit, &trust, &summary)
+                break
+            }
+            trust.revision = step.hex
+            if let proposed = verdict.newGovernance {
+                let info = try repository.commit(step)
+                try appendScoped(.admitted, step, baseFields(nil, branch: trust.protectedBranch, commit: info, identity: verdict.identity.tip,
+                                                             policyRevision: governance.commit)
+                                 + [("scope", "governance"), ("decision", "allow")] + verdict.rules.map { ("rule", $0) })
+                // The step's own environments are judged with the rules in force before it.
+                try convergeProtected(at: step, base: segmentBase, governance: governance, tip: tip, trust: trust, &summary)
+                trust.policyRevision = governance.commit.hex
+                trust.segmentBase = segmentBase.hex
+                converged = true
+                governance = proposed
+                governanceCache[step] = proposed
+                segmentBase = step
+                if proposed.settings.protectedBranch != trust.protectedBranch {
+                    try moveProtectedBranch(to: proposed.settings.protectedBranch, &trust)
+                    return
+                }
+            }
+            previous = step
+        }
+        if let revision = trust.revision.flatMap(ObjectID.init(hex:)), revision != segmentBase {
+            try convergeProtected(at: revision, base: segmentBase, governance: governance, tip: tip, trust: trust, &summary)
+            trust.policyRevision = governance.commit.hex
+            trust.segmentBase = segmentBase.hex
+        } else if rejudge && !converged, let revision = trust.revision.flatMap(ObjectID.init(hex:)) {
+            // No new step: environments waiting at the revision (an approval, a secret) are judged again.
+            let policy = try trust.policyRevision.flatMap(ObjectID.init(hex:)).map { try self.governance(at: $0) } ?? governance
+            try convergeProtected(at: revision, base: trust.segmentBase.flatMap(ObjectID.init(hex:)) ?? revision, governance: policy, tip: tip, trust: trust, &summary)
+        }
+    }
+
+    /// Converges the protected branch's environments at `revision`, judged with `governance`; the
+    /// change is what `revision` brings since `base` (nil: the revision was just anchored and is
+    /// taken as found — only its own commit is judged, and no approval is asked).
+    func convergeProtected(at revision: ObjectID, base: ObjectID?, governance: GovernanceRevision, tip: ObjectID, trust: TrustState,
+                           _ summary: inout PassSummary) throws {
+        let context = try context(governance: governance, revision: base ?? revision, tip: tip, trust: trust)
+        let hidden = try base.map { [$0] } ?? repository.commit(revision).parents
+        try reconcile(branch: context.protectedBranch, tip: revision, hidden: hidden, changedSince: base ?? revision, context: context,
+                      asFound: base == nil, &summary)
+    }
+
+    /// Admission stops at `commit`: it waits for approval or was denied. A record on it says why;
+    /// live environments the held-back commits change keep their admitted revision and say so.
+    func block(_ commit: ObjectID, decision: Admission.Judgement.Decision, rules: [String], remedies: [String], from revision: ObjectID,
+               to tip: ObjectID, identity: CommitIdentity? = nil, policyRevision: ObjectID? = nil, _ trust: inout TrustState,
+               _ summary: inout PassSummary) throws {
+        trust.blocked = TrustState.Blocked(commit: commit.hex, decision: decision.rawValue, rules: rules, remedies: remedies)
+        summary.blocked = commit.hex
+        let info = try repository.commit(commit)
+        let who = try identity ?? governance(at: revision).identity.judge(info, signature: try repository.signature(of: commit), now: Date())
+        let event: AuditEvent = decision == .pending ? .pendingApproval : .denied
+        let base = baseFields(nil, branch: trust.protectedBranch, commit: info, identity: who, policyRevision: policyRevision ?? revision)
+        let lines = [("decision", decision.rawValue)] + rules.map { ("rule", $0) }
+        try appendScoped(event, commit, base + [("scope", "governance")] + lines)
+        logger.warning(decision == .pending ? "a protected commit waits for approval" : "a protected commit was denied",
+                       metadata: ["git.commit": "\(commit.short)", "rules": "\(rules.joined(separator: "; "))"])
+        // The live environments the held-back commits change.
+        let changed = try repository.changedPaths(from: revision, to: tip)
+        let loaded = try loader.environments(at: tip) + loader.environments(at: revision)
+        var seen = Set<String>()
+        for environment in loaded where seen.insert(environment.name).inserted && environment.isTouched(by: changed) {
+            guard var record = try state.environment(environment.name), record.branch == trust.protectedBranch, record.phase != .destroyed else { continue }
+            try appendOnce(event, record.name, commit, baseFields(record.name, branch: trust.protectedBranch, commit: info, identity: who,
+                                                                   policyRevision: policyRevision ?? revision) + lines)
+            let still = record.appliedCommit.map { "; still running \($0.prefix(7))" } ?? ""
+            if decision == .pending {
+                record.phase = .pendingApproval
+                record.conditions = ["ApprovalPending"]
+                record.message = "\(trust.protectedBranch) is held at \(commit.short), which waits for approval\(still): \(remedies.joined(separator: "; "))"
+                summary.pending.append(record.name)
+            } else {
+                if record.appliedCommit == nil { record.phase = .denied }
+                record.conditions = ["AdmissionDenied"]
+                record.message = "\(trust.protectedBranch) is held at \(commit.short), which was denied\(still): \(rules.joined(separator: "; "))"
+                summary.denied.append(record.name)
+            }
+            record.updatedAt = Date()
+            try state.save(record)
+        }
+    }
+
+    /// Nothing is admitted or destroyed: the reason goes to the log (once), the trust state
+    /// (`status`) and, when there is a commit to attach it to, a `denied` record.
+    func halt(_ trust: inout TrustState, _ reason: String, tip: ObjectID?, _ summary: inout PassSummary) throws {
+        summary.halted = reason
+        if trust.halted != reason {
+            logger.critical("admission halted: \(reason)")
+            trust.halted = reason
+            try state.setTrust(trust)
+        }
+        guard let tip else { return }
+        let info = try repository.commit(tip)
+        try appendScoped(.denied, tip, [("branch", trust.protectedBranch), ("commit", tip.hex), ("actor", info.authorEmail),
+                                        ("actor-kind", "unverified"), ("scope", "governance"), ("decision", "deny"), ("rule", "trust: \(reason)")])
+    }
+
+    /// On a first start there is no anchor: the protected tip is anchored when signed by a human
+    /// of its own identities with the governance role; otherwise nothing is applied.
+    func anchorOnFirstStart(tip: ObjectID, branches: [String: ObjectID], _ trust: inout TrustState, _ summary: inout PassSummary) throws -> Bool {
+        var branch = trust.protectedBranch
+        var target = tip
+        let named = loader.settings(at: tip).settings.protectedBranch
+        if named != branch, let other = branches[named] {
+            branch = named
+            target = other
+        }
+        switch try Trust.firstStartSigner(of: target, repository: repository) {
+        case .success(let principal):
+            try Trust.anchor(target, branch: branch, by: principal, how: "first start: the tip is signed by a human with the governance role",
+                             repository: repository, state: state, audit: audit)
+            trust = try state.trust() ?? trust
+            logger.notice("trust anchored at \(target.short) of \(branch), signed by \(principal)")
+            return true
+        case .failure(let why):
+            try halt(&trust, "no trust anchor: \(why); nothing is applied until \(Trust.howTo(target))", tip: target, &summary)
+            return false
+        }
+    }
+
+    /// An approved governance change named another protected branch (one that contains the
+    /// anchor): the live environments move to it, and the next pass walks it from the revision.
+    func moveProtectedBranch(to branch: String, _ trust: inout TrustState) throws {
+        let old = trust.protectedBranch
+        for var record in try state.environments(includeDestroyed: true) where record.branch == old {
+            record.branch = branch
+            try state.save(record)
+        }
+        trust.protectedBranch = branch
+        logger.notice("the protected branch is now \(branch) (was \(old))")
+    }
+
+    /// The governance of `commit`, read once.
+    func governance(at commit: ObjectID) throws -> GovernanceRevision {
+        if let known = governanceCache[commit] { return known }
+        let loaded = try GovernanceRevision.load(at: commit, repository: repository)
+        if governanceCache.count > 16 { governanceCache.removeAll() }
+        governanceCache[commit] = loaded
+        return loaded
+    }
+
+    func context(governance: GovernanceRevision, revision: ObjectID, tip: ObjectID, trust: TrustState, loadLive: Bool = true) throws -> PassContext {
+        try admission.context(governance: governance, protectedBranch: trust.protectedBranch, protectedTip: tip, revision: revision,
+                              protectedMerges: try state.protectedMerges(), loadLive: loadLive)
+    }
+
+    /// Appends a record about the protected branch itself (`scope: governance`) unless the commit's
+    /// note already holds one of that event.
+    func appendScoped(_ event: AuditEvent, _ commit: ObjectID, _ fields: [(String, String)]) throws {
+        if let note = try repository.note(on: commit, notesRef: audit.notesRef),
+           AuditRecord.parseNote(note).records.contains(where: { $0.value("scope") == "governance" && $0.event == event.rawValue }) {
+            return
+        }
+        try audit.append([AuditEntry(event: event, commit: commit.hex, fields: fields.map { (key: $0.0, value: $0.1) })])
+    }
+}
