@@ -1,0 +1,424 @@
+import Audit
+import Foundation
+import GitStore
+import Governance
+import Testing
+import TestSupport
+@testable import Reconciler
+import StateStore
+
+/// The attacks an agent that can push to the protected branch tries first, on real repositories
+/// with real keys and real processes. Each asserts the denial (or the wait), its record, and that
+/// production keeps serving its admitted revision.
+@Suite(.serialized) struct GovernanceAttackTests {
+    /// A seeded repository (alice is a human approver and admin besides the owner), anchored and
+    /// converged: web (production) and status-page (staging) serve.
+    func setUp() throws -> (TestRepository, TestRepository, Harness) {
+        let repo = try TestRepository()
+        let alice = try TestRepository(principal: "alice@example.com")
+        try repo.seedExample(extraSigners: [alice.allowedSignersLine])
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        #expect(try harness.get("web")?.contains("hello from web") == true)
+        return (repo, alice, harness)
+    }
+
+    func approve(_ commit: String, as approver: TestRepository, in repo: TestRepository) throws {
+        let key = try SigningKey(openSSH: try String(contentsOfFile: approver.keyPath, encoding: .utf8))
+        try Approvals.approve(ObjectID(hex: commit)!, key: key, in: try repo.open())
+    }
+
+    func read(_ repo: TestRepository, _ path: String) throws -> String {
+        try String(contentsOfFile: repo.path + "/" + path, encoding: .utf8)
+    }
+
+    /// The scoped record about the protected branch on `commit`.
+    func governanceRecord(_ harness: Harness, _ event: String, on commit: String) throws -> AuditRecord? {
+        try harness.records().last { $0.event == event && $0.value("scope") == "governance" && $0.value("commit") == commit }
+    }
+
+    func stillServing(_ harness: Harness, _ text: String = "hello from web") throws -> Bool {
+        try harness.get("web")?.contains(text) == true
+    }
+
+    // MARK: Root of trust
+
+    @Test func anUnsignedCommitOnMainThatTurnsSigningOffIsDeniedAndChangesNothing() throws {
+        let (repo, _, harness) = try setUp()
+        try repo.write("gantry.yaml", try read(repo, "gantry.yaml").replacingOccurrences(of: "signing: {required: true}", with: "signing: {required: false}"))
+        try repo.writeWeb(service: #"{env: {GREETING: "pwned from ${env.name}"}}"#)
+        try repo.git("add", "-A")
+        try repo.git("-c", "commit.gpgsign=false", "commit", "-q", "-m", "signing is optional now")
+        let unsigned = try repo.git("rev-parse", "HEAD")
+        // A second unsigned commit would pass under the rules the first one brings: it must not.
+        try repo.write("apps/hello/EVIL", "x")
+        try repo.git("add", "-A")
+        try repo.git("-c", "commit.gpgsign=false", "commit", "-q", "-m", "and another")
+        let summary = try harness.pass()
+        #expect(summary.blocked == unsigned)
+        #expect(summary.applied.isEmpty)
+        let denial = try #require(try governanceRecord(harness, "denied", on: unsigned))
+        #expect(denial.values("rule").contains { $0.contains("commit \(unsigned.prefix(7)) is not signed") })
+        let web = try #require(try harness.records().last { $0.event == "denied" && $0.value("environment") == "web" })
+        #expect(web.value("commit") == unsigned)
+        #expect(try stillServing(harness))
+        #expect(try harness.environment("web")?.conditions == ["AdmissionDenied"])
+        #expect(try harness.state.trust()?.revision == (try harness.environment("web")?.appliedCommit))
+        #expect(try harness.verify().isValid)
+    }
+
+    @Test func aCommitOnMainSignedByAForeignKeyIsDenied() throws {
+        let (repo, _, harness) = try setUp()
+        let intruder = try TestRepository(principal: "intruder@evil.example")
+        try repo.write("identities/allowed_signers", try read(repo, "identities/allowed_signers") + intruder.allowedSignersLine + "\n")
+        try repo.writeWeb(service: #"{env: {GREETING: "pwned from ${env.name}"}}"#)
+        let forged = try repo.signing(with: intruder.keyPath) { try repo.commit("let me in") }
+        #expect(try harness.pass().blocked == forged)
+        let denial = try #require(try governanceRecord(harness, "denied", on: forged))
+        #expect(denial.values("rule").contains { $0.contains("which identities/allowed_signers on main does not list") })
+        #expect(try stillServing(harness))
+    }
+
+    @Test func anAgentRemovingTheApprovalRuleCannotReleaseItsOwnPendingChange() throws {
+        let (repo, alice, harness) = try setUp()
+        // The agent changes production on main: that waits for a human approver.
+        try repo.writeWeb(service: #"{env: {GREETING: "sneaky from ${env.name}"}}"#)
+        let change = try repo.commit("change production")
+        #expect(try harness.pass().pending == ["web"])
+        // Then removes the rule that holds it back.
+        try repo.write("gantry.yaml", try read(repo, "gantry.yaml").replacingOccurrences(of: "  production: {count: 1, role: approver, distinctFromAuthors: true}\n", with: ""))
+        let edit = try repo.commit("no more production approvals")
+        let summary = try harness.pass()
+        #expect(summary.blocked == edit)
+        #expect(summary.applied.isEmpty)
+        let pending = try #require(try governanceRecord(harness, "pending-approval", on: edit))
+        #expect(pending.values("rule").contains("governance: changes gantry.yaml"))
+        #expect(pending.values("rule").contains { $0.hasPrefix("approval (governance): needs 1 approval of this exact commit by a human with role admin") })
+        #expect(try stillServing(harness))
+        // The agent approving its own governance change counts for nothing.
+        try approve(edit, as: repo, in: repo)
+        #expect(try harness.pass().blocked == edit)
+        let again = try #require(try governanceRecord(harness, "pending-approval", on: edit))
+        #expect(again.values("rule").contains { $0.contains("agent@example.com (gantry approve) is an agent") } || pending.seq == again.seq)
+        #expect(try stillServing(harness))
+        #expect(try harness.state.trust()?.blocked?.rules.contains { $0.contains("agent@example.com (gantry approve) is an agent") } == true)
+        // explain says what is missing and what it would release.
+        let explanation = try Admission(repository: try repo.open(), logger: .init(label: "test")).explain(
+            commit: ObjectID(hex: edit)!, branch: "main", branches: try repo.open().branches(), protectedBranch: "main",
+            known: .init(trust: try harness.state.trust()))
+        #expect(explanation.contains { $0.hasPrefix("range: \(change.prefix(7))..\(edit.prefix(7)), 1 commit") })
+        #expect(explanation.contains("\(edit.prefix(7)) (governance and identity): pending"))
+        #expect(explanation.contains { $0.contains("to satisfy: a human with role admin") })
+        // An admin approves the governance change: from the next commit on, production needs no
+        // approval — but the change made before it still does.
+        try approve(edit, as: alice, in: repo)
+        let admitted = try harness.pass()
+        #expect(admitted.blocked == nil)
+        #expect(try governanceRecord(harness, "admitted", on: edit) != nil)
+        #expect(try stillServing(harness))
+        #expect(try harness.environment("web")?.phase == .pendingApproval)
+    }
+
+    @Test func aGovernanceChangeWaitsForAnAdminWhoIsNotItsAuthor() throws {
+        let (repo, alice, harness) = try setUp()
+        // alice (a human admin) loosens the policies herself and approves her own change.
+        try repo.remove("policies/preview-limits.yaml")
+        let edit = try repo.signing(with: alice.keyPath) { try repo.commit("alice drops the preview limits") }
+        try approve(edit, as: alice, in: repo)
+        #expect(try harness.pass().blocked == edit)
+        let pending = try #require(try governanceRecord(harness, "pending-approval", on: edit))
+        #expect(pending.values("rule").contains { $0.contains("alice@example.com (gantry approve) authored, committed, signed or was On-Behalf-Of in the approved changes") })
+        // Branches are still judged by the policy she removed.
+        try repo.checkout("greedy", create: true)
+        try repo.writeWeb(service: "{replicas: 3}")
+        try repo.commit("three replicas")
+        #expect(try harness.pass().denied == ["web--greedy"])
+        // The owner, another admin, approves: the policy is gone for what comes next.
+        try approveAsOwner(edit, repo)
+        try repo.write("apps/hello/NOTE", "again")
+        try repo.commit("touch")
+        let summary = try harness.pass()
+        #expect(try governanceRecord(harness, "admitted", on: edit) != nil)
+        #expect(summary.applied.contains("web--greedy"))
+    }
+
+    @Test func aBrokenGantryYamlOnMainIsDeniedWithItsPositionAndTheOldRulesStay() throws {
+        let (repo, _, harness) = try setUp()
+        try repo.write("gantry.yaml", try read(repo, "gantry.yaml") + "approvals:\n  - not a mapping\n")
+        let broken = try repo.commitAsOwner("oops")
+        #expect(try harness.pass().blocked == broken)
+        let denial = try #require(try governanceRecord(harness, "denied", on: broken))
+        #expect(denial.values("rule").contains { $0.hasPrefix("governance: invalid: gantry.yaml:") && $0.range(of: #"gantry\.yaml:\d+:\d+: "#, options: .regularExpression) != nil })
+        // The rules before it stay in force: an agent's change to production still waits.
+        try repo.git("reset", "-q", "--hard", "HEAD~1")
+        try repo.writeWeb(service: #"{env: {GREETING: "later from ${env.name}"}}"#)
+        try repo.commit("change production")
+        #expect(try harness.pass().pending == ["web"])
+        #expect(try stillServing(harness))
+        // A deleted gantry.yaml never falls back to defaults.
+        try repo.remove("gantry.yaml")
+        let deleted = try repo.commitAsOwner("no settings")
+        #expect(try harness.pass().blocked == deleted)
+        #expect(try governanceRecord(harness, "denied", on: deleted)?.values("rule").contains { $0.contains("gantry.yaml is missing") } == true)
+    }
+
+    @Test func theProtectedBranchCannotBeRedirectedToABranchWithoutTheAnchor() throws {
+        let (repo, alice, harness) = try setUp()
+        // The agent's own branch, with history of its own.
+        try repo.git("checkout", "-q", "--orphan", "agents/own")
+        try repo.write("README", "mine")
+        try repo.commit("my own main")
+        try repo.checkout("main")
+        try repo.write("gantry.yaml", try read(repo, "gantry.yaml").replacingOccurrences(of: "protectedBranch: main", with: "protectedBranch: agents/own"))
+        let redirect = try repo.commit("protect my branch instead")
+        #expect(try harness.pass().blocked == redirect)
+        let denial = try #require(try governanceRecord(harness, "denied", on: redirect))
+        #expect(denial.values("rule").contains { $0.contains("protectedBranch 'agents/own' does not contain the trust anchor") })
+        // Approved by an admin, it is refused all the same.
+        try approve(redirect, as: alice, in: repo)
+        #expect(try harness.pass().blocked == redirect)
+        #expect(try harness.state.trust()?.blocked?.decision == "deny")
+        #expect(try harness.state.trust()?.protectedBranch == "main")
+        #expect(try stillServing(harness))
+    }
+
+    @Test func aMissingProtectedBranchAdmitsNothingAndDestroysNothing() throws {
+        let (repo, _, harness) = try setUp()
+        try repo.checkout("feature", create: true)
+        try repo.write("apps/hello/NOTE", "x")
+        try repo.commit("a preview")
+        try harness.pass()
+        let preview = try #require(try harness.service("web--feature")?.pid)
+        try repo.git("branch", "-q", "-D", "main")
+        try repo.checkout("other", create: true)
+        try repo.write("apps/hello/NOTE2", "y")
+        try repo.commit("another preview")
+        let summary = try harness.pass()
+        #expect(summary.halted?.contains("the protected branch main is missing") == true)
+        #expect(summary.applied.isEmpty && summary.destroyed.isEmpty && summary.admitted.isEmpty)
+        #expect(isRunning(preview))
+        #expect(try stillServing(harness))
+        #expect(try harness.environment("web--other") == nil)
+        #expect(try harness.state.trust()?.halted?.contains("missing") == true)
+    }
+
+    @Test func aRewrittenMainThatDropsTheAnchorHaltsAdmissionUntilAnOperatorMovesIt() throws {
+        let (repo, _, harness) = try setUp()
+        let anchor = try #require(try harness.state.trust()?.anchor)
+        // A force-push replaces main with a history that does not contain the anchor.
+        try repo.git("checkout", "-q", "--orphan", "rewritten")
+        try repo.writeWeb(service: #"{env: {GREETING: "rewritten from ${env.name}"}}"#)
+        let rewritten = try repo.commitAsOwner("a new history")
+        try repo.git("branch", "-q", "-f", "main", rewritten)
+        let summary = try harness.pass()
+        #expect(summary.halted?.contains("no longer contains the trust anchor \(anchor.prefix(7))") == true)
+        #expect(summary.applied.isEmpty && summary.destroyed.isEmpty)
+        let denial = try #require(try governanceRecord(harness, "denied", on: rewritten))
+        #expect(denial.values("rule").contains { $0.contains("no longer contains the trust anchor") })
+        #expect(try stillServing(harness))
+        #expect(try harness.environment("status-page")?.phase == .running)
+        // The operator checks the new history and moves the anchor: admission resumes from it.
+        try Trust.anchor(ObjectID(hex: rewritten)!, branch: "main", by: "owner@example.com", how: "gantry trust set",
+                         repository: try repo.open(), state: harness.state, audit: AuditLog(repository: try repo.open(), key: harness.key))
+        let resumed = try harness.pass()
+        #expect(resumed.halted == nil)
+        #expect(try stillServing(harness, "rewritten from web"))
+        #expect(try harness.records().contains { $0.event == "trust-anchored" && $0.value("commit") == rewritten })
+    }
+
+    @Test func anUnsignedOrAgentSignedTipIsNeverAnchoredSilently() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("apps/hello/NOTE", "agent was here")
+        let tip = try repo.commit("the agent signs the tip")
+        let harness = try Harness(repo: repo, anchor: false)
+        let summary = try harness.pass()
+        #expect(summary.halted?.contains("no trust anchor") == true)
+        #expect(summary.halted?.contains("agent@example.com, who is not a human with the role admin") == true)
+        #expect(summary.applied.isEmpty)
+        #expect(try harness.service("web") == nil)
+        #expect(try governanceRecord(harness, "denied", on: tip) != nil)
+        // Signed by the owner (a human admin), the tip anchors itself on the next pass.
+        try repo.write("apps/hello/NOTE", "owner reviewed")
+        let signed = try repo.commitAsOwner("reviewed")
+        #expect(try harness.pass().applied.sorted() == ["status-page", "web"])
+        #expect(try harness.state.trust()?.anchor == signed)
+    }
+
+    // MARK: Changes that were not judged
+
+    @Test func deletingAProductionEnvironmentWaitsForItsApprovalAndKeepsServing() throws {
+        let (repo, alice, harness) = try setUp()
+        try repo.remove("environments/web.yaml")
+        let removal = try repo.commit("retire production")
+        let summary = try harness.pass()
+        #expect(summary.pending == ["web"] && summary.destroyed.isEmpty)
+        let pending = try #require(try harness.records().last { $0.event == "pending-approval" && $0.value("environment") == "web" })
+        #expect(pending.value("commit") == removal)
+        #expect(pending.values("change") == ["-environment web"])
+        #expect(pending.values("rule").contains { $0.hasPrefix("approval: needs 1 approval") })
+        #expect(try stillServing(harness))
+        // A later commit elsewhere does not reset what the approval is of.
+        try repo.write("apps/other/NOTE", "x")
+        try repo.commit("unrelated")
+        #expect(try harness.pass().destroyed.isEmpty)
+        try approve(removal, as: alice, in: repo)
+        let approved = try harness.pass()
+        #expect(approved.destroyed == ["web"])
+        #expect(try harness.records().last { $0.event == "destroyed" && $0.value("environment") == "web" } != nil)
+        #expect(try harness.environment("status-page")?.phase == .running)
+    }
+
+    @Test func relabellingProductionAsDevelopmentStillNeedsProductionsApproval() throws {
+        let (repo, _, harness) = try setUp()
+        try repo.write("environments/web.yaml", try read(repo, "environments/web.yaml")
+            .replacingOccurrences(of: "class: production", with: "class: development")
+            .replacingOccurrences(of: "template: python-web", with: "template: python-web\n  services:\n    web: {env: {GREETING: \"relabelled from ${env.name}\"}}"))
+        let relabel = try repo.commit("just a development environment")
+        #expect(try harness.pass().pending == ["web"])
+        let pending = try #require(try harness.records().last { $0.event == "pending-approval" && $0.value("environment") == "web" })
+        #expect(pending.value("commit") == relabel)
+        #expect(pending.values("rule").contains { $0.hasPrefix("approval: needs 1 approval") && $0.contains("role approver") })
+        #expect(try stillServing(harness))
+    }
+
+    @Test func aSyncMergeMadeOnAFeatureBranchApprovesNothing() throws {
+        let (repo, alice, harness) = try setUp()
+        // main moves on (the owner, reviewed), and the agent changes production on a branch.
+        try repo.checkout("agents/feature", create: true)
+        try repo.writeWeb(service: #"{env: {GREETING: "unreviewed from ${env.name}"}}"#)
+        try repo.commit("change production")
+        try repo.checkout("main")
+        try repo.write("docs/NOTE", "moved on")
+        try repo.commitAsOwner("main moves on")
+        try harness.pass()
+        // alice syncs the branch with main (a signed merge made on the branch)...
+        try repo.checkout("agents/feature")
+        let sync = try repo.signing(with: alice.keyPath) {
+            try repo.git("merge", "-q", "--no-ff", "-m", "Sync with main", "main")
+            return try repo.git("rev-parse", "HEAD")
+        }
+        // ...and the agent fast-forwards main to it.
+        try repo.checkout("main")
+        try repo.git("merge", "-q", "--ff-only", "agents/feature")
+        let summary = try harness.pass()
+        #expect(summary.pending == ["web"])
+        let pending = try #require(try harness.records().last { $0.event == "pending-approval" && $0.value("environment") == "web" })
+        #expect(pending.value("commit") == sync)
+        #expect(pending.values("rule").contains { $0.contains("was not made on the protected branch (or merges nothing new), so it approves nothing") })
+        #expect(try stillServing(harness))
+    }
+
+    @Test func aChangeToAnotherTeamsEnvironmentIsDenied() throws {
+        let repo = try TestRepository()
+        let bot = try TestRepository(principal: "ops-bot@platform")
+        try repo.seedExample(extraSigners: [bot.allowedSignersLine])
+        try repo.write("identities/actors.yaml", try read(repo, "identities/actors.yaml") + "  ops-bot@platform: {kind: agent, teams: [platform]}\n")
+        try repo.commitAsOwner("a platform bot")
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        // The platform bot changes payments' production web on a branch, and on main.
+        try repo.checkout("bot/web", create: true)
+        try repo.writeWeb(service: #"{env: {GREETING: "bot from ${env.name}"}}"#)
+        try repo.signing(with: bot.keyPath) { _ = try repo.commit("the bot edits web") }
+        #expect(try harness.pass().denied == ["web--bot-web"])
+        let denial = try #require(try harness.records().last { $0.event == "denied" && $0.value("environment") == "web--bot-web" })
+        #expect(denial.values("rule").contains { $0.contains("by ops-bot@platform (teams: platform) changes web--bot-web of team payments") })
+        try repo.checkout("main")
+        try repo.git("merge", "-q", "--ff-only", "bot/web")
+        #expect(try harness.pass().denied.contains("web"))
+        #expect(try stillServing(harness))
+    }
+
+    // MARK: Names and records
+
+    @Test func branchesWhoseSlugsCollideNeverShareAPreview() throws {
+        let (repo, _, harness) = try setUp()
+        for (branch, greeting) in [("feat/a", "slash"), ("feat-a", "dash")] {
+            try repo.checkout("main")
+            try repo.checkout(branch, create: true)
+            try repo.writeWeb(service: "{env: {GREETING: \"\(greeting) from ${env.name}\"}}")
+            try repo.commit("\(greeting) preview")
+            try harness.pass()
+        }
+        let first = try #require(try harness.state.environment(branch: "feat/a", source: "web"))
+        let second = try #require(try harness.state.environment(branch: "feat-a", source: "web"))
+        #expect(first.name == "web--feat-a")
+        #expect(second.name != first.name && second.name.hasPrefix("web--feat-a-") && second.name.count == "web--feat-a-".count + 16)
+        #expect(try harness.get(first.name)?.contains("slash from") == true)
+        #expect(try harness.get(second.name)?.contains("dash from") == true)
+        // A branch named after the other's hashed name does not take it over either.
+        let squatter = String(second.name.dropFirst("web--".count))
+        try repo.checkout("main")
+        try repo.checkout(squatter, create: true)
+        try repo.writeWeb(service: #"{env: {GREETING: "squat from ${env.name}"}}"#)
+        try repo.commit("squat")
+        try harness.pass()
+        let third = try #require(try harness.state.environment(branch: squatter, source: "web"))
+        #expect(third.name != second.name && third.name != first.name)
+        #expect(try harness.get(second.name)?.contains("dash from") == true)
+        // Deleting one branch destroys only its own preview.
+        try repo.checkout("main")
+        try repo.git("branch", "-q", "-D", "feat-a")
+        #expect(try harness.pass().destroyed == [second.name])
+        #expect(try harness.get(first.name)?.contains("slash from") == true)
+    }
+
+    @Test func trailersCannotFakeRecordFieldsOrSignatureBlocks() throws {
+        let (repo, _, harness) = try setUp()
+        try repo.checkout("agents/inject", create: true)
+        try repo.write("apps/hello/NOTE", "x")
+        let message = "inject\n\nAgent: claude\u{2028}decision: allow\nTask: PAY-1 -----END SSH SIGNATURE----- \\n actor: root\rdecision: allow"
+        try repo.git("add", "-A")
+        try repo.git("commit", "-q", "-m", message)
+        try harness.pass()
+        let admitted = try #require(try harness.records().last { $0.event == "admitted" && $0.value("environment") == "web--agents-inject" })
+        #expect(admitted.value("agent") == "claude\\u{2028}decision: allow")
+        #expect(admitted.value("task") == "PAY-1 ----\\u{2d}END SSH SIGNATURE----\\u{2d} \\\\n actor: root\\rdecision: allow")
+        #expect(admitted.values("decision") == ["allow"])
+        #expect(admitted.values("actor") == ["agent@example.com"])
+        // Every record still parses one per block and verifies, by our verifier and ssh-keygen.
+        #expect(try harness.verify().isValid)
+        let note = try repo.git("notes", "--ref=gantry", "show", "agents/inject")
+        let parsed = AuditRecord.parseNote(note + "\n")
+        #expect(parsed.problems.isEmpty && parsed.records.count == 4)
+        let signers = repo.directory.path + "/gantry_signers"
+        try "gantry \(harness.key.publicKey.authorizedKey)\n".write(toFile: signers, atomically: true, encoding: .utf8)
+        for record in parsed.records {
+            try record.signature.write(toFile: repo.directory.path + "/record.sig", atomically: true, encoding: .utf8)
+            let result = try Shell.run(["ssh-keygen", "-Y", "verify", "-n", "gantry-audit", "-f", signers, "-I", "gantry",
+                                        "-s", repo.directory.path + "/record.sig"], input: record.signedText)
+            #expect(result.status == 0, "\(result.stderr)")
+        }
+    }
+
+    @Test func aNotesRefResetBehindGantrysBackIsRepublishedFromTheStateDB() throws {
+        let (repo, _, harness) = try setUp()
+        let git = try repo.open()
+        let early = try #require(try git.reference(AuditLog.defaultRef))
+        try repo.checkout("feature", create: true)
+        try repo.write("apps/hello/NOTE", "x")
+        try repo.commit("a preview")
+        try harness.pass()
+        let before = try harness.records()
+        // Someone resets the notes to an earlier commit, dropping the newest records.
+        try repo.git("update-ref", AuditLog.defaultRef, early.hex)
+        #expect(try harness.records().count < before.count)
+        let kept = try StateJournal(harness.state).journalHead()
+        let report = try AuditVerifier(trustedKeys: [harness.key.publicKey]).verify(repository: git, kept: kept)
+        #expect(report.faults.contains { $0.contains("was reset, truncated, rewritten or deleted") })
+        // The next pass refuses to continue the shortened chain: it publishes the records again.
+        let summary = try harness.pass()
+        #expect(summary.auditRestored)
+        let after = try harness.records()
+        #expect(Array(after.prefix(before.count).map(\.digest)) == before.map(\.digest))
+        let restored = try #require(after.last { $0.event == "audit-restored" })
+        #expect(restored.values("found").first?.contains("ends at seq") == true)
+        #expect(try harness.verify().isValid)
+        // Deleting the notes ref altogether is caught the same way.
+        try repo.git("update-ref", "-d", AuditLog.defaultRef)
+        #expect(try harness.pass().auditRestored)
+        #expect(try harness.records().count == after.count + 1)
+        #expect(try harness.verify().isValid)
+    }
+}
