@@ -174,3 +174,21 @@ final class Locked<Value>: @unchecked Sendable {
         #expect(try Shell.check(["git", "-C", bare.path + "/remote.git", "notes", "--ref=gantry", "show", sha.hex]).contains("environment: w1-7"))
     }
 }
+
+@Suite struct AuditEscapingTests {
+    @Test func valuesCannotEndALineOrFormASignatureMarker() {
+        #expect(AuditRecord.escape("plain value: with colons") == "plain value: with colons")
+        #expect(AuditRecord.escape("a\nevent: approved") == "a\\nevent: approved")
+        #expect(AuditRecord.escape("back\\slash\r\t") == "back\\\\slash\\r\\t")
+        #expect(AuditRecord.escape("x\u{2028}y\u{85}z") == "x\\u{2028}y\\u{85}z")
+        #expect(AuditRecord.escape("-----END SSH SIGNATURE-----") == "----\\u{2d}END SSH SIGNATURE----\\u{2d}")
+        #expect(!AuditRecord.escape(String(repeating: "-", count: 23)).contains("-----"))
+    }
+
+    @Test func notesSplitOnExactMarkerLinesOnly() throws {
+        let record = "gantry-audit: 1\nseq: 1\nevent: admitted\nat: now\ntask: -----END SSH SIGNATURE-----\nprev: none\n-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----\n"
+        let parsed = AuditRecord.parseNote(record)
+        #expect(parsed.records.count == 1 && parsed.problems.isEmpty)
+        #expect(parsed.records.first?.value("task") == "-----END SSH SIGNATURE-----")
+    }
+}
