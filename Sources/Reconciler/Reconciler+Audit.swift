@@ -30,10 +30,19 @@ extension Reconciler {
     /// as written while no `destroyed` follows it; `applied`/`failed` while no new admission
     /// follows; `destroyed` when it is the latest. An environment destroyed and re-created on the
     /// same commit is therefore recorded again.
+    /// A `pending-approval` whose rules changed (the wait for governance became the wait for the
+    /// class's approver, say) is recorded again.
     func appendOnce(_ event: AuditEvent, _ environment: String, _ commit: ObjectID, _ fields: [(String, String)]) throws {
         if let note = try repository.note(on: commit, notesRef: audit.notesRef) {
-            let events = AuditRecord.parseNote(note).records.filter { $0.value("environment") == environment }.map(\.event)
-            if Self.alreadyRecorded(event.rawValue, in: events) { return }
+            let records = AuditRecord.parseNote(note).records.filter { $0.value("environment") == environment }
+            if event == .pendingApproval {
+                let rules = fields.filter { $0.0 == "rule" }.map { AuditRecord.escape($0.1) }
+                let cycle = records.lastIndex { [AuditEvent.admitted.rawValue, AuditEvent.denied.rawValue].contains($0.event) }
+                    .map { records[($0 + 1)...] } ?? records[...]
+                if cycle.contains(where: { $0.event == event.rawValue && $0.values("rule") == rules }) { return }
+            } else if Self.alreadyRecorded(event.rawValue, in: records.map(\.event)) {
+                return
+            }
         }
         try audit.append([AuditEntry(event: event, commit: commit.hex, fields: fields.map { (key: $0.0, value: $0.1) })])
     }

@@ -33,13 +33,13 @@ extension Reconciler {
         if trust.halted != nil {
             logger.notice("admission resumes", metadata: ["git.branch": "\(name)", "was": "\(trust.halted!)"])
             trust.halted = nil
-            try state.setTrust(trust)
+            try state.updateTrust(trust, expectedAnchor: trust.anchor)
         }
         if trust.segmentBase == nil {
             // Just anchored: the environments at the anchor are taken as found.
             try convergeProtected(at: revision, base: nil, governance: try governance(at: revision), tip: tip, trust: trust, &summary)
             trust.segmentBase = revision.hex
-            try state.setTrust(trust)
+            try state.updateTrust(trust, expectedAnchor: trust.anchor)
             summary.changedBranches.append(name)
         }
         let mainWaiting = try state.environments().contains {
@@ -49,7 +49,8 @@ extension Reconciler {
         if processed != tip.hex || mainWaiting || (approvalsMoved && trust.blocked != nil) {
             summary.changedBranches.append(name)
             try walk(to: tip, anchor: anchor, branches: branches, rejudge: mainWaiting, &trust, &summary)
-            try state.setTrust(trust)
+            // An anchor moved meanwhile by an operator wins: this pass's walk is dropped and redone from it.
+            guard try state.updateTrust(trust, expectedAnchor: anchor.hex) else { return nil }
             try setProcessed(branch: name, commit: tip.hex)
             if let current = trust.revision.flatMap(ObjectID.init(hex:)) { try state.setAdmitted(branch: name, commit: current.hex) }
         }
@@ -192,7 +193,7 @@ extension Reconciler {
         if trust.halted != reason {
             logger.critical("admission halted: \(reason)")
             trust.halted = reason
-            try state.setTrust(trust)
+            try state.updateTrust(trust, expectedAnchor: trust.anchor)
         }
         guard let tip else { return }
         let info = try repository.commit(tip)
@@ -232,6 +233,8 @@ extension Reconciler {
             try state.save(record)
         }
         trust.protectedBranch = branch
+        // Walked from the admitted revision on the next pass, whatever was seen of it as a branch.
+        try setProcessed(branch: branch, commit: nil)
         logger.notice("the protected branch is now \(branch) (was \(old))")
     }
 

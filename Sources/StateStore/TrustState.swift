@@ -1,4 +1,5 @@
 import Foundation
+import GRDB
 
 /// What Gantry trusts on the protected branch: the anchor an operator set (or that the first start
 /// found signed by a human holding the governance role), and the last admitted protected revision,
@@ -47,4 +48,19 @@ extension StateStore {
     public func trust() throws -> TrustState? { try meta(Self.trustKey) }
 
     public func setTrust(_ trust: TrustState) throws { try setMeta(Self.trustKey, trust) }
+
+    /// Saves `trust` unless the anchor was moved meanwhile (by `gantry trust set` while a pass ran):
+    /// the operator's act wins, and the next pass starts from it. Returns whether it was saved.
+    @discardableResult
+    public func updateTrust(_ trust: TrustState, expectedAnchor: String?) throws -> Bool {
+        let text = String(decoding: try JSONEncoder().encode(trust), as: UTF8.self)
+        return try pool.write { db in
+            let current = try String.fetchOne(db, sql: "SELECT value FROM meta WHERE key = ?", arguments: [Self.trustKey])
+                .flatMap { try? JSONDecoder().decode(TrustState.self, from: Data($0.utf8)) }
+            guard current?.anchor == expectedAnchor else { return false }
+            try db.execute(sql: "INSERT INTO meta(key, value) VALUES (?, ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
+                           arguments: [Self.trustKey, text])
+            return true
+        }
+    }
 }
