@@ -138,7 +138,7 @@ if runs("push") {
     let repo = try TestRepository()
     try repo.seedExample()
     try repo.write("environments/bench.yaml", "apiVersion: gantry/v1\nkind: Environment\nmetadata: {name: bench, class: development}\n")
-    try repo.commit("an environment with no services, so a push costs admission and recording only")
+    try repo.commitAsOwner("an environment with no services, so a push costs admission and recording only")
     try addBranches(repo, count: 1_000, prefix: "agents/other/")
     try repo.git("branch", "bench-branch", "main")
     let state = TemporaryDirectory("gantry-bench")
@@ -277,6 +277,36 @@ if runs("admission") {
     report("  reading governance from main (settings, signers, actors, 20 policies compiled)", contextTimes)
 }
 
+// MARK: 4b. The protected branch walked commit by commit: 200 signed commits pushed to main at once.
+if runs("protected") {
+    let repo = try TestRepository()
+    try repo.seedExample()
+    let state = TemporaryDirectory("gantry-bench")
+    let store = try StateStore(path: state.path + "/gantry.db")
+    let git = try repo.open()
+    let driver = LocalDriver(stateDirectory: state.url, state: store, logger: logger)
+    defer { driver.shutdown() }
+    let reconciler = Reconciler(repository: git, state: store,
+                                audit: AuditLog(repository: git, key: try SigningKey.loadOrCreate(at: state.path + "/key")),
+                                driver: driver, logger: logger)
+    try reconciler.runPass()
+    let before = try repo.git("rev-parse", "main")
+    for index in 0..<200 {
+        try repo.write("docs/walk-\(index).md", "\(index)")
+        try repo.commit("docs \(index)")
+    }
+    let walk = try time { try reconciler.runPass() }
+    let commits = try repo.git("rev-list", "\(before)..main").split(separator: "\n").map(String.init)
+    let verify = time {
+        for commit in commits {
+            _ = spawnWait(["git", "-C", repo.path, "-c", "gpg.ssh.allowedSignersFile=\(repo.path)/identities/allowed_signers", "verify-commit", commit])
+        }
+    }
+    say("protected branch: one pass judging 200 new signed commits one step at a time (identity + governance each): \(milliseconds(walk))"
+        + " | baseline git verify-commit of the same 200: \(milliseconds(verify)) | ratio \(String(format: "%.2fx", walk / verify))")
+    if try store.trust()?.revision != commits.first { say("  warning: the walk did not reach the tip") }
+}
+
 // MARK: 5. CEL evaluation throughput against cel-expr-python on the same expressions.
 if runs("cel") {
     let expressions = ["[1, 2, 3, 4, 5].all(x, x > 0) && 'web--fix'.startsWith('web')",
@@ -340,7 +370,7 @@ if runs("fullstack") {
               env: {DATABASE_URL: "${databases.main.url}"}
               health: {http: /}
         """)
-    try repo.commit("a shop with PostgreSQL")
+    try repo.commitAsOwner("a shop with PostgreSQL")
     let state = TemporaryDirectory("gantry-bench")
     let store = try StateStore(path: state.path + "/gantry.db")
     let git = try repo.open()
