@@ -36,7 +36,11 @@ public final class AuditLog: @unchecked Sendable {
         var foreign: [ObjectID] = []
         var current: ObjectID? = tip
         while let commit = current {
-            let info = try repository.commit(commit)
+            // A ref pointed at something that is not a commit (a blob, a tree) is foreign, not fatal.
+            guard let info = try? repository.commit(commit) else {
+                foreign.append(commit)
+                break
+            }
             if let line = info.message.split(separator: "\n").first(where: { $0.hasPrefix("gantry-audit head: ") }) {
                 let parts = line.dropFirst("gantry-audit head: ".count).split(separator: " ")
                 if parts.count == 3, parts[0] == "seq", let seq = Int(parts[1]) {
@@ -125,23 +129,60 @@ public final class AuditLog: @unchecked Sendable {
     /// records what was found.
     private func checkJournal(_ head: (tip: ObjectID?, seq: Int, digest: String, foreignCommits: [ObjectID])) throws -> AuditEntry? {
         guard let journal else { return nil }
-        guard let kept = try journal.journalHead() else {
-            // A journal that starts now takes the chain as it is.
+        let notesCommit = try journal.journalNotesCommit()
+        if let tip = head.tip, tip.hex == notesCommit { return nil }
+        let kept = try journal.journalHead()
+        let found = head.tip == nil ? [] : (try? Self.records(in: repository, notesRef: notesRef).records) ?? []
+        guard let kept else {
+            // A journal that starts now takes a chain of Gantry's commits as it is.
             guard let tip = head.tip else { return nil }
-            let found = try Self.records(in: repository, notesRef: notesRef).records
-            try journal.journal(found.map { AuditJournalEntry($0.record, target: $0.commit.hex) }, notesCommit: tip.hex)
+            if head.foreignCommits.isEmpty {
+                try journal.journal(found.map { AuditJournalEntry($0.record, target: $0.commit.hex) }, notesCommit: tip.hex)
+                return nil
+            }
+            return try restore([], kept: nil, found: found, head: head, notesCommit: notesCommit)
+        }
+        if let tip = head.tip, let newer = try grown(from: kept, to: tip, found: found, notesCommit: notesCommit) {
+            try journal.journal(newer, notesCommit: tip.hex)
             return nil
         }
-        if let tip = head.tip, tip.hex == (try journal.journalNotesCommit()) { return nil }
-        let found = head.tip == nil ? [] : try Self.records(in: repository, notesRef: notesRef).records
-        if head.seq >= kept.seq, head.foreignCommits.isEmpty, let tip = head.tip,
-           found.contains(where: { $0.record.seq == kept.seq && $0.record.digest == kept.digest }) {
-            let newer = found.filter { $0.record.seq > kept.seq }
-            try journal.journal(newer.map { AuditJournalEntry($0.record, target: $0.commit.hex) }, notesCommit: tip.hex)
-            return nil
+        return try restore(try journal.journalRecords(), kept: kept, found: found, head: head, notesCommit: notesCommit)
+    }
+
+    /// The records another writer (or a crash between a notes commit and the journal) added after
+    /// `kept`, when the notes at `tip` are exactly the journal's chain grown by records this key
+    /// signed, chained on, in notes commits this key signed; nil when anything of that fails.
+    private func grown(from kept: AuditJournalEntry, to tip: ObjectID, found: [(commit: ObjectID, record: AuditRecord)],
+                       notesCommit: String?) throws -> [AuditJournalEntry]? {
+        guard let journal, let notesCommit = notesCommit.flatMap(ObjectID.init(hex:)) else { return nil }
+        // Every notes commit since the journal's is Gantry's.
+        var current: ObjectID? = tip
+        while let commit = current, commit != notesCommit {
+            guard let info = try? repository.commit(commit), let signature = try repository.signature(of: commit),
+                  (try? SSHSignature.verify(signature.signature, message: signature.signedData, namespace: "git")) == key.publicKey else { return nil }
+            current = info.parents.first
         }
-        // The notes lost records: publish the journal's chain again, exactly as it was written.
-        let chain = try journal.journalRecords()
+        guard current == notesCommit else { return nil }
+        // Every record the journal holds is still there, unchanged.
+        let digests = Set(found.map(\.record.digest))
+        guard try journal.journalRecords().allSatisfy({ digests.contains($0.digest) }) else { return nil }
+        // What is new continues the chain, signed by this key.
+        var prev = kept.digest
+        var newer: [AuditJournalEntry] = []
+        for (commit, record) in found where record.seq > kept.seq {
+            guard record.seq == kept.seq + newer.count + 1, record.prev == prev,
+                  (try? SSHSignature.verify(record.signature, message: Data(record.signedText.utf8), namespace: "gantry-audit")) == key.publicKey
+            else { return nil }
+            newer.append(AuditJournalEntry(record, target: commit.hex))
+            prev = record.digest
+        }
+        return newer
+    }
+
+    /// Publishes the journal's chain again, exactly as it was written, replacing whatever the notes
+    /// ref holds; returns the `audit-restored` entry saying what was found (nil with nothing kept).
+    private func restore(_ chain: [AuditJournalEntry], kept: AuditJournalEntry?, found: [(commit: ObjectID, record: AuditRecord)],
+                         head: (tip: ObjectID?, seq: Int, digest: String, foreignCommits: [ObjectID]), notesCommit: String?) throws -> AuditEntry? {
         var notes: [ObjectID: String] = [:]
         for entry in chain {
             guard let target = ObjectID(hex: entry.target) else { throw AuditError.badTarget(entry.target) }
@@ -149,21 +190,22 @@ public final class AuditLog: @unchecked Sendable {
         }
         let present = Set(found.map(\.record.digest))
         let missing = chain.filter { !present.contains($0.digest) }.count
-        let parent = try journal.journalNotesCommit().flatMap { try repository.resolveCommit($0) }
-        let message = "gantry audit: restored seq 1...\(kept.seq) from the state DB\n\ngantry-audit head: seq \(kept.seq) \(kept.digest)\n"
+        let parent = try notesCommit.flatMap { try repository.resolveCommit($0) }
+        let headLine = kept.map { "gantry-audit head: seq \($0.seq) \($0.digest)" } ?? "gantry-audit head: seq 0 none"
+        let message = "gantry audit: restored seq 1...\(kept?.seq ?? 0) from the state DB\n\n\(headLine)\n"
         let commit = try repository.commitNotes(notes, notesRef: notesRef, expectedTip: head.tip, message: message,
                                                 authorName: "gantry", authorEmail: "gantry@localhost",
                                                 replacing: parent.map { [$0] } ?? []) { buffer in
             try SSHSignature.sign(buffer, namespace: "git", key: self.key)
         }
         if let remote { try repository.push(url: remote, reference: notesRef, expected: head.tip) }
-        try journal.journal([], notesCommit: commit.hex)
-        let foundText = head.tip.map { "\(notesRef) at \($0.short) ends at seq \(head.seq)" + (head.foreignCommits.isEmpty ? "" : " with \(head.foreignCommits.count) notes commit(s) not written by Gantry") }
+        try journal?.journal([], notesCommit: commit.hex)
+        guard let kept, let target = chain.last?.target else { return nil }
+        let foundText = head.tip.map { "\(notesRef) at \($0.short) ends at seq \(head.seq)" + (head.foreignCommits.isEmpty ? "" : " with \(head.foreignCommits.count) notes commit(s) or objects not written by Gantry") }
             ?? "\(notesRef) was deleted"
-        let target = chain.last!.target
         return AuditEntry(event: .auditRestored, commit: target, fields: [
-            ("found", "\(foundText), but the state DB holds the chain up to seq \(kept.seq) \(kept.digest)"),
-            ("republished", "\(missing) record\(missing == 1 ? "" : "s") missing from the notes; seq 1...\(kept.seq) published again unchanged"),
+            ("found", "\(foundText) (\(found.count) records on it), but the state DB holds the chain up to seq \(kept.seq) \(kept.digest)"),
+            ("republished", "\(missing) record\(missing == 1 ? "" : "s") missing or changed; seq 1...\(kept.seq) published again unchanged"),
         ])
     }
 

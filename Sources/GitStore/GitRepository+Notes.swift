@@ -5,6 +5,8 @@ extension GitRepository {
     /// The note attached to `target` under `notesRef`, or nil when there is none.
     public func note(on target: ObjectID, notesRef: String) throws -> String? {
         try locked {
+            // libgit2 1.5 may crash on a notes ref that does not point at a commit: no such ref holds notes.
+            guard try notesRefIsCommit(notesRef) else { return nil }
             var note: OpaquePointer?
             var oid = target.oid
             let status = git_note_read(&note, handle, notesRef, &oid)
@@ -18,6 +20,7 @@ extension GitRepository {
     /// Every note under `notesRef` as (annotated object, note text).
     public func allNotes(notesRef: String) throws -> [(target: ObjectID, text: String)] {
         try locked {
+            guard try notesRefIsCommit(notesRef) else { return [] }
             var iterator: OpaquePointer?
             let status = git_note_iterator_new(&iterator, handle, notesRef)
             if status == GIT_ENOTFOUND.rawValue { return [] }
@@ -32,6 +35,16 @@ extension GitRepository {
             }
             return result
         }
+    }
+
+    /// True when `notesRef` exists and points at a commit (anything else holds no notes).
+    func notesRefIsCommit(_ notesRef: String) throws -> Bool {
+        guard let tip = try reference(notesRef) else { return false }
+        var oid = tip.oid
+        var object: OpaquePointer?
+        guard git_object_lookup(&object, handle, &oid, GIT_OBJECT_ANY) == 0 else { return false }
+        defer { git_object_free(object) }
+        return git_object_type(object) == GIT_OBJECT_COMMIT
     }
 
     /// Sets the notes of several objects in one new commit on `notesRef`, moved only if the ref is

@@ -25,6 +25,14 @@ extension GitRepository {
         }
     }
 
+    /// What the tree entry at `path` in `commit` is (file, directory, symbolic link...), or nil when absent.
+    public func entryKind(at path: String, in commit: ObjectID) throws -> TreeEntry.Kind? {
+        let parts = path.split(separator: "/")
+        guard let name = parts.last else { return .directory }
+        let parent = parts.dropLast().joined(separator: "/")
+        return try listDirectory(parent.isEmpty ? "" : parent, at: commit)?.first { $0.name == name }?.kind
+    }
+
     /// The bytes of the file at `path` in `commit`, or nil when there is no such file.
     /// Files larger than `limit` bytes throw, so a hostile repository cannot exhaust memory.
     public func readFile(_ path: String, at commit: ObjectID, limit: Int = 1 << 20) throws -> Data? {

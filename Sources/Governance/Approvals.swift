@@ -39,7 +39,8 @@ public enum Approvals {
     /// The signatures in `commit`'s approvals note that verify over an approval of that very commit:
     /// the keys that approved it. Approvals of other commits, or that do not verify, are ignored.
     public static func approvingKeys(of commit: ObjectID, in repository: GitRepository) throws -> [SSHPublicKey] {
-        guard let note = try repository.note(on: commit, notesRef: notesRef) else { return [] }
+        // A notes ref pointed at something that is not a notes commit holds no approval; it must not stop judging.
+        guard let note = (try? repository.note(on: commit, notesRef: notesRef)) ?? nil else { return [] }
         let expected = Data(message(for: commit).utf8)
         var keys: [SSHPublicKey] = []
         let end = "-----END SSH SIGNATURE-----"

@@ -26,22 +26,29 @@ public struct GovernanceRevision: Sendable {
         var problems: [String] = []
         var warnings: [String] = []
         let fingerprint = try Self.fingerprint(at: commit, in: repository)
-        if fingerprint[0] == "-" {
-            problems.append("\(ConfigLoader.settingsFile):1:1: gantry.yaml is missing; the protected branch must keep its settings (restore the file)")
+        // The three files must be there, as regular files: never a fall back to defaults.
+        for (file, why) in [(ConfigLoader.settingsFile, "the protected branch must keep its settings"),
+                            (ConfigLoader.allowedSignersFile, "without it no commit can be admitted"),
+                            (ConfigLoader.actorsFile, "without it no signer is an actor")] {
+            switch try repository.entryKind(at: file, in: commit) {
+            case .file?, .executable?: continue
+            case nil: problems.append("\(file):1:1: \(file) is missing; \(why) (restore the file)")
+            case let kind?: problems.append("\(file):1:1: \(file) is a \(kind), not a regular file; \(why) (restore the file)")
+            }
+        }
+        if let entries = try repository.listDirectory(ConfigLoader.policiesDirectory, at: commit) {
+            for entry in entries where entry.kind != .file && entry.kind != .executable {
+                problems.append("\(ConfigLoader.policiesDirectory)/\(entry.name):1:1: a \(entry.kind) in policies/ is not read as a policy; policies must be regular YAML files (replace or remove it)")
+            }
+        } else if try repository.objectID(at: ConfigLoader.policiesDirectory, in: commit) != nil {
+            problems.append("\(ConfigLoader.policiesDirectory):1:1: policies is not a directory; policies must be regular YAML files in policies/")
         }
         let (settings, settingsDiagnostics) = loader.settings(at: commit)
         problems += settingsDiagnostics.map(\.description)
-        let signersText = try loader.allowedSignersText(at: commit)
-        if try repository.objectID(at: ConfigLoader.allowedSignersFile, in: commit) == nil {
-            problems.append("\(ConfigLoader.allowedSignersFile):1:1: identities/allowed_signers is missing; without it no commit can be admitted (restore the file)")
-        }
-        let signers = AllowedSigners(text: signersText)
+        let signers = AllowedSigners(text: try loader.allowedSignersText(at: commit))
         for diagnostic in signers.diagnostics {
             // A key Gantry cannot verify never matches: reported, not fatal.
             if diagnostic.message.contains("is not supported") { warnings.append(diagnostic.description) } else { problems.append(diagnostic.description) }
-        }
-        if try repository.objectID(at: ConfigLoader.actorsFile, in: commit) == nil {
-            problems.append("\(ConfigLoader.actorsFile):1:1: identities/actors.yaml is missing; without it no signer is an actor (restore the file)")
         }
         let actors = loader.actors(at: commit)
         problems += actors.diagnostics.map(\.description)

@@ -132,7 +132,8 @@ public enum PolicyInput {
     /// `env` is nil when the change removes the environment (`previous` is then what runs).
     public static func variables(env: EnvironmentSpec?, previous: EnvironmentSpec?, actor: Actor?, principal: String?,
                                  onBehalfOf: String?, task: String?, branch: String, protected: Bool, commit: Commit,
-                                 changedFiles: [String], approvals: [String], now: Date) -> [String: CELValue] {
+                                 changedFiles: [String], approvals: [String], now: Date,
+                                 clone: (name: String, class: String, team: String?)? = nil) -> [String: CELValue] {
         let actorValue: CELValue = .map(map([
             ("id", .string(principal ?? "")), ("kind", .string(actor?.kind.rawValue ?? "unverified")),
             ("teams", .list((actor?.teams ?? []).map { .string($0) })), ("roles", .list((actor?.roles ?? []).map { .string($0) })),
@@ -151,6 +152,8 @@ public enum PolicyInput {
             "cost": .map(map([("hourly", .double(0))])),
             "budget": .map(map([])),
             "approvals": .list(approvals.map { .string($0) }),
+            "clone": clone.map { source in .map(map([("from", .map(map([("name", .string(source.name)), ("class", .string(source.class)),
+                                                                          ("team", source.team.map { .string($0) } ?? .null)])))])) } ?? .null,
             "now": .timestamp(seconds: Int64(seconds.rounded(.down)), nanos: Int32((seconds - seconds.rounded(.down)) * 1e9)),
         ]
     }

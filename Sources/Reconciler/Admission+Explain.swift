@@ -11,11 +11,15 @@ extension Admission {
         public var trust: TrustState?
         public var lastAdmitted: ObjectID?
         public var protectedMerges: Set<String> = []
+        /// Tips the protected branch was seen at (merges on top of them count as approvals).
+        public var protectedTips: Set<ObjectID> = []
         public var records: [String: EnvironmentRecord] = [:]
-        public init(trust: TrustState? = nil, lastAdmitted: ObjectID? = nil, protectedMerges: Set<String> = [], records: [String: EnvironmentRecord] = [:]) {
+        public init(trust: TrustState? = nil, lastAdmitted: ObjectID? = nil, protectedMerges: Set<String> = [],
+                    protectedTips: Set<ObjectID> = [], records: [String: EnvironmentRecord] = [:]) {
             self.trust = trust
             self.lastAdmitted = lastAdmitted
             self.protectedMerges = protectedMerges
+            self.protectedTips = protectedTips
             self.records = records
         }
     }
@@ -69,7 +73,8 @@ extension Admission {
         for step in chain {
             let context = try self.context(governance: governance, protectedBranch: protectedBranch, protectedTip: protectedTip,
                                            revision: previous, protectedMerges: known.protectedMerges, loadLive: false)
-            let verdict = try judgeStep(step, previous: previous, start: revision, anchor: anchor, branches: branches, context: context)
+            let verdict = try judgeStep(step, previous: previous, start: revision, anchor: anchor, branches: branches,
+                                        seenTips: known.protectedTips, context: context)
             if step != commit && verdict.decision == .allow {
                 if let proposed = verdict.newGovernance { governance = proposed }
                 previous = step

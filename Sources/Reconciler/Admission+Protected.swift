@@ -23,14 +23,21 @@ extension Admission {
     /// walk started at the admitted revision `start`) with the governance in force, `context`:
     /// identity of every commit it brings, then — when it changes governance — the new files'
     /// validity, the protected branch it names, and the approval `approvals.governance` asks for.
+    ///
+    /// `seenTips` are the tips the protected branch was seen at (and merges already found made on
+    /// it): a merge approves only when its first parent is one of them.
     func judgeStep(_ step: ObjectID, previous: ObjectID, start: ObjectID, anchor: ObjectID, branches: [String: ObjectID],
-                   context: Context) throws -> StepVerdict {
+                   seenTips: Set<ObjectID>, context: Context) throws -> StepVerdict {
         let identity = try judgeIdentity(tip: step, hiding: [previous, start], changedSince: previous, context: context)
         let info = try repository.commit(step)
-        // A merge approves only when made on the protected branch: its first parent is the tip the
-        // branch had, and it brings commits the branch did not contain (a sync merge made on a
+        // A merge approves only when made on the protected branch: its first parent is a tip the
+        // branch was seen at, and it brings commits the branch never had (a sync merge made on a
         // feature branch and fast-forwarded brings none).
-        let isProtectedMerge = info.parents.count > 1 && info.parents[0] == previous && identity.commits.count > 1
+        var isProtectedMerge = false
+        if info.parents.count > 1, info.parents[0] == previous, previous == start || seenTips.contains(previous) {
+            let merged = try repository.newCommits(tip: step, hiding: [previous, start] + Array(seenTips))
+            isProtectedMerge = merged.contains { $0 != step }
+        }
         var rules = signatureRules(identity)
         guard identity.problems.isEmpty else {
             return StepVerdict(commit: step, decision: .deny, rules: rules, remedies: [Self.signatureRemedy],

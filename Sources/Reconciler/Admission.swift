@@ -113,21 +113,23 @@ public struct Admission: Sendable {
         }
         let team = asFound ? (rule: "team: taken as found at the trust anchor", remedy: nil)
             : try teamRule(environment: desired.name, teams: [spec.team, before.team],
-                           watched: desired.loaded.watchedPaths + before.watched, identity: identity, context: context)
+                           watched: desired.loaded.watchedPaths + before.watched, change: tip.id, since: before.base, context: context)
+        let clones = cloneRules(spec, context: context)
         let variables = PolicyInput.variables(
             env: spec, previous: context.live[desired.loaded.name], actor: identity.tip.actor, principal: identity.tip.principal,
             onBehalfOf: identity.tip.onBehalfOf, task: identity.tip.task, branch: desired.branch,
             protected: desired.branch == context.protectedBranch,
             commit: PolicyInput.Commit(sha: tip.id.hex, message: tip.message, trailers: tip.trailers),
-            changedFiles: identity.changedFiles, approvals: [], now: Date())
+            changedFiles: identity.changedFiles, approvals: [], now: Date(), clone: clones.source)
         let policy = context.policies.evaluate(variables)
         let secretRules = missingSecrets.map {
             "secret: \($0) is not set for \(spec.name); set it with `gantry secret set \($0) --env \(spec.name)` (or --class \(spec.class.rawValue), --team)"
         }
-        let judged = signatureRules + specRules + [team.rule] + policy.rules + secretRules
-        if team.remedy != nil || policy.denied || !missingSecrets.isEmpty {
+        let judged = signatureRules + specRules + [team.rule] + clones.rules + policy.rules + secretRules
+        if team.remedy != nil || !clones.remedies.isEmpty || policy.denied || !missingSecrets.isEmpty {
             return Judgement(decision: .deny, rules: judged,
-                             remedies: (team.remedy.map { [$0] } ?? []) + policy.remedies + secretRules.map { String($0.dropFirst("secret: ".count)) },
+                             remedies: (team.remedy.map { [$0] } ?? []) + clones.remedies + policy.remedies
+                                + secretRules.map { String($0.dropFirst("secret: ".count)) },
                              conditions: ["AdmissionDenied"] + (missingSecrets.isEmpty ? [] : ["SecretMissing"]))
         }
         guard changesRevision, !asFound else { return Judgement(decision: .allow, rules: judged, remedies: [], conditions: []) }
@@ -143,7 +145,8 @@ public struct Admission: Sendable {
         guard identity.problems.isEmpty else {
             return Judgement(decision: .deny, rules: signatureRules, remedies: [Self.signatureRemedy], conditions: ["AdmissionDenied"])
         }
-        let team = try teamRule(environment: record.name, teams: [before.team], watched: before.watched, identity: identity, context: context)
+        let team = try teamRule(environment: record.name, teams: [before.team], watched: before.watched, change: tip.id, since: before.base,
+                                context: context)
         let variables = PolicyInput.variables(
             env: nil, previous: before.spec, actor: identity.tip.actor, principal: identity.tip.principal,
             onBehalfOf: identity.tip.onBehalfOf, task: identity.tip.task, branch: record.branch,
@@ -159,25 +162,68 @@ public struct Admission: Sendable {
         return try approvals(classes: [before.envClass], tip: tip, base: before.base, rules: judged, context: context)
     }
 
-    static let signatureRemedy = "sign every new commit of the branch with an ed25519 key listed in identities/allowed_signers on main, by a principal in identities/actors.yaml"
-
-    func signatureRules(_ identity: IdentityVerdict) -> [String] {
-        identity.problems.isEmpty
-            ? ["signature: \(identity.tip.principal.map { "ok (\($0))" } ?? "not required")"]
-            : identity.problems.map { "signature: \($0)" }
+    /// Whose data a `cloneFrom` copies: a live environment of a class `clones.<class>` allows
+    /// (default: not production), of the same team as the environment that clones it.
+    func cloneRules(_ spec: EnvironmentSpec, context: Context) -> (rules: [String], remedies: [String], source: (name: String, class: String, team: String?)?) {
+        var rules: [String] = []
+        var remedies: [String] = []
+        var first: (name: String, class: String, team: String?)?
+        for database in spec.databases {
+            guard let name = database.cloneFrom else { continue }
+            guard let source = context.live[name] else {
+                rules.append("clone: \(database.name) from \(name): no such live environment runs yet; the database is seeded instead")
+                continue
+            }
+            if first == nil { first = (name, source.class.rawValue, source.team) }
+            if !context.settings.mayClone(from: source.class.rawValue, into: spec.class.rawValue) {
+                let allowed = context.settings.clones[spec.class.rawValue].map { $0.joined(separator: ", ") } ?? "every class but production"
+                rules.append("clone: \(database.name) may not copy \(name) (\(source.class.rawValue)) into a \(spec.class.rawValue) environment; clones.\(spec.class.rawValue) allows \(allowed)")
+                remedies.append("clone from an environment of a class clones.\(spec.class.rawValue) in gantry.yaml allows, or seed the database")
+            } else if source.team != spec.team {
+                rules.append("clone: \(database.name) may not copy \(name) of team \(source.team ?? "none") into an environment of team \(spec.team ?? "none")")
+                remedies.append("clone only an environment of the same team (\(source.team ?? "none"))")
+            } else {
+                rules.append("clone: \(database.name) from \(name) (\(source.class.rawValue), team \(source.team ?? "none")): ok")
+            }
+        }
+        return (rules, remedies, first)
     }
 
-    /// Every verified commit of the change that touches the environment must come from a member of
-    /// its team (old and new): the signer's teams, or for an agent, those of its On-Behalf-Of human.
-    func teamRule(environment: String, teams: [String?], watched: [String], identity: IdentityVerdict,
+    static let signatureRemedy = "sign every new commit of the branch with an ed25519 key listed in identities/allowed_signers on main, by a principal in identities/actors.yaml"
+
+    /// One line per failing commit, the first 20 of them, then the count of the rest (a record
+    /// stays small however many commits fail; every one was judged).
+    func signatureRules(_ identity: IdentityVerdict) -> [String] {
+        guard !identity.problems.isEmpty else { return ["signature: \(identity.tip.principal.map { "ok (\($0))" } ?? "not required")"] }
+        let shown = identity.problems.prefix(20).map { "signature: \($0)" }
+        let rest = identity.problems.count - shown.count
+        return shown + (rest > 0 ? ["signature: and \(rest) more commit\(rest == 1 ? "" : "s") with a problem (\(identity.commits.count) new commits judged)"] : [])
+    }
+
+    /// Every verified commit of the change — all commits from the environment's running revision
+    /// (`since`) to `change`, not only the newest — that touches the environment must come from a
+    /// member of its team (old and new): the signer's teams, or for an agent, those of its
+    /// On-Behalf-Of human.
+    func teamRule(environment: String, teams: [String?], watched: [String], change: ObjectID, since: [ObjectID],
                   context: Context) throws -> (rule: String, remedy: String?) {
         let needed = Array(Set(teams.compactMap { $0 })).sorted()
         guard !needed.isEmpty else { return ("team: none set", nil) }
-        for judged in identity.commits {
-            guard judged.identity.principal != nil else { continue } // unverified: only when signing is not required
+        let range = try repository.newCommits(tip: change, hiding: since)
+        guard range.count <= Self.maxCommits else {
+            return ("team: the change brings \(range.count) commits, more than the \(Self.maxCommits) judged at once",
+                    "push the history in smaller steps")
+        }
+        for id in range {
+            let judged = try context.cache.judged(id, with: context.identity)
             let touched = try context.cache.touchedPaths(judged.info)
             let touches = watched.contains { path in touched.contains(path) || touched.contains { $0.hasPrefix(path + "/") } }
             guard touches else { continue }
+            guard judged.identity.principal != nil else {
+                // Unverified commits pass only when signing is not required; otherwise their team is unknown.
+                if !context.identity.required { continue }
+                return ("team: commit \(judged.info.id.short) changes \(environment), but its signer cannot be verified now, so its team is unknown",
+                        "re-sign the change with a current key of a member of team \(needed.joined(separator: ", "))")
+            }
             let has = judged.identity.teams(actors: context.identity.actors)
             let missing = needed.filter { !has.contains($0) }
             guard !missing.isEmpty else { continue }
@@ -270,12 +316,25 @@ final class CommitCache: @unchecked Sendable {
         return result
     }
 
-    /// The paths a commit itself changes: against its parent, or for a merge, the paths that differ
-    /// from every parent (what the merge itself resolved).
+    /// The paths a commit itself changes: against its parent; for a merge of two, the paths whose
+    /// result is not simply one side's change (the merge's own resolution — dropping one side's
+    /// change included, whatever old parent the merge names); for an octopus, everything it brings.
     func touchedPaths(_ commit: CommitInfo) throws -> Set<String> {
         if let known = lock.withLock({ touched[commit.id] }) { return known }
         var paths = try repository.changedPaths(from: commit.parents.first, to: commit.id)
-        for parent in commit.parents.dropFirst() { paths.formIntersection(try repository.changedPaths(from: parent, to: commit.id)) }
+        if commit.parents.count == 2 {
+            let (first, second) = (commit.parents[0], commit.parents[1])
+            let base = try repository.mergeBase(first, second)
+            let candidates = paths.union(try repository.changedPaths(from: second, to: commit.id))
+            paths = try candidates.filter { path in
+                let result = try repository.objectID(at: path, in: commit.id)
+                let ours = try repository.objectID(at: path, in: first)
+                let theirs = try repository.objectID(at: path, in: second)
+                let original = try base.flatMap { try repository.objectID(at: path, in: $0) }
+                let takenFromOneSide = (result == ours && theirs == original) || (result == theirs && ours == original)
+                return !takenFromOneSide
+            }
+        }
         lock.withLock { touched[commit.id] = paths }
         return paths
     }

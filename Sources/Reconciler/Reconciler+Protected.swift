@@ -36,6 +36,7 @@ extension Reconciler {
             try state.updateTrust(trust, expectedAnchor: trust.anchor)
         }
         if trust.segmentBase == nil {
+            try state.addProtectedTip(revision.hex)
             // Just anchored: the environments at the anchor are taken as found.
             try convergeProtected(at: revision, base: nil, governance: try governance(at: revision), tip: tip, trust: trust, &summary)
             trust.segmentBase = revision.hex
@@ -49,6 +50,7 @@ extension Reconciler {
         if processed != tip.hex || mainWaiting || (approvalsMoved && trust.blocked != nil) {
             summary.changedBranches.append(name)
             try walk(to: tip, anchor: anchor, branches: branches, rejudge: mainWaiting, &trust, &summary)
+            try state.addProtectedTip(tip.hex)
             // An anchor moved meanwhile by an operator wins: this pass's walk is dropped and redone from it.
             guard try state.updateTrust(trust, expectedAnchor: anchor.hex) else { return nil }
             try setProcessed(branch: name, commit: tip.hex)
@@ -86,10 +88,15 @@ extension Reconciler {
         var previous = start
         var segmentBase = start
         var converged = false
+        var seenTips = Set(try state.protectedTips().compactMap(ObjectID.init(hex:)))
         for step in chain {
             let stepContext = try context(governance: governance, revision: previous, tip: tip, trust: trust, loadLive: false)
-            let verdict = try admission.judgeStep(step, previous: previous, start: start, anchor: anchor, branches: branches, context: stepContext)
-            if verdict.isProtectedMerge { try state.addProtectedMerge(step.hex) }
+            let verdict = try admission.judgeStep(step, previous: previous, start: start, anchor: anchor, branches: branches,
+                                                  seenTips: seenTips, context: stepContext)
+            if verdict.isProtectedMerge {
+                try state.addProtectedMerge(step.hex)
+                seenTips.insert(step)
+            }
             guard verdict.decision == .allow else {
                 // What was admitted before this step converges; this step and those after it wait.
                 if previous != segmentBase {

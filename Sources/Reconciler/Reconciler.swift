@@ -114,6 +114,17 @@ public final class Reconciler: @unchecked Sendable {
     @discardableResult
     public func runPass() throws -> PassSummary {
         var summary = PassSummary()
+        do {
+            try pass(&summary)
+        } catch {
+            // Whatever stopped the pass, what runs is still supervised.
+            correctDrift(&summary)
+            throw error
+        }
+        return summary
+    }
+
+    private func pass(_ summary: inout PassSummary) throws {
         try beforePass?()
         if let restored = try audit.ensureIntact() {
             summary.auditRestored = true
@@ -126,12 +137,12 @@ public final class Reconciler: @unchecked Sendable {
         } catch {
             logger.error("cannot list branches; skipping this pass (nothing is destroyed)", metadata: ["error": "\(error)"])
             summary.skipped = true
-            return summary
+            return
         }
         guard !branches.isEmpty else {
             logger.warning("the repository lists no branches; skipping this pass (an empty listing never destroys)")
             summary.skipped = true
-            return summary
+            return
         }
         let approvalsTip = try repository.reference(Approvals.notesRef)
         let approvalsMoved = !approvalsSeen.known || approvalsSeen.tip != approvalsTip
@@ -139,7 +150,7 @@ public final class Reconciler: @unchecked Sendable {
         guard let context = try advanceProtected(branches: branches, approvalsMoved: approvalsMoved, &summary) else {
             // Halted: nothing is admitted or destroyed; what runs is still supervised.
             correctDrift(&summary)
-            return summary
+            return
         }
         let processed = try processedRefs()
         let protectedBranch = context.protectedBranch
@@ -170,7 +181,6 @@ public final class Reconciler: @unchecked Sendable {
         try sweep(branches: branches, context: context, protectedChanged: summary.changedBranches.contains(protectedBranch), &summary)
         rotateSecrets(&summary)
         correctDrift(&summary)
-        return summary
     }
 
     typealias PassContext = Admission.Context

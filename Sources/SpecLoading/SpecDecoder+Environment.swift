@@ -115,6 +115,13 @@ extension SpecDecoder {
                 diagnostics.append(Diagnostic(database.value("seed")!.mark, "spec.databases.\(name).seed '\(seed)' \(problem)"))
             }
             value.cloneFrom = database.string("cloneFrom", &diagnostics)
+            if let source = value.cloneFrom {
+                if let problem = Names.problem(withLabel: source) {
+                    diagnostics.append(Diagnostic(database.value("cloneFrom")!.mark, "spec.databases.\(name).cloneFrom '\(source)' \(problem); name a live environment"))
+                } else if source.contains("--") {
+                    diagnostics.append(Diagnostic(database.value("cloneFrom")!.mark, "spec.databases.\(name).cloneFrom '\(source)' names a preview; only live environments (on the protected branch) can be cloned"))
+                }
+            }
             database.finish(&diagnostics)
             spec.databases.append(value)
         }

@@ -56,7 +56,7 @@ extension ConfigLoader {
     public func policies(at commit: ObjectID) throws -> [(file: String, policy: Policy?, diagnostics: [Diagnostic])] {
         var result: [(String, Policy?, [Diagnostic])] = []
         for entry in try repository.listDirectory(Self.policiesDirectory, at: commit) ?? []
-        where entry.kind == .file && (entry.name.hasSuffix(".yaml") || entry.name.hasSuffix(".yml")) {
+        where (entry.kind == .file || entry.kind == .executable) && (entry.name.hasSuffix(".yaml") || entry.name.hasSuffix(".yml")) {
             let file = "\(Self.policiesDirectory)/\(entry.name)"
             do {
                 guard let data = try repository.readFile(file, at: commit, limit: parser.maxBytes + 1) else { continue }

@@ -73,6 +73,18 @@ enum SpecDecoder {
             egress.finish(&diagnostics)
         }
         settings.killSwitch = reader.bool("killSwitch", &diagnostics) ?? false
+        let classes = EnvironmentClass.allCases.map(\.rawValue)
+        for (target, node) in reader.entries("clones", &diagnostics) {
+            guard case .sequence(let items, _) = node else {
+                diagnostics.append(Diagnostic(node.mark, "clones.\(target) must be a list of classes, found \(node.kindDescription)"))
+                continue
+            }
+            let sources = items.enumerated().compactMap { NodeReader.string($1, path: "clones.\(target)[\($0)]", &diagnostics) }
+            for name in [target] + sources where !classes.contains(name) {
+                diagnostics.append(Diagnostic(node.mark, "clones.\(target): unknown class '\(name)'\(suggestion(name, classes)); classes are \(classes.joined(separator: ", "))"))
+            }
+            settings.clones[target] = sources
+        }
         reader.finish(&diagnostics)
         return settings
     }

@@ -10,8 +10,16 @@ public struct Settings: Sendable, Codable, Equatable {
     public var budgets = Budgets()
     public var egress = Egress()
     public var killSwitch = false
+    /// `clones.<class>`: the classes an environment of that class may `cloneFrom` (absent: every
+    /// class but production).
+    public var clones: [String: [String]] = [:]
 
     public init() {}
+
+    /// Whether an environment of class `target` may clone the data of one of class `source`.
+    public func mayClone(from source: String, into target: String) -> Bool {
+        clones[target].map { $0.contains(source) } ?? (source != "production")
+    }
 
     /// The `approvals` key for changes to gantry.yaml, identities/ and policies/ on the protected branch.
     public static let governanceApprovals = "governance"

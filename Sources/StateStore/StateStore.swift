@@ -91,6 +91,9 @@ public final class StateStore: Sendable {
             try db.create(table: "protectedMerges") { t in
                 t.primaryKey("commit", .text)
             }
+            try db.create(table: "protectedTips") { t in
+                t.primaryKey("commit", .text)
+            }
         }
         return migrator
     }
@@ -187,6 +190,16 @@ public final class StateStore: Sendable {
 
     public func addProtectedMerge(_ commit: String) throws {
         try pool.write { db in try db.execute(sql: "INSERT OR IGNORE INTO protectedMerges(\"commit\") VALUES (?)", arguments: [commit]) }
+    }
+
+    /// Every tip the protected branch was seen at: a merge whose first parent is one of them was
+    /// made on the protected branch.
+    public func protectedTips() throws -> Set<String> {
+        try pool.read { db in Set(try String.fetchAll(db, sql: "SELECT \"commit\" FROM protectedTips")) }
+    }
+
+    public func addProtectedTip(_ commit: String) throws {
+        try pool.write { db in try db.execute(sql: "INSERT OR IGNORE INTO protectedTips(\"commit\") VALUES (?)", arguments: [commit]) }
     }
 
     // MARK: Meta

@@ -29,6 +29,7 @@ struct Explain: ParsableCommand {
             let store = try StateStore(path: paths.database)
             known.trust = try store.trust()
             known.protectedMerges = try store.protectedMerges()
+            known.protectedTips = Set(try store.protectedTips().compactMap(ObjectID.init(hex:)))
             known.records = Dictionary(try store.environments(includeDestroyed: true).map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         }
         let protectedBranch = known.trust?.protectedBranch ?? protected

@@ -67,10 +67,11 @@ struct TrustCommand: ParsableCommand {
             do { text = try String(contentsOfFile: key, encoding: .utf8) } catch { throw Failure("cannot read the key \(key): \(error)") }
             let signingKey: SigningKey
             do { signingKey = try SigningKey(openSSH: text) } catch { throw Failure("\(key): \(error)") }
-            // The operator must be a human with the governance role, in the governance in force or in the anchored commit's.
+            // The operator must be a human with the governance role in the governance in force; only
+            // for a first anchor (none in force yet) in the anchored commit's own.
             var refusals: [String] = []
             var operatorName: String?
-            let revisions = [current?.revision.flatMap(ObjectID.init(hex:)), target].compactMap { $0 }
+            let revisions = [current?.revision.flatMap(ObjectID.init(hex:)) ?? target]
             for revision in revisions where operatorName == nil {
                 let governance = try GovernanceRevision.load(at: revision, repository: repository)
                 switch governance.identity.signers.lookup(signingKey.publicKey, namespace: Trust.namespace, at: Date()) {

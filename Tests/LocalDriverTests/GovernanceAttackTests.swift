@@ -421,4 +421,152 @@ import StateStore
         #expect(try harness.records().count == after.count + 1)
         #expect(try harness.verify().isValid)
     }
+
+    // MARK: Found by an outside attack
+
+    @Test func aSyncMergeCannotCarryAHeldGovernanceChangeIntoMain() throws {
+        let (repo, alice, harness) = try setUp()
+        try repo.checkout("agents/feature", create: true)
+        try repo.write("NOTES.md", "n")
+        try repo.commit("feature")
+        try repo.checkout("main")
+        // The agent grabs admin rights and changes production on main: held for approval.
+        try repo.write("identities/actors.yaml", try read(repo, "identities/actors.yaml")
+            .replacingOccurrences(of: "  agent@example.com: {kind: agent,", with: "  agent@example.com: {kind: human, roles: [approver, admin],"))
+        try repo.write("templates/python-web.yaml", try read(repo, "templates/python-web.yaml").replacingOccurrences(of: "hello from", with: "PWNED from"))
+        let grab = try repo.commit("grab")
+        #expect(try harness.pass().blocked == grab)
+        // alice syncs main into the feature branch; the agent fast-forwards main to that merge.
+        try repo.checkout("agents/feature")
+        let sync = try repo.signing(with: alice.keyPath) {
+            try repo.git("merge", "-q", "--no-ff", "-m", "Sync with main", "main")
+            return try repo.git("rev-parse", "HEAD")
+        }
+        try repo.checkout("main")
+        try repo.git("merge", "-q", "--ff-only", "agents/feature")
+        let summary = try harness.pass()
+        #expect(summary.blocked == sync)
+        let pending = try #require(try governanceRecord(harness, "pending-approval", on: sync))
+        #expect(pending.values("rule").contains { $0.contains("was not made on the protected branch (or merges nothing new), so it approves nothing") })
+        #expect(try stillServing(harness))
+        #expect(try harness.state.protectedMerges().isEmpty)
+    }
+
+    @Test func aTeamDenialIsNotForgottenByTheNextCommit() throws {
+        let repo = try TestRepository()
+        let bot = try TestRepository(principal: "pay-bot@payments")
+        try repo.seedExample(extraSigners: [bot.allowedSignersLine])
+        try repo.write("identities/actors.yaml", try read(repo, "identities/actors.yaml") + "  pay-bot@payments: {kind: agent, teams: [payments]}\n")
+        try repo.commitAsOwner("a payments bot")
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        // The payments bot takes platform's status page over, on main.
+        try repo.write("environments/status-page.yaml", try read(repo, "environments/status-page.yaml")
+            .replacingOccurrences(of: "team: platform", with: "team: payments").replacingOccurrences(of: "all systems go", with: "owned"))
+        try repo.signing(with: bot.keyPath) { _ = try repo.commit("take") }
+        #expect(try harness.pass().denied == ["status-page"])
+        // An unrelated commit afterwards does not wash the change through.
+        try repo.signing(with: bot.keyPath) { _ = try repo.git("commit", "-q", "--allow-empty", "-m", "nothing") }
+        let summary = try harness.pass()
+        #expect(summary.applied.isEmpty)
+        #expect(try harness.get("status-page")?.contains("all systems go") == true)
+        // Nor does a merge whose second parent predates the file hide its deletion.
+        try repo.remove("environments/status-page.yaml")
+        try repo.git("add", "-A")
+        let tree = try repo.git("write-tree")
+        let old = try repo.git("rev-list", "--max-parents=0", "HEAD")
+        let crafted = try repo.signing(with: bot.keyPath) { try repo.git("commit-tree", "-S", tree, "-p", "HEAD", "-p", old, "-m", "merge") }
+        try repo.git("reset", "-q", "--hard", crafted)
+        let merged = try harness.pass()
+        #expect(merged.destroyed.isEmpty)
+        #expect(try harness.environment("status-page")?.phase == .running)
+        let denial = try #require(try harness.records().last { $0.event == "denied" && $0.value("environment") == "status-page" })
+        #expect(denial.values("rule").contains { $0.contains("by pay-bot@payments (teams: payments) changes status-page of team platform") })
+    }
+
+    @Test func cloningProductionOrAnotherTeamsDataIsDenied() throws {
+        let (repo, _, harness) = try setUp()
+        try repo.checkout("agents/exfil", create: true)
+        for (name, team, source) in [("exfil", "payments", "web"), ("peek", "payments", "status-page"), ("escape", "payments", "../../keys")] {
+            try repo.write("environments/\(name).yaml", """
+                apiVersion: gantry/v1
+                kind: Environment
+                metadata: {name: \(name), team: \(team), class: development}
+                spec:
+                  databases:
+                    main: {engine: sqlite, cloneFrom: \(source)}
+                  services:
+                    dump: {command: ["sleep", "30"]}
+                """)
+        }
+        try repo.commit("copy their data")
+        let summary = try harness.pass()
+        #expect(summary.denied.sorted() == ["escape--agents-exfil", "exfil--agents-exfil", "peek--agents-exfil"])
+        #expect(summary.applied.isEmpty)
+        let rules = try harness.records().filter { $0.event == "denied" }.flatMap { $0.values("rule") }
+        #expect(rules.contains { $0.contains("may not copy web (production) into a preview environment") })
+        #expect(rules.contains { $0.contains("may not copy status-page of team platform into an environment of team payments") })
+        #expect(rules.contains { $0.contains("cloneFrom '../../keys' must be a DNS-1123 label") })
+    }
+
+    @Test func governanceFilesMustBeRegularFiles() throws {
+        let (repo, _, harness) = try setUp()
+        // gantry.yaml replaced by a directory: never the defaults.
+        try repo.remove("gantry.yaml")
+        try repo.write("gantry.yaml/README", "x")
+        let directory = try repo.commitAsOwner("settings elsewhere")
+        #expect(try harness.pass().blocked == directory)
+        #expect(try governanceRecord(harness, "denied", on: directory)?.values("rule").contains { $0.contains("gantry.yaml is a directory, not a regular file") } == true)
+        try repo.git("reset", "-q", "--hard", "HEAD~1")
+        // A policy turned into a symbolic link would silently stop applying: denied.
+        try repo.remove("policies/preview-limits.yaml")
+        try repo.git("add", "-A")
+        try FileManager.default.createDirectory(atPath: repo.path + "/policies", withIntermediateDirectories: true)
+        try Shell.check(["ln", "-s", "../README", repo.path + "/policies/preview-limits.yaml"])
+        let link = try repo.commitAsOwner("link the policy")
+        #expect(try harness.pass().blocked == link)
+        #expect(try governanceRecord(harness, "denied", on: link)?.values("rule").contains { $0.contains("policies/preview-limits.yaml:1:1: a symlink in policies/") } == true)
+        // An executable policy file is still a policy: the greedy preview stays denied.
+        try repo.git("reset", "-q", "--hard", "HEAD~1")
+        try repo.git("update-index", "--chmod=+x", "policies/preview-limits.yaml")
+        try repo.git("commit", "-q", "-m", "chmod")
+        try repo.checkout("greedy", create: true)
+        try repo.writeWeb(service: "{replicas: 3}")
+        try repo.commit("three replicas")
+        try harness.pass()
+        #expect(try harness.records().last { $0.event == "denied" && $0.value("environment") == "web--greedy" }?
+            .values("rule").contains("policy preview-limits: fail: a preview may run at most 2 replicas of a service") == true)
+    }
+
+    @Test func refsPointedAtBlobsDoNotStopTheControlPlane() throws {
+        let (repo, _, harness) = try setUp()
+        let blob = try Shell.check(["git", "-C", repo.path, "hash-object", "-w", "--stdin"], input: "hi").trimmingCharacters(in: .whitespacesAndNewlines)
+        try repo.git("update-ref", AuditLog.defaultRef, blob)
+        try repo.git("update-ref", Approvals.notesRef, blob)
+        try repo.writeWeb(service: #"{env: {GREETING: "next from ${env.name}"}}"#)
+        try repo.commit("change production")
+        let summary = try harness.pass()
+        #expect(summary.auditRestored)
+        #expect(summary.pending == ["web"])
+        #expect(try harness.verify().isValid)
+        #expect(try stillServing(harness))
+    }
+
+    @Test func notesEditedBehindGantrysBackWithACopiedHeadLineAreRepublished() throws {
+        let (repo, _, harness) = try setUp()
+        let git = try repo.open()
+        let before = try harness.records()
+        // Drop the first record from its note and commit the tree with the old head line copied.
+        let first = try #require(try AuditLog.records(in: git).records.first)
+        let note = try #require(try git.note(on: first.commit, notesRef: AuditLog.defaultRef))
+        let edited = note.replacingOccurrences(of: first.record.text, with: "").trimmingCharacters(in: .newlines)
+        let tip = try #require(try git.reference(AuditLog.defaultRef))
+        let message = try git.commit(tip).message
+        try git.commitNotes([first.commit: edited.isEmpty ? "x" : edited], notesRef: AuditLog.defaultRef, expectedTip: tip, message: message,
+                            authorName: "intruder", authorEmail: "intruder@evil.example", sign: nil)
+        #expect(try harness.records().count < before.count)
+        #expect(try harness.pass().auditRestored)
+        #expect(Array(try harness.records().prefix(before.count).map(\.digest)) == before.map(\.digest))
+        #expect(try harness.verify().isValid)
+    }
 }
