@@ -36,20 +36,27 @@ public enum Approvals {
         }
     }
 
+    /// At most this many bytes of an approvals note are read (a note holds a few signatures of a
+    /// few hundred bytes each); a larger one approves nothing.
+    public static let maxNoteBytes = 1 << 20
+
     /// The signatures in `commit`'s approvals note that verify over an approval of that very commit:
     /// the keys that approved it. Approvals of other commits, or that do not verify, are ignored.
+    /// The note is read once, line by line, so its size bounds the work.
     public static func approvingKeys(of commit: ObjectID, in repository: GitRepository) throws -> [SSHPublicKey] {
         // A notes ref pointed at something that is not a notes commit holds no approval; it must not stop judging.
-        guard let note = (try? repository.note(on: commit, notesRef: notesRef)) ?? nil else { return [] }
+        guard let note = (try? repository.note(on: commit, notesRef: notesRef)) ?? nil, note.utf8.count <= maxNoteBytes else { return [] }
         let expected = Data(message(for: commit).utf8)
         var keys: [SSHPublicKey] = []
-        let end = "-----END SSH SIGNATURE-----"
-        var rest = Substring(note)
-        while let stop = rest.range(of: end) {
-            let chunk = String(rest[..<stop.upperBound])
-            rest = rest[stop.upperBound...]
-            guard let begin = chunk.range(of: "-----BEGIN SSH SIGNATURE-----") else { continue }
-            if let key = try? SSHSignature.verify(String(chunk[begin.lowerBound...]) + "\n", message: expected, namespace: namespace) {
+        var block: [Substring]?
+        for line in note.split(separator: "\n", omittingEmptySubsequences: false) {
+            if line == "-----BEGIN SSH SIGNATURE-----" { block = [line]; continue }
+            guard block != nil else { continue }
+            block!.append(line)
+            guard line == "-----END SSH SIGNATURE-----" else { continue }
+            let armored = block!.joined(separator: "\n") + "\n"
+            block = nil
+            if let key = try? SSHSignature.verify(armored, message: expected, namespace: namespace), !keys.contains(key) {
                 keys.append(key)
             }
         }
@@ -106,7 +113,7 @@ public struct ApprovalJudge: Sendable {
             } else if !rule.distinctFromAuthors {
                 candidates.append((signer.principal, "the signature of \(commit.id.short)", []))
             } else if commit.parents.count > 1 {
-                rejected.append("the merge \(commit.id.short) signed by \(signer.principal) was not made on the protected branch (or merges nothing new), so it approves nothing")
+                rejected.append("the merge \(commit.id.short) signed by \(signer.principal) was not made on the protected branch on top of its previous tip (or does not itself bring the whole change), so it approves nothing")
             }
         }
         for key in approvingKeys {

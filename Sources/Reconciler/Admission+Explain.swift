@@ -11,16 +11,24 @@ extension Admission {
         public var trust: TrustState?
         public var lastAdmitted: ObjectID?
         public var protectedMerges: Set<String> = []
-        /// Tips the protected branch was seen at (merges on top of them count as approvals).
-        public var protectedTips: Set<ObjectID> = []
+        /// The tip the protected branch was last seen at (a merge on top of it counts as an approval).
+        public var observedTip: ObjectID?
         public var records: [String: EnvironmentRecord] = [:]
         public init(trust: TrustState? = nil, lastAdmitted: ObjectID? = nil, protectedMerges: Set<String> = [],
-                    protectedTips: Set<ObjectID> = [], records: [String: EnvironmentRecord] = [:]) {
+                    observedTip: ObjectID? = nil, records: [String: EnvironmentRecord] = [:]) {
             self.trust = trust
             self.lastAdmitted = lastAdmitted
             self.protectedMerges = protectedMerges
-            self.protectedTips = protectedTips
+            self.observedTip = observedTip
             self.records = records
+        }
+
+        func running(_ protectedBranch: String) -> [String: Running] {
+            var running: [String: Running] = [:]
+            for record in records.values where record.appliedCommit != nil && record.phase != .destroyed {
+                running[record.name] = Running(envClass: record.envClass, team: record.team, isLive: record.branch == protectedBranch)
+            }
+            return running
         }
     }
 
@@ -39,7 +47,7 @@ extension Admission {
         if branch != protectedBranch {
             let governance = try GovernanceRevision.load(at: revision, repository: repository)
             let context = try self.context(governance: governance, protectedBranch: protectedBranch, protectedTip: protectedTip,
-                                           revision: revision, protectedMerges: known.protectedMerges)
+                                           revision: revision, protectedMerges: known.protectedMerges, running: known.running(protectedBranch))
             lines.append("commit \(commit.short) on \(branch), judged with policy revision \(revision.short) of \(protectedBranch)")
             let hidden = (known.lastAdmitted.map { [$0] } ?? []) + [revision]
             let identity = try judgeIdentity(tip: commit, hiding: hidden, changedSince: try repository.mergeBase(protectedTip, commit), context: context)
@@ -50,7 +58,7 @@ extension Admission {
         if try commit == revision || repository.isReachable(commit, from: revision) {
             let policy = try GovernanceRevision.load(at: known.trust?.policyRevision.flatMap(ObjectID.init(hex:)) ?? revision, repository: repository)
             let context = try self.context(governance: policy, protectedBranch: protectedBranch, protectedTip: protectedTip,
-                                           revision: revision, protectedMerges: known.protectedMerges)
+                                           revision: revision, protectedMerges: known.protectedMerges, running: known.running(protectedBranch))
             lines.append("commit \(commit.short) on \(protectedBranch) is admitted (the admitted revision is \(revision.short)), judged with policy revision \(policy.commit.short)")
             let parent = try repository.commit(commit).parents.first
             let identity = try judgeIdentity(tip: commit, hiding: parent.map { [$0] } ?? [], changedSince: parent, context: context)
@@ -74,7 +82,7 @@ extension Admission {
             let context = try self.context(governance: governance, protectedBranch: protectedBranch, protectedTip: protectedTip,
                                            revision: previous, protectedMerges: known.protectedMerges, loadLive: false)
             let verdict = try judgeStep(step, previous: previous, start: revision, anchor: anchor, branches: branches,
-                                        seenTips: known.protectedTips, context: context)
+                                        seenTips: Set([known.observedTip].compactMap { $0 }), context: context)
             if step != commit && verdict.decision == .allow {
                 if let proposed = verdict.newGovernance { governance = proposed }
                 previous = step
@@ -92,7 +100,8 @@ extension Admission {
             lines += verdict.rules.map { "  rule \($0)" } + verdict.remedies.map { "  to satisfy: \($0)" }
             guard step == commit else { return lines }
             let envContext = try self.context(governance: governance, protectedBranch: protectedBranch, protectedTip: protectedTip,
-                                              revision: revision, protectedMerges: known.protectedMerges.union(verdict.isProtectedMerge ? [step.hex] : []))
+                                              revision: revision, protectedMerges: known.protectedMerges.union(verdict.isProtectedMerge ? [step.hex] : []),
+                                              running: known.running(protectedBranch))
             let identity = try judgeIdentity(tip: commit, hiding: [revision], changedSince: revision, context: envContext)
             let released = try environments(at: commit, branch: branch, touchedSince: revision, identity: identity, context: envContext, known: known)
             lines.append("environments it releases once admitted:")

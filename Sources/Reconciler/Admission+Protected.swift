@@ -24,8 +24,8 @@ extension Admission {
     /// identity of every commit it brings, then — when it changes governance — the new files'
     /// validity, the protected branch it names, and the approval `approvals.governance` asks for.
     ///
-    /// `seenTips` are the tips the protected branch was seen at (and merges already found made on
-    /// it): a merge approves only when its first parent is one of them.
+    /// `seenTips` are the tip the protected branch was last seen at and the merges already found
+    /// made on it: a merge approves only when its first parent is one of them (or `start`).
     func judgeStep(_ step: ObjectID, previous: ObjectID, start: ObjectID, anchor: ObjectID, branches: [String: ObjectID],
                    seenTips: Set<ObjectID>, context: Context) throws -> StepVerdict {
         let identity = try judgeIdentity(tip: step, hiding: [previous, start], changedSince: previous, context: context)
@@ -38,6 +38,8 @@ extension Admission {
             let merged = try repository.newCommits(tip: step, hiding: [previous, start] + Array(seenTips))
             isProtectedMerge = merged.contains { $0 != step }
         }
+        // A merge approves what it merges, nothing its first parent already brought.
+        let mergeCovers = try isProtectedMerge && GovernanceRevision.fingerprint(at: info.parents[0], in: repository) == context.governance.fingerprint
         var rules = signatureRules(identity)
         guard identity.problems.isEmpty else {
             return StepVerdict(commit: step, decision: .deny, rules: rules, remedies: [Self.signatureRemedy],
@@ -69,7 +71,7 @@ extension Admission {
         }
         rules += proposed.warnings.map { "governance: warning: \($0)" }
         let rule = context.governance.governanceRule
-        let verdict = try approvalVerdict(rule: rule, of: info, base: [previous, start], isProtectedMerge: isProtectedMerge, context: context)
+        let verdict = try approvalVerdict(rule: rule, of: info, base: [previous, start], isProtectedMerge: mergeCovers, context: context)
         let role = rule.role.isEmpty ? "any role" : "role \(rule.role)"
         if verdict.isSatisfied {
             return StepVerdict(commit: step, decision: .allow, rules: rules + ["approval (governance): ok (\(verdict.approvers.joined(separator: ", ")))"],

@@ -40,17 +40,31 @@ public struct Admission: Sendable {
         let live: [String: EnvironmentSpec]
         /// Merge commits made on the protected branch: their signers approve what they merge.
         let protectedMerges: Set<String>
+        /// What runs, by name (a `cloneFrom` copies the data of the environment of that name).
+        let running: [String: Running]
         let cache: CommitCache
     }
 
+    /// An environment whose data exists: its applied class and team, and whether it is live.
+    public struct Running: Sendable {
+        public let envClass: String
+        public let team: String?
+        public let isLive: Bool
+        public init(envClass: String, team: String?, isLive: Bool) {
+            self.envClass = envClass
+            self.team = team
+            self.isLive = isLive
+        }
+    }
+
     public func context(governance: GovernanceRevision, protectedBranch: String, protectedTip: ObjectID, revision: ObjectID,
-                        protectedMerges: Set<String>, loadLive: Bool = true) throws -> Context {
+                        protectedMerges: Set<String>, running: [String: Running] = [:], loadLive: Bool = true) throws -> Context {
         var live: [String: EnvironmentSpec] = [:]
         for environment in loadLive ? try loader.environments(at: revision) : [] where environment.isValid {
             live[environment.name] = environment.spec
         }
         return Context(governance: governance, protectedBranch: protectedBranch, protectedTip: protectedTip, revision: revision,
-                       live: live, protectedMerges: protectedMerges, cache: CommitCache(repository: repository))
+                       live: live, protectedMerges: protectedMerges, running: running, cache: CommitCache(repository: repository))
     }
 
     /// Judges every commit of `tip` that `hidden` does not contain, oldest first, with the
@@ -133,7 +147,8 @@ public struct Admission: Sendable {
                              conditions: ["AdmissionDenied"] + (missingSecrets.isEmpty ? [] : ["SecretMissing"]))
         }
         guard changesRevision, !asFound else { return Judgement(decision: .allow, rules: judged, remedies: [], conditions: []) }
-        return try approvals(classes: [before.envClass, spec.class.rawValue], tip: tip, base: before.base, rules: judged, context: context)
+        return try approvals(classes: [before.envClass, spec.class.rawValue], tip: tip, base: before.base,
+                             watched: desired.loaded.watchedPaths + before.watched, rules: judged, context: context)
     }
 
     /// A removal (the environment's file deleted, or its branch no longer changing it) is a change
@@ -159,31 +174,36 @@ public struct Admission: Sendable {
             return Judgement(decision: .deny, rules: judged, remedies: (team.remedy.map { [$0] } ?? []) + policy.remedies,
                              conditions: ["AdmissionDenied"])
         }
-        return try approvals(classes: [before.envClass], tip: tip, base: before.base, rules: judged, context: context)
+        return try approvals(classes: [before.envClass], tip: tip, base: before.base, watched: before.watched, rules: judged, context: context)
     }
 
-    /// Whose data a `cloneFrom` copies: a live environment of a class `clones.<class>` allows
-    /// (default: not production), of the same team as the environment that clones it.
+    /// Whose data a `cloneFrom` copies: the environment of that name that runs, which must be live
+    /// (never a preview), of a class `clones.<class>` allows for the cloning environment's class
+    /// (default: not production) — the class it runs with, not one a pending change proposes — and
+    /// of the same team.
     func cloneRules(_ spec: EnvironmentSpec, context: Context) -> (rules: [String], remedies: [String], source: (name: String, class: String, team: String?)?) {
         var rules: [String] = []
         var remedies: [String] = []
         var first: (name: String, class: String, team: String?)?
         for database in spec.databases {
             guard let name = database.cloneFrom else { continue }
-            guard let source = context.live[name] else {
-                rules.append("clone: \(database.name) from \(name): no such live environment runs yet; the database is seeded instead")
+            guard let source = context.running[name] else {
+                rules.append("clone: \(database.name) from \(name): no such environment runs; the database is seeded instead")
                 continue
             }
-            if first == nil { first = (name, source.class.rawValue, source.team) }
-            if !context.settings.mayClone(from: source.class.rawValue, into: spec.class.rawValue) {
+            if first == nil { first = (name, source.envClass, source.team) }
+            if !source.isLive {
+                rules.append("clone: \(database.name) may not copy \(name), a preview; only live environments can be cloned")
+                remedies.append("clone a live environment of the protected branch, or seed the database")
+            } else if !context.settings.mayClone(from: source.envClass, into: spec.class.rawValue) {
                 let allowed = context.settings.clones[spec.class.rawValue].map { $0.joined(separator: ", ") } ?? "every class but production"
-                rules.append("clone: \(database.name) may not copy \(name) (\(source.class.rawValue)) into a \(spec.class.rawValue) environment; clones.\(spec.class.rawValue) allows \(allowed)")
+                rules.append("clone: \(database.name) may not copy \(name) (\(source.envClass)) into a \(spec.class.rawValue) environment; clones.\(spec.class.rawValue) allows \(allowed)")
                 remedies.append("clone from an environment of a class clones.\(spec.class.rawValue) in gantry.yaml allows, or seed the database")
             } else if source.team != spec.team {
                 rules.append("clone: \(database.name) may not copy \(name) of team \(source.team ?? "none") into an environment of team \(spec.team ?? "none")")
                 remedies.append("clone only an environment of the same team (\(source.team ?? "none"))")
             } else {
-                rules.append("clone: \(database.name) from \(name) (\(source.class.rawValue), team \(source.team ?? "none")): ok")
+                rules.append("clone: \(database.name) from \(name) (\(source.envClass), team \(source.team ?? "none")): ok")
             }
         }
         return (rules, remedies, first)
@@ -236,14 +256,15 @@ public struct Admission: Sendable {
 
     /// The approvals of every class rule that applies (the old and the new class: a relabel needs
     /// the stricter of both), for exactly `tip`, covering the commits from `base` to it.
-    func approvals(classes: [String?], tip: CommitInfo, base: [ObjectID], rules judged: [String], context: Context) throws -> Judgement {
+    func approvals(classes: [String?], tip: CommitInfo, base: [ObjectID], watched: [String], rules judged: [String],
+                   context: Context) throws -> Judgement {
         let names = classes.compactMap { $0 }.reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
         let applicable = names.compactMap { name in context.settings.approvals[name].map { (name, $0) } }
         guard !applicable.isEmpty else { return Judgement(decision: .allow, rules: judged, remedies: [], conditions: []) }
         var rules = judged
         var remedies: [String] = []
         for (name, rule) in applicable {
-            let verdict = try approvalVerdict(rule: rule, of: tip, base: base, isProtectedMerge: context.protectedMerges.contains(tip.id.hex),
+            let verdict = try approvalVerdict(rule: rule, of: tip, base: base, isProtectedMerge: try mergeCovers(tip, base: base, watched: watched, context: context),
                                               context: context)
             let label = applicable.count > 1 ? "approval (\(name))" : "approval"
             if verdict.isSatisfied {
@@ -256,6 +277,14 @@ public struct Admission: Sendable {
         }
         if remedies.isEmpty { return Judgement(decision: .allow, rules: rules, remedies: [], conditions: []) }
         return Judgement(decision: .pending, rules: rules, remedies: remedies, conditions: ["ApprovalPending"])
+    }
+
+    /// A merge made on the protected branch approves a change only when the change comes whole from
+    /// what it merges: its first parent still has the environment as it was at `base`.
+    func mergeCovers(_ commit: CommitInfo, base: [ObjectID], watched: [String], context: Context) throws -> Bool {
+        guard context.protectedMerges.contains(commit.id.hex), let firstParent = commit.parents.first, let start = base.first else { return false }
+        let changed = try repository.changedPaths(from: start, to: firstParent)
+        return !watched.contains { path in changed.contains(path) || changed.contains { $0.hasPrefix(path + "/") } }
     }
 
     /// Counts the approvals of `commit` under `rule`; the approval covers the commits from `base`
@@ -318,11 +347,15 @@ final class CommitCache: @unchecked Sendable {
 
     /// The paths a commit itself changes: against its parent; for a merge of two, the paths whose
     /// result is not simply one side's change (the merge's own resolution — dropping one side's
-    /// change included, whatever old parent the merge names); for an octopus, everything it brings.
+    /// change included, whatever old parent the merge names); for an octopus, every path that differs
+    /// from any parent.
     func touchedPaths(_ commit: CommitInfo) throws -> Set<String> {
         if let known = lock.withLock({ touched[commit.id] }) { return known }
         var paths = try repository.changedPaths(from: commit.parents.first, to: commit.id)
-        if commit.parents.count == 2 {
+        if commit.parents.count > 2 {
+            // An octopus answers for every path that differs from any of its parents.
+            for parent in commit.parents.dropFirst() { paths.formUnion(try repository.changedPaths(from: parent, to: commit.id)) }
+        } else if commit.parents.count == 2 {
             let (first, second) = (commit.parents[0], commit.parents[1])
             let base = try repository.mergeBase(first, second)
             let candidates = paths.union(try repository.changedPaths(from: second, to: commit.id))

@@ -33,7 +33,7 @@ extension Reconciler {
     /// A `pending-approval` whose rules changed (the wait for governance became the wait for the
     /// class's approver, say) is recorded again.
     func appendOnce(_ event: AuditEvent, _ environment: String, _ commit: ObjectID, _ fields: [(String, String)]) throws {
-        if let note = try repository.note(on: commit, notesRef: audit.notesRef) {
+        if let note = try recordedNote(on: commit) {
             let records = AuditRecord.parseNote(note).records.filter { $0.value("environment") == environment }
             if event == .pendingApproval {
                 let rules = fields.filter { $0.0 == "rule" }.map { AuditRecord.escape($0.1) }
@@ -45,6 +45,13 @@ extension Reconciler {
             }
         }
         try audit.append([AuditEntry(event: event, commit: commit.hex, fields: fields.map { (key: $0.0, value: $0.1) })])
+    }
+
+    /// The records Gantry itself wrote on `commit`, from the state DB's journal (never from the notes
+    /// ref, which anyone who can push may have edited), as one note's text; nil when none.
+    func recordedNote(on commit: ObjectID) throws -> String? {
+        let texts = try state.auditTexts(target: commit.hex)
+        return texts.isEmpty ? nil : texts.joined(separator: "\n")
     }
 
     static func alreadyRecorded(_ event: String, in events: [String]) -> Bool {

@@ -69,10 +69,17 @@ extension Reconciler {
             return
         }
         // Waiting for approval with nothing changed since: the approval asked for is still of the
-        // commit it waits at (later commits elsewhere do not reset it).
+        // commit it waits at (later commits elsewhere do not reset it), and what converges once
+        // approved is exactly that commit (its jobs' scripts, say, are not taken from a later one).
         var commit = tipCommit
-        if let live, live.conditions.contains("ApprovalPending"), untouched, let waitingAt = ObjectID(hex: live.commit), waitingAt != tipCommit.id {
+        var desired = desired
+        if let live, live.conditions.contains("ApprovalPending"), untouched, let waitingAt = ObjectID(hex: live.commit), waitingAt != tipCommit.id,
+           try repository.isReachable(waitingAt, from: tipCommit.id),
+           let approved = try loader.desiredEnvironments(branch: desired.branch, commit: waitingAt, protectedBranch: context.protectedBranch,
+                                                         protectedTip: context.protectedTip, previewName: { try self.previewName(environment: $0, branch: $1) })
+            .first(where: { $0.name == desired.name }) {
             commit = try repository.commit(waitingAt)
+            desired = approved
         }
         var record = live ?? EnvironmentRecord(name: desired.name, branch: desired.branch, commit: commit.id.hex,
                                                envClass: desired.spec?.class.rawValue ?? (desired.isPreview ? "preview" : "development"),

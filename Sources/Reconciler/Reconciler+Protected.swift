@@ -30,13 +30,18 @@ extension Reconciler {
             try halt(&trust, "\(name) at \(tip.short) no longer contains the trust anchor \(anchor.short) (its history was rewritten or replaced): nothing is admitted or destroyed until an operator checks it and moves the anchor with `gantry trust set COMMIT --key KEY`", tip: tip, &summary)
             return nil
         }
+        // A rewrite that drops admitted history (force-push backwards or sideways) is an operator's
+        // matter too: judging the new history would replay approvals given to other states.
+        guard try tip == revision || repository.isReachable(revision, from: tip) else {
+            try halt(&trust, "\(name) at \(tip.short) no longer contains the admitted revision \(revision.short) (its history was rewritten): nothing is admitted or destroyed until it does again or an operator moves the anchor with `gantry trust set COMMIT --key KEY`", tip: tip, &summary)
+            return nil
+        }
         if trust.halted != nil {
             logger.notice("admission resumes", metadata: ["git.branch": "\(name)", "was": "\(trust.halted!)"])
             trust.halted = nil
             try state.updateTrust(trust, expectedAnchor: trust.anchor)
         }
         if trust.segmentBase == nil {
-            try state.addProtectedTip(revision.hex)
             // Just anchored: the environments at the anchor are taken as found.
             try convergeProtected(at: revision, base: nil, governance: try governance(at: revision), tip: tip, trust: trust, &summary)
             trust.segmentBase = revision.hex
@@ -50,7 +55,6 @@ extension Reconciler {
         if processed != tip.hex || mainWaiting || (approvalsMoved && trust.blocked != nil) {
             summary.changedBranches.append(name)
             try walk(to: tip, anchor: anchor, branches: branches, rejudge: mainWaiting, &trust, &summary)
-            try state.addProtectedTip(tip.hex)
             // An anchor moved meanwhile by an operator wins: this pass's walk is dropped and redone from it.
             guard try state.updateTrust(trust, expectedAnchor: anchor.hex) else { return nil }
             try setProcessed(branch: name, commit: tip.hex)
@@ -88,7 +92,8 @@ extension Reconciler {
         var previous = start
         var segmentBase = start
         var converged = false
-        var seenTips = Set(try state.protectedTips().compactMap(ObjectID.init(hex:)))
+        // The tip the protected branch was last seen at: a merge on top of it was made on it.
+        var seenTips = Set([try processedRefs()[trust.protectedBranch].flatMap(ObjectID.init(hex:))].compactMap { $0 })
         for step in chain {
             let stepContext = try context(governance: governance, revision: previous, tip: tip, trust: trust, loadLive: false)
             let verdict = try admission.judgeStep(step, previous: previous, start: start, anchor: anchor, branches: branches,
@@ -256,13 +261,22 @@ extension Reconciler {
 
     func context(governance: GovernanceRevision, revision: ObjectID, tip: ObjectID, trust: TrustState, loadLive: Bool = true) throws -> PassContext {
         try admission.context(governance: governance, protectedBranch: trust.protectedBranch, protectedTip: tip, revision: revision,
-                              protectedMerges: try state.protectedMerges(), loadLive: loadLive)
+                              protectedMerges: try state.protectedMerges(), running: loadLive ? try running(trust) : [:], loadLive: loadLive)
+    }
+
+    /// Every environment whose data exists (it was applied), by name, with the class and team it runs with.
+    func running(_ trust: TrustState) throws -> [String: Admission.Running] {
+        var running: [String: Admission.Running] = [:]
+        for record in try state.environments() where record.appliedCommit != nil {
+            running[record.name] = Admission.Running(envClass: record.envClass, team: record.team, isLive: record.branch == trust.protectedBranch)
+        }
+        return running
     }
 
     /// Appends a record about the protected branch itself (`scope: governance`) unless the commit's
     /// note already holds one of that event.
     func appendScoped(_ event: AuditEvent, _ commit: ObjectID, _ fields: [(String, String)]) throws {
-        if let note = try repository.note(on: commit, notesRef: audit.notesRef),
+        if let note = try recordedNote(on: commit),
            AuditRecord.parseNote(note).records.contains(where: { $0.value("scope") == "governance" && $0.event == event.rawValue }) {
             return
         }

@@ -17,9 +17,9 @@ public struct LoadedEnvironment: Sendable {
         if let name = spec?.name, !name.isEmpty { return name }
         return URL(fileURLWithPath: file).deletingPathExtension().lastPathComponent
     }
-    /// Repository paths whose changes concern this environment (its file, template, sources).
+    /// Repository paths whose changes concern this environment (its file, template, sources, seeds).
     public var watchedPaths: [String] {
-        [file] + (templateFile.map { [$0] } ?? []) + (spec?.services.compactMap(\.source) ?? [])
+        [file] + (templateFile.map { [$0] } ?? []) + (spec?.services.compactMap(\.source) ?? []) + (spec?.databases.compactMap(\.seed) ?? [])
     }
 
     /// True when one of `changed` (repository paths of files) is a watched path or lies under one.

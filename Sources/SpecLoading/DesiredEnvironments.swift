@@ -32,10 +32,14 @@ public enum Previews {
     /// A name of the branch's own when `name(environment:branch:)` is taken by another branch:
     /// the slug cut to fit, then `-` and 16 hex digits of sha256 of the branch, the environment and
     /// `attempt` (0, 1, ... until one is free).
+    /// The environment's name is cut to 40 characters at most, so the name always holds `--`
+    /// (nothing live can be named like a preview).
     public static func hashed(environment: String, branch: String, attempt: Int) -> String {
-        var cut = String("\(environment)--\(Names.slug(branch))".prefix(63 - 17))
-        while cut.hasSuffix("-") { cut.removeLast() }
-        return "\(cut)-\(hash(environment: environment, branch: branch, attempt: attempt))"
+        var name = String(environment.prefix(40))
+        while name.hasSuffix("-") { name.removeLast() }
+        var cut = String("\(name)--\(Names.slug(branch))".prefix(63 - 17))
+        while cut.hasSuffix("-") && cut.count > name.count + 2 { cut.removeLast() }
+        return "\(cut)\(cut.hasSuffix("-") ? "" : "-")\(hash(environment: environment, branch: branch, attempt: attempt))"
     }
 
     static func hash(environment: String, branch: String, attempt: Int) -> String {

@@ -81,7 +81,7 @@ public final class StateStore: Sendable {
             try db.create(table: "auditRecords") { t in
                 t.primaryKey("seq", .integer)
                 t.column("digest", .text).notNull()
-                t.column("target", .text).notNull()
+                t.column("target", .text).notNull().indexed()
                 t.column("text", .text).notNull()
             }
             try db.alter(table: "environments") { t in
@@ -89,9 +89,6 @@ public final class StateStore: Sendable {
                 t.add(column: "baseCommit", .text)
             }
             try db.create(table: "protectedMerges") { t in
-                t.primaryKey("commit", .text)
-            }
-            try db.create(table: "protectedTips") { t in
                 t.primaryKey("commit", .text)
             }
         }
@@ -192,16 +189,6 @@ public final class StateStore: Sendable {
         try pool.write { db in try db.execute(sql: "INSERT OR IGNORE INTO protectedMerges(\"commit\") VALUES (?)", arguments: [commit]) }
     }
 
-    /// Every tip the protected branch was seen at: a merge whose first parent is one of them was
-    /// made on the protected branch.
-    public func protectedTips() throws -> Set<String> {
-        try pool.read { db in Set(try String.fetchAll(db, sql: "SELECT \"commit\" FROM protectedTips")) }
-    }
-
-    public func addProtectedTip(_ commit: String) throws {
-        try pool.write { db in try db.execute(sql: "INSERT OR IGNORE INTO protectedTips(\"commit\") VALUES (?)", arguments: [commit]) }
-    }
-
     // MARK: Meta
 
     /// A JSON value kept under `key` (the trust state, the audit journal's notes commit).
@@ -230,6 +217,13 @@ public final class StateStore: Sendable {
         try pool.read { db in
             try Row.fetchAll(db, sql: "SELECT seq, digest, target, text FROM auditRecords WHERE seq >= ? ORDER BY seq", arguments: [seq])
                 .map { ($0["seq"], $0["digest"], $0["target"], $0["text"]) }
+        }
+    }
+
+    /// The texts of the records kept on `target`'s note, in seq order.
+    public func auditTexts(target: String) throws -> [String] {
+        try pool.read { db in
+            try String.fetchAll(db, sql: "SELECT text FROM auditRecords WHERE target = ? ORDER BY seq", arguments: [target])
         }
     }
 

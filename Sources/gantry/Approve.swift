@@ -16,7 +16,7 @@ struct Approve: ParsableCommand {
 
     func run() throws {
         let repository = try GitRepositoryOpener.open(repo)
-        guard let target = try repository.resolveCommit(commit) else { throw Failure("\(commit) does not name a commit in \(repo)") }
+        let target = try Revision.resolve(commit, in: repository)
         let text: String
         do { text = try String(contentsOfFile: key, encoding: .utf8) } catch { throw Failure("cannot read the key \(key): \(error)") }
         let signingKey: SigningKey

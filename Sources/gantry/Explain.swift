@@ -22,14 +22,14 @@ struct Explain: ParsableCommand {
     func run() throws {
         let paths = StatePaths(root: state.directory)
         let repository = try RepositoryLocation.open(try RepositoryLocation.resolve(repo, paths: paths), paths: paths)
-        guard let target = try repository.resolveCommit(commit) else { throw Failure("\(commit) does not name a commit") }
+        let target = try Revision.resolve(commit, in: repository)
         let branches = try repository.branches()
         var known = Admission.Known()
         if FileManager.default.fileExists(atPath: paths.database) {
             let store = try StateStore(path: paths.database)
             known.trust = try store.trust()
             known.protectedMerges = try store.protectedMerges()
-            known.protectedTips = Set(try store.protectedTips().compactMap(ObjectID.init(hex:)))
+            known.observedTip = try store.processedRefs()[known.trust?.protectedBranch ?? protected].flatMap(ObjectID.init(hex:))
             known.records = Dictionary(try store.environments(includeDestroyed: true).map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         }
         let protectedBranch = known.trust?.protectedBranch ?? protected

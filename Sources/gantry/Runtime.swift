@@ -52,3 +52,19 @@ enum Logs {
         }
     }
 }
+
+/// Resolves a revision named on the command line for acts that bind to one commit (approve,
+/// explain, trust set): a branch name means the branch, even when a tag of the same name points
+/// elsewhere (that is refused as ambiguous, never resolved silently to the tag).
+enum Revision {
+    static func resolve(_ text: String, in repository: GitRepository) throws -> ObjectID {
+        let branch = try repository.resolveCommit("refs/heads/\(text)")
+        let tag = try repository.resolveCommit("refs/tags/\(text)")
+        if let branch, let tag, branch != tag {
+            throw Failure("'\(text)' names both branch \(text) (\(branch.short)) and tag \(text) (\(tag.short)); give refs/heads/\(text) or a full commit id")
+        }
+        if let branch { return branch }
+        guard let commit = try repository.resolveCommit(text) else { throw Failure("\(text) does not name a commit") }
+        return commit
+    }
+}

@@ -53,7 +53,7 @@ struct TrustCommand: ParsableCommand {
                 let saved = RepositoryLocation.isRemote(location) ? location : URL(fileURLWithPath: location).standardizedFileURL.path
                 try Data((saved + "\n").utf8).write(to: URL(fileURLWithPath: paths.repositoryFile))
             }
-            guard let target = try repository.resolveCommit(commit) else { throw Failure("\(commit) does not name a commit") }
+            let target = try Revision.resolve(commit, in: repository)
             let store = try StateStore(path: paths.database)
             let current = try store.trust()
             let protectedBranch = branch ?? current?.protectedBranch ?? "main"

@@ -166,6 +166,19 @@ import TestSupport
         #expect(try gantry("audit", "log", "--state", state.path).stdout.contains("audit-restored"))
     }
 
+    @Test func aTagNamedLikeTheBranchIsRefusedNotApproved() throws {
+        let repo = try TestRepository()
+        let alice = try TestRepository(principal: "alice@example.com")
+        try repo.seedExample(extraSigners: [alice.allowedSignersLine])
+        try repo.checkout("evil", create: true)
+        let evil = try repo.commit("evil")
+        try repo.checkout("main")
+        try repo.git("tag", "main", evil)
+        let result = try gantry("approve", "main", "--key", alice.keyPath, "--repo", repo.path)
+        #expect(result.status != 0 && result.stderr.contains("names both branch main"), "\(result.stderr)")
+        #expect(try gantry("approve", "refs/heads/main", "--key", alice.keyPath, "--repo", repo.path).status == 0)
+    }
+
     @Test func explainNamesTheUnsignedCommit() throws {
         let repo = try TestRepository()
         try repo.seedExample()

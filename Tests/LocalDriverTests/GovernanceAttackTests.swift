@@ -305,7 +305,7 @@ import StateStore
         #expect(summary.pending == ["web"])
         let pending = try #require(try harness.records().last { $0.event == "pending-approval" && $0.value("environment") == "web" })
         #expect(pending.value("commit") == sync)
-        #expect(pending.values("rule").contains { $0.contains("was not made on the protected branch (or merges nothing new), so it approves nothing") })
+        #expect(pending.values("rule").contains { $0.contains("was not made on the protected branch on top of its previous tip") })
         #expect(try stillServing(harness))
     }
 
@@ -447,7 +447,7 @@ import StateStore
         let summary = try harness.pass()
         #expect(summary.blocked == sync)
         let pending = try #require(try governanceRecord(harness, "pending-approval", on: sync))
-        #expect(pending.values("rule").contains { $0.contains("was not made on the protected branch (or merges nothing new), so it approves nothing") })
+        #expect(pending.values("rule").contains { $0.contains("was not made on the protected branch on top of its previous tip") })
         #expect(try stillServing(harness))
         #expect(try harness.state.protectedMerges().isEmpty)
     }
@@ -568,5 +568,124 @@ import StateStore
         #expect(try harness.pass().auditRestored)
         #expect(Array(try harness.records().prefix(before.count).map(\.digest)) == before.map(\.digest))
         #expect(try harness.verify().isValid)
+    }
+
+    // MARK: Found by a second outside attack
+
+    @Test func aMergeApprovesOnlyWhatItMergesNotWhatMainAlreadyHeld() throws {
+        let (repo, alice, harness) = try setUp()
+        // The agent pushes its production change straight to main: it waits.
+        try repo.writeWeb(service: #"{env: {GREETING: "direct from ${env.name}"}}"#)
+        try repo.commit("direct change")
+        #expect(try harness.pass().pending == ["web"])
+        // alice merges someone else's harmless branch on top: that merge approves the docs, not web.
+        try repo.checkout("docs", create: true)
+        try repo.write("docs/NOTE", "docs")
+        try repo.commitAsOwner("docs")
+        try repo.checkout("main")
+        try repo.signing(with: alice.keyPath) { _ = try repo.git("merge", "-q", "--no-ff", "-m", "Merge docs", "docs") }
+        #expect(try harness.pass().pending == ["web"])
+        #expect(try stillServing(harness))
+    }
+
+    @Test func aRewriteThatDropsAdmittedHistoryHalts() throws {
+        let (repo, alice, harness) = try setUp()
+        let anchor = try repo.git("rev-parse", "main")
+        // An agent's proposal that alice once approved on a branch that was never merged...
+        try repo.checkout("agents/proposal", create: true)
+        try repo.writeWeb(service: #"{env: {GREETING: "stale from ${env.name}"}}"#)
+        let proposal = try repo.commit("proposal")
+        try approve(proposal, as: alice, in: repo)
+        try repo.checkout("main")
+        try repo.write("docs/NOTE", "later")
+        try repo.commitAsOwner("main moves on")
+        try harness.pass()
+        // ...is force-pushed as main: the admitted commit is gone, and admission halts.
+        try repo.git("update-ref", "refs/heads/main", proposal)
+        let summary = try harness.pass()
+        #expect(summary.halted?.contains("no longer contains the admitted revision") == true)
+        #expect(summary.applied.isEmpty)
+        #expect(try stillServing(harness))
+        #expect(try harness.state.trust()?.anchor == anchor)
+    }
+
+    @Test func anOctopusCannotHideADeletionFromTheTeamCheck() throws {
+        let repo = try TestRepository()
+        let bot = try TestRepository(principal: "pay-bot@payments")
+        try repo.seedExample(extraSigners: [bot.allowedSignersLine])
+        try repo.write("identities/actors.yaml", try read(repo, "identities/actors.yaml") + "  pay-bot@payments: {kind: agent, teams: [payments]}\n")
+        try repo.commitAsOwner("a payments bot")
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        let root = try repo.git("rev-list", "--max-parents=0", "HEAD")
+        let head = try repo.git("rev-parse", "HEAD")
+        try repo.remove("environments/status-page.yaml")
+        let tree = try repo.git("write-tree")
+        let octopus = try repo.signing(with: bot.keyPath) { try repo.git("commit-tree", "-S", tree, "-p", root, "-p", head, "-p", head + "~1", "-m", "tidy") }
+        try repo.git("reset", "-q", "--hard", octopus)
+        let summary = try harness.pass()
+        #expect(summary.destroyed.isEmpty)
+        #expect(try harness.records().last { $0.event == "denied" && $0.value("environment") == "status-page" }?
+            .values("rule").contains { $0.contains("changes status-page of team platform") } == true)
+    }
+
+    @Test func aCloneFollowsWhatRunsNotWhatAPendingChangeProposes() throws {
+        let (repo, _, harness) = try setUp()
+        // The agent relabels production as development on main (waits), then clones "development" web.
+        try repo.write("environments/web.yaml", try read(repo, "environments/web.yaml").replacingOccurrences(of: "class: production", with: "class: development"))
+        try repo.commit("relabel")
+        #expect(try harness.pass().pending == ["web"])
+        try repo.checkout("agents/scratch", create: true)
+        try repo.write("environments/scratch.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: scratch, team: payments, class: development}
+            spec:
+              databases:
+                main: {engine: sqlite, cloneFrom: web}
+              services:
+                dump: {command: ["sleep", "30"]}
+            """)
+        try repo.commit("scratch")
+        #expect(try harness.pass().denied == ["scratch--agents-scratch"])
+        #expect(try harness.records().last { $0.event == "denied" }?.values("rule").contains { $0.contains("may not copy web (production) into a preview environment") } == true)
+    }
+
+    @Test func anApprovalAppliesExactlyTheApprovedCommit() throws {
+        let (repo, alice, harness) = try setUp()
+        let marks = TemporaryDirectory("gantry-jobs")
+        try repo.write("infra/up.sh", "echo reviewed > \(marks.path)/ran\n")
+        try repo.write("environments/payroll.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: payroll, team: payments, class: production}
+            spec:
+              template: python-web
+              jobs:
+                provision: {onCreate: ["sh", "infra/up.sh"]}
+            """)
+        let reviewed = try repo.commit("payroll")
+        #expect(try harness.pass().pending == ["payroll"])
+        // Then only the job's script changes: the environment's files do not.
+        try repo.write("infra/up.sh", "echo EVIL > \(marks.path)/ran\n")
+        try repo.commit("tweak the script")
+        try harness.pass()
+        try approve(reviewed, as: alice, in: repo)
+        #expect(try harness.pass().applied == ["payroll"])
+        #expect(try String(contentsOfFile: marks.path + "/ran", encoding: .utf8) == "reviewed\n")
+        #expect(try harness.environment("payroll")?.appliedCommit == reviewed)
+    }
+
+    @Test func aHugeApprovalsNoteIsBoundedWork() throws {
+        let (repo, _, harness) = try setUp()
+        try repo.writeWeb(service: #"{env: {GREETING: "wait from ${env.name}"}}"#)
+        let change = try repo.commit("change production")
+        let block = "-----BEGIN SSH SIGNATURE-----\nU1NIU0lH\n-----END SSH SIGNATURE-----\n"
+        let note = repo.directory.path + "/note"
+        try String(repeating: block, count: 40_000).write(toFile: note, atomically: true, encoding: .utf8)
+        try repo.git("notes", "--ref=gantry-approvals", "add", "-f", "-F", note, change)
+        let start = Date()
+        #expect(try harness.pass().pending == ["web"])
+        #expect(Date().timeIntervalSince(start) < 30)
     }
 }
