@@ -26,13 +26,18 @@ extension Reconciler {
             try halt(&trust, "the protected branch \(trust.protectedBranch) is missing: nothing is admitted or destroyed until it is back", tip: nil, &summary)
             return nil
         }
-        guard try tip == anchor || repository.isReachable(anchor, from: tip) else {
+        // Ancestry is checked once per tip, anchor and revision (a walk of the history each time).
+        let contains = try containsCache?.key == [tip, anchor, revision].map(\.hex).joined(separator: ":")
+            ? containsCache!.value
+            : (anchor: tip == anchor || repository.isReachable(anchor, from: tip), revision: tip == revision || repository.isReachable(revision, from: tip))
+        containsCache = ([tip, anchor, revision].map(\.hex).joined(separator: ":"), contains)
+        guard contains.anchor else {
             try halt(&trust, "\(name) at \(tip.short) no longer contains the trust anchor \(anchor.short) (its history was rewritten or replaced): nothing is admitted or destroyed until an operator checks it and moves the anchor with `gantry trust set COMMIT --key KEY`", tip: tip, &summary)
             return nil
         }
         // A rewrite that drops admitted history (force-push backwards or sideways) is an operator's
         // matter too: judging the new history would replay approvals given to other states.
-        guard try tip == revision || repository.isReachable(revision, from: tip) else {
+        guard contains.revision else {
             try halt(&trust, "\(name) at \(tip.short) no longer contains the admitted revision \(revision.short) (its history was rewritten): nothing is admitted or destroyed until it does again or an operator moves the anchor with `gantry trust set COMMIT --key KEY`", tip: tip, &summary)
             return nil
         }

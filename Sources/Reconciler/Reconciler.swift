@@ -65,6 +65,9 @@ public final class Reconciler: @unchecked Sendable {
     private var approvalsSeen: (tip: ObjectID?, known: Bool) = (nil, false)
     /// Governance read at recent revisions (a few entries).
     var governanceCache: [ObjectID: GovernanceRevision] = [:]
+    /// Whether the protected tip contains the anchor and the admitted revision, for the last
+    /// (tip:anchor:revision) checked.
+    var containsCache: (key: String, value: (anchor: Bool, revision: Bool))?
     /// Environment files read at recent commits (a few entries).
     var loadedCache: [ObjectID: [LoadedEnvironment]] = [:]
 
