@@ -100,19 +100,33 @@ say("Gantry benchmarks (\(ProcessInfo.processInfo.activeProcessorCount) cores); 
 let only = ProcessInfo.processInfo.environment["GANTRY_BENCH_ONLY"]
 func runs(_ part: String) -> Bool { only == nil || only == part }
 
+/// A reconciler with the local driver over `repo` and a new state directory (stop its driver when done).
+struct BenchReconciler {
+    let state = TemporaryDirectory("gantry-bench")
+    let store: StateStore
+    let git: GitRepository
+    let driver: LocalDriver
+    let reconciler: Reconciler
+
+    init(_ repo: TestRepository, secrets: Bool = false) throws {
+        store = try StateStore(path: state.path + "/gantry.db")
+        git = try repo.open()
+        driver = LocalDriver(stateDirectory: state.url, state: store, logger: logger)
+        if secrets { driver.secrets = try SecretStore(state: store, keyPath: state.path + "/keys/secrets.key") }
+        reconciler = Reconciler(repository: git, state: store,
+                                audit: AuditLog(repository: git, key: try SigningKey.loadOrCreate(at: state.path + "/key")),
+                                driver: driver, logger: logger)
+    }
+}
+
 // MARK: 1. A full pass over unchanged branches, against `git for-each-ref`.
 for total in [1_000, 10_000] where runs("passes") {
     let repo = try TestRepository()
     try repo.seedExample()
     try addBranches(repo, count: total, prefix: "agents/bench/")
-    let state = TemporaryDirectory("gantry-bench")
-    let store = try StateStore(path: state.path + "/gantry.db")
-    let git = try repo.open()
-    let driver = LocalDriver(stateDirectory: state.url, state: store, logger: logger)
+    let bench = try BenchReconciler(repo)
+    let (git, driver, reconciler) = (bench.git, bench.driver, bench.reconciler)
     defer { driver.shutdown() }
-    let reconciler = Reconciler(repository: git, state: store,
-                                audit: AuditLog(repository: git, key: try SigningKey.loadOrCreate(at: state.path + "/key")),
-                                driver: driver, logger: logger)
     let first = try time { try reconciler.runPass() }
     say("first pass over \(total) new branches (each judged once): \(milliseconds(first))")
     let unchanged = try (0..<20).map { _ in try time { try reconciler.runPass() } }
@@ -281,14 +295,9 @@ if runs("admission") {
 if runs("protected") {
     let repo = try TestRepository()
     try repo.seedExample()
-    let state = TemporaryDirectory("gantry-bench")
-    let store = try StateStore(path: state.path + "/gantry.db")
-    let git = try repo.open()
-    let driver = LocalDriver(stateDirectory: state.url, state: store, logger: logger)
+    let bench = try BenchReconciler(repo)
+    let (store, driver, reconciler) = (bench.store, bench.driver, bench.reconciler)
     defer { driver.shutdown() }
-    let reconciler = Reconciler(repository: git, state: store,
-                                audit: AuditLog(repository: git, key: try SigningKey.loadOrCreate(at: state.path + "/key")),
-                                driver: driver, logger: logger)
     try reconciler.runPass()
     let before = try repo.git("rev-parse", "main")
     for index in 0..<200 {
@@ -371,15 +380,9 @@ if runs("fullstack") {
               health: {http: /}
         """)
     try repo.commitAsOwner("a shop with PostgreSQL")
-    let state = TemporaryDirectory("gantry-bench")
-    let store = try StateStore(path: state.path + "/gantry.db")
-    let git = try repo.open()
-    let driver = LocalDriver(stateDirectory: state.url, state: store, logger: logger)
-    driver.secrets = try SecretStore(state: store, keyPath: state.path + "/keys/secrets.key")
+    let bench = try BenchReconciler(repo, secrets: true)
+    let (state, store, driver, reconciler) = (bench.state, bench.store, bench.driver, bench.reconciler)
     defer { driver.shutdown() }
-    let reconciler = Reconciler(repository: git, state: store,
-                                audit: AuditLog(repository: git, key: try SigningKey.loadOrCreate(at: state.path + "/key")),
-                                driver: driver, logger: logger)
     let first = try time { try reconciler.runPass() }
     say("first pass with PostgreSQL (initdb, server start, seeded database): \(milliseconds(first))")
     var samples: [Double] = []

@@ -86,6 +86,20 @@ extension GitRepository {
         }
     }
 
+    /// The commits of `tip`'s first-parent chain that `new` holds (the commits `tip` brings since
+    /// some revision), oldest first: the steps by which a branch moved.
+    public func firstParentSteps(tip: ObjectID, within new: [ObjectID]) throws -> [ObjectID] {
+        let newSet = Set(new)
+        var steps: [ObjectID] = []
+        var cursor = tip
+        while newSet.contains(cursor) {
+            steps.append(cursor)
+            guard let parent = try commit(cursor).parents.first else { break }
+            cursor = parent
+        }
+        return steps.reversed()
+    }
+
     /// The commit's `gpgsig` block and signed payload, or nil for an unsigned commit.
     public func signature(of id: ObjectID) throws -> CommitSignature? {
         try locked {

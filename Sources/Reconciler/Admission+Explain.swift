@@ -66,15 +66,7 @@ extension Admission {
             return lines
         }
         // Not admitted yet: walk the first-parent chain from the admitted revision to it.
-        let new = Set(try repository.newCommits(tip: commit, hiding: [revision]))
-        var chain: [ObjectID] = []
-        var cursor = commit
-        while new.contains(cursor) {
-            chain.append(cursor)
-            guard let parent = try repository.commit(cursor).parents.first else { break }
-            cursor = parent
-        }
-        chain.reverse()
+        let chain = try repository.firstParentSteps(tip: commit, within: try repository.newCommits(tip: commit, hiding: [revision]))
         guard let anchor = known.trust?.anchor.flatMap(ObjectID.init(hex:)) ?? Optional(revision) else { return lines }
         var governance = try GovernanceRevision.load(at: revision, repository: repository)
         var previous = revision

@@ -84,15 +84,7 @@ extension Reconciler {
                       from: start, to: tip, &trust, &summary)
             return
         }
-        let newSet = Set(new)
-        var chain: [ObjectID] = []
-        var cursor = tip
-        while newSet.contains(cursor) {
-            chain.append(cursor)
-            guard let parent = try repository.commit(cursor).parents.first else { break }
-            cursor = parent
-        }
-        chain.reverse()
+        let chain = try repository.firstParentSteps(tip: tip, within: new)
         var governance = try self.governance(at: start)
         var previous = start
         var segmentBase = start

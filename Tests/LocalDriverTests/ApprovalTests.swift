@@ -9,15 +9,7 @@ import StateStore
 
 /// Human approval for production, on real repositories with real keys.
 @Suite(.serialized) struct ApprovalTests {
-    /// A repository whose main also lists alice (a human approver in example-repo's actors.yaml).
-    func setUp() throws -> (TestRepository, TestRepository, Harness) {
-        let repo = try TestRepository()
-        let alice = try TestRepository(principal: "alice@example.com")
-        try repo.seedExample(extraSigners: [alice.allowedSignersLine])
-        let harness = try Harness(repo: repo)
-        try harness.pass()
-        return (repo, alice, harness)
-    }
+    func setUp() throws -> (TestRepository, TestRepository, Harness) { try seededWithAlice() }
 
     /// An agent's branch changing production's greeting, merged into main (signed by `mergeSigner` if given).
     func changeWebOnABranchAndMerge(_ repo: TestRepository, greeting: String, mergeSigner: TestRepository? = nil) throws -> String {
@@ -30,11 +22,6 @@ import StateStore
         try repo.git("merge", "-q", "--no-ff", "-m", "Merge \(greeting)", "change-\(greeting)")
         try repo.git("config", "user.signingkey", repo.keyPath)
         return try repo.git("rev-parse", "HEAD")
-    }
-
-    func approve(_ commit: String, as approver: TestRepository, in repo: TestRepository) throws {
-        let key = try SigningKey(openSSH: try String(contentsOfFile: approver.keyPath, encoding: .utf8))
-        try Approvals.approve(ObjectID(hex: commit)!, key: key, in: try repo.open())
     }
 
     @Test func productionWaitsForAHumanApprovalOfThatExactCommit() throws {

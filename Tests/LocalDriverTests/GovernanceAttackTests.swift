@@ -11,21 +11,22 @@ import StateStore
 /// with real keys and real processes. Each asserts the denial (or the wait), its record, and that
 /// production keeps serving its admitted revision.
 @Suite(.serialized) struct GovernanceAttackTests {
-    /// A seeded repository (alice is a human approver and admin besides the owner), anchored and
-    /// converged: web (production) and status-page (staging) serve.
     func setUp() throws -> (TestRepository, TestRepository, Harness) {
-        let repo = try TestRepository()
-        let alice = try TestRepository(principal: "alice@example.com")
-        try repo.seedExample(extraSigners: [alice.allowedSignersLine])
-        let harness = try Harness(repo: repo)
-        try harness.pass()
+        let (repo, alice, harness) = try seededWithAlice()
         #expect(try harness.get("web")?.contains("hello from web") == true)
         return (repo, alice, harness)
     }
 
-    func approve(_ commit: String, as approver: TestRepository, in repo: TestRepository) throws {
-        let key = try SigningKey(openSSH: try String(contentsOfFile: approver.keyPath, encoding: .utf8))
-        try Approvals.approve(ObjectID(hex: commit)!, key: key, in: try repo.open())
+    /// A seeded, anchored repository with one more agent, `principal`, of `team` only.
+    func setUp(bot principal: String, team: String) throws -> (TestRepository, TestRepository, Harness) {
+        let repo = try TestRepository()
+        let bot = try TestRepository(principal: principal)
+        try repo.seedExample(extraSigners: [bot.allowedSignersLine])
+        try repo.write("identities/actors.yaml", try read(repo, "identities/actors.yaml") + "  \(principal): {kind: agent, teams: [\(team)]}\n")
+        try repo.commitAsOwner("a \(team) bot")
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        return (repo, bot, harness)
     }
 
     func read(_ repo: TestRepository, _ path: String) throws -> String {
@@ -294,10 +295,7 @@ import StateStore
         try harness.pass()
         // alice syncs the branch with main (a signed merge made on the branch)...
         try repo.checkout("agents/feature")
-        let sync = try repo.signing(with: alice.keyPath) {
-            try repo.git("merge", "-q", "--no-ff", "-m", "Sync with main", "main")
-            return try repo.git("rev-parse", "HEAD")
-        }
+        let sync = try signedMerge("main", by: alice, in: repo, message: "Sync with main")
         // ...and the agent fast-forwards main to it.
         try repo.checkout("main")
         try repo.git("merge", "-q", "--ff-only", "agents/feature")
@@ -310,13 +308,7 @@ import StateStore
     }
 
     @Test func aChangeToAnotherTeamsEnvironmentIsDenied() throws {
-        let repo = try TestRepository()
-        let bot = try TestRepository(principal: "ops-bot@platform")
-        try repo.seedExample(extraSigners: [bot.allowedSignersLine])
-        try repo.write("identities/actors.yaml", try read(repo, "identities/actors.yaml") + "  ops-bot@platform: {kind: agent, teams: [platform]}\n")
-        try repo.commitAsOwner("a platform bot")
-        let harness = try Harness(repo: repo)
-        try harness.pass()
+        let (repo, bot, harness) = try setUp(bot: "ops-bot@platform", team: "platform")
         // The platform bot changes payments' production web on a branch, and on main.
         try repo.checkout("bot/web", create: true)
         try repo.writeWeb(service: #"{env: {GREETING: "bot from ${env.name}"}}"#)
@@ -438,10 +430,7 @@ import StateStore
         #expect(try harness.pass().blocked == grab)
         // alice syncs main into the feature branch; the agent fast-forwards main to that merge.
         try repo.checkout("agents/feature")
-        let sync = try repo.signing(with: alice.keyPath) {
-            try repo.git("merge", "-q", "--no-ff", "-m", "Sync with main", "main")
-            return try repo.git("rev-parse", "HEAD")
-        }
+        let sync = try signedMerge("main", by: alice, in: repo, message: "Sync with main")
         try repo.checkout("main")
         try repo.git("merge", "-q", "--ff-only", "agents/feature")
         let summary = try harness.pass()
@@ -453,13 +442,7 @@ import StateStore
     }
 
     @Test func aTeamDenialIsNotForgottenByTheNextCommit() throws {
-        let repo = try TestRepository()
-        let bot = try TestRepository(principal: "pay-bot@payments")
-        try repo.seedExample(extraSigners: [bot.allowedSignersLine])
-        try repo.write("identities/actors.yaml", try read(repo, "identities/actors.yaml") + "  pay-bot@payments: {kind: agent, teams: [payments]}\n")
-        try repo.commitAsOwner("a payments bot")
-        let harness = try Harness(repo: repo)
-        try harness.pass()
+        let (repo, bot, harness) = try setUp(bot: "pay-bot@payments", team: "payments")
         // The payments bot takes platform's status page over, on main.
         try repo.write("environments/status-page.yaml", try read(repo, "environments/status-page.yaml")
             .replacingOccurrences(of: "team: platform", with: "team: payments").replacingOccurrences(of: "all systems go", with: "owned"))
@@ -583,7 +566,7 @@ import StateStore
         try repo.write("docs/NOTE", "docs")
         try repo.commitAsOwner("docs")
         try repo.checkout("main")
-        try repo.signing(with: alice.keyPath) { _ = try repo.git("merge", "-q", "--no-ff", "-m", "Merge docs", "docs") }
+        try signedMerge("docs", by: alice, in: repo, message: "Merge docs")
         #expect(try harness.pass().pending == ["web"])
         #expect(try stillServing(harness))
     }
@@ -610,13 +593,7 @@ import StateStore
     }
 
     @Test func anOctopusCannotHideADeletionFromTheTeamCheck() throws {
-        let repo = try TestRepository()
-        let bot = try TestRepository(principal: "pay-bot@payments")
-        try repo.seedExample(extraSigners: [bot.allowedSignersLine])
-        try repo.write("identities/actors.yaml", try read(repo, "identities/actors.yaml") + "  pay-bot@payments: {kind: agent, teams: [payments]}\n")
-        try repo.commitAsOwner("a payments bot")
-        let harness = try Harness(repo: repo)
-        try harness.pass()
+        let (repo, bot, harness) = try setUp(bot: "pay-bot@payments", team: "payments")
         let root = try repo.git("rev-list", "--max-parents=0", "HEAD")
         let head = try repo.git("rev-parse", "HEAD")
         try repo.remove("environments/status-page.yaml")

@@ -80,3 +80,29 @@ func approveAsOwner(_ commit: String, _ repo: TestRepository) throws {
     let key = try SigningKey(openSSH: try String(contentsOfFile: repo.ownerKeyPath, encoding: .utf8))
     try Approvals.approve(ObjectID(hex: commit)!, key: key, in: try repo.open())
 }
+
+/// A seeded repository whose main also lists alice (a human approver and admin in example-repo's
+/// actors.yaml), anchored and converged: web (production) and status-page (staging) serve.
+func seededWithAlice() throws -> (repo: TestRepository, alice: TestRepository, harness: Harness) {
+    let repo = try TestRepository()
+    let alice = try TestRepository(principal: "alice@example.com")
+    try repo.seedExample(extraSigners: [alice.allowedSignersLine])
+    let harness = try Harness(repo: repo)
+    try harness.pass()
+    return (repo, alice, harness)
+}
+
+/// `gantry approve COMMIT` by `approver` (a repository whose key and principal stand for a person).
+func approve(_ commit: String, as approver: TestRepository, in repo: TestRepository) throws {
+    let key = try SigningKey(openSSH: try String(contentsOfFile: approver.keyPath, encoding: .utf8))
+    try Approvals.approve(ObjectID(hex: commit)!, key: key, in: try repo.open())
+}
+
+/// `signer` merges `branch` into the branch checked out (a signed `--no-ff` merge); its id.
+@discardableResult
+func signedMerge(_ branch: String, by signer: TestRepository, in repo: TestRepository, message: String) throws -> String {
+    try repo.signing(with: signer.keyPath) {
+        try repo.git("merge", "-q", "--no-ff", "-m", message, branch)
+        return try repo.git("rev-parse", "HEAD")
+    }
+}
