@@ -177,38 +177,6 @@ public struct Admission: Sendable {
         return try approvals(classes: [before.envClass], tip: tip, base: before.base, watched: before.watched, rules: judged, context: context)
     }
 
-    /// Whose data a `cloneFrom` copies: the environment of that name that runs, which must be live
-    /// (never a preview), of a class `clones.<class>` allows for the cloning environment's class
-    /// (default: not production) — the class it runs with, not one a pending change proposes — and
-    /// of the same team.
-    func cloneRules(_ spec: EnvironmentSpec, context: Context) -> (rules: [String], remedies: [String], source: (name: String, class: String, team: String?)?) {
-        var rules: [String] = []
-        var remedies: [String] = []
-        var first: (name: String, class: String, team: String?)?
-        for database in spec.databases {
-            guard let name = database.cloneFrom else { continue }
-            guard let source = context.running[name] else {
-                rules.append("clone: \(database.name) from \(name): no such environment runs; the database is seeded instead")
-                continue
-            }
-            if first == nil { first = (name, source.envClass, source.team) }
-            if !source.isLive {
-                rules.append("clone: \(database.name) may not copy \(name), a preview; only live environments can be cloned")
-                remedies.append("clone a live environment of the protected branch, or seed the database")
-            } else if !context.settings.mayClone(from: source.envClass, into: spec.class.rawValue) {
-                let allowed = context.settings.clones[spec.class.rawValue].map { $0.joined(separator: ", ") } ?? "every class but production"
-                rules.append("clone: \(database.name) may not copy \(name) (\(source.envClass)) into a \(spec.class.rawValue) environment; clones.\(spec.class.rawValue) allows \(allowed)")
-                remedies.append("clone from an environment of a class clones.\(spec.class.rawValue) in gantry.yaml allows, or seed the database")
-            } else if source.team != spec.team {
-                rules.append("clone: \(database.name) may not copy \(name) of team \(source.team ?? "none") into an environment of team \(spec.team ?? "none")")
-                remedies.append("clone only an environment of the same team (\(source.team ?? "none"))")
-            } else {
-                rules.append("clone: \(database.name) from \(name) (\(source.envClass), team \(source.team ?? "none")): ok")
-            }
-        }
-        return (rules, remedies, first)
-    }
-
     static let signatureRemedy = "sign every new commit of the branch with an ed25519 key listed in identities/allowed_signers on main, by a principal in identities/actors.yaml"
 
     /// One line per failing commit, the first 20 of them, then the count of the rest (a record
@@ -220,92 +188,6 @@ public struct Admission: Sendable {
         return shown + (rest > 0 ? ["signature: and \(rest) more commit\(rest == 1 ? "" : "s") with a problem (\(identity.commits.count) new commits judged)"] : [])
     }
 
-    /// Every verified commit of the change — all commits from the environment's running revision
-    /// (`since`) to `change`, not only the newest — that touches the environment must come from a
-    /// member of its team (old and new): the signer's teams, or for an agent, those of its
-    /// On-Behalf-Of human.
-    func teamRule(environment: String, teams: [String?], watched: [String], change: ObjectID, since: [ObjectID],
-                  context: Context) throws -> (rule: String, remedy: String?) {
-        let needed = Array(Set(teams.compactMap { $0 })).sorted()
-        guard !needed.isEmpty else { return ("team: none set", nil) }
-        let range = try repository.newCommits(tip: change, hiding: since)
-        guard range.count <= Self.maxCommits else {
-            return ("team: the change brings \(range.count) commits, more than the \(Self.maxCommits) judged at once",
-                    "push the history in smaller steps")
-        }
-        for id in range {
-            let judged = try context.cache.judged(id, with: context.identity)
-            let touched = try context.cache.touchedPaths(judged.info)
-            let touches = watched.contains { path in touched.contains(path) || touched.contains { $0.hasPrefix(path + "/") } }
-            guard touches else { continue }
-            guard judged.identity.principal != nil else {
-                // Unverified commits pass only when signing is not required; otherwise their team is unknown.
-                if !context.identity.required { continue }
-                return ("team: commit \(judged.info.id.short) changes \(environment), but its signer cannot be verified now, so its team is unknown",
-                        "re-sign the change with a current key of a member of team \(needed.joined(separator: ", "))")
-            }
-            let has = judged.identity.teams(actors: context.identity.actors)
-            let missing = needed.filter { !has.contains($0) }
-            guard !missing.isEmpty else { continue }
-            let who = judged.identity.principal! + (judged.identity.onBehalfOf.map { " on behalf of \($0)" } ?? "")
-            return ("team: commit \(judged.info.id.short) by \(who) (teams: \(has.isEmpty ? "none" : has.sorted().joined(separator: ", "))) changes \(environment) of team \(missing.joined(separator: ", "))",
-                    "the change to \(environment) must come from a member of team \(missing.joined(separator: ", ")) (or an agent acting for one); add the actor to the team in identities/actors.yaml on main, or have a member make the change")
-        }
-        return ("team: ok (\(needed.joined(separator: ", ")))", nil)
-    }
-
-    /// The approvals of every class rule that applies (the old and the new class: a relabel needs
-    /// the stricter of both), for exactly `tip`, covering the commits from `base` to it.
-    func approvals(classes: [String?], tip: CommitInfo, base: [ObjectID], watched: [String], rules judged: [String],
-                   context: Context) throws -> Judgement {
-        let names = classes.compactMap { $0 }.reduce(into: [String]()) { if !$0.contains($1) { $0.append($1) } }
-        let applicable = names.compactMap { name in context.settings.approvals[name].map { (name, $0) } }
-        guard !applicable.isEmpty else { return Judgement(decision: .allow, rules: judged, remedies: [], conditions: []) }
-        var rules = judged
-        var remedies: [String] = []
-        for (name, rule) in applicable {
-            let verdict = try approvalVerdict(rule: rule, of: tip, base: base, isProtectedMerge: try mergeCovers(tip, base: base, watched: watched, context: context),
-                                              context: context)
-            let label = applicable.count > 1 ? "approval (\(name))" : "approval"
-            if verdict.isSatisfied {
-                rules.append("\(label): ok (\(verdict.approvers.joined(separator: ", ")))")
-                continue
-            }
-            rules.append("\(label): needs \(verdict.required) approval\(verdict.required == 1 ? "" : "s") of this exact commit by a human with role \(rule.role)\(rule.distinctFromAuthors ? " who did not author, commit, sign or act for the change" : ""); has \(verdict.approvers.count)")
-            rules += verdict.rejected.map { "\(label): not counted: \($0)" }
-            remedies.append("a human with role \(rule.role) signs the merge into \(context.protectedBranch), or runs `gantry approve \(tip.id.short) --key KEY`")
-        }
-        if remedies.isEmpty { return Judgement(decision: .allow, rules: rules, remedies: [], conditions: []) }
-        return Judgement(decision: .pending, rules: rules, remedies: remedies, conditions: ["ApprovalPending"])
-    }
-
-    /// A merge made on the protected branch approves a change only when the change comes whole from
-    /// what it merges: its first parent still has the environment as it was at `base`.
-    func mergeCovers(_ commit: CommitInfo, base: [ObjectID], watched: [String], context: Context) throws -> Bool {
-        guard context.protectedMerges.contains(commit.id.hex), let firstParent = commit.parents.first, let start = base.first else { return false }
-        let changed = try repository.changedPaths(from: start, to: firstParent)
-        return !watched.contains { path in changed.contains(path) || changed.contains { $0.hasPrefix(path + "/") } }
-    }
-
-    /// Counts the approvals of `commit` under `rule`; the approval covers the commits from `base`
-    /// (exclusive) to `commit`, and none of their people may approve.
-    func approvalVerdict(rule: Settings.ApprovalRule, of commit: CommitInfo, base: [ObjectID], isProtectedMerge: Bool,
-                         context: Context) throws -> ApprovalVerdict {
-        let range = try repository.newCommits(tip: commit.id, hiding: base)
-        var people = Set<String>()
-        var others = Set<String>()
-        for id in range {
-            let judged = try context.cache.judged(id, with: context.identity)
-            let hands = judged.identity.people(of: judged.info)
-            people.formUnion(hands)
-            if id != commit.id { others.formUnion(hands) }
-        }
-        let own = try context.cache.judged(commit.id, with: context.identity).identity
-        let signer = own.isVerified ? ApprovalJudge.CommitSigner(principal: own.principal!, isProtectedMerge: isProtectedMerge, others: others) : nil
-        return ApprovalJudge(signers: context.identity.signers, actors: context.identity.actors).judge(
-            rule: rule, commit: commit, signer: signer, approvingKeys: try Approvals.approvingKeys(of: commit.id, in: repository),
-            people: people, now: Date())
-    }
 }
 
 /// One commit with its identity under some governance.
@@ -326,49 +208,4 @@ struct IdentityVerdict: Sendable {
     let hidden: [ObjectID]
     /// Repository paths the branch's change touches (the policies' `change.files`).
     let changedFiles: [String]
-}
-
-/// Commits, their identities and the paths they touch, read once per context.
-final class CommitCache: @unchecked Sendable {
-    let repository: GitRepository
-    private let lock = NSLock()
-    private var judged: [ObjectID: JudgedCommit] = [:]
-    private var touched: [ObjectID: Set<String>] = [:]
-
-    init(repository: GitRepository) { self.repository = repository }
-
-    func judged(_ id: ObjectID, with judge: IdentityJudge) throws -> JudgedCommit {
-        if let known = lock.withLock({ judged[id] }) { return known }
-        let info = try repository.commit(id)
-        let result = JudgedCommit(info: info, identity: judge.judge(info, signature: try repository.signature(of: id), now: Date()))
-        lock.withLock { judged[id] = result }
-        return result
-    }
-
-    /// The paths a commit itself changes: against its parent; for a merge of two, the paths whose
-    /// result is not simply one side's change (the merge's own resolution — dropping one side's
-    /// change included, whatever old parent the merge names); for an octopus, every path that differs
-    /// from any parent.
-    func touchedPaths(_ commit: CommitInfo) throws -> Set<String> {
-        if let known = lock.withLock({ touched[commit.id] }) { return known }
-        var paths = try repository.changedPaths(from: commit.parents.first, to: commit.id)
-        if commit.parents.count > 2 {
-            // An octopus answers for every path that differs from any of its parents.
-            for parent in commit.parents.dropFirst() { paths.formUnion(try repository.changedPaths(from: parent, to: commit.id)) }
-        } else if commit.parents.count == 2 {
-            let (first, second) = (commit.parents[0], commit.parents[1])
-            let base = try repository.mergeBase(first, second)
-            let candidates = paths.union(try repository.changedPaths(from: second, to: commit.id))
-            paths = try candidates.filter { path in
-                let result = try repository.objectID(at: path, in: commit.id)
-                let ours = try repository.objectID(at: path, in: first)
-                let theirs = try repository.objectID(at: path, in: second)
-                let original = try base.flatMap { try repository.objectID(at: path, in: $0) }
-                let takenFromOneSide = (result == ours && theirs == original) || (result == theirs && ours == original)
-                return !takenFromOneSide
-            }
-        }
-        lock.withLock { touched[commit.id] = paths }
-        return paths
-    }
 }

@@ -1,0 +1,73 @@
+import Foundation
+import GitStore
+import Governance
+import SpecLoading
+import SpecModel
+
+extension Admission {
+    /// Every verified commit of the change — all commits from the environment's running revision
+    /// (`since`) to `change`, not only the newest — that touches the environment must come from a
+    /// member of its team (old and new): the signer's teams, or for an agent, those of its
+    /// On-Behalf-Of human.
+    func teamRule(environment: String, teams: [String?], watched: [String], change: ObjectID, since: [ObjectID],
+                  context: Context) throws -> (rule: String, remedy: String?) {
+        let needed = Array(Set(teams.compactMap { $0 })).sorted()
+        guard !needed.isEmpty else { return ("team: none set", nil) }
+        let range = try repository.newCommits(tip: change, hiding: since)
+        guard range.count <= Self.maxCommits else {
+            return ("team: the change brings \(range.count) commits, more than the \(Self.maxCommits) judged at once",
+                    "push the history in smaller steps")
+        }
+        for id in range {
+            let judged = try context.cache.judged(id, with: context.identity)
+            let touched = try context.cache.touchedPaths(judged.info)
+            let touches = watched.contains { path in touched.contains(path) || touched.contains { $0.hasPrefix(path + "/") } }
+            guard touches else { continue }
+            guard judged.identity.principal != nil else {
+                // Unverified commits pass only when signing is not required; otherwise their team is unknown.
+                if !context.identity.required { continue }
+                return ("team: commit \(judged.info.id.short) changes \(environment), but its signer cannot be verified now, so its team is unknown",
+                        "re-sign the change with a current key of a member of team \(needed.joined(separator: ", "))")
+            }
+            let has = judged.identity.teams(actors: context.identity.actors)
+            let missing = needed.filter { !has.contains($0) }
+            guard !missing.isEmpty else { continue }
+            let who = judged.identity.principal! + (judged.identity.onBehalfOf.map { " on behalf of \($0)" } ?? "")
+            return ("team: commit \(judged.info.id.short) by \(who) (teams: \(has.isEmpty ? "none" : has.sorted().joined(separator: ", "))) changes \(environment) of team \(missing.joined(separator: ", "))",
+                    "the change to \(environment) must come from a member of team \(missing.joined(separator: ", ")) (or an agent acting for one); add the actor to the team in identities/actors.yaml on main, or have a member make the change")
+        }
+        return ("team: ok (\(needed.joined(separator: ", ")))", nil)
+    }
+
+    /// Whose data a `cloneFrom` copies: the environment of that name that runs, which must be live
+    /// (never a preview), of a class `clones.<class>` allows for the cloning environment's class
+    /// (default: not production) — the class it runs with, not one a pending change proposes — and
+    /// of the same team.
+    func cloneRules(_ spec: EnvironmentSpec, context: Context) -> (rules: [String], remedies: [String], source: (name: String, class: String, team: String?)?) {
+        var rules: [String] = []
+        var remedies: [String] = []
+        var first: (name: String, class: String, team: String?)?
+        for database in spec.databases {
+            guard let name = database.cloneFrom else { continue }
+            guard let source = context.running[name] else {
+                rules.append("clone: \(database.name) from \(name): no such environment runs; the database is seeded instead")
+                continue
+            }
+            if first == nil { first = (name, source.envClass, source.team) }
+            if !source.isLive {
+                rules.append("clone: \(database.name) may not copy \(name), a preview; only live environments can be cloned")
+                remedies.append("clone a live environment of the protected branch, or seed the database")
+            } else if !context.settings.mayClone(from: source.envClass, into: spec.class.rawValue) {
+                let allowed = context.settings.clones[spec.class.rawValue].map { $0.joined(separator: ", ") } ?? "every class but production"
+                rules.append("clone: \(database.name) may not copy \(name) (\(source.envClass)) into a \(spec.class.rawValue) environment; clones.\(spec.class.rawValue) allows \(allowed)")
+                remedies.append("clone from an environment of a class clones.\(spec.class.rawValue) in gantry.yaml allows, or seed the database")
+            } else if source.team != spec.team {
+                rules.append("clone: \(database.name) may not copy \(name) of team \(source.team ?? "none") into an environment of team \(spec.team ?? "none")")
+                remedies.append("clone only an environment of the same team (\(source.team ?? "none"))")
+            } else {
+                rules.append("clone: \(database.name) from \(name) (\(source.envClass), team \(source.team ?? "none")): ok")
+            }
+        }
+        return (rules, remedies, first)
+    }
+}
