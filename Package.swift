@@ -35,7 +35,7 @@ let package = Package(
         .target(name: "StateStore", dependencies: [.product(name: "GRDB", package: "GRDB.swift"),
                                                    .product(name: "Crypto", package: "swift-crypto")]),
         // The reconcile loop, its steps and sweeps; the Driver protocol.
-        .target(name: "Reconciler", dependencies: ["GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Governance",
+        .target(name: "Reconciler", dependencies: ["GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Governance", "CEL",
                                                    .product(name: "Logging", package: "swift-log")]),
         // The embedded default driver: supervised local processes.
         .target(name: "LocalDriver", dependencies: ["Reconciler", "SpecModel", "StateStore",

@@ -38,7 +38,7 @@ extension GitRepository {
     }
 
     /// True when `notesRef` exists and points at a commit (anything else holds no notes).
-    func notesRefIsCommit(_ notesRef: String) throws -> Bool {
+    public func notesRefIsCommit(_ notesRef: String) throws -> Bool {
         guard let tip = try reference(notesRef) else { return false }
         var oid = tip.oid
         var object: OpaquePointer?

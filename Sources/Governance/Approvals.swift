@@ -14,6 +14,11 @@ public enum Approvals {
     public static func message(for commit: ObjectID) -> String { "gantry-approve: 1\ncommit: \(commit.hex)\n" }
 
     /// Signs an approval of `commit` with `key` and adds it to the commit's approvals note.
+    ///
+    /// Only the approval itself is signed (SSHSIG, namespace `gantry-approve`). The notes commit
+    /// that carries it is not: it is built on whatever the approvals ref holds, which anyone who can
+    /// push may have pointed at a commit of their own, and the approver's `git` signature on it would
+    /// make that commit look like the approver's work.
     public static func approve(_ commit: ObjectID, key: SigningKey, in repository: GitRepository) throws {
         let text = message(for: commit) + (try SSHSignature.sign(Data(message(for: commit).utf8), namespace: namespace, key: key))
         try repository.withExclusiveLock("gantry-approvals.lock") {
@@ -21,12 +26,12 @@ public enum Approvals {
                 let tip = try repository.reference(notesRef)
                 let existing = try repository.note(on: commit, notesRef: notesRef)
                 let note = existing.map { $0 + "\n" + text } ?? text
+                // A ref pointed at something that is not a commit holds nothing: start it afresh.
+                let fresh = try tip != nil && !repository.notesRefIsCommit(notesRef)
                 do {
                     try repository.commitNotes([commit: note], notesRef: notesRef, expectedTip: tip,
                                                message: "gantry approve \(commit.short)\n", authorName: "gantry approve",
-                                               authorEmail: key.publicKey.fingerprint) { buffer in
-                        try SSHSignature.sign(buffer, namespace: "git", key: key)
-                    }
+                                               authorEmail: key.publicKey.fingerprint, replacing: fresh ? [] : nil, sign: nil)
                     return
                 } catch let error as GitError where error.isConflict {
                     continue

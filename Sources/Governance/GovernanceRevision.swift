@@ -45,7 +45,13 @@ public struct GovernanceRevision: Sendable {
         }
         let (settings, settingsDiagnostics) = loader.settings(at: commit)
         problems += settingsDiagnostics.map(\.description)
-        let signers = AllowedSigners(text: try loader.allowedSignersText(at: commit))
+        var signersText = ""
+        do {
+            signersText = try loader.allowedSignersText(at: commit)
+        } catch {
+            problems.append(ConfigLoader.diagnostic(error, file: ConfigLoader.allowedSignersFile).description)
+        }
+        let signers = AllowedSigners(text: signersText)
         for diagnostic in signers.diagnostics {
             // A key Gantry cannot verify never matches: reported, not fatal.
             if diagnostic.message.contains("is not supported") { warnings.append(diagnostic.description) } else { problems.append(diagnostic.description) }

@@ -50,7 +50,15 @@ public struct IdentityJudge: Sendable {
 
     /// Checks one commit's SSH signature (namespace `git`) at time `now`, then its signer's actor
     /// entry and its `On-Behalf-Of` trailer.
+    /// Commit messages longer than this are refused before anything reads them (their trailers
+    /// reach every record and policy input).
+    public static let maxMessageBytes = 64 * 1024
+
     public func judge(_ commit: CommitInfo, signature: CommitSignature?, now: Date) -> CommitIdentity {
+        guard commit.message.utf8.count <= Self.maxMessageBytes else {
+            return CommitIdentity(commit: commit.id, principal: nil, actor: nil, agent: nil, onBehalfOf: nil, task: nil,
+                                  problem: "commit \(commit.id.short) has a message of \(commit.message.utf8.count) bytes, more than the \(Self.maxMessageBytes) Gantry reads; shorten it")
+        }
         var agent: String?, onBehalfOf: String?, task: String?
         var behalf: [String] = []
         for trailer in commit.trailers {

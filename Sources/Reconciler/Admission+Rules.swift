@@ -3,26 +3,31 @@ import GitStore
 import Governance
 import SpecLoading
 import SpecModel
+import CEL
 
 extension Admission {
-    /// Every verified commit of the change — all commits from the environment's running revision
-    /// (`since`) to `change`, not only the newest — that touches the environment must come from a
-    /// member of its team (old and new): the signer's teams, or for an agent, those of its
-    /// On-Behalf-Of human.
-    func teamRule(environment: String, teams: [String?], watched: [String], change: ObjectID, since: [ObjectID],
-                  context: Context) throws -> (rule: String, remedy: String?) {
-        let needed = Array(Set(teams.compactMap { $0 })).sorted()
-        guard !needed.isEmpty else { return ("team: none set", nil) }
+    /// The commits of one environment's change: every commit from its running revision (`since`)
+    /// to `change` that touches its paths — not only the newest, so a denial is never washed
+    /// through by a later commit. Nil (with a rule line) when there are too many to judge.
+    func touchingCommits(watched: [String], change: ObjectID, since: [ObjectID], context: Context) throws -> [JudgedCommit]? {
         let range = try repository.newCommits(tip: change, hiding: since)
-        guard range.count <= Self.maxCommits else {
-            return ("team: the change brings \(range.count) commits, more than the \(Self.maxCommits) judged at once",
-                    "push the history in smaller steps")
-        }
-        for id in range {
+        guard range.count <= Self.maxCommits else { return nil }
+        return try range.compactMap { id in
             let judged = try context.cache.judged(id, with: context.identity)
             let touched = try context.cache.touchedPaths(judged.info)
-            let touches = watched.contains { path in touched.contains(path) || touched.contains { $0.hasPrefix(path + "/") } }
-            guard touches else { continue }
+            return watched.contains { path in touched.contains(path) || touched.contains { $0.hasPrefix(path + "/") } } ? judged : nil
+        }
+    }
+
+    /// Every commit of the change must come from a member of the environment's team (old and new):
+    /// the signer's teams, or for an agent, those of its On-Behalf-Of human.
+    func teamRule(environment: String, teams: [String?], touching: [JudgedCommit]?, context: Context) -> (rule: String, remedy: String?) {
+        let needed = Array(Set(teams.compactMap { $0 })).sorted()
+        guard !needed.isEmpty else { return ("team: none set", nil) }
+        guard let touching else {
+            return ("team: the change brings more than \(Self.maxCommits) commits, more than are judged at once", "push the history in smaller steps")
+        }
+        for judged in touching {
             guard judged.identity.principal != nil else {
                 // Unverified commits pass only when signing is not required; otherwise their team is unknown.
                 if !context.identity.required { continue }
@@ -39,21 +44,47 @@ extension Admission {
         return ("team: ok (\(needed.joined(separator: ", ")))", nil)
     }
 
+    /// The policies hold for the whole change: evaluated as each commit of it that touches the
+    /// environment (its actor, trailers and message) and as the tip, with every `cloneFrom` source;
+    /// the first evaluation that denies is the verdict (naming the commit), else the tip's.
+    func policyVerdict(_ input: (_ commit: JudgedCommit, _ clone: (name: String, class: String, team: String?)?) -> [String: CELValue],
+                       tip: JudgedCommit, touching: [JudgedCommit], clones: [(name: String, class: String, team: String?)],
+                       context: Context) -> PolicySet.Verdict {
+        var seen = Set<ObjectID>()
+        let commits = ([tip] + touching).filter { seen.insert($0.info.id).inserted }
+        let sources: [(name: String, class: String, team: String?)?] = clones.isEmpty ? [nil] : clones.map { $0 }
+        var tipVerdict: PolicySet.Verdict?
+        for judged in commits {
+            for source in sources {
+                var verdict = context.policies.evaluate(input(judged, source))
+                if judged.info.id == tip.info.id, tipVerdict == nil { tipVerdict = verdict }
+                guard verdict.denied else { continue }
+                if judged.info.id != tip.info.id || source != nil {
+                    let what = [judged.info.id != tip.info.id ? "commit \(judged.info.id.short) by \(judged.identity.principal ?? judged.info.authorEmail)" : nil,
+                                source.map { "clone from \($0.name)" }].compactMap { $0 }.joined(separator: ", ")
+                    verdict.rules = verdict.rules.map { $0 + " (for \(what))" }
+                }
+                return verdict
+            }
+        }
+        return tipVerdict ?? context.policies.evaluate(input(tip, sources.first ?? nil))
+    }
+
     /// Whose data a `cloneFrom` copies: the environment of that name that runs, which must be live
     /// (never a preview), of a class `clones.<class>` allows for the cloning environment's class
     /// (default: not production) — the class it runs with, not one a pending change proposes — and
     /// of the same team.
-    func cloneRules(_ spec: EnvironmentSpec, context: Context) -> (rules: [String], remedies: [String], source: (name: String, class: String, team: String?)?) {
+    func cloneRules(_ spec: EnvironmentSpec, context: Context) -> (rules: [String], remedies: [String], sources: [(name: String, class: String, team: String?)]) {
         var rules: [String] = []
         var remedies: [String] = []
-        var first: (name: String, class: String, team: String?)?
+        var sources: [(name: String, class: String, team: String?)] = []
         for database in spec.databases {
             guard let name = database.cloneFrom else { continue }
             guard let source = context.running[name] else {
                 rules.append("clone: \(database.name) from \(name): no such environment runs; the database is seeded instead")
                 continue
             }
-            if first == nil { first = (name, source.envClass, source.team) }
+            sources.append((name, source.envClass, source.team))
             if !source.isLive {
                 rules.append("clone: \(database.name) may not copy \(name), a preview; only live environments can be cloned")
                 remedies.append("clone a live environment of the protected branch, or seed the database")
@@ -68,6 +99,6 @@ extension Admission {
                 rules.append("clone: \(database.name) from \(name) (\(source.envClass), team \(source.team ?? "none")): ok")
             }
         }
-        return (rules, remedies, first)
+        return (rules, remedies, sources)
     }
 }

@@ -125,17 +125,23 @@ public struct Admission: Sendable {
             return Judgement(decision: .deny, rules: signatureRules + specRules, remedies: remedies,
                              conditions: identity.problems.isEmpty ? ["SpecInvalid"] : ["AdmissionDenied"])
         }
+        let watched = desired.loaded.watchedPaths + before.watched
+        let touching = asFound ? [] : try touchingCommits(watched: watched, change: tip.id, since: before.base, context: context)
         let team = asFound ? (rule: "team: taken as found at the trust anchor", remedy: nil)
-            : try teamRule(environment: desired.name, teams: [spec.team, before.team],
-                           watched: desired.loaded.watchedPaths + before.watched, change: tip.id, since: before.base, context: context)
+            : teamRule(environment: desired.name, teams: [spec.team, before.team], touching: touching, context: context)
         let clones = cloneRules(spec, context: context)
-        let variables = PolicyInput.variables(
-            env: spec, previous: context.live[desired.loaded.name], actor: identity.tip.actor, principal: identity.tip.principal,
-            onBehalfOf: identity.tip.onBehalfOf, task: identity.tip.task, branch: desired.branch,
-            protected: desired.branch == context.protectedBranch,
-            commit: PolicyInput.Commit(sha: tip.id.hex, message: tip.message, trailers: tip.trailers),
-            changedFiles: identity.changedFiles, approvals: [], now: Date(), clone: clones.source)
-        let policy = context.policies.evaluate(variables)
+        // On the protected branch the change runs from what runs (its files since then, its spec as
+        // `previous`); a preview's from its merge-base with the protected branch.
+        let isProtected = desired.branch == context.protectedBranch
+        let previous = isProtected ? before.spec : context.live[desired.loaded.name]
+        let files = try changedFiles(isProtected: isProtected, before: before, tip: tip.id, identity: identity)
+        let policy = policyVerdict({ judged, source in
+            PolicyInput.variables(
+                env: spec, previous: previous, actor: judged.identity.actor, principal: judged.identity.principal,
+                onBehalfOf: judged.identity.onBehalfOf, task: judged.identity.task, branch: desired.branch, protected: isProtected,
+                commit: PolicyInput.Commit(sha: judged.info.id.hex, message: judged.info.message, trailers: judged.info.trailers),
+                changedFiles: files, approvals: [], now: Date(), clone: source)
+        }, tip: try context.cache.judged(tip.id, with: context.identity), touching: touching ?? [], clones: clones.sources, context: context)
         let secretRules = missingSecrets.map {
             "secret: \($0) is not set for \(spec.name); set it with `gantry secret set \($0) --env \(spec.name)` (or --class \(spec.class.rawValue), --team)"
         }
@@ -160,21 +166,30 @@ public struct Admission: Sendable {
         guard identity.problems.isEmpty else {
             return Judgement(decision: .deny, rules: signatureRules, remedies: [Self.signatureRemedy], conditions: ["AdmissionDenied"])
         }
-        let team = try teamRule(environment: record.name, teams: [before.team], watched: before.watched, change: tip.id, since: before.base,
-                                context: context)
-        let variables = PolicyInput.variables(
-            env: nil, previous: before.spec, actor: identity.tip.actor, principal: identity.tip.principal,
-            onBehalfOf: identity.tip.onBehalfOf, task: identity.tip.task, branch: record.branch,
-            protected: record.branch == context.protectedBranch,
-            commit: PolicyInput.Commit(sha: tip.id.hex, message: tip.message, trailers: tip.trailers),
-            changedFiles: identity.changedFiles, approvals: [], now: Date())
-        let policy = context.policies.evaluate(variables)
+        let touching = try touchingCommits(watched: before.watched, change: tip.id, since: before.base, context: context)
+        let team = teamRule(environment: record.name, teams: [before.team], touching: touching, context: context)
+        let isProtected = record.branch == context.protectedBranch
+        let files = try changedFiles(isProtected: isProtected, before: before, tip: tip.id, identity: identity)
+        let policy = policyVerdict({ judged, _ in
+            PolicyInput.variables(
+                env: nil, previous: before.spec, actor: judged.identity.actor, principal: judged.identity.principal,
+                onBehalfOf: judged.identity.onBehalfOf, task: judged.identity.task, branch: record.branch, protected: isProtected,
+                commit: PolicyInput.Commit(sha: judged.info.id.hex, message: judged.info.message, trailers: judged.info.trailers),
+                changedFiles: files, approvals: [], now: Date())
+        }, tip: try context.cache.judged(tip.id, with: context.identity), touching: touching ?? [], clones: [], context: context)
         let judged = signatureRules + [team.rule] + policy.rules
         if team.remedy != nil || policy.denied {
             return Judgement(decision: .deny, rules: judged, remedies: (team.remedy.map { [$0] } ?? []) + policy.remedies,
                              conditions: ["AdmissionDenied"])
         }
         return try approvals(classes: [before.envClass], tip: tip, base: before.base, watched: before.watched, rules: judged, context: context)
+    }
+
+    /// The files of the change: on the protected branch, since the running revision; on another
+    /// branch, since its merge-base with the protected branch.
+    func changedFiles(isProtected: Bool, before: Before, tip: ObjectID, identity: IdentityVerdict) throws -> [String] {
+        guard isProtected, let start = before.base.first else { return identity.changedFiles }
+        return try repository.changedPaths(from: start, to: tip).sorted()
     }
 
     static let signatureRemedy = "sign every new commit of the branch with an ed25519 key listed in identities/allowed_signers on main, by a principal in identities/actors.yaml"

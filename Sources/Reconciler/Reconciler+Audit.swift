@@ -18,9 +18,11 @@ extension Reconciler {
         } else {
             fields += [("actor", commit.authorEmail), ("actor-kind", "unverified")]
         }
-        if let agent = identity.agent { fields.append(("agent", agent)) }
-        if let onBehalfOf = identity.onBehalfOf { fields.append(("on-behalf-of", onBehalfOf)) }
-        if let task = identity.task { fields.append(("task", task)) }
+        // Trailers are the committer's words: at most 256 characters of each reach a record.
+        func bounded(_ value: String) -> String { value.count <= 256 ? value : String(value.prefix(256)) + "… (\(value.utf8.count) bytes)" }
+        if let agent = identity.agent { fields.append(("agent", bounded(agent))) }
+        if let onBehalfOf = identity.onBehalfOf { fields.append(("on-behalf-of", bounded(onBehalfOf))) }
+        if let task = identity.task { fields.append(("task", bounded(task))) }
         fields.append(("policy-revision", policyRevision?.hex ?? "none"))
         return fields
     }

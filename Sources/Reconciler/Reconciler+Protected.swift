@@ -47,7 +47,9 @@ extension Reconciler {
             try state.updateTrust(trust, expectedAnchor: trust.anchor)
         }
         if trust.segmentBase == nil {
-            // Just anchored: the environments at the anchor are taken as found.
+            // Just anchored (perhaps by `gantry trust set` while this process ran): the environments
+            // at the anchor are taken as found, and the processed tips are read afresh.
+            processedCacheReset()
             try convergeProtected(at: revision, base: nil, governance: try governance(at: revision), tip: tip, trust: trust, &summary)
             trust.segmentBase = revision.hex
             try state.updateTrust(trust, expectedAnchor: trust.anchor)
@@ -85,28 +87,40 @@ extension Reconciler {
             return
         }
         let chain = try repository.firstParentSteps(tip: tip, within: new)
+        if rejudge {
+            // Environments waiting at the admitted revision (an approval, a secret) are judged again
+            // first, with the rules that judged them; what the new steps bring comes after.
+            let policy = try trust.policyRevision.flatMap(ObjectID.init(hex:)).map { try self.governance(at: $0) } ?? self.governance(at: start)
+            try convergeProtected(at: start, base: trust.segmentBase.flatMap(ObjectID.init(hex:)) ?? start, governance: policy, tip: tip,
+                                  trust: trust, &summary)
+        }
         var governance = try self.governance(at: start)
         var previous = start
         var segmentBase = start
-        var converged = false
         // The tip the protected branch was last seen at: a merge on top of it was made on it.
         var seenTips = Set([try processedRefs()[trust.protectedBranch].flatMap(ObjectID.init(hex:))].compactMap { $0 })
         for step in chain {
             let stepContext = try context(governance: governance, revision: previous, tip: tip, trust: trust, loadLive: false)
-            let verdict = try admission.judgeStep(step, previous: previous, start: start, anchor: anchor, branches: branches,
+            let verdict: Admission.StepVerdict
+            do {
+                verdict = try admission.judgeStep(step, previous: previous, start: start, anchor: anchor, branches: branches,
                                                   seenTips: seenTips, context: stepContext)
+            } catch {
+                // A step that cannot even be judged is denied, never a failed pass for everyone.
+                try convergeBeforeBlock(at: previous, base: &segmentBase, governance: governance, tip: tip, &trust, &summary)
+                trust.revision = previous.hex
+                try block(step, decision: .deny, rules: ["governance: cannot judge \(step.short): \(error)"],
+                          remedies: ["fix the commit (or rewrite it away), or have an operator move the anchor past it"],
+                          from: previous, to: tip, policyRevision: governance.commit, &trust, &summary)
+                break
+            }
             if verdict.isProtectedMerge {
                 try state.addProtectedMerge(step.hex)
                 seenTips.insert(step)
             }
             guard verdict.decision == .allow else {
                 // What was admitted before this step converges; this step and those after it wait.
-                if previous != segmentBase {
-                    try convergeProtected(at: previous, base: segmentBase, governance: governance, tip: tip, trust: trust, &summary)
-                    trust.policyRevision = governance.commit.hex
-                    trust.segmentBase = segmentBase.hex
-                    converged = true
-                }
+                try convergeBeforeBlock(at: previous, base: &segmentBase, governance: governance, tip: tip, &trust, &summary)
                 trust.revision = previous.hex
                 try block(step, decision: verdict.decision, rules: verdict.rules, remedies: verdict.remedies, from: previous, to: tip,
                           identity: verdict.identity.tip, policyRevision: governance.commit, &trust, &summary)
@@ -122,7 +136,6 @@ extension Reconciler {
                 try convergeProtected(at: step, base: segmentBase, governance: governance, tip: tip, trust: trust, &summary)
                 trust.policyRevision = governance.commit.hex
                 trust.segmentBase = segmentBase.hex
-                converged = true
                 governance = proposed
                 governanceCache[step] = proposed
                 segmentBase = step
@@ -137,11 +150,18 @@ extension Reconciler {
             try convergeProtected(at: revision, base: segmentBase, governance: governance, tip: tip, trust: trust, &summary)
             trust.policyRevision = governance.commit.hex
             trust.segmentBase = segmentBase.hex
-        } else if rejudge && !converged, let revision = trust.revision.flatMap(ObjectID.init(hex:)) {
-            // No new step: environments waiting at the revision (an approval, a secret) are judged again.
-            let policy = try trust.policyRevision.flatMap(ObjectID.init(hex:)).map { try self.governance(at: $0) } ?? governance
-            try convergeProtected(at: revision, base: trust.segmentBase.flatMap(ObjectID.init(hex:)) ?? revision, governance: policy, tip: tip, trust: trust, &summary)
         }
+    }
+
+    /// Before admission stops: the steps admitted since the last convergence converge (once: the
+    /// segment then starts at `previous`).
+    func convergeBeforeBlock(at previous: ObjectID, base segmentBase: inout ObjectID, governance: GovernanceRevision, tip: ObjectID,
+                             _ trust: inout TrustState, _ summary: inout PassSummary) throws {
+        guard previous != segmentBase else { return }
+        try convergeProtected(at: previous, base: segmentBase, governance: governance, tip: tip, trust: trust, &summary)
+        trust.policyRevision = governance.commit.hex
+        trust.segmentBase = segmentBase.hex
+        segmentBase = previous
     }
 
     /// Converges the protected branch's environments at `revision`, judged with `governance`; the

@@ -20,25 +20,29 @@ extension Reconciler {
                                         ("actor-kind", "unverified"), ("scope", "governance"), ("decision", "deny"), ("rule", "trust: \(reason)")])
     }
 
-    /// On a first start there is no anchor: the protected tip is anchored when signed by a human
-    /// of its own identities with the governance role; otherwise nothing is applied.
+    /// On a first start there is no anchor: the configured protected branch's tip is anchored when
+    /// signed by a human of its own identities with the governance role (trust on first use);
+    /// otherwise nothing is applied. A `protectedBranch` its gantry.yaml names instead is followed
+    /// only from an anchorable tip, and only to a branch that contains it.
     func anchorOnFirstStart(tip: ObjectID, branches: [String: ObjectID], _ trust: inout TrustState, _ summary: inout PassSummary) throws -> Bool {
-        var branch = trust.protectedBranch
-        var target = tip
-        let named = loader.settings(at: tip).settings.protectedBranch
-        if named != branch, let other = branches[named] {
-            branch = named
-            target = other
-        }
-        switch try Trust.firstStartSigner(of: target, repository: repository) {
+        switch try Trust.firstStartSigner(of: tip, repository: repository) {
         case .success(let principal):
-            try Trust.anchor(target, branch: branch, by: principal, how: "first start: the tip is signed by a human with the governance role",
+            var branch = trust.protectedBranch
+            let named = try GovernanceRevision.load(at: tip, repository: repository).settings.protectedBranch
+            if named != branch {
+                guard let other = branches[named], try other == tip || repository.isReachable(tip, from: other) else {
+                    try halt(&trust, "no trust anchor: gantry.yaml at \(tip.short) names protectedBranch '\(named)', which does not contain it; nothing is applied until \(Trust.howTo(tip))", tip: tip, &summary)
+                    return false
+                }
+                branch = named
+            }
+            try Trust.anchor(tip, branch: branch, by: principal, how: "first start: the tip is signed by a human with the governance role",
                              repository: repository, state: state, audit: audit)
             trust = try state.trust() ?? trust
-            logger.notice("trust anchored at \(target.short) of \(branch), signed by \(principal)")
+            logger.notice("trust anchored at \(tip.short) of \(branch), signed by \(principal)")
             return true
         case .failure(let why):
-            try halt(&trust, "no trust anchor: \(why); nothing is applied until \(Trust.howTo(target))", tip: target, &summary)
+            try halt(&trust, "no trust anchor: \(why); nothing is applied until \(Trust.howTo(tip))", tip: tip, &summary)
             return false
         }
     }
@@ -47,13 +51,9 @@ extension Reconciler {
     /// anchor): the live environments move to it, and the next pass walks it from the revision.
     func moveProtectedBranch(to branch: String, _ trust: inout TrustState) throws {
         let old = trust.protectedBranch
-        for var record in try state.environments(includeDestroyed: true) where record.branch == old {
-            record.branch = branch
-            try state.save(record)
-        }
+        try state.moveEnvironments(fromBranch: old, to: branch)
+        processedCacheReset()
         trust.protectedBranch = branch
-        // Walked from the admitted revision on the next pass, whatever was seen of it as a branch.
-        try setProcessed(branch: branch, commit: nil)
         logger.notice("the protected branch is now \(branch) (was \(old))")
     }
 }

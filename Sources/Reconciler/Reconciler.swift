@@ -78,6 +78,9 @@ public final class Reconciler: @unchecked Sendable {
         return loaded
     }
 
+    /// Forgets the processed tips read from the state DB (after it changed them behind this cache).
+    func processedCacheReset() { processedCache = nil }
+
     func setProcessed(branch: String, commit: String?) throws {
         try state.setProcessed(branch: branch, commit: commit)
         if processedCache != nil { processedCache![branch] = commit }

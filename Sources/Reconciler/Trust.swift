@@ -22,6 +22,10 @@ public enum Trust {
         }
         var trust = try state.trust() ?? TrustState(protectedBranch: branch)
         let previous = trust.anchor
+        if trust.protectedBranch != branch {
+            // The live environments belong to the protected branch, whatever its name.
+            try state.moveEnvironments(fromBranch: trust.protectedBranch, to: branch)
+        }
         trust.protectedBranch = branch
         trust.anchor = commit.hex
         trust.anchoredBy = "\(how) by \(who)"

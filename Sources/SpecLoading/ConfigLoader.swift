@@ -154,7 +154,7 @@ public struct ConfigLoader: Sendable {
         }
     }
 
-    static func diagnostic(_ error: Error, file: String) -> Diagnostic {
+    public static func diagnostic(_ error: Error, file: String) -> Diagnostic {
         if let diagnostic = error as? Diagnostic { return diagnostic }
         if let git = error as? GitError, git.message.contains("over the limit") {
             return Diagnostic(file: file, "file is larger than 1 MiB; configuration files are limited to 1 MiB")

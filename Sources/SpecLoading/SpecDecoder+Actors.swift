@@ -44,7 +44,8 @@ extension ConfigLoader {
         }
     }
 
-    /// The text of `identities/allowed_signers` at `commit` ("" when absent).
+    /// The text of `identities/allowed_signers` at `commit` ("" when absent); throws for a file over
+    /// the size limit.
     public func allowedSignersText(at commit: ObjectID) throws -> String {
         String(decoding: try repository.readFile(Self.allowedSignersFile, at: commit, limit: parser.maxBytes) ?? Data(), as: UTF8.self)
     }

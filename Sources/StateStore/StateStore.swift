@@ -115,6 +115,15 @@ public final class StateStore: Sendable {
         }
     }
 
+    /// Moves every environment of `old` (destroyed ones included) to `new`: the protected branch
+    /// changed name, and its live environments with it. Both branches' processed tips are forgotten.
+    public func moveEnvironments(fromBranch old: String, to new: String) throws {
+        try pool.write { db in
+            try db.execute(sql: "UPDATE environments SET branch = ? WHERE branch = ?", arguments: [new, old])
+            try db.execute(sql: "DELETE FROM refs WHERE branch IN (?, ?)", arguments: [old, new])
+        }
+    }
+
     public func save(_ environment: EnvironmentRecord) throws {
         try pool.write { db in try environment.save(db) }
     }

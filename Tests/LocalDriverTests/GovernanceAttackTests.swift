@@ -665,4 +665,147 @@ import StateStore
         #expect(try harness.pass().pending == ["web"])
         #expect(Date().timeIntervalSince(start) < 30)
     }
+
+    // MARK: Found by a third outside attack
+
+    @Test func anApprovalNeverSignsACommitAnAgentCanPushAsMain() throws {
+        let (repo, alice, harness) = try setUp()
+        // The agent points the approvals ref at its own change, then alice approves anything.
+        try repo.writeWeb(service: #"{env: {GREETING: "smuggled from ${env.name}"}}"#)
+        let own = try repo.commit("smuggled")
+        try repo.git("reset", "-q", "--hard", "HEAD~1")
+        try repo.git("update-ref", Approvals.notesRef, own)
+        try approve(try repo.git("rev-parse", "main"), as: alice, in: repo)
+        let carrier = try repo.git("rev-parse", Approvals.notesRef)
+        #expect(try Shell.run(["git", "-C", repo.path, "cat-file", "-p", carrier]).stdout.contains("gpgsig") == false)
+        try repo.git("update-ref", "refs/heads/main", carrier)
+        #expect(try harness.pass().blocked == carrier)
+        #expect(try governanceRecord(harness, "denied", on: carrier)?.values("rule").contains { $0.contains("is not signed") } == true)
+        #expect(try stillServing(harness))
+    }
+
+    @Test func aPolicyDenialIsNotWashedThroughByTheNextCommit() throws {
+        let (repo, alice, harness) = try setUp()
+        try repo.write("policies/agents-no-code.yaml", """
+            apiVersion: gantry/v1
+            kind: Policy
+            metadata: {name: agents-no-code}
+            spec:
+              action: deny
+              rules:
+                - expr: "actor.kind != 'agent' || !change.files.exists(f, f.startsWith('apps/'))"
+                  message: "agents may not change application code"
+            """)
+        try approve(try repo.commitAsOwner("no agent code"), as: alice, in: repo)
+        #expect(try harness.pass().blocked == nil)
+        // The agent changes the code status-page runs: denied.
+        try repo.write("apps/hello/server.py", try read(repo, "apps/hello/server.py") + "\n# agent was here\n")
+        try repo.commit("agent changes the code")
+        #expect(try harness.pass().denied.contains("status-page"))
+        // A later commit that touches something else does not wash it through.
+        try repo.write("README.md", "docs")
+        try repo.commit("and touches the docs")
+        let summary = try harness.pass()
+        #expect(!summary.applied.contains("status-page"))
+        let denial = try #require(try harness.records().last { $0.event == "denied" && $0.value("environment") == "status-page" })
+        #expect(denial.values("rule").contains { $0.contains("policy agents-no-code: fail: agents may not change application code") })
+        #expect(try harness.get("status-page")?.contains("all systems go") == true)
+    }
+
+    @Test func movingTheAnchorToAnotherBranchKeepsProductionRunning() throws {
+        let (repo, alice, harness) = try setUp()
+        try repo.git("branch", "release", "main")
+        try Trust.anchor(ObjectID(hex: try repo.git("rev-parse", "release"))!, branch: "release", by: alice.principal, how: "gantry trust set",
+                         repository: try repo.open(), state: harness.state, audit: AuditLog(repository: try repo.open(), key: harness.key))
+        let summary = try harness.pass()
+        #expect(summary.destroyed.isEmpty)
+        #expect(try harness.environment("web")?.branch == "release")
+        #expect(try stillServing(harness))
+        try harness.pass()
+        #expect(try harness.environment("web")?.phase == .running)
+    }
+
+    @Test func anOversizedIdentityFileIsADenialNotAStall() throws {
+        let (repo, _, harness) = try setUp()
+        try repo.write("identities/allowed_signers", try read(repo, "identities/allowed_signers") + String(repeating: "# padding\n", count: 120_000))
+        let big = try repo.commit("a big file")
+        try repo.checkout("feature", create: true)
+        try repo.write("apps/hello/NOTE", "x")
+        try repo.commit("a preview")
+        let summary = try harness.pass()
+        #expect(summary.blocked == big)
+        #expect(try governanceRecord(harness, "denied", on: big)?.values("rule").contains { $0.contains("identities/allowed_signers:1:1: file is larger than 1 MiB") } == true)
+        #expect(summary.applied.contains("web--feature"))
+    }
+
+    @Test func everyCloneSourceIsJudgedByThePolicies() throws {
+        let (repo, alice, harness) = try setUp()
+        for name in ["src-a", "src-b"] {
+            try repo.write("environments/\(name).yaml", """
+                apiVersion: gantry/v1
+                kind: Environment
+                metadata: {name: \(name), team: payments, class: staging}
+                spec:
+                  databases:
+                    main: {engine: sqlite}
+                  services:
+                    s: {command: ["sleep", "60"]}
+                """)
+        }
+        try repo.write("policies/clone-only-a.yaml", """
+            apiVersion: gantry/v1
+            kind: Policy
+            metadata: {name: clone-only-a}
+            spec:
+              match: "clone != null"
+              action: deny
+              rules:
+                - {expr: "clone.from.name == 'src-a'", message: "only src-a may be cloned"}
+            """)
+        let setup = try repo.commitAsOwner("sources and a clone policy")
+        try approve(setup, as: alice, in: repo)
+        try harness.pass()
+        try repo.checkout("agents/two", create: true)
+        try repo.write("environments/two.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: two, team: payments, class: development}
+            spec:
+              databases:
+                a: {engine: sqlite, cloneFrom: src-a}
+                b: {engine: sqlite, cloneFrom: src-b}
+              services:
+                s: {command: ["sleep", "60"]}
+            """)
+        try repo.commit("two sources")
+        #expect(try harness.pass().denied == ["two--agents-two"])
+        #expect(try harness.records().last { $0.event == "denied" }?.values("rule").contains("policy clone-only-a: fail: only src-a may be cloned (for clone from src-b)") == true)
+    }
+
+    @Test func aHugeCommitMessageIsRefusedUnread() throws {
+        let (repo, _, harness) = try setUp()
+        try repo.checkout("agents/huge", create: true)
+        try repo.write("apps/hello/NOTE", "x")
+        try repo.git("add", "-A")
+        try repo.git("commit", "-q", "-m", "huge\n\nTask: " + String(repeating: "x", count: 100_000))
+        let summary = try harness.pass()
+        #expect(summary.denied.sorted() == ["status-page--agents-huge", "web--agents-huge"])
+        #expect(try harness.records().last { $0.event == "denied" }?.values("rule").contains { $0.contains("more than the 65536 Gantry reads") } == true)
+    }
+
+    @Test func aFirstStartFollowsAProtectedBranchRedirectOnlyToABranchThatContainsTheTip() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.git("checkout", "-q", "--orphan", "evil")
+        try repo.write("README", "mine")
+        try repo.commit("an unrelated history")
+        try repo.checkout("main")
+        try repo.write("gantry.yaml", try read(repo, "gantry.yaml").replacingOccurrences(of: "protectedBranch: main", with: "protectedBranch: evil"))
+        try repo.commitAsOwner("protect evil")
+        let harness = try Harness(repo: repo, anchor: false)
+        let summary = try harness.pass()
+        #expect(summary.halted?.contains("names protectedBranch 'evil', which does not contain it") == true)
+        #expect(try harness.state.trust()?.anchor == nil)
+        #expect(summary.applied.isEmpty)
+    }
 }
