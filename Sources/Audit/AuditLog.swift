@@ -110,7 +110,8 @@ public final class AuditLog: @unchecked Sendable {
         for (entry, record) in zip(entries, records) {
             guard let target = ObjectID(hex: entry.commit) else { throw AuditError.badTarget(entry.commit) }
             if notes[target] == nil { notes[target] = try repository.note(on: target, notesRef: notesRef) ?? "" }
-            notes[target] = notes[target]!.isEmpty ? record.text : notes[target]! + "\n" + record.text
+            if !notes[target]!.isEmpty { notes[target]!.append("\n") }
+            notes[target]!.append(record.text)
         }
         let last = records.last!
         let message = "gantry audit: \(records.map { "\($0.event) #\($0.seq)" }.joined(separator: ", "))\n\ngantry-audit head: seq \(last.seq) \(last.digest)\n"

@@ -24,8 +24,10 @@ public enum Approvals {
         try repository.withExclusiveLock("gantry-approvals.lock") {
             for _ in 0..<20 {
                 let tip = try repository.reference(notesRef)
-                let existing = try repository.note(on: commit, notesRef: notesRef)
-                let note = existing.map { $0 + "\n" + text } ?? text
+                // Only approvals of this commit that verify are kept: padding someone added to the
+                // note (to push approvals past the size read) is dropped.
+                let kept = (try? repository.note(on: commit, notesRef: notesRef)).flatMap { $0 }.map { approvals(in: $0, of: commit) } ?? []
+                let note = (kept.map(\.text) + [text]).joined(separator: "\n")
                 // A ref pointed at something that is not a commit holds nothing: start it afresh.
                 let fresh = try tip != nil && !repository.notesRefIsCommit(notesRef)
                 do {
@@ -42,30 +44,39 @@ public enum Approvals {
     }
 
     /// At most this many bytes of an approvals note are read (a note holds a few signatures of a
-    /// few hundred bytes each); a larger one approves nothing.
+    /// few hundred bytes each).
     public static let maxNoteBytes = 1 << 20
 
     /// The signatures in `commit`'s approvals note that verify over an approval of that very commit:
     /// the keys that approved it. Approvals of other commits, or that do not verify, are ignored.
-    /// The note is read once, line by line, so its size bounds the work.
+    /// At most the first `maxNoteBytes` of the note are read, once, line by line.
     public static func approvingKeys(of commit: ObjectID, in repository: GitRepository) throws -> [SSHPublicKey] {
         // A notes ref pointed at something that is not a notes commit holds no approval; it must not stop judging.
-        guard let note = (try? repository.note(on: commit, notesRef: notesRef)) ?? nil, note.utf8.count <= maxNoteBytes else { return [] }
-        let expected = Data(message(for: commit).utf8)
+        guard let note = (try? repository.note(on: commit, notesRef: notesRef)) ?? nil else { return [] }
         var keys: [SSHPublicKey] = []
+        for approval in approvals(in: note, of: commit) where !keys.contains(approval.key) { keys.append(approval.key) }
+        return keys
+    }
+
+    /// The verified approvals of `commit` in a note's text (its first `maxNoteBytes`), each with
+    /// its text as written.
+    static func approvals(in note: String, of commit: ObjectID) -> [(key: SSHPublicKey, text: String)] {
+        let bounded = note.utf8.count <= maxNoteBytes ? note : String(decoding: note.utf8.prefix(maxNoteBytes), as: UTF8.self)
+        let expected = Data(message(for: commit).utf8)
+        var found: [(SSHPublicKey, String)] = []
         var block: [Substring]?
-        for line in note.split(separator: "\n", omittingEmptySubsequences: false) {
+        for line in bounded.split(separator: "\n", omittingEmptySubsequences: false) {
             if line == "-----BEGIN SSH SIGNATURE-----" { block = [line]; continue }
             guard block != nil else { continue }
             block!.append(line)
             guard line == "-----END SSH SIGNATURE-----" else { continue }
             let armored = block!.joined(separator: "\n") + "\n"
             block = nil
-            if let key = try? SSHSignature.verify(armored, message: expected, namespace: namespace), !keys.contains(key) {
-                keys.append(key)
+            if let key = try? SSHSignature.verify(armored, message: expected, namespace: namespace) {
+                found.append((key, message(for: commit) + armored))
             }
         }
-        return keys
+        return found
     }
 }
 

@@ -13,6 +13,8 @@ extension LocalDriver {
     // MARK: Apply
 
     public func apply(_ environment: PlannedEnvironment, progress: (String) -> Void) throws -> ApplyOutcome {
+        try Self.checkName(environment.name)
+        for database in environment.spec.databases { if let source = database.cloneFrom { try Self.checkName(source) } }
         var outcome = ApplyOutcome()
         domain = environment.domain
         outcome.changes += try applySQLite(environment, progress: progress)

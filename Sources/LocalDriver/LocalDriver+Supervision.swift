@@ -13,6 +13,8 @@ extension LocalDriver {
     // MARK: Destroy
 
     public func destroy(environment name: String, repository: GitRepository?, progress: (String) -> Void) throws -> [String] {
+        // Never a path outside envs/: a name that is not a DNS-1123 label names nothing of ours.
+        guard Self.isSafeName(name) else { return ["nothing removed: '\(name)' is not an environment name Gantry creates"] }
         var problems: [String] = []
         for record in try state.services(of: name) {
             if let pid = record.pid {
@@ -148,6 +150,7 @@ extension LocalDriver {
 
 extension LocalDriver {
     public func drift(_ environment: PlannedEnvironment) -> [String] {
+        guard Self.isSafeName(environment.name) else { return [] }
         var found: [String] = []
         for database in environment.spec.databases {
             switch database.engine {

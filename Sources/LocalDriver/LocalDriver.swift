@@ -73,3 +73,22 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         return ProcessControl.isAlive(pid, start: record.pidStart) ? record.phase : "Stopped"
     }
 }
+
+extension LocalDriver {
+    /// A DNS-1123 label: the only names the driver turns into paths, ports and database names.
+    static func isSafeName(_ name: String) -> Bool {
+        !name.isEmpty && name.count <= 63 && !name.hasPrefix("-") && !name.hasSuffix("-")
+            && name.unicodeScalars.allSatisfy { ("a"..."z").contains($0) || ("0"..."9").contains($0) || $0 == "-" }
+    }
+
+    static func checkName(_ name: String) throws {
+        guard isSafeName(name) else {
+            throw LocalDriverError("'\(name)' is not a DNS-1123 label; the local driver makes no path, port or database of it")
+        }
+    }
+}
+
+struct LocalDriverError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}

@@ -35,7 +35,7 @@ extension Admission {
     func mergeCovers(_ commit: CommitInfo, base: [ObjectID], watched: [String], context: Context) throws -> Bool {
         guard context.protectedMerges.contains(commit.id.hex), let firstParent = commit.parents.first, let start = base.first else { return false }
         let changed = try repository.changedPaths(from: start, to: firstParent)
-        return !watched.contains { path in changed.contains(path) || changed.contains { $0.hasPrefix(path + "/") } }
+        return !Names.touches(changed, watched)
     }
 
     /// Counts the approvals of `commit` under `rule`; the approval covers the commits from `base`

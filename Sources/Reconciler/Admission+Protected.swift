@@ -41,6 +41,13 @@ extension Admission {
         // A merge approves what it merges, nothing its first parent already brought.
         let mergeCovers = try isProtectedMerge && GovernanceRevision.fingerprint(at: info.parents[0], in: repository) == context.governance.fingerprint
         var rules = signatureRules(identity)
+        let environmentFiles = try loader.environmentFileCount(at: step)
+        if environmentFiles > ConfigLoader.maxEnvironments {
+            return StepVerdict(commit: step, decision: .deny,
+                               rules: rules + ["environments: \(environmentFiles) environment files, more than the \(ConfigLoader.maxEnvironments) judged at one commit"],
+                               remedies: ["keep at most \(ConfigLoader.maxEnvironments) files in environments/"],
+                               newGovernance: nil, isProtectedMerge: false, identity: identity)
+        }
         guard identity.problems.isEmpty else {
             return StepVerdict(commit: step, decision: .deny, rules: rules, remedies: [Self.signatureRemedy],
                                newGovernance: nil, isProtectedMerge: isProtectedMerge, identity: identity)

@@ -15,7 +15,7 @@ extension Admission {
         return try range.compactMap { id in
             let judged = try context.cache.judged(id, with: context.identity)
             let touched = try context.cache.touchedPaths(judged.info)
-            return watched.contains { path in touched.contains(path) || touched.contains { $0.hasPrefix(path + "/") } } ? judged : nil
+            return Names.touches(touched, watched) ? judged : nil
         }
     }
 

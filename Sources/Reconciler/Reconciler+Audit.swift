@@ -34,9 +34,18 @@ extension Reconciler {
     /// same commit is therefore recorded again.
     /// A `pending-approval` whose rules changed (the wait for governance became the wait for the
     /// class's approver, say) is recorded again.
+    ///
+    /// Denials and waits are deferred and written together (`flushRecords`): a commit that asks for a
+    /// thousand environments costs one notes commit, not a thousand rewrites of a growing note.
     func appendOnce(_ event: AuditEvent, _ environment: String, _ commit: ObjectID, _ fields: [(String, String)]) throws {
-        if let note = try recordedNote(on: commit) {
-            let records = AuditRecord.parseNote(note).records.filter { $0.value("environment") == environment }
+        let entry = AuditEntry(event: event, commit: commit.hex, fields: fields.map { (key: $0.0, value: $0.1) })
+        let sameRules = { (candidate: AuditEntry) in
+            candidate.fields.filter { $0.key == "rule" }.map(\.value) == entry.fields.filter { $0.key == "rule" }.map(\.value)
+        }
+        if deferredRecords.contains(where: { $0.event == event && $0.commit == entry.commit && sameRules($0)
+                && $0.fields.first { $0.key == "environment" }?.value == environment }) { return }
+        if let note = try recordedNote(on: commit, environment: environment) {
+            let records = AuditRecord.parseNote(note).records
             if event == .pendingApproval {
                 let rules = fields.filter { $0.0 == "rule" }.map { AuditRecord.escape($0.1) }
                 let cycle = records.lastIndex { [AuditEvent.admitted.rawValue, AuditEvent.denied.rawValue].contains($0.event) }
@@ -46,14 +55,36 @@ extension Reconciler {
                 return
             }
         }
-        try audit.append([AuditEntry(event: event, commit: commit.hex, fields: fields.map { (key: $0.0, value: $0.1) })])
+        if event == .denied || event == .pendingApproval {
+            deferredRecords.append(entry)
+            return
+        }
+        try flushRecords()
+        try audit.append([entry])
     }
 
-    /// The records Gantry itself wrote on `commit`, from the state DB's journal (never from the notes
-    /// ref, which anyone who can push may have edited), as one note's text; nil when none.
-    func recordedNote(on commit: ObjectID) throws -> String? {
-        let texts = try state.auditTexts(target: commit.hex)
+    /// Writes the deferred denials and waits, in the order they were judged, as one notes commit.
+    func flushRecords() throws {
+        guard !deferredRecords.isEmpty else { return }
+        let batch = deferredRecords
+        deferredRecords = []
+        try audit.append(batch)
+    }
+
+    /// The records Gantry itself wrote on `commit` about `environment` (nil: about the protected
+    /// branch itself), from the state DB's journal — never from the notes ref, which anyone who can
+    /// push may have edited — as one note's text; nil when none.
+    func recordedNote(on commit: ObjectID, environment: String?) throws -> String? {
+        let texts = try state.auditTexts(target: commit.hex, environment: environment)
         return texts.isEmpty ? nil : texts.joined(separator: "\n")
+    }
+
+    /// True when a verdict (admitted, denied, pending-approval) on `commit` for `environment` is
+    /// recorded: an environment judged at a commit is not judged again unless it was not.
+    func hasVerdict(_ environment: String, on commit: String) throws -> Bool {
+        guard let id = ObjectID(hex: commit), let note = try recordedNote(on: id, environment: environment) else { return false }
+        let verdicts: Set<String> = [AuditEvent.admitted.rawValue, AuditEvent.denied.rawValue, AuditEvent.pendingApproval.rawValue]
+        return AuditRecord.parseNote(note).records.contains { verdicts.contains($0.event) }
     }
 
     static func alreadyRecorded(_ event: String, in events: [String]) -> Bool {

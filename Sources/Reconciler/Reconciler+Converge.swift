@@ -29,6 +29,7 @@ extension Reconciler {
         for existing in try state.environments() where existing.branch == branch && !names.contains(existing.name) {
             try remove(existing, tip: commit, identity: identity, context: context, asFound: asFound, &summary)
         }
+        try flushRecords()
     }
 
     /// The name a preview of `environment` on `branch` runs under: the one it already has, else
@@ -52,11 +53,18 @@ extension Reconciler {
     func converge(_ desired: DesiredEnvironment, commit tipCommit: CommitInfo, identity: IdentityVerdict, context: PassContext,
                   asFound: Bool, _ summary: inout PassSummary) throws {
         let existing = try state.environment(desired.name)
+        // A name belongs to one branch for good: never take over another branch's environment.
+        if let existing, existing.branch != desired.branch {
+            logger.error("an environment name belongs to another branch; not touched",
+                         metadata: ["gantry.env": "\(desired.name)", "git.branch": "\(desired.branch)", "owner": "\(existing.branch)"])
+            return
+        }
         let live = existing.flatMap { $0.phase == .destroyed ? nil : $0 }
         // This commit was already judged (a pass cut short mid-apply is Pending and goes on; one
         // waiting for approval is judged again, as approvals arrive).
         if let live, live.commit == desired.commit.hex, live.phase != .pending,
-           !live.conditions.contains("ApprovalPending"), !live.conditions.contains("SecretMissing") { return }
+           !live.conditions.contains("ApprovalPending"), !live.conditions.contains("SecretMissing"),
+           try hasVerdict(desired.name, on: live.commit) { return }
         let untouched = try live.map { !(try touches(desired, since: $0.commit)) } ?? false
         // A commit that touches none of the environment's files only moves its commit along —
         // unless an apply was cut short (Pending goes on) or the last denial was about identity,
@@ -93,7 +101,11 @@ extension Reconciler {
         let base = baseFields(desired.name, branch: desired.branch, commit: commit, identity: identity.tip, policyRevision: context.governance.commit)
 
         let unchanged = live.map { $0.fingerprint == desired.fingerprint && $0.phase == .running } ?? false
-        let judgement = try admission.judge(desired, tip: commit, identity: identity, before: try before(live, branch: desired.branch, identity: identity, context: context), context: context,
+        var before = try before(live, branch: desired.branch, identity: identity, context: context)
+        // A name once used (and retired) by another team's environment is that team's to reuse:
+        // what it was given by name (secrets scoped with --env, say) must not pass to a newcomer.
+        if live == nil, let retired = existing, retired.team != desired.spec?.team { before.team = retired.team }
+        let judgement = try admission.judge(desired, tip: commit, identity: identity, before: before, context: context,
                                             changesRevision: !unchanged, asFound: asFound,
                                             missingSecrets: desired.spec.flatMap { spec in missingSecrets?(spec) } ?? [])
         record.conditions = judgement.conditions

@@ -238,13 +238,15 @@ extension Reconciler {
         return running
     }
 
-    /// Appends a record about the protected branch itself (`scope: governance`) unless the commit's
-    /// note already holds one of that event.
+    /// Appends a record about a branch itself (`scope: governance` for the protected branch,
+    /// `scope: branch` for another) unless the commit's note already holds one of that event and scope.
     func appendScoped(_ event: AuditEvent, _ commit: ObjectID, _ fields: [(String, String)]) throws {
-        if let note = try recordedNote(on: commit),
-           AuditRecord.parseNote(note).records.contains(where: { $0.value("scope") == "governance" && $0.event == event.rawValue }) {
+        let scope = fields.first { $0.0 == "scope" }?.1
+        if let note = try recordedNote(on: commit, environment: nil),
+           AuditRecord.parseNote(note).records.contains(where: { $0.value("scope") == scope && $0.event == event.rawValue }) {
             return
         }
+        try flushRecords()
         try audit.append([AuditEntry(event: event, commit: commit.hex, fields: fields.map { (key: $0.0, value: $0.1) })])
     }
 }

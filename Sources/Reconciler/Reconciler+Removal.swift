@@ -1,5 +1,6 @@
 import Foundation
 import GitStore
+import SpecLoading
 import StateStore
 
 extension Reconciler {
@@ -22,7 +23,7 @@ extension Reconciler {
         if existing.conditions.contains("ApprovalPending"), let waitingAt = ObjectID(hex: existing.commit), waitingAt != tip.id,
            try repository.isReachable(waitingAt, from: tip.id),
            try loadedEnvironments(at: waitingAt).allSatisfy({ $0.name != (existing.source ?? existing.name) }),
-           !(try repository.changedPaths(from: waitingAt, to: tip.id)).contains(where: { path in before.watched.contains { path == $0 || path.hasPrefix($0 + "/") } }) {
+           !Names.touches(try repository.changedPaths(from: waitingAt, to: tip.id), before.watched) {
             commit = try repository.commit(waitingAt)
         }
         let judgement = try admission.judgeRemoval(of: existing, tip: commit, identity: identity, before: before, context: context)

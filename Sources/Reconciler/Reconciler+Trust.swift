@@ -25,6 +25,13 @@ extension Reconciler {
     /// otherwise nothing is applied. A `protectedBranch` its gantry.yaml names instead is followed
     /// only from an anchorable tip, and only to a branch that contains it.
     func anchorOnFirstStart(tip: ObjectID, branches: [String: ObjectID], _ trust: inout TrustState, _ summary: inout PassSummary) throws -> Bool {
+        // An audit log this key signed that already holds an anchor means the state DB was lost or
+        // replaced, not a first start: trusting the tip again would hand governance to whoever
+        // pushed it since. Only an operator re-anchors then.
+        if let earlier = try anchorRecordedBefore() {
+            try halt(&trust, "no trust anchor in the state DB, but this Gantry's audit log records one (\(earlier)): the state was lost or replaced; nothing is applied until an operator checks the history and runs `gantry trust set COMMIT --key KEY`", tip: tip, &summary)
+            return false
+        }
         switch try Trust.firstStartSigner(of: tip, repository: repository) {
         case .success(let principal):
             var branch = trust.protectedBranch
@@ -55,5 +62,20 @@ extension Reconciler {
         processedCacheReset()
         trust.protectedBranch = branch
         logger.notice("the protected branch is now \(branch) (was \(old))")
+    }
+
+    /// The newest `trust-anchored` record this Gantry's key signed on the notes, if any ("commit at seq N").
+    func anchorRecordedBefore() throws -> String? {
+        let tip = try repository.reference(audit.notesRef)
+        if let cached = anchorRecordCache, cached.tip == tip { return cached.found }
+        var found: String?
+        for (_, record) in ((try? AuditLog.records(in: repository, notesRef: audit.notesRef).records) ?? []).reversed()
+        where record.event == AuditEvent.trustAnchored.rawValue {
+            guard (try? SSHSignature.verify(record.signature, message: Data(record.signedText.utf8), namespace: "gantry-audit")) == audit.key.publicKey else { continue }
+            found = "\(record.value("commit")?.prefix(7) ?? "?") at seq \(record.seq)"
+            break
+        }
+        anchorRecordCache = (tip, found)
+        return found
     }
 }

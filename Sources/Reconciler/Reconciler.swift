@@ -68,6 +68,10 @@ public final class Reconciler: @unchecked Sendable {
     /// Whether the protected tip contains the anchor and the admitted revision, for the last
     /// (tip:anchor:revision) checked.
     var containsCache: (key: String, value: (anchor: Bool, revision: Bool))?
+    /// The last look for an anchor this key recorded before (by notes tip).
+    var anchorRecordCache: (tip: ObjectID?, found: String?)?
+    /// Denials and waits judged but not yet written (see `appendOnce`).
+    var deferredRecords: [AuditEntry] = []
     /// Environment files read at recent commits (a few entries).
     var loadedCache: [ObjectID: [LoadedEnvironment]] = [:]
 
@@ -122,7 +126,9 @@ public final class Reconciler: @unchecked Sendable {
         var summary = PassSummary()
         do {
             try pass(&summary)
+            try flushRecords()
         } catch {
+            try? flushRecords()
             // Whatever stopped the pass, what runs is still supervised.
             correctDrift(&summary)
             throw error
@@ -180,6 +186,13 @@ public final class Reconciler: @unchecked Sendable {
                                   changedSince: try repository.mergeBase(context.protectedTip, tip), context: context, &summary)
                 }
                 try setProcessed(branch: branch, commit: tip.hex)
+            } catch let problem as Diagnostic {
+                // The branch as a whole cannot be judged (too many environment files, say): its
+                // denial, once per commit; the other branches go on.
+                logger.warning("branch denied as a whole", metadata: ["git.branch": "\(branch)", "problem": "\(problem)"])
+                summary.denied.append(branch)
+                try? appendScoped(.denied, tip, [("branch", branch), ("commit", tip.hex), ("scope", "branch"), ("decision", "deny"), ("rule", "\(problem)")])
+                try? setProcessed(branch: branch, commit: tip.hex)
             } catch {
                 logger.error("could not reconcile branch; will retry", metadata: ["git.branch": "\(branch)", "error": "\(error)"])
             }

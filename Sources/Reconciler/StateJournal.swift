@@ -17,7 +17,10 @@ public final class StateJournal: AuditJournal {
     }
 
     public func journal(_ entries: [AuditJournalEntry], notesCommit: String) throws {
-        try state.keepAuditRecords(entries.map { ($0.seq, $0.digest, $0.target, $0.text) }, notesCommit: notesCommit)
+        try state.keepAuditRecords(entries.map { entry in
+            let environment = AuditRecord.parseNote(entry.text).records.first?.value("environment")
+            return (entry.seq, entry.digest, entry.target, environment, entry.text)
+        }, notesCommit: notesCommit)
     }
 
     public func journalNotesCommit() throws -> String? { try state.auditNotesCommit() }

@@ -12,10 +12,12 @@ public struct LoadedEnvironment: Sendable {
     public let diagnostics: [Diagnostic]
 
     public var isValid: Bool { spec != nil && diagnostics.isEmpty }
-    /// The name used in messages: `metadata.name`, else the file's base name.
+    /// The environment's name: `metadata.name` when it is a valid live name (a DNS-1123 label
+    /// without `--`); otherwise `invalid-` and 16 hex digits of sha256 of the file path. A name
+    /// that is not valid never becomes a record's key, a path or another environment's name.
     public var name: String {
-        if let name = spec?.name, !name.isEmpty { return name }
-        return URL(fileURLWithPath: file).deletingPathExtension().lastPathComponent
+        if let name = spec?.name, Names.problem(withLabel: name) == nil, !name.contains("--") { return name }
+        return "invalid-" + SHA256.hash(data: Data(file.utf8)).prefix(8).map { String(format: "%02x", $0) }.joined()
     }
     /// Repository paths whose changes concern this environment (its file, template, sources, seeds).
     public var watchedPaths: [String] {
@@ -24,9 +26,7 @@ public struct LoadedEnvironment: Sendable {
 
     /// True when one of `changed` (repository paths of files) is a watched path or lies under one.
     public func isTouched(by changed: Set<String>) -> Bool {
-        watchedPaths.contains { watched in
-            changed.contains(watched) || changed.contains { $0.hasPrefix(watched + "/") }
-        }
+        Names.touches(changed, watchedPaths)
     }
 }
 
@@ -55,9 +55,21 @@ public struct ConfigLoader: Sendable {
         }
     }
 
+    /// At most this many environment files are judged at one commit: more is refused with the count.
+    public static let maxEnvironments = 1_000
+
+    /// The number of environment files at `commit`.
+    public func environmentFileCount(at commit: ObjectID) throws -> Int {
+        try (repository.listDirectory(Self.environmentsDirectory, at: commit) ?? [])
+            .filter { $0.name.hasSuffix(".yaml") || $0.name.hasSuffix(".yml") }.count
+    }
+
     /// Every environment file at `commit`, in file-name order, each valid or with its problems.
+    /// Throws (a `Diagnostic`) for more than `maxEnvironments` files.
     public func environments(at commit: ObjectID) throws -> [LoadedEnvironment] {
         let entries = try repository.listDirectory(Self.environmentsDirectory, at: commit) ?? []
+        let count = entries.filter { $0.name.hasSuffix(".yaml") || $0.name.hasSuffix(".yml") }.count
+        guard count <= Self.maxEnvironments else { throw Self.tooManyEnvironments(count) }
         var templates: [String: (node: YAMLNode?, diagnostics: [Diagnostic])] = [:]
         var loaded: [LoadedEnvironment] = []
         var filesByName: [String: [String]] = [:]
@@ -152,6 +164,10 @@ public struct ConfigLoader: Sendable {
         } catch {
             return (nil, [Self.diagnostic(error, file: path)])
         }
+    }
+
+    static func tooManyEnvironments(_ count: Int) -> Diagnostic {
+        Diagnostic(file: environmentsDirectory, "environments/ holds \(count) environment files, more than the \(maxEnvironments) Gantry judges at one commit; none is judged (split them across repositories, or remove some)")
     }
 
     public static func diagnostic(_ error: Error, file: String) -> Diagnostic {

@@ -25,6 +25,15 @@ public enum Names {
         return nil
     }
 
+    /// True when one of the `changed` repository paths is one of `watched` or lies under one;
+    /// a watched "" (the repository root, as `source: .` normalises) is touched by any change.
+    public static func touches(_ changed: some Collection<String>, _ watched: [String]) -> Bool {
+        guard !changed.isEmpty else { return false }
+        return watched.contains { path in
+            path.isEmpty || changed.contains { $0 == path || $0.hasPrefix(path + "/") }
+        }
+    }
+
     /// `a/./b/../c/` → `a/c`; "" for the repository root.
     public static func normalize(path: String) -> String {
         var parts: [Substring] = []

@@ -81,13 +81,16 @@ public final class StateStore: Sendable {
             try db.create(table: "auditRecords") { t in
                 t.primaryKey("seq", .integer)
                 t.column("digest", .text).notNull()
-                t.column("target", .text).notNull().indexed()
+                t.column("target", .text).notNull()
+                t.column("environment", .text)
                 t.column("text", .text).notNull()
             }
+            try db.create(index: "auditRecordsByTarget", on: "auditRecords", columns: ["target", "environment"])
             try db.alter(table: "environments") { t in
                 t.add(column: "source", .text)
                 t.add(column: "baseCommit", .text)
             }
+            try db.create(index: "environmentsByOwner", on: "environments", columns: ["branch", "source"])
             try db.create(table: "protectedMerges") { t in
                 t.primaryKey("commit", .text)
             }
@@ -229,10 +232,12 @@ public final class StateStore: Sendable {
         }
     }
 
-    /// The texts of the records kept on `target`'s note, in seq order.
-    public func auditTexts(target: String) throws -> [String] {
+    /// The texts of the records kept on `target`'s note about `environment` (nil: the protected
+    /// branch's own records), in seq order.
+    public func auditTexts(target: String, environment: String?) throws -> [String] {
         try pool.read { db in
-            try String.fetchAll(db, sql: "SELECT text FROM auditRecords WHERE target = ? ORDER BY seq", arguments: [target])
+            try String.fetchAll(db, sql: "SELECT text FROM auditRecords WHERE target = ? AND environment IS ? ORDER BY seq",
+                                arguments: [target, environment])
         }
     }
 
@@ -244,12 +249,13 @@ public final class StateStore: Sendable {
         }
     }
 
-    /// Keeps records and the notes commit that holds them, in one transaction.
-    public func keepAuditRecords(_ records: [(seq: Int, digest: String, target: String, text: String)], notesCommit: String) throws {
+    /// Keeps records (with the environment each concerns, nil for the protected branch's own) and
+    /// the notes commit that holds them, in one transaction.
+    public func keepAuditRecords(_ records: [(seq: Int, digest: String, target: String, environment: String?, text: String)], notesCommit: String) throws {
         try pool.write { db in
             for record in records {
-                try db.execute(sql: "INSERT OR REPLACE INTO auditRecords(seq, digest, target, text) VALUES (?, ?, ?, ?)",
-                               arguments: [record.seq, record.digest, record.target, record.text])
+                try db.execute(sql: "INSERT OR REPLACE INTO auditRecords(seq, digest, target, environment, text) VALUES (?, ?, ?, ?, ?)",
+                               arguments: [record.seq, record.digest, record.target, record.environment, record.text])
             }
             try db.execute(sql: "INSERT INTO meta(key, value) VALUES ('audit.notesCommit', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                            arguments: [notesCommit])

@@ -46,7 +46,7 @@ struct Explain: ParsableCommand {
         }
         let admission = Admission(repository: repository, logger: Logger(label: "gantry") { _ in SwiftLogNoOpLogHandler() })
         for line in try admission.explain(commit: target, branch: onBranch, branches: branches, protectedBranch: protectedBranch, known: known) {
-            print(line)
+            print(Printable.line(line))
         }
     }
 }

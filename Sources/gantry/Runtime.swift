@@ -58,6 +58,16 @@ enum Logs {
 /// elsewhere (that is refused as ambiguous, never resolved silently to the tag).
 enum Revision {
     static func resolve(_ text: String, in repository: GitRepository) throws -> ObjectID {
+        // A full commit id is that commit, whatever a ref may be called.
+        if text.count == 40, let id = ObjectID(hex: text.lowercased()) {
+            guard (try? repository.commit(id)) != nil else { throw Failure("\(text) is not a commit of this repository") }
+            return id
+        }
+        // Hex that a ref is also named after is ambiguous: refused, never guessed.
+        if !text.isEmpty, text.allSatisfy(\.isHexDigit),
+           try ["refs/", "refs/tags/", "refs/heads/", "refs/remotes/", "refs/notes/"].contains(where: { try repository.reference($0 + text) != nil }) {
+            throw Failure("'\(text)' looks like a commit id but is also the name of a branch or tag; give the full 40-digit commit id")
+        }
         let branch = try repository.resolveCommit("refs/heads/\(text)")
         let tag = try repository.resolveCommit("refs/tags/\(text)")
         if let branch, let tag, branch != tag {
@@ -66,5 +76,20 @@ enum Revision {
         if let branch { return branch }
         guard let commit = try repository.resolveCommit(text) else { throw Failure("\(text) does not name a commit") }
         return commit
+    }
+}
+
+/// Text from a repository (file names, messages) as one terminal line: control characters,
+/// escape sequences and line breaks are shown escaped, as in audit records.
+enum Printable {
+    static func line(_ text: String) -> String {
+        var out = ""
+        for scalar in text.unicodeScalars {
+            switch scalar.properties.generalCategory {
+            case .control, .lineSeparator, .paragraphSeparator: out += "\\u{\(String(scalar.value, radix: 16))}"
+            default: out.unicodeScalars.append(scalar)
+            }
+        }
+        return out
     }
 }

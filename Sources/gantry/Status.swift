@@ -60,7 +60,7 @@ struct Status: ParsableCommand {
             return
         }
         if env == nil, let trust {
-            for line in GovernanceSummary.lines(trust) { print(line) }
+            for line in GovernanceSummary.lines(trust) { print(Printable.line(line)) }
             print("")
         }
         if environments.isEmpty {
@@ -68,15 +68,15 @@ struct Status: ParsableCommand {
             return
         }
         for environment in environments {
-            print("\(environment.name)  \(environment.phase.rawValue)  \(environment.envClass)  \(environment.branch)@\(environment.commit.prefix(7))")
+            print(Printable.line("\(environment.name)  \(environment.phase.rawValue)  \(environment.envClass)  \(environment.branch)@\(environment.commit.prefix(7))"))
             for service in try store.services(of: environment.name) {
                 print("  service \(service.name): \(LocalDriver.observedPhase(of: service))  http://127.0.0.1:\(service.port)\(service.restarts > 0 ? "  (\(service.restarts) restarts)" : "")")
             }
-            if let message = environment.message { print("  \(message.replacingOccurrences(of: "\n", with: "\n  "))") }
+            if let message = environment.message { print("  " + Printable.line(message)) }
             if env != nil {
                 print("  history (newest first):")
                 for event in try store.events(of: environment.name, limit: 20) {
-                    print("    \(ISO8601DateFormatter().string(from: event.at))  \(event.kind): \(event.message)")
+                    print(Printable.line("    \(ISO8601DateFormatter().string(from: event.at))  \(event.kind): \(event.message)"))
                 }
             }
         }

@@ -26,7 +26,7 @@ struct TrustCommand: ParsableCommand {
                 print(GovernanceSummary.value(trust).json(indent: "  "))
                 return
             }
-            for line in GovernanceSummary.lines(trust) { print(line) }
+            for line in GovernanceSummary.lines(trust) { print(Printable.line(line)) }
         }
     }
 

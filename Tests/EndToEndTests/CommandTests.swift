@@ -179,6 +179,20 @@ import TestSupport
         #expect(try gantry("approve", "refs/heads/main", "--key", alice.keyPath, "--repo", repo.path).status == 0)
     }
 
+    @Test func aBranchNamedLikeACommitIdDoesNotRedirectAnApproval() throws {
+        let repo = try TestRepository()
+        let alice = try TestRepository(principal: "alice@example.com")
+        try repo.seedExample(extraSigners: [alice.allowedSignersLine])
+        let target = try repo.commit("the reviewed change")
+        let evil = try repo.commit("the evil child")
+        try repo.git("update-ref", "refs/heads/\(target)", evil)
+        try repo.git("update-ref", "refs/heads/\(target.prefix(7))", evil)
+        let full = try gantry("approve", target, "--key", alice.keyPath, "--repo", repo.path)
+        #expect(full.status == 0 && full.stdout.contains("approved \(target)"), "\(full.stdout)\(full.stderr)")
+        let short = try gantry("approve", String(target.prefix(7)), "--key", alice.keyPath, "--repo", repo.path)
+        #expect(short.status != 0 && short.stderr.contains("also the name of a branch or tag"))
+    }
+
     @Test func explainNamesTheUnsignedCommit() throws {
         let repo = try TestRepository()
         try repo.seedExample()

@@ -5,6 +5,7 @@ import Governance
 import Testing
 import TestSupport
 @testable import Reconciler
+import SpecLoading
 import StateStore
 
 /// The attacks an agent that can push to the protected branch tries first, on real repositories
@@ -807,5 +808,110 @@ import StateStore
         #expect(summary.halted?.contains("names protectedBranch 'evil', which does not contain it") == true)
         #expect(try harness.state.trust()?.anchor == nil)
         #expect(summary.applied.isEmpty)
+    }
+
+    // MARK: Found by a fourth outside attack
+
+    @Test func anInvalidEnvironmentNameNeverBecomesAPathOrTakesANameOver() throws {
+        let (repo, _, harness) = try setUp()
+        let victim = harness.stateDirectory.url.deletingLastPathComponent().appendingPathComponent("victim-\(UUID().uuidString.prefix(8))")
+        try FileManager.default.createDirectory(at: victim, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: victim) }
+        // A preview of platform's status page runs on alice's branch.
+        try repo.checkout("alice/x", create: true)
+        try repo.write("apps/hello/NOTE", "x")
+        try repo.commitAsOwner("a preview")
+        try repo.checkout("main")
+        try harness.pass()
+        #expect(try harness.environment("status-page--alice-x")?.phase == .running)
+        // On main the agent names environments after a path and after that preview, then deletes them.
+        for (file, name) in [("zz", "../../\(victim.lastPathComponent)"), ("zy", "../gantry.db"), ("zx", "status-page--alice-x")] {
+            try repo.write("environments/\(file).yaml", "apiVersion: gantry/v1\nkind: Environment\nmetadata: {name: \"\(name)\", class: staging}\n")
+        }
+        try repo.commit("odd names")
+        try harness.pass()
+        try repo.remove("environments/zz.yaml")
+        try repo.remove("environments/zy.yaml")
+        try repo.remove("environments/zx.yaml")
+        try repo.commit("gone")
+        try harness.pass()
+        #expect(FileManager.default.fileExists(atPath: victim.path))
+        #expect(FileManager.default.fileExists(atPath: harness.stateDirectory.path + "/gantry.db"))
+        #expect(try harness.environment("status-page--alice-x")?.phase == .running)
+        #expect(try harness.environment("status-page--alice-x")?.branch == "alice/x")
+        #expect(try harness.state.environments(includeDestroyed: true).allSatisfy { $0.name.allSatisfy { $0.isLowercase || $0.isNumber || $0 == "-" } })
+    }
+
+    @Test func aRetiredNameOfAnotherTeamIsNotInheritedWithoutThatTeam() throws {
+        let (repo, bot, harness) = try setUp(bot: "pay-bot@payments", team: "payments")
+        try repo.remove("environments/status-page.yaml")
+        try repo.commitAsOwner("retire the status page")
+        #expect(try harness.pass().destroyed == ["status-page"])
+        try repo.write("environments/status-page.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: status-page, team: payments, class: development}
+            spec:
+              template: python-web
+            """)
+        try repo.signing(with: bot.keyPath) { _ = try repo.commit("my status page now") }
+        #expect(try harness.pass().denied == ["status-page"])
+        #expect(try harness.records().last { $0.event == "denied" }?.values("rule").contains { $0.contains("changes status-page of team platform") } == true)
+    }
+
+    @Test func aServiceWhoseSourceIsTheWholeRepositoryIsTouchedByEveryChange() throws {
+        let (repo, alice, harness) = try setUp()
+        try repo.write("environments/api.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: api, team: payments, class: staging}
+            spec:
+              services:
+                web: {source: ".", command: ["python3", "apps/hello/server.py"], health: {http: /healthz}}
+            """)
+        try repo.write("policies/agents-no-code.yaml", """
+            apiVersion: gantry/v1
+            kind: Policy
+            metadata: {name: agents-no-code}
+            spec:
+              action: deny
+              rules:
+                - expr: "actor.kind != 'agent' || !change.files.exists(f, f.startsWith('apps/'))"
+                  message: "agents may not change application code"
+            """)
+        try approve(try repo.commitAsOwner("api and a policy"), as: alice, in: repo)
+        try harness.pass()
+        #expect(try harness.environment("api")?.phase == .running)
+        try repo.write("apps/hello/server.py", try read(repo, "apps/hello/server.py") + "\n# AGENT CODE\n")
+        try repo.commit("agent code")
+        #expect(try harness.pass().denied.contains("api"))
+    }
+
+    @Test func tooManyEnvironmentFilesDenyTheBranchAsAWhole() throws {
+        let (repo, _, harness) = try setUp()
+        try repo.checkout("agents/many", create: true)
+        for index in 0...ConfigLoader.maxEnvironments {
+            try repo.write("environments/e\(index).yaml", "apiVersion: gantry/v1\nkind: Environment\nmetadata: {name: e\(index), class: staging}\n")
+        }
+        let many = try repo.commit("many")
+        let summary = try harness.pass()
+        #expect(summary.denied == ["agents/many"])
+        #expect(try harness.records().last { $0.event == "denied" && $0.value("scope") == "branch" }?.values("rule")
+            .contains { $0.contains("holds \(ConfigLoader.maxEnvironments + 3) environment files") } == true) // with web and status-page
+        #expect(try harness.records().last?.value("commit") == many)
+        #expect(try stillServing(harness))
+    }
+
+    @Test func paddingAnApprovalsNoteDoesNotHideTheNextApproval() throws {
+        let (repo, alice, harness) = try setUp()
+        try repo.writeWeb(service: #"{env: {GREETING: "padded from ${env.name}"}}"#)
+        let change = try repo.commit("change production")
+        #expect(try harness.pass().pending == ["web"])
+        let note = repo.directory.path + "/pad"
+        try String(repeating: "x", count: Approvals.maxNoteBytes - 100).write(toFile: note, atomically: true, encoding: .utf8)
+        try repo.git("notes", "--ref=gantry-approvals", "add", "-f", "-F", note, change)
+        try approve(change, as: alice, in: repo)
+        #expect(try harness.pass().applied == ["web"])
+        #expect(try stillServing(harness, "padded from web"))
     }
 }
