@@ -21,6 +21,8 @@ public final class AuditLog: @unchecked Sendable {
     /// deleted) is never continued: the records are published again first, and an
     /// `audit-restored` record says what was found.
     public var journal: AuditJournal?
+    /// The commit the first record being appended concerns (where a restore record can go).
+    private var requestedTarget: ObjectID?
 
     public init(repository: GitRepository, key: SigningKey, notesRef: String = AuditLog.defaultRef) {
         self.repository = repository
@@ -78,6 +80,7 @@ public final class AuditLog: @unchecked Sendable {
             var head = try Self.head(of: repository, notesRef: notesRef)
             var entries = requested
             do {
+                requestedTarget = requested.first.flatMap { ObjectID(hex: $0.commit) }
                 if let restored = try checkJournal(head) {
                     head = try Self.head(of: repository, notesRef: notesRef)
                     entries.insert(restored, at: 0)
@@ -135,19 +138,38 @@ public final class AuditLog: @unchecked Sendable {
         let kept = try journal.journalHead()
         let found = head.tip == nil ? [] : (try? Self.records(in: repository, notesRef: notesRef).records) ?? []
         guard let kept else {
-            // A journal that starts now takes a chain of Gantry's commits as it is.
+            // A journal that starts now takes the chain as it is only when every record of it is this
+            // key's, chained from the first; anything else on the ref (records someone pushed before
+            // Gantry's first start, say) is replaced, and the replacement recorded.
             guard let tip = head.tip else { return nil }
-            if head.foreignCommits.isEmpty {
+            if head.foreignCommits.isEmpty, isOwnChain(found) {
                 try journal.journal(found.map { AuditJournalEntry($0.record, target: $0.commit.hex) }, notesCommit: tip.hex)
                 return nil
             }
-            return try restore([], kept: nil, found: found, head: head, notesCommit: notesCommit)
+            _ = try restore([], kept: nil, found: found, head: head, notesCommit: nil)
+            guard let target = requestedTarget ?? found.first?.commit else { return nil }
+            return AuditEntry(event: .auditRestored, commit: target.hex, fields: [
+                ("found", "\(notesRef) at \(tip.short) held \(found.count) record(s) and \(head.foreignCommits.count) notes commit(s) that are not this Gantry's chain"),
+                ("republished", "none: the state DB holds no record yet; the notes were replaced by an empty chain"),
+            ])
         }
         if let tip = head.tip, let newer = try grown(from: kept, to: tip, found: found, notesCommit: notesCommit) {
             try journal.journal(newer, notesCommit: tip.hex)
             return nil
         }
         return try restore(try journal.journalRecords(), kept: kept, found: found, head: head, notesCommit: notesCommit)
+    }
+
+    /// True when `found` is a chain this key signed, from seq 1 and `prev: none`, without a gap.
+    private func isOwnChain(_ found: [(commit: ObjectID, record: AuditRecord)]) -> Bool {
+        var prev = "none"
+        for (index, entry) in found.enumerated() {
+            guard entry.record.seq == index + 1, entry.record.prev == prev,
+                  (try? SSHSignature.verify(entry.record.signature, message: Data(entry.record.signedText.utf8), namespace: "gantry-audit")) == key.publicKey
+            else { return false }
+            prev = entry.record.digest
+        }
+        return true
     }
 
     /// The records another writer (or a crash between a notes commit and the journal) added after

@@ -54,6 +54,25 @@ public final class GitRepository: @unchecked Sendable {
         return try body()
     }
 
+    /// The commit whose id starts with `hex` (4 to 40 hex digits), found by object id only — never
+    /// through a ref of that name. Nil when there is none; throws when the prefix is ambiguous.
+    public func commit(idPrefix hex: String) throws -> ObjectID? {
+        guard (4...40).contains(hex.count), hex.allSatisfy(\.isHexDigit) else { return nil }
+        return try locked {
+            var oid = git_oid()
+            guard git_oid_fromstrn(&oid, hex, hex.count) == 0 else { return nil }
+            var object: OpaquePointer?
+            let status = git_object_lookup_prefix(&object, handle, &oid, hex.count, GIT_OBJECT_COMMIT)
+            if status == GIT_ENOTFOUND.rawValue || status == GIT_EINVALIDSPEC.rawValue { return nil }
+            if status == GIT_EAMBIGUOUS.rawValue {
+                throw GitError(operation: "resolve \(hex)", code: status, message: "the id prefix \(hex) is ambiguous; give more digits")
+            }
+            try check("resolve \(hex)", status)
+            defer { git_object_free(object) }
+            return ObjectID(git_object_id(object).pointee)
+        }
+    }
+
     /// Resolves a revision (ref name, short or full sha) to the commit it names, or nil when absent.
     public func resolveCommit(_ revision: String) throws -> ObjectID? {
         try locked {

@@ -89,12 +89,15 @@ extension Reconciler {
 
     static func alreadyRecorded(_ event: String, in events: [String]) -> Bool {
         let judged: Set<String> = [AuditEvent.admitted.rawValue, AuditEvent.denied.rawValue]
+        let verdicts = judged.union([AuditEvent.pendingApproval.rawValue])
         let destroyed = AuditEvent.destroyed.rawValue
         switch event {
         case destroyed:
             return events.last == destroyed
         case _ where judged.contains(event):
-            guard let last = events.lastIndex(where: { judged.contains($0) }) else { return false }
+            // Written when the latest verdict is this very one (a denial or a wait before it means
+            // this is a new decision: an admission after them is always recorded).
+            guard let last = events.lastIndex(where: { verdicts.contains($0) }), events[last] == event else { return false }
             return !events[last...].contains(destroyed)
         default:
             let cycle = events.lastIndex(where: { judged.contains($0) }).map { events[($0 + 1)...] } ?? events[...]

@@ -89,10 +89,15 @@ extension Reconciler {
             commit = try repository.commit(waitingAt)
             desired = approved
         }
-        var record = live ?? EnvironmentRecord(name: desired.name, branch: desired.branch, commit: commit.id.hex,
-                                               envClass: desired.spec?.class.rawValue ?? (desired.isPreview ? "preview" : "development"),
-                                               team: desired.loaded.spec?.team, phase: .pending)
-        if existing?.phase == .destroyed { record.createdAt = Date(); record.destroyedAt = nil; record.appliedCommit = nil; record.fingerprint = nil }
+        // A retired record is taken up again with its team kept until the new one is admitted: a name
+        // once another team's stays theirs to give (see below).
+        var record = live ?? existing ?? EnvironmentRecord(name: desired.name, branch: desired.branch, commit: commit.id.hex,
+                                                           envClass: desired.spec?.class.rawValue ?? (desired.isPreview ? "preview" : "development"),
+                                                           team: desired.loaded.spec?.team, phase: .pending)
+        if existing?.phase == .destroyed {
+            record.createdAt = Date(); record.destroyedAt = nil; record.appliedCommit = nil; record.fingerprint = nil
+            record.specJSON = nil; record.phase = .pending; record.conditions = []
+        }
         if record.appliedCommit == nil && (record.baseCommit == nil || existing?.phase == .destroyed) { record.baseCommit = identity.hidden.first?.hex }
         record.branch = desired.branch
         record.source = desired.loaded.name
@@ -104,7 +109,13 @@ extension Reconciler {
         var before = try before(live, branch: desired.branch, identity: identity, context: context)
         // A name once used (and retired) by another team's environment is that team's to reuse:
         // what it was given by name (secrets scoped with --env, say) must not pass to a newcomer.
-        if live == nil, let retired = existing, retired.team != desired.spec?.team { before.team = retired.team }
+        // Until admitted, the record keeps the team it had.
+        if record.appliedCommit == nil, let former = (live ?? existing)?.team, former != desired.spec?.team { before.team = former }
+        // A preview of another team's live environment still needs that team, whatever team the
+        // branch writes into the file.
+        if desired.branch != context.protectedBranch, let owner = context.live[desired.loaded.name]?.team, owner != desired.spec?.team {
+            before.team = owner
+        }
         let judgement = try admission.judge(desired, tip: commit, identity: identity, before: before, context: context,
                                             changesRevision: !unchanged, asFound: asFound,
                                             missingSecrets: desired.spec.flatMap { spec in missingSecrets?(spec) } ?? [])

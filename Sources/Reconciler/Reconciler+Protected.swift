@@ -29,14 +29,23 @@ extension Reconciler {
         // Ancestry is checked once per tip, anchor and revision (a walk of the history each time).
         let contains = try containsCache?.key == [tip, anchor, revision].map(\.hex).joined(separator: ":")
             ? containsCache!.value
-            : (anchor: tip == anchor || repository.isReachable(anchor, from: tip), revision: tip == revision || repository.isReachable(revision, from: tip))
+            : (anchor: tip == anchor || repository.isReachable(anchor, from: tip), revision: tip == revision || repository.isReachable(revision, from: tip),
+               rewound: repository.isReachable(tip, from: revision))
         containsCache = ([tip, anchor, revision].map(\.hex).joined(separator: ":"), contains)
         guard contains.anchor else {
             try halt(&trust, "\(name) at \(tip.short) no longer contains the trust anchor \(anchor.short) (its history was rewritten or replaced): nothing is admitted or destroyed until an operator checks it and moves the anchor with `gantry trust set COMMIT --key KEY`", tip: tip, &summary)
             return nil
         }
-        // A rewrite that drops admitted history (force-push backwards or sideways) is an operator's
-        // matter too: judging the new history would replay approvals given to other states.
+        // A rewrite that drops admitted history sideways is an operator's matter too: judging the
+        // new history would replay approvals given to other states of it.
+        // Rewound (the tip is an ancestor of the admitted revision): nothing new to judge, and the
+        // admitted revision keeps governing the other branches; the environments stay as admitted.
+        if !contains.revision && contains.rewound {
+            if trust.halted != nil { trust.halted = nil; try state.updateTrust(trust, expectedAnchor: trust.anchor) }
+            logger.warning("the protected branch is behind its admitted revision; nothing on it is judged until it moves past it",
+                           metadata: ["git.branch": "\(name)", "tip": "\(tip.short)", "revision": "\(revision.short)"])
+            return try context(governance: try governance(at: revision), revision: revision, tip: tip, trust: trust)
+        }
         guard contains.revision else {
             try halt(&trust, "\(name) at \(tip.short) no longer contains the admitted revision \(revision.short) (its history was rewritten): nothing is admitted or destroyed until it does again or an operator moves the anchor with `gantry trust set COMMIT --key KEY`", tip: tip, &summary)
             return nil

@@ -5,6 +5,18 @@ import SpecModel
 import StateStore
 
 extension Reconciler {
+    /// Judges `spec.secrets` against `store` (a missing one denies) and notices rotations.
+    public func useSecrets(_ store: SecretStore) {
+        secretVersions = { spec in
+            Dictionary(uniqueKeysWithValues: spec.secrets.compactMap { name in
+                (try? store.lookup(name, environment: spec.name, class: spec.class.rawValue, team: spec.team)).flatMap { $0 }.map { (name, $0.version) }
+            })
+        }
+        missingSecrets = { spec in
+            spec.secrets.filter { (try? store.lookup($0, environment: spec.name, class: spec.class.rawValue, team: spec.team)) == nil }
+        }
+    }
+
     /// A running environment whose secrets changed (`gantry secret set`) is applied again: the
     /// driver restarts exactly the services whose resolved secrets changed, and a record names the
     /// rotated secrets (never their values).

@@ -67,7 +67,7 @@ public final class Reconciler: @unchecked Sendable {
     var governanceCache: [ObjectID: GovernanceRevision] = [:]
     /// Whether the protected tip contains the anchor and the admitted revision, for the last
     /// (tip:anchor:revision) checked.
-    var containsCache: (key: String, value: (anchor: Bool, revision: Bool))?
+    var containsCache: (key: String, value: (anchor: Bool, revision: Bool, rewound: Bool))?
     /// The last look for an anchor this key recorded before (by notes tip).
     var anchorRecordCache: (tip: ObjectID?, found: String?)?
     /// Denials and waits judged but not yet written (see `appendOnce`).

@@ -16,12 +16,25 @@ public struct LoadedEnvironment: Sendable {
     /// without `--`); otherwise `invalid-` and 16 hex digits of sha256 of the file path. A name
     /// that is not valid never becomes a record's key, a path or another environment's name.
     public var name: String {
-        if let name = spec?.name, Names.problem(withLabel: name) == nil, !name.contains("--") { return name }
+        if let name = spec?.name, Names.problem(withLabel: name) == nil, !name.contains("--"), !name.hasPrefix("invalid-") { return name }
         return "invalid-" + SHA256.hash(data: Data(file.utf8)).prefix(8).map { String(format: "%02x", $0) }.joined()
     }
-    /// Repository paths whose changes concern this environment (its file, template, sources, seeds).
+    /// Repository paths whose changes concern this environment (its file, template, sources, seeds,
+    /// the scripts its jobs name).
     public var watchedPaths: [String] {
         [file] + (templateFile.map { [$0] } ?? []) + (spec?.services.compactMap(\.source) ?? []) + (spec?.databases.compactMap(\.seed) ?? [])
+            + jobPaths
+    }
+
+    /// The repository paths job commands name (`sh infra/up.sh` → `infra/up.sh`): jobs run in a
+    /// checkout of the whole repository, so the scripts they run are part of the environment.
+    /// What those scripts read in turn is not followed.
+    var jobPaths: [String] {
+        (spec?.jobs ?? []).flatMap { ($0.onCreate ?? []) + ($0.onDestroy ?? []) }.compactMap { argument in
+            guard !argument.hasPrefix("-"), argument.contains("/") || argument.contains("."), Names.pathProblem(argument) == nil else { return nil }
+            let path = Names.normalize(path: argument)
+            return path.isEmpty ? nil : path
+        }
     }
 
     /// True when one of `changed` (repository paths of files) is a watched path or lies under one.

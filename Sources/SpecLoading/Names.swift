@@ -49,9 +49,12 @@ public enum Names {
         let suffixes: [(String, Int)] = [("Ki", 1 << 10), ("Mi", 1 << 20), ("Gi", 1 << 30), ("Ti", 1 << 40),
                                           ("K", 1000), ("M", 1_000_000), ("G", 1_000_000_000), ("T", 1_000_000_000_000)]
         for (suffix, factor) in suffixes where text.hasSuffix(suffix) {
-            return Double(text.dropLast(suffix.count)).map { Int($0 * Double(factor)) }
+            // Infinite, NaN, negative or beyond 2^53 bytes is no quantity (and never a trap).
+            guard let number = Double(text.dropLast(suffix.count)), number.isFinite, number >= 0 else { return nil }
+            let bytes = number * Double(factor)
+            return bytes <= 9_007_199_254_740_992 ? Int(bytes) : nil
         }
-        return Int(text)
+        return Int(text).flatMap { $0 >= 0 ? $0 : nil }
     }
 
     /// The branch slug of FORMATS.md: lowercase, runs outside [a-z0-9] become '-', trimmed.

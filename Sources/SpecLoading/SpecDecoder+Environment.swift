@@ -14,6 +14,8 @@ extension SpecDecoder {
                     diagnostics.append(Diagnostic(meta.value("name")!.mark, "metadata.name '\(value)' \(problem)"))
                 } else if value.contains("--") && kind == "Environment" {
                     diagnostics.append(Diagnostic(meta.value("name")!.mark, "metadata.name '\(value)' must not contain '--', which Gantry reserves for preview names"))
+                } else if value.hasPrefix("invalid-") && kind == "Environment" {
+                    diagnostics.append(Diagnostic(meta.value("name")!.mark, "metadata.name '\(value)' must not start with 'invalid-', which Gantry reserves for environments whose name is not valid"))
                 }
             }
             if kind == "Environment" {

@@ -67,14 +67,7 @@ struct Run: ParsableCommand {
         if RepositoryLocation.isRemote(location) {
             reconciler.beforePass = { try repository.fetch(url: location) }
         }
-        reconciler.secretVersions = { spec in
-            Dictionary(uniqueKeysWithValues: spec.secrets.compactMap { name in
-                (try? secrets.lookup(name, environment: spec.name, class: spec.class.rawValue, team: spec.team)).flatMap { $0 }.map { (name, $0.version) }
-            })
-        }
-        reconciler.missingSecrets = { spec in
-            spec.secrets.filter { (try? secrets.lookup($0, environment: spec.name, class: spec.class.rawValue, team: spec.team)) == nil }
-        }
+        reconciler.useSecrets(secrets)
         logger.info("gantry watching \(location) (state \(paths.root.path), audit key \(key.publicKey.fingerprint))")
         if once {
             reconciler.recover()

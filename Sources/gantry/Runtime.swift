@@ -58,15 +58,14 @@ enum Logs {
 /// elsewhere (that is refused as ambiguous, never resolved silently to the tag).
 enum Revision {
     static func resolve(_ text: String, in repository: GitRepository) throws -> ObjectID {
-        // A full commit id is that commit, whatever a ref may be called.
-        if text.count == 40, let id = ObjectID(hex: text.lowercased()) {
-            guard (try? repository.commit(id)) != nil else { throw Failure("\(text) is not a commit of this repository") }
+        // Hex digits are a commit id, found by object id alone: no ref of that name (a branch, a
+        // tag, refs/remotes/<id>/HEAD...) can stand in for it. A ref named like hex is reached by
+        // its full name (refs/heads/...).
+        if (4...40).contains(text.count), text.allSatisfy(\.isHexDigit) {
+            guard let id = try repository.commit(idPrefix: text.lowercased()) else {
+                throw Failure("\(text) is not a commit of this repository (a ref with that name is given as refs/heads/\(text))")
+            }
             return id
-        }
-        // Hex that a ref is also named after is ambiguous: refused, never guessed.
-        if !text.isEmpty, text.allSatisfy(\.isHexDigit),
-           try ["refs/", "refs/tags/", "refs/heads/", "refs/remotes/", "refs/notes/"].contains(where: { try repository.reference($0 + text) != nil }) {
-            throw Failure("'\(text)' looks like a commit id but is also the name of a branch or tag; give the full 40-digit commit id")
         }
         let branch = try repository.resolveCommit("refs/heads/\(text)")
         let tag = try repository.resolveCommit("refs/tags/\(text)")

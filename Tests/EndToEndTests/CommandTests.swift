@@ -187,10 +187,15 @@ import TestSupport
         let evil = try repo.commit("the evil child")
         try repo.git("update-ref", "refs/heads/\(target)", evil)
         try repo.git("update-ref", "refs/heads/\(target.prefix(7))", evil)
+        try repo.git("update-ref", "refs/remotes/\(target.prefix(8))/HEAD", evil)
         let full = try gantry("approve", target, "--key", alice.keyPath, "--repo", repo.path)
         #expect(full.status == 0 && full.stdout.contains("approved \(target)"), "\(full.stdout)\(full.stderr)")
-        let short = try gantry("approve", String(target.prefix(7)), "--key", alice.keyPath, "--repo", repo.path)
-        #expect(short.status != 0 && short.stderr.contains("also the name of a branch or tag"))
+        // Hex digits are found by object id alone, whatever refs are named like them.
+        for digits in [7, 8] {
+            let short = try gantry("approve", String(target.prefix(digits)), "--key", alice.keyPath, "--repo", repo.path)
+            #expect(short.status == 0 && short.stdout.contains("approved \(target)"), "\(short.stdout)\(short.stderr)")
+        }
+        #expect(try gantry("explain", String(target.prefix(8)), "--repo", repo.path).stdout.contains("commit \(target.prefix(7))"))
     }
 
     @Test func explainNamesTheUnsignedCommit() throws {

@@ -644,14 +644,37 @@ import StateStore
             """)
         let reviewed = try repo.commit("payroll")
         #expect(try harness.pass().pending == ["payroll"])
-        // Then only the job's script changes: the environment's files do not.
+        // A commit elsewhere does not move what the approval is of...
+        try repo.write("docs/NOTE", "unrelated")
+        try repo.commit("unrelated")
+        try harness.pass()
+        // ...but a change to the script its job runs is a change to payroll: the approval of the
+        // earlier commit does not release it.
         try repo.write("infra/up.sh", "echo EVIL > \(marks.path)/ran\n")
-        try repo.commit("tweak the script")
+        let tweak = try repo.commit("tweak the script")
+        #expect(try harness.pass().pending == ["payroll"])
+        try approve(reviewed, as: alice, in: repo)
+        #expect(try harness.pass().applied.isEmpty)
+        #expect(!FileManager.default.fileExists(atPath: marks.path + "/ran"))
+        // Approved, exactly the approved commit runs.
+        try approve(tweak, as: alice, in: repo)
+        #expect(try harness.pass().applied == ["payroll"])
+        #expect(try String(contentsOfFile: marks.path + "/ran", encoding: .utf8) == "EVIL\n")
+        #expect(try harness.environment("payroll")?.appliedCommit == tweak)
+    }
+
+    @Test func anApprovalOfTheWaitingCommitAppliesThatCommit() throws {
+        let (repo, alice, harness) = try setUp()
+        try repo.writeWeb(service: #"{env: {GREETING: "reviewed from ${env.name}"}}"#)
+        let reviewed = try repo.commit("reviewed change")
+        #expect(try harness.pass().pending == ["web"])
+        try repo.write("docs/NOTE", "unrelated")
+        try repo.commit("unrelated")
         try harness.pass()
         try approve(reviewed, as: alice, in: repo)
-        #expect(try harness.pass().applied == ["payroll"])
-        #expect(try String(contentsOfFile: marks.path + "/ran", encoding: .utf8) == "reviewed\n")
-        #expect(try harness.environment("payroll")?.appliedCommit == reviewed)
+        #expect(try harness.pass().applied == ["web"])
+        #expect(try harness.environment("web")?.appliedCommit == reviewed)
+        #expect(try stillServing(harness, "reviewed from web"))
     }
 
     @Test func aHugeApprovalsNoteIsBoundedWork() throws {
@@ -913,5 +936,95 @@ import StateStore
         try approve(change, as: alice, in: repo)
         #expect(try harness.pass().applied == ["web"])
         #expect(try stillServing(harness, "padded from web"))
+    }
+
+    // MARK: Found by a fifth outside attack
+
+    @Test func aRetiredNameStaysItsTeamsAcrossSeveralAttempts() throws {
+        let (repo, bot, harness) = try setUp(bot: "pay-bot@payments", team: "payments")
+        try repo.remove("environments/status-page.yaml")
+        try repo.commitAsOwner("retire the status page")
+        try harness.pass()
+        try repo.write("environments/status-page.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: status-page, team: payments, class: development}
+            spec:
+              template: python-web
+            """)
+        try repo.signing(with: bot.keyPath) { _ = try repo.commit("mine") }
+        #expect(try harness.pass().denied == ["status-page"])
+        try repo.signing(with: bot.keyPath) { _ = try repo.git("commit", "-q", "--allow-empty", "-m", "again") }
+        let summary = try harness.pass()
+        #expect(summary.applied.isEmpty)
+        #expect(try harness.environment("status-page")?.appliedCommit == nil)
+    }
+
+    @Test func anImpossibleQuantityIsADenialNotACrash() throws {
+        let (repo, _, harness) = try setUp()
+        try repo.checkout("agents/huge", create: true)
+        try repo.writeWeb(service: "{resources: {memory: 1e300Mi}}")
+        try repo.commit("a lot of memory")
+        try repo.checkout("main")
+        try repo.checkout("agents/nan", create: true)
+        try repo.writeWeb(service: "{resources: {memory: nanMi}}")
+        try repo.commit("not a number")
+        let summary = try harness.pass()
+        #expect(summary.denied.sorted() == ["web--agents-huge", "web--agents-nan"])
+        #expect(try stillServing(harness))
+    }
+
+    @Test func anAdmissionAfterADenialOnTheSameCommitIsRecorded() throws {
+        let (repo, alice, harness) = try setUp()
+        // A production change that uses a secret nobody set yet: denied, then the secret is set
+        // and the change approved; the record says it was admitted, and by whom.
+        try repo.write("environments/web.yaml", try read(repo, "environments/web.yaml") + "  secrets: [api-key]\n")
+        let change = try repo.commit("web needs a key")
+        #expect(try harness.pass().denied == ["web"])
+        try harness.driver.secrets!.set("api-key", value: Data("k".utf8), scope: .environment("web"))
+        try approve(change, as: alice, in: repo)
+        #expect(try harness.pass().applied == ["web"])
+        let events = try harness.records().filter { $0.value("environment") == "web" && $0.value("commit") == change }.map(\.event)
+        #expect(events.suffix(2) == ["admitted", "applied"], "\(events)")
+        #expect(try harness.records().last { $0.event == "admitted" && $0.value("environment") == "web" }?.values("rule").contains("approval: ok (alice@example.com)") == true)
+    }
+
+    @Test func notesPushedBeforeTheFirstStartAreNotAdopted() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        // Someone pushes a notes ref with a made-up record on main before Gantry ever ran.
+        let tip = try repo.git("rev-parse", "main")
+        try repo.git("notes", "--ref=gantry", "add", "-m", "gantry-audit: 1\nseq: 1\nevent: admitted\nat: x\nenvironment: web\nprev: none\n-----BEGIN SSH SIGNATURE-----\nAAAA\n-----END SSH SIGNATURE-----", tip)
+        try repo.git("update-ref", AuditLog.defaultRef, try repo.git("commit-tree", "-m", "gantry-audit head: seq 1 sha256:x",
+                                                                     try repo.git("rev-parse", "\(AuditLog.defaultRef)^{tree}")))
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        #expect(try harness.verify().isValid)
+        #expect(try harness.records().contains { $0.event == "audit-restored" })
+        #expect(try harness.records().contains { $0.event == "applied" && $0.value("environment") == "web" })
+    }
+
+    @Test func aRewoundProtectedBranchDoesNotHaltTheOthers() throws {
+        let (repo, _, harness) = try setUp()
+        try repo.write("docs/NOTE", "one")
+        try repo.commitAsOwner("docs")
+        try harness.pass()
+        try repo.git("update-ref", "refs/heads/main", "main~1")
+        try repo.git("reset", "-q", "--hard", "main")
+        try repo.checkout("feature", create: true)
+        try repo.write("apps/hello/NOTE", "x")
+        try repo.commit("a preview")
+        let summary = try harness.pass()
+        #expect(summary.halted == nil)
+        #expect(summary.applied.contains("web--feature"))
+        #expect(try stillServing(harness))
+    }
+
+    @Test func aPreviewOfAnotherTeamsEnvironmentNeedsThatTeam() throws {
+        let (repo, bot, harness) = try setUp(bot: "pay-bot@payments", team: "payments")
+        try repo.checkout("bot/status", create: true)
+        try repo.write("environments/status-page.yaml", try read(repo, "environments/status-page.yaml").replacingOccurrences(of: "team: platform", with: "team: payments"))
+        try repo.signing(with: bot.keyPath) { _ = try repo.commit("relabel the status page on a branch") }
+        #expect(try harness.pass().denied == ["status-page--bot-status"])
     }
 }

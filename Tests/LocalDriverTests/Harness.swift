@@ -39,6 +39,7 @@ final class Harness: @unchecked Sendable {
         reconcilerOptions.detectOnly = detectOnly
         let audit = AuditLog(repository: git, key: key)
         reconciler = Reconciler(repository: git, state: state, audit: audit, driver: driver, logger: logger, options: reconcilerOptions)
+        reconciler.useSecrets(driver.secrets!)
         if anchor, try state.trust()?.anchor == nil, let main = try git.resolveCommit("refs/heads/main") {
             try Trust.anchor(main, branch: "main", by: "the test's operator", how: "gantry trust set", repository: git, state: state, audit: audit)
         }
