@@ -30,6 +30,28 @@ import StateStore
         return (repo, bot, harness)
     }
 
+    /// The agent changes production's greeting on main: the change waits for an approver.
+    func pendingProductionChange(_ greeting: String, message: String, _ repo: TestRepository, _ harness: Harness) throws -> String {
+        try repo.writeWeb(service: "{env: {GREETING: \"\(greeting) from ${env.name}\"}}")
+        let change = try repo.commit(message)
+        #expect(try harness.pass().pending == ["web"])
+        return change
+    }
+
+    /// A deny policy: agents may not change anything under apps/.
+    func writeAgentsNoCodePolicy(_ repo: TestRepository) throws {
+        try repo.write("policies/agents-no-code.yaml", """
+            apiVersion: gantry/v1
+            kind: Policy
+            metadata: {name: agents-no-code}
+            spec:
+              action: deny
+              rules:
+                - expr: "actor.kind != 'agent' || !change.files.exists(f, f.startsWith('apps/'))"
+                  message: "agents may not change application code"
+            """)
+    }
+
     func read(_ repo: TestRepository, _ path: String) throws -> String {
         try String(contentsOfFile: repo.path + "/" + path, encoding: .utf8)
     }
@@ -84,9 +106,7 @@ import StateStore
     @Test func anAgentRemovingTheApprovalRuleCannotReleaseItsOwnPendingChange() throws {
         let (repo, alice, harness) = try setUp()
         // The agent changes production on main: that waits for a human approver.
-        try repo.writeWeb(service: #"{env: {GREETING: "sneaky from ${env.name}"}}"#)
-        let change = try repo.commit("change production")
-        #expect(try harness.pass().pending == ["web"])
+        let change = try pendingProductionChange("sneaky", message: "change production", repo, harness)
         // Then removes the rule that holds it back.
         try repo.write("gantry.yaml", try read(repo, "gantry.yaml").replacingOccurrences(of: "  production: {count: 1, role: approver, distinctFromAuthors: true}\n", with: ""))
         let edit = try repo.commit("no more production approvals")
@@ -665,9 +685,7 @@ import StateStore
 
     @Test func anApprovalOfTheWaitingCommitAppliesThatCommit() throws {
         let (repo, alice, harness) = try setUp()
-        try repo.writeWeb(service: #"{env: {GREETING: "reviewed from ${env.name}"}}"#)
-        let reviewed = try repo.commit("reviewed change")
-        #expect(try harness.pass().pending == ["web"])
+        let reviewed = try pendingProductionChange("reviewed", message: "reviewed change", repo, harness)
         try repo.write("docs/NOTE", "unrelated")
         try repo.commit("unrelated")
         try harness.pass()
@@ -710,16 +728,7 @@ import StateStore
 
     @Test func aPolicyDenialIsNotWashedThroughByTheNextCommit() throws {
         let (repo, alice, harness) = try setUp()
-        try repo.write("policies/agents-no-code.yaml", """
-            apiVersion: gantry/v1
-            kind: Policy
-            metadata: {name: agents-no-code}
-            spec:
-              action: deny
-              rules:
-                - expr: "actor.kind != 'agent' || !change.files.exists(f, f.startsWith('apps/'))"
-                  message: "agents may not change application code"
-            """)
+        try writeAgentsNoCodePolicy(repo)
         try approve(try repo.commitAsOwner("no agent code"), as: alice, in: repo)
         #expect(try harness.pass().blocked == nil)
         // The agent changes the code status-page runs: denied.
@@ -892,16 +901,7 @@ import StateStore
               services:
                 web: {source: ".", command: ["python3", "apps/hello/server.py"], health: {http: /healthz}}
             """)
-        try repo.write("policies/agents-no-code.yaml", """
-            apiVersion: gantry/v1
-            kind: Policy
-            metadata: {name: agents-no-code}
-            spec:
-              action: deny
-              rules:
-                - expr: "actor.kind != 'agent' || !change.files.exists(f, f.startsWith('apps/'))"
-                  message: "agents may not change application code"
-            """)
+        try writeAgentsNoCodePolicy(repo)
         try approve(try repo.commitAsOwner("api and a policy"), as: alice, in: repo)
         try harness.pass()
         #expect(try harness.environment("api")?.phase == .running)
@@ -927,9 +927,7 @@ import StateStore
 
     @Test func paddingAnApprovalsNoteDoesNotHideTheNextApproval() throws {
         let (repo, alice, harness) = try setUp()
-        try repo.writeWeb(service: #"{env: {GREETING: "padded from ${env.name}"}}"#)
-        let change = try repo.commit("change production")
-        #expect(try harness.pass().pending == ["web"])
+        let change = try pendingProductionChange("padded", message: "change production", repo, harness)
         let note = repo.directory.path + "/pad"
         try String(repeating: "x", count: Approvals.maxNoteBytes - 100).write(toFile: note, atomically: true, encoding: .utf8)
         try repo.git("notes", "--ref=gantry-approvals", "add", "-f", "-F", note, change)
