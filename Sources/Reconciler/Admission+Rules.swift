@@ -20,28 +20,46 @@ extension Admission {
     }
 
     /// Every commit of the change must come from a member of the environment's team (old and new):
-    /// the signer's teams, or for an agent, those of its On-Behalf-Of human.
-    func teamRule(environment: String, teams: [String?], touching: [JudgedCommit]?, context: Context) -> (rule: String, remedy: String?) {
+    /// the signer's teams, or for an agent, those of its On-Behalf-Of human. A commit of another
+    /// team's is vouched for when a human of the missing team, none of that commit's people, signs
+    /// `gantry approve` of the changed commit (`change`): a team is never locked out of its own
+    /// environment by a foreign commit, even one reverted since.
+    func teamRule(environment: String, teams: [String?], touching: [JudgedCommit]?, change: ObjectID, context: Context) -> (rule: String, remedy: String?) {
         let needed = Array(Set(teams.compactMap { $0 })).sorted()
         guard !needed.isEmpty else { return ("team: none set", nil) }
         guard let touching else {
             return ("team: the change brings more than \(Self.maxCommits) commits, more than are judged at once", "push the history in smaller steps")
         }
+        var vouched: [String] = []
         for judged in touching {
-            guard judged.identity.principal != nil else {
-                // Unverified commits pass only when signing is not required; otherwise their team is unknown.
-                if !context.identity.required { continue }
-                return ("team: commit \(judged.info.id.short) changes \(environment), but its signer cannot be verified now, so its team is unknown",
-                        "re-sign the change with a current key of a member of team \(needed.joined(separator: ", "))")
-            }
-            let has = judged.identity.teams(actors: context.identity.actors)
+            let has = judged.identity.principal == nil ? [] : judged.identity.teams(actors: context.identity.actors)
             let missing = needed.filter { !has.contains($0) }
+            if judged.identity.principal == nil && !context.identity.required { continue } // unverified: only without signing.required
             guard !missing.isEmpty else { continue }
-            let who = judged.identity.principal! + (judged.identity.onBehalfOf.map { " on behalf of \($0)" } ?? "")
-            return ("team: commit \(judged.info.id.short) by \(who) (teams: \(has.isEmpty ? "none" : has.sorted().joined(separator: ", "))) changes \(environment) of team \(missing.joined(separator: ", "))",
-                    "the change to \(environment) must come from a member of team \(missing.joined(separator: ", ")) (or an agent acting for one); add the actor to the team in identities/actors.yaml on main, or have a member make the change")
+            if let voucher = voucher(for: judged, teams: missing, change: change, context: context) {
+                vouched.append("\(judged.info.id.short) vouched for by \(voucher)")
+                continue
+            }
+            let remedy = "the change to \(environment) must come from a member of team \(missing.joined(separator: ", ")) (or an agent acting for one), or a human of that team who did not make it runs `gantry approve \(change.short) --key KEY`"
+            guard let principal = judged.identity.principal else {
+                return ("team: commit \(judged.info.id.short) changes \(environment), but its signer cannot be verified now, so its team is unknown", remedy)
+            }
+            let who = principal + (judged.identity.onBehalfOf.map { " on behalf of \($0)" } ?? "")
+            return ("team: commit \(judged.info.id.short) by \(who) (teams: \(has.isEmpty ? "none" : has.sorted().joined(separator: ", "))) changes \(environment) of team \(missing.joined(separator: ", "))", remedy)
         }
-        return ("team: ok (\(needed.joined(separator: ", ")))", nil)
+        return ("team: ok (\(needed.joined(separator: ", "))\(vouched.isEmpty ? "" : "; " + vouched.joined(separator: ", ")))", nil)
+    }
+
+    /// A human of `teams` who approved `change` and is none of the people of `commit`.
+    func voucher(for commit: JudgedCommit, teams: [String], change: ObjectID, context: Context) -> String? {
+        let people = commit.identity.people(of: commit.info)
+        for key in (try? Approvals.approvingKeys(of: change, in: repository)) ?? [] {
+            guard case .allowed(let principal) = context.identity.signers.lookup(key, namespace: Approvals.namespace, at: Date()),
+                  let actor = context.identity.actors[principal], actor.kind == .human,
+                  teams.allSatisfy(actor.teams.contains), !people.contains(principal.lowercased()) else { continue }
+            return principal
+        }
+        return nil
     }
 
     /// The policies hold for the whole change: evaluated as each commit of it that touches the

@@ -128,7 +128,7 @@ public struct Admission: Sendable {
         let watched = desired.loaded.watchedPaths + before.watched
         let touching = asFound ? [] : try touchingCommits(watched: watched, change: tip.id, since: before.base, context: context)
         let team = asFound ? (rule: "team: taken as found at the trust anchor", remedy: nil)
-            : teamRule(environment: desired.name, teams: [spec.team, before.team], touching: touching, context: context)
+            : teamRule(environment: desired.name, teams: [spec.team, before.team], touching: touching, change: tip.id, context: context)
         let clones = cloneRules(spec, context: context)
         // On the protected branch the change runs from what runs (its files since then, its spec as
         // `previous`); a preview's from its merge-base with the protected branch.
@@ -167,7 +167,7 @@ public struct Admission: Sendable {
             return Judgement(decision: .deny, rules: signatureRules, remedies: [Self.signatureRemedy], conditions: ["AdmissionDenied"])
         }
         let touching = try touchingCommits(watched: before.watched, change: tip.id, since: before.base, context: context)
-        let team = teamRule(environment: record.name, teams: [before.team], touching: touching, context: context)
+        let team = teamRule(environment: record.name, teams: [before.team], touching: touching, change: tip.id, context: context)
         let isProtected = record.branch == context.protectedBranch
         let files = try changedFiles(isProtected: isProtected, before: before, tip: tip.id, identity: identity)
         let policy = policyVerdict({ judged, _ in

@@ -37,14 +37,17 @@ extension Reconciler {
     ///
     /// Denials and waits are deferred and written together (`flushRecords`): a commit that asks for a
     /// thousand environments costs one notes commit, not a thousand rewrites of a growing note.
-    func appendOnce(_ event: AuditEvent, _ environment: String, _ commit: ObjectID, _ fields: [(String, String)]) throws {
+    ///
+    /// With `fresh` (an environment destroyed and taken up again at a commit it ran before) what
+    /// the note holds from before the teardown does not count.
+    func appendOnce(_ event: AuditEvent, _ environment: String, _ commit: ObjectID, _ fields: [(String, String)], fresh: Bool = false) throws {
         let entry = AuditEntry(event: event, commit: commit.hex, fields: fields.map { (key: $0.0, value: $0.1) })
         let sameRules = { (candidate: AuditEntry) in
             candidate.fields.filter { $0.key == "rule" }.map(\.value) == entry.fields.filter { $0.key == "rule" }.map(\.value)
         }
         if deferredRecords.contains(where: { $0.event == event && $0.commit == entry.commit && sameRules($0)
                 && $0.fields.first { $0.key == "environment" }?.value == environment }) { return }
-        if let note = try recordedNote(on: commit, environment: environment) {
+        if !fresh, let note = try recordedNote(on: commit, environment: environment) {
             let records = AuditRecord.parseNote(note).records
             if event == .pendingApproval {
                 let rules = fields.filter { $0.0 == "rule" }.map { AuditRecord.escape($0.1) }

@@ -61,9 +61,9 @@ extension Reconciler {
         }
         let live = existing.flatMap { $0.phase == .destroyed ? nil : $0 }
         // This commit was already judged (a pass cut short mid-apply is Pending and goes on; one
-        // waiting for approval is judged again, as approvals arrive).
+        // waiting for approval, or denied, is judged again, as approvals arrive).
         if let live, live.commit == desired.commit.hex, live.phase != .pending,
-           !live.conditions.contains("ApprovalPending"), !live.conditions.contains("SecretMissing"),
+           !live.conditions.contains("ApprovalPending"), !live.conditions.contains("SecretMissing"), !live.conditions.contains("AdmissionDenied"),
            try hasVerdict(desired.name, on: live.commit) { return }
         let untouched = try live.map { !(try touches(desired, since: $0.commit)) } ?? false
         // A commit that touches none of the environment's files only moves its commit along —
@@ -94,7 +94,8 @@ extension Reconciler {
         var record = live ?? existing ?? EnvironmentRecord(name: desired.name, branch: desired.branch, commit: commit.id.hex,
                                                            envClass: desired.spec?.class.rawValue ?? (desired.isPreview ? "preview" : "development"),
                                                            team: desired.loaded.spec?.team, phase: .pending)
-        if existing?.phase == .destroyed {
+        let recreated = existing?.phase == .destroyed
+        if recreated {
             record.createdAt = Date(); record.destroyedAt = nil; record.appliedCommit = nil; record.fingerprint = nil
             record.specJSON = nil; record.phase = .pending; record.conditions = []
         }
@@ -123,7 +124,7 @@ extension Reconciler {
         let rules = base + [("decision", judgement.decision.rawValue)] + judgement.rules.map { ("rule", $0) }
         switch judgement.decision {
         case .deny:
-            try appendOnce(.denied, desired.name, commit.id, rules)
+            try appendOnce(.denied, desired.name, commit.id, rules, fresh: recreated)
             // A running revision stays up (fail safe); the denial is its condition and message.
             record.phase = record.appliedCommit == nil ? .denied : .running
             record.message = "commit \(commit.id.short) denied: \(judgement.rules.filter { !$0.hasSuffix("valid") && !$0.contains(": ok") }.joined(separator: "; "))"
@@ -133,7 +134,7 @@ extension Reconciler {
             summary.denied.append(desired.name)
             return
         case .pending:
-            try appendOnce(.pendingApproval, desired.name, commit.id, rules)
+            try appendOnce(.pendingApproval, desired.name, commit.id, rules, fresh: recreated)
             record.phase = .pendingApproval
             record.message = "commit \(commit.id.short) waits for approval\(record.appliedCommit.map { "; still running \($0.prefix(7))" } ?? ""): \(judgement.remedies.joined(separator: "; "))"
             try state.save(record)
@@ -148,13 +149,13 @@ extension Reconciler {
         record.domain = context.settings.domain
         if unchanged {
             // Judged and recorded, nothing to apply: the running revision already matches.
-            try appendOnce(.admitted, desired.name, commit.id, rules + [("change", "none: the running revision already matches")])
+            try appendOnce(.admitted, desired.name, commit.id, rules + [("change", "none: the running revision already matches")], fresh: recreated)
             summary.admitted.append(desired.name)
             record.message = nil
             try state.save(record)
             return
         }
-        try appendOnce(.admitted, desired.name, commit.id, rules)
+        try appendOnce(.admitted, desired.name, commit.id, rules, fresh: recreated)
         summary.admitted.append(desired.name)
         if record.appliedCommit == nil { record.phase = .pending }
         record.message = "applying \(commit.id.short)"

@@ -55,7 +55,8 @@ extension Reconciler {
             trust.halted = nil
             try state.updateTrust(trust, expectedAnchor: trust.anchor)
         }
-        if trust.segmentBase == nil {
+        let justAnchored = trust.segmentBase == nil
+        if justAnchored {
             // Just anchored (perhaps by `gantry trust set` while this process ran): the environments
             // at the anchor are taken as found, and the processed tips are read afresh.
             processedCacheReset()
@@ -64,8 +65,9 @@ extension Reconciler {
             try state.updateTrust(trust, expectedAnchor: trust.anchor)
             summary.changedBranches.append(name)
         }
-        let mainWaiting = try state.environments().contains {
-            $0.branch == name && ($0.conditions.contains("SecretMissing") || (approvalsMoved && $0.conditions.contains("ApprovalPending")))
+        let mainWaiting = try !justAnchored && state.environments().contains {
+            $0.branch == name && ($0.conditions.contains("SecretMissing")
+                || (approvalsMoved && ($0.conditions.contains("ApprovalPending") || $0.conditions.contains("AdmissionDenied"))))
         }
         let processed = try processedRefs()[name]
         if processed != tip.hex || mainWaiting || (approvalsMoved && trust.blocked != nil) {

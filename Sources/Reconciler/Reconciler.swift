@@ -168,7 +168,8 @@ public final class Reconciler: @unchecked Sendable {
         let protectedBranch = context.protectedBranch
         var waiting = Set<String>()
         let environments = try state.environments()
-        if approvalsMoved { waiting = Set(environments.filter { $0.conditions.contains("ApprovalPending") }.map(\.branch)) }
+        // An approval may release a wait, or vouch for another team's commit in a denied change.
+        if approvalsMoved { waiting = Set(environments.filter { $0.conditions.contains("ApprovalPending") || $0.conditions.contains("AdmissionDenied") }.map(\.branch)) }
         // Environments denied for a missing secret are judged again each pass: `gantry secret set` admits them.
         waiting.formUnion(environments.filter { $0.conditions.contains("SecretMissing") }.map(\.branch))
         let changed = branches.filter { $0.key != protectedBranch && (processed[$0.key] != $0.value.hex || waiting.contains($0.key))

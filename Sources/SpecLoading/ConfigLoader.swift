@@ -147,7 +147,8 @@ public struct ConfigLoader: Sendable {
                 if let templateSpec = template.node.flatMap({ References.find($0, ["spec"]) }) {
                     merged = Merge.replacing(in: node, path: ["spec"]) { Merge.deep(base: templateSpec, over: $0) }
                 } else if template.diagnostics.isEmpty {
-                    let known = (try? repository.listDirectory(Self.templatesDirectory, at: commit))??.map { String($0.name.split(separator: ".")[0]) } ?? []
+                    let known = (try? repository.listDirectory(Self.templatesDirectory, at: commit))??
+                        .compactMap { $0.name.split(separator: ".").first.map(String.init) } ?? []
                     diagnostics.append(Diagnostic(templateNode.mark, "spec.template '\(templateName)': \(path) does not exist\(SpecDecoder.suggestion(templateName, known))"))
                 }
             }

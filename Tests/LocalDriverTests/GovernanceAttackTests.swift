@@ -1025,4 +1025,58 @@ import StateStore
         try repo.signing(with: bot.keyPath) { _ = try repo.commit("relabel the status page on a branch") }
         #expect(try harness.pass().denied == ["status-page--bot-status"])
     }
+
+    // MARK: Found by a sixth outside attack
+
+    @Test func aTemplateNamedDotsIsNoCrash() throws {
+        let (repo, _, harness) = try setUp()
+        try repo.checkout("agents/dots", create: true)
+        try repo.write("templates/.../x", "x")
+        try repo.write("environments/web.yaml", try read(repo, "environments/web.yaml").replacingOccurrences(of: "template: python-web", with: "template: missing"))
+        try repo.commit("dots")
+        #expect(try harness.pass().denied == ["web--agents-dots"])
+    }
+
+    @Test func aForeignCommitRevertedSinceDoesNotLockATeamOut() throws {
+        let repo = try TestRepository()
+        let bot = try TestRepository(principal: "pay-bot@payments")
+        let alice = try TestRepository(principal: "alice@example.com")
+        try repo.seedExample(extraSigners: [bot.allowedSignersLine, alice.allowedSignersLine])
+        try repo.write("identities/actors.yaml", try read(repo, "identities/actors.yaml") + "  pay-bot@payments: {kind: agent, teams: [payments]}\n")
+        try repo.commitAsOwner("a payments bot")
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        // The payments bot edits platform's status page and reverts it in one push.
+        let page = try read(repo, "environments/status-page.yaml")
+        try repo.write("environments/status-page.yaml", page + "# touched\n")
+        try repo.signing(with: bot.keyPath) { _ = try repo.commit("touch") }
+        try repo.write("environments/status-page.yaml", page)
+        try repo.signing(with: bot.keyPath) { _ = try repo.commit("untouch") }
+        try harness.pass()
+        // Platform's own change is held by the foreign commits in its range...
+        try repo.write("environments/status-page.yaml", page.replacingOccurrences(of: "all systems go", with: "all good"))
+        let own = try repo.commitAsOwner("platform's change")
+        #expect(try harness.pass().denied == ["status-page"])
+        // ...until a human of platform who made none of them vouches for the change.
+        try approve(own, as: alice, in: repo)
+        #expect(try harness.pass().applied == ["status-page"])
+        let admitted = try #require(try harness.records().last { $0.event == "admitted" && $0.value("environment") == "status-page" })
+        #expect(admitted.values("rule").contains { $0.hasPrefix("team: ok (platform; ") && $0.contains("vouched for by alice@example.com") })
+        #expect(try harness.get("status-page")?.contains("all good") == true)
+    }
+
+    @Test func aPreviewTakenUpAgainAtAnEarlierCommitIsRecordedAgain() throws {
+        let (repo, _, harness) = try setUp()
+        try repo.checkout("feature", create: true)
+        try repo.write("apps/hello/NOTE", "x")
+        let first = try repo.commit("a preview")
+        try harness.pass()
+        try repo.remove("apps/hello/NOTE")
+        try repo.commit("back out")
+        #expect(try harness.pass().destroyed.sorted() == ["status-page--feature", "web--feature"])
+        try repo.git("reset", "-q", "--hard", first)
+        #expect(try harness.pass().applied.sorted() == ["status-page--feature", "web--feature"])
+        let events = try harness.records().filter { $0.value("environment") == "web--feature" && $0.value("commit") == first }.map(\.event)
+        #expect(events == ["admitted", "applied", "admitted", "applied"], "\(events)")
+    }
 }
