@@ -1,6 +1,6 @@
 import Foundation
 
-/// Runs CEL conformance vector files (the JSON shape of ../shared/cel-conformance/README.md).
+/// Runs CEL conformance vector files (the JSON shape described in Tests/Fixtures/cel-conformance/README.md).
 public enum Conformance {
     public enum Outcome: Sendable, Equatable {
         case pass
