@@ -99,7 +99,7 @@ extension Reconciler {
             record.createdAt = Date(); record.destroyedAt = nil; record.appliedCommit = nil; record.fingerprint = nil
             record.specJSON = nil; record.phase = .pending; record.conditions = []
         }
-        if record.appliedCommit == nil && (record.baseCommit == nil || existing?.phase == .destroyed) { record.baseCommit = identity.hidden.first?.hex }
+        if record.appliedCommit == nil && (record.baseCommit == nil || recreated) { record.baseCommit = identity.hidden.first?.hex }
         record.branch = desired.branch
         record.source = desired.loaded.name
         record.commit = commit.id.hex
@@ -107,17 +107,17 @@ extension Reconciler {
         let base = baseFields(desired.name, branch: desired.branch, commit: commit, identity: identity.tip, policyRevision: context.governance.commit)
 
         let unchanged = live.map { $0.fingerprint == desired.fingerprint && $0.phase == .running } ?? false
-        var before = try before(live, branch: desired.branch, identity: identity, context: context)
+        var prior = try before(live, branch: desired.branch, identity: identity, context: context)
         // A name once used (and retired) by another team's environment is that team's to reuse:
         // what it was given by name (secrets scoped with --env, say) must not pass to a newcomer.
         // Until admitted, the record keeps the team it had.
-        if record.appliedCommit == nil, let former = (live ?? existing)?.team, former != desired.spec?.team { before.team = former }
+        if record.appliedCommit == nil, let former = (live ?? existing)?.team, former != desired.spec?.team { prior.team = former }
         // A preview of another team's live environment still needs that team, whatever team the
         // branch writes into the file.
         if desired.branch != context.protectedBranch, let owner = context.live[desired.loaded.name]?.team, owner != desired.spec?.team {
-            before.team = owner
+            prior.team = owner
         }
-        let judgement = try admission.judge(desired, tip: commit, identity: identity, before: before, context: context,
+        let judgement = try admission.judge(desired, tip: commit, identity: identity, before: prior, context: context,
                                             changesRevision: !unchanged, asFound: asFound,
                                             missingSecrets: desired.spec.flatMap { spec in missingSecrets?(spec) } ?? [])
         record.conditions = judgement.conditions

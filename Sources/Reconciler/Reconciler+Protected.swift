@@ -13,17 +13,14 @@ extension Reconciler {
     /// protected branch missing): nothing is admitted or destroyed then.
     func advanceProtected(branches: [String: ObjectID], approvalsMoved: Bool, _ summary: inout PassSummary) throws -> PassContext? {
         var trust = try state.trust() ?? TrustState(protectedBranch: options.protectedBranch)
-        guard let tip = branches[trust.protectedBranch] else {
-            try halt(&trust, "the protected branch \(trust.protectedBranch) is missing: nothing is admitted or destroyed until it is back", tip: nil, &summary)
-            return nil
-        }
-        if trust.anchor == nil {
+        if trust.anchor == nil, let tip = branches[trust.protectedBranch] {
             guard try anchorOnFirstStart(tip: tip, branches: branches, &trust, &summary) else { return nil }
         }
+        // (Anchoring may name another protected branch: it is looked up again.)
         let name = trust.protectedBranch
         guard let tip = branches[name], let anchor = trust.anchor.flatMap(ObjectID.init(hex:)),
               let revision = trust.revision.flatMap(ObjectID.init(hex:)) else {
-            try halt(&trust, "the protected branch \(trust.protectedBranch) is missing: nothing is admitted or destroyed until it is back", tip: nil, &summary)
+            try halt(&trust, "the protected branch \(name) is missing: nothing is admitted or destroyed until it is back", tip: nil, &summary)
             return nil
         }
         // Ancestry is checked once per tip, anchor and revision (a walk of the history each time).
@@ -36,8 +33,6 @@ extension Reconciler {
             try halt(&trust, "\(name) at \(tip.short) no longer contains the trust anchor \(anchor.short) (its history was rewritten or replaced): nothing is admitted or destroyed until an operator checks it and moves the anchor with `gantry trust set COMMIT --key KEY`", tip: tip, &summary)
             return nil
         }
-        // A rewrite that drops admitted history sideways is an operator's matter too: judging the
-        // new history would replay approvals given to other states of it.
         // Rewound (the tip is an ancestor of the admitted revision): nothing new to judge, and the
         // admitted revision keeps governing the other branches; the environments stay as admitted.
         if !contains.revision && contains.rewound {
@@ -46,6 +41,8 @@ extension Reconciler {
                            metadata: ["git.branch": "\(name)", "tip": "\(tip.short)", "revision": "\(revision.short)"])
             return try context(governance: try governance(at: revision), revision: revision, tip: tip, trust: trust)
         }
+        // A rewrite that drops admitted history sideways is an operator's matter too: judging the
+        // new history would replay approvals given to other states of it.
         guard contains.revision else {
             try halt(&trust, "\(name) at \(tip.short) no longer contains the admitted revision \(revision.short) (its history was rewritten): nothing is admitted or destroyed until it does again or an operator moves the anchor with `gantry trust set COMMIT --key KEY`", tip: tip, &summary)
             return nil
@@ -65,10 +62,7 @@ extension Reconciler {
             try state.updateTrust(trust, expectedAnchor: trust.anchor)
             summary.changedBranches.append(name)
         }
-        let mainWaiting = try !justAnchored && state.environments().contains {
-            $0.branch == name && ($0.conditions.contains("SecretMissing")
-                || (approvalsMoved && ($0.conditions.contains("ApprovalPending") || $0.conditions.contains("AdmissionDenied"))))
-        }
+        let mainWaiting = try !justAnchored && state.environments().contains { $0.branch == name && isWaiting($0, approvalsMoved: approvalsMoved) }
         let processed = try processedRefs()[name]
         if processed != tip.hex || mainWaiting || (approvalsMoved && trust.blocked != nil) {
             summary.changedBranches.append(name)
@@ -236,8 +230,10 @@ extension Reconciler {
     }
 
     func context(governance: GovernanceRevision, revision: ObjectID, tip: ObjectID, trust: TrustState, loadLive: Bool = true) throws -> PassContext {
+        // A step's context (loadLive false) judges identity and governance only: no state is read for it.
         try admission.context(governance: governance, protectedBranch: trust.protectedBranch, protectedTip: tip, revision: revision,
-                              protectedMerges: try state.protectedMerges(), running: loadLive ? try running(trust) : [:], loadLive: loadLive)
+                              protectedMerges: loadLive ? try state.protectedMerges() : [], running: loadLive ? try running(trust) : [:],
+                              loadLive: loadLive)
     }
 
     /// Every environment whose data exists (it was applied), by name, with the class and team it runs with.

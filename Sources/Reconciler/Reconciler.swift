@@ -166,12 +166,8 @@ public final class Reconciler: @unchecked Sendable {
         }
         let processed = try processedRefs()
         let protectedBranch = context.protectedBranch
-        var waiting = Set<String>()
         let environments = try state.environments()
-        // An approval may release a wait, or vouch for another team's commit in a denied change.
-        if approvalsMoved { waiting = Set(environments.filter { $0.conditions.contains("ApprovalPending") || $0.conditions.contains("AdmissionDenied") }.map(\.branch)) }
-        // Environments denied for a missing secret are judged again each pass: `gantry secret set` admits them.
-        waiting.formUnion(environments.filter { $0.conditions.contains("SecretMissing") }.map(\.branch))
+        let waiting = Set(environments.filter { isWaiting($0, approvalsMoved: approvalsMoved) }.map(\.branch))
         let changed = branches.filter { $0.key != protectedBranch && (processed[$0.key] != $0.value.hex || waiting.contains($0.key))
                                         && !context.settings.ignores(branch: $0.key) }
             .sorted { $0.key < $1.key }
@@ -201,6 +197,15 @@ public final class Reconciler: @unchecked Sendable {
         try sweep(branches: branches, context: context, protectedChanged: summary.changedBranches.contains(protectedBranch), &summary)
         rotateSecrets(&summary)
         correctDrift(&summary)
+    }
+
+    /// Whether an environment is judged again although its branch did not move: one denied for a
+    /// missing secret every pass (`gantry secret set` admits it); one waiting for approval, or
+    /// denied, when the approvals moved (an approval may release a wait, or vouch for another
+    /// team's commit in a denied change).
+    func isWaiting(_ record: EnvironmentRecord, approvalsMoved: Bool) -> Bool {
+        record.conditions.contains("SecretMissing")
+            || (approvalsMoved && (record.conditions.contains("ApprovalPending") || record.conditions.contains("AdmissionDenied")))
     }
 
     typealias PassContext = Admission.Context
