@@ -202,6 +202,24 @@ import StateStore
         #expect(try stillServing(harness))
     }
 
+    @Test func anApprovedChangeMovesTheProtectedBranchToOneThatContainsTheAnchor() throws {
+        let (repo, alice, harness) = try setUp()
+        try repo.git("branch", "release", "main")
+        try repo.write("gantry.yaml", try read(repo, "gantry.yaml").replacingOccurrences(of: "protectedBranch: main", with: "protectedBranch: release"))
+        let move = try repo.commit("protect release")
+        #expect(try harness.pass().blocked == move)
+        #expect(try harness.state.trust()?.protectedBranch == "main")
+        try approve(move, as: alice, in: repo)
+        try harness.pass()
+        #expect(try harness.state.trust()?.protectedBranch == "release")
+        #expect(try harness.environment("web")?.branch == "release")
+        // release is now walked from the admitted revision; main is an ordinary branch.
+        try repo.git("update-ref", "refs/heads/release", move)
+        let summary = try harness.pass()
+        #expect(summary.destroyed.isEmpty)
+        #expect(try stillServing(harness))
+    }
+
     @Test func aMissingProtectedBranchAdmitsNothingAndDestroysNothing() throws {
         let (repo, _, harness) = try setUp()
         try repo.checkout("feature", create: true)
