@@ -27,8 +27,10 @@ let package = Package(
                                                     .product(name: "Crypto", package: "swift-crypto")]),
         // Audit records, SSHSIG signing/verification, notes writer with compare-and-swap.
         .target(name: "Audit", dependencies: ["GitStore", .product(name: "Crypto", package: "swift-crypto")]),
+        // Google's RE2 behind a small C face (Debian libre2-dev): linear-time `matches()`. No logic.
+        .target(name: "CRE2", path: "Sources/CRE2", linkerSettings: [.linkedLibrary("re2")]),
         // The Common Expression Language: parse and evaluate with cost limits. Knows nothing of Gantry.
-        .target(name: "CEL"),
+        .target(name: "CEL", dependencies: ["CRE2"]),
         // Identity (commit signatures, allowed signers, actors) and, later, policies and approvals → verdicts.
         .target(name: "Governance", dependencies: ["GitStore", "SpecModel", "SpecLoading", "Audit", "CEL"]),
         // SQLite state (GRDB, WAL): environments, services, refs, events.
@@ -63,5 +65,6 @@ let package = Package(
         .testTarget(name: "LocalDriverTests", dependencies: ["LocalDriver", "Reconciler", "StateStore", "SpecModel", "SpecLoading", "Audit", "GitStore", "Governance", "TestSupport",
                                                            .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "GitStore", "Audit"]),
-    ]
+    ],
+    cxxLanguageStandard: .cxx17
 )

@@ -8,8 +8,19 @@ public struct CELProgram: Sendable {
     /// Parses `source`; throws `CELSyntaxError` with line and column.
     public init(_ source: String) throws {
         self.source = source
+        guard source.utf8.count <= Self.maxSourceBytes else {
+            throw CELSyntaxError(line: 1, column: 1, message: "expression is \(source.utf8.count) bytes, more than \(Self.maxSourceBytes)")
+        }
         self.expr = try Parser.parse(source)
+        if expr.height(limit: Self.maxHeight) > Self.maxHeight {
+            throw CELSyntaxError(line: 1, column: 1, message: "expression is nested more than \(Self.maxHeight) levels deep, counting chains of operators; split it")
+        }
     }
+
+    /// Bounds on what evaluation walks: the source's size, and the height of its tree (nesting and
+    /// operator chains together), so evaluation cannot exhaust the stack.
+    public static let maxSourceBytes = 100_000
+    public static let maxHeight = 400
 
     /// Evaluates with `bindings`; throws `CELError` for CEL errors (no such overload, overflow,
     /// division by zero, no such key, cost limit exceeded, ...).
@@ -30,7 +41,7 @@ struct Evaluator {
     }
 
     mutating func charge(_ amount: Int = 1) throws {
-        cost += amount
+        cost = cost.addingReportingOverflow(amount).overflow ? Int.max : cost + amount
         if cost > costLimit { throw CELError("evaluation cost limit of \(costLimit) exceeded") }
     }
 
@@ -41,6 +52,18 @@ struct Evaluator {
 
     static let typeNames: Set<String> = ["int", "uint", "double", "bool", "string", "bytes", "list", "map", "null_type", "type",
                                          "google.protobuf.Timestamp", "google.protobuf.Duration"]
+
+    /// What touching a value costs: a unit per 16 bytes of a string or bytes, one per element of a
+    /// list or map. Charged for the operands and the result of every call and operator.
+    static func weight(_ value: CELValue) -> Int {
+        switch value {
+        case .string(let s): s.utf8.count / 16
+        case .bytes(let b): b.count / 16
+        case .list(let l): l.count
+        case .map(let m): m.count
+        default: 0
+        }
+    }
 
     mutating func eval(_ expr: Expr) throws -> CELValue {
         try charge()
@@ -55,6 +78,10 @@ struct Evaluator {
             if let qualified = Self.qualifiedName(expr), let root = qualified.split(separator: ".").first,
                !scopes.dropFirst().contains(where: { $0[String(root)] != nil }), let value = lookup(qualified) {
                 return value
+            }
+            if let qualified = Self.qualifiedName(expr), Self.typeNames.contains(qualified), lookup(qualified) == nil,
+               let root = qualified.split(separator: ".").first, lookup(String(root)) == nil {
+                return .type(qualified)
             }
             let target = try eval(operand)
             guard case .map(let map) = target else { throw CELError("no such field '\(field)' on \(target.typeName)") }
@@ -96,21 +123,41 @@ struct Evaluator {
             default: throw CELError("no matching overload for '-_'")
             }
         case .binary(let op, let left, let right):
-            return try Operators.binary(op, try eval(left), try eval(right))
+            let (a, b) = (try eval(left), try eval(right))
+            try charge(Self.weight(a) + Self.weight(b))
+            let result = try Operators.binary(op, a, b)
+            try charge(Self.weight(result))
+            return result
         case .call(let name, let target, let args):
             var receiver: CELValue?
             if let target {
                 if let qualified = Self.qualifiedName(target).map({ "\($0).\(name)" }), Functions.namespaced.contains(qualified) {
-                    return try Functions.call(qualified, receiver: nil, args: try args.map { try eval($0) })
+                    return try call(qualified, receiver: nil, args: try args.map { try eval($0) })
                 }
                 receiver = try eval(target)
             }
             var values: [CELValue] = []
             for arg in args { values.append(try eval(arg)) }
-            return try Functions.call(name, receiver: receiver, args: values)
+            return try call(name, receiver: receiver, args: values)
         case .comprehension(let kind, let variable, let range, let predicate, let transform):
             return try comprehension(kind, variable: variable, range: try eval(range), predicate: predicate, transform: transform)
         }
+    }
+
+    /// A function call, charged for its operands before and its result after; `replace`, whose
+    /// output can outgrow its inputs many times over, is charged for its output before building it.
+    mutating func call(_ name: String, receiver: CELValue?, args: [CELValue]) throws -> CELValue {
+        try charge(receiver.map(Self.weight) ?? 0)
+        for arg in args { try charge(Self.weight(arg)) }
+        if name == "replace", case .string(let text)? = receiver, args.count >= 2, case .string(let old) = args[0], case .string(let new) = args[1] {
+            var limit = -1
+            if args.count == 3, case .int(let n) = args[2] { limit = Int(clamping: n) }
+            let size = StringExtensions.replacedSize(text, old, new, limit: limit)
+            try charge(size == Int.max ? costLimit + 1 : size / 16)
+        }
+        let result = try Functions.call(name, receiver: receiver, args: args)
+        try charge(Self.weight(result))
+        return result
     }
 
     /// `a.b.c` as one dotted name, when the expression is only identifiers and selections.
@@ -185,6 +232,34 @@ struct Evaluator {
             return .bool(kind == .all)
         case .existsOne: return .bool(count == 1)
         case .filter, .map: return .list(results)
+        }
+    }
+}
+
+extension Expr {
+    /// The height of the tree, counted without recursion and without going past `limit + 1`.
+    func height(limit: Int) -> Int {
+        var highest = 0
+        var pending: [(Expr, Int)] = [(self, 1)]
+        while let (expr, depth) = pending.popLast() {
+            highest = max(highest, depth)
+            if highest > limit { return highest }
+            for child in expr.children { pending.append((child, depth + 1)) }
+        }
+        return highest
+    }
+
+    var children: [Expr] {
+        switch self {
+        case .literal, .ident: []
+        case .select(let operand, _), .presence(let operand, _), .not(let operand), .negate(let operand): [operand]
+        case .call(_, let target, let args): (target.map { [$0] } ?? []) + args
+        case .list(let items): items
+        case .map(let entries): entries.flatMap { [$0.0, $0.1] }
+        case .message(_, let fields): fields.map(\.1)
+        case .comprehension(_, _, let range, let predicate, let transform): [range] + [predicate, transform].compactMap { $0 }
+        case .conditional(let a, let b, let c): [a, b, c]
+        case .and(let a, let b), .or(let a, let b), .binary(_, let a, let b): [a, b]
         }
     }
 }

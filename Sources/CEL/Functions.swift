@@ -41,18 +41,15 @@ enum Functions {
             }
         case ("contains", 2), ("startsWith", 2), ("endsWith", 2):
             guard receiver != nil, case .string(let s) = all[0], case .string(let t) = all[1] else { throw noOverload(name, receiver, args) }
-            let a = Array(s.unicodeScalars), b = Array(t.unicodeScalars)
+            // Code points compare equal exactly when their UTF-8 bytes do.
             switch name {
-            case "startsWith": return .bool(a.starts(with: b))
-            case "endsWith": return .bool(a.count >= b.count && Array(a.suffix(b.count)) == b)
-            default: return .bool(b.isEmpty || (0...max(0, a.count - b.count)).contains { a.count >= b.count && Array(a[$0..<($0 + b.count)]) == b })
+            case "startsWith": return .bool(s.utf8.starts(with: t.utf8))
+            case "endsWith": return .bool(s.utf8.reversed().starts(with: t.utf8.reversed()))
+            default: return .bool(Needle(Array(t.unicodeScalars)).first(in: Array(s.unicodeScalars)) != nil)
             }
         case ("matches", 2):
             guard case .string(let s) = all[0], case .string(let pattern) = all[1] else { throw noOverload(name, receiver, args) }
-            if pattern.isEmpty { return .bool(true) }
-            let regex: NSRegularExpression
-            do { regex = try NSRegularExpression(pattern: pattern) } catch { throw CELError("invalid regular expression '\(pattern)'") }
-            return .bool(regex.firstMatch(in: s, range: NSRange(s.startIndex..., in: s)) != nil)
+            return .bool(try RegularExpression.compile(pattern).search(s))
         case ("dyn", 1): return all[0]
         case ("type", 1):
             if case .type = all[0] { return .type("type") }
@@ -194,7 +191,7 @@ enum Functions {
             case "getHours": return .int(seconds / 3600)
             case "getMinutes": return .int(seconds / 60)
             case "getSeconds": return .int(seconds)
-            case "getMilliseconds": return .int(seconds * 1000 + Int64(nanos) / 1_000_000)
+            case "getMilliseconds": return .int(Int64(nanos) / 1_000_000) // the milliseconds part, 0-999 (langdef)
             default: return nil
             }
         default:

@@ -30,10 +30,13 @@ enum StringExtensions {
         }
         func find(_ needle: [Unicode.Scalar], from start: Int, backwards: Bool) -> Int {
             if needle.isEmpty { return start }
-            let positions = backwards ? Array(stride(from: min(start, scalars.count - needle.count), through: 0, by: -1))
-                                      : Array(stride(from: start, through: scalars.count - needle.count, by: 1))
-            for i in positions where i >= 0 && i + needle.count <= scalars.count && Array(scalars[i..<(i + needle.count)]) == needle { return i }
-            return -1
+            guard backwards else { return Needle(needle).first(in: scalars, from: start) ?? -1 }
+            // The last occurrence starting at or before `start`: the first of the reversed needle
+            // in the reversed text, from the mirrored position.
+            let reversed = Array(scalars.reversed())
+            let from = max(0, scalars.count - needle.count - start)
+            guard let position = Needle(needle.reversed()).first(in: reversed, from: from) else { return -1 }
+            return scalars.count - position - needle.count
         }
         switch (name, args.count) {
         case ("charAt", 1):
@@ -57,25 +60,8 @@ enum StringExtensions {
             return .string(String(String.UnicodeScalarView(scalars.map { ("a"..."z").contains($0) ? Unicode.Scalar($0.value - 32)! : $0 })))
         case ("replace", 2), ("replace", 3):
             let old = try str(args[0]), new = try str(args[1])
-            var limit = args.count == 3 ? try int(args[2]) : -1
-            var out: [Unicode.Scalar] = []
-            var i = 0
-            while i <= scalars.count {
-                if limit != 0, i + old.count <= scalars.count, Array(scalars[i..<(i + old.count)]) == old {
-                    out += new
-                    limit -= 1
-                    if old.isEmpty {
-                        if i < scalars.count { out.append(scalars[i]) }
-                        i += 1
-                    } else {
-                        i += old.count
-                    }
-                } else {
-                    if i < scalars.count { out.append(scalars[i]) }
-                    i += 1
-                }
-            }
-            return .string(String(String.UnicodeScalarView(out)))
+            let limit = args.count == 3 ? try int(args[2]) : -1
+            return .string(replace(scalars, Needle(old), with: new, limit: limit))
         case ("split", 1), ("split", 2):
             let separator = try str(args[0])
             let limit = args.count == 2 ? try int(args[1]) : -1
@@ -89,16 +75,10 @@ enum StringExtensions {
                 }
                 return .list(parts)
             }
-            var start = 0, i = 0
-            while i + separator.count <= scalars.count {
-                if limit > 0 && parts.count == limit - 1 { break }
-                if Array(scalars[i..<(i + separator.count)]) == separator {
-                    parts.append(string(scalars[start..<i]))
-                    i += separator.count
-                    start = i
-                } else {
-                    i += 1
-                }
+            var start = 0
+            for position in Needle(separator).occurrences(in: scalars, limit: limit > 0 ? limit - 1 : -1) {
+                parts.append(string(scalars[start..<position]))
+                start = position + separator.count
             }
             parts.append(string(scalars[start...]))
             return .list(parts)
@@ -123,6 +103,43 @@ enum StringExtensions {
         default:
             return nil
         }
+    }
+
+    /// `text` with the first `limit` (negative: all) occurrences of `old` replaced by `new`. An empty
+    /// `old` matches before every code point and at the end.
+    static func replace(_ text: [Unicode.Scalar], _ old: Needle, with new: [Unicode.Scalar], limit: Int) -> String {
+        var out = String.UnicodeScalarView()
+        if old.isEmpty {
+            var left = limit
+            for scalar in text {
+                if left != 0 { out.append(contentsOf: new); left -= 1 }
+                out.append(scalar)
+            }
+            if left != 0 { out.append(contentsOf: new) }
+            return String(out)
+        }
+        var start = 0
+        for position in old.occurrences(in: text, limit: limit) {
+            out.append(contentsOf: text[start..<position])
+            out.append(contentsOf: new)
+            start = position + old.count
+        }
+        out.append(contentsOf: text[start...])
+        return String(out)
+    }
+
+    /// The size in bytes of `replace`'s result, computed without building it, so the cost of a
+    /// replacement is charged before its output is allocated.
+    static func replacedSize(_ text: String, _ old: String, _ new: String, limit: Int) -> Int {
+        let scalars = Array(text.unicodeScalars)
+        let count: Int
+        if old.isEmpty {
+            count = limit < 0 ? scalars.count + 1 : min(limit, scalars.count + 1)
+        } else {
+            count = Needle(Array(old.unicodeScalars)).occurrences(in: scalars, limit: limit).count
+        }
+        let grown = count.multipliedReportingOverflow(by: max(0, new.utf8.count - (old.isEmpty ? 0 : old.utf8.count)))
+        return grown.overflow ? Int.max : text.utf8.count + grown.partialValue
     }
 
     static func quote(_ s: String) -> String {
@@ -164,7 +181,10 @@ enum StringExtensions {
                 index += 1
                 var digits = ""
                 while index < chars.count, chars[index].isNumber { digits.append(chars[index]); index += 1 }
-                precision = Int(digits) ?? 0
+                guard digits.count <= 4, let value = Int(digits.isEmpty ? "0" : digits), value <= 1000 else {
+                    throw CELError("format: precision '\(digits.prefix(20))' is over 1000")
+                }
+                precision = value
             }
             guard index < chars.count else { throw CELError("format: missing verb in \"\(template)\"") }
             let verb = chars[index]

@@ -36,21 +36,54 @@ public indirect enum CELValue: Sendable {
 }
 
 /// A CEL map: keys are bool, int, uint or string; `1`, `1u` and `1.0` name the same key.
+/// Entries keep insertion order; an index by key makes lookups and building linear in size.
 public struct CELMap: Sendable {
     public private(set) var entries: [(key: CELValue, value: CELValue)] = []
+    private var index: [Key: Int] = [:]
+
+    /// A key's identity: numbers by value across int, uint and double; strings by code points.
+    enum Key: Hashable {
+        case bool(Bool)
+        case int(Int64)
+        case uint(UInt64)
+        case double(Double)
+        case string([UInt8])
+
+        init?(_ value: CELValue) {
+            switch value {
+            case .bool(let b): self = .bool(b)
+            case .int(let i): self = .int(i)
+            case .uint(let u): self = u <= UInt64(Int64.max) ? .int(Int64(u)) : .uint(u)
+            case .double(let d):
+                guard d == d.rounded() else { return nil }
+                if d >= -9_223_372_036_854_775_808.0, d < 9_223_372_036_854_775_808.0 {
+                    self = .int(Int64(d))
+                } else if d >= 0, d < 18_446_744_073_709_551_616.0 {
+                    self = .uint(UInt64(d))
+                } else {
+                    self = .double(d)
+                }
+            case .string(let s): self = .string(Array(s.utf8))
+            default: return nil
+            }
+        }
+    }
 
     public init() {}
 
     public init(_ entries: [(CELValue, CELValue)]) throws {
+        self.entries.reserveCapacity(entries.count)
         for (key, value) in entries {
-            guard key.isValidMapKey else { throw CELError("unsupported key type \(key.typeName)") }
-            if self[key] != nil { throw CELError("Failed with repeated key") }
+            guard key.isValidMapKey, let identity = Key(key) else { throw CELError("unsupported key type \(key.typeName)") }
+            guard index[identity] == nil else { throw CELError("Failed with repeated key") }
+            index[identity] = self.entries.count
             self.entries.append((key, value))
         }
     }
 
     public subscript(key: CELValue) -> CELValue? {
-        entries.first { CELValue.equal($0.key, key) == true }?.value
+        guard let identity = Key(key), let position = index[identity] else { return nil }
+        return entries[position].value
     }
 
     public var count: Int { entries.count }

@@ -190,7 +190,10 @@ public enum PolicyInput {
                          ("team", spec.team.map { .string($0) } ?? .null), ("spec", .map(map(specFields)))]))
     }
 
+    /// A map of `pairs`; of a repeated key (a trailer given twice, say) the first is kept, so
+    /// repeating a key never empties the map a rule reads.
     static func map(_ pairs: [(String, CELValue)]) -> CELMap {
-        (try? CELMap(pairs.map { (CELValue.string($0.0), $0.1) })) ?? CELMap()
+        var seen = Set<String>()
+        return (try? CELMap(pairs.filter { seen.insert($0.0).inserted }.map { (CELValue.string($0.0), $0.1) })) ?? CELMap()
     }
 }

@@ -70,6 +70,9 @@ public struct ConfigLoader: Sendable {
 
     /// At most this many environment files are judged at one commit: more is refused with the count.
     public static let maxEnvironments = 1_000
+    /// At most this many bytes of environment files are parsed at one commit (a file named by many
+    /// paths counts each time): past it, the remaining files are invalid and say so.
+    public static let maxEnvironmentBytes = 32 << 20
 
     /// The number of environment files at `commit`.
     public func environmentFileCount(at commit: ObjectID) throws -> Int {
@@ -86,10 +89,11 @@ public struct ConfigLoader: Sendable {
         var templates: [String: (node: YAMLNode?, diagnostics: [Diagnostic])] = [:]
         var loaded: [LoadedEnvironment] = []
         var filesByName: [String: [String]] = [:]
+        var budget = Self.maxEnvironmentBytes
         for entry in entries where entry.kind == .file || entry.kind == .executable {
             guard entry.name.hasSuffix(".yaml") || entry.name.hasSuffix(".yml") else { continue }
             let file = "\(Self.environmentsDirectory)/\(entry.name)"
-            let environment = load(file: file, at: commit, templates: &templates)
+            let environment = load(file: file, at: commit, templates: &templates, budget: &budget)
             if let name = environment.spec?.name, !name.isEmpty { filesByName[name, default: []].append(file) }
             loaded.append(environment)
         }
@@ -122,12 +126,18 @@ public struct ConfigLoader: Sendable {
         return diagnostics.filter { seen.insert($0).inserted }
     }
 
-    func load(file: String, at commit: ObjectID, templates: inout [String: (node: YAMLNode?, diagnostics: [Diagnostic])]) -> LoadedEnvironment {
+    func load(file: String, at commit: ObjectID, templates: inout [String: (node: YAMLNode?, diagnostics: [Diagnostic])],
+              budget: inout Int) -> LoadedEnvironment {
         var diagnostics: [Diagnostic] = []
         let node: YAMLNode
         do {
             guard let data = try repository.readFile(file, at: commit, limit: parser.maxBytes + 1) else {
                 return LoadedEnvironment(file: file, spec: nil, templateFile: nil, diagnostics: [Diagnostic(file: file, "file not found")])
+            }
+            budget -= data.count
+            guard budget >= 0 else {
+                return LoadedEnvironment(file: file, spec: nil, templateFile: nil, diagnostics: [Diagnostic(file: file,
+                    "not read: the environment files at this commit hold more than \(Self.maxEnvironmentBytes >> 20) MiB together; shrink or remove some")])
             }
             node = try parser.parse(data, file: file)
         } catch {
@@ -162,7 +172,7 @@ public struct ConfigLoader: Sendable {
                 diagnostics.append(Diagnostic(mark, "spec.services.\(service.name).source '\(source)' is not a directory at \(commit.short); create it or fix the path"))
             }
         }
-        return LoadedEnvironment(file: file, spec: spec, templateFile: templateFile, diagnostics: diagnostics)
+        return LoadedEnvironment(file: file, spec: spec, templateFile: templateFile, diagnostics: Diagnostic.capped(diagnostics))
     }
 
     func loadTemplate(_ path: String, at commit: ObjectID) -> (node: YAMLNode?, diagnostics: [Diagnostic]) {
@@ -198,10 +208,16 @@ enum Merge {
     static func deep(base: YAMLNode, over overlay: YAMLNode) -> YAMLNode {
         guard case .mapping(let basePairs, _) = base, case .mapping(let overPairs, let mark) = overlay else { return overlay }
         var result = basePairs
+        var positions: [String: Int] = [:]
+        for (index, pair) in basePairs.enumerated() where positions[pair.key.scalarText ?? ""] == nil {
+            positions[pair.key.scalarText ?? ""] = index
+        }
         for pair in overPairs {
-            if let index = result.firstIndex(where: { $0.key.scalarText == pair.key.scalarText }) {
+            let key = pair.key.scalarText ?? ""
+            if let index = positions[key] {
                 result[index] = (result[index].key, deep(base: result[index].value, over: pair.value))
             } else {
+                positions[key] = result.count
                 result.append(pair)
             }
         }

@@ -18,9 +18,13 @@ public struct Diagnostic: Error, Sendable, Hashable, CustomStringConvertible {
     public let mark: SourceMark
     public let message: String
 
+    /// Messages echo names and values from the file: past `maxMessageLength` characters they are cut,
+    /// so a hostile file cannot make every denial, log line and audit record huge.
+    public static let maxMessageLength = 600
+
     public init(_ mark: SourceMark, _ message: String) {
         self.mark = mark
-        self.message = message
+        self.message = message.count > Self.maxMessageLength ? message.prefix(Self.maxMessageLength) + "… (cut)" : message
     }
 
     public init(file: String, _ message: String) {
@@ -28,11 +32,26 @@ public struct Diagnostic: Error, Sendable, Hashable, CustomStringConvertible {
     }
 
     public var description: String { "\(mark): \(message)" }
+
+    /// At most `ValidationFailure.maxDiagnostics` of `diagnostics`, the last saying how many more there were.
+    public static func capped(_ diagnostics: [Diagnostic]) -> [Diagnostic] {
+        ValidationFailure(diagnostics).diagnostics
+    }
 }
 
 /// Every problem found at once, in file order.
 public struct ValidationFailure: Error, Sendable, CustomStringConvertible {
     public let diagnostics: [Diagnostic]
-    public init(_ diagnostics: [Diagnostic]) { self.diagnostics = diagnostics }
+    /// At most `maxDiagnostics` are kept, the last one saying how many more there were.
+    public static let maxDiagnostics = 200
+
+    public init(_ diagnostics: [Diagnostic]) {
+        guard diagnostics.count > Self.maxDiagnostics, let last = diagnostics.last else {
+            self.diagnostics = diagnostics
+            return
+        }
+        self.diagnostics = Array(diagnostics.prefix(Self.maxDiagnostics))
+            + [Diagnostic(last.mark, "… and \(diagnostics.count - Self.maxDiagnostics) more problems; fix the ones above first")]
+    }
     public var description: String { diagnostics.map(\.description).joined(separator: "\n") }
 }

@@ -69,7 +69,7 @@ struct NodeReader {
     mutating func duration(_ key: String, _ diagnostics: inout [Diagnostic]) -> Double? {
         guard let node = value(key) else { return nil }
         guard let text = node.scalarText, let seconds = Self.parseDuration(text) else {
-            diagnostics.append(Diagnostic(node.mark, "\(child(key)) must be a duration like 30s, 5m, 72h or 1h30m, found \(Self.show(node))"))
+            diagnostics.append(Diagnostic(node.mark, "\(child(key)) must be a duration like 30s, 5m, 72h or 1h30m, at most \(Self.maxDurationDays)d, found \(Self.show(node))"))
             return nil
         }
         return seconds
@@ -119,11 +119,16 @@ struct NodeReader {
     }
 
     static func show(_ node: YAMLNode) -> String {
-        if let text = node.scalarText { return "'\(text)'" }
-        return node.kindDescription
+        guard let text = node.scalarText else { return node.kindDescription }
+        return text.count > 80 ? "'\(text.prefix(80))…' (\(text.utf8.count) bytes)" : "'\(text)'"
     }
 
+    /// The longest duration a spec may name: ten years.
+    static let maxDurationDays = 3650
+
+    /// Seconds, or nil when `text` is not a duration or is longer than `maxDurationDays`.
     static func parseDuration(_ text: String) -> Double? {
+        guard text.utf8.count <= 64 else { return nil }
         let units: [Character: Double] = ["s": 1, "m": 60, "h": 3600, "d": 86400]
         var total = 0.0
         var digits = ""
@@ -139,7 +144,8 @@ struct NodeReader {
                 return nil
             }
         }
-        return digits.isEmpty && sawUnit ? total : nil
+        guard digits.isEmpty, sawUnit, total.isFinite, total <= Double(maxDurationDays) * 86400 else { return nil }
+        return total
     }
 }
 

@@ -88,11 +88,25 @@ extension String {
     }
 }
 
-/// Turns the event stream into nodes.
+/// Turns the event stream into nodes. Each open collection is a frame appended to in place, with
+/// a set of its keys, so building a document is linear in its size.
 private struct Builder {
-    enum Frame {
-        case mapping([(key: YAMLNode, value: YAMLNode)], pendingKey: YAMLNode?, anchor: String?, mark: SourceMark)
-        case sequence([YAMLNode], anchor: String?, mark: SourceMark)
+    final class Frame {
+        let isMapping: Bool
+        let anchor: String?
+        let mark: SourceMark
+        var items: [YAMLNode] = []
+        var pairs: [(key: YAMLNode, value: YAMLNode)] = []
+        var pendingKey: YAMLNode?
+        var keys: [String: Int] = [:]
+        /// Expanded size, for alias accounting.
+        var size = 1
+
+        init(isMapping: Bool, anchor: String?, mark: SourceMark) {
+            self.isMapping = isMapping
+            self.anchor = anchor
+            self.mark = mark
+        }
     }
 
     let file: String
@@ -101,8 +115,6 @@ private struct Builder {
     var anchors: [String: (node: YAMLNode, size: Int)] = [:]
     var documents: [YAMLNode] = []
     var nodeCount = 0
-    /// Expanded size of each open collection, for alias accounting.
-    var sizes: [Int] = []
 
     init(file: String, limits: YAMLParser) {
         self.file = file
@@ -142,24 +154,14 @@ private struct Builder {
             try count(target.size, at: position)
             try add(target.node, size: target.size)
         case YAML_SEQUENCE_START_EVENT:
-            try open(.sequence([], anchor: Self.string(event.data.sequence_start.anchor), mark: position), at: position)
+            try open(Frame(isMapping: false, anchor: Self.string(event.data.sequence_start.anchor), mark: position), at: position)
         case YAML_MAPPING_START_EVENT:
-            try open(.mapping([], pendingKey: nil, anchor: Self.string(event.data.mapping_start.anchor), mark: position), at: position)
+            try open(Frame(isMapping: true, anchor: Self.string(event.data.mapping_start.anchor), mark: position), at: position)
         case YAML_SEQUENCE_END_EVENT, YAML_MAPPING_END_EVENT:
             let frame = stack.removeLast()
-            let size = sizes.removeLast()
-            let node: YAMLNode
-            let anchor: String?
-            switch frame {
-            case .sequence(let items, let name, let start):
-                node = .sequence(items, start)
-                anchor = name
-            case .mapping(let pairs, _, let name, let start):
-                node = .mapping(try Self.mergeKeys(pairs), start)
-                anchor = name
-            }
-            if let anchor { anchors[anchor] = (node, size) }
-            try add(node, size: size)
+            let node: YAMLNode = frame.isMapping ? .mapping(try Self.mergeKeys(frame.pairs), frame.mark) : .sequence(frame.items, frame.mark)
+            if let anchor = frame.anchor { anchors[anchor] = (node, frame.size) }
+            try add(node, size: frame.size)
         case YAML_DOCUMENT_START_EVENT:
             anchors = [:]
         default:
@@ -173,40 +175,40 @@ private struct Builder {
         }
         try count(1, at: position)
         stack.append(frame)
-        sizes.append(1)
     }
 
     mutating func add(_ node: YAMLNode, size: Int) throws {
-        guard let top = stack.popLast() else {
+        guard let top = stack.last else {
             documents.append(node)
             return
         }
-        sizes[sizes.count - 1] += size
-        switch top {
-        case .sequence(var items, let anchor, let start):
-            items.append(node)
-            stack.append(.sequence(items, anchor: anchor, mark: start))
-        case .mapping(var pairs, let pendingKey, let anchor, let start):
-            if let key = pendingKey {
-                if let keyText = key.scalarText, keyText != "<<",
-                   let earlier = pairs.first(where: { $0.key.scalarText == keyText }) {
-                    throw Diagnostic(key.mark, "duplicate key '\(keyText)' (first at line \(earlier.key.mark.line)); keep one")
-                }
-                if case .scalar = key {} else {
-                    throw Diagnostic(key.mark, "mapping keys must be scalars, found \(key.kindDescription)")
-                }
-                pairs.append((key, node))
-                stack.append(.mapping(pairs, pendingKey: nil, anchor: anchor, mark: start))
-            } else {
-                stack.append(.mapping(pairs, pendingKey: node, anchor: anchor, mark: start))
-            }
+        top.size += size
+        guard top.isMapping else {
+            top.items.append(node)
+            return
         }
+        guard let key = top.pendingKey else {
+            top.pendingKey = node
+            return
+        }
+        top.pendingKey = nil
+        guard case .scalar(let keyText, _, _) = key else {
+            throw Diagnostic(key.mark, "mapping keys must be scalars, found \(key.kindDescription)")
+        }
+        if keyText != "<<" {
+            if let earlier = top.keys[keyText] {
+                throw Diagnostic(key.mark, "duplicate key '\(keyText)' (first at line \(earlier)); keep one")
+            }
+            top.keys[keyText] = key.mark.line
+        }
+        top.pairs.append((key, node))
     }
 
     /// Resolves `<<` merge keys: entries of the merged mappings not already present are added.
     static func mergeKeys(_ pairs: [(key: YAMLNode, value: YAMLNode)]) throws -> [(key: YAMLNode, value: YAMLNode)] {
         guard pairs.contains(where: { $0.key.scalarText == "<<" }) else { return pairs }
         var result = pairs.filter { $0.key.scalarText != "<<" }
+        var present = Set(result.compactMap(\.key.scalarText))
         for pair in pairs where pair.key.scalarText == "<<" {
             let sources: [YAMLNode]
             switch pair.value {
@@ -218,7 +220,7 @@ private struct Builder {
                 guard case .mapping(let merged, _) = source else {
                     throw Diagnostic(source.mark, "a merge key '<<' takes a mapping or a list of mappings")
                 }
-                for entry in merged where !result.contains(where: { $0.key.scalarText == entry.key.scalarText }) {
+                for entry in merged where present.insert(entry.key.scalarText ?? "").inserted {
                     result.append(entry)
                 }
             }

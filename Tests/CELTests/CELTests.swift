@@ -10,7 +10,8 @@ import TestSupport
 
     /// The official conformance vectors of the core language files, all run by our evaluator.
     @Test(arguments: ["basic", "comparisons", "conversions", "fields", "fp_math", "integer_math", "lists", "logic",
-                      "macros", "namespace", "parse", "plumbing", "string", "timestamps", "string_ext"])
+                      "macros", "namespace", "parse", "plumbing", "string", "timestamps", "string_ext",
+                      "timestamps_upstream"])
     func conformance(_ file: String) throws {
         let path = TestPaths.conformanceVectors.appendingPathComponent("\(file).json").path
         try #require(FileManager.default.fileExists(atPath: path), "the conformance vectors belong at \(path)")

@@ -110,3 +110,46 @@ import TestSupport
         #expect(text.contains { $0.contains("previews.ttl must be a duration") })
     }
 }
+
+@Suite struct HostileSpecTests {
+    func problems(_ yaml: String) throws -> [Diagnostic] {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("environments/hostile.yaml", yaml)
+        let commit = ObjectID(hex: try repo.commit("hostile"))!
+        let loaded = try ConfigLoader(repository: try repo.open()).environments(at: commit)
+        return try #require(loaded.first { $0.file == "environments/hostile.yaml" }).diagnostics
+    }
+
+    func environment(_ spec: String) -> String {
+        "apiVersion: gantry/v1\nkind: Environment\nmetadata: {name: hostile, team: payments, class: preview}\nspec:\n\(spec)"
+    }
+
+    @Test func overflowingNumbersAndDurationsAreDiagnosticsWithPositions() throws {
+        let found = try problems(environment("""
+              lifecycle: {ttl: 99999999999999999999999999999999999999d, idleSleepAfter: 3651d}
+              services:
+                web:
+                  command: [python3, -m, http.server]
+                  replicas: 99999999999999999999999
+                  resources: {memory: 1e400Mi, cpu: 1e400}
+                  health: {http: /, timeout: 1.7976931348623157e308s}
+            """))
+        let text = found.map(\.description)
+        #expect(text.contains { $0.hasPrefix("environments/hostile.yaml:5:") && $0.contains("lifecycle.ttl must be a duration") }, "\(text)")
+        #expect(text.contains { $0.contains("idleSleepAfter must be a duration") && $0.contains("at most 3650d") }, "\(text)")
+        #expect(text.contains { $0.hasPrefix("environments/hostile.yaml:9:") && $0.contains("replicas must be a whole number") }, "\(text)")
+        #expect(text.contains { $0.contains("memory must be a quantity") }, "\(text)")
+        #expect(text.contains { $0.contains("cpu must be a number") }, "\(text)")
+        #expect(text.contains { $0.contains("timeout must be a duration") }, "\(text)")
+    }
+
+    @Test func hugeNamesAndManyUnknownFieldsGiveBoundedDiagnostics() throws {
+        let longName = String(repeating: "x", count: 100_000)
+        let unknown = (0..<5_000).map { "  field\($0): 1" }.joined(separator: "\n")
+        let found = try problems(environment("  template: \(longName)\n  services:\n    web:\n      command: [a]\n      replicas: \(longName)\n\(unknown)\n"))
+        #expect(found.count <= ValidationFailure.maxDiagnostics + 1, "\(found.count)")
+        #expect(found.last?.message.contains("more problems") == true, "\(found.suffix(2))")
+        #expect(found.allSatisfy { $0.message.count <= Diagnostic.maxMessageLength + 10 })
+    }
+}

@@ -82,3 +82,33 @@ import Testing
         #expect(problem.message.contains("2 YAML documents"))
     }
 }
+
+@Suite struct HostileYAMLTests {
+    let parser = YAMLParser()
+
+    @Test func largeMappingsAndListsParseInLinearTime() throws {
+        // 20,000 keys and 40,000 items: a quadratic duplicate check or copy is 10^9 steps.
+        let keys = (0..<20_000).map { "k\($0): \($0)" }.joined(separator: "\n")
+        let start = Date()
+        guard case .mapping(let pairs, _) = try parser.parse(Data(keys.utf8), file: "f.yaml") else { Issue.record("not a mapping"); return }
+        #expect(pairs.count == 20_000)
+        let items = "- " + (0..<40_000).map(String.init).joined(separator: "\n- ")
+        guard case .sequence(let values, _) = try parser.parse(Data(items.utf8), file: "f.yaml") else { Issue.record("not a list"); return }
+        #expect(values.count == 40_000)
+        #expect(Date().timeIntervalSince(start) < 30)
+        // The duplicate check still names both lines.
+        let duplicate = keys + "\nk7: again\n"
+        #expect { try parser.parse(Data(duplicate.utf8), file: "f.yaml") } throws: {
+            ($0 as? Diagnostic)?.message == "duplicate key 'k7' (first at line 8); keep one" && ($0 as? Diagnostic)?.mark.line == 20_001
+        }
+    }
+
+    @Test func mergeKeysOverManyEntriesStayLinear() throws {
+        let base = (0..<10_000).map { "  b\($0): \($0)" }.joined(separator: "\n")
+        let text = "base: &base\n\(base)\nover:\n  <<: *base\n  b1: replaced\n"
+        guard case .mapping(let top, _) = try parser.parse(Data(text.utf8), file: "f.yaml"),
+              case .mapping(let over, _)? = top.last?.value else { Issue.record("not a mapping"); return }
+        #expect(over.count == 10_000)
+        #expect(over.first { $0.key.scalarText == "b1" }?.value.scalarText == "replaced")
+    }
+}

@@ -1,0 +1,98 @@
+import Foundation
+import Testing
+@testable import CEL
+
+/// What a policy author or an agent's data can throw at the evaluator: every case ends with a
+/// result or a CEL error, in time linear in its input.
+@Suite struct HostileCELTests {
+    func eval(_ source: String, _ bindings: [String: CELValue] = [:], costLimit: Int = 1_000_000) throws -> CELValue {
+        try CELProgram(source).evaluate(bindings, costLimit: costLimit)
+    }
+
+    func costLimitError(_ error: any Error) -> Bool { (error as? CELError)?.message.contains("cost limit") == true }
+
+    @Test func matchesIsLinearOnPathologicalPatternsOverAThousandPaths() throws {
+        // A backtracking engine takes 2^40 steps on each of these paths; RE2 takes 40.
+        let paths: CELValue = .list((0..<1000).map { .string(String(repeating: "a", count: 40 + $0 % 7) + "!") })
+        let start = Date()
+        #expect(try eval("files.all(f, !f.matches('^(a|aa)+$') && !f.matches('^(a+)+$'))", ["files": paths]) == .bool(true))
+        #expect(try eval("files.exists(f, f.matches('(a*)*!$'))", ["files": paths]) == .bool(true))
+        #expect(Date().timeIntervalSince(start) < 20, "a pathological regex over 1,000 paths must not backtrack")
+    }
+
+    @Test func regexesFollowRE2SyntaxAndRefuseWhatRE2Cannot() throws {
+        #expect(try eval("'infra/db/main.tf'.matches('^infra/')") == .bool(true))
+        #expect(try eval("'Ünïcode'.matches('^.n.code$')") == .bool(true))
+        #expect(try eval("'x'.matches('')") == .bool(true))
+        // Backreferences and lookarounds are not RE2: an error naming the pattern, not a hang.
+        for pattern in ["(a)\\\\1", "(?=a)", "(?<name>a)"] {
+            #expect { try eval("'aa'.matches('\(pattern)')") } throws: {
+                ($0 as? CELError)?.message.contains("invalid regular expression") == true
+            }
+        }
+        let long = String(repeating: "a", count: RegularExpression.maxPatternBytes + 1)
+        #expect(throws: CELError.self) { try eval("'a'.matches(p)", ["p": .string(long)]) }
+    }
+
+    @Test func stringFunctionsAreChargedByLengthAndStayLinear() throws {
+        let haystack = String(repeating: "a", count: 200_000)
+        let needle = String(repeating: "a", count: 100_000) + "b"
+        let bindings: [String: CELValue] = ["s": .string(haystack), "t": .string(needle)]
+        // A naive scan is 10^10 steps here.
+        #expect(try eval("s.indexOf(t)", bindings) == .int(-1))
+        #expect(try eval("s.contains(t)", bindings) == .bool(false))
+        #expect(try eval("s.lastIndexOf(t)", bindings) == .int(-1))
+        #expect(try eval("size(s.split(t))", bindings) == .int(1))
+        // Long strings cost by their length: a loop over them runs out of budget.
+        #expect { try eval("[1, 2, 3, 4, 5, 6, 7, 8, 9, 10].all(i, s.contains(t) == false)", bindings, costLimit: 50_000) } throws: { costLimitError($0) }
+    }
+
+    @Test func replaceIsChargedForItsOutputBeforeBuildingIt() throws {
+        let s: CELValue = .string(String(repeating: "x", count: 10_000))
+        // 10,001 insertions of 10,000 bytes: 100 MB that must never be allocated.
+        #expect { try eval("s.replace('', s)", ["s": s]) } throws: { costLimitError($0) }
+        #expect { try eval("s.replace('x', s + s)", ["s": s]) } throws: { costLimitError($0) }
+        #expect(try eval("size(s.replace('x', 'yy', 3))", ["s": s]) == .int(10_003))
+        // Doubling a string charges each result: the budget ends the growth.
+        #expect { try eval("[s + s].map(a, a + a).map(b, b + b).map(c, c + c).map(d, d + d).map(e, e + e + e + e)", ["s": s], costLimit: 20_000) } throws: { costLimitError($0) }
+    }
+
+    @Test func formatPrecisionIsBounded() throws {
+        #expect(try eval("'%.3f'.format([1.0])") == .string("1.000"))
+        #expect { try eval("'%.999999999f'.format([1.0])") } throws: { ($0 as? CELError)?.message.contains("precision") == true }
+    }
+
+    @Test func largeMapsAndListsAreBuiltAndSearchedInLinearTime() throws {
+        let entries = (0..<100_000).map { (CELValue.string("key-\($0)"), CELValue.int(Int64($0))) }
+        let map = try CELMap(entries)
+        #expect(map[.string("key-99999")] == .int(99_999))
+        #expect(map[.string("key-100000")] == nil)
+        // Numeric keys are one key across int, uint and double.
+        let numbers = try CELMap([(.int(1), .string("one")), (.uint(2), .string("two"))])
+        #expect(numbers[.uint(1)] == .string("one"))
+        #expect(numbers[.double(2.0)] == .string("two"))
+        #expect(throws: CELError.self) { try CELMap([(.int(3), .null), (.double(3.0), .null)]) }
+        #expect(try eval("m['key-5'] == 5 && 'key-77' in m", ["m": .map(map)]) == .bool(true))
+        // A map literal pays per entry; repeated keys are an error.
+        #expect { try eval("{1: 'a', 1u: 'b'}") } throws: { ($0 as? CELError)?.message.contains("repeated key") == true }
+    }
+
+    @Test func treesTooHighAreRefusedBeforeEvaluation() throws {
+        // Chains inside parentheses inside chains: each level is shallow for the parser, the whole
+        // is thousands of levels for the evaluator.
+        var source = "a"
+        for _ in 0..<20 { source = "(" + source + Array(repeating: " + a", count: 200).joined() + ")" }
+        #expect { try CELProgram(source) } throws: { ($0 as? CELSyntaxError)?.message.contains("levels deep") == true }
+        let fine = "(" + Array(repeating: "a", count: 100).joined(separator: " + ") + ")"
+        #expect(try eval(fine, ["a": .int(1)]) == .int(100))
+        #expect(throws: CELSyntaxError.self) { try CELProgram(String(repeating: " ", count: CELProgram.maxSourceBytes + 1) + "1") }
+    }
+
+    @Test func wellKnownTypeNamesAreTypes() throws {
+        #expect(try eval("type(timestamp('2024-01-01T00:00:00Z')) == google.protobuf.Timestamp") == .bool(true))
+        #expect(try eval("type(duration('1s')) == google.protobuf.Duration") == .bool(true))
+        #expect(try eval("type(google.protobuf.Timestamp) == type") == .bool(true))
+        // A binding named like the package is still the binding.
+        #expect(try eval("google.x", ["google": .map(try CELMap([(.string("x"), .int(1))]))]) == .int(1))
+    }
+}
