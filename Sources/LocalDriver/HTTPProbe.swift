@@ -4,8 +4,8 @@ import Glibc
 #endif
 
 /// A minimal HTTP/1.0 GET over loopback, for health checks: no dependencies, bounded by a timeout.
-enum HTTPProbe {
-    enum Result: Equatable {
+public enum HTTPProbe {
+    public enum Result: Equatable, Sendable {
         case status(Int)
         case failed(String)
 
@@ -41,7 +41,7 @@ enum HTTPProbe {
         return address
     }
 
-    static func get(port: Int, path: String, timeout: Double) -> Result {
+    public static func get(port: Int, path: String, timeout: Double) -> Result {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return .failed("socket: \(String(cString: strerror(errno)))") }
         defer { close(fd) }

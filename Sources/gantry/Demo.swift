@@ -57,7 +57,7 @@ struct Demo: ParsableCommand {
         """.utf8))
         // The demo cleans up after itself: Ctrl-C stops its services too.
         var arguments = ["--repo", demo.path, "--state", paths.root.path, "--stop-on-exit"]
-        if once { arguments.append("--once") }
+        arguments.append(once ? "--once" : "--announce-routes")
         let command = try Run.parse(arguments)
         try command.run()
     }

@@ -30,6 +30,8 @@ struct Run: ParsableCommand {
     var routerPort = 8080
     @Flag(help: "Do not start the HTTP router.")
     var noRouter = false
+    @Flag(help: "Print the URL of each route (through the router) once its service answers; the demo does.")
+    var announceRoutes = false
     @Flag(help: "Report drift (stopped processes, dropped databases) without correcting it.")
     var detectOnly = false
     @Flag(help: "Log debug detail.")
@@ -96,6 +98,11 @@ struct Run: ParsableCommand {
             try? FileManager.default.removeItem(atPath: paths.routerPortFile)
         }
         defer { try? FileManager.default.removeItem(atPath: paths.pidFile) }
+        if announceRoutes, let router {
+            let announcer = RouteAnnouncer(routerPort: router.port, store: store)
+            let before = reconciler.beforePass
+            reconciler.beforePass = { announcer.announce(); try before?() }
+        }
         let stop = StopFlag()
         let wake = WakeSignal()
         wake.installSignalHandlers { signal in
@@ -139,6 +146,26 @@ struct Keys: ParsableCommand {
     func run() throws {
         let key = try SigningKey.loadOrCreate(at: StatePaths(root: state.directory).key)
         print("gantry \(key.publicKey.authorizedKey)")
+    }
+}
+
+/// Prints each route's URL through the router, once, when its service first answers HTTP.
+final class RouteAnnouncer: @unchecked Sendable {
+    let routerPort: Int
+    let store: StateStore
+    private var announced: Set<String> = []
+
+    init(routerPort: Int, store: StateStore) {
+        self.routerPort = routerPort
+        self.store = store
+    }
+
+    func announce() {
+        for (host, target) in RouteTable.build(store).sorted(by: { $0.key < $1.key }) where !announced.contains(host) {
+            guard let port = target.port, case .status = HTTPProbe.get(port: port, path: "/", timeout: 1) else { continue }
+            announced.insert(host)
+            FileHandle.standardOutput.write(Data("\(target.environment) is up: http://\(host):\(routerPort)/\n".utf8))
+        }
     }
 }
 

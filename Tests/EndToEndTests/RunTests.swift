@@ -64,6 +64,28 @@ import TestSupport
         #expect(((after["services"] as? [[String: Any]])?.first?["phase"] as? String) == "Stopped")
     }
 
+    @Test func announceRoutesPrintsEachRouteOnceItAnswers() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let state = TemporaryDirectory()
+        defer { killMarked(state: state.path) }
+        let log = state.path + "/run.log"
+        let run = try GantryProcess(["run", "--repo", repo.path, "--state", state.path, "--interval", "0.5", "--stop-on-exit",
+                                     "--router-port", "0", "--announce-routes"], log: log)
+        func printed() -> [String] {
+            ((try? String(contentsOfFile: log, encoding: .utf8)) ?? "").split(separator: "\n").filter { $0.contains(" is up: ") }.map(String.init)
+        }
+        #expect(eventually(60) { printed().count == 2 })
+        let port = try #require(try? String(contentsOfFile: state.path + "/router.port", encoding: .utf8)
+            .trimmingCharacters(in: .whitespacesAndNewlines))
+        #expect(printed().contains("web is up: http://www.web.localhost:\(port)/"), "\(printed())")
+        let routed = try Shell.run(["curl", "-s", "--max-time", "3", "-H", "Host: www.web.localhost:\(port)", "http://127.0.0.1:\(port)/"])
+        #expect(routed.stdout.contains("hello from web"))
+        Thread.sleep(forTimeInterval: 1.5)
+        #expect(printed().count == 2, "each URL is printed once")
+        run.terminate()
+    }
+
     @Test func killDashNineAtAnyMomentThenRestartConverges() throws {
         let repo = try TestRepository()
         try repo.seedExample()
