@@ -3,7 +3,7 @@ SWIFT ?= swift
 DEBIAN_PACKAGES := libgit2-dev libyaml-dev libsqlite3-dev libre2-dev g++ pkg-config openssh-client git python3 curl redis-server postgresql
 STATE ?= .gantry
 
-.PHONY: deps build run test bench fuzz-cel clean
+.PHONY: deps build run test bench fuzz-cel fuzz clean
 
 ## Install the Debian packages Gantry needs, only when something is missing.
 deps:
@@ -38,6 +38,11 @@ COUNT ?= 2000
 fuzz-cel: build
 	python3 -m pip install -q cel-expr-python
 	python3 scripts/cel_fuzz.py .build/debug/gantry $(COUNT) $(SEED)
+
+## Coverage-guided fuzzing (libFuzzer + AddressSanitizer) of the YAML/spec decoders, CEL, audit notes,
+## SSHSIG and allowed_signers, built in .build-fuzz/. RUNS=1000000 TARGETS="cel spec" (docs/fuzzing.md).
+fuzz: deps
+	RUNS=$(or $(RUNS),100000) Fuzz/fuzz.sh
 
 clean:
 	rm -rf .build $(STATE)

@@ -55,6 +55,9 @@ let package = Package(
             "GitStore", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver", "TestSupport", "CEL", "Governance",
             .product(name: "Logging", package: "swift-log"),
         ]),
+        // `make fuzz` (docs/fuzzing.md): the fuzz targets' bodies, run by libFuzzer or replayed on files.
+        .target(name: "FuzzTargets", dependencies: ["SpecLoading", "SpecModel", "CEL", "Audit", "Governance", "GitStore"]),
+        .executableTarget(name: "GantryFuzz", dependencies: ["FuzzTargets"]),
         .target(name: "TestSupport", dependencies: ["GitStore"], path: "Tests/TestSupport"),
         .testTarget(name: "GitStoreTests", dependencies: ["GitStore", "TestSupport"]),
         .testTarget(name: "SpecLoadingTests", dependencies: ["SpecLoading", "SpecModel", "GitStore", "TestSupport"]),
@@ -65,6 +68,8 @@ let package = Package(
         .testTarget(name: "LocalDriverTests", dependencies: ["LocalDriver", "Reconciler", "StateStore", "SpecModel", "SpecLoading", "Audit", "GitStore", "Governance", "TestSupport",
                                                            .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "GitStore", "Audit"]),
+        // Replays Fuzz/corpus/ and Fuzz/regressions/ through the fuzz targets.
+        .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets"]),
     ],
     cxxLanguageStandard: .cxx17
 )
