@@ -8,7 +8,9 @@
 #   TIMEOUT=1         seconds one input may take
 #   RSS_LIMIT_MB=2048 MALLOC_LIMIT_MB=512   memory limits (the process; one allocation)
 #   MAX_TIME=0        seconds per target, 0 for no limit
-#   FUZZ_FLAGS=...    more libFuzzer flags (-seed=1, -jobs=..., ...)
+#   KEEP_GOING=1      go on past crashes, timeouts and OOMs (libFuzzer's -fork=1 with one worker
+#                     process; each finding is still written to Fuzz/findings/<target>/)
+#   FUZZ_FLAGS=...    more libFuzzer flags (-seed=1, ...)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +21,9 @@ RSS_LIMIT_MB=${RSS_LIMIT_MB:-2048}
 MALLOC_LIMIT_MB=${MALLOC_LIMIT_MB:-512}
 MAX_TIME=${MAX_TIME:-0}
 FUZZ_FLAGS=${FUZZ_FLAGS:-}
+if [ "${KEEP_GOING:-0}" = 1 ]; then
+  FUZZ_FLAGS="-fork=1 -ignore_crashes=1 -ignore_timeouts=1 -ignore_ooms=1 $FUZZ_FLAGS"
+fi
 scratch=.build-fuzz/libfuzzer
 
 # libFuzzer without its main(): SwiftPM's executable already has one, which calls LLVMFuzzerRunDriver.
@@ -47,6 +52,8 @@ targets=${TARGETS:-$("$binary" list | cut -f1)}
 
 export SWIFT_BACKTRACE=enable=no            # let libFuzzer and ASan report crashes
 export ASAN_SYMBOLIZER_PATH=$symbolizer
+# No leak checks: Swift's runtime caches look like leaks to LeakSanitizer, and libFuzzer would run
+# every input that allocates more than it frees a second time to look for them.
 export ASAN_OPTIONS=${ASAN_OPTIONS:-symbolize=1:detect_leaks=0}
 export GANTRY_FUZZ_SCRATCH=$PWD/.build-fuzz/scratch
 mkdir -p "$GANTRY_FUZZ_SCRATCH"
@@ -61,7 +68,7 @@ for target in $targets; do
   mkdir -p "$corpus" "$findings" "$(dirname "$log")"
   command=("$binary" "$target" "$corpus" "Fuzz/corpus/$target" -runs="$RUNS" -timeout="$TIMEOUT"
            -rss_limit_mb="$RSS_LIMIT_MB" -malloc_limit_mb="$MALLOC_LIMIT_MB" -max_len="$max_len"
-           -max_total_time="$MAX_TIME" -artifact_prefix="$findings/" -print_final_stats=1 $FUZZ_FLAGS)
+           -max_total_time="$MAX_TIME" -detect_leaks=0 -artifact_prefix="$findings/" -print_final_stats=1 $FUZZ_FLAGS)
   echo "fuzz: ${command[*]}"
   start=$(date +%s.%N)
   "${command[@]}" > "$log" 2>&1
@@ -69,9 +76,14 @@ for target in $targets; do
   seconds=$(awk -v a="$start" -v b="$(date +%s.%N)" 'BEGIN { printf "%.1f", b - a }')
   executions=$(grep -o 'stat::number_of_executed_units: [0-9]*' "$log" | tail -1 | awk '{ print $2 }')
   executions=${executions:-$(grep -o '^#[0-9]*' "$log" | tail -1 | tr -d '#')}
+  # -fork mode: the parent's last status line counts what the workers found.
+  found=$(grep -o 'oom/timeout/crash: [0-9/]*' "$log" | tail -1 | awk '{ print $2 }')
   rate=$(awk -v n="${executions:-0}" -v s="$seconds" 'BEGIN { printf "%d", (s > 0 ? n / s : 0) }')
   coverage=$(grep -o 'cov: [0-9]*' "$log" | tail -1 | awk '{ print $2 }')
-  if [ $status -eq 0 ]; then
+  if [ $status -eq 0 ] && [ -n "$found" ] && [ "$found" != 0/0/0 ]; then
+    failed=1
+    outcome="FOUND oom/timeout/crash $found: $(ls "$findings" | grep -E '^(crash|timeout|oom|leak)-' | wc -l) input(s) in $findings"
+  elif [ $status -eq 0 ]; then
     outcome=ok
   else
     failed=1

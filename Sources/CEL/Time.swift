@@ -89,7 +89,8 @@ enum Time {
                 index += 1
             }
             guard digits > 0 else { throw bad }
-            for _ in digits..<9 where digits < 9 { nanos *= 10 }
+            // More than nine digits are cut to nanoseconds (the range must not run backwards).
+            for _ in min(digits, 9)..<9 { nanos *= 10 }
         }
         guard index < chars.count else { throw bad }
         var offset: Int64 = 0

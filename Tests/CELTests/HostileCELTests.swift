@@ -96,3 +96,12 @@ import Testing
         #expect(try eval("google.x", ["google": .map(try CELMap([(.string("x"), .int(1))]))]) == .int(1))
     }
 }
+
+@Suite struct FuzzFindingCELTests {
+    /// Found by `make fuzz`: more than nine fraction digits made the parser build a backwards range.
+    @Test func timestampsWithMoreThanNineFractionDigitsAreNoCrash() throws {
+        let value = try CELProgram("timestamp('2024-01-01T00:00:00.0000000001Z')").evaluate()
+        #expect(Conformance.matches(value, .timestamp(seconds: 1_704_067_200, nanos: 0)))
+        #expect(throws: CELError.self) { try CELProgram("timestamp('0001-01-01T00:00:01.999919999001-01-01T00:00:01-999999998Z')").evaluate() }
+    }
+}
