@@ -69,6 +69,8 @@ for target in $targets; do
   command=("$binary" "$target" "$corpus" "Fuzz/corpus/$target" -runs="$RUNS" -timeout="$TIMEOUT"
            -rss_limit_mb="$RSS_LIMIT_MB" -malloc_limit_mb="$MALLOC_LIMIT_MB" -max_len="$max_len"
            -max_total_time="$MAX_TIME" -detect_leaks=0 -artifact_prefix="$findings/" -print_final_stats=1 $FUZZ_FLAGS)
+  # Tokens of the target's format (libFuzzer splices them into inputs), when there are some.
+  [ -f "Fuzz/dictionaries/$target.dict" ] && command+=(-dict="Fuzz/dictionaries/$target.dict")
   echo "fuzz: ${command[*]}"
   start=$(date +%s.%N)
   "${command[@]}" > "$log" 2>&1

@@ -137,7 +137,7 @@ public struct AuditRecord: Sendable {
         }
         let pairs = lines.compactMap(pair)
         guard pairs.count == lines.count, pairs.count >= 5, pairs[0] == ("gantry-audit", "1"), pairs[1].0 == "seq",
-              let seq = Int(pairs[1].1), pairs[2].0 == "event", pairs[3].0 == "at", pairs.last!.0 == "prev" else {
+              let seq = Int(pairs[1].1), String(seq) == pairs[1].1, pairs[2].0 == "event", pairs[3].0 == "at", pairs.last!.0 == "prev" else {
             throw SSHFormatError("malformed record: expected gantry-audit, seq, event, at, ..., prev lines")
         }
         return AuditRecord(seq: seq, event: pairs[2].1, at: pairs[3].1,

@@ -41,7 +41,8 @@ public struct AuditVerifier: Sendable {
             if record.prev != prev {
                 report.faults.append("\(place): prev is \(record.prev) but the record before it hashes to \(prev) — a record was removed, edited or reordered")
             }
-            expectedSeq = record.seq + 1
+            // A forged seq of Int.max must be a fault, not an overflow trap.
+            expectedSeq = record.seq == Int.max ? Int.max : record.seq + 1
             prev = record.digest
         }
         if let kept, !records.contains(where: { $0.record.seq == kept.seq && $0.record.digest == kept.digest }) {

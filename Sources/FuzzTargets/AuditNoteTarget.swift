@@ -13,7 +13,8 @@ enum AuditNoteTarget {
     static let notesRef = AuditLog.defaultRef
     /// The commit the note is attached to (notes may name any object id).
     static let target = ObjectID(hex: "0123456789abcdef0123456789abcdef01234567")!
-    /// Gantry's key in the seeds (Fuzz/corpus/audit-note): Ed25519 seed 0x01 × 32.
+    /// The key that signs the notes commits (Ed25519 seed 0x01 × 32); the seeds' records are signed
+    /// by a throwaway key of Fuzz/make-seeds.sh, trusted as the first record's signer.
     static let key = try! SigningKey(privateKey: .init(rawRepresentation: Data(repeating: 1, count: 32)))
 
     static func run(_ data: Data) {
@@ -22,8 +23,8 @@ enum AuditNoteTarget {
         let (records, problems) = AuditRecord.parseNote(note)
         for problem in problems { _ = problem.utf8.count }
         for record in records {
-            FuzzTarget.trace("record seq \(record.seq) \(record.event): " + ((try? SSHSignature.verify(record.signature, message: Data(record.signedText.utf8), namespace: "gantry-audit")).map { "signed by \($0.fingerprint)" } ?? "bad signature"))
-            _ = try? SSHSignature.verify(record.signature, message: Data(record.signedText.utf8), namespace: "gantry-audit")
+            let signer = try? SSHSignature.verify(record.signature, message: Data(record.signedText.utf8), namespace: "gantry-audit")
+            FuzzTarget.trace("record seq \(record.seq) \(record.event): \(signer.map { "signed by \($0.fingerprint)" } ?? "bad signature")")
             _ = record.digest
             _ = record.value("environment")
             _ = record.values("rule")

@@ -21,8 +21,10 @@ if arguments.count >= 2, arguments[1] == "list" {
     for target in FuzzTarget.allCases { print("\(target)\tmax_len \(target.maxLength)") }
     exit(0)
 }
-guard let name = arguments.count >= 2 ? arguments[1] : ProcessInfo.processInfo.environment["GANTRY_FUZZ_TARGET"],
-      let chosen = FuzzTarget(rawValue: name) else { usage() }
+// The target is the first argument, or (for the processes libFuzzer's -fork mode starts, whose
+// arguments are libFuzzer's alone) $GANTRY_FUZZ_TARGET.
+let named = arguments.count >= 2 ? FuzzTarget(rawValue: arguments[1]) : nil
+guard let chosen = named ?? ProcessInfo.processInfo.environment["GANTRY_FUZZ_TARGET"].flatMap(FuzzTarget.init(rawValue:)) else { usage() }
 
 #if FUZZING
 @_silgen_name("LLVMFuzzerRunDriver")
@@ -35,7 +37,7 @@ nonisolated(unsafe) var selected = chosen
 setenv("GANTRY_FUZZ_TARGET", chosen.rawValue, 1)
 // libFuzzer sees argv without the target name.
 var argv: [UnsafeMutablePointer<CChar>?] = [strdup(arguments[0])]
-argv += arguments.dropFirst(arguments.count >= 2 && arguments[1] == name ? 2 : 1).map { strdup($0) }
+argv += arguments.dropFirst(named == nil ? 1 : 2).map { strdup($0) }
 argv.append(nil)
 var argc = CInt(argv.count - 1)
 let status = argv.withUnsafeMutableBufferPointer { buffer -> CInt in
@@ -48,7 +50,7 @@ let status = argv.withUnsafeMutableBufferPointer { buffer -> CInt in
 exit(status)
 #else
 var files: [String] = []
-for path in arguments.dropFirst(2) {
+for path in arguments.dropFirst(named == nil ? 1 : 2) {
     if path == "-v" {
         FuzzTarget.trace = { print("  \($0)") }
         continue
