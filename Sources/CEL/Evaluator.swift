@@ -75,13 +75,10 @@ struct Evaluator {
             throw CELError("undeclared reference to '\(name)'")
         case .select(let operand, let field):
             // `a.b` may name a binding "a.b" — unless a comprehension variable `a` shadows it.
-            if let qualified = Self.qualifiedName(expr), let root = qualified.split(separator: ".").first,
-               !scopes.dropFirst().contains(where: { $0[String(root)] != nil }), let value = lookup(qualified) {
-                return value
-            }
-            if let qualified = Self.qualifiedName(expr), Self.typeNames.contains(qualified), lookup(qualified) == nil,
-               let root = qualified.split(separator: ".").first, lookup(String(root)) == nil {
-                return .type(qualified)
+            // A well-known type name (`google.protobuf.Timestamp`) unless `google` is bound.
+            if let qualified = Self.qualifiedName(expr), let root = qualified.split(separator: ".").first.map(String.init) {
+                if !scopes.dropFirst().contains(where: { $0[root] != nil }), let value = lookup(qualified) { return value }
+                if Self.typeNames.contains(qualified), lookup(root) == nil { return .type(qualified) }
             }
             let target = try eval(operand)
             guard case .map(let map) = target else { throw CELError("no such field '\(field)' on \(target.typeName)") }

@@ -47,6 +47,9 @@ public struct LoadedEnvironment: Sendable {
 public struct ConfigLoader: Sendable {
     public let repository: GitRepository
     public var parser = YAMLParser()
+    /// At most this many bytes of environment files are parsed at one commit (a file named by many
+    /// paths counts each time): past it, the remaining files are invalid and say so.
+    public var environmentBytesLimit = 32 << 20
 
     public init(repository: GitRepository) { self.repository = repository }
 
@@ -70,9 +73,6 @@ public struct ConfigLoader: Sendable {
 
     /// At most this many environment files are judged at one commit: more is refused with the count.
     public static let maxEnvironments = 1_000
-    /// At most this many bytes of environment files are parsed at one commit (a file named by many
-    /// paths counts each time): past it, the remaining files are invalid and say so.
-    public static let maxEnvironmentBytes = 32 << 20
 
     /// The number of environment files at `commit`.
     public func environmentFileCount(at commit: ObjectID) throws -> Int {
@@ -89,7 +89,7 @@ public struct ConfigLoader: Sendable {
         var templates: [String: (node: YAMLNode?, diagnostics: [Diagnostic])] = [:]
         var loaded: [LoadedEnvironment] = []
         var filesByName: [String: [String]] = [:]
-        var budget = Self.maxEnvironmentBytes
+        var budget = environmentBytesLimit
         for entry in entries where entry.kind == .file || entry.kind == .executable {
             guard entry.name.hasSuffix(".yaml") || entry.name.hasSuffix(".yml") else { continue }
             let file = "\(Self.environmentsDirectory)/\(entry.name)"
@@ -137,7 +137,7 @@ public struct ConfigLoader: Sendable {
             budget -= data.count
             guard budget >= 0 else {
                 return LoadedEnvironment(file: file, spec: nil, templateFile: nil, diagnostics: [Diagnostic(file: file,
-                    "not read: the environment files at this commit hold more than \(Self.maxEnvironmentBytes >> 20) MiB together; shrink or remove some")])
+                    "not read: the environment files at this commit hold more than \(environmentBytesLimit) bytes together; shrink or remove some")])
             }
             node = try parser.parse(data, file: file)
         } catch {

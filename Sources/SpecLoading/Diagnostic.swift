@@ -33,25 +33,21 @@ public struct Diagnostic: Error, Sendable, Hashable, CustomStringConvertible {
 
     public var description: String { "\(mark): \(message)" }
 
-    /// At most `ValidationFailure.maxDiagnostics` of `diagnostics`, the last saying how many more there were.
+    /// At most this many problems are reported for one file or one failure.
+    public static let maxReported = 200
+
+    /// At most `maxReported` of `diagnostics`, the last saying how many more there were.
     public static func capped(_ diagnostics: [Diagnostic]) -> [Diagnostic] {
-        ValidationFailure(diagnostics).diagnostics
+        guard diagnostics.count > maxReported, let last = diagnostics.last else { return diagnostics }
+        return Array(diagnostics.prefix(maxReported))
+            + [Diagnostic(last.mark, "… and \(diagnostics.count - maxReported) more problems; fix the ones above first")]
     }
 }
 
 /// Every problem found at once, in file order.
 public struct ValidationFailure: Error, Sendable, CustomStringConvertible {
     public let diagnostics: [Diagnostic]
-    /// At most `maxDiagnostics` are kept, the last one saying how many more there were.
-    public static let maxDiagnostics = 200
-
-    public init(_ diagnostics: [Diagnostic]) {
-        guard diagnostics.count > Self.maxDiagnostics, let last = diagnostics.last else {
-            self.diagnostics = diagnostics
-            return
-        }
-        self.diagnostics = Array(diagnostics.prefix(Self.maxDiagnostics))
-            + [Diagnostic(last.mark, "… and \(diagnostics.count - Self.maxDiagnostics) more problems; fix the ones above first")]
-    }
+    /// At most `Diagnostic.maxReported` are kept, the last one saying how many more there were.
+    public init(_ diagnostics: [Diagnostic]) { self.diagnostics = Diagnostic.capped(diagnostics) }
     public var description: String { diagnostics.map(\.description).joined(separator: "\n") }
 }

@@ -144,11 +144,31 @@ import TestSupport
         #expect(text.contains { $0.contains("timeout must be a duration") }, "\(text)")
     }
 
+    @Test func environmentFilesPastTheByteBudgetAreNotRead() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        // One file under several paths: each path is parsed, so each counts.
+        let web = try String(contentsOfFile: repo.path + "/environments/web.yaml", encoding: .utf8)
+        for copy in ["a", "b", "c"] { try repo.write("environments/copy-\(copy).yaml", web.replacingOccurrences(of: "name: web", with: "name: copy-\(copy)")) }
+        let commit = ObjectID(hex: try repo.commit("copies"))!
+        var loader = ConfigLoader(repository: try repo.open())
+        let git = try repo.open()
+        var firstThree = 0
+        for environment in try loader.environments(at: commit).prefix(3) {
+            firstThree += try git.readFile(environment.file, at: commit)?.count ?? 0
+        }
+        loader.environmentBytesLimit = firstThree
+        let loaded = try loader.environments(at: commit)
+        #expect(loaded.prefix(3).allSatisfy { $0.isValid })
+        let refused = loaded.dropFirst(3).map { $0.diagnostics.map(\.description) }
+        #expect(!refused.isEmpty && refused.allSatisfy { $0.count == 1 && $0[0].contains("hold more than \(loader.environmentBytesLimit) bytes together") }, "\(refused)")
+    }
+
     @Test func hugeNamesAndManyUnknownFieldsGiveBoundedDiagnostics() throws {
         let longName = String(repeating: "x", count: 100_000)
         let unknown = (0..<5_000).map { "  field\($0): 1" }.joined(separator: "\n")
         let found = try problems(environment("  template: \(longName)\n  services:\n    web:\n      command: [a]\n      replicas: \(longName)\n\(unknown)\n"))
-        #expect(found.count <= ValidationFailure.maxDiagnostics + 1, "\(found.count)")
+        #expect(found.count <= Diagnostic.maxReported + 1, "\(found.count)")
         #expect(found.last?.message.contains("more problems") == true, "\(found.suffix(2))")
         #expect(found.allSatisfy { $0.message.count <= Diagnostic.maxMessageLength + 10 })
     }
