@@ -238,7 +238,11 @@ public final class AuditLog: @unchecked Sendable {
         var all: [(ObjectID, AuditRecord)] = []
         var problems: [String] = []
         for note in try repository.allNotes(notesRef: notesRef) {
-            let parsed = AuditRecord.parseNote(note.text)
+            guard let text = note.text else {
+                problems.append("note on \(note.target.short): over \(GitRepository.maxNoteBytes) bytes, not read (Gantry writes a few kilobytes per commit)")
+                continue
+            }
+            let parsed = AuditRecord.parseNote(text)
             all += parsed.records.map { (note.target, $0) }
             problems += parsed.problems.map { "note on \(note.target.short): \($0)" }
         }

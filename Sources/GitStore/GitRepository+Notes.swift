@@ -2,23 +2,39 @@ import CLibgit2
 import Foundation
 
 extension GitRepository {
-    /// The note attached to `target` under `notesRef`, or nil when there is none.
-    public func note(on target: ObjectID, notesRef: String) throws -> String? {
+    /// What one note may hold when read: past it, the note is refused unread.
+    public static let maxNoteBytes = 16 << 20
+
+    /// The note attached to `target` under `notesRef`, or nil when there is none. A note over
+    /// `limit` bytes throws (its size is read from the object header, nothing of it is inflated).
+    public func note(on target: ObjectID, notesRef: String, limit: Int = maxNoteBytes) throws -> String? {
         try locked {
             // libgit2 1.5 may crash on a notes ref that does not point at a commit: no such ref holds notes.
-            guard try notesRefIsCommit(notesRef) else { return nil }
-            var note: OpaquePointer?
-            var oid = target.oid
-            let status = git_note_read(&note, handle, notesRef, &oid)
-            if status == GIT_ENOTFOUND.rawValue { return nil }
-            try check("read note on \(target.short)", status)
-            defer { git_note_free(note) }
-            return git_note_message(note).map { String(cString: $0) }
+            guard try notesRefIsCommit(notesRef), let tip = try reference(notesRef),
+                  let blob = try withTree(of: tip, { try noteBlob(for: target.hex[...], in: $0) }) else { return nil }
+            let data = try blobData(blob.oid, path: "note on \(target.short)", limit: limit)
+            return String(decoding: data, as: UTF8.self)
         }
     }
 
-    /// Every note under `notesRef` as (annotated object, note text).
-    public func allNotes(notesRef: String) throws -> [(target: ObjectID, text: String)] {
+    /// The blob of the note for `hex` in a notes tree, flat or fanned out into directories of two
+    /// hex digits (as git writes large notes trees).
+    private func noteBlob(for hex: Substring, in tree: OpaquePointer) throws -> ObjectID? {
+        if let entry = git_tree_entry_byname(tree, String(hex)), git_tree_entry_type(entry) == GIT_OBJECT_BLOB {
+            return ObjectID(git_tree_entry_id(entry).pointee)
+        }
+        guard hex.count > 2, let entry = git_tree_entry_byname(tree, String(hex.prefix(2))),
+              git_tree_entry_type(entry) == GIT_OBJECT_TREE else { return nil }
+        var oid = git_tree_entry_id(entry).pointee
+        var subtree: OpaquePointer?
+        try check("read notes tree", git_tree_lookup(&subtree, handle, &oid))
+        defer { git_tree_free(subtree) }
+        return try noteBlob(for: hex.dropFirst(2), in: subtree!)
+    }
+
+    /// Every note under `notesRef` as (annotated object, note text); the text is nil for a note
+    /// over `limit` bytes, which is not read.
+    public func allNotes(notesRef: String, limit: Int = maxNoteBytes) throws -> [(target: ObjectID, text: String?)] {
         try locked {
             guard try notesRefIsCommit(notesRef) else { return [] }
             var iterator: OpaquePointer?
@@ -26,12 +42,12 @@ extension GitRepository {
             if status == GIT_ENOTFOUND.rawValue { return [] }
             try check("list notes \(notesRef)", status)
             defer { git_note_iterator_free(iterator) }
-            var result: [(ObjectID, String)] = []
+            var result: [(ObjectID, String?)] = []
             var noteBlob = git_oid()
             var annotated = git_oid()
             while git_note_next(&noteBlob, &annotated, iterator) == 0 {
-                let data = try blobData(noteBlob, path: "note", limit: Int.max)
-                result.append((ObjectID(annotated), String(decoding: data, as: UTF8.self)))
+                let data = try objectSize(noteBlob) > limit ? nil : blobData(noteBlob, path: "note", limit: limit)
+                result.append((ObjectID(annotated), data.map { String(decoding: $0, as: UTF8.self) }))
             }
             return result
         }

@@ -64,15 +64,25 @@ extension GitRepository {
     /// Writes the directory at `path` in `commit` into `directory` (created), files with their
     /// executable bit. Symbolic links and submodules are skipped: a working directory never points
     /// outside itself.
-    public func materialize(_ path: String, at commit: ObjectID, into directory: URL) throws {
+    /// At most `limit` bytes are written (gigabytes of zeros fit in a small pack): past it, throws.
+    public func materialize(_ path: String, at commit: ObjectID, into directory: URL, limit: Int = maxMaterializedBytes) throws {
         try locked {
             try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
             guard let id = try objectID(at: path, in: commit) else { return }
-            try writeTree(id, into: directory)
+            var budget = limit
+            do {
+                try writeTree(id, into: directory, budget: &budget)
+            } catch let error as GitError where error.message.contains("over the limit") {
+                throw GitError(operation: "check out \(path.isEmpty ? "the repository" : path) at \(commit.short)", code: -1,
+                               message: "the files hold more than \(limit) bytes together; keep large artifacts out of the configuration repository")
+            }
         }
     }
 
-    private func writeTree(_ id: ObjectID, into directory: URL) throws {
+    /// What one checkout of an environment's code may write.
+    public static let maxMaterializedBytes = 1 << 30
+
+    private func writeTree(_ id: ObjectID, into directory: URL, budget: inout Int) throws {
         var oid = id.oid
         var tree: OpaquePointer?
         try check("lookup tree \(id.short)", git_tree_lookup(&tree, handle, &oid))
@@ -82,9 +92,10 @@ extension GitRepository {
             switch entry.kind {
             case .directory:
                 try FileManager.default.createDirectory(at: target, withIntermediateDirectories: true)
-                try writeTree(entry.id, into: target)
+                try writeTree(entry.id, into: target, budget: &budget)
             case .file, .executable:
-                let data = try blobData(entry.id.oid, path: entry.name, limit: Int.max)
+                let data = try blobData(entry.id.oid, path: entry.name, limit: budget)
+                budget -= data.count
                 try data.write(to: target)
                 let mode: Int = entry.kind == .executable ? 0o755 : 0o644
                 try FileManager.default.setAttributes([.posixPermissions: mode], ofItemAtPath: target.path)
@@ -110,7 +121,25 @@ extension GitRepository {
         }
     }
 
+    /// The size of the object `oid` from its header, without inflating it: a blob of gigabytes of
+    /// zeros is a few megabytes in a pack, and its size is known before any of it is read.
+    func objectSize(_ oid: git_oid) throws -> Int {
+        var copy = oid
+        var odb: OpaquePointer?
+        try check("open object database", git_repository_odb(&odb, handle))
+        defer { git_odb_free(odb) }
+        var size = 0
+        var type = GIT_OBJECT_ANY
+        try check("read object header \(ObjectID(oid).short)", git_odb_read_header(&size, &type, odb, &copy))
+        return size
+    }
+
     func blobData(_ oid: git_oid, path: String, limit: Int) throws -> Data {
+        let declared = try objectSize(oid)
+        if declared > limit {
+            throw GitError(operation: "read \(path)", code: -1,
+                           message: "file is \(declared) bytes, over the limit of \(limit) bytes")
+        }
         var copy = oid
         var blob: OpaquePointer?
         try check("read blob \(path)", git_blob_lookup(&blob, handle, &copy))
@@ -137,7 +166,11 @@ extension GitRepository {
 
     /// Paths (files) that differ between two commits' trees; with `from` nil, every file of `to`.
     /// A rename reports both the old and the new path.
-    public func changedPaths(from: ObjectID?, to: ObjectID) throws -> Set<String> {
+    /// At most this many files are compared between two commits: a commit that changes more cannot
+    /// be judged file by file (its `change.files` alone would be megabytes) and is refused whole.
+    public static let maxChangedPaths = 100_000
+
+    public func changedPaths(from: ObjectID?, to: ObjectID, limit: Int = maxChangedPaths) throws -> Set<String> {
         try locked {
             var oldTree: OpaquePointer?
             if let from {
@@ -152,8 +185,10 @@ extension GitRepository {
                 var diff: OpaquePointer?
                 try check("diff \(from?.short ?? "empty")..\(to.short)", git_diff_tree_to_tree(&diff, handle, oldTree, newTree, nil))
                 defer { git_diff_free(diff) }
+                let count = git_diff_num_deltas(diff)
+                guard count <= limit else { throw TooManyChanges(from: from, to: to, count: count, limit: limit) }
                 var paths = Set<String>()
-                for index in 0..<git_diff_num_deltas(diff) {
+                for index in 0..<count {
                     guard let delta = git_diff_get_delta(diff, index) else { continue }
                     if let old = delta.pointee.old_file.path { paths.insert(String(cString: old)) }
                     if let new = delta.pointee.new_file.path { paths.insert(String(cString: new)) }
@@ -161,5 +196,17 @@ extension GitRepository {
                 return paths
             }
         }
+    }
+}
+
+/// Two commits differ in more files than are compared at once.
+public struct TooManyChanges: Error, CustomStringConvertible, Sendable {
+    public let from: ObjectID?
+    public let to: ObjectID
+    public let count: Int
+    public let limit: Int
+
+    public var description: String {
+        "\(to.short) changes \(count) files\(from.map { " since \($0.short)" } ?? ""), more than the \(limit) Gantry compares at once; split the change into smaller commits"
     }
 }

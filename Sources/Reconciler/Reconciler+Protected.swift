@@ -195,9 +195,17 @@ extension Reconciler {
         try appendScoped(event, commit, base + [("scope", "governance")] + lines)
         logger.warning(decision == .pending ? "a protected commit waits for approval" : "a protected commit was denied",
                        metadata: ["git.commit": "\(commit.short)", "rules": "\(rules.joined(separator: "; "))"])
-        // The live environments the held-back commits change.
-        let changed = try repository.changedPaths(from: revision, to: tip)
-        let loaded = try loader.environments(at: tip) + loader.environments(at: revision)
+        // The live environments the held-back commits change (when the change cannot even be
+        // read — too many files, say — the record above says why, and the environments keep running).
+        let changed: Set<String>
+        let loaded: [LoadedEnvironment]
+        do {
+            changed = try repository.changedPaths(from: revision, to: tip)
+            loaded = try loader.environments(at: tip) + loader.environments(at: revision)
+        } catch let problem as any BranchRefusal {
+            logger.warning("the held-back change cannot be mapped to environments", metadata: ["problem": "\(problem)"])
+            return
+        }
         var seen = Set<String>()
         for environment in loaded where seen.insert(environment.name).inserted && environment.isTouched(by: changed) {
             guard var record = try state.environment(environment.name), record.branch == trust.protectedBranch, record.phase != .destroyed else { continue }

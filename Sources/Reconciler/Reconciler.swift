@@ -183,9 +183,9 @@ public final class Reconciler: @unchecked Sendable {
                                   changedSince: try repository.mergeBase(context.protectedTip, tip), context: context, &summary)
                 }
                 try setProcessed(branch: branch, commit: tip.hex)
-            } catch let problem as Diagnostic {
-                // The branch as a whole cannot be judged (too many environment files, say): its
-                // denial, once per commit; the other branches go on.
+            } catch let problem as any BranchRefusal {
+                // The branch as a whole cannot be judged (too many environment files or changed
+                // files, say): its denial, once per commit; the other branches go on.
                 logger.warning("branch denied as a whole", metadata: ["git.branch": "\(branch)", "problem": "\(problem)"])
                 summary.denied.append(branch)
                 try? appendScoped(.denied, tip, [("branch", branch), ("commit", tip.hex), ("scope", "branch"), ("decision", "deny"), ("rule", "\(problem)")])
@@ -221,6 +221,11 @@ public final class Reconciler: @unchecked Sendable {
         return (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
     }
 }
+
+/// A problem that refuses a whole branch at one commit (rather than failing the pass).
+protocol BranchRefusal: Error {}
+extension Diagnostic: BranchRefusal {}
+extension TooManyChanges: BranchRefusal {}
 
 /// A broken invariant inside a pass, with what was being done.
 struct ReconcileError: Error, CustomStringConvertible {

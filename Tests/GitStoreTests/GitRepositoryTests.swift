@@ -32,6 +32,69 @@ import TestSupport
         #expect(throws: GitError.self) { try repo.open().readFile("big", at: ObjectID(hex: sha)!, limit: 1024) }
     }
 
+    @Test func aFileOfZerosThatPacksSmallIsRefusedByItsDeclaredSize() throws {
+        let repo = try TestRepository()
+        try repo.write("zeros", Data(count: 64 << 20))
+        let sha = try repo.commit("64 MiB of zeros")
+        try repo.git("repack", "-adq")
+        try repo.git("prune-packed")
+        let git = try repo.open()
+        #expect {
+            try git.readFile("zeros", at: ObjectID(hex: sha)!, limit: 1 << 20)
+        } throws: { "\($0)".contains("file is \(64 << 20) bytes, over the limit of \(1 << 20) bytes") }
+        // The whole checkout of an environment's code is bounded the same way.
+        let checkout = TemporaryDirectory()
+        #expect {
+            try git.materialize("", at: ObjectID(hex: sha)!, into: URL(fileURLWithPath: checkout.path), limit: 32 << 20)
+        } throws: { "\($0)".contains("more than \(32 << 20) bytes together") }
+        try git.materialize("", at: ObjectID(hex: sha)!, into: URL(fileURLWithPath: checkout.path), limit: 65 << 20)
+        #expect(try FileManager.default.attributesOfItem(atPath: checkout.path + "/zeros")[.size] as? Int == 64 << 20)
+    }
+
+    @Test func notesAreFoundInFannedOutTreesAndOversizedNotesAreNotRead() throws {
+        let repo = try TestRepository()
+        let first = try repo.commit("first")
+        let second = try repo.commit("second")
+        // A notes tree fanned out as git writes large ones: <2 hex>/<38 hex> for the first commit,
+        // flat for the second.
+        let small = try Shell.check(["git", "-C", repo.path, "hash-object", "-w", "--stdin"], input: "fanned out\n")
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let big = try Shell.check(["git", "-C", repo.path, "hash-object", "-w", "--stdin"], input: String(repeating: "n", count: 4096))
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let subtree = try Shell.check(["git", "-C", repo.path, "mktree"], input: "100644 blob \(small)\t\(first.dropFirst(2))\n")
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let root = try Shell.check(["git", "-C", repo.path, "mktree"],
+                                   input: "040000 tree \(subtree)\t\(first.prefix(2))\n100644 blob \(big)\t\(second)\n")
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        let notesCommit = try repo.git("commit-tree", root, "-m", "notes")
+        try repo.git("update-ref", "refs/notes/fan", notesCommit)
+        // git itself reads the fanned-out note: the outside judge of the layout.
+        #expect(try repo.git("notes", "--ref", "fan", "show", first) == "fanned out")
+        let git = try repo.open()
+        #expect(try git.note(on: ObjectID(hex: first)!, notesRef: "refs/notes/fan") == "fanned out\n")
+        #expect(try git.note(on: ObjectID(hex: second)!, notesRef: "refs/notes/fan")?.count == 4096)
+        #expect(try git.note(on: ObjectID(hex: try repo.git("rev-parse", "HEAD^{tree}"))!, notesRef: "refs/notes/fan") == nil)
+        #expect {
+            try git.note(on: ObjectID(hex: second)!, notesRef: "refs/notes/fan", limit: 1024)
+        } throws: { "\($0)".contains("4096 bytes, over the limit of 1024 bytes") }
+        let all = try git.allNotes(notesRef: "refs/notes/fan", limit: 1024)
+        #expect(all.count == 2)
+        #expect(all.first { $0.target.hex == first }?.text == "fanned out\n")
+        #expect(all.contains { $0.target.hex == second && $0.text == nil })
+    }
+
+    @Test func aCommitChangingMoreFilesThanTheLimitIsRefusedWithTheCount() throws {
+        let repo = try TestRepository()
+        let first = try repo.commit("empty")
+        for index in 0..<5 { try repo.write("f\(index)", "\(index)") }
+        let second = try repo.commit("five files")
+        let git = try repo.open()
+        #expect(try git.changedPaths(from: ObjectID(hex: first)!, to: ObjectID(hex: second)!, limit: 5).count == 5)
+        #expect {
+            try git.changedPaths(from: ObjectID(hex: first)!, to: ObjectID(hex: second)!, limit: 4)
+        } throws: { "\($0)".contains("changes 5 files since \(first.prefix(7)), more than the 4") }
+    }
+
     @Test func extractsTheSignatureGitMade() throws {
         let repo = try TestRepository()
         let sha = try repo.commit("signed")
