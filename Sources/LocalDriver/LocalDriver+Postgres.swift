@@ -34,6 +34,21 @@ extension LocalDriver {
         getuid() == 0 ? ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"] + command : command
     }
 
+    /// The superuser's password: generated on first use, kept encrypted in the secret store under
+    /// the host's scope (no environment can name it), handed to tools in `PGPASSWORD` only.
+    func postgresSuperuserPassword() throws -> String {
+        try generatedPassword("gantry.postgres.superuser", environment: Self.hostEnvironment).value
+    }
+
+    /// Every connection authenticates with SCRAM-SHA-256: over the socket and over loopback TCP.
+    static let hostBasedAuthentication = """
+        # Written by Gantry at every start: no connection is trusted.
+        local all all scram-sha-256
+        host all all 127.0.0.1/32 scram-sha-256
+        host all all ::1/128 scram-sha-256
+
+        """
+
     /// Starts the host's server if it is not running; returns its port.
     func ensurePostgres(progress: (String) -> Void) throws -> Int {
         guard let bin = Self.postgresBinaries else {
@@ -46,15 +61,37 @@ extension LocalDriver {
         let data = postgresRoot.appendingPathComponent("data").path
         let manager = FileManager.default
         try manager.createDirectory(atPath: postgresSocketDirectory, withIntermediateDirectories: true)
+        _ = chmod(postgresRoot.path, 0o700)
         if getuid() == 0 {
             _ = chown(postgresRoot.path, postgresUID, postgresGID)
             _ = chown(postgresSocketDirectory, postgresUID, postgresGID)
         }
+        let password = try postgresSuperuserPassword()
+        let marker = postgresRoot.appendingPathComponent("auth").path
         if !manager.fileExists(atPath: data + "/PG_VERSION") {
-            progress("initializing the PostgreSQL cluster (initdb)")
+            progress("initializing the PostgreSQL cluster (initdb, SCRAM-SHA-256 authentication)")
             try? manager.removeItem(atPath: data)
-            try runTool(asPostgresUser(["\(bin)/initdb", "-D", data, "-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync"]))
+            // The password reaches initdb in a file only the server's user can read, removed at once.
+            let passwordFile = postgresRoot.appendingPathComponent("initdb-password").path
+            guard manager.createFile(atPath: passwordFile, contents: Data((password + "\n").utf8), attributes: [.posixPermissions: 0o600]) else {
+                throw ProcessControl.SpawnError(description: "cannot write \(passwordFile)")
+            }
+            defer { try? manager.removeItem(atPath: passwordFile) }
+            if getuid() == 0 { _ = chown(passwordFile, postgresUID, postgresGID) }
+            try runTool(asPostgresUser(["\(bin)/initdb", "-D", data, "-U", "postgres", "--auth=scram-sha-256", "--pwfile=\(passwordFile)",
+                                        "-E", "UTF8", "--no-sync"]))
+            manager.createFile(atPath: marker, contents: Data("scram-sha-256\n".utf8))
+        } else if !manager.fileExists(atPath: marker) {
+            // A cluster made by an earlier Gantry (trust authentication): its superuser gets the
+            // password in single-user mode (no network, the SQL on standard input), before it listens.
+            progress("securing the existing PostgreSQL cluster (superuser password, SCRAM-SHA-256)")
+            try runTool(asPostgresUser(["\(bin)/postgres", "--single", "-D", data, "postgres"]),
+                        input: "ALTER ROLE postgres PASSWORD '\(password)'\n")
+            manager.createFile(atPath: marker, contents: Data("scram-sha-256\n".utf8))
         }
+        // Whatever the file said before (an old Gantry's trust, a hand edit), the server starts with ours.
+        try Data(Self.hostBasedAuthentication.utf8).write(to: URL(fileURLWithPath: data + "/pg_hba.conf"))
+        if getuid() == 0 { _ = chown(data + "/pg_hba.conf", postgresUID, postgresGID) }
         var record = try state.services(of: Self.hostEnvironment).first { $0.name == Self.postgresRecord }
             ?? ServiceRecord(environment: Self.hostEnvironment, name: Self.postgresRecord, port: try ProcessControl.freePort(excluding: try state.allocatedPorts()))
         record.workdir = postgresRoot.path
@@ -62,7 +99,8 @@ extension LocalDriver {
         try state.save(record)
         progress("starting PostgreSQL on 127.0.0.1:\(record.port)")
         let command = asPostgresUser(["\(bin)/postgres", "-D", data, "-p", String(record.port), "-k", postgresSocketDirectory,
-                                      "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"])
+                                      "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "password_encryption=scram-sha-256",
+                                      "-c", "hba_file=\(data)/pg_hba.conf"])
         try start(&record, resolved: ResolvedService(command: command, environment: [:]), progress: progress)
         let deadline = Date().addingTimeInterval(30)
         while (try? psql(port: record.port, sql: "SELECT 1")) == nil {
@@ -71,6 +109,8 @@ extension LocalDriver {
             }
             usleep(50_000)
         }
+        // No environment's role connects to the server's own databases.
+        try psql(port: record.port, sql: "REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC; REVOKE CONNECT ON DATABASE template1 FROM PUBLIC;")
         record.phase = "Running"
         try state.save(record)
         return record.port
@@ -79,14 +119,16 @@ extension LocalDriver {
     var postgresUID: uid_t { getpwnam("postgres")?.pointee.pw_uid ?? 0 }
     var postgresGID: gid_t { getpwnam("postgres")?.pointee.pw_gid ?? 0 }
 
-    /// A database/role name for an environment's database: `g_<env>_<db>`, within 63 bytes.
+    /// A database/role name for an environment's database: `g_<env>_<db>_<hash>` (`-` as `_`),
+    /// within 63 bytes. The hash of the exact (environment, database) pair keeps `a-b`/`c` and
+    /// `a`/`b-c` apart; the state DB records every name with its owner besides.
     static func postgresName(environment: String, database: String) -> String {
-        let raw = "g_\(environment)_\(database)".lowercased().map { $0.isLetter || $0.isNumber ? $0 : "_" }
-        let name = String(raw)
-        guard name.count > 63 else { return name }
-        let hash = SHA256.hash(data: Data(name.utf8)).prefix(4).map { String(format: "%02x", $0) }.joined()
-        return String(name.prefix(54)) + "_" + hash
+        let readable = String("g_\(environment)_\(database)".lowercased().map { $0.isLetter || $0.isNumber ? $0 : "_" }).prefix(54)
+        let hash = SHA256.hash(data: Data("\(environment)\u{0}\(database)".utf8)).prefix(4).map { String(format: "%02x", $0) }.joined()
+        return "\(readable)_\(hash)"
     }
+
+    static let databaseAllocation = "postgres-database"
 
     func postgresPassword(environment: String, database: String) throws -> (value: String, version: String) {
         try generatedPassword("gantry.postgres.\(database)", environment: environment)
@@ -106,21 +148,27 @@ extension LocalDriver {
         var changes: [String] = []
         for database in databases {
             let name = Self.postgresName(environment: environment.name, database: database.name)
+            // Recorded before it exists: a crash after CREATE still leaves it owned (and dropped at teardown).
+            try state.allocate(Self.databaseAllocation, name, to: environment.name)
             if try psql(port: port, sql: "SELECT 1 FROM pg_database WHERE datname = '\(name)'").contains("1") { continue }
             let password = try postgresPassword(environment: environment.name, database: database.name).value
             progress("creating PostgreSQL database \(name)")
             try psql(port: port, sql: """
                 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '\(name)') THEN CREATE ROLE "\(name)" LOGIN; END IF; END $$;
-                ALTER ROLE "\(name)" PASSWORD '\(password)';
+                ALTER ROLE "\(name)" NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '\(password)';
                 CREATE DATABASE "\(name)" OWNER "\(name)";
+                REVOKE CONNECT, TEMPORARY ON DATABASE "\(name)" FROM PUBLIC;
+                GRANT CONNECT, TEMPORARY ON DATABASE "\(name)" TO "\(name)";
                 """)
             if let source = database.cloneFrom {
                 let sourceName = Self.postgresName(environment: source, database: database.name)
                 if try psql(port: port, sql: "SELECT 1 FROM pg_database WHERE datname = '\(sourceName)'").contains("1") {
                     progress("cloning \(sourceName) into \(name) (pg_dump | psql, works while the source is in use)")
                     // Streamed: the dump never sits in Gantry's memory.
-                    try runTool(["bash", "-c", "set -o pipefail; pg_dump -h \"$1\" -p \"$2\" -U postgres --no-owner --no-privileges \"$3\" | psql -q -X -v ON_ERROR_STOP=1 -h \"$1\" -p \"$2\" -U \"$4\" -d \"$4\"",
-                                 "clone", postgresSocketDirectory, String(port), sourceName, name])
+                    // Passwords in the two tools' environments (readable by root only), never in argv.
+                    try runTool(["bash", "-c", "set -o pipefail; PGPASSWORD=\"$GANTRY_SOURCE_PASSWORD\" pg_dump -h \"$1\" -p \"$2\" -U postgres --no-owner --no-privileges \"$3\" | PGPASSWORD=\"$GANTRY_TARGET_PASSWORD\" psql -q -X -v ON_ERROR_STOP=1 -h \"$1\" -p \"$2\" -U \"$4\" -d \"$4\"",
+                                 "clone", postgresSocketDirectory, String(port), sourceName, name],
+                                environment: ["GANTRY_SOURCE_PASSWORD": try postgresSuperuserPassword(), "GANTRY_TARGET_PASSWORD": password])
                     changes.append("+database \(database.name) (cloned from \(source))")
                     continue
                 }
@@ -130,7 +178,7 @@ extension LocalDriver {
                     throw ProcessControl.SpawnError(description: "database \(database.name): seed \(seed) does not exist at \(environment.commit.short)")
                 }
                 progress("seeding \(name) from \(seed)")
-                try psql(port: port, sql: String(decoding: sql, as: UTF8.self), database: name, user: name)
+                try psql(port: port, sql: String(decoding: sql, as: UTF8.self), database: name, user: name, password: password)
             }
             changes.append("+database \(database.name)")
         }
@@ -145,16 +193,15 @@ extension LocalDriver {
         return Set(names.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) })
     }
 
-    /// Drops the environment's databases and roles (the server stays for the others).
+    /// Drops exactly the databases and roles the state DB records for the environment (never by
+    /// name pattern); the server is started for it when needed, and stays for the others.
     func dropPostgres(environment: String) -> [String] {
-        guard let record = try? state.services(of: Self.hostEnvironment).first(where: { $0.name == Self.postgresRecord }),
-              let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) else { return [] }
-        let prefix = Self.postgresName(environment: environment, database: "")
+        guard let names = try? state.allocations(Self.databaseAllocation, of: environment), !names.isEmpty else { return [] }
         do {
-            let names = try psql(port: record.port, sql: "SELECT datname FROM pg_database WHERE starts_with(datname, '\(prefix)')")
-                .split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty }
+            let port = try ensurePostgres { _ in }
             for name in names {
-                try psql(port: record.port, sql: "DROP DATABASE IF EXISTS \"\(name)\" WITH (FORCE); DROP ROLE IF EXISTS \"\(name)\";")
+                try psql(port: port, sql: "DROP DATABASE IF EXISTS \"\(name)\" WITH (FORCE); DROP ROLE IF EXISTS \"\(name)\";")
+                try state.release(Self.databaseAllocation, name)
             }
             return []
         } catch {
@@ -164,16 +211,19 @@ extension LocalDriver {
 
     /// Runs SQL through psql's standard input; returns the unaligned output.
     @discardableResult
-    func psql(port: Int, sql: String, database: String = "postgres", user: String = "postgres") throws -> String {
+    /// As the superuser, or as `user` with `password`; the password goes in `PGPASSWORD`.
+    func psql(port: Int, sql: String, database: String = "postgres", user: String = "postgres", password: String? = nil) throws -> String {
         try runTool(["psql", "-h", postgresSocketDirectory, "-p", String(port), "-U", user, "-d", database,
-                     "-v", "ON_ERROR_STOP=1", "-q", "-A", "-t", "-X"], input: sql)
+                     "-v", "ON_ERROR_STOP=1", "-q", "-A", "-t", "-X"], input: sql,
+                    environment: ["PGPASSWORD": try password ?? postgresSuperuserPassword()])
     }
 
     @discardableResult
-    func runTool(_ arguments: [String], input: String? = nil) throws -> String {
+    func runTool(_ arguments: [String], input: String? = nil, environment: [String: String] = [:]) throws -> String {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = arguments
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
         process.currentDirectoryURL = URL(fileURLWithPath: "/")
         let output = Pipe(), errors = Pipe(), stdin = Pipe()
         process.standardOutput = output

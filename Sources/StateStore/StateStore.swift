@@ -95,7 +95,59 @@ public final class StateStore: Sendable {
                 t.primaryKey("commit", .text)
             }
         }
+        migrator.registerMigration("v3") { db in
+            // What the driver made outside its own directories for an environment (database names,
+            // roles, user ids): teardown removes exactly these, never what merely looks alike.
+            try db.create(table: "allocations") { t in
+                t.column("kind", .text).notNull()
+                t.column("name", .text).notNull()
+                t.column("environment", .text).notNull().indexed()
+                t.column("createdAt", .datetime).notNull()
+                t.column("releasedAt", .datetime)
+                t.primaryKey(["kind", "name"])
+            }
+        }
         return migrator
+    }
+
+    // MARK: Allocations
+
+    /// Records that `environment` owns `name` of `kind` (a PostgreSQL database, a uid...). Owned by
+    /// another environment, live or released, it throws: a name is never handed to two owners.
+    public func allocate(_ kind: String, _ name: String, to environment: String) throws {
+        try pool.write { db in
+            if let owner = try String.fetchOne(db, sql: "SELECT environment FROM allocations WHERE kind = ? AND name = ?",
+                                               arguments: [kind, name]) {
+                guard owner == environment else { throw AllocationConflict(kind: kind, name: name, owner: owner, wanted: environment) }
+                try db.execute(sql: "UPDATE allocations SET releasedAt = NULL WHERE kind = ? AND name = ?", arguments: [kind, name])
+                return
+            }
+            try db.execute(sql: "INSERT INTO allocations(kind, name, environment, createdAt) VALUES (?, ?, ?, ?)",
+                           arguments: [kind, name, environment, Date()])
+        }
+    }
+
+    /// The names of `kind` that `environment` holds (not released).
+    public func allocations(_ kind: String, of environment: String) throws -> [String] {
+        try pool.read { db in
+            try String.fetchAll(db, sql: "SELECT name FROM allocations WHERE kind = ? AND environment = ? AND releasedAt IS NULL ORDER BY name",
+                                arguments: [kind, environment])
+        }
+    }
+
+    /// Every name of `kind` ever allocated (released ones included), with its owner.
+    public func allAllocations(_ kind: String) throws -> [(name: String, environment: String, released: Bool)] {
+        try pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT name, environment, releasedAt FROM allocations WHERE kind = ? ORDER BY name", arguments: [kind])
+                .map { ($0["name"], $0["environment"], ($0["releasedAt"] as Date?) != nil) }
+        }
+    }
+
+    /// The thing is gone (dropped, deleted); its name stays recorded so it is never given to another owner.
+    public func release(_ kind: String, _ name: String) throws {
+        try pool.write { db in
+            try db.execute(sql: "UPDATE allocations SET releasedAt = ? WHERE kind = ? AND name = ?", arguments: [Date(), kind, name])
+        }
     }
 
     // MARK: Environments
@@ -278,5 +330,16 @@ public final class StateStore: Sendable {
         try pool.read { db in
             try EventRecord.filter(Column("environment") == environment).order(Column("id").desc).limit(limit).fetchAll(db)
         }
+    }
+}
+
+/// A name already belongs to another environment.
+public struct AllocationConflict: Error, CustomStringConvertible {
+    public let kind: String
+    public let name: String
+    public let owner: String
+    public let wanted: String
+    public var description: String {
+        "\(kind) '\(name)' belongs to environment \(owner) (recorded in the state DB); \(wanted) cannot use it"
     }
 }

@@ -35,12 +35,13 @@ import StateStore
         let shopMessage = try harness.environment("shop")?.message ?? ""
         #expect(summary.applied.contains("shop") && summary.applied.contains("shop-copy"), "\(summary) \(shopMessage)")
         let url = try databaseURL(harness, "shop")
-        #expect(url.hasPrefix("postgres://g_shop_main:") && url.hasSuffix("/g_shop_main"))
+        let role = String(url.dropFirst("postgres://".count).prefix { $0 != ":" })
+        #expect(role.hasPrefix("g_shop_main_") && role.count == "g_shop_main_".count + 8 && url.hasSuffix("/\(role)"), "\(url)")
         #expect(try Shell.check(["psql", url, "-At", "-c", "select count(*) from users"]).trimmingCharacters(in: .whitespacesAndNewlines) == "2")
         let copy = try databaseURL(harness, "shop-copy")
         #expect(try Shell.check(["psql", copy, "-At", "-c", "select count(*) from users"]).trimmingCharacters(in: .whitespacesAndNewlines) == "2")
         // The password is in no file Gantry wrote.
-        let password = String(url.dropFirst("postgres://g_shop_main:".count).prefix { $0 != "@" })
+        let password = String(url.dropFirst("postgres://\(role):".count).prefix { $0 != "@" })
         #expect(try Shell.run(["grep", "-r", "-l", "-a", password, harness.stateDirectory.path + "/envs", harness.stateDirectory.path + "/gantry.db"]).status == 1)
 
         // A preview has its own database: writes there do not reach the live one.
@@ -54,11 +55,67 @@ import StateStore
         #expect(try Shell.check(["psql", preview, "-At", "-c", "select count(*) from users"]).contains("3"))
         #expect(try Shell.check(["psql", url, "-At", "-c", "select count(*) from users"]).contains("2"))
 
-        // Teardown drops the preview's database and role.
+        // The preview's role reaches its own database only: not production's, not the server's own.
+        let port = try #require(try harness.service("_host", "postgres")).port
+        let previewRole = String(preview.dropFirst("postgres://".count).prefix { $0 != ":" })
+        let previewPassword = String(preview.dropFirst("postgres://\(previewRole):".count).prefix { $0 != "@" })
+        for database in [role, "postgres", "template1"] {
+            let reach = try Shell.run(["psql", "postgres://\(previewRole):\(previewPassword)@127.0.0.1:\(port)/\(database)", "-At", "-c", "select 1"])
+            #expect(reach.status != 0 && reach.stderr.contains("permission denied for database"), "\(database): \(reach.stderr)")
+        }
+        // No connection is trusted: the superuser without its password, over TCP and the socket, is refused.
+        let superuser = "postgres://postgres@127.0.0.1:\(port)/postgres"
+        let anonymous = try Shell.run(["psql", superuser, "-At", "-w", "-c", "select 1"])
+        #expect(anonymous.status != 0 && anonymous.stderr.contains("password"), "\(anonymous.stderr)")
+        let socket = try Shell.run(["psql", "-h", harness.stateDirectory.path + "/postgres/run", "-p", "\(port)", "-U", "postgres", "-w", "-At", "-c", "select 1"])
+        #expect(socket.status != 0 && socket.stderr.contains("password"), "\(socket.stderr)")
+        // pg_hba.conf trusts nothing.
+        let hba = try String(contentsOfFile: harness.stateDirectory.path + "/postgres/data/pg_hba.conf", encoding: .utf8)
+        #expect(!hba.split(separator: "\n").contains { !$0.hasPrefix("#") && $0.contains("trust") } && hba.contains("scram-sha-256"))
+
+        // Teardown drops the preview's database and role, and only those.
         try repo.checkout("main")
         try repo.git("branch", "-D", "agents/shop")
         try harness.pass()
-        let superuser = "postgres://postgres@127.0.0.1:\(try #require(try harness.service("_host", "postgres")).port)/postgres"
-        #expect(try Shell.check(["psql", superuser, "-At", "-c", "select count(*) from pg_database where datname like 'g_shop__agents%'"]).contains("0"))
+        let superPassword = try #require(try harness.driver.secrets?.lookup("gantry.postgres.superuser", environment: "_host", class: "", team: nil))
+        let count = try Shell.run(["psql", superuser, "-At", "-c", "select count(*) from pg_database where datname = '\(previewRole)'"],
+                                  environment: ["PGPASSWORD": String(decoding: superPassword.value, as: UTF8.self), "PATH": "/usr/bin:/bin"])
+        #expect(count.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "\(count.stdout)\(count.stderr)")
+        #expect(try Shell.check(["psql", url, "-At", "-c", "select count(*) from users"]).contains("2"))
+    }
+
+    /// `shop-a`'s database `main` and `shop`'s database `a-main` were both `g_shop_a_main` once:
+    /// one environment's teardown dropped the other's data.
+    @Test func namesThatOnceCollidedStayApartAndTeardownDropsOnlyItsOwn() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        for (name, database) in [("shop-a", "main"), ("shop", "a-main")] {
+            try repo.write("environments/\(name).yaml", """
+                apiVersion: gantry/v1
+                kind: Environment
+                metadata: {name: \(name), class: development}
+                spec:
+                  template: python-web
+                  databases:
+                    \(database): {engine: postgres}
+                  services:
+                    web:
+                      env: {DATABASE_URL: "${databases.\(database).url}"}
+                """)
+        }
+        try repo.commit("two environments whose database names once met")
+        let harness = try Harness(repo: repo)
+        let summary = try harness.pass()
+        #expect(summary.applied.contains("shop") && summary.applied.contains("shop-a"), "\(summary)")
+        let (one, two) = (try databaseURL(harness, "shop-a"), try databaseURL(harness, "shop"))
+        #expect(one != two)
+        try Shell.check(["psql", one, "-c", "create table kept(x int); insert into kept values (1)"])
+        // shop goes away; shop-a's data stays.
+        try repo.remove("environments/shop.yaml")
+        try repo.commitAsOwner("remove shop")
+        try harness.pass()
+        #expect(try harness.environment("shop")?.phase == .destroyed)
+        #expect(try Shell.check(["psql", one, "-At", "-c", "select count(*) from kept"]).trimmingCharacters(in: .whitespacesAndNewlines) == "1")
+        #expect(try Shell.run(["psql", two, "-At", "-c", "select 1"]).status != 0)
     }
 }
