@@ -405,12 +405,16 @@ if runs("fullstack") {
         throw ShellError(description: "PostgreSQL did not start: \(try store.environment("shop")?.message ?? "")")
     }
     let socket = state.path + "/postgres/run"
-    func sql(_ text: String, database: String = "g_shop_main") throws {
+    // The superuser's password (SCRAM: nothing is trusted), for the psql calls below.
+    let superuser = try driver.secrets!.lookup("gantry.postgres.superuser", environment: "_host", class: "", team: nil)!
+    setenv("PGPASSWORD", String(decoding: superuser.value, as: UTF8.self), 1)
+    let shopDatabase = LocalDriver.postgresName(environment: "shop", database: "main")
+    func sql(_ text: String, database: String = shopDatabase) throws {
         _ = try Shell.check(["psql", "-h", socket, "-p", String(postgres.port), "-U", "postgres", "-d", database, "-q", "-v", "ON_ERROR_STOP=1"], input: text)
     }
     try sql("CREATE TABLE blobs(id int, payload text); INSERT INTO blobs SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, 110000) g; ANALYZE;")
-    let size = try Shell.check(["psql", "-h", socket, "-p", String(postgres.port), "-U", "postgres", "-d", "g_shop_main", "-At", "-c",
-                                "select pg_size_pretty(pg_database_size('g_shop_main'))"]).trimmingCharacters(in: .whitespacesAndNewlines)
+    let size = try Shell.check(["psql", "-h", socket, "-p", String(postgres.port), "-U", "postgres", "-d", shopDatabase, "-At", "-c",
+                                "select pg_size_pretty(pg_database_size('\(shopDatabase)'))"]).trimmingCharacters(in: .whitespacesAndNewlines)
     try repo.checkout("main")
     try repo.write("environments/shop-copy.yaml", """
         apiVersion: gantry/v1
@@ -424,7 +428,7 @@ if runs("fullstack") {
     let clone = try time { try reconciler.runPass() }
     try sql("CREATE DATABASE manual_copy", database: "postgres")
     let manual = try time {
-        _ = try Shell.check(["bash", "-c", "pg_dump -h \(socket) -p \(postgres.port) -U postgres --no-owner g_shop_main | psql -q -h \(socket) -p \(postgres.port) -U postgres manual_copy"])
+        _ = try Shell.check(["bash", "-c", "pg_dump -h \(socket) -p \(postgres.port) -U postgres --no-owner \(shopDatabase) | psql -q -h \(socket) -p \(postgres.port) -U postgres manual_copy"])
     }
     say("clone of a \(size) database (cloneFrom): \(milliseconds(clone)) | baseline pg_dump | psql by hand: \(milliseconds(manual)) | ratio \(String(format: "%.2fx", clone / manual))")
 }

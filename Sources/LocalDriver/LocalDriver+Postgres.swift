@@ -122,7 +122,7 @@ extension LocalDriver {
     /// A database/role name for an environment's database: `g_<env>_<db>_<hash>` (`-` as `_`),
     /// within 63 bytes. The hash of the exact (environment, database) pair keeps `a-b`/`c` and
     /// `a`/`b-c` apart; the state DB records every name with its owner besides.
-    static func postgresName(environment: String, database: String) -> String {
+    public static func postgresName(environment: String, database: String) -> String {
         let readable = String("g_\(environment)_\(database)".lowercased().map { $0.isLetter || $0.isNumber ? $0 : "_" }).prefix(54)
         let hash = SHA256.hash(data: Data("\(environment)\u{0}\(database)".utf8)).prefix(4).map { String(format: "%02x", $0) }.joined()
         return "\(readable)_\(hash)"

@@ -37,7 +37,10 @@ import StateStore
         let redis = try #require(try harness.service("full", "redis:sessions"))
         let postgres = try #require(try harness.service("_host", "postgres"))
         let superuser = "postgres://postgres@127.0.0.1:\(postgres.port)/postgres"
-        try Shell.check(["psql", superuser, "-c", "DROP DATABASE g_full_main WITH (FORCE)"])
+        let password = try #require(try harness.driver.secrets?.lookup("gantry.postgres.superuser", environment: "_host", class: "", team: nil))
+        let asSuperuser = ["PGPASSWORD": String(decoding: password.value, as: UTF8.self), "PATH": "/usr/bin:/bin"]
+        let database = LocalDriver.postgresName(environment: "full", database: "main")
+        #expect(try Shell.run(["psql", superuser, "-c", "DROP DATABASE \(database) WITH (FORCE)"], environment: asSuperuser).status == 0)
         kill(web.pid!, SIGKILL)
         kill(redis.pid!, SIGKILL)
         #expect(eventually(5) { !isRunning(web.pid) && !isRunning(redis.pid) })
@@ -45,11 +48,12 @@ import StateStore
         // Within two passes everything is back.
         try harness.pass()
         _ = try? harness.pass()
-        #expect(try Shell.check(["psql", superuser, "-At", "-c", "select count(*) from pg_database where datname = 'g_full_main'"]).contains("1"))
+        #expect(try Shell.run(["psql", superuser, "-At", "-c", "select count(*) from pg_database where datname = '\(database)'"],
+                              environment: asSuperuser).stdout.contains("1"))
         #expect(isRunning(try harness.service("full")?.pid))
         #expect(isRunning(try harness.service("full", "redis:sessions")?.pid))
         let found = try harness.records().filter { $0.event == "drift-corrected" }.flatMap { $0.values("found") }
-        #expect(found.contains { $0.contains("database main (postgres g_full_main) was dropped; recreated") }, "\(found)")
+        #expect(found.contains { $0.contains("database main (postgres \(database)) was dropped; recreated") }, "\(found)")
         #expect(found.contains { $0.hasPrefix("service web was not running") })
         #expect(found.contains { $0.hasPrefix("cache sessions was not running") })
         #expect(try harness.verify().isValid)
