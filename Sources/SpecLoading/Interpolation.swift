@@ -130,20 +130,53 @@ enum References {
                 let mark = find(serviceNode, ["env", variable.name])?.mark ?? serviceNode?.mark ?? node.mark
                 check(variable.value, spec: spec, mark: mark, &diagnostics)
             }
-            for argument in service.command {
-                check(argument, spec: spec, mark: find(serviceNode, ["command"])?.mark ?? node.mark, &diagnostics)
+            let commandNode = find(serviceNode, ["command"])
+            for (index, argument) in service.command.enumerated() {
+                check(argument, spec: spec, mark: element(commandNode, index)?.mark ?? commandNode?.mark ?? node.mark,
+                      where: "spec.services.\(service.name).command", &diagnostics)
+            }
+        }
+        // Job commands are not interpolated; a password reference there would be a literal at best
+        // and a leak on the command line at worst: refused the same way.
+        for job in spec.jobs {
+            for (phase, command) in [("onCreate", job.onCreate), ("onDestroy", job.onDestroy)] {
+                guard let command else { continue }
+                let commandNode = find(node, ["spec", "jobs", job.name, phase])
+                for (index, argument) in command.enumerated() {
+                    guard case .success(let pieces) = Interpolation.pieces(argument) else { continue }
+                    for case .reference(let reference) in pieces where carriesPassword(reference) {
+                        diagnostics.append(Diagnostic(element(commandNode, index)?.mark ?? commandNode?.mark ?? node.mark,
+                            "'${\(reference)}' in spec.jobs.\(job.name).\(phase) would put a password on a command line (anyone on the host can read /proc/PID/cmdline); pass it in a service's env instead"))
+                    }
+                }
             }
         }
     }
 
-    static func check(_ text: String, spec: EnvironmentSpec, mark: SourceMark, _ diagnostics: inout [Diagnostic]) {
+    /// References whose value is a password or carries one (a URL with credentials).
+    static func carriesPassword(_ reference: String) -> Bool {
+        let parts = reference.split(separator: ".", omittingEmptySubsequences: false)
+        return parts.first == "secrets" || ((parts.first == "databases" || parts.first == "caches") && parts.last == "url")
+    }
+
+    /// `where` names a command: references that carry a password are refused there.
+    static func check(_ text: String, spec: EnvironmentSpec, mark: SourceMark, where command: String? = nil, _ diagnostics: inout [Diagnostic]) {
         switch Interpolation.pieces(text) {
         case .failure(let error): diagnostics.append(Diagnostic(mark, error.message))
         case .success(let pieces):
             for case .reference(let reference) in pieces {
-                if let problem = Interpolation.problem(reference, in: spec) { diagnostics.append(Diagnostic(mark, problem)) }
+                if let problem = Interpolation.problem(reference, in: spec) {
+                    diagnostics.append(Diagnostic(mark, problem))
+                } else if let command, carriesPassword(reference) {
+                    diagnostics.append(Diagnostic(mark, "'${\(reference)}' in \(command) would put a password on the command line (anyone on the host can read /proc/PID/cmdline); set it in env (env: {NAME: \"${\(reference)}\"}) and read the variable"))
+                }
             }
         }
+    }
+
+    static func element(_ node: YAMLNode?, _ index: Int) -> YAMLNode? {
+        guard case .sequence(let items, _)? = node, items.indices.contains(index) else { return nil }
+        return items[index]
     }
 
     static func find(_ node: YAMLNode?, _ path: [String]) -> YAMLNode? {

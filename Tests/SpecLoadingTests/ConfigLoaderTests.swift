@@ -67,6 +67,33 @@ import TestSupport
         }
     }
 
+    @Test func passwordsAreRefusedOnCommandLinesAndAllowedInEnv() throws {
+        let (repo, commit) = try loaded(["environments/leaky.yaml": """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: leaky, class: development}
+            spec:
+              secrets: [api-key]
+              databases:
+                main: {engine: postgres}
+              services:
+                api:
+                  command: [python3, app.py, "--key=${secrets.api-key}", "${databases.main.url}", "${env.name}"]
+                  env: {API_KEY: "${secrets.api-key}", DATABASE_URL: "${databases.main.url}"}
+              jobs:
+                migrate:
+                  onCreate: [psql, "${databases.main.url}", -f, schema.sql]
+            """])
+        let diagnostics = try ConfigLoader(repository: try repo.open()).validate(at: commit).map(\.description)
+        #expect(diagnostics.count == 3, "\(diagnostics.joined(separator: "\n"))")
+        for prefix in ["environments/leaky.yaml:10:34: '${secrets.api-key}' in spec.services.api.command would put a password on the command line",
+                       "environments/leaky.yaml:10:62: '${databases.main.url}' in spec.services.api.command would put a password",
+                       "environments/leaky.yaml:14:24: '${databases.main.url}' in spec.jobs.migrate.onCreate would put a password"] {
+            #expect(diagnostics.contains { $0.hasPrefix(prefix) }, "missing: \(prefix)\ngot:\n\(diagnostics.joined(separator: "\n"))")
+        }
+        #expect(diagnostics.allSatisfy { $0.contains("env") }, "each says to use env instead")
+    }
+
     @Test func missingTemplateAndEscapingSourceAreErrors() throws {
         let (repo, commit) = try loaded(["environments/x.yaml": """
             apiVersion: gantry/v1
