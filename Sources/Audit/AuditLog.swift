@@ -21,6 +21,8 @@ public final class AuditLog: @unchecked Sendable {
     /// deleted) is never continued: the records are published again first, and an
     /// `audit-restored` record says what was found.
     public var journal: AuditJournal?
+    /// Masks secret values in every field before it is signed and written (see `Redactor`).
+    public var redact: (@Sendable (String) -> String)?
     /// The commit the first record being appended concerns (where a restore record can go).
     private var requestedTarget: ObjectID?
 
@@ -101,7 +103,7 @@ public final class AuditLog: @unchecked Sendable {
         let at = AuditRecord.timestamp(clock())
         for (index, entry) in entries.enumerated() {
             let unsigned = AuditRecord(seq: head.seq + index + 1, event: entry.event.rawValue, at: at,
-                                       fields: entry.fields.map { (AuditRecord.escape($0.key), AuditRecord.escape($0.value)) },
+                                       fields: entry.fields.map { (AuditRecord.escape($0.key), AuditRecord.escape(redact?($0.value) ?? $0.value)) },
                                        prev: prev, signature: "")
             let signature = try SSHSignature.sign(Data(unsigned.signedText.utf8), namespace: "gantry-audit", key: key)
             let record = AuditRecord(seq: unsigned.seq, event: unsigned.event, at: at, fields: unsigned.fields,

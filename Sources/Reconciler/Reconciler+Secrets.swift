@@ -7,6 +7,10 @@ import StateStore
 extension Reconciler {
     /// Judges `spec.secrets` against `store` (a missing one denies) and notices rotations.
     public func useSecrets(_ store: SecretStore) {
+        // What is written about environments (state DB, audit notes) never holds a secret's value.
+        let redactor = Redactor(store: store)
+        state.useRedactor(redactor)
+        audit.redact = { redactor.redact($0) }
         secretVersions = { spec in
             Dictionary(uniqueKeysWithValues: spec.secrets.compactMap { name in
                 (try? store.lookup(name, environment: spec.name, class: spec.class.rawValue, team: spec.team)).flatMap { $0 }.map { (name, $0.version) }

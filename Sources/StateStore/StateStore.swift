@@ -180,8 +180,20 @@ public final class StateStore: Sendable {
     }
 
     public func save(_ environment: EnvironmentRecord) throws {
+        var environment = environment
+        environment.message = environment.message.map(redact)
         try pool.write { db in try environment.save(db) }
     }
+
+    // MARK: Redaction
+
+    private let redactorSlot = RedactorSlot()
+
+    /// From now on, messages saved here have every secret value masked (see `Redactor`).
+    public func useRedactor(_ redactor: Redactor) { redactorSlot.set(redactor) }
+
+    /// `text` with secret values masked (unchanged when no redactor is set).
+    public func redact(_ text: String) -> String { redactorSlot.get()?.redact(text) ?? text }
 
     // MARK: Services
 
@@ -196,6 +208,8 @@ public final class StateStore: Sendable {
     }
 
     public func save(_ service: ServiceRecord) throws {
+        var service = service
+        service.lastExit = service.lastExit.map(redact)
         try pool.write { db in try service.save(db) }
     }
 
@@ -321,6 +335,8 @@ public final class StateStore: Sendable {
     // MARK: Events
 
     public func record(_ event: EventRecord) throws {
+        var event = event
+        event.message = redact(event.message)
         try pool.write { db in
             try event.insert(db)
         }
@@ -342,4 +358,11 @@ public struct AllocationConflict: Error, CustomStringConvertible {
     public var description: String {
         "\(kind) '\(name)' belongs to environment \(owner) (recorded in the state DB); \(wanted) cannot use it"
     }
+}
+
+final class RedactorSlot: @unchecked Sendable {
+    private let lock = NSLock()
+    private var redactor: Redactor?
+    func set(_ value: Redactor) { lock.withLock { redactor = value } }
+    func get() -> Redactor? { lock.withLock { redactor } }
 }

@@ -61,6 +61,7 @@ struct Run: ParsableCommand {
         let driver = LocalDriver(stateDirectory: paths.root, state: store, logger: logger)
         let secrets = try SecretStore(state: store, keyPath: paths.root.appendingPathComponent("keys/secrets.key").path)
         driver.secrets = secrets
+        Logs.redactor = Redactor(store: secrets)
         var options = Reconciler.Options()
         options.protectedBranch = branch
         options.pollInterval = interval

@@ -48,8 +48,39 @@ enum Logs {
         LoggingSystem.bootstrap { label in
             var handler = StreamLogHandler.standardError(label: label)
             handler.logLevel = level
-            return handler
+            return RedactingLogHandler(inner: handler)
         }
+    }
+
+    /// Set once the secret store is open: from then on every log line has secret values masked.
+    nonisolated(unsafe) static var redactor: Redactor?
+}
+
+/// A log handler that masks secret values in messages and metadata before they are written.
+struct RedactingLogHandler: LogHandler {
+    var inner: any LogHandler
+
+    var logLevel: Logger.Level {
+        get { inner.logLevel }
+        set { inner.logLevel = newValue }
+    }
+
+    var metadata: Logger.Metadata {
+        get { inner.metadata }
+        set { inner.metadata = newValue }
+    }
+
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? {
+        get { inner[metadataKey: key] }
+        set { inner[metadataKey: key] = newValue }
+    }
+
+    func log(event: LogEvent) {
+        guard let redactor = Logs.redactor else { return inner.log(event: event) }
+        var event = event
+        event.message = "\(redactor.redact(event.message.description))"
+        event.metadata = event.metadata?.mapValues { .string(redactor.redact("\($0)")) }
+        inner.log(event: event)
     }
 }
 

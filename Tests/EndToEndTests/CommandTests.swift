@@ -272,6 +272,46 @@ import TestSupport
         #expect(!audit.contains(value))
     }
 
+    /// A service prints its secret and its cache's URL (with the generated password), then crashes
+    /// during start: what Gantry writes about it (status, history, audit notes, its own log, the
+    /// state DB) holds neither value; only the service's own log file does.
+    @Test func aCrashingServiceThatPrintsItsSecretsLeaksThemNowhere() throws {
+        let value = "sk_live_\(UUID().uuidString)"
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("environments/leaky.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: leaky, team: payments, class: staging}
+            spec:
+              secrets: [api-key]
+              caches:
+                c: {engine: redis}
+              services:
+                web:
+                  command: [sh, -c, 'echo "key is $API_KEY, cache at $CACHE_URL"; exit 3']
+                  env: {API_KEY: "${secrets.api-key}", CACHE_URL: "${caches.c.url}"}
+            """)
+        try repo.commitAsOwner("a service that prints its secrets and crashes")
+        let state = TemporaryDirectory()
+        defer { killMarked(state: state.path) }
+        #expect(try gantry("secret", "set", "api-key", "--env", "leaky", "--state", state.path, input: value).status == 0)
+        let run = try gantry("run", "--repo", repo.path, "--state", state.path, "--once", "--stop-on-exit")
+        let serviceLog = try String(contentsOfFile: state.path + "/envs/leaky/logs/web.log", encoding: .utf8)
+        #expect(serviceLog.contains("key is \(value)"), "the service printed its secret: \(serviceLog)")
+        let cachePassword = try #require(serviceLog.split(separator: "redis://default:").last?.prefix { $0 != "@" }).description
+        #expect(cachePassword.count == 64, "\(serviceLog)")
+        let status = try gantry("status", "--state", state.path, "--env", "leaky").stdout
+        #expect(status.contains("Failed") && status.contains("[redacted secret api-key]"), "\(status)")
+        let outputs = [run.stdout + run.stderr, status, try gantry("status", "--state", state.path, "--json").stdout,
+                       try gantry("audit", "log", "--state", state.path).stdout, try repo.git("log", "-p", "refs/notes/gantry")]
+        for (index, output) in outputs.enumerated() {
+            #expect(!output.contains(value) && !output.contains(cachePassword), "output \(index) holds a secret: \(output)")
+        }
+        let grep = try Shell.run(["grep", "-r", "-l", "-a", "-e", value, "-e", cachePassword, state.path, repo.path + "/.git"])
+        #expect(grep.stdout.split(separator: "\n") == [Substring(state.path + "/envs/leaky/logs/web.log")], "found in: \(grep.stdout)")
+    }
+
     @Test func rotatingASecretRestartsItsServicesAndIsRecordedByName() throws {
         let repo = try payRepository()
         let state = TemporaryDirectory()

@@ -1,0 +1,66 @@
+import Crypto
+import Foundation
+import GRDB
+
+/// Masks every secret value the secret store holds (secrets set by operators and the passwords
+/// Gantry generates for databases and caches) in text Gantry is about to write anywhere: the state
+/// DB, audit notes, logs, command output. Values are read again whenever the secrets table changes
+/// (in this process or another), so a secret set a moment ago is masked too.
+public final class Redactor: @unchecked Sendable {
+    /// Values shorter than this are not masked (they would mask ordinary words).
+    public static let minimumLength = 6
+
+    let store: SecretStore
+    private let lock = NSLock()
+    private var signature: String?
+    private var values: [(text: String, label: String)] = []
+
+    public init(store: SecretStore) { self.store = store }
+
+    /// `text` with each secret value replaced by `[redacted secret NAME]`, longest first; a value is
+    /// also caught percent-encoded (as it stands in a URL).
+    public func redact(_ text: String) -> String {
+        let values = current()
+        guard !values.isEmpty, !text.isEmpty else { return text }
+        var result = text
+        for (value, label) in values where result.contains(value) {
+            result = result.replacingOccurrences(of: value, with: label)
+        }
+        return result
+    }
+
+    private func current() -> [(text: String, label: String)] {
+        let signature = try? store.state.pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT count(*) AS n, coalesce(max(updatedAt), '') AS at, coalesce(sum(version), 0) AS v FROM secrets")
+                .map { "\($0["n"] as Int):\($0["at"] as String):\($0["v"] as Int)" }
+        } ?? nil
+        return lock.withLock {
+            if let signature, signature == self.signature { return values }
+            var found: [(String, String)] = []
+            for (name, value) in (try? store.allValues()) ?? [] {
+                guard let text = String(data: value, encoding: .utf8), text.count >= Self.minimumLength else { continue }
+                let label = "[redacted secret \(name)]"
+                found.append((text, label))
+                if let encoded = text.addingPercentEncoding(withAllowedCharacters: .alphanumerics), encoded != text {
+                    found.append((encoded, label))
+                }
+            }
+            values = found.sorted { $0.0.count > $1.0.count }
+            self.signature = signature
+            return values
+        }
+    }
+}
+
+extension SecretStore {
+    /// Every stored value with its name, decrypted: for the redactor only.
+    func allValues() throws -> [(name: String, value: Data)] {
+        let rows = try state.pool.read { db in try Row.fetchAll(db, sql: "SELECT name, scopeKind, scopeValue, sealed FROM secrets") }
+        return rows.compactMap { row in
+            let name: String = row["name"], kind: String = row["scopeKind"], scope: String = row["scopeValue"]
+            guard let box = try? AES.GCM.SealedBox(combined: row["sealed"] as Data),
+                  let value = try? AES.GCM.open(box, using: key, authenticating: Data("\(name)|\(kind)|\(scope)".utf8)) else { return nil }
+            return (name, value)
+        }
+    }
+}
