@@ -17,6 +17,8 @@ extension LocalDriver {
         for database in environment.spec.databases { if let source = database.cloneFrom { try Self.checkName(source) } }
         var outcome = ApplyOutcome()
         domain = environment.domain
+        try prepareEnvironmentDirectory(environment.name)
+        let user = try user(of: environment.name)
         outcome.changes += try applySQLite(environment, progress: progress)
         outcome.changes += try applyPostgres(environment, progress: progress)
         outcome.changes += try runCreateJobs(environment, progress: progress)
@@ -57,9 +59,8 @@ extension LocalDriver {
             try? FileManager.default.removeItem(at: workdir)
             if let source = service.source {
                 try environment.repository.materialize(source, at: environment.commit, into: workdir)
-            } else {
-                try FileManager.default.createDirectory(at: workdir, withIntermediateDirectories: true)
             }
+            try handOver(workdir, to: user)
             if let previousWorkdir, previousWorkdir != workdir.path { try? FileManager.default.removeItem(atPath: previousWorkdir) }
             record.workdir = workdir.path
             record.fingerprint = fingerprint
@@ -139,6 +140,13 @@ extension LocalDriver {
         variables["PATH"] = variables["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
         variables.merge(resolved.environment) { $1 }
         variables["PORT"] = String(record.port)
+        // The environment's own user, at home in its working directory (nil: Gantry's user, or the host's servers).
+        let user = record.environment == Self.hostEnvironment ? nil : try user(of: record.environment)
+        if user != nil {
+            variables["HOME"] = record.workdir
+            variables["USER"] = nil
+            variables["PATH"] = Self.searchablePath(variables["PATH"] ?? "")
+        }
         variables["GANTRY_ENVIRONMENT"] = record.environment
         variables["GANTRY_SERVICE"] = record.name
         variables[Self.markVariable] = "\(instance):\(record.environment):\(record.name)"
@@ -148,7 +156,8 @@ extension LocalDriver {
         record.pid = nil
         record.pidStart = nil
         try state.save(record)
-        let pid = try ProcessControl.spawn(resolved.command, directory: record.workdir!, environment: variables, logPath: log.path, input: input)
+        let pid = try ProcessControl.spawn(Self.asUser(user, resolved.command), directory: record.workdir!, environment: variables,
+                                           logPath: log.path, input: input)
         record.pid = pid
         record.pidStart = ProcessControl.identity(of: pid)?.start
         try state.save(record)

@@ -49,7 +49,7 @@ extension LocalDriver {
             if record.fingerprint == fingerprint, let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) { continue }
             if let pid = record.pid { ProcessControl.stopGroup(pid, grace: options.stopGrace) }
             let directory = root.appendingPathComponent(environment.name).appendingPathComponent("redis-\(cache.name)")
-            try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+            try handOver(directory, to: try user(of: environment.name))
             record.workdir = directory.path
             record.fingerprint = fingerprint
             record.phase = "Starting"

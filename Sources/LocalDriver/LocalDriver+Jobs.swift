@@ -20,7 +20,7 @@ extension LocalDriver {
     /// Runs the onCreate jobs the first time an environment is applied; a failure fails the apply.
     func runCreateJobs(_ environment: PlannedEnvironment, progress: (String) -> Void) throws -> [String] {
         let directory = environmentDirectory(environment.name)
-        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        try prepareEnvironmentDirectory(environment.name)
         let plan = JobPlan(commit: environment.commit.hex, jobs: environment.spec.jobs)
         try JSONEncoder().encode(plan).write(to: directory.appendingPathComponent("jobs.json"))
         let marker = directory.appendingPathComponent(".created")
@@ -66,17 +66,24 @@ extension LocalDriver {
         try? FileManager.default.removeItem(at: checkout)
         try repository.materialize("", at: commit, into: checkout)
         defer { try? FileManager.default.removeItem(at: checkout) }
+        let user = try user(of: environment)
+        try handOver(checkout, to: user)
         let log = directory.appendingPathComponent("logs/job-\(name).log")
         try FileManager.default.createDirectory(at: log.deletingLastPathComponent(), withIntermediateDirectories: true)
         var variables: [String: String] = [:]
         let inherited = ProcessInfo.processInfo.environment
         for key in ["PATH", "HOME", "LANG", "TMPDIR", "USER"] { variables[key] = inherited[key] }
         variables["PATH"] = variables["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        if user != nil {
+            variables["HOME"] = checkout.path
+            variables["USER"] = nil
+            variables["PATH"] = Self.searchablePath(variables["PATH"] ?? "")
+        }
         variables["GANTRY_ENVIRONMENT"] = environment
         variables["GANTRY_JOB"] = name
         variables["GANTRY_JOB_PHASE"] = phase
         variables[Self.markVariable] = "\(instance):\(environment):job-\(name)"
-        let pid = try ProcessControl.spawn(command, directory: checkout.path, environment: variables, logPath: log.path)
+        let pid = try ProcessControl.spawn(Self.asUser(user, command), directory: checkout.path, environment: variables, logPath: log.path)
         let deadline = Date().addingTimeInterval(options.jobTimeout)
         var status: Int32 = 0
         while waitpid(pid, &status, WNOHANG) == 0 {

@@ -27,6 +27,9 @@ extension LocalDriver {
             ProcessControl.stopGroup(pid, grace: options.stopGrace)
         }
         problems += runDestroyJobs(name, repository: repository, progress: progress)
+        // Whatever the environment's user still runs (a detached grandchild, a job's leftover) goes too.
+        progress("stopping every remaining process of \(name)")
+        problems += stopEveryProcess(of: name)
         problems += dropPostgres(environment: name)
         do { try secrets?.removeAll(prefix: "gantry.", environment: name) } catch { problems.append("could not remove cache passwords: \(error)") }
         progress("removing working directories")
@@ -40,6 +43,10 @@ extension LocalDriver {
                 logger.warning("could not remove a working directory", metadata: ["gantry.env": "\(name)", "error": "\(error)"])
                 problems.append("could not remove \(directory.path): \(error)")
             }
+        }
+        if !FileManager.default.fileExists(atPath: directory.path) {
+            // The uid stays recorded (never handed to another environment); its files are gone.
+            for uid in (try? state.allocations(Self.uidAllocation, of: name)) ?? [] { try? state.release(Self.uidAllocation, uid) }
         }
         return problems
     }

@@ -32,6 +32,9 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         /// Crash restarts: the first at once, the k-th after `restartBackoff`·2^(k-1) seconds, capped.
         public var restartBackoff = 1.0
         public var maxRestartBackoff = 60.0
+        /// As root: each environment's processes run as a user of their own from `uidRange`.
+        public var isolateUsers = true
+        public var uidRange = 200_000..<265_536
         public init() {}
     }
 
@@ -58,6 +61,8 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         self.options = options
         let digest = SHA256.hash(data: Data(stateDirectory.standardizedFileURL.path.utf8))
         self.instance = digest.prefix(6).map { String(format: "%02x", $0) }.joined()
+        secureStateDirectory()
+        try? state.setMeta("isolation", isolationSummary)
     }
 
     static let markVariable = "GANTRY_MARK"

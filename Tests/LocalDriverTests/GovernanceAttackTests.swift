@@ -667,7 +667,7 @@ import StateStore
 
     @Test func anApprovalAppliesExactlyTheApprovedCommit() throws {
         let (repo, alice, harness) = try setUp()
-        let marks = TemporaryDirectory("gantry-jobs")
+        let marks = TemporaryDirectory("gantry-jobs").writableByEveryone()
         try repo.write("infra/up.sh", "echo reviewed > \(marks.path)/ran\n")
         try repo.write("environments/payroll.yaml", """
             apiVersion: gantry/v1

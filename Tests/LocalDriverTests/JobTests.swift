@@ -8,7 +8,7 @@ import StateStore
     @Test func onCreateRunsOnceAndOnDestroyRunsAtTeardownWhichCompletesEvenWhenAJobFails() throws {
         let repo = try TestRepository()
         try repo.seedExample()
-        let marks = TemporaryDirectory("gantry-jobs")
+        let marks = TemporaryDirectory("gantry-jobs").writableByEveryone()
         try repo.write("infra/up.sh", "echo \"up $GANTRY_ENVIRONMENT\" >> \(marks.path)/journal\n")
         try repo.write("infra/down.sh", "echo \"down $GANTRY_ENVIRONMENT\" >> \(marks.path)/journal; echo 'cannot reach the cloud' >&2; exit 3\n")
         try repo.write("environments/infra.yaml", """

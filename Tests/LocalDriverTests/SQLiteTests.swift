@@ -51,8 +51,13 @@ import StateStore
         try repo.commit("touch")
         try harness.pass()
         let previewPath = harness.driver.sqlitePath(environment: "app--agents-db", database: "main")
-        try Shell.check(["python3", "-c", "import sqlite3; c = sqlite3.connect('\(previewPath)'); c.execute(\"insert into users values ('x')\"); c.commit()"])
-        #expect(try harness.get("app--agents-db") == "users=3")
+        // Written as the preview's own user would (the file is its user's).
+        var owner = stat()
+        #expect(lstat(previewPath, &owner) == 0)
+        let asOwner = getuid() == 0 ? ["setpriv", "--reuid=\(owner.st_uid)", "--regid=\(owner.st_gid)", "--clear-groups"] : []
+        try Shell.check(asOwner + ["/usr/bin/python3", "-c", "import sqlite3; c = sqlite3.connect('\(previewPath)'); c.execute(\"insert into users values ('x')\"); c.commit()"])
+        let previewMessage = try harness.environment("app--agents-db")?.message ?? ""
+        #expect(try harness.get("app--agents-db") == "users=3", "\(previewMessage)")
         #expect(try harness.get("app") == "users=2")
     }
 }

@@ -88,4 +88,12 @@ public final class TemporaryDirectory: @unchecked Sendable {
     }
 
     deinit { try? FileManager.default.removeItem(atPath: path) }
+
+    /// Writable by every user (sticky, like /tmp): where an environment's code, running as a user
+    /// of its own, leaves marks for a test to read.
+    @discardableResult
+    public func writableByEveryone() -> TemporaryDirectory {
+        _ = chmod(path, 0o1777)
+        return self
+    }
 }

@@ -1,0 +1,165 @@
+import Foundation
+import StateStore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Each environment's processes (services, caches, jobs) run as an unprivileged user of their own
+/// when Gantry is root: a uid/gid pair from a reserved range, recorded in the state DB and never
+/// handed to another environment. The environment's directory is Gantry's (root, 0711): its logs
+/// and bookkeeping stay out of the environment's reach; the working directories and data inside it
+/// belong to the environment's user (0700). Without root, everything runs as Gantry's own user and
+/// isolation is advisory (`gantry status` says so).
+extension LocalDriver {
+    static let uidAllocation = "uid"
+
+    /// True when processes get users of their own (Gantry is root and isolation is on).
+    public var isolatesUsers: Bool { options.isolateUsers && geteuid() == 0 }
+
+    /// What `gantry status` shows about isolation, and why.
+    public var isolationSummary: String {
+        if isolatesUsers {
+            return "enforced: each environment runs as its own user (uids \(options.uidRange.lowerBound)–\(options.uidRange.upperBound - 1)); state directory 0711, its database and keys readable by Gantry only"
+        }
+        if !options.isolateUsers { return "advisory: turned off; environments run as Gantry's own user and can read its state and keys" }
+        return "advisory: gantry run is not root, so environments run as its own user (uid \(geteuid())) and can read its state and keys; run it as root for per-environment users"
+    }
+
+    /// The environment's user: the one recorded for it, else the next never-used uid of the range.
+    func user(of environment: String) throws -> uid_t? {
+        guard isolatesUsers else { return nil }
+        if let known = try state.allocations(Self.uidAllocation, of: environment).first.flatMap({ uid_t($0) }) { return known }
+        let used = try state.allAllocations(Self.uidAllocation).compactMap { Int($0.name) }
+        let next = max(used.max().map { $0 + 1 } ?? options.uidRange.lowerBound, options.uidRange.lowerBound)
+        guard options.uidRange.contains(next) else {
+            throw LocalDriverError("no user id left in \(options.uidRange.lowerBound)–\(options.uidRange.upperBound - 1) for \(environment) (ids are never reused); widen LocalDriver.Options.uidRange")
+        }
+        // A uid some account of this host already uses is skipped (its files are not ours to share).
+        var candidate = next
+        while getpwuid(uid_t(candidate)) != nil || getgrgid(gid_t(candidate)) != nil {
+            try state.allocate(Self.uidAllocation, String(candidate), to: "_host")
+            candidate += 1
+            guard options.uidRange.contains(candidate) else { throw LocalDriverError("no free user id left in the range for \(environment)") }
+        }
+        try state.allocate(Self.uidAllocation, String(candidate), to: environment)
+        return uid_t(candidate)
+    }
+
+    /// The entries of `path` another user can search (each directory and its parents open to
+    /// others): Gantry's own PATH may start in /root, which an environment's user cannot enter.
+    static func searchablePath(_ path: String) -> String {
+        let kept = path.split(separator: ":").filter { entry in
+            var current = String(entry)
+            while !current.isEmpty && current != "/" {
+                var info = stat()
+                guard stat(current, &info) == 0, info.st_mode & S_IXOTH != 0 else { return false }
+                current = (current as NSString).deletingLastPathComponent
+            }
+            return true
+        }
+        return kept.isEmpty ? "/usr/local/bin:/usr/bin:/bin" : kept.joined(separator: ":")
+    }
+
+    /// `command` run as `user` (uid and gid alike, no supplementary groups, no way back to privilege).
+    static func asUser(_ user: uid_t?, _ command: [String]) -> [String] {
+        guard let user else { return command }
+        return ["setpriv", "--reuid=\(user)", "--regid=\(user)", "--clear-groups", "--no-new-privs", "--"] + command
+    }
+
+    /// The environment's directory (Gantry's, 0711) with its logs (Gantry's, 0700).
+    func prepareEnvironmentDirectory(_ environment: String) throws {
+        let directory = environmentDirectory(environment)
+        let logs = directory.appendingPathComponent("logs")
+        try FileManager.default.createDirectory(at: logs, withIntermediateDirectories: true)
+        try secure(root.path, mode: isolatesUsers ? 0o711 : 0o700)
+        try secure(directory.path, mode: isolatesUsers ? 0o711 : 0o700)
+        try secure(logs.path, mode: 0o700)
+    }
+
+    /// A directory Gantry made for the environment's processes: created, then given (with all it
+    /// holds) to the environment's user, 0700.
+    func handOver(_ directory: URL, to user: uid_t?) throws {
+        try FileManager.default.createDirectory(at: directory, withIntermediateDirectories: true)
+        guard let user else { return }
+        try giveTree(directory.path, to: user)
+        _ = chmod(directory.path, 0o700)
+    }
+
+    /// Owner and mode of a directory Gantry keeps, set without following a symbolic link.
+    func secure(_ path: String, mode: mode_t) throws {
+        var info = stat()
+        guard lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else {
+            throw LocalDriverError("\(path) is not a directory Gantry made (a symbolic link?); refusing to use it")
+        }
+        if geteuid() == 0, info.st_uid != 0 { _ = lchown(path, 0, 0) }
+        _ = chmod(path, mode)
+    }
+
+    private func giveTree(_ path: String, to user: uid_t) throws {
+        guard lchown(path, user, user) == 0 else {
+            throw LocalDriverError("cannot give \(path) to uid \(user): \(String(cString: strerror(errno)))")
+        }
+        var info = stat()
+        guard lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else { return }
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [] {
+            try giveTree(path + "/" + entry, to: user)
+        }
+    }
+
+    /// Stops every process of the environment's user, wherever it was started from (a detached,
+    /// re-parented grandchild included): SIGKILL until none is left.
+    func stopEveryProcess(of environment: String) -> [String] {
+        guard isolatesUsers, let uids = try? state.allocations(Self.uidAllocation, of: environment), !uids.isEmpty else { return [] }
+        var survivors: [pid_t] = []
+        for uid in uids.compactMap({ uid_t($0) }) {
+            let deadline = Date().addingTimeInterval(5)
+            repeat {
+                survivors = ProcessControl.processes(ownedBy: uid)
+                // Frozen first (SIGSTOP), so none can fork another while the others are killed.
+                for pid in survivors { kill(pid, SIGSTOP) }
+                for pid in survivors { kill(pid, SIGKILL) }
+                for pid in survivors { ProcessControl.reap(pid) }
+                if survivors.isEmpty { break }
+                usleep(20_000)
+            } while Date() < deadline
+        }
+        return survivors.isEmpty ? [] : ["processes \(survivors.map(String.init).joined(separator: ", ")) of \(environment) survived SIGKILL"]
+    }
+
+    /// Gantry's state directory: the directory itself traversable only (0711: an environment's
+    /// user reaches its own working directory through it), everything else in it Gantry's alone.
+    func secureStateDirectory() {
+        let state = root.deletingLastPathComponent()
+        _ = chmod(state.path, isolatesUsers ? 0o711 : 0o700)
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: state.path)) ?? [] {
+            let path = state.appendingPathComponent(entry).path
+            guard entry != "envs", entry != "postgres" else { continue }
+            var info = stat()
+            guard lstat(path, &info) == 0 else { continue }
+            switch info.st_mode & S_IFMT {
+            case S_IFDIR: _ = chmod(path, 0o700)
+            case S_IFREG: _ = chmod(path, 0o600)
+            default: continue
+            }
+        }
+        let keys = state.appendingPathComponent("keys").path
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: keys)) ?? [] {
+            _ = chmod(keys + "/" + entry, 0o600)
+        }
+    }
+}
+
+extension ProcessControl {
+    /// Every process whose real uid is `uid` (from /proc/PID/status).
+    static func processes(ownedBy uid: uid_t) -> [pid_t] {
+        guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
+        return entries.compactMap { entry in
+            guard let pid = pid_t(entry), let status = try? String(contentsOfFile: "/proc/\(entry)/status", encoding: .utf8),
+                  let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Uid:") }) else { return nil }
+            let fields = line.split(whereSeparator: { $0 == "\t" || $0 == " " })
+            guard fields.count > 1, uid_t(fields[1]) == uid else { return nil }
+            // A zombie is already dead; its parent reaps it.
+            return status.contains("State:\tZ") ? nil : pid
+        }
+    }
+}
