@@ -22,7 +22,9 @@ extension LocalDriver {
         let directory = environmentDirectory(environment.name)
         try prepareEnvironmentDirectory(environment.name)
         let plan = JobPlan(commit: environment.commit.hex, jobs: environment.spec.jobs)
-        try JSONEncoder().encode(plan).write(to: directory.appendingPathComponent("jobs.json"))
+        let planFile = directory.appendingPathComponent("jobs.json")
+        try JSONEncoder().encode(plan).write(to: planFile)
+        _ = chmod(planFile.path, 0o600)
         let marker = directory.appendingPathComponent(".created")
         guard !FileManager.default.fileExists(atPath: marker.path) else { return [] }
         var changes: [String] = []

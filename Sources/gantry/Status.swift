@@ -55,14 +55,18 @@ struct Status: ParsableCommand {
             rows.append(.map(fields))
         }
         let trust = try store.trust()
+        // What the last `gantry run` could enforce (per-environment users need root).
+        let isolation: String? = try store.meta("isolation")
         if json {
-            print(PlainValue.map([("environments", .list(rows))] + (trust.map { [("governance", GovernanceSummary.value($0))] } ?? [])).json(indent: "  "))
+            print(PlainValue.map([("environments", .list(rows))] + (trust.map { [("governance", GovernanceSummary.value($0))] } ?? [])
+                                 + (isolation.map { [("isolation", .string($0))] } ?? [])).json(indent: "  "))
             return
         }
         if env == nil, let trust {
             for line in GovernanceSummary.lines(trust) { print(Printable.line(line)) }
-            print("")
         }
+        if env == nil, let isolation { print(Printable.line("isolation: \(isolation)")) }
+        if env == nil, trust != nil || isolation != nil { print("") }
         if environments.isEmpty {
             print("no environments yet")
             return
