@@ -152,9 +152,25 @@ struct Evaluator {
             let size = StringExtensions.replacedSize(text, old, new, limit: limit)
             try charge(size == Int.max ? costLimit + 1 : size / 16)
         }
+        if name == "matches", let (text, pattern) = Self.matchOperands(receiver, args) {
+            // Compiling a pattern costs its program size (once: compiled patterns are cached);
+            // matching costs the text's length scaled by the program's size. Both before the work.
+            let (regex, fresh) = try RegularExpression.compiled(pattern)
+            if fresh { try charge(regex.programSize) }
+            let cost = regex.matchCost(textBytes: text.utf8.count)
+            try charge(cost == Int.max ? costLimit + 1 : cost)
+            return .bool(regex.search(text))
+        }
         let result = try Functions.call(name, receiver: receiver, args: args)
         try charge(Self.weight(result))
         return result
+    }
+
+    /// The text and pattern of `s.matches(p)` or `matches(s, p)`.
+    static func matchOperands(_ receiver: CELValue?, _ args: [CELValue]) -> (String, String)? {
+        let all = (receiver.map { [$0] } ?? []) + args
+        guard all.count == 2, case .string(let text) = all[0], case .string(let pattern) = all[1] else { return nil }
+        return (text, pattern)
     }
 
     /// `a.b.c` as one dotted name, when the expression is only identifiers and selections.

@@ -108,24 +108,30 @@ enum StringExtensions {
     /// `text` with the first `limit` (negative: all) occurrences of `old` replaced by `new`. An empty
     /// `old` matches before every code point and at the end.
     static func replace(_ text: [Unicode.Scalar], _ old: Needle, with new: [Unicode.Scalar], limit: Int) -> String {
-        var out = String.UnicodeScalarView()
+        // Built as UTF-8 bytes in one growing buffer: linear in the output.
+        var out: [UInt8] = []
+        out.reserveCapacity(text.count + new.count)
+        let replacement = Array(String(String.UnicodeScalarView(new)).utf8)
+        func put(_ scalars: ArraySlice<Unicode.Scalar>) {
+            for scalar in scalars { UTF8.encode(scalar) { out.append($0) } }
+        }
         if old.isEmpty {
             var left = limit
             for scalar in text {
-                if left != 0 { out.append(contentsOf: new); left -= 1 }
-                out.append(scalar)
+                if left != 0 { out.append(contentsOf: replacement); left -= 1 }
+                UTF8.encode(scalar) { out.append($0) }
             }
-            if left != 0 { out.append(contentsOf: new) }
-            return String(out)
+            if left != 0 { out.append(contentsOf: replacement) }
+            return String(decoding: out, as: UTF8.self)
         }
         var start = 0
         for position in old.occurrences(in: text, limit: limit) {
-            out.append(contentsOf: text[start..<position])
-            out.append(contentsOf: new)
+            put(text[start..<position])
+            out.append(contentsOf: replacement)
             start = position + old.count
         }
-        out.append(contentsOf: text[start...])
-        return String(out)
+        put(text[start...])
+        return String(decoding: out, as: UTF8.self)
     }
 
     /// The size in bytes of `replace`'s result, computed without building it, so the cost of a

@@ -99,7 +99,9 @@ enum Time {
         } else if chars[index] == 43 || chars[index] == 45 {
             let sign: Int64 = chars[index] == 45 ? -1 : 1
             guard index + 6 == chars.count, chars[index + 3] == 58 else { throw bad }
-            offset = sign * (try number(index + 1, 2) * 3600 + (try number(index + 4, 2)) * 60)
+            let (hours, minutes) = (try number(index + 1, 2), try number(index + 4, 2))
+            guard hours <= 23, minutes <= 59 else { throw bad }
+            offset = sign * (hours * 3600 + minutes * 60)
             index += 6
         } else {
             throw bad
@@ -179,8 +181,13 @@ enum Time {
     /// The UTC offset in seconds for a time zone name (`America/New_York`, `UTC`) or `±HH:MM`.
     static func offset(_ zone: String, at seconds: Int64) throws -> Int64 {
         if let first = zone.first, first == "+" || first == "-" || first.isNumber {
-            let parts = (first.isNumber ? Substring(zone) : zone.dropFirst()).split(separator: ":")
-            guard parts.count == 2, let h = Int64(parts[0]), let m = Int64(parts[1]) else { throw CELError("invalid time zone '\(zone)'") }
+            // ±HH:MM with HH at most 23 and MM at most 59: a zone is never a day or more away.
+            let parts = (first.isNumber ? Substring(zone) : zone.dropFirst()).split(separator: ":", omittingEmptySubsequences: false)
+            guard parts.count == 2, (1...2).contains(parts[0].count), parts[1].count == 2,
+                  parts.allSatisfy({ $0.allSatisfy { $0.isASCII && $0.isNumber } }),
+                  let h = Int64(parts[0]), let m = Int64(parts[1]), h <= 23, m <= 59 else {
+                throw CELError("invalid time zone '\(zone.prefix(40))': give an IANA name (America/New_York) or an offset ±HH:MM within ±23:59")
+            }
             return (first == "-" ? -1 : 1) * (h * 3600 + m * 60)
         }
         guard let timeZone = TimeZone(identifier: zone) else { throw CELError("unknown time zone '\(zone)'") }

@@ -40,4 +40,6 @@ int gantry_re2_search(const gantry_re2 *regex, const char *text, size_t length) 
     return RE2::PartialMatch(re2::StringPiece(text, length), regex->regex) ? 1 : 0;
 }
 
+int gantry_re2_program_size(const gantry_re2 *regex) { return regex->regex.ProgramSize(); }
+
 void gantry_re2_free(gantry_re2 *regex) { delete regex; }

@@ -57,6 +57,41 @@ import Testing
         #expect { try eval("[s + s].map(a, a + a).map(b, b + b).map(c, c + c).map(d, d + d).map(e, e + e + e + e)", ["s": s], costLimit: 20_000) } throws: { costLimitError($0) }
     }
 
+    @Test func replaceOverAMebibyteIsLinear() throws {
+        // Once 35 s (an output grown piece by piece): now one buffer.
+        let s: CELValue = .string(String(repeating: "a", count: 1 << 20))
+        let start = Date()
+        #expect(try eval("size(s.replace('a', 'b'))", ["s": s]) == .int(1 << 20))
+        #expect(try eval("s.replace('a', 'b').startsWith('bbbb')", ["s": s]) == .bool(true))
+        #expect(Date().timeIntervalSince(start) < 20)
+    }
+
+    @Test func compilingAndMatchingLargeRegexProgramsIsCharged() throws {
+        let big: CELValue = .string(String(repeating: "a", count: 1 << 20))
+        // Sixty distinct large programs: each compilation is charged its size, the budget ends it.
+        let list = (0..<60).map(String.init).joined(separator: ", ")
+        #expect { try eval("[\(list)].all(i, !'a'.matches('\\\\pL{400}x' + string(i)))", costLimit: 100_000) } throws: { costLimitError($0) }
+        // A large program over a mebibyte is refused on cost before matching...
+        #expect { try eval("s.matches('\\\\pL{300}b')", ["s": big]) } throws: { costLimitError($0) }
+        // ...while a small one over the same text is cheap, and a large one over a short text is fine.
+        #expect(try eval("s.matches('a+b')", ["s": big]) == .bool(false))
+        #expect(try eval("'a'.matches('\\\\pL{400}x')") == .bool(false))
+    }
+
+    @Test func timeZoneOffsetsAreBoundedNotTrapped() throws {
+        let zones = ["+9223372036854775807:00", "+2562047788015215:00", "+0:153722867280912930", "+99:99", "+24:00", "-1:60",
+                     "+1:2", "+:00", "+01:", "+٠١:٠٠", "+-1:00"]
+        for zone in zones {
+            #expect(throws: CELError.self, "\(zone)") { try eval("timestamp('2020-01-01T00:00:00Z').getHours('\(zone)')") }
+        }
+        #expect(throws: CELError.self) { try eval("timestamp('2020-01-01T00:00:00Z').getDayOfWeek('+0:153722867280912930')") }
+        #expect(throws: CELError.self) { try eval("timestamp('1970-01-01T00:00:00+99:99')") }
+        #expect(try eval("timestamp('2020-01-01T00:00:00Z').getHours('+05:30')") == .int(5))
+        #expect(try eval("timestamp('2020-01-01T00:00:00Z').getHours('-8:00')") == .int(16))
+        #expect(try eval("timestamp('2020-01-01T00:00:00Z').getHours('23:59')") == .int(23))
+        #expect(try eval("timestamp('2020-01-01T10:00:00+05:00').getHours()") == .int(5))
+    }
+
     @Test func formatPrecisionIsBounded() throws {
         #expect(try eval("'%.3f'.format([1.0])") == .string("1.000"))
         #expect { try eval("'%.999999999f'.format([1.0])") } throws: { ($0 as? CELError)?.message.contains("precision") == true }

@@ -37,6 +37,18 @@ import TestSupport
                 - expr: "!change.files.exists(f, f.matches('^apps/hello/(a|aa)+$'))"
                   message: "no file named only of a runs"
             """)
+        // And a rule that hands a value from the commit (a trailer) to a time function.
+        try repo.write("policies/zone.yaml", """
+            apiVersion: gantry/v1
+            kind: Policy
+            metadata: {name: zone}
+            spec:
+              match: "env != null"
+              action: deny
+              rules:
+                - expr: "!('Tz' in commit.trailers) || now.getHours(commit.trailers['Tz']) >= 0"
+                  message: "the Tz trailer must be a time zone"
+            """)
         try repo.seedExample()
         let state = TemporaryDirectory()
         defer { killMarked(state: state.path) }
@@ -64,6 +76,10 @@ import TestSupport
         try branch(repo, "binary", [:])
         try repo.write("environments/web.yaml", Data([0x61, 0x3A, 0x20, 0xFF, 0xFE, 0x41]))
         try repo.commit("not UTF-8")
+        // A time zone trailer whose offset overflows 64 bits (it used to trap the whole process).
+        try branch(repo, "tz", [:])
+        try repo.write("apps/hello/NOTE", "zone\n")
+        try repo.commit("a far-away zone\n\nTz: +9223372036854775807:00")
         // A thousand file names that make a backtracking regex run for ages.
         var paths: [String: String] = [:]
         for index in 0..<1000 { paths["apps/hello/" + String(repeating: "a", count: 30 + index % 10) + "b"] = "" }
@@ -101,7 +117,7 @@ import TestSupport
         let records = (try JSONSerialization.jsonObject(with: Data(log.utf8)) as? [String: Any])?["records"] as? [[String: Any]] ?? []
         let denials = records.filter { $0["event"] as? String == "denied" }.map { "\($0)" }
         for (name, what) in [("numbers", "environments/web.yaml:7:"), ("alias-bomb", "alias bomb"), ("deep", "nesting deeper"),
-                             ("wide", "unknown field"), ("nul", "NUL"), ("binary", "not valid UTF-8")] {
+                             ("wide", "unknown field"), ("nul", "NUL"), ("binary", "not valid UTF-8"), ("tz", "invalid time zone")] {
             #expect(denials.contains { $0.contains("web--\(name)") || $0.contains(name) } && denials.contains { $0.contains(what) },
                     "\(name): no denial mentioning \(what)")
         }

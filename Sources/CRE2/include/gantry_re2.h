@@ -16,6 +16,9 @@ gantry_re2 *gantry_re2_compile(const char *pattern, size_t length, char *error, 
 /// 1 when `text` contains a match anywhere (CEL `matches` semantics), 0 otherwise.
 int gantry_re2_search(const gantry_re2 *regex, const char *text, size_t length);
 
+/// The size of the compiled program (RE2's measure of its cost to build and run).
+int gantry_re2_program_size(const gantry_re2 *regex);
+
 void gantry_re2_free(gantry_re2 *regex);
 
 #ifdef __cplusplus
