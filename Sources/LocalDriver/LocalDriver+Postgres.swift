@@ -160,26 +160,39 @@ extension LocalDriver {
                 REVOKE CONNECT, TEMPORARY ON DATABASE "\(name)" FROM PUBLIC;
                 GRANT CONNECT, TEMPORARY ON DATABASE "\(name)" TO "\(name)";
                 """)
-            if let source = database.cloneFrom {
-                let sourceName = Self.postgresName(environment: source, database: database.name)
-                if try psql(port: port, sql: "SELECT 1 FROM pg_database WHERE datname = '\(sourceName)'").contains("1") {
-                    progress("cloning \(sourceName) into \(name) (pg_dump | psql, works while the source is in use)")
-                    // Streamed: the dump never sits in Gantry's memory.
-                    // Passwords in the two tools' environments (readable by root only), never in argv.
-                    try runTool(["bash", "-c", "set -o pipefail; PGPASSWORD=\"$GANTRY_SOURCE_PASSWORD\" pg_dump -h \"$1\" -p \"$2\" -U postgres --no-owner --no-privileges \"$3\" | PGPASSWORD=\"$GANTRY_TARGET_PASSWORD\" psql -q -X -v ON_ERROR_STOP=1 -h \"$1\" -p \"$2\" -U \"$4\" -d \"$4\"",
-                                 "clone", postgresSocketDirectory, String(port), sourceName, name],
-                                environment: ["GANTRY_SOURCE_PASSWORD": try postgresSuperuserPassword(), "GANTRY_TARGET_PASSWORD": password])
-                    changes.append("+database \(database.name) (cloned from \(source))")
-                    continue
+            func fill() throws -> Bool {
+                if let source = database.cloneFrom {
+                    let sourceName = Self.postgresName(environment: source, database: database.name)
+                    if try psql(port: port, sql: "SELECT 1 FROM pg_database WHERE datname = '\(sourceName)'").contains("1") {
+                        progress("cloning \(sourceName) into \(name) (pg_dump | psql, works while the source is in use)")
+                        // Streamed: the dump never sits in Gantry's memory.
+                        // Passwords in the two tools' environments (readable by root only), never in argv.
+                        try runTool(["bash", "-c", "set -o pipefail; PGPASSWORD=\"$GANTRY_SOURCE_PASSWORD\" pg_dump -h \"$1\" -p \"$2\" -U postgres --no-owner --no-privileges \"$3\" | PGPASSWORD=\"$GANTRY_TARGET_PASSWORD\" psql -q -X -v ON_ERROR_STOP=1 -h \"$1\" -p \"$2\" -U \"$4\" -d \"$4\"",
+                                     "clone", postgresSocketDirectory, String(port), sourceName, name],
+                                    environment: ["GANTRY_SOURCE_PASSWORD": try postgresSuperuserPassword(), "GANTRY_TARGET_PASSWORD": password])
+                        changes.append("+database \(database.name) (cloned from \(source))")
+                        return true
+                    }
                 }
-            }
-            if let seed = database.seed {
-                guard let sql = try environment.repository.readFile(seed, at: environment.commit) else {
-                    throw ProcessControl.SpawnError(description: "database \(database.name): seed \(seed) does not exist at \(environment.commit.short)")
+                if let seed = database.seed {
+                    guard let sql = try environment.repository.readFile(seed, at: environment.commit) else {
+                        throw ProcessControl.SpawnError(description: "database \(database.name): seed \(seed) does not exist at \(environment.commit.short)")
+                    }
+                    progress("seeding \(name) from \(seed)")
+                    try psql(port: port, sql: String(decoding: sql, as: UTF8.self), database: name, user: name, password: password)
                 }
-                progress("seeding \(name) from \(seed)")
-                try psql(port: port, sql: String(decoding: sql, as: UTF8.self), database: name, user: name, password: password)
+                return false
             }
+            // A database whose clone or seed failed is dropped again: the next attempt starts from
+            // nothing, never from a half-filled database it would take for done.
+            let cloned: Bool
+            do {
+                cloned = try fill()
+            } catch {
+                _ = try? psql(port: port, sql: "DROP DATABASE IF EXISTS \"\(name)\" WITH (FORCE);")
+                throw error
+            }
+            if cloned { continue }
             changes.append("+database \(database.name)")
         }
         return changes

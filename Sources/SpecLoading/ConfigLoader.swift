@@ -172,7 +172,33 @@ public struct ConfigLoader: Sendable {
                 diagnostics.append(Diagnostic(mark, "spec.services.\(service.name).source '\(source)' is not a directory at \(commit.short); create it or fix the path"))
             }
         }
+        for database in spec?.databases ?? [] {
+            guard let seed = database.seed else { continue }
+            let mark = References.find(merged, ["spec", "databases", database.name, "seed"])?.mark ?? node.mark
+            if let problem = seedProblem(seed, at: commit) {
+                diagnostics.append(Diagnostic(mark, "spec.databases.\(database.name).seed '\(seed)' \(problem)"))
+            }
+        }
         return LoadedEnvironment(file: file, spec: spec, templateFile: templateFile, diagnostics: Diagnostic.capped(diagnostics))
+    }
+
+    /// At most this many bytes of SQL seed a database.
+    public static let maxSeedBytes = 1 << 20
+
+    /// Why `seed` cannot seed a database at `commit` (it is applied from exactly there), or nil.
+    func seedProblem(_ seed: String, at commit: ObjectID) -> String? {
+        switch try? repository.entryKind(at: seed, in: commit) {
+        case .file?, .executable?:
+            do {
+                _ = try repository.readFile(seed, at: commit, limit: Self.maxSeedBytes)
+                return nil
+            } catch {
+                return "is larger than \(Self.maxSeedBytes) bytes; seed with a smaller SQL file (or load the rest in an onCreate job)"
+            }
+        case .symlink?: return "is a symbolic link; seeds are read from the repository, not through links: commit the SQL file itself"
+        case .directory?, .submodule?: return "is not a file at \(commit.short); name an SQL file"
+        case nil: return "does not exist at \(commit.short); add the SQL file or fix the path"
+        }
     }
 
     func loadTemplate(_ path: String, at commit: ObjectID) -> (node: YAMLNode?, diagnostics: [Diagnostic]) {

@@ -118,4 +118,31 @@ import StateStore
         #expect(try Shell.check(["psql", one, "-At", "-c", "select count(*) from kept"]).trimmingCharacters(in: .whitespacesAndNewlines) == "1")
         #expect(try Shell.run(["psql", two, "-At", "-c", "select 1"]).status != 0)
     }
+
+    /// A seed that fails half-way drops the database again: the fixed seed fills a fresh one.
+    @Test func aFailedSeedIsRetriedFromAnEmptyDatabase() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("db/seed.sql", "CREATE TABLE t(x text); INSERT INTO t VALUES ('half'); THIS IS NOT SQL;")
+        try repo.write("environments/seeded.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: seeded, class: development}
+            spec:
+              template: python-web
+              databases:
+                main: {engine: postgres, seed: db/seed.sql}
+              services:
+                web:
+                  env: {DATABASE_URL: "${databases.main.url}"}
+            """)
+        try repo.commit("a broken seed")
+        let harness = try Harness(repo: repo)
+        #expect(try harness.pass().failed.contains("seeded"))
+        try repo.write("db/seed.sql", "CREATE TABLE t(x text); INSERT INTO t VALUES ('whole');")
+        try repo.commit("fix the seed")
+        #expect(try harness.pass().applied.contains("seeded"))
+        let url = try databaseURL(harness, "seeded")
+        #expect(try Shell.check(["psql", url, "-At", "-c", "select string_agg(x, ',') from t"]).trimmingCharacters(in: .whitespacesAndNewlines) == "whole")
+    }
 }

@@ -60,4 +60,29 @@ import StateStore
         #expect(try harness.get("app--agents-db") == "users=3", "\(previewMessage)")
         #expect(try harness.get("app") == "users=2")
     }
+
+    /// A seed that fails leaves no database behind: once the seed is fixed, the database is seeded.
+    @Test func aFailedSeedLeavesNothingHalfMadeAndAFixedOneSeeds() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("db/seed.sql", "CREATE TABLE t(x); INSERT INTO t VALUES ('seeded'); THIS IS NOT SQL;")
+        try repo.write("environments/seeded.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: seeded, class: development}
+            spec:
+              databases:
+                main: {engine: sqlite, seed: db/seed.sql}
+            """)
+        try repo.commit("a broken seed")
+        let harness = try Harness(repo: repo)
+        #expect(try harness.pass().failed.contains("seeded"))
+        let path = harness.driver.sqlitePath(environment: "seeded", database: "main")
+        #expect(!FileManager.default.fileExists(atPath: path), "a half-made database was left at \(path)")
+        try repo.write("db/seed.sql", "CREATE TABLE t(x); INSERT INTO t VALUES ('seeded');")
+        try repo.commit("fix the seed")
+        #expect(try harness.pass().applied.contains("seeded"))
+        #expect(try Shell.check(["python3", "-c", "import sqlite3; print(sqlite3.connect('\(path)').execute('select x from t').fetchone()[0])"])
+            .trimmingCharacters(in: .whitespacesAndNewlines) == "seeded")
+    }
 }

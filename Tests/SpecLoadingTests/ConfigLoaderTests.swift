@@ -94,6 +94,35 @@ import TestSupport
         #expect(diagnostics.allSatisfy { $0.contains("env") }, "each says to use env instead")
     }
 
+    @Test func aSeedMustBeAnSQLFileOfTheCommit() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("db/real.sql", "CREATE TABLE t(x int);")
+        try FileManager.default.createSymbolicLink(atPath: repo.path + "/db/link.sql", withDestinationPath: "/etc/passwd")
+        try repo.write("db/big.sql", String(repeating: "-- padding\n", count: 100_000) + "SELECT 1;")
+        try repo.write("environments/seeds.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: seeds, class: development}
+            spec:
+              databases:
+                a: {engine: sqlite, seed: db/missing.sql}
+                b: {engine: sqlite, seed: db/link.sql}
+                c: {engine: postgres, seed: db}
+                d: {engine: sqlite, seed: db/big.sql}
+                e: {engine: sqlite, seed: db/real.sql}
+            """)
+        let commit = ObjectID(hex: try repo.commit("seeds"))!
+        let diagnostics = try ConfigLoader(repository: try repo.open()).validate(at: commit).map(\.description)
+        #expect(diagnostics.count == 4, "\(diagnostics.joined(separator: "\n"))")
+        for prefix in ["environments/seeds.yaml:6:31: spec.databases.a.seed 'db/missing.sql' does not exist",
+                       "environments/seeds.yaml:7:31: spec.databases.b.seed 'db/link.sql' is a symbolic link",
+                       "environments/seeds.yaml:8:33: spec.databases.c.seed 'db' is not a file",
+                       "environments/seeds.yaml:9:31: spec.databases.d.seed 'db/big.sql' is larger than 1048576 bytes"] {
+            #expect(diagnostics.contains { $0.hasPrefix(prefix) }, "missing: \(prefix)\ngot:\n\(diagnostics.joined(separator: "\n"))")
+        }
+    }
+
     @Test func missingTemplateAndEscapingSourceAreErrors() throws {
         let (repo, commit) = try loaded(["environments/x.yaml": """
             apiVersion: gantry/v1
