@@ -51,11 +51,16 @@ public struct AuditVerifier: Sendable {
         }
         do {
             let head = try AuditLog.head(of: repository, notesRef: notesRef)
-            for commit in head.foreignCommits {
+            for commit in head.foreignCommits where (try? repository.commit(commit)) != nil {
                 report.faults.append("notes commit \(commit.short) was not written by Gantry (no 'gantry-audit head' line): the notes were changed behind Gantry's back")
             }
             if head.seq != records.count || (head.seq > 0 && head.digest != prev) {
                 report.faults.append("the notes ref's head says seq \(head.seq) \(head.digest), but the records end at seq \(records.last?.record.seq ?? 0) \(prev) — records were removed from the end or rewritten")
+            }
+            // A notes ref must name a commit; anything else (a blob, a tree, a tag) holds no notes.
+            if let tip = head.tip, (try? repository.commit(tip)) == nil {
+                report.faults.append("the notes ref \(notesRef) points at \(tip.short), which is not a commit: it holds no audit records; restore it from a clone or backup (`gantry run` publishes the records the state DB kept again)")
+                return report
             }
             var commit = head.tip
             while let current = commit {

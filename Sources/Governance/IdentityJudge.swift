@@ -63,9 +63,11 @@ public struct IdentityJudge: Sendable {
         var behalf: [String] = []
         for trailer in commit.trailers {
             switch trailer.key.lowercased() {
-            case "agent": agent = trailer.value
-            case "on-behalf-of": onBehalfOf = trailer.value; behalf.append(trailer.value)
-            case "task": task = trailer.value
+            // The first of a repeated trailer counts, as in `commit.trailers` (a second is refused
+            // below for a signed commit; an unsigned one is recorded with the first).
+            case "agent": agent = agent ?? trailer.value
+            case "on-behalf-of": onBehalfOf = onBehalfOf ?? trailer.value; behalf.append(trailer.value)
+            case "task": task = task ?? trailer.value
             default: break
             }
         }

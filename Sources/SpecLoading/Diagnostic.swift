@@ -40,7 +40,18 @@ public struct Diagnostic: Error, Sendable, Hashable, CustomStringConvertible {
     public static func capped(_ diagnostics: [Diagnostic]) -> [Diagnostic] {
         guard diagnostics.count > maxReported, let last = diagnostics.last else { return diagnostics }
         return Array(diagnostics.prefix(maxReported))
-            + [Diagnostic(last.mark, "… and \(diagnostics.count - maxReported) more problems; fix the ones above first")]
+            + [Diagnostic(last.mark, "\(moreMarker)\(diagnostics.count - maxReported) more problems; fix the ones above first")]
+    }
+
+    private static let moreMarker = "… and "
+
+    /// How many problems `diagnostics` stand for: a capped list's last line counts what it left out.
+    public static func problemCount(_ diagnostics: [Diagnostic]) -> Int {
+        diagnostics.reduce(0) { total, diagnostic in
+            guard diagnostic.message.hasPrefix(moreMarker),
+                  let more = Int(diagnostic.message.dropFirst(moreMarker.count).prefix { $0.isNumber }) else { return total + 1 }
+            return total + more
+        }
     }
 }
 

@@ -50,11 +50,15 @@ public enum Names {
                                           ("K", 1000), ("M", 1_000_000), ("G", 1_000_000_000), ("T", 1_000_000_000_000)]
         for (suffix, factor) in suffixes where text.hasSuffix(suffix) {
             // Infinite, NaN, negative or beyond 2^53 bytes is no quantity (and never a trap).
+            // A positive amount under one byte (1e-400Ki) is no quantity either: it would read as 0.
             guard let number = Double(text.dropLast(suffix.count)), number.isFinite, number >= 0 else { return nil }
             let bytes = number * Double(factor)
-            return bytes <= 9_007_199_254_740_992 ? Int(bytes) : nil
+            let mantissa = text.dropLast(suffix.count).prefix { $0 != "e" && $0 != "E" }
+            let writtenAsZero = mantissa.allSatisfy { !$0.isNumber || $0 == "0" }
+            guard bytes <= 9_007_199_254_740_992, number == 0 ? writtenAsZero : bytes >= 1 else { return nil }
+            return Int(bytes)
         }
-        return Int(text).flatMap { $0 >= 0 ? $0 : nil }
+        return Int(text).flatMap { (0...9_007_199_254_740_992).contains($0) ? $0 : nil }
     }
 
     /// The branch slug of FORMATS.md: lowercase, runs outside [a-z0-9] become '-', trimmed.

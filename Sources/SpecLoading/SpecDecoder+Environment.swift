@@ -83,6 +83,10 @@ extension SpecDecoder {
             }
             if let resourcesNode = service.value("resources"), var resources = NodeReader(resourcesNode, path: "spec.services.\(name).resources", diagnostics: &diagnostics) {
                 value.resources.cpu = resources.number("cpu", &diagnostics)
+                if let cpu = value.resources.cpu, !(cpu > 0 && cpu <= 1024), let node = resources.value("cpu") {
+                    diagnostics.append(Diagnostic(node.mark, "spec.services.\(name).resources.cpu must be a number of cores above 0 and at most 1024 (0.5 is half a core), found \(NodeReader.show(node))"))
+                    value.resources.cpu = nil
+                }
                 if let memory = resources.value("memory") {
                     if let text = memory.scalarText, let bytes = Names.quantity(text) {
                         value.resources.memory = bytes

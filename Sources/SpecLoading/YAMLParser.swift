@@ -115,6 +115,8 @@ private struct Builder {
     var anchors: [String: (node: YAMLNode, size: Int)] = [:]
     var documents: [YAMLNode] = []
     var nodeCount = 0
+    /// Whether an alias was expanded (then a node count past the limit is likely an alias bomb).
+    var aliasesUsed = false
 
     init(file: String, limits: YAMLParser) {
         self.file = file
@@ -132,7 +134,9 @@ private struct Builder {
     mutating func count(_ added: Int, at position: SourceMark) throws {
         nodeCount += added
         if nodeCount > limits.maxNodes {
-            throw Diagnostic(position, "document expands to more than \(limits.maxNodes) nodes (an alias bomb?); remove the repeated aliases")
+            throw Diagnostic(position, aliasesUsed
+                ? "document expands to more than \(limits.maxNodes) nodes (an alias bomb?); remove the repeated aliases"
+                : "document has more than \(limits.maxNodes) nodes; split it into several files")
         }
     }
 
@@ -142,6 +146,11 @@ private struct Builder {
         case YAML_SCALAR_EVENT:
             let scalar = event.data.scalar
             let text = String(decoding: UnsafeBufferPointer(start: scalar.value, count: scalar.length), as: UTF8.self)
+            // The file has no NUL byte, but an escape ("\0", "\x00", "\u0000") makes one: it would
+            // vanish or cut the value wherever the string meets C (a command, an environment).
+            if text.utf8.contains(0) {
+                throw Diagnostic(position, "a NUL character (an escape such as \\0) is not allowed in a value; remove it")
+            }
             try count(1, at: position)
             let node = YAMLNode.scalar(text, plain: scalar.style == YAML_PLAIN_SCALAR_STYLE, position)
             if let anchor = Self.string(scalar.anchor) { anchors[anchor] = (node, 1) }
@@ -151,6 +160,7 @@ private struct Builder {
             guard let target = anchors[name] else {
                 throw Diagnostic(position, "alias *\(name) refers to no anchor defined before it")
             }
+            aliasesUsed = true
             try count(target.size, at: position)
             try add(target.node, size: target.size)
         case YAML_SEQUENCE_START_EVENT:

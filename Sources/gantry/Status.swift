@@ -100,7 +100,8 @@ struct Validate: ParsableCommand {
         let diagnostics = try ConfigLoader(repository: repository).validate(at: commit)
         for diagnostic in diagnostics { print(diagnostic) }
         if !diagnostics.isEmpty {
-            FileHandle.standardError.write(Data("\(diagnostics.count) problem\(diagnostics.count == 1 ? "" : "s") at \(commit.short)\n".utf8))
+            let count = Diagnostic.problemCount(diagnostics)
+            FileHandle.standardError.write(Data("\(count) problem\(count == 1 ? "" : "s") at \(commit.short)\n".utf8))
             throw ExitCode(1)
         }
         print("ok: \(commit.short) is valid")

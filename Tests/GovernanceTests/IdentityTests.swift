@@ -39,6 +39,17 @@ import TestSupport
         #expect(gitAccepts)
     }
 
+    @Test func anUnsignedCommitWithRepeatedTrailersIsRecordedWithTheFirstAsCELSeesIt() throws {
+        let repo = try TestRepository(signing: false)
+        try repo.commit("unsigned\n\nOn-Behalf-Of: alice@example.com\nOn-Behalf-Of: mallory@example.com\nTask: A-1\nTask: B-2")
+        let git = try repo.open()
+        let head = try #require(try git.resolveCommit("HEAD"))
+        let identity = IdentityJudge(signers: AllowedSigners(text: ""), actors: actors, required: false)
+            .judge(try git.commit(head), signature: nil, now: Date())
+        #expect(identity.onBehalfOf == "alice@example.com")
+        #expect(identity.task == "A-1")
+    }
+
     @Test func unsignedCommitIsDenied() throws {
         let repo = try TestRepository(signing: false)
         try repo.commit("unsigned")

@@ -181,6 +181,26 @@ import TestSupport
         "apiVersion: gantry/v1\nkind: Environment\nmetadata: {name: hostile, team: payments, class: preview}\nspec:\n\(spec)"
     }
 
+    @Test func outOfRangeResourcesAndEscapedNULsAreDiagnosed() throws {
+        let found = try problems(environment("""
+              template: python-web
+              services:
+                web:
+                  resources: {cpu: -1, memory: 9007199254740993}
+                other:
+                  command: [sleep, "1"]
+                  resources: {cpu: 0.5, memory: 1e-400Ki}
+            """)).map(\.description)
+        for prefix in ["environments/hostile.yaml:8:24: spec.services.web.resources.cpu must be a number of cores above 0",
+                       "environments/hostile.yaml:8:36: spec.services.web.resources.memory must be a quantity",
+                       "environments/hostile.yaml:11:37: spec.services.other.resources.memory must be a quantity"] {
+            #expect(found.contains { $0.hasPrefix(prefix) }, "missing: \(prefix)\ngot:\n\(found.joined(separator: "\n"))")
+        }
+        // A NUL made by an escape never reaches a command or an environment variable.
+        let nul = try problems(environment("  template: python-web\n  services:\n    web:\n      env: {A: \"x\\0y\"}\n")).map(\.description)
+        #expect(nul.first?.hasPrefix("environments/hostile.yaml:8:16: a NUL character") == true, "\(nul)")
+    }
+
     @Test func overflowingNumbersAndDurationsAreDiagnosticsWithPositions() throws {
         let found = try problems(environment("""
               lifecycle: {ttl: 99999999999999999999999999999999999999d, idleSleepAfter: 3651d}

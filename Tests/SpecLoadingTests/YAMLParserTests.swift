@@ -86,6 +86,16 @@ import Testing
 @Suite struct HostileYAMLTests {
     let parser = YAMLParser()
 
+    @Test func aLargeFileWithoutAliasesIsNotCalledAnAliasBomb() throws {
+        let items = "- " + (0..<60_000).map(String.init).joined(separator: "\n- ")
+        #expect { try parser.parse(Data(items.utf8), file: "f.yaml") } throws: {
+            "\($0)".contains("more than 50000 nodes; split it") && !"\($0)".contains("alias")
+        }
+        let problems = (0..<250).map { Diagnostic(SourceMark(file: "f.yaml", line: $0 + 1, column: 1), "problem \($0)") }
+        #expect(Diagnostic.problemCount(Diagnostic.capped(problems)) == 250)
+        #expect(Diagnostic.capped(problems).count == Diagnostic.maxReported + 1)
+    }
+
     @Test func largeMappingsAndListsParseInLinearTime() throws {
         // 20,000 keys and 40,000 items: a quadratic duplicate check or copy is 10^9 steps.
         let keys = (0..<20_000).map { "k\($0): \($0)" }.joined(separator: "\n")
