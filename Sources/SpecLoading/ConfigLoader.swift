@@ -164,17 +164,19 @@ public struct ConfigLoader: Sendable {
             }
         }
         let spec = SpecDecoder.environment(merged, &diagnostics)
+        let serviceNodes = References.index(References.find(merged, ["spec", "services"]))
         for service in spec?.services ?? [] {
             guard let source = service.source else { continue }
             let exists = (try? repository.listDirectory(source, at: commit)) != nil
             if !exists {
-                let mark = References.find(merged, ["spec", "services", service.name, "source"])?.mark ?? node.mark
+                let mark = References.find(serviceNodes[service.name], ["source"])?.mark ?? node.mark
                 diagnostics.append(Diagnostic(mark, "spec.services.\(service.name).source '\(source)' is not a directory at \(commit.short); create it or fix the path"))
             }
         }
+        let databaseNodes = References.index(References.find(merged, ["spec", "databases"]))
         for database in spec?.databases ?? [] {
             guard let seed = database.seed else { continue }
-            let mark = References.find(merged, ["spec", "databases", database.name, "seed"])?.mark ?? node.mark
+            let mark = References.find(databaseNodes[database.name], ["seed"])?.mark ?? node.mark
             if let problem = seedProblem(seed, at: commit) {
                 diagnostics.append(Diagnostic(mark, "spec.databases.\(database.name).seed '\(seed)' \(problem)"))
             }

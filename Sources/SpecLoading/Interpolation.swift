@@ -9,33 +9,60 @@ public enum Interpolation {
     }
 
     /// Splits `text` into literal text and references; nil with a message for an unclosed `${`.
+    /// Scans the UTF-8 bytes once (`$`, `{` and `}` are ASCII, so they never split a character).
     static func pieces(_ text: String) -> Result<[Piece], InterpolationError> {
+        let bytes = Array(text.utf8)
+        let (dollar, open, close) = (UInt8(ascii: "$"), UInt8(ascii: "{"), UInt8(ascii: "}"))
         var pieces: [Piece] = []
-        var literal = ""
-        var index = text.startIndex
-        while index < text.endIndex {
-            if text[index...].hasPrefix("$${") {
-                literal += "${"
-                index = text.index(index, offsetBy: 3)
-            } else if text[index...].hasPrefix("${") {
-                let start = text.index(index, offsetBy: 2)
-                guard let end = text[start...].firstIndex(of: "}") else {
-                    return .failure(InterpolationError(message: "unclosed '${' in '\(text)'; close it with '}' or write '$${' for a literal"))
+        var literal: [UInt8] = []
+        var index = 0
+        func flush() {
+            if !literal.isEmpty { pieces.append(.text(String(decoding: literal, as: UTF8.self))); literal.removeAll() }
+        }
+        while index < bytes.count {
+            let byte = bytes[index]
+            if byte == dollar, index + 2 < bytes.count, bytes[index + 1] == dollar, bytes[index + 2] == open {
+                literal += [dollar, open]
+                index += 3
+            } else if byte == dollar, index + 1 < bytes.count, bytes[index + 1] == open {
+                guard let end = bytes[(index + 2)...].firstIndex(of: close) else {
+                    return .failure(InterpolationError(message: "unclosed '${' in '\(text.prefix(200))'; close it with '}' or write '$${' for a literal"))
                 }
-                if !literal.isEmpty { pieces.append(.text(literal)); literal = "" }
-                pieces.append(.reference(String(text[start..<end]).trimmingCharacters(in: .whitespaces)))
-                index = text.index(after: end)
+                flush()
+                pieces.append(.reference(String(decoding: bytes[(index + 2)..<end], as: UTF8.self).trimmingCharacters(in: .whitespaces)))
+                index = end + 1
             } else {
-                literal.append(text[index])
-                index = text.index(after: index)
+                literal.append(byte)
+                index += 1
             }
         }
-        if !literal.isEmpty { pieces.append(.text(literal)) }
+        flush()
         return .success(pieces)
     }
 
     /// Why `reference` is not a valid reference within `spec`, or nil when it is.
     static func problem(_ reference: String, in spec: EnvironmentSpec) -> String? {
+        problem(reference, in: spec, names: ReferenceNames(spec))
+    }
+
+    /// The names a reference may use, as sets: a file with many references and many names is
+    /// checked in linear time.
+    struct ReferenceNames {
+        let services: Set<String>, databases: Set<String>, caches: Set<String>, secrets: Set<String>
+        /// In file order, for suggestions.
+        let serviceList: [String], databaseList: [String], cacheList: [String]
+        init(_ spec: EnvironmentSpec) {
+            serviceList = spec.services.map(\.name)
+            databaseList = spec.databases.map(\.name)
+            cacheList = spec.caches.map(\.name)
+            services = Set(serviceList)
+            databases = Set(databaseList)
+            caches = Set(cacheList)
+            secrets = Set(spec.secrets)
+        }
+    }
+
+    static func problem(_ reference: String, in spec: EnvironmentSpec, names: ReferenceNames) -> String? {
         let parts = reference.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
         let known = "known references: env.name, env.domain, env.class, services.S.url|host|port, databases.D.url, caches.C.url, secrets.NAME"
         switch parts.first {
@@ -47,22 +74,22 @@ public enum Interpolation {
             guard parts.count == 3, ["url", "host", "port"].contains(parts[2]) else {
                 return "unknown reference '${\(reference)}'; use services.S.url, services.S.host or services.S.port"
             }
-            if spec.service(named: parts[1]) == nil {
-                return "'${\(reference)}' names no service of this environment\(SpecDecoder.suggestion(parts[1], spec.services.map(\.name)))"
+            if !names.services.contains(parts[1]) {
+                return "'${\(reference)}' names no service of this environment\(SpecDecoder.suggestion(parts[1], names.serviceList))"
             }
         case "databases":
             guard parts.count == 3, parts[2] == "url" else { return "unknown reference '${\(reference)}'; use databases.D.url" }
-            if !spec.databases.contains(where: { $0.name == parts[1] }) {
-                return "'${\(reference)}' names no database of this environment\(SpecDecoder.suggestion(parts[1], spec.databases.map(\.name)))"
+            if !names.databases.contains(parts[1]) {
+                return "'${\(reference)}' names no database of this environment\(SpecDecoder.suggestion(parts[1], names.databaseList))"
             }
         case "caches":
             guard parts.count == 3, parts[2] == "url" else { return "unknown reference '${\(reference)}'; use caches.C.url" }
-            if !spec.caches.contains(where: { $0.name == parts[1] }) {
-                return "'${\(reference)}' names no cache of this environment\(SpecDecoder.suggestion(parts[1], spec.caches.map(\.name)))"
+            if !names.caches.contains(parts[1]) {
+                return "'${\(reference)}' names no cache of this environment\(SpecDecoder.suggestion(parts[1], names.cacheList))"
             }
         case "secrets":
             guard parts.count == 2 else { return "unknown reference '${\(reference)}'; use secrets.NAME" }
-            if !spec.secrets.contains(parts[1]) {
+            if !names.secrets.contains(parts[1]) {
                 return "'${\(reference)}' names a secret not listed in spec.secrets; add it there"
             }
         default:
@@ -124,24 +151,29 @@ public struct InterpolationError: Error, CustomStringConvertible, Sendable {
 /// Validates every `${...}` in a decoded environment, reporting at the node that holds it.
 enum References {
     static func check(spec: EnvironmentSpec, node: YAMLNode, _ diagnostics: inout [Diagnostic]) {
+        // Mappings are indexed once: a lookup per name would be quadratic in a file of many names.
+        let services = index(find(node, ["spec", "services"]))
+        let names = Interpolation.ReferenceNames(spec)
         for service in spec.services {
-            let serviceNode = find(node, ["spec", "services", service.name])
+            let serviceNode = services[service.name]
+            let variables = index(find(serviceNode, ["env"]))
             for variable in service.env {
-                let mark = find(serviceNode, ["env", variable.name])?.mark ?? serviceNode?.mark ?? node.mark
-                check(variable.value, spec: spec, mark: mark, &diagnostics)
+                let mark = variables[variable.name]?.mark ?? serviceNode?.mark ?? node.mark
+                check(variable.value, spec: spec, names: names, mark: mark, &diagnostics)
             }
             let commandNode = find(serviceNode, ["command"])
             for (index, argument) in service.command.enumerated() {
-                check(argument, spec: spec, mark: element(commandNode, index)?.mark ?? commandNode?.mark ?? node.mark,
+                check(argument, spec: spec, names: names, mark: element(commandNode, index)?.mark ?? commandNode?.mark ?? node.mark,
                       where: "spec.services.\(service.name).command", &diagnostics)
             }
         }
         // Job commands are not interpolated; a password reference there would be a literal at best
         // and a leak on the command line at worst: refused the same way.
+        let jobs = index(find(node, ["spec", "jobs"]))
         for job in spec.jobs {
             for (phase, command) in [("onCreate", job.onCreate), ("onDestroy", job.onDestroy)] {
                 guard let command else { continue }
-                let commandNode = find(node, ["spec", "jobs", job.name, phase])
+                let commandNode = find(jobs[job.name], [phase])
                 for (index, argument) in command.enumerated() {
                     guard case .success(let pieces) = Interpolation.pieces(argument) else { continue }
                     for case .reference(let reference) in pieces where carriesPassword(reference) {
@@ -160,12 +192,13 @@ enum References {
     }
 
     /// `where` names a command: references that carry a password are refused there.
-    static func check(_ text: String, spec: EnvironmentSpec, mark: SourceMark, where command: String? = nil, _ diagnostics: inout [Diagnostic]) {
+    static func check(_ text: String, spec: EnvironmentSpec, names: Interpolation.ReferenceNames, mark: SourceMark, where command: String? = nil,
+                      _ diagnostics: inout [Diagnostic]) {
         switch Interpolation.pieces(text) {
         case .failure(let error): diagnostics.append(Diagnostic(mark, error.message))
         case .success(let pieces):
             for case .reference(let reference) in pieces {
-                if let problem = Interpolation.problem(reference, in: spec) {
+                if let problem = Interpolation.problem(reference, in: spec, names: names) {
                     diagnostics.append(Diagnostic(mark, problem))
                 } else if let command, carriesPassword(reference) {
                     diagnostics.append(Diagnostic(mark, "'${\(reference)}' in \(command) would put a password on the command line (anyone on the host can read /proc/PID/cmdline); set it in env (env: {NAME: \"${\(reference)}\"}) and read the variable"))
@@ -177,6 +210,15 @@ enum References {
     static func element(_ node: YAMLNode?, _ index: Int) -> YAMLNode? {
         guard case .sequence(let items, _)? = node, items.indices.contains(index) else { return nil }
         return items[index]
+    }
+
+    /// A mapping's values by key (the first of a repeated key); empty for anything else.
+    static func index(_ node: YAMLNode?) -> [String: YAMLNode] {
+        guard case .mapping(let pairs, _)? = node else { return [:] }
+        var result: [String: YAMLNode] = [:]
+        result.reserveCapacity(pairs.count)
+        for pair in pairs { if let key = pair.key.scalarText, result[key] == nil { result[key] = pair.value } }
+        return result
     }
 
     static func find(_ node: YAMLNode?, _ path: [String]) -> YAMLNode? {

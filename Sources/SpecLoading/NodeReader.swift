@@ -151,8 +151,13 @@ struct NodeReader {
 
 /// "Did you mean" suggestions by edit distance.
 enum Suggest {
+    /// At most this many candidates of at most `maxWord` characters are compared: a suggestion is a
+    /// courtesy, and must stay cheap when a file names thousands of things.
+    static let maxCandidates = 100, maxWord = 64
+
     static func closest(to word: String, in candidates: [String]) -> String? {
-        let scored = candidates.map { ($0, distance(word.lowercased(), $0.lowercased())) }
+        guard word.count <= maxWord, candidates.count <= maxCandidates else { return nil }
+        let scored = candidates.filter { $0.count <= maxWord }.map { ($0, distance(word.lowercased(), $0.lowercased())) }
         guard let best = scored.min(by: { $0.1 < $1.1 }) else { return nil }
         return best.1 <= max(2, word.count / 3) ? best.0 : nil
     }

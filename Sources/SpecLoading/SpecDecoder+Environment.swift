@@ -143,14 +143,16 @@ extension SpecDecoder {
         }
         spec.secrets = reader.stringList("secrets", &diagnostics) ?? []
         if let routesNode = reader.value("routes") {
+            let serviceList = spec.services.map(\.name)
+            let serviceNames = Set(serviceList)
             if case .sequence(let items, _) = routesNode {
                 for (index, item) in items.enumerated() {
                     guard var route = NodeReader(item, path: "spec.routes[\(index)]", diagnostics: &diagnostics) else { continue }
                     let name = route.requiredString("name", &diagnostics) ?? ""
                     let service = route.requiredString("service", &diagnostics) ?? ""
                     if !name.isEmpty { checkLabel(name, at: route.value("name")!, what: "route", &diagnostics) }
-                    if !service.isEmpty && !spec.services.contains(where: { $0.name == service }) {
-                        diagnostics.append(Diagnostic(route.value("service")!.mark, "spec.routes[\(index)].service '\(service)' is not a service of this environment\(suggestion(service, spec.services.map(\.name)))"))
+                    if !service.isEmpty && !serviceNames.contains(service) {
+                        diagnostics.append(Diagnostic(route.value("service")!.mark, "spec.routes[\(index)].service '\(service)' is not a service of this environment\(suggestion(service, serviceList))"))
                     }
                     route.finish(&diagnostics)
                     spec.routes.append(Route(name: name, service: service))
@@ -189,6 +191,7 @@ extension SpecDecoder {
 
     static func suggestion(_ word: String, _ candidates: [String]) -> String {
         if let best = Suggest.closest(to: word, in: candidates) { return "; did you mean '\(best)'?" }
-        return candidates.isEmpty ? "" : "; known: \(candidates.joined(separator: ", "))"
+        let shown = candidates.prefix(10).joined(separator: ", ")
+        return candidates.isEmpty ? "" : "; known: \(shown)\(candidates.count > 10 ? ", … (\(candidates.count) in all)" : "")"
     }
 }
