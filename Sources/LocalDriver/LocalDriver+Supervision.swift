@@ -16,7 +16,15 @@ extension LocalDriver {
         // Never a path outside envs/: a name that is not a DNS-1123 label names nothing of ours.
         guard Self.isSafeName(name) else { return ["nothing removed: '\(name)' is not an environment name Gantry creates"] }
         var problems: [String] = []
-        for record in try state.services(of: name) {
+        // Never applied (no service, no directory, nothing allocated): nothing of it can run, and
+        // the scans of /proc below are skipped (a pass may tear down thousands of such previews).
+        let services = try state.services(of: name)
+        if services.isEmpty, !FileManager.default.fileExists(atPath: root.appendingPathComponent(name).path),
+           try state.allocations(Self.uidAllocation, of: name).isEmpty, try state.allocations(Self.databaseAllocation, of: name).isEmpty {
+            try? secrets?.removeAll(prefix: "gantry.", environment: name)
+            return []
+        }
+        for record in services {
             if let pid = record.pid {
                 progress("stopping service \(record.name)")
                 ProcessControl.stopGroup(pid, grace: options.stopGrace)

@@ -68,11 +68,24 @@ extension Reconciler {
 
     /// Writes the deferred denials and waits, in the order they were judged, as one notes commit.
     func flushRecords() throws {
-        guard !deferredRecords.isEmpty else { return }
-        let batch = deferredRecords
-        deferredRecords = []
-        try audit.append(batch)
+        if !deferredRecords.isEmpty {
+            let batch = deferredRecords
+            deferredRecords = []
+            try audit.append(batch)
+        }
+        let processed = pendingProcessed
+        pendingProcessed = []
+        for mark in processed { try setProcessed(branch: mark.branch, commit: mark.commit) }
     }
+
+    /// Denials of many branches are written together, at most `deferredBatch` at a time: each
+    /// notes commit rewrites the notes it touches, and thousands of branches denied at one commit
+    /// would rewrite its growing note thousands of times.
+    func flushRecordsWhenDue() throws {
+        if deferredRecords.count >= Self.deferredBatch { try flushRecords() }
+    }
+
+    static let deferredBatch = 100
 
     /// The records Gantry itself wrote on `commit` about `environment` (nil: about the protected
     /// branch itself), from the state DB's journal — never from the notes ref, which anyone who can

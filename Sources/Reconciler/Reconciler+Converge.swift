@@ -26,10 +26,12 @@ extension Reconciler {
             try converge(environment, commit: commit, identity: identity, context: context, asFound: asFound, &summary)
         }
         if branch != context.protectedBranch && identity.problems.isEmpty { try state.setAdmitted(branch: branch, commit: tip.hex) }
-        for existing in try state.environments() where existing.branch == branch && !names.contains(existing.name) {
+        for existing in try state.environments(branch: branch) where !names.contains(existing.name) {
             try remove(existing, tip: commit, identity: identity, context: context, asFound: asFound, &summary)
         }
-        try flushRecords()
+        // The protected branch's records are written before its trust state moves; other
+        // branches' denials go out in batches (each branch is marked processed after its batch).
+        if branch == context.protectedBranch { try flushRecords() } else { try flushRecordsWhenDue() }
     }
 
     /// The name a preview of `environment` on `branch` runs under: the one it already has, else

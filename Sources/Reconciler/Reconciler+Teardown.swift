@@ -13,7 +13,13 @@ extension Reconciler {
         // Branches seen before, and branches of environments a pass cut short may have left behind.
         // The protected branch is never swept: a listing without it must not take production down.
         let known = Set(try processedRefs().keys).union(try state.environments().map(\.branch))
-        for branch in known.sorted() where branches[branch] == nil && branch != context.protectedBranch {
+        let gone = known.sorted().filter { branches[$0] == nil && $0 != context.protectedBranch }
+        for (index, branch) in gone.enumerated() {
+            guard summary.destroyed.count < options.maxTeardownsPerPass else {
+                summary.postponed += gone.count - index
+                logger.notice("\(gone.count - index) deleted branches wait for the next pass to be torn down (at most \(options.maxTeardownsPerPass) environments per pass)")
+                break
+            }
             do {
                 try destroyPreviews(of: branch, reason: "branch \(branch) was deleted", commitForNote: nil, &summary)
                 try setProcessed(branch: branch, commit: nil)
@@ -31,7 +37,7 @@ extension Reconciler {
     }
 
     func destroyPreviews(of branch: String, reason: String, commitForNote: ObjectID?, _ summary: inout PassSummary) throws {
-        for environment in try state.environments() where environment.branch == branch {
+        for environment in try state.environments(branch: branch) {
             try destroy(environment, reason: reason, commitForNote: commitForNote?.hex ?? environment.commit, &summary)
         }
     }

@@ -17,6 +17,11 @@ public final class Reconciler: @unchecked Sendable {
         public var pollInterval = 1.0
         /// Report drift (stopped processes, dropped databases) without correcting it.
         public var detectOnly = false
+        /// At most this many changed branches are judged, and this many environments torn down,
+        /// in one pass: the rest wait for the next pass (which follows at once), taken in turn, so
+        /// thousands of branches pushed at once delay a new push by a few passes, not by all of them.
+        public var maxBranchesPerPass = 200
+        public var maxTeardownsPerPass = 100
         public init() {}
     }
 
@@ -39,6 +44,8 @@ public final class Reconciler: @unchecked Sendable {
         public var blocked: String?
         /// The notes had lost records and were published again.
         public var auditRestored = false
+        /// Branches or teardowns left for the next pass (the per-pass caps were reached).
+        public var postponed = 0
     }
 
     let repository: GitRepository
@@ -72,6 +79,11 @@ public final class Reconciler: @unchecked Sendable {
     var anchorRecordCache: (tip: ObjectID?, found: String?)?
     /// Denials and waits judged but not yet written (see `appendOnce`).
     var deferredRecords: [AuditEntry] = []
+    /// The last branch judged by a pass that reached `maxBranchesPerPass`: the next pass starts after it.
+    var branchCursor: String?
+    /// Branches judged whose records are still deferred: marked processed once those are written
+    /// (a crash in between judges them again; never a processed branch whose denial was lost).
+    var pendingProcessed: [(branch: String, commit: String)] = []
     /// Environment files read at recent commits (a few entries).
     var loadedCache: [ObjectID: [LoadedEnvironment]] = [:]
 
@@ -84,6 +96,11 @@ public final class Reconciler: @unchecked Sendable {
 
     /// Forgets the processed tips read from the state DB (after it changed them behind this cache).
     func processedCacheReset() { processedCache = nil }
+
+    /// Marks a judged branch processed, after its deferred records are written.
+    func markProcessed(branch: String, commit: String) throws {
+        if deferredRecords.isEmpty { try setProcessed(branch: branch, commit: commit) } else { pendingProcessed.append((branch, commit)) }
+    }
 
     func setProcessed(branch: String, commit: String?) throws {
         try state.setProcessed(branch: branch, commit: commit)
@@ -107,9 +124,11 @@ public final class Reconciler: @unchecked Sendable {
     public func run(wake: WakeSignal, shouldStop: () -> Bool) {
         recover()
         while !shouldStop() {
-            do { _ = try runPass() } catch { logger.error("pass failed; nothing was destroyed, retrying", metadata: ["error": "\(error)"]) }
+            var postponed = 0
+            do { postponed = try runPass().postponed } catch { logger.error("pass failed; nothing was destroyed, retrying", metadata: ["error": "\(error)"]) }
             if shouldStop() { break }
-            wake.wait(seconds: options.pollInterval)
+            // Work left over by the per-pass caps goes on at once.
+            if postponed == 0 { wake.wait(seconds: options.pollInterval) }
         }
     }
 
@@ -168,9 +187,20 @@ public final class Reconciler: @unchecked Sendable {
         let protectedBranch = context.protectedBranch
         let environments = try state.environments()
         let waiting = Set(environments.filter { isWaiting($0, approvalsMoved: approvalsMoved) }.map(\.branch))
-        let changed = branches.filter { $0.key != protectedBranch && (processed[$0.key] != $0.value.hex || waiting.contains($0.key))
-                                        && !context.settings.ignores(branch: $0.key) }
+        let allChanged = branches.filter { $0.key != protectedBranch && (processed[$0.key] != $0.value.hex || waiting.contains($0.key))
+                                           && !context.settings.ignores(branch: $0.key) }
             .sorted { $0.key < $1.key }
+        // In turn: the branches after the last one judged come first, then the others from the start.
+        let cursor = branchCursor
+        let rotated = cursor.map { last in allChanged.filter { $0.key > last } + allChanged.filter { $0.key <= last } } ?? allChanged
+        let changed = Array(rotated.prefix(options.maxBranchesPerPass))
+        if rotated.count > changed.count {
+            summary.postponed += rotated.count - changed.count
+            branchCursor = changed.last?.key
+            logger.notice("\(rotated.count - changed.count) changed branches wait for the next pass (at most \(options.maxBranchesPerPass) are judged per pass)")
+        } else {
+            branchCursor = nil
+        }
         summary.changedBranches += changed.map(\.key)
 
         for (branch, tip) in changed {
@@ -182,14 +212,14 @@ public final class Reconciler: @unchecked Sendable {
                     try reconcile(branch: branch, tip: tip, hidden: (lastAdmitted.map { [$0] } ?? []) + [context.revision],
                                   changedSince: try repository.mergeBase(context.protectedTip, tip), context: context, &summary)
                 }
-                try setProcessed(branch: branch, commit: tip.hex)
+                try markProcessed(branch: branch, commit: tip.hex)
             } catch let problem as any BranchRefusal {
                 // The branch as a whole cannot be judged (too many environment files or changed
                 // files, say): its denial, once per commit; the other branches go on.
                 logger.warning("branch denied as a whole", metadata: ["git.branch": "\(branch)", "problem": "\(problem)"])
                 summary.denied.append(branch)
                 try? appendScoped(.denied, tip, [("branch", branch), ("commit", tip.hex), ("scope", "branch"), ("decision", "deny"), ("rule", "\(problem)")])
-                try? setProcessed(branch: branch, commit: tip.hex)
+                try? markProcessed(branch: branch, commit: tip.hex)
             } catch {
                 logger.error("could not reconcile branch; will retry", metadata: ["git.branch": "\(branch)", "error": "\(error)"])
             }

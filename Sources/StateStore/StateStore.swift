@@ -159,6 +159,15 @@ public final class StateStore: Sendable {
         }
     }
 
+    /// The live environments of one branch (a query by branch: a pass over thousands of branches
+    /// must not read every record once per branch).
+    public func environments(branch: String) throws -> [EnvironmentRecord] {
+        try pool.read { db in
+            try EnvironmentRecord.filter(Column("branch") == branch && Column("phase") != EnvironmentPhase.destroyed.rawValue)
+                .order(Column("name")).fetchAll(db)
+        }
+    }
+
     public func environment(_ name: String) throws -> EnvironmentRecord? {
         try pool.read { db in try EnvironmentRecord.fetchOne(db, key: name) }
     }

@@ -22,7 +22,7 @@ final class Harness: @unchecked Sendable {
     /// With `anchor` (the default) main's tip is anchored as an operator would with
     /// `gantry trust set`, unless the state already has an anchor.
     init(repo: TestRepository, reusing previous: Harness? = nil, detectOnly: Bool = false, anchor: Bool = true,
-         configure: (inout LocalDriver.Options) -> Void = { _ in }) throws {
+         configure: (inout LocalDriver.Options) -> Void = { _ in }, reconcile: (inout Reconciler.Options) -> Void = { _ in }) throws {
         self.repo = repo
         stateDirectory = previous?.stateDirectory ?? TemporaryDirectory("gantry-state")
         state = try StateStore(path: stateDirectory.path + "/gantry.db")
@@ -37,6 +37,7 @@ final class Harness: @unchecked Sendable {
         driver.secrets = try SecretStore(state: state, keyPath: stateDirectory.path + "/keys/secrets.key")
         var reconcilerOptions = Reconciler.Options()
         reconcilerOptions.detectOnly = detectOnly
+        reconcile(&reconcilerOptions)
         let audit = AuditLog(repository: git, key: key)
         reconciler = Reconciler(repository: git, state: state, audit: audit, driver: driver, logger: logger, options: reconcilerOptions)
         reconciler.useSecrets(driver.secrets!)

@@ -78,6 +78,39 @@ import StateStore
         #expect(try harness.verify().isValid)
     }
 
+    /// Many branches pushed at once are judged a few per pass, in turn: a branch pushed after
+    /// them is judged within a few passes, and so are their teardowns once they are deleted.
+    @Test func manyBranchesAreJudgedAndTornDownInTurnAcrossPasses() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.checkout("flood", create: true)
+        try repo.write("environments/bad.yaml", "apiVersion: gantry/v1\nkind: Environment\nmetadata: {name: bad, class: staging}\nspec: {bogus: 1}\n")
+        let flood = try repo.commit("invalid")
+        try repo.checkout("main")
+        _ = try Shell.check(["git", "-C", repo.path, "update-ref", "--stdin"],
+                            input: (0..<12).map { "create refs/heads/many/b\($0) \(flood)\n" }.joined())
+        let harness = try Harness(repo: repo, reconcile: { $0.maxBranchesPerPass = 5; $0.maxTeardownsPerPass = 4 })
+        let first = try harness.pass()
+        #expect(first.changedBranches.filter { $0 != "main" }.count == 5 && first.postponed == 8, "\(first)")
+        // A branch pushed now (sorting last) waits at most the passes the others need.
+        try repo.checkout("zz/good", create: true)
+        try repo.write("apps/hello/NOTE", "good\n")
+        try repo.commit("good")
+        try repo.checkout("main")
+        var passes = 1
+        while try harness.environment("web--zz-good") == nil, passes < 5 { try harness.pass(); passes += 1 }
+        #expect(try harness.environment("web--zz-good")?.phase == .running, "judged after \(passes) passes")
+        #expect(try (0..<12).allSatisfy { try harness.environment("bad--many-b\($0)")?.phase == .denied })
+        // Deleted together, they are torn down four per pass.
+        _ = try Shell.check(["git", "-C", repo.path, "update-ref", "--stdin"],
+                            input: (0..<12).map { "delete refs/heads/many/b\($0)\n" }.joined())
+        let sweep = try harness.pass()
+        #expect(sweep.destroyed.count == 4 && sweep.postponed > 0, "\(sweep)")
+        for _ in 0..<4 { try harness.pass() }
+        #expect(try (0..<12).allSatisfy { try harness.environment("bad--many-b\($0)")?.phase == .destroyed })
+        #expect(try harness.verify().isValid)
+    }
+
     @Test func deletedBranchDestroysItsPreview() throws {
         let repo = try TestRepository()
         try repo.seedExample()
