@@ -52,6 +52,8 @@ extension LocalDriver {
                 progress("stopping the previous revision of service \(service.name)")
                 ProcessControl.stopGroup(pid, grace: options.stopGrace)
             }
+            // Whatever the previous revision left in its group (a detached child holding the port) goes too.
+            cgroups.kill(environment.name, unit: service.name, remove: false)
             let previousWorkdir = record.workdir
             let workdir = root.appendingPathComponent(environment.name)
                 .appendingPathComponent("\(service.name)-\(environment.commit.short)-\(fingerprint.prefix(8))")
@@ -66,13 +68,14 @@ extension LocalDriver {
             record.fingerprint = fingerprint
             record.phase = "Starting"
             record.restarts = 0
-            try start(&record, resolved: resolved, progress: progress)
+            try start(&record, resolved: resolved, limits: service.resources, progress: progress)
             try waitHealthy(&record, service: service, progress: progress)
             outcome.changes.append(change)
         }
         for record in records.values where !units.contains(record.name) {
             progress("stopping removed service \(record.name)")
             if let pid = record.pid { ProcessControl.stopGroup(pid, grace: options.stopGrace) }
+            cgroups.kill(environment.name, unit: record.name, remove: true)
             if let workdir = record.workdir { try? FileManager.default.removeItem(atPath: workdir) }
             try state.deleteService(environment: environment.name, name: record.name)
             outcome.changes.append("-service \(record.name)")
@@ -131,7 +134,8 @@ extension LocalDriver {
         return SHA256.hash(data: Data(text.utf8)).map { String(format: "%02x", $0) }.joined()
     }
 
-    func start(_ record: inout ServiceRecord, resolved: ResolvedService, input: Data? = nil, progress: (String) -> Void) throws {
+    func start(_ record: inout ServiceRecord, resolved: ResolvedService, input: Data? = nil, limits: Resources = Resources(),
+               progress: (String) -> Void) throws {
         let log = logPath(record.environment, record.name)
         try FileManager.default.createDirectory(at: log.deletingLastPathComponent(), withIntermediateDirectories: true)
         var variables: [String: String] = [:]
@@ -156,8 +160,11 @@ extension LocalDriver {
         record.pid = nil
         record.pidStart = nil
         try state.save(record)
-        let pid = try ProcessControl.spawn(Self.asUser(user, resolved.command), directory: record.workdir!, environment: variables,
-                                           logPath: log.path, input: input)
+        // The service's own control group, joined before its code runs (none for the host's servers).
+        let joins = record.environment == Self.hostEnvironment ? []
+            : try cgroups.prepare(record.environment, unit: record.name, memory: limits.memory, cpu: limits.cpu)
+        let pid = try ProcessControl.spawn(ControlGroups.joining(joins, Self.asUser(user, resolved.command)), directory: record.workdir!,
+                                           environment: variables, logPath: log.path, input: input)
         record.pid = pid
         record.pidStart = ProcessControl.identity(of: pid)?.start
         try state.save(record)
@@ -173,7 +180,7 @@ extension LocalDriver {
                 record.phase = "Failed"
                 record.lastExit = "exited during start"
                 try state.save(record)
-                throw ProcessControl.SpawnError(description: "service \(service.name) exited during start; last log lines:\n\(tail(record))")
+                throw ProcessControl.SpawnError(description: "service \(service.name) exited during start; \(outputPointer(record.environment, "\(record.name).log"))")
             }
             if let path = service.health?.http {
                 let result = HTTPProbe.get(port: record.port, path: path, timeout: min(service.health?.timeout ?? 5, 2))
@@ -190,10 +197,37 @@ extension LocalDriver {
         guard Date() < deadline else {
             record.phase = "Unhealthy"
             try state.save(record)
-            throw ProcessControl.SpawnError(description: "service \(service.name) did not become healthy within \(Int(options.startTimeout))s (\(last)); last log lines:\n\(tail(record))")
+            throw ProcessControl.SpawnError(description: "service \(service.name) did not become healthy within \(Int(options.startTimeout))s (\(last)); \(outputPointer(record.environment, "\(record.name).log"))")
         }
         record.phase = "Running"
         try state.save(record)
+    }
+
+    /// Where a unit's output is, for a message. What an environment's code prints is never put in
+    /// a message (messages reach the state DB, the audit notes and every reader of the repository;
+    /// a secret printed in any encoding would go with it): `gantry status --env` reads the file.
+    func outputPointer(_ environment: String, _ file: String) -> String {
+        "its output is in envs/\(environment)/logs/\(file) (`gantry status --env \(environment)` shows the last lines, secrets masked)"
+    }
+
+    /// The last lines of every log of an environment (services, caches, jobs), for `gantry status --env`.
+    public static func recentOutput(stateDirectory: URL, environment: String, lines: Int = 10) -> [(file: String, lines: [String])] {
+        guard isSafeName(environment) else { return [] }
+        let directory = stateDirectory.appendingPathComponent("envs").appendingPathComponent(environment).appendingPathComponent("logs")
+        let files = ((try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []).filter { $0.hasSuffix(".log") }.sorted()
+        return files.map { file in
+            let text = Self.lastBytes(of: directory.appendingPathComponent(file).path, count: 16 << 10)
+            return (file, text.split(separator: "\n").suffix(lines).map(String.init))
+        }
+    }
+
+    /// At most the last `count` bytes of a file, as text.
+    static func lastBytes(of path: String, count: Int) -> String {
+        guard let handle = FileHandle(forReadingAtPath: path) else { return "" }
+        defer { try? handle.close() }
+        let size = (try? handle.seekToEnd()) ?? 0
+        try? handle.seek(toOffset: size > UInt64(count) ? size - UInt64(count) : 0)
+        return String(decoding: (try? handle.readToEnd()) ?? Data(), as: UTF8.self)
     }
 
     func tail(_ record: ServiceRecord, lines: Int = 10) -> String {

@@ -48,6 +48,7 @@ extension LocalDriver {
             let fingerprint = "redis:\(record.port):\(version)"
             if record.fingerprint == fingerprint, let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) { continue }
             if let pid = record.pid { ProcessControl.stopGroup(pid, grace: options.stopGrace) }
+            cgroups.kill(environment.name, unit: name, remove: false)
             let directory = root.appendingPathComponent(environment.name).appendingPathComponent("redis-\(cache.name)")
             try handOver(directory, to: try user(of: environment.name))
             record.workdir = directory.path

@@ -19,30 +19,66 @@ extension LocalDriver {
     /// What `gantry status` shows about isolation, and why.
     public var isolationSummary: String {
         if isolatesUsers {
-            return "enforced: each environment runs as its own user (uids \(options.uidRange.lowerBound)–\(options.uidRange.upperBound - 1)); state directory 0711, its database and keys readable by Gantry only"
+            return "enforced: each environment runs as its own user (uids \(options.uidRange.lowerBound)–\(options.uidRange.upperBound - 1)) in its own control group (\(cgroups.summary)); state directory 0711, its database and keys readable by Gantry only"
         }
         if !options.isolateUsers { return "advisory: turned off; environments run as Gantry's own user and can read its state and keys" }
         return "advisory: gantry run is not root, so environments run as its own user (uid \(geteuid())) and can read its state and keys; run it as root for per-environment users"
     }
 
-    /// The environment's user: the one recorded for it, else the next never-used uid of the range.
+    /// The environment's user: the one recorded for it, else the next uid of the range that no
+    /// environment of this state directory ever had and no other Gantry on this host holds (the
+    /// host registry, `Options.uidRegistry`, arbitrates between state directories).
     func user(of environment: String) throws -> uid_t? {
         guard isolatesUsers else { return nil }
-        if let known = try state.allocations(Self.uidAllocation, of: environment).first.flatMap({ uid_t($0) }) { return known }
-        let used = try state.allAllocations(Self.uidAllocation).compactMap { Int($0.name) }
-        let next = max(used.max().map { $0 + 1 } ?? options.uidRange.lowerBound, options.uidRange.lowerBound)
-        guard options.uidRange.contains(next) else {
-            throw LocalDriverError("no user id left in \(options.uidRange.lowerBound)–\(options.uidRange.upperBound - 1) for \(environment) (ids are never reused); widen LocalDriver.Options.uidRange")
+        if let known = try state.allocations(Self.uidAllocation, of: environment).first.flatMap({ uid_t($0) }),
+           claimUID(known, for: environment) {
+            return known
         }
-        // A uid some account of this host already uses is skipped (its files are not ours to share).
-        var candidate = next
-        while getpwuid(uid_t(candidate)) != nil || getgrgid(gid_t(candidate)) != nil {
-            try state.allocate(Self.uidAllocation, String(candidate), to: "_host")
-            candidate += 1
-            guard options.uidRange.contains(candidate) else { throw LocalDriverError("no free user id left in the range for \(environment)") }
+        let used = Set(try state.allAllocations(Self.uidAllocation).compactMap { Int($0.name) })
+        for candidate in options.uidRange where !used.contains(candidate) {
+            // A uid some account of this host already uses is skipped (its files are not ours to share).
+            guard getpwuid(uid_t(candidate)) == nil, getgrgid(gid_t(candidate)) == nil,
+                  claimUID(uid_t(candidate), for: environment) else { continue }
+            try state.allocate(Self.uidAllocation, String(candidate), to: environment)
+            return uid_t(candidate)
         }
-        try state.allocate(Self.uidAllocation, String(candidate), to: environment)
-        return uid_t(candidate)
+        throw LocalDriverError("no user id left in \(options.uidRange.lowerBound)–\(options.uidRange.upperBound - 1) for \(environment) (ids are not reused within a state directory, and others are held by other Gantry instances in \(options.uidRegistry)); widen LocalDriver.Options.uidRange")
+    }
+
+    /// What this instance writes into a uid's claim in the host registry.
+    private func claimText(_ environment: String) -> String {
+        "\(root.deletingLastPathComponent().standardizedFileURL.path)\n\(environment)\n"
+    }
+
+    /// Claims `uid` for `environment` in the host registry (a file per uid, created exclusively).
+    /// True when the claim is (now) this environment's. A claim whose state directory is gone and
+    /// whose uid runs nothing is taken over.
+    func claimUID(_ uid: uid_t, for environment: String) -> Bool {
+        let registry = options.uidRegistry
+        guard (try? FileManager.default.createDirectory(atPath: registry, withIntermediateDirectories: true,
+                                                         attributes: [.posixPermissions: 0o700])) != nil else { return false }
+        let path = registry + "/\(uid)"
+        let text = claimText(environment)
+        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+        if fd >= 0 {
+            defer { close(fd) }
+            return text.withCString { write(fd, $0, strlen($0)) } == text.utf8.count
+        }
+        guard errno == EEXIST, let existing = try? String(contentsOfFile: path, encoding: .utf8) else { return false }
+        if existing == text { return true }
+        let owner = existing.split(separator: "\n").first.map(String.init) ?? ""
+        guard !owner.isEmpty, !FileManager.default.fileExists(atPath: owner), ProcessControl.processes(ownedBy: uid).isEmpty else { return false }
+        // Stale (its Gantry's state directory is gone, nothing runs as it): taken over atomically.
+        let temporary = path + ".\(getpid()).new"
+        guard FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]),
+              rename(temporary, path) == 0 else { return false }
+        return (try? String(contentsOfFile: path, encoding: .utf8)) == text
+    }
+
+    /// Gives the uid's claim back to the host (its files are gone, nothing of it runs).
+    func releaseUID(_ uid: uid_t, of environment: String) {
+        let path = options.uidRegistry + "/\(uid)"
+        if (try? String(contentsOfFile: path, encoding: .utf8)) == claimText(environment) { unlink(path) }
     }
 
     /// The entries of `path` another user can search (each directory and its parents open to

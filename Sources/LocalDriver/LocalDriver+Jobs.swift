@@ -85,7 +85,10 @@ extension LocalDriver {
         variables["GANTRY_JOB"] = name
         variables["GANTRY_JOB_PHASE"] = phase
         variables[Self.markVariable] = "\(instance):\(environment):job-\(name)"
-        let pid = try ProcessControl.spawn(Self.asUser(user, command), directory: checkout.path, environment: variables, logPath: log.path)
+        let joins = try cgroups.prepare(environment, unit: "job-\(name)", memory: nil, cpu: nil)
+        defer { cgroups.kill(environment, unit: "job-\(name)", remove: true) }
+        let pid = try ProcessControl.spawn(ControlGroups.joining(joins, Self.asUser(user, command)), directory: checkout.path,
+                                           environment: variables, logPath: log.path)
         let deadline = Date().addingTimeInterval(options.jobTimeout)
         var status: Int32 = 0
         while waitpid(pid, &status, WNOHANG) == 0 {
@@ -96,8 +99,7 @@ extension LocalDriver {
             usleep(20_000)
         }
         if status != 0 {
-            let tail = ((try? String(contentsOf: log, encoding: .utf8)) ?? "").split(separator: "\n").suffix(10).joined(separator: "\n")
-            throw ProcessControl.SpawnError(description: "job \(name) (\(phase)) \(ProcessControl.describe(status)); last log lines:\n\(tail)")
+            throw ProcessControl.SpawnError(description: "job \(name) (\(phase)) \(ProcessControl.describe(status)); \(outputPointer(environment, "job-\(name).log"))")
         }
     }
 }

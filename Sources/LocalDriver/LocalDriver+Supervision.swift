@@ -35,8 +35,11 @@ extension LocalDriver {
             ProcessControl.stopGroup(pid, grace: options.stopGrace)
         }
         problems += runDestroyJobs(name, repository: repository, progress: progress)
-        // Whatever the environment's user still runs (a detached grandchild, a job's leftover) goes too.
+        // Whatever the environment still runs (a detached grandchild, a job's leftover) goes too:
+        // its control group frozen and emptied, then every process of its user.
         progress("stopping every remaining process of \(name)")
+        let survivors = cgroups.kill(name, remove: true)
+        if !survivors.isEmpty { problems.append("processes \(survivors.map(String.init).joined(separator: ", ")) of \(name) survived SIGKILL in its control group") }
         problems += stopEveryProcess(of: name)
         problems += dropPostgres(environment: name)
         do { try secrets?.removeAll(prefix: "gantry.", environment: name) } catch { problems.append("could not remove cache passwords: \(error)") }
@@ -54,7 +57,10 @@ extension LocalDriver {
         }
         if !FileManager.default.fileExists(atPath: directory.path) {
             // The uid stays recorded (never handed to another environment); its files are gone.
-            for uid in (try? state.allocations(Self.uidAllocation, of: name)) ?? [] { try? state.release(Self.uidAllocation, uid) }
+            for uid in (try? state.allocations(Self.uidAllocation, of: name)) ?? [] {
+                try? state.release(Self.uidAllocation, uid)
+                if let id = uid_t(uid), ProcessControl.processes(ownedBy: id).isEmpty { releaseUID(id, of: name) }
+            }
         }
         return problems
     }
@@ -63,6 +69,8 @@ extension LocalDriver {
 
     public func recover(desired: Set<String>) -> [DriverEvent] {
         var events: [DriverEvent] = []
+        // A Gantry killed in the middle of stopping a group leaves it frozen: what is adopted runs again.
+        for environment in desired { cgroups.thaw(environment); for record in (try? state.services(of: environment)) ?? [] { cgroups.thaw(environment, unit: record.name) } }
         let records = (try? state.allServices()) ?? []
         let known = Dictionary(records.compactMap { record in record.pid.map { ($0, record) } }, uniquingKeysWith: { a, _ in a })
         for (pid, mark) in ProcessControl.processes(markedWith: Self.markVariable, prefix: "\(instance):") {
@@ -127,7 +135,10 @@ extension LocalDriver {
                     try startCache(&record, cache: cache) { _ in }
                 } else {
                     let ports = Dictionary(uniqueKeysWithValues: try state.services(of: record.environment).map { ($0.name, $0.port) })
-                    try start(&record, resolved: try resolve(spec.service(named: record.name)!, spec: spec, domain: domain, ports: ports)) { _ in }
+                    let service = spec.service(named: record.name)!
+                    // What the crashed process left in its group (a child holding the port) goes first.
+                    cgroups.kill(record.environment, unit: record.name, remove: false)
+                    try start(&record, resolved: try resolve(service, spec: spec, domain: domain, ports: ports), limits: service.resources) { _ in }
                 }
                 record.phase = "Running"
                 try state.save(record)
@@ -157,9 +168,15 @@ extension LocalDriver {
     }
 
     public func shutdown() {
-        for record in (try? state.allServices()) ?? [] {
+        let records = (try? state.allServices()) ?? []
+        for record in records {
             if let pid = record.pid { ProcessControl.stopGroup(pid, grace: options.stopGrace) }
         }
+        // Everything the environments started goes with them; Gantry's groups are removed when empty.
+        for environment in Set(records.map(\.environment)) where environment != Self.hostEnvironment {
+            cgroups.kill(environment, remove: true)
+        }
+        cgroups.removeEmpty()
     }
 }
 

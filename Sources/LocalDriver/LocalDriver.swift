@@ -34,7 +34,13 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         public var maxRestartBackoff = 60.0
         /// As root: each environment's processes run as a user of their own from `uidRange`.
         public var isolateUsers = true
+        /// As root: a control group per environment and per service (limits, and teardown that
+        /// leaves nothing running).
+        public var useControlGroups = true
         public var uidRange = 200_000..<265_536
+        /// Where the Gantry instances of this host claim uids (a file per uid): two state
+        /// directories never run environments under one uid.
+        public var uidRegistry = "/var/lib/gantry/uids"
         public init() {}
     }
 
@@ -51,6 +57,8 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     /// The databases of the host's PostgreSQL server, listed once per pass by `supervise` for the
     /// drift checks (nil while the server is not running).
     var postgresDatabases: Set<String>?
+    /// The environments' control groups (inactive without root or a cgroup hierarchy).
+    let cgroups: ControlGroups
     /// Where `${secrets.NAME}` values come from; nil when no secret store is configured.
     public var secrets: SecretStore?
 
@@ -61,6 +69,7 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         self.options = options
         let digest = SHA256.hash(data: Data(stateDirectory.standardizedFileURL.path.utf8))
         self.instance = digest.prefix(6).map { String(format: "%02x", $0) }.joined()
+        cgroups = ControlGroups(instance: instance, enabled: options.useControlGroups)
         secureStateDirectory()
         try? state.setMeta("isolation", isolationSummary)
     }

@@ -41,7 +41,11 @@ public final class Redactor: @unchecked Sendable {
                 guard let text = String(data: value, encoding: .utf8), text.count >= Self.minimumLength else { continue }
                 let label = "[redacted secret \(name)]"
                 found.append((text, label))
-                if let encoded = text.addingPercentEncoding(withAllowedCharacters: .alphanumerics), encoded != text {
+                // As it stands in a URL, and in the encodings a program prints bytes in.
+                let bytes = Data(text.utf8)
+                let hex = bytes.map { String(format: "%02x", $0) }.joined()
+                for encoded in [text.addingPercentEncoding(withAllowedCharacters: .alphanumerics), bytes.base64EncodedString(),
+                                hex, hex.uppercased()].compactMap({ $0 }) where encoded != text {
                     found.append((encoded, label))
                 }
             }

@@ -78,6 +78,17 @@ struct Status: ParsableCommand {
             }
             if let message = environment.message { print("  " + Printable.line(message)) }
             if env != nil {
+                // What the environment's processes printed last, read now (never stored), secrets masked.
+                let output = LocalDriver.recentOutput(stateDirectory: paths.root, environment: environment.name)
+                if !output.isEmpty {
+                    let redactor = (try? SecretStore(state: store, keyPath: paths.root.appendingPathComponent("keys/secrets.key").path))
+                        .map { Redactor(store: $0) }
+                    for (file, lines) in output {
+                        print("  last lines of logs/\(file):")
+                        guard let redactor else { print("    (not shown: the secret store cannot be opened to mask secrets)"); continue }
+                        for line in lines { print(Printable.line("    " + redactor.redact(line))) }
+                    }
+                }
                 print("  history (newest first):")
                 for event in try store.events(of: environment.name, limit: 20) {
                     print(Printable.line("    \(ISO8601DateFormatter().string(from: event.at))  \(event.kind): \(event.message)"))

@@ -20,6 +20,10 @@ struct IsolationTests {
                     try:
                         with open(query["path"][0], "rb") as f: body, code = f.read(4096), 200
                     except OSError as e: body, code = str(e).encode(), 403
+                elif url.path == "/eat":
+                    hog = bytearray(int(query["mb"][0]) << 20)
+                    for i in range(0, len(hog), 4096): hog[i] = 1
+                    body, code = b"ate", 200
                 elif url.path == "/detach":
                     # A grandchild in a session of its own, re-parented to init: not in the service's group.
                     out = subprocess.run(["sh", "-c", "setsid sleep 1000 >/dev/null 2>&1 < /dev/null & echo $!"], capture_output=True, text=True)
@@ -56,6 +60,7 @@ struct IsolationTests {
                   source: apps/probe
                   command: [python3, probe.py]
                   health: {http: /}
+                  resources: {memory: 96Mi, cpu: 0.5}
             """)
         try repo.commit("a probe")
         let summary = try harness.pass()
@@ -85,17 +90,124 @@ struct IsolationTests {
         #expect(stat(state + "/gantry.db", &info) == 0 && info.st_mode & 0o077 == 0)
         #expect(stat(state + "/keys", &info) == 0 && info.st_mode & 0o077 == 0)
 
+        // Its own control group, with the spec's limits (cgroup v1 here; v2 where mounted).
+        let groups = try String(contentsOfFile: "/proc/\(probe.pid!)/cgroup", encoding: .utf8)
+        #expect(groups.contains("/gantry-\(harness.driver.instance)/\(name)/web"), "\(groups)")
+        if case .v1(let directories) = harness.driver.cgroups.layout, let memory = directories["memory"] {
+            let limit = try String(contentsOfFile: "\(memory)/\(name)/web/memory.limit_in_bytes", encoding: .utf8)
+            #expect(Int(limit.trimmingCharacters(in: .whitespacesAndNewlines)) == 96 << 20)
+            let quota = try String(contentsOfFile: "\(directories["cpu"]!)/\(name)/web/cpu.cfs_quota_us", encoding: .utf8)
+            #expect(quota.trimmingCharacters(in: .whitespacesAndNewlines) == "50000")
+        }
+
         // A detached grandchild, re-parented away from the service's process group...
         let detached = try #require(httpGet("http://127.0.0.1:\(probe.port)/detach").flatMap { Int32($0) })
         #expect(eventually(5) { uid(of: detached) == probeUID })
         #expect(getpgid(detached) != probe.pid)
+        // ...stays in the group (it cannot move itself out).
+        #expect(((try? String(contentsOfFile: "/proc/\(detached)/cgroup", encoding: .utf8)) ?? "").contains("/\(name)/web"))
         // ...is gone when the branch is.
         try repo.checkout("main")
         try repo.git("branch", "-D", "agents/probe")
         #expect(try harness.pass().destroyed.contains(name))
         #expect(eventually(5) { uid(of: detached) == nil }, "the detached process \(detached) survived teardown")
         #expect(ProcessControl.processes(ownedBy: uid_t(probeUID)).isEmpty)
+        // The environment's groups are gone with it.
+        for (_, path) in harness.driver.cgroups.directories(name) { #expect(!FileManager.default.fileExists(atPath: path), "\(path)") }
         // Production was never disturbed.
         #expect(try harness.get("web")?.contains("hello from web") == true)
+    }
+
+    /// `resources.memory` is a limit: a service that allocates past it is killed, not the host.
+    @Test func aServiceThatAllocatesPastItsMemoryLimitIsKilled() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("apps/probe/probe.py", Self.probe)
+        try repo.write("environments/hog.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: hog, class: development}
+            spec:
+              services:
+                web:
+                  source: apps/probe
+                  command: [python3, probe.py]
+                  health: {http: /}
+                  resources: {memory: 64Mi}
+            """)
+        try repo.commit("a hungry service")
+        let harness = try Harness(repo: repo)
+        #expect(try harness.pass().applied.contains("hog"))
+        let hog = try #require(try harness.service("hog"))
+        #expect(httpGet("http://127.0.0.1:\(hog.port)/eat?mb=16") == "ate")
+        _ = httpGet("http://127.0.0.1:\(hog.port)/eat?mb=256")
+        #expect(eventually(10) { !isRunning(hog.pid) }, "a service past its 64 MiB limit kept running")
+        // Supervision brings it back, inside its limit again.
+        try harness.pass()
+        #expect(eventually(10) { (try? harness.service("hog")).flatMap { $0 }.map { isRunning($0.pid) && $0.pid != hog.pid } == true })
+    }
+
+    /// A process that forks and exits over and over is always younger than any list of pids;
+    /// the environment's control group is frozen first, so the chain stops with it.
+    @Test func aForkAndExitChainDoesNotOutliveTeardown() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let marks = TemporaryDirectory("gantry-hopper").writableByEveryone()
+        try repo.write("apps/hopper/app.py", """
+            import os, time, http.server
+            if os.fork() == 0:
+                os.setsid()
+                n = 0
+                while True:
+                    n += 1
+                    if n % 500 == 0:
+                        with open("\(marks.path)/heartbeat", "w") as f: f.write("%d %f" % (os.getpid(), time.time()))
+                    if os.fork() != 0:
+                        os._exit(0)
+            http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), http.server.BaseHTTPRequestHandler).serve_forever()
+            """)
+        try repo.write("environments/hop.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: hop, class: development}
+            spec:
+              services:
+                app: {source: apps/hopper, command: [python3, app.py]}
+            """)
+        try repo.commit("a hopper")
+        let harness = try Harness(repo: repo)
+        #expect(try harness.pass().applied.contains("hop"))
+        let heartbeat = marks.path + "/heartbeat"
+        #expect(eventually(10) { FileManager.default.fileExists(atPath: heartbeat) }, "the chain never started")
+        let uid = try #require(try harness.state.allocations("uid", of: "hop").first.flatMap { uid_t($0) })
+        try repo.remove("environments/hop.yaml")
+        try repo.commitAsOwner("drop the hopper")
+        #expect(try harness.pass().destroyed == ["hop"])
+        #expect(ProcessControl.processes(ownedBy: uid).isEmpty, "the chain runs on as uid \(uid)")
+        let last = try String(contentsOfFile: heartbeat, encoding: .utf8)
+        Thread.sleep(forTimeInterval: 1.5)
+        #expect(try String(contentsOfFile: heartbeat, encoding: .utf8) == last, "the heartbeat went on after teardown")
+    }
+
+    /// Two Gantry instances on one host (two state directories) never give one uid to two
+    /// environments: the host registry arbitrates, and a claim whose state directory is gone is
+    /// taken over.
+    @Test func twoStateDirectoriesNeverShareAUid() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let registry = TemporaryDirectory("gantry-uids")
+        let range = 300_000..<300_010
+        var one: Harness? = try Harness(repo: repo, configure: { $0.uidRange = range; $0.uidRegistry = registry.path + "/uids" })
+        let two = try Harness(repo: repo, configure: { $0.uidRange = range; $0.uidRegistry = registry.path + "/uids" })
+        let first = try #require(try one!.driver.user(of: "victim"))
+        let second = try #require(try two.driver.user(of: "spy"))
+        #expect(first != second)
+        #expect(try one!.driver.user(of: "victim") == first, "an environment keeps its uid")
+        // The first instance goes away with its state directory: its claim is free again.
+        let gone = one!.stateDirectory.path
+        one = nil
+        try? FileManager.default.removeItem(atPath: gone)
+        #expect(!FileManager.default.fileExists(atPath: gone))
+        #expect(try two.driver.user(of: "late") == first)
     }
 }
