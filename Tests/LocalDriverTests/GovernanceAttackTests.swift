@@ -5,6 +5,7 @@ import Governance
 import Testing
 import TestSupport
 @testable import Reconciler
+@testable import LocalDriver
 import SpecLoading
 import StateStore
 
@@ -14,7 +15,10 @@ import StateStore
 @Suite(.serialized) struct GovernanceAttackTests {
     func setUp() throws -> (TestRepository, TestRepository, Harness) {
         let (repo, alice, harness) = try seededWithAlice()
-        #expect(try harness.get("web")?.contains("hello from web") == true)
+        let web = try harness.environment("web")
+        let service = try harness.service("web")
+        #expect(try harness.get("web")?.contains("hello from web") == true,
+                "web \(web?.phase.rawValue ?? "none"): \(web?.message ?? "") service \(service?.phase ?? "none") pid \(service?.pid ?? 0) alive \(isRunning(service?.pid)) \(LocalDriver.recentOutput(stateDirectory: harness.stateDirectory.url, environment: "web"))")
         return (repo, alice, harness)
     }
 
