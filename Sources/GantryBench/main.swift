@@ -108,10 +108,10 @@ struct BenchReconciler {
     let driver: LocalDriver
     let reconciler: Reconciler
 
-    init(_ repo: TestRepository, secrets: Bool = false) throws {
+    init(_ repo: TestRepository, secrets: Bool = false, driverOptions: LocalDriver.Options = LocalDriver.Options()) throws {
         store = try StateStore(path: state.path + "/gantry.db")
         git = try repo.open()
-        driver = LocalDriver(stateDirectory: state.url, state: store, logger: logger)
+        driver = LocalDriver(stateDirectory: state.url, state: store, logger: logger, options: driverOptions)
         if secrets { driver.secrets = try SecretStore(state: store, keyPath: state.path + "/keys/secrets.key") }
         reconciler = Reconciler(repository: git, state: store,
                                 audit: AuditLog(repository: git, key: try SigningKey.loadOrCreate(at: state.path + "/key")),
@@ -250,6 +250,48 @@ if runs("preview") {
     }
     report("push -> preview serving HTTP 200 (2 previews per push)", samples, baseline: ("python3 server.py started by hand", baseline))
 }
+// MARK: 3b. The cost of isolation: a preview applied with its own user and control groups, and
+// without them, in the same run (as root; without root both are the same and it says so).
+if runs("isolation") {
+    // One PATH for both runs (an isolated service gets the searchable part of Gantry's: a PATH
+    // through /root, as pyenv's, would make only the other run slower).
+    let savedPath = ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin"
+    setenv("PATH", LocalDriver.searchablePath(savedPath), 1)
+    defer { setenv("PATH", savedPath, 1) }
+    var medians: [Bool: Double] = [:]
+    for isolated in [true, false] {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        // The example's cpu limit (0.1 core) would slow the isolated start on its own: the mechanism is measured.
+        let template = try String(contentsOfFile: repo.path + "/templates/python-web.yaml", encoding: .utf8)
+        try repo.write("templates/python-web.yaml", template.replacingOccurrences(of: "cpu: 0.1, ", with: ""))
+        try repo.commitAsOwner("no cpu limit for the isolation benchmark")
+        var options = LocalDriver.Options()
+        options.isolateUsers = isolated
+        options.useControlGroups = isolated
+        let bench = try BenchReconciler(repo, driverOptions: options)
+        defer { bench.driver.shutdown() }
+        try bench.reconciler.runPass()
+        let main = try repo.git("rev-parse", "main")
+        var samples: [Double] = []
+        for index in 0..<10 {
+            let commit = try commitFile(repo, parent: main, path: "apps/hello/VERSION", content: "\(index)", message: "isolation \(index)")
+            _ = spawnWait(["git", "-C", repo.path, "update-ref", "refs/heads/iso\(index)", commit])
+            let name = "web--iso\(index)"
+            samples.append(try time {
+                try bench.reconciler.runPass()
+                guard let port = try bench.store.services(of: name).first?.port else { return }
+                while httpGet("http://127.0.0.1:\(port)/healthz") == nil { usleep(2_000) }
+            })
+        }
+        medians[isolated] = percentile(samples, 0.5)
+        report("apply a preview and serve HTTP 200, \(isolated ? "isolated (own uid, cgroups)" : "not isolated (Gantry's user, no cgroups)") [\(bench.driver.isolationSummary.prefix(60))...]", samples)
+    }
+    if let on = medians[true], let off = medians[false] {
+        say(String(format: "cost of isolation per environment (own uid, control groups with a memory limit; no cpu limit): median %@ isolated vs %@ not | ratio %.2fx", milliseconds(on), milliseconds(off), on / off))
+    }
+}
+
 // MARK: 4. Admission of one commit: its signature and 20 policies.
 if runs("admission") {
     let repo = try TestRepository()

@@ -83,7 +83,7 @@ extension LocalDriver {
 
     /// The entries of `path` another user can search (each directory and its parents open to
     /// others): Gantry's own PATH may start in /root, which an environment's user cannot enter.
-    static func searchablePath(_ path: String) -> String {
+    public static func searchablePath(_ path: String) -> String {
         let kept = path.split(separator: ":").filter { entry in
             var current = String(entry)
             while !current.isEmpty && current != "/" {
