@@ -64,14 +64,16 @@ extension Reconciler {
         let live = existing.flatMap { $0.phase == .destroyed ? nil : $0 }
         // This commit was already judged (a pass cut short mid-apply is Pending and goes on; one
         // waiting for approval, or denied, is judged again, as approvals arrive).
-        if let live, live.commit == desired.commit.hex, live.phase != .pending,
+        // A failed apply whose retry is due goes on to be applied again.
+        let retry = live.map { Self.retryDue($0) } ?? false
+        if let live, live.commit == desired.commit.hex, live.phase != .pending, !retry,
            !live.conditions.contains("ApprovalPending"), !live.conditions.contains("SecretMissing"), !live.conditions.contains("AdmissionDenied"),
            try hasVerdict(desired.name, on: live.commit) { return }
         let untouched = try live.map { !(try touches(desired, since: $0.commit)) } ?? false
         // A commit that touches none of the environment's files only moves its commit along —
         // unless an apply was cut short (Pending goes on) or the last denial was about identity,
         // which a new commit (re-signed history, say) may cure.
-        if let live, live.phase != .pending, !live.conditions.contains("AdmissionDenied"), !live.conditions.contains("ApprovalPending"), untouched {
+        if let live, live.phase != .pending, !retry, !live.conditions.contains("AdmissionDenied"), !live.conditions.contains("ApprovalPending"), untouched {
             var updated = live
             updated.commit = desired.commit.hex
             updated.updatedAt = Date()
@@ -199,6 +201,8 @@ extension Reconciler {
         // The secret versions as of now: the driver resolves these or newer ones, so a rotation
         // racing this apply is still noticed on the next pass.
         if let secretVersions, !spec.secrets.isEmpty { appliedSecretVersions[desired.name] = secretVersions(spec) }
+        // Attempts count failures of one revision: a new one starts again from the first backoff.
+        if record.fingerprint != desired.fingerprint { record.attempts = 0 }
         do {
             let outcome = try driver.apply(plan) { step in
                 logger.info("Applying revision \(commit.id.short): \(step)", metadata: ["gantry.env": "\(desired.name)"])
@@ -209,6 +213,8 @@ extension Reconciler {
             record.specJSON = Self.json(spec)
             record.message = nil
             record.conditions = []
+            record.attempts = 0
+            record.nextAttemptAt = nil
             record.updatedAt = Date()
             // The record first: a crash before the state is saved redoes the apply (a no-op for the
             // driver) and finds the record already written.
@@ -220,7 +226,10 @@ extension Reconciler {
         } catch {
             record.phase = .failed
             record.conditions = ["ApplyFailed"]
-            record.message = "apply of \(commit.id.short) failed: \(error)"
+            record.attempts += 1
+            let delay = min(options.retryBackoff * pow(2, Double(record.attempts - 1)), options.maxRetryBackoff)
+            record.nextAttemptAt = Date().addingTimeInterval(delay)
+            record.message = "apply of \(commit.id.short) failed (attempt \(record.attempts); next attempt in \(Int(delay.rounded()))s): \(error)"
             record.fingerprint = desired.fingerprint
             record.updatedAt = Date()
             try appendOnce(.failed, desired.name, commit.id, base + [("error", "\(error)")])

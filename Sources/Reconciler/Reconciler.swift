@@ -22,6 +22,10 @@ public final class Reconciler: @unchecked Sendable {
         /// thousands of branches pushed at once delay a new push by a few passes, not by all of them.
         public var maxBranchesPerPass = 200
         public var maxTeardownsPerPass = 100
+        /// A failed apply is retried without a new commit: after `retryBackoff` seconds, then
+        /// doubling, at most `maxRetryBackoff` apart.
+        public var retryBackoff = 10.0
+        public var maxRetryBackoff = 300.0
         public init() {}
     }
 
@@ -234,8 +238,14 @@ public final class Reconciler: @unchecked Sendable {
     /// denied, when the approvals moved (an approval may release a wait, or vouch for another
     /// team's commit in a denied change).
     func isWaiting(_ record: EnvironmentRecord, approvalsMoved: Bool) -> Bool {
-        record.conditions.contains("SecretMissing")
+        Self.retryDue(record)
+            || record.conditions.contains("SecretMissing")
             || (approvalsMoved && (record.conditions.contains("ApprovalPending") || record.conditions.contains("AdmissionDenied")))
+    }
+
+    /// A failed apply whose next attempt is due.
+    static func retryDue(_ record: EnvironmentRecord, now: Date = Date()) -> Bool {
+        record.conditions.contains("ApplyFailed") && (record.nextAttemptAt.map { $0 <= now } ?? false)
     }
 
     typealias PassContext = Admission.Context

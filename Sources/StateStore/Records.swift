@@ -39,6 +39,10 @@ public struct EnvironmentRecord: Codable, Sendable, Equatable, FetchableRecord, 
     /// never applied, the revision its branch had been judged up to when it first appeared. An
     /// approval covers the commits from here to the approved commit.
     public var baseCommit: String?
+    /// Failed applies of the current revision in a row, and when the next one is due (retried with
+    /// exponential backoff without a new commit; nil when nothing is to be retried).
+    public var attempts: Int = 0
+    public var nextAttemptAt: Date?
 
     public init(name: String, branch: String, commit: String, envClass: String, team: String?, phase: EnvironmentPhase, now: Date = Date()) {
         self.name = name

@@ -107,6 +107,12 @@ public final class StateStore: Sendable {
                 t.primaryKey(["kind", "name"])
             }
         }
+        migrator.registerMigration("v4") { db in
+            try db.alter(table: "environments") { t in
+                t.add(column: "attempts", .integer).notNull().defaults(to: 0)
+                t.add(column: "nextAttemptAt", .datetime)
+            }
+        }
         return migrator
     }
 

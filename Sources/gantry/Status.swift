@@ -52,6 +52,8 @@ struct Status: ParsableCommand {
             fields.append(("conditions", .list(conditions.map { .string($0) })))
             fields.append(("appliedCommit", environment.appliedCommit.map { .string($0) } ?? .null))
             fields.append(("message", environment.message.map { .string($0) } ?? .null))
+            fields.append(("attempts", .int(environment.attempts)))
+            fields.append(("nextAttemptAt", environment.nextAttemptAt.map { .string(ISO8601DateFormatter().string(from: $0)) } ?? .null))
             rows.append(.map(fields))
         }
         let trust = try store.trust()

@@ -232,6 +232,49 @@ import StateStore
         #expect(try harness.records().filter { $0.event == "failed" }.count == 2)
     }
 
+    /// A failed apply heals without a new commit: it is retried with exponential backoff, and
+    /// the environment says when the next attempt is.
+    @Test func aFailedApplyIsRetriedWithBackoffWithoutANewCommit() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let marks = TemporaryDirectory("gantry-ready").writableByEveryone()
+        try repo.write("environments/flaky.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: flaky, class: development}
+            spec:
+              services:
+                web:
+                  source: apps/hello
+                  command: ["sh", "-c", "test -f \(marks.path)/ready && exec python3 server.py"]
+                  health: {http: /healthz}
+            """)
+        try repo.commit("a service that needs something not there yet")
+        let harness = try Harness(repo: repo, reconcile: { $0.retryBackoff = 4; $0.maxRetryBackoff = 8 })
+        func waitUntilDue() throws {
+            let due = try #require(try harness.environment("flaky")?.nextAttemptAt)
+            Thread.sleep(until: due.addingTimeInterval(0.1))
+        }
+        #expect(try harness.pass().failed == ["flaky"])
+        let failed = try #require(try harness.environment("flaky"))
+        #expect(failed.attempts == 1 && failed.nextAttemptAt != nil)
+        #expect(failed.message?.contains("(attempt 1; next attempt in 4s)") == true, "\(failed.message ?? "")")
+        // Not due yet: nothing happens.
+        #expect(try harness.pass().failed.isEmpty)
+        // Due: tried again, and fails again with a longer wait.
+        try waitUntilDue()
+        #expect(try harness.pass().failed == ["flaky"])
+        #expect(try harness.environment("flaky")?.attempts == 2)
+        #expect(try harness.environment("flaky")?.message?.contains("(attempt 2; next attempt in 8s)") == true)
+        // What it needed appears: the next due attempt succeeds, with no commit in between.
+        FileManager.default.createFile(atPath: marks.path + "/ready", contents: Data())
+        try waitUntilDue()
+        #expect(try harness.pass().applied == ["flaky"])
+        let healed = try #require(try harness.environment("flaky"))
+        #expect(healed.phase == .running && healed.attempts == 0 && healed.nextAttemptAt == nil && healed.conditions.isEmpty)
+        #expect(try harness.get("flaky") != nil)
+    }
+
     @Test func removedEnvironmentOnMainIsDestroyed() throws {
         let repo = try TestRepository()
         try repo.seedExample()
