@@ -262,9 +262,9 @@ if runs("isolation") {
     for isolated in [true, false] {
         let repo = try TestRepository()
         try repo.seedExample()
-        // The example's cpu limit (0.1 core) would slow the isolated start on its own: the mechanism is measured.
+        // The example's cpu limit (half a core) would slow the isolated start on its own: the mechanism is measured.
         let template = try String(contentsOfFile: repo.path + "/templates/python-web.yaml", encoding: .utf8)
-        try repo.write("templates/python-web.yaml", template.replacingOccurrences(of: "cpu: 0.1, ", with: ""))
+        try repo.write("templates/python-web.yaml", template.replacingOccurrences(of: "cpu: 0.5, ", with: ""))
         try repo.commitAsOwner("no cpu limit for the isolation benchmark")
         var options = LocalDriver.Options()
         options.isolateUsers = isolated
