@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import StateStore
 #if canImport(Glibc)
@@ -47,7 +48,7 @@ extension LocalDriver {
 
     /// What this instance writes into a uid's claim in the host registry.
     private func claimText(_ environment: String) -> String {
-        "\(root.deletingLastPathComponent().standardizedFileURL.path)\n\(environment)\n"
+        "\(stateDirectory.path)\n\(environment)\n"
     }
 
     /// Claims `uid` for `environment` in the host registry (a file per uid, created exclusively).
@@ -79,6 +80,32 @@ extension LocalDriver {
     func releaseUID(_ uid: uid_t, of environment: String) {
         let path = options.uidRegistry + "/\(uid)"
         if (try? String(contentsOfFile: path, encoding: .utf8)) == claimText(environment) { unlink(path) }
+    }
+
+    /// `<state>/envs`, unless (as root, isolating users) an environment's user could not reach it
+    /// through the directories above the state directory: then the instance's fallback directory,
+    /// with `<state>/envs` a link to it (for `gantry status`).
+    static func environmentsRoot(stateDirectory: URL, options: Options) -> URL {
+        let inside = stateDirectory.appendingPathComponent("envs")
+        let parent = stateDirectory.standardizedFileURL.deletingLastPathComponent().path
+        guard options.isolateUsers, geteuid() == 0, !searchable(parent, uid: uid_t(options.uidRange.lowerBound), gid: gid_t(options.uidRange.lowerBound)) else {
+            return inside
+        }
+        let instance = SHA256.hash(data: Data(stateDirectory.standardizedFileURL.path.utf8)).prefix(6).map { String(format: "%02x", $0) }.joined()
+        let fallback = URL(fileURLWithPath: options.fallbackDirectory).appendingPathComponent(instance).appendingPathComponent("envs")
+        try? FileManager.default.createDirectory(at: fallback, withIntermediateDirectories: true)
+        // Traversable down to it (each environment's own directory is closed further down).
+        var directory = fallback
+        while directory.path.hasPrefix(options.fallbackDirectory) || directory.path == options.fallbackDirectory {
+            _ = chmod(directory.path, 0o711)
+            if directory.path == options.fallbackDirectory { break }
+            directory.deleteLastPathComponent()
+        }
+        var parentOfFallback = URL(fileURLWithPath: options.fallbackDirectory).deletingLastPathComponent()
+        while parentOfFallback.path.hasPrefix("/var/lib/") { _ = chmod(parentOfFallback.path, 0o755); parentOfFallback.deleteLastPathComponent() }
+        var info = stat()
+        if lstat(inside.path, &info) != 0 { try? FileManager.default.createSymbolicLink(at: inside, withDestinationURL: fallback) }
+        return fallback
     }
 
     /// The entries of `path` another user can search (each directory and its parents open to
@@ -165,7 +192,7 @@ extension LocalDriver {
     /// Gantry's state directory: the directory itself traversable only (0711: an environment's
     /// user reaches its own working directory through it), everything else in it Gantry's alone.
     func secureStateDirectory() {
-        let state = root.deletingLastPathComponent()
+        let state = stateDirectory
         _ = chmod(state.path, isolatesUsers ? 0o711 : 0o700)
         for entry in (try? FileManager.default.contentsOfDirectory(atPath: state.path)) ?? [] {
             let path = state.appendingPathComponent(entry).path

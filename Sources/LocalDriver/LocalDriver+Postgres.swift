@@ -15,7 +15,27 @@ extension LocalDriver {
     static let hostEnvironment = "_host"
     static let postgresRecord = "postgres"
 
-    var postgresRoot: URL { root.deletingLastPathComponent().appendingPathComponent("postgres") }
+    /// `<state>/postgres`, unless the server's user cannot reach it (as root with the state
+    /// directory inside a private directory such as /root): then beside the relocated environments.
+    var postgresRoot: URL {
+        let inside = stateDirectory.appendingPathComponent("postgres")
+        guard getuid() == 0, !Self.searchable(stateDirectory.path, uid: postgresUID, gid: postgresGID) else { return inside }
+        return URL(fileURLWithPath: options.fallbackDirectory).appendingPathComponent(instance).appendingPathComponent("postgres")
+    }
+
+    /// Whether `uid`/`gid` may search every directory from `/` down to `path`.
+    static func searchable(_ path: String, uid: uid_t, gid: gid_t) -> Bool {
+        var current = URL(fileURLWithPath: path).standardizedFileURL.path
+        while true {
+            var info = stat()
+            guard stat(current, &info) == 0 else { return false }
+            let allowed = info.st_uid == uid ? info.st_mode & S_IXUSR != 0
+                : info.st_gid == gid ? info.st_mode & S_IXGRP != 0 : info.st_mode & S_IXOTH != 0
+            guard allowed else { return false }
+            if current == "/" { return true }
+            current = (current as NSString).deletingLastPathComponent
+        }
+    }
     var postgresSocketDirectory: String { postgresRoot.appendingPathComponent("run").path }
 
     /// Debian's PostgreSQL binaries (the newest installed major version).
@@ -61,7 +81,17 @@ extension LocalDriver {
         let data = postgresRoot.appendingPathComponent("data").path
         let manager = FileManager.default
         try manager.createDirectory(atPath: postgresSocketDirectory, withIntermediateDirectories: true)
-        _ = chmod(postgresRoot.path, 0o700)
+        if postgresRoot.path.hasPrefix(options.fallbackDirectory) {
+            // The way down to it is open to the postgres user; the cluster itself is its alone (0700).
+            var parent = postgresRoot.deletingLastPathComponent()
+            while parent.path.hasPrefix("/var/lib/") || parent.path.hasPrefix(options.fallbackDirectory) {
+                var info = stat()
+                if stat(parent.path, &info) == 0, info.st_mode & 0o001 == 0 { _ = chmod(parent.path, info.st_mode & 0o777 | 0o011) }
+                if parent.path == "/" { break }
+                parent.deleteLastPathComponent()
+            }
+            progress("the state directory is not reachable by the postgres user: the cluster lives in \(postgresRoot.path)")
+        }
         if getuid() == 0 {
             _ = chown(postgresRoot.path, postgresUID, postgresGID)
             _ = chown(postgresSocketDirectory, postgresUID, postgresGID)

@@ -41,10 +41,17 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         /// Where the Gantry instances of this host claim uids (a file per uid): two state
         /// directories never run environments under one uid.
         public var uidRegistry = "/var/lib/gantry/uids"
+        /// Where an instance keeps its environments' directories and its PostgreSQL cluster
+        /// (`<this>/<instance>/envs`, `.../postgres`) when the state directory lies inside a private
+        /// directory (such as /root) that environments' users or the postgres user cannot enter:
+        /// `<state>/envs` is then a link to it.
+        public var fallbackDirectory = "/var/lib/gantry/instances"
         public init() {}
     }
 
+    /// Where the environments' directories are: `<state>/envs`, or the fallback (see `Options.fallbackDirectory`).
     let root: URL
+    let stateDirectory: URL
     let state: StateStore
     let logger: Logger
     let options: Options
@@ -63,7 +70,8 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     public var secrets: SecretStore?
 
     public init(stateDirectory: URL, state: StateStore, logger: Logger, options: Options = Options()) {
-        self.root = stateDirectory.appendingPathComponent("envs")
+        self.stateDirectory = stateDirectory.standardizedFileURL
+        self.root = Self.environmentsRoot(stateDirectory: stateDirectory, options: options)
         self.state = state
         self.logger = logger
         self.options = options

@@ -21,10 +21,10 @@ final class Harness: @unchecked Sendable {
     /// have the same view: the state DB, the key and the running services).
     /// With `anchor` (the default) main's tip is anchored as an operator would with
     /// `gantry trust set`, unless the state already has an anchor.
-    init(repo: TestRepository, reusing previous: Harness? = nil, detectOnly: Bool = false, anchor: Bool = true,
+    init(repo: TestRepository, reusing previous: Harness? = nil, stateDirectory given: TemporaryDirectory? = nil, detectOnly: Bool = false, anchor: Bool = true,
          configure: (inout LocalDriver.Options) -> Void = { _ in }, reconcile: (inout Reconciler.Options) -> Void = { _ in }) throws {
         self.repo = repo
-        stateDirectory = previous?.stateDirectory ?? TemporaryDirectory("gantry-state")
+        stateDirectory = previous?.stateDirectory ?? given ?? TemporaryDirectory("gantry-state")
         state = try StateStore(path: stateDirectory.path + "/gantry.db")
         key = try SigningKey.loadOrCreate(at: stateDirectory.path + "/keys/gantry_ed25519")
         let logger = Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }

@@ -145,4 +145,42 @@ import StateStore
         let url = try databaseURL(harness, "seeded")
         #expect(try Shell.check(["psql", url, "-At", "-c", "select string_agg(x, ',') from t"]).trimmingCharacters(in: .whitespacesAndNewlines) == "whole")
     }
+
+    /// As root with the state directory inside a private directory (as under /root), the postgres
+    /// user and the environments' users cannot reach `<state>`: the cluster and the environments'
+    /// directories live in the fallback directory instead, and environments run as usual.
+    @Test(.enabled(if: getuid() == 0)) func aStateDirectoryInsideAPrivateDirectoryStillRunsPostgres() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("environments/shop.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: shop, class: development}
+            spec:
+              template: python-web
+              databases:
+                main: {engine: postgres}
+              services:
+                web:
+                  env: {DATABASE_URL: "${databases.main.url}"}
+            """)
+        try repo.commit("shop")
+        let privateParent = TemporaryDirectory("gantry-private")
+        _ = chmod(privateParent.path, 0o700)
+        let fallback = TemporaryDirectory("gantry-pg-fallback")
+        let harness = try Harness(repo: repo, stateDirectory: TemporaryDirectory(path: privateParent.path + "/state"),
+                                  configure: { $0.fallbackDirectory = fallback.path })
+        defer { harness.driver.shutdown() }
+        let summary = try harness.pass()
+        let message = try harness.environment("shop")?.message ?? ""
+        #expect(summary.applied.contains("shop"), "\(message)")
+        let instance = fallback.path + "/\(harness.driver.instance)"
+        #expect(FileManager.default.fileExists(atPath: instance + "/postgres/data/PG_VERSION"))
+        #expect(!FileManager.default.fileExists(atPath: harness.stateDirectory.path + "/postgres/data"))
+        // The environments' directories moved with it; <state>/envs leads there.
+        #expect(try FileManager.default.destinationOfSymbolicLink(atPath: harness.stateDirectory.path + "/envs") == instance + "/envs")
+        #expect(try harness.service("shop")?.workdir?.hasPrefix(instance + "/envs/shop/") == true)
+        let url = try databaseURL(harness, "shop")
+        #expect(try Shell.check(["psql", url, "-At", "-c", "select 1"]).trimmingCharacters(in: .whitespacesAndNewlines) == "1")
+    }
 }
