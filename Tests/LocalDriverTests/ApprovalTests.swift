@@ -35,7 +35,7 @@ import StateStore
         #expect(pending.values("rule").contains { $0.hasPrefix("approval: needs 1 approval of this exact commit by a human with role approver") })
         #expect(pending.values("rule").prefix(2) == ["signature: ok (agent@example.com)", "spec: valid"])
         #expect(try harness.environment("web")?.conditions == ["ApprovalPending"])
-        #expect(try harness.get("web")?.contains("hello from web") == true)
+        #expect(try harness.get("web")?.contains("hello from web") == true, "\(harness.diagnose("web"))")
 
         // An approval of another commit does not count.
         try approve(try repo.git("rev-parse", "HEAD~1"), as: alice, in: repo)

@@ -32,7 +32,7 @@ import StateStore
     @Test func killedProcessesAndADroppedDatabaseAreRecreatedAndRecorded() throws {
         let repo = try repository()
         let harness = try Harness(repo: repo)
-        #expect(try harness.pass().applied.contains("full"))
+        #expect(try harness.pass().applied.contains("full"), "\(harness.diagnose("full"))")
         let web = try #require(try harness.service("full"))
         let redis = try #require(try harness.service("full", "redis:sessions"))
         let postgres = try #require(try harness.service("_host", "postgres"))

@@ -2,7 +2,7 @@ import Audit
 import Foundation
 import GitStore
 import Governance
-import LocalDriver
+@testable import LocalDriver
 import Logging
 import Reconciler
 import StateStore
@@ -55,6 +55,15 @@ final class Harness: @unchecked Sendable {
 
     func service(_ environment: String, _ name: String = "web") throws -> ServiceRecord? {
         try state.services(of: environment).first { $0.name == name }
+    }
+
+    /// Why an environment may not be serving: its record, its service's process and last output.
+    func diagnose(_ environment: String) -> String {
+        let record = try? state.environment(environment)
+        let service = try? self.service(environment)
+        let alive = service?.pid.map { ProcessControl.isAlive($0, start: service?.pidStart) } ?? false
+        let output = LocalDriver.recentOutput(stateDirectory: stateDirectory.url, environment: environment)
+        return "\(environment): \(record?.phase.rawValue ?? "none") \(record?.message ?? ""); service \(service?.phase ?? "none") pid \(service?.pid ?? 0) alive \(alive) restarts \(service?.restarts ?? 0) last exit \(service?.lastExit ?? "-"); output \(output)"
     }
 
     func get(_ environment: String, _ path: String = "/") throws -> String? {

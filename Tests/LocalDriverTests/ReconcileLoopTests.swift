@@ -14,7 +14,7 @@ import StateStore
         #expect(summary.applied.sorted() == ["status-page", "web"])
         #expect(try harness.environment("web")?.phase == .running)
         #expect(try harness.get("web")?.contains("\"greeting\": \"hello from web\"") == true)
-        let statusPage = try #require(try harness.get("status-page"))
+        let statusPage = try #require(try harness.get("status-page"), "\(harness.diagnose("status-page"))")
         #expect(statusPage.contains("status of status-page: all systems go"))
         #expect(try harness.records().map(\.event) == ["trust-anchored", "admitted", "applied", "admitted", "applied"])
         #expect(try harness.verify().isValid)
