@@ -146,6 +146,12 @@ extension LocalDriver {
         variables["PORT"] = String(record.port)
         // The environment's own user, at home in its working directory (nil: Gantry's user, or the host's servers).
         let user = record.environment == Self.hostEnvironment ? nil : try user(of: record.environment)
+        if let user, let workdir = record.workdir {
+            // The working directory must be the user's it runs as (a uid can change when its claim
+            // was lost): handed over again when it is not.
+            var info = stat()
+            if stat(workdir, &info) == 0, info.st_uid != user { try handOver(URL(fileURLWithPath: workdir), to: user) }
+        }
         if user != nil {
             variables["HOME"] = record.workdir
             variables["USER"] = nil

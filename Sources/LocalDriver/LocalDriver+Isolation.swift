@@ -58,6 +58,10 @@ extension LocalDriver {
         let registry = options.uidRegistry
         guard (try? FileManager.default.createDirectory(atPath: registry, withIntermediateDirectories: true,
                                                          attributes: [.posixPermissions: 0o700])) != nil else { return false }
+        // One claimer at a time on this host: checking a stale claim and taking it over is one step.
+        let lock = open(registry + "/.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard lock >= 0, flock(lock, LOCK_EX) == 0 else { if lock >= 0 { close(lock) }; return false }
+        defer { flock(lock, LOCK_UN); close(lock) }
         let path = registry + "/\(uid)"
         let text = claimText(environment)
         let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
@@ -68,7 +72,8 @@ extension LocalDriver {
         guard errno == EEXIST, let existing = try? String(contentsOfFile: path, encoding: .utf8) else { return false }
         if existing == text { return true }
         let owner = existing.split(separator: "\n").first.map(String.init) ?? ""
-        guard !owner.isEmpty, !FileManager.default.fileExists(atPath: owner), ProcessControl.processes(ownedBy: uid).isEmpty else { return false }
+        // (An empty claim is one whose writer died before writing: stale too.)
+        guard owner.isEmpty || !FileManager.default.fileExists(atPath: owner), ProcessControl.processes(ownedBy: uid).isEmpty else { return false }
         // Stale (its Gantry's state directory is gone, nothing runs as it): taken over atomically.
         let temporary = path + ".\(getpid()).new"
         guard FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]),
@@ -78,6 +83,9 @@ extension LocalDriver {
 
     /// Gives the uid's claim back to the host (its files are gone, nothing of it runs).
     func releaseUID(_ uid: uid_t, of environment: String) {
+        let lock = open(options.uidRegistry + "/.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
+        guard lock >= 0, flock(lock, LOCK_EX) == 0 else { if lock >= 0 { close(lock) }; return }
+        defer { flock(lock, LOCK_UN); close(lock) }
         let path = options.uidRegistry + "/\(uid)"
         if (try? String(contentsOfFile: path, encoding: .utf8)) == claimText(environment) { unlink(path) }
     }

@@ -33,7 +33,7 @@ import StateStore
         let harness = try Harness(repo: repo)
         let summary = try harness.pass()
         let shopMessage = try harness.environment("shop")?.message ?? ""
-        #expect(summary.applied.contains("shop") && summary.applied.contains("shop-copy"), "\(summary) \(shopMessage)")
+        #expect(summary.applied.contains("shop") && summary.applied.contains("shop-copy"), "\(summary) \(harness.diagnose("shop")) \(harness.diagnose("shop-copy"))")
         let url = try databaseURL(harness, "shop")
         let role = String(url.dropFirst("postgres://".count).prefix { $0 != ":" })
         #expect(role.hasPrefix("g_shop_main_") && role.count == "g_shop_main_".count + 8 && url.hasSuffix("/\(role)"), "\(url)")
