@@ -49,6 +49,23 @@ import TestSupport
                 - expr: "!('Tz' in commit.trailers) || now.getHours(commit.trailers['Tz']) >= 0"
                   message: "the Tz trailer must be a time zone"
             """)
+        // And long, deep CEL with string work over what the branch controls, within the bounds:
+        // judged for every branch, in time, never stalling the pass.
+        let list = (0..<5_000).map(String.init).joined(separator: ", ")
+        let deep = String(repeating: "(", count: 100) + "true" + String(repeating: ")", count: 100)
+        try repo.write("policies/heavy.yaml", """
+            apiVersion: gantry/v1
+            kind: Policy
+            metadata: {name: heavy}
+            spec:
+              match: "env != null"
+              action: deny
+              rules:
+                - expr: "size([\(list)]) == 5000 && \(deep)"
+                  message: "long and deep"
+                - expr: "change.files.join(',').replace('a', 'bb').indexOf('no such name') == -1 && branch.name.matches('^[^\\\\x00]*$')"
+                  message: "string work over the branch's own names"
+            """)
         try repo.seedExample()
         let state = TemporaryDirectory()
         defer { killMarked(state: state.path) }
