@@ -39,7 +39,7 @@ extension LocalDriver {
     var postgresSocketDirectory: String { postgresRoot.appendingPathComponent("run").path }
 
     /// Debian's PostgreSQL binaries (the newest installed major version).
-    static var postgresBinaries: String? {
+    public static var postgresBinaries: String? {
         let base = "/usr/lib/postgresql"
         let entries = (try? FileManager.default.contentsOfDirectory(atPath: base)) ?? []
         let versions = entries.compactMap { Int($0) }.sorted(by: >)

@@ -378,3 +378,22 @@ import TestSupport
         #expect(result.stdout.hasSuffix("23 passed, 0 failed, 0 skipped\n"))
     }
 }
+
+@Suite struct DiagnoseTests {
+    /// `gantry diagnose` says what isolation this host allows, and the state directory's modes
+    /// after a run has tightened them.
+    @Test func diagnoseSaysWhatIsolationHolds() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let state = TemporaryDirectory()
+        defer { killMarked(state: state.path) }
+        #expect(try gantry("run", "--repo", repo.path, "--state", state.path, "--once", "--stop-on-exit").status == 0)
+        let result = try gantry("diagnose", "--state", state.path)
+        #expect(result.status == 0, "\(result.stderr)")
+        let root = getuid() == 0
+        #expect(result.stdout.contains(root ? "users: enforced" : "users: advisory: not root"), "\(result.stdout)")
+        #expect(result.stdout.contains("network: shared"))
+        #expect(result.stdout.contains("state database: mode 600") && result.stdout.contains("keys: mode 700"), "\(result.stdout)")
+        #expect(result.stdout.contains("last gantry run: \(root ? "enforced" : "advisory")"))
+    }
+}

@@ -1,0 +1,59 @@
+import ArgumentParser
+import Foundation
+import LocalDriver
+import StateStore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What this host lets Gantry enforce, checked without changing anything: whether environments
+/// would run as users of their own, in control groups, and what the state directory looks like.
+struct Diagnose: ParsableCommand {
+    static let configuration = CommandConfiguration(abstract: "What isolation this host allows (users, cgroups, PostgreSQL, Redis) and the state directory's permissions.")
+    @OptionGroup var state: StateOption
+
+    func run() throws {
+        let root = geteuid() == 0
+        func line(_ what: String, _ verdict: String) { print("\(what): \(verdict)") }
+        let setpriv = Self.find("setpriv")
+        line("users", root && setpriv != nil
+             ? "enforced: each environment runs as a uid of its own (setpriv at \(setpriv!))"
+             : root ? "advisory: setpriv (util-linux) is missing, environments would run as root" : "advisory: not root (uid \(geteuid())); environments run as Gantry's own user and can read its state and keys")
+        line("control groups", Self.cgroups(root: root))
+        line("PostgreSQL", LocalDriver.postgresBinaries.map { "found (\($0))" } ?? "missing: apt-get install postgresql (or make deps)")
+        line("Redis", Self.find("redis-server").map { "found (\($0))" } ?? "missing: apt-get install redis-server (or make deps)")
+        line("network", "shared: services listen on the host's loopback (per-environment network namespaces are not built yet)")
+        let paths = StatePaths(root: state.directory)
+        var info = stat()
+        guard stat(paths.root.path, &info) == 0 else {
+            line("state directory", "\(paths.root.path) does not exist yet (`gantry run` creates it)")
+            return
+        }
+        line("state directory", "\(paths.root.path) mode \(String(info.st_mode & 0o777, radix: 8))" + (info.st_mode & 0o066 == 0 ? "" : " — readable or writable by others: run `gantry run` once to tighten it"))
+        for (name, path) in [("state database", paths.database), ("keys", paths.root.appendingPathComponent("keys").path)] where stat(path, &info) == 0 {
+            line(name, "mode \(String(info.st_mode & 0o777, radix: 8))" + (info.st_mode & 0o077 == 0 ? "" : " — open to others: run `gantry run` once to tighten it"))
+        }
+        if FileManager.default.fileExists(atPath: paths.database), let store = try? StateStore(path: paths.database),
+           let isolation: String = try? store.meta("isolation") {
+            line("last gantry run", isolation)
+        }
+    }
+
+    static func find(_ program: String) -> String? {
+        for directory in ["/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin", "/sbin", "/bin"] where access("\(directory)/\(program)", X_OK) == 0 {
+            return "\(directory)/\(program)"
+        }
+        return nil
+    }
+
+    static func cgroups(root: Bool) -> String {
+        let mount = "/sys/fs/cgroup"
+        if FileManager.default.fileExists(atPath: mount + "/cgroup.controllers") {
+            let controllers = (try? String(contentsOfFile: mount + "/cgroup.controllers", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines) ?? ""
+            return (root ? "enforced: " : "advisory (not root): ") + "cgroup v2 (controllers: \(controllers))"
+        }
+        let present = ["pids", "freezer", "memory", "cpu"].filter { FileManager.default.fileExists(atPath: "\(mount)/\($0)/cgroup.procs") }
+        guard !present.isEmpty else { return "advisory: no cgroup hierarchy under \(mount); teardown relies on users and process groups" }
+        return (root ? "enforced: " : "advisory (not root): ") + "cgroup v1 (\(present.joined(separator: ", ")))"
+    }
+}
