@@ -1099,4 +1099,37 @@ import StateStore
         let events = try harness.records().filter { $0.value("environment") == "web--feature" && $0.value("commit") == first }.map(\.event)
         #expect(events == ["admitted", "applied", "admitted", "applied"], "\(events)")
     }
+
+    /// A team's secret reaches only environments of that team, and an agent cannot claim a team it
+    /// is not in to get one: the preview is denied and no process ever holds the value.
+    @Test func anAgentCannotClaimAnotherTeamToReadItsSecret() throws {
+        let (repo, bot, harness) = try setUp(bot: "growth-bot@example.com", team: "growth")
+        let value = "team-secret-\(UUID().uuidString)"
+        try harness.driver.secrets!.set("payments-key", value: Data(value.utf8), scope: .team("payments"))
+        try repo.checkout("agents/steal", create: true)
+        for team in ["payments", "growth"] {
+            try repo.write("environments/steal-\(team).yaml", """
+                apiVersion: gantry/v1
+                kind: Environment
+                metadata: {name: steal-\(team), team: \(team), class: staging}
+                spec:
+                  template: python-web
+                  secrets: [payments-key]
+                  services:
+                    web:
+                      env: {KEY: "${secrets.payments-key}"}
+                """)
+        }
+        try repo.signing(with: bot.keyPath) { _ = try repo.commit("borrow the payments key") }
+        try harness.pass()
+        // Claiming payments: denied by the team rule.
+        let claimed = try #require(try harness.environment("steal-payments--agents-steal"))
+        #expect(claimed.phase == .denied && claimed.message?.contains("team") == true, "\(claimed.message ?? "")")
+        // Its own team: the payments secret is not in its scope.
+        let own = try #require(try harness.environment("steal-growth--agents-steal"))
+        #expect(own.conditions.contains("SecretMissing"), "\(own.conditions) \(own.message ?? "")")
+        #expect(try harness.service("steal-payments--agents-steal") == nil && harness.service("steal-growth--agents-steal") == nil)
+        let grep = try Shell.run(["grep", "-r", "-l", "-a", value, harness.stateDirectory.path + "/envs"])
+        #expect(grep.status == 1, "\(grep.stdout)")
+    }
 }
