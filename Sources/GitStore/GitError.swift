@@ -15,6 +15,10 @@ public struct GitError: Error, CustomStringConvertible, Sendable, Equatable {
 
     public var isNotFound: Bool { code == GIT_ENOTFOUND.rawValue }
 
+    /// A blob larger than the reader's limit (refused before it was inflated).
+    public static let tooLargeCode: Int32 = -1_000
+    public var isTooLarge: Bool { code == Self.tooLargeCode }
+
     public init(operation: String, code: Int32, message: String) {
         self.operation = operation
         self.code = code

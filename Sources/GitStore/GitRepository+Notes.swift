@@ -46,7 +46,8 @@ extension GitRepository {
             var noteBlob = git_oid()
             var annotated = git_oid()
             while git_note_next(&noteBlob, &annotated, iterator) == 0 {
-                let data = try objectSize(noteBlob) > limit ? nil : blobData(noteBlob, path: "note", limit: limit)
+                let data: Data?
+                do { data = try blobData(noteBlob, path: "note", limit: limit) } catch let error as GitError where error.isTooLarge { data = nil }
                 result.append((ObjectID(annotated), data.map { String(decoding: $0, as: UTF8.self) }))
             }
             return result

@@ -72,7 +72,7 @@ extension GitRepository {
             var budget = limit
             do {
                 try writeTree(id, into: directory, budget: &budget)
-            } catch let error as GitError where error.message.contains("over the limit") {
+            } catch let error as GitError where error.isTooLarge {
                 throw GitError(operation: "check out \(path.isEmpty ? "the repository" : path) at \(commit.short)", code: -1,
                                message: "the files hold more than \(limit) bytes together; keep large artifacts out of the configuration repository")
             }
@@ -137,7 +137,7 @@ extension GitRepository {
     func blobData(_ oid: git_oid, path: String, limit: Int) throws -> Data {
         let declared = try objectSize(oid)
         if declared > limit {
-            throw GitError(operation: "read \(path)", code: -1,
+            throw GitError(operation: "read \(path)", code: GitError.tooLargeCode,
                            message: "file is \(declared) bytes, over the limit of \(limit) bytes")
         }
         var copy = oid
@@ -145,10 +145,6 @@ extension GitRepository {
         try check("read blob \(path)", git_blob_lookup(&blob, handle, &copy))
         defer { git_blob_free(blob) }
         let size = Int(git_blob_rawsize(blob))
-        if size > limit {
-            throw GitError(operation: "read \(path)", code: -1,
-                           message: "file is \(size) bytes, over the limit of \(limit) bytes")
-        }
         guard size > 0, let raw = git_blob_rawcontent(blob) else { return Data() }
         return Data(bytes: raw, count: size)
     }

@@ -129,17 +129,18 @@ struct ControlGroups: Sendable {
 
     /// Lets the processes of a group run again (a freeze left by an interrupted kill).
     func thaw(_ environment: String, unit: String? = nil) {
-        for (controller, path) in directories(environment, unit: unit) {
-            if controller == "freezer" { Self.write("THAWED", to: path + "/freezer.state") }
-            if controller == "unified" { Self.write("0", to: path + "/cgroup.freeze") }
-        }
+        for group in directories(environment, unit: unit) { Self.freeze(group, false) }
     }
 
-    /// Every process in the environment's groups (all units).
-    func processes(_ environment: String) -> [pid_t] {
-        var found = Set<pid_t>()
-        for (_, path) in directories(environment) { Self.collect(path, into: &found) }
-        return found.sorted()
+    /// Freezes or thaws a group through its controller's file (v1 freezer, v2 core); false when
+    /// the group has no freezer.
+    @discardableResult
+    static func freeze(_ group: (controller: String, path: String), _ frozen: Bool) -> Bool {
+        switch group.controller {
+        case "freezer": return write(frozen ? "FROZEN" : "THAWED", to: group.path + "/freezer.state")
+        case "unified": return write(frozen ? "1" : "0", to: group.path + "/cgroup.freeze")
+        default: return false
+        }
     }
 
     /// Freezes the environment (or one unit), kills everything in it, thaws, waits until it is
@@ -149,12 +150,9 @@ struct ControlGroups: Sendable {
         guard isActive else { return [] }
         let groups = directories(environment, unit: unit)
         let freezer = groups.first { $0.controller == "freezer" || $0.controller == "unified" }
-        if let freezer {
-            if freezer.controller == "unified", Self.write("1", to: freezer.path + "/cgroup.kill") {
-                // cgroup.kill (Linux 5.14+) kills the whole subtree at once.
-            } else {
-                _ = Self.write(freezer.controller == "unified" ? "1" : "FROZEN", to: freezer.path + (freezer.controller == "unified" ? "/cgroup.freeze" : "/freezer.state"))
-            }
+        // cgroup.kill (v2, Linux 5.14+) kills the whole subtree at once; else freeze, then kill.
+        if let freezer, !(freezer.controller == "unified" && Self.write("1", to: freezer.path + "/cgroup.kill")) {
+            Self.freeze(freezer, true)
         }
         var survivors: [pid_t] = []
         let deadline = Date().addingTimeInterval(5)
@@ -163,9 +161,7 @@ struct ControlGroups: Sendable {
             for (_, path) in groups { Self.collect(path, into: &found) }
             survivors = found.sorted()
             for pid in survivors { Glibc.kill(pid, SIGKILL) }
-            if let freezer {
-                _ = Self.write(freezer.controller == "unified" ? "0" : "THAWED", to: freezer.path + (freezer.controller == "unified" ? "/cgroup.freeze" : "/freezer.state"))
-            }
+            if let freezer { Self.freeze(freezer, false) }
             for pid in survivors { ProcessControl.reap(pid) }
             if survivors.isEmpty { break }
             usleep(20_000)

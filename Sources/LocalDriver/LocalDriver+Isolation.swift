@@ -35,7 +35,7 @@ extension LocalDriver {
            claimUID(known, for: environment) {
             return known
         }
-        let used = Set(try state.allAllocations(Self.uidAllocation).compactMap { Int($0.name) })
+        let used = Set(try state.allocatedNames(Self.uidAllocation).compactMap { Int($0) })
         for candidate in options.uidRange where !used.contains(candidate) {
             // A uid some account of this host already uses is skipped (its files are not ours to share).
             guard getpwuid(uid_t(candidate)) == nil, getgrgid(gid_t(candidate)) == nil,
@@ -103,31 +103,42 @@ extension LocalDriver {
         let fallback = URL(fileURLWithPath: options.fallbackDirectory).appendingPathComponent(instance).appendingPathComponent("envs")
         try? FileManager.default.createDirectory(at: fallback, withIntermediateDirectories: true)
         // Traversable down to it (each environment's own directory is closed further down).
-        var directory = fallback
-        while directory.path.hasPrefix(options.fallbackDirectory) || directory.path == options.fallbackDirectory {
-            _ = chmod(directory.path, 0o711)
-            if directory.path == options.fallbackDirectory { break }
-            directory.deleteLastPathComponent()
-        }
-        var parentOfFallback = URL(fileURLWithPath: options.fallbackDirectory).deletingLastPathComponent()
-        while parentOfFallback.path.hasPrefix("/var/lib/") { _ = chmod(parentOfFallback.path, 0o755); parentOfFallback.deleteLastPathComponent() }
+        openForTraversal(fallback, options: options)
         var info = stat()
         if lstat(inside.path, &info) != 0 { try? FileManager.default.createSymbolicLink(at: inside, withDestinationURL: fallback) }
         return fallback
     }
 
+    /// Adds search permission for others to `directory` and each directory above it within the
+    /// fallback directory and /var/lib (nothing else of their modes changes).
+    static func openForTraversal(_ directory: URL, options: Options) {
+        var current = directory.standardizedFileURL
+        while current.path.hasPrefix(options.fallbackDirectory) || current.path.hasPrefix("/var/lib/") {
+            var info = stat()
+            if stat(current.path, &info) == 0 { _ = chmod(current.path, (info.st_mode & 0o7777) | 0o011) }
+            current.deleteLastPathComponent()
+        }
+    }
+
+    /// Whether `uid`/`gid` may search every directory from `/` down to `path`.
+    static func searchable(_ path: String, uid: uid_t, gid: gid_t) -> Bool {
+        var current = URL(fileURLWithPath: path).standardizedFileURL.path
+        while true {
+            var info = stat()
+            guard stat(current, &info) == 0 else { return false }
+            let allowed = info.st_uid == uid ? info.st_mode & S_IXUSR != 0
+                : info.st_gid == gid ? info.st_mode & S_IXGRP != 0 : info.st_mode & S_IXOTH != 0
+            guard allowed else { return false }
+            if current == "/" { return true }
+            current = (current as NSString).deletingLastPathComponent
+        }
+    }
+
     /// The entries of `path` another user can search (each directory and its parents open to
     /// others): Gantry's own PATH may start in /root, which an environment's user cannot enter.
     public static func searchablePath(_ path: String) -> String {
-        let kept = path.split(separator: ":").filter { entry in
-            var current = String(entry)
-            while !current.isEmpty && current != "/" {
-                var info = stat()
-                guard stat(current, &info) == 0, info.st_mode & S_IXOTH != 0 else { return false }
-                current = (current as NSString).deletingLastPathComponent
-            }
-            return true
-        }
+        // uid/gid -1 own nothing: what is checked is the permission for others.
+        let kept = path.split(separator: ":").filter { searchable(String($0), uid: .max, gid: .max) }
         return kept.isEmpty ? "/usr/local/bin:/usr/bin:/bin" : kept.joined(separator: ":")
     }
 

@@ -23,19 +23,6 @@ extension LocalDriver {
         return URL(fileURLWithPath: options.fallbackDirectory).appendingPathComponent(instance).appendingPathComponent("postgres")
     }
 
-    /// Whether `uid`/`gid` may search every directory from `/` down to `path`.
-    static func searchable(_ path: String, uid: uid_t, gid: gid_t) -> Bool {
-        var current = URL(fileURLWithPath: path).standardizedFileURL.path
-        while true {
-            var info = stat()
-            guard stat(current, &info) == 0 else { return false }
-            let allowed = info.st_uid == uid ? info.st_mode & S_IXUSR != 0
-                : info.st_gid == gid ? info.st_mode & S_IXGRP != 0 : info.st_mode & S_IXOTH != 0
-            guard allowed else { return false }
-            if current == "/" { return true }
-            current = (current as NSString).deletingLastPathComponent
-        }
-    }
     var postgresSocketDirectory: String { postgresRoot.appendingPathComponent("run").path }
 
     /// Debian's PostgreSQL binaries (the newest installed major version).
@@ -83,13 +70,7 @@ extension LocalDriver {
         try manager.createDirectory(atPath: postgresSocketDirectory, withIntermediateDirectories: true)
         if postgresRoot.path.hasPrefix(options.fallbackDirectory) {
             // The way down to it is open to the postgres user; the cluster itself is its alone (0700).
-            var parent = postgresRoot.deletingLastPathComponent()
-            while parent.path.hasPrefix("/var/lib/") || parent.path.hasPrefix(options.fallbackDirectory) {
-                var info = stat()
-                if stat(parent.path, &info) == 0, info.st_mode & 0o001 == 0 { _ = chmod(parent.path, info.st_mode & 0o777 | 0o011) }
-                if parent.path == "/" { break }
-                parent.deleteLastPathComponent()
-            }
+            Self.openForTraversal(postgresRoot.deletingLastPathComponent(), options: options)
             progress("the state directory is not reachable by the postgres user: the cluster lives in \(postgresRoot.path)")
         }
         if getuid() == 0 {

@@ -224,7 +224,7 @@ public struct ConfigLoader: Sendable {
 
     public static func diagnostic(_ error: Error, file: String) -> Diagnostic {
         if let diagnostic = error as? Diagnostic { return diagnostic }
-        if let git = error as? GitError, git.message.contains("over the limit") {
+        if let git = error as? GitError, git.isTooLarge {
             return Diagnostic(file: file, "file is larger than 1 MiB; configuration files are limited to 1 MiB")
         }
         return Diagnostic(file: file, "cannot read: \(error)")

@@ -40,11 +40,6 @@ public enum Interpolation {
         return .success(pieces)
     }
 
-    /// Why `reference` is not a valid reference within `spec`, or nil when it is.
-    static func problem(_ reference: String, in spec: EnvironmentSpec) -> String? {
-        problem(reference, in: spec, names: ReferenceNames(spec))
-    }
-
     /// The names a reference may use, as sets: a file with many references and many names is
     /// checked in linear time.
     struct ReferenceNames {
@@ -62,7 +57,8 @@ public enum Interpolation {
         }
     }
 
-    static func problem(_ reference: String, in spec: EnvironmentSpec, names: ReferenceNames) -> String? {
+    /// Why `reference` is not a valid reference to one of `names`, or nil when it is.
+    static func problem(_ reference: String, names: ReferenceNames) -> String? {
         let parts = reference.split(separator: ".", omittingEmptySubsequences: false).map(String.init)
         let known = "known references: env.name, env.domain, env.class, services.S.url|host|port, databases.D.url, caches.C.url, secrets.NAME"
         switch parts.first {
@@ -159,11 +155,11 @@ enum References {
             let variables = index(find(serviceNode, ["env"]))
             for variable in service.env {
                 let mark = variables[variable.name]?.mark ?? serviceNode?.mark ?? node.mark
-                check(variable.value, spec: spec, names: names, mark: mark, &diagnostics)
+                check(variable.value, names: names, mark: mark, &diagnostics)
             }
             let commandNode = find(serviceNode, ["command"])
             for (index, argument) in service.command.enumerated() {
-                check(argument, spec: spec, names: names, mark: element(commandNode, index)?.mark ?? commandNode?.mark ?? node.mark,
+                check(argument, names: names, mark: element(commandNode, index)?.mark ?? commandNode?.mark ?? node.mark,
                       where: "spec.services.\(service.name).command", &diagnostics)
             }
         }
@@ -192,13 +188,13 @@ enum References {
     }
 
     /// `where` names a command: references that carry a password are refused there.
-    static func check(_ text: String, spec: EnvironmentSpec, names: Interpolation.ReferenceNames, mark: SourceMark, where command: String? = nil,
+    static func check(_ text: String, names: Interpolation.ReferenceNames, mark: SourceMark, where command: String? = nil,
                       _ diagnostics: inout [Diagnostic]) {
         switch Interpolation.pieces(text) {
         case .failure(let error): diagnostics.append(Diagnostic(mark, error.message))
         case .success(let pieces):
             for case .reference(let reference) in pieces {
-                if let problem = Interpolation.problem(reference, in: spec, names: names) {
+                if let problem = Interpolation.problem(reference, names: names) {
                     diagnostics.append(Diagnostic(mark, problem))
                 } else if let command, carriesPassword(reference) {
                     diagnostics.append(Diagnostic(mark, "'${\(reference)}' in \(command) would put a password on the command line (anyone on the host can read /proc/PID/cmdline); set it in env (env: {NAME: \"${\(reference)}\"}) and read the variable"))

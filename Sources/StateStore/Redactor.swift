@@ -13,6 +13,8 @@ public final class Redactor: @unchecked Sendable {
     let store: SecretStore
     private let lock = NSLock()
     private var signature: String?
+    /// The store's generation when the values were last checked: unchanged, nothing is read again.
+    private var seenGeneration = -1
     private var values: [(text: String, label: String)] = []
 
     public init(store: SecretStore) { self.store = store }
@@ -30,12 +32,16 @@ public final class Redactor: @unchecked Sendable {
     }
 
     private func current() -> [(text: String, label: String)] {
+        // Every value this process set or read bumps the generation first, so a log line never
+        // holds a value the redactor has not seen (and most lines cost no read of the DB).
+        let generation = store.generation.value
+        if let known = lock.withLock({ seenGeneration == generation ? values : nil }) { return known }
         let signature = try? store.state.pool.read { db in
             try Row.fetchOne(db, sql: "SELECT count(*) AS n, coalesce(max(updatedAt), '') AS at, coalesce(sum(version), 0) AS v FROM secrets")
                 .map { "\($0["n"] as Int):\($0["at"] as String):\($0["v"] as Int)" }
         } ?? nil
         return lock.withLock {
-            if let signature, signature == self.signature { return values }
+            if let signature, signature == self.signature { seenGeneration = generation; return values }
             var found: [(String, String)] = []
             for (name, value) in (try? store.allValues()) ?? [] {
                 guard let text = String(data: value, encoding: .utf8), text.count >= Self.minimumLength else { continue }
@@ -51,6 +57,7 @@ public final class Redactor: @unchecked Sendable {
             }
             values = found.sorted { $0.0.count > $1.0.count }
             self.signature = signature
+            seenGeneration = generation
             return values
         }
     }

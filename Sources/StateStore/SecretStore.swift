@@ -30,6 +30,8 @@ public enum SecretScope: Sendable, Equatable, CustomStringConvertible {
 public final class SecretStore: @unchecked Sendable {
     let state: StateStore
     let key: SymmetricKey
+    /// Moves on whenever this process sets, removes or reads a value (see `Redactor`).
+    let generation = Generation()
 
     /// The key comes from `$GANTRY_SECRET_KEY` (base64 of 32 bytes), else from `keyPath` (created, 0600).
     public init(state: StateStore, keyPath: String, environment: [String: String] = ProcessInfo.processInfo.environment) throws {
@@ -56,6 +58,7 @@ public final class SecretStore: @unchecked Sendable {
 
     /// Stores (or replaces) a secret; the version counts replacements, for rotation.
     public func set(_ name: String, value: Data, scope: SecretScope) throws {
+        defer { generation.bump() }
         let sealed = try AES.GCM.seal(value, using: key, authenticating: Data("\(name)|\(scope.kind)|\(scope.value)".utf8))
         guard let combined = sealed.combined else { throw SecretError("encryption failed") }
         try state.pool.write { db in
@@ -71,7 +74,8 @@ public final class SecretStore: @unchecked Sendable {
     /// Removes a secret; false when there was none.
     @discardableResult
     public func remove(_ name: String, scope: SecretScope) throws -> Bool {
-        try state.pool.write { db in
+        defer { generation.bump() }
+        return try state.pool.write { db in
             try db.execute(sql: "DELETE FROM secrets WHERE name = ? AND scopeKind = ? AND scopeValue = ?", arguments: [name, scope.kind, scope.value])
             return db.changesCount > 0
         }
@@ -79,6 +83,7 @@ public final class SecretStore: @unchecked Sendable {
 
     /// Removes every secret of an environment whose name starts with `prefix` (Gantry's own, at teardown).
     public func removeAll(prefix: String, environment: String) throws {
+        defer { generation.bump() }
         try state.pool.write { db in
             try db.execute(sql: "DELETE FROM secrets WHERE scopeKind = 'env' AND scopeValue = ? AND substr(name, 1, ?) = ?",
                            arguments: [environment, prefix.count, prefix])
@@ -96,6 +101,7 @@ public final class SecretStore: @unchecked Sendable {
 
     /// The secret an environment sees: its own, else its class's, else its team's.
     public func lookup(_ name: String, environment: String, class envClass: String, team: String?) throws -> (value: Data, version: String)? {
+        defer { generation.bump() }
         let candidates: [SecretScope] = [.environment(environment), .class(envClass)] + (team.map { [.team($0)] } ?? [])
         for scope in candidates {
             let row = try state.pool.read { db in
@@ -114,4 +120,12 @@ public final class SecretStore: @unchecked Sendable {
 public struct SecretError: Error, CustomStringConvertible, Sendable {
     public let description: String
     public init(_ description: String) { self.description = description }
+}
+
+/// A counter shared by a secret store and its redactors.
+final class Generation: @unchecked Sendable {
+    private let lock = NSLock()
+    private var count = 0
+    var value: Int { lock.withLock { count } }
+    func bump() { lock.withLock { count += 1 } }
 }

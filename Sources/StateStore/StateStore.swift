@@ -141,12 +141,9 @@ public final class StateStore: Sendable {
         }
     }
 
-    /// Every name of `kind` ever allocated (released ones included), with its owner.
-    public func allAllocations(_ kind: String) throws -> [(name: String, environment: String, released: Bool)] {
-        try pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT name, environment, releasedAt FROM allocations WHERE kind = ? ORDER BY name", arguments: [kind])
-                .map { ($0["name"], $0["environment"], ($0["releasedAt"] as Date?) != nil) }
-        }
+    /// Every name of `kind` ever allocated (released ones included): names never handed out again.
+    public func allocatedNames(_ kind: String) throws -> Set<String> {
+        try pool.read { db in Set(try String.fetchAll(db, sql: "SELECT name FROM allocations WHERE kind = ?", arguments: [kind])) }
     }
 
     /// The thing is gone (dropped, deleted); its name stays recorded so it is never given to another owner.

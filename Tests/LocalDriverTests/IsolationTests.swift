@@ -35,6 +35,23 @@ struct IsolationTests {
         http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
         """
 
+    /// The probe as an environment's only service, with the given `resources` (flow YAML).
+    func writeProbe(_ repo: TestRepository, environment: String, resources: String) throws {
+        try repo.write("apps/probe/probe.py", Self.probe)
+        try repo.write("environments/\(environment).yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: \(environment), class: development}
+            spec:
+              services:
+                web:
+                  source: apps/probe
+                  command: [python3, probe.py]
+                  health: {http: /}
+                  resources: \(resources)
+            """)
+    }
+
     func uid(of pid: Int32?) -> Int? {
         guard let pid, let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
               let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Uid:") }) else { return nil }
@@ -49,19 +66,7 @@ struct IsolationTests {
         let web = try #require(try harness.service("web"))
 
         try repo.checkout("agents/probe", create: true)
-        try repo.write("apps/probe/probe.py", Self.probe)
-        try repo.write("environments/probe.yaml", """
-            apiVersion: gantry/v1
-            kind: Environment
-            metadata: {name: probe, class: development}
-            spec:
-              services:
-                web:
-                  source: apps/probe
-                  command: [python3, probe.py]
-                  health: {http: /}
-                  resources: {memory: 96Mi, cpu: 0.5}
-            """)
+        try writeProbe(repo, environment: "probe", resources: "{memory: 96Mi, cpu: 0.5}")
         try repo.commit("a probe")
         let summary = try harness.pass()
         let name = "probe--agents-probe"
@@ -122,19 +127,7 @@ struct IsolationTests {
     @Test func aServiceThatAllocatesPastItsMemoryLimitIsKilled() throws {
         let repo = try TestRepository()
         try repo.seedExample()
-        try repo.write("apps/probe/probe.py", Self.probe)
-        try repo.write("environments/hog.yaml", """
-            apiVersion: gantry/v1
-            kind: Environment
-            metadata: {name: hog, class: development}
-            spec:
-              services:
-                web:
-                  source: apps/probe
-                  command: [python3, probe.py]
-                  health: {http: /}
-                  resources: {memory: 64Mi}
-            """)
+        try writeProbe(repo, environment: "hog", resources: "{memory: 64Mi}")
         try repo.commit("a hungry service")
         let harness = try Harness(repo: repo)
         #expect(try harness.pass().applied.contains("hog"))

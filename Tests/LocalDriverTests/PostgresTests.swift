@@ -11,23 +11,29 @@ import StateStore
         try #require(processEnvironmentVariable(pid: try harness.service(environment)?.pid, "DATABASE_URL"))
     }
 
+    /// An environment on the python-web template with one PostgreSQL database, whose URL its
+    /// service gets as DATABASE_URL; `options` are the database's further fields.
+    func writeEnvironment(_ repo: TestRepository, _ name: String, database: String = "main", options: String = "") throws {
+        try repo.write("environments/\(name).yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: \(name), class: development}
+            spec:
+              template: python-web
+              databases:
+                \(database): {engine: postgres\(options.isEmpty ? "" : ", " + options)}
+              services:
+                web:
+                  env: {DATABASE_URL: "${databases.\(database).url}"}
+            """)
+    }
+
     @Test func seededIsolatedClonedAndDroppedDatabases() throws {
         let repo = try TestRepository()
         try repo.seedExample()
         try repo.write("db/seed.sql", "CREATE TABLE users(name text); INSERT INTO users VALUES ('ada'), ('grace');")
         for (name, extra) in [("shop", "seed: db/seed.sql"), ("shop-copy", "cloneFrom: shop")] {
-            try repo.write("environments/\(name).yaml", """
-                apiVersion: gantry/v1
-                kind: Environment
-                metadata: {name: \(name), class: development}
-                spec:
-                  template: python-web
-                  databases:
-                    main: {engine: postgres, \(extra)}
-                  services:
-                    web:
-                      env: {DATABASE_URL: "${databases.main.url}"}
-                """)
+            try writeEnvironment(repo, name, options: extra)
         }
         try repo.commit("environments with PostgreSQL")
         let harness = try Harness(repo: repo)
@@ -90,18 +96,7 @@ import StateStore
         let repo = try TestRepository()
         try repo.seedExample()
         for (name, database) in [("shop-a", "main"), ("shop", "a-main")] {
-            try repo.write("environments/\(name).yaml", """
-                apiVersion: gantry/v1
-                kind: Environment
-                metadata: {name: \(name), class: development}
-                spec:
-                  template: python-web
-                  databases:
-                    \(database): {engine: postgres}
-                  services:
-                    web:
-                      env: {DATABASE_URL: "${databases.\(database).url}"}
-                """)
+            try writeEnvironment(repo, name, database: database)
         }
         try repo.commit("two environments whose database names once met")
         let harness = try Harness(repo: repo)
@@ -124,18 +119,7 @@ import StateStore
         let repo = try TestRepository()
         try repo.seedExample()
         try repo.write("db/seed.sql", "CREATE TABLE t(x text); INSERT INTO t VALUES ('half'); THIS IS NOT SQL;")
-        try repo.write("environments/seeded.yaml", """
-            apiVersion: gantry/v1
-            kind: Environment
-            metadata: {name: seeded, class: development}
-            spec:
-              template: python-web
-              databases:
-                main: {engine: postgres, seed: db/seed.sql}
-              services:
-                web:
-                  env: {DATABASE_URL: "${databases.main.url}"}
-            """)
+        try writeEnvironment(repo, "seeded", options: "seed: db/seed.sql")
         try repo.commit("a broken seed")
         let harness = try Harness(repo: repo)
         #expect(try harness.pass().failed.contains("seeded"))
@@ -152,18 +136,7 @@ import StateStore
     @Test(.enabled(if: getuid() == 0)) func aStateDirectoryInsideAPrivateDirectoryStillRunsPostgres() throws {
         let repo = try TestRepository()
         try repo.seedExample()
-        try repo.write("environments/shop.yaml", """
-            apiVersion: gantry/v1
-            kind: Environment
-            metadata: {name: shop, class: development}
-            spec:
-              template: python-web
-              databases:
-                main: {engine: postgres}
-              services:
-                web:
-                  env: {DATABASE_URL: "${databases.main.url}"}
-            """)
+        try writeEnvironment(repo, "shop")
         try repo.commit("shop")
         let privateParent = TemporaryDirectory("gantry-private")
         _ = chmod(privateParent.path, 0o700)
