@@ -3,21 +3,24 @@ import Foundation
 import Glibc
 #endif
 
-/// Where a hostname routes: a backend port, or why there is none (for the error page).
+/// Where a hostname routes: a backend address and port, or why there is none (for the error page).
 public struct RouteTarget: Sendable, Equatable {
     public let environment: String
+    /// The environment's own address (its network namespace), or loopback.
+    public let host: String
     public let port: Int?
     public let reason: String?
 
-    public init(environment: String, port: Int?, reason: String? = nil) {
+    public init(environment: String, host: String = "127.0.0.1", port: Int?, reason: String? = nil) {
         self.environment = environment
+        self.host = host
         self.port = port
         self.reason = reason
     }
 }
 
-/// The HTTP entrypoint: routes `<route>.<environment>.<domain>` by Host header to a service on
-/// loopback, streaming bytes both ways, adding `X-Forwarded-For`/`X-Forwarded-Host`, and answering
+/// The HTTP entrypoint: routes `<route>.<environment>.<domain>` by Host header to a service (at its
+/// environment's address), streaming bytes both ways, adding `X-Forwarded-For`/`X-Forwarded-Host`, and answering
 /// 502/404 pages that say which environment and why when there is no healthy backend.
 public final class Router: @unchecked Sendable {
     let table: @Sendable () -> [String: RouteTarget]
@@ -37,7 +40,7 @@ public final class Router: @unchecked Sendable {
         var yes: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        var address = Self.loopback(requested)
+        var address = Self.socketAddress("127.0.0.1", requested)
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
@@ -102,7 +105,10 @@ public final class Router: @unchecked Sendable {
         let backend = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard backend >= 0 else { return }
         defer { close(backend) }
-        var backendAddress = Self.loopback(port)
+        // A backend that does not answer at all is given up after 5 s (connect(2) honours the send timeout).
+        var time = timeval(tv_sec: 5, tv_usec: 0)
+        setsockopt(backend, SOL_SOCKET, SO_SNDTIMEO, &time, socklen_t(MemoryLayout<timeval>.size))
+        var backendAddress = Self.socketAddress(target.host, port)
         let connected = withUnsafePointer(to: &backendAddress) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(backend, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
@@ -133,11 +139,11 @@ public final class Router: @unchecked Sendable {
         shutdown(client, Int32(SHUT_RDWR))
     }
 
-    static func loopback(_ port: Int) -> sockaddr_in {
+    static func socketAddress(_ host: String, _ port: Int) -> sockaddr_in {
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = UInt16(port).bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_addr.s_addr = inet_addr(host)
         return address
     }
 

@@ -3,7 +3,8 @@ import Foundation
 import Glibc
 #endif
 
-/// A minimal HTTP/1.0 GET over loopback, for health checks: no dependencies, bounded by a timeout.
+/// A minimal HTTP/1.0 GET (to loopback, or an environment's own address), for health checks: no
+/// dependencies, bounded by a timeout.
 public enum HTTPProbe {
     public enum Result: Equatable, Sendable {
         case status(Int)
@@ -22,38 +23,41 @@ public enum HTTPProbe {
         }
     }
 
-    /// True when something accepts TCP connections on 127.0.0.1:port.
-    static func canConnect(port: Int) -> Bool {
+    /// True when something accepts TCP connections on host:port.
+    static func canConnect(host: String = "127.0.0.1", port: Int) -> Bool {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return false }
         defer { close(fd) }
-        var address = loopback(port)
+        // (connect(2) honours the send timeout: an address nobody answers does not hang the check.)
+        var time = timeval(tv_sec: 2, tv_usec: 0)
+        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &time, socklen_t(MemoryLayout<timeval>.size))
+        var address = socketAddress(host, port)
         return withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         } == 0
     }
 
-    static func loopback(_ port: Int) -> sockaddr_in {
+    static func socketAddress(_ host: String, _ port: Int) -> sockaddr_in {
         var address = sockaddr_in()
         address.sin_family = sa_family_t(AF_INET)
         address.sin_port = UInt16(port).bigEndian
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
+        address.sin_addr.s_addr = inet_addr(host)
         return address
     }
 
-    public static func get(port: Int, path: String, timeout: Double) -> Result {
+    public static func get(host: String = "127.0.0.1", port: Int, path: String, timeout: Double) -> Result {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { return .failed("socket: \(String(cString: strerror(errno)))") }
         defer { close(fd) }
         var time = timeval(tv_sec: Int(timeout), tv_usec: Int((timeout - Double(Int(timeout))) * 1_000_000))
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &time, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &time, socklen_t(MemoryLayout<timeval>.size))
-        var address = loopback(port)
+        var address = socketAddress(host, port)
         let connected = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard connected == 0 else { return .failed("connection to 127.0.0.1:\(port) failed: \(String(cString: strerror(errno)))") }
-        let request = "GET \(path) HTTP/1.0\r\nHost: 127.0.0.1:\(port)\r\nUser-Agent: gantry-health\r\n\r\n"
+        guard connected == 0 else { return .failed("connection to \(host):\(port) failed: \(String(cString: strerror(errno)))") }
+        let request = "GET \(path) HTTP/1.0\r\nHost: \(host):\(port)\r\nUser-Agent: gantry-health\r\n\r\n"
         guard request.withCString({ send(fd, $0, strlen($0), Int32(MSG_NOSIGNAL)) }) > 0 else {
             return .failed("could not send the request: \(String(cString: strerror(errno)))")
         }

@@ -169,7 +169,10 @@ extension LocalDriver {
         // The service's own control group, joined before its code runs (none for the host's servers).
         let joins = record.environment == Self.hostEnvironment ? []
             : try cgroups.prepare(record.environment, unit: record.name, memory: limits.memory, cpu: limits.cpu)
-        let pid = try ProcessControl.spawn(ControlGroups.joining(joins, Self.asUser(user, resolved.command)), directory: record.workdir!,
+        // And its network, entered before it drops to its user.
+        let network = try network(of: record.environment)
+        let pid = try ProcessControl.spawn(ControlGroups.joining(joins, Networks.entering(network, Self.asUser(user, resolved.command))),
+                                           directory: record.workdir!,
                                            environment: variables, logPath: log.path, input: input)
         record.pid = pid
         record.pidStart = ProcessControl.identity(of: pid)?.start
@@ -180,6 +183,7 @@ extension LocalDriver {
         let started = Date()
         let deadline = started.addingTimeInterval(options.startTimeout)
         var last = "not checked yet"
+        let host = Self.address(of: record.environment, in: state)
         progress("waiting for service \(service.name) to become healthy")
         while Date() < deadline {
             guard let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) else {
@@ -189,10 +193,10 @@ extension LocalDriver {
                 throw ProcessControl.SpawnError(description: "service \(service.name) exited during start; \(outputPointer(record.environment, "\(record.name).log"))")
             }
             if let path = service.health?.http {
-                let result = HTTPProbe.get(port: record.port, path: path, timeout: min(service.health?.timeout ?? 5, 2))
+                let result = HTTPProbe.get(host: host, port: record.port, path: path, timeout: min(service.health?.timeout ?? 5, 2))
                 if result.isHealthy { break }
                 last = "GET \(path) → \(result.summary)"
-            } else if HTTPProbe.canConnect(port: record.port) || Date() >= started.addingTimeInterval(options.settleTime) {
+            } else if HTTPProbe.canConnect(host: host, port: record.port) || Date() >= started.addingTimeInterval(options.settleTime) {
                 // Without an HTTP check: listening on PORT, or still alive after the settle time.
                 break
             } else {

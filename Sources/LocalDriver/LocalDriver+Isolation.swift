@@ -20,7 +20,10 @@ extension LocalDriver {
     /// What `gantry status` shows about isolation, and why.
     public var isolationSummary: String {
         if isolatesUsers {
-            return "enforced: each environment runs as its own user (uids \(options.uidRange.lowerBound)–\(options.uidRange.upperBound - 1)) in its own control group (\(cgroups.summary)); state directory 0711, its database and keys readable by Gantry only"
+            let network = isolatesNetwork
+                ? "its own network namespace (\(Self.networkSummary))"
+                : "the host's network (no namespaces: \(networks.unavailable ?? ""))"
+            return "enforced: each environment runs as its own user (uids \(options.uidRange.lowerBound)–\(options.uidRange.upperBound - 1)) in its own control group (\(cgroups.summary)) and \(network); state directory 0711, its database and keys readable by Gantry only"
         }
         if !options.isolateUsers { return "advisory: turned off; environments run as Gantry's own user and can read its state and keys" }
         return "advisory: gantry run is not root, so environments run as its own user (uid \(geteuid())) and can read its state and keys; run it as root for per-environment users"
@@ -78,6 +81,9 @@ extension LocalDriver {
         let temporary = path + ".\(getpid()).new"
         guard FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]),
               rename(temporary, path) == 0 else { return false }
+        // Whatever network the earlier holder left is not handed on.
+        networks.remove(uid: uid)
+        networkRules[uid] = nil
         return (try? String(contentsOfFile: path, encoding: .utf8)) == text
     }
 

@@ -47,24 +47,35 @@ extension LocalDriver {
         try generatedPassword("gantry.postgres.superuser", environment: Self.hostEnvironment).value
     }
 
-    /// Every connection authenticates with SCRAM-SHA-256: over the socket and over loopback TCP.
+    /// Every connection authenticates with SCRAM-SHA-256: over the socket, over loopback TCP and
+    /// from the environments' networks (through the gateway).
     static let hostBasedAuthentication = """
         # Written by Gantry at every start: no connection is trusted.
         local all all scram-sha-256
         host all all 127.0.0.1/32 scram-sha-256
         host all all ::1/128 scram-sha-256
+        host all all \(Networks.environmentRange) scram-sha-256
+        host all all \(Networks.gateway)/32 scram-sha-256
 
         """
+
+    /// Where the server listens: loopback, and the gateway when environments have networks of their own.
+    var postgresListenAddresses: String { isolatesNetwork ? "127.0.0.1,\(Networks.gateway)" : "127.0.0.1" }
 
     /// Starts the host's server if it is not running; returns its port.
     func ensurePostgres(progress: (String) -> Void) throws -> Int {
         guard let bin = Self.postgresBinaries else {
             throw ProcessControl.SpawnError(description: "PostgreSQL is not installed (apt-get install postgresql, or `make deps`)")
         }
+        let listening = "listen:" + postgresListenAddresses
         if let record = try state.services(of: Self.hostEnvironment).first(where: { $0.name == Self.postgresRecord }),
            let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) {
-            return record.port
+            if record.fingerprint == listening { return record.port }
+            // Started by a Gantry that listened elsewhere (no gateway yet): restarted where the environments reach it.
+            progress("restarting PostgreSQL to listen on \(postgresListenAddresses)")
+            ProcessControl.stopGroup(pid, grace: options.stopGrace)
         }
+        if isolatesNetwork { try Networks.ensureGateway() }
         let data = postgresRoot.appendingPathComponent("data").path
         let manager = FileManager.default
         try manager.createDirectory(atPath: postgresSocketDirectory, withIntermediateDirectories: true)
@@ -89,14 +100,14 @@ extension LocalDriver {
             }
             defer { try? manager.removeItem(atPath: passwordFile) }
             if getuid() == 0 { _ = chown(passwordFile, postgresUID, postgresGID) }
-            try runTool(asPostgresUser(["\(bin)/initdb", "-D", data, "-U", "postgres", "--auth=scram-sha-256", "--pwfile=\(passwordFile)",
+            try ProcessControl.run(asPostgresUser(["\(bin)/initdb", "-D", data, "-U", "postgres", "--auth=scram-sha-256", "--pwfile=\(passwordFile)",
                                         "-E", "UTF8", "--no-sync"]))
             manager.createFile(atPath: marker, contents: Data("scram-sha-256\n".utf8))
         } else if !manager.fileExists(atPath: marker) {
             // A cluster made by an earlier Gantry (trust authentication): its superuser gets the
             // password in single-user mode (no network, the SQL on standard input), before it listens.
             progress("securing the existing PostgreSQL cluster (superuser password, SCRAM-SHA-256)")
-            try runTool(asPostgresUser(["\(bin)/postgres", "--single", "-D", data, "postgres"]),
+            try ProcessControl.run(asPostgresUser(["\(bin)/postgres", "--single", "-D", data, "postgres"]),
                         input: "ALTER ROLE postgres PASSWORD '\(password)'\n")
             manager.createFile(atPath: marker, contents: Data("scram-sha-256\n".utf8))
         }
@@ -106,11 +117,12 @@ extension LocalDriver {
         var record = try state.services(of: Self.hostEnvironment).first { $0.name == Self.postgresRecord }
             ?? ServiceRecord(environment: Self.hostEnvironment, name: Self.postgresRecord, port: try ProcessControl.freePort(excluding: try state.allocatedPorts()))
         record.workdir = postgresRoot.path
+        record.fingerprint = listening
         record.phase = "Starting"
         try state.save(record)
-        progress("starting PostgreSQL on 127.0.0.1:\(record.port)")
+        progress("starting PostgreSQL on \(postgresListenAddresses) port \(record.port)")
         let command = asPostgresUser(["\(bin)/postgres", "-D", data, "-p", String(record.port), "-k", postgresSocketDirectory,
-                                      "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "password_encryption=scram-sha-256",
+                                      "-c", "listen_addresses=\(postgresListenAddresses)", "-c", "fsync=off", "-c", "password_encryption=scram-sha-256",
                                       "-c", "hba_file=\(data)/pg_hba.conf"])
         try start(&record, resolved: ResolvedService(command: command, environment: [:]), progress: progress)
         let deadline = Date().addingTimeInterval(30)
@@ -148,7 +160,9 @@ extension LocalDriver {
     func postgresURL(environment: String, database: String) throws -> String? {
         guard let record = try state.services(of: Self.hostEnvironment).first(where: { $0.name == Self.postgresRecord }) else { return nil }
         let name = Self.postgresName(environment: environment, database: database)
-        return "postgres://\(name):\(try postgresPassword(environment: environment, database: database).value)@127.0.0.1:\(record.port)/\(name)"
+        // From an environment's own network, the server is at the gateway.
+        let host = isolatesNetwork ? Networks.gateway : "127.0.0.1"
+        return "postgres://\(name):\(try postgresPassword(environment: environment, database: database).value)@\(host):\(record.port)/\(name)"
     }
 
     /// Creates each postgres database (and role) of the environment that does not exist yet.
@@ -178,7 +192,7 @@ extension LocalDriver {
                         progress("cloning \(sourceName) into \(name) (pg_dump | psql, works while the source is in use)")
                         // Streamed: the dump never sits in Gantry's memory.
                         // Passwords in the two tools' environments (readable by root only), never in argv.
-                        try runTool(["bash", "-c", "set -o pipefail; PGPASSWORD=\"$GANTRY_SOURCE_PASSWORD\" pg_dump -h \"$1\" -p \"$2\" -U postgres --no-owner --no-privileges \"$3\" | PGPASSWORD=\"$GANTRY_TARGET_PASSWORD\" psql -q -X -v ON_ERROR_STOP=1 -h \"$1\" -p \"$2\" -U \"$4\" -d \"$4\"",
+                        try ProcessControl.run(["bash", "-c", "set -o pipefail; PGPASSWORD=\"$GANTRY_SOURCE_PASSWORD\" pg_dump -h \"$1\" -p \"$2\" -U postgres --no-owner --no-privileges \"$3\" | PGPASSWORD=\"$GANTRY_TARGET_PASSWORD\" psql -q -X -v ON_ERROR_STOP=1 -h \"$1\" -p \"$2\" -U \"$4\" -d \"$4\"",
                                      "clone", postgresSocketDirectory, String(port), sourceName, name],
                                     environment: ["GANTRY_SOURCE_PASSWORD": try postgresSuperuserPassword(), "GANTRY_TARGET_PASSWORD": password])
                         changes.append("+database \(database.name) (cloned from \(source))")
@@ -237,31 +251,8 @@ extension LocalDriver {
     @discardableResult
     /// As the superuser, or as `user` with `password`; the password goes in `PGPASSWORD`.
     func psql(port: Int, sql: String, database: String = "postgres", user: String = "postgres", password: String? = nil) throws -> String {
-        try runTool(["psql", "-h", postgresSocketDirectory, "-p", String(port), "-U", user, "-d", database,
+        try ProcessControl.run(["psql", "-h", postgresSocketDirectory, "-p", String(port), "-U", user, "-d", database,
                      "-v", "ON_ERROR_STOP=1", "-q", "-A", "-t", "-X"], input: sql,
                     environment: ["PGPASSWORD": try password ?? postgresSuperuserPassword()])
-    }
-
-    @discardableResult
-    func runTool(_ arguments: [String], input: String? = nil, environment: [String: String] = [:]) throws -> String {
-        let process = Process()
-        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
-        process.arguments = arguments
-        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
-        process.currentDirectoryURL = URL(fileURLWithPath: "/")
-        let output = Pipe(), errors = Pipe(), stdin = Pipe()
-        process.standardOutput = output
-        process.standardError = errors
-        process.standardInput = stdin
-        try process.run()
-        if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
-        try? stdin.fileHandleForWriting.close()
-        let out = output.fileHandleForReading.readDataToEndOfFile()
-        let err = errors.fileHandleForReading.readDataToEndOfFile()
-        process.waitUntilExit()
-        guard process.terminationStatus == 0 else {
-            throw ProcessControl.SpawnError(description: "\(arguments.first { !$0.hasPrefix("-") && $0 != "setpriv" } ?? "tool") failed: \(String(decoding: err, as: UTF8.self).prefix(500))")
-        }
-        return String(decoding: out, as: UTF8.self)
     }
 }

@@ -20,7 +20,8 @@ extension LocalDriver {
         // the scans of /proc below are skipped (a pass may tear down thousands of such previews).
         let services = try state.services(of: name)
         if services.isEmpty, !FileManager.default.fileExists(atPath: root.appendingPathComponent(name).path),
-           try state.allocations(Self.uidAllocation, of: name).isEmpty, try state.allocations(Self.databaseAllocation, of: name).isEmpty {
+           try state.allocations(Self.uidAllocation, of: name).isEmpty, try state.allocations(Self.databaseAllocation, of: name).isEmpty,
+           try state.allocations(Self.networkAllocation, of: name).isEmpty {
             try? secrets?.removeAll(prefix: "gantry.", environment: name)
             return []
         }
@@ -41,6 +42,7 @@ extension LocalDriver {
         let survivors = cgroups.kill(name, remove: true)
         if !survivors.isEmpty { problems.append("processes \(survivors.map(String.init).joined(separator: ", ")) of \(name) survived SIGKILL in its control group") }
         problems += stopEveryProcess(of: name)
+        removeNetwork(of: name)
         problems += dropPostgres(environment: name)
         do { try secrets?.removeAll(prefix: "gantry.", environment: name) } catch { problems.append("could not remove cache passwords: \(error)") }
         progress("removing working directories")
@@ -175,6 +177,8 @@ extension LocalDriver {
         // Everything the environments started goes with them; Gantry's groups are removed when empty.
         for environment in Set(records.map(\.environment)) where environment != Self.hostEnvironment {
             cgroups.kill(environment, remove: true)
+            // Nothing runs in its network any more: it is made again when its services start.
+            removeNetwork(of: environment, keepingAddress: true)
         }
         cgroups.removeEmpty()
     }

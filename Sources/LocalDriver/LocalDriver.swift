@@ -37,6 +37,8 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         /// As root: a control group per environment and per service (limits, and teardown that
         /// leaves nothing running).
         public var useControlGroups = true
+        /// As root, with users isolated: a network namespace per environment (see `Networks`).
+        public var isolateNetwork = true
         public var uidRange = 200_000..<265_536
         /// Where the Gantry instances of this host claim uids (a file per uid): two state
         /// directories never run environments under one uid.
@@ -66,6 +68,10 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     var postgresDatabases: Set<String>?
     /// The environments' control groups (inactive without root or a cgroup hierarchy).
     let cgroups: ControlGroups
+    /// The environments' network namespaces (inactive without root or the tools).
+    let networks: Networks
+    /// The gateway ports last written into each environment's host-side rules (by uid).
+    var networkRules: [uid_t: [Int]] = [:]
     /// Where `${secrets.NAME}` values come from; nil when no secret store is configured.
     public var secrets: SecretStore?
 
@@ -78,7 +84,9 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         let digest = SHA256.hash(data: Data(stateDirectory.standardizedFileURL.path.utf8))
         self.instance = digest.prefix(6).map { String(format: "%02x", $0) }.joined()
         cgroups = ControlGroups(instance: instance, enabled: options.useControlGroups)
+        networks = Networks(enabled: options.isolateNetwork && options.isolateUsers)
         secureStateDirectory()
+        collectStaleNetworks()
         try? state.setMeta("isolation", isolationSummary)
     }
 

@@ -9,6 +9,31 @@ enum ProcessControl {
         let description: String
     }
 
+    /// Runs a tool to its end (looked up in PATH), with `input` on its standard input; its standard
+    /// output, or an error with the start of its standard error.
+    @discardableResult
+    static func run(_ arguments: [String], input: String? = nil, environment: [String: String] = [:]) throws -> String {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        process.arguments = arguments
+        if !environment.isEmpty { process.environment = ProcessInfo.processInfo.environment.merging(environment) { $1 } }
+        process.currentDirectoryURL = URL(fileURLWithPath: "/")
+        let output = Pipe(), errors = Pipe(), stdin = Pipe()
+        process.standardOutput = output
+        process.standardError = errors
+        process.standardInput = stdin
+        try process.run()
+        if let input { stdin.fileHandleForWriting.write(Data(input.utf8)) }
+        try? stdin.fileHandleForWriting.close()
+        let out = output.fileHandleForReading.readDataToEndOfFile()
+        let err = errors.fileHandleForReading.readDataToEndOfFile()
+        process.waitUntilExit()
+        guard process.terminationStatus == 0 else {
+            throw ProcessControl.SpawnError(description: "\(arguments.first { !$0.hasPrefix("-") && $0 != "setpriv" } ?? "tool") failed: \(String(decoding: err, as: UTF8.self).prefix(500))")
+        }
+        return String(decoding: out, as: UTF8.self)
+    }
+
     /// Starts `arguments` in `directory` as a new process group leader, stdin from /dev/null and
     /// stdout and stderr appended to `logPath`. The program is looked up in PATH.
     /// With `input`, the child's standard input is a pipe that receives those bytes and is then

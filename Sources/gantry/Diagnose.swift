@@ -9,7 +9,7 @@ import Glibc
 /// What this host lets Gantry enforce, checked without changing anything: whether environments
 /// would run as users of their own, in control groups, and what the state directory looks like.
 struct Diagnose: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "What isolation this host allows (users, cgroups, PostgreSQL, Redis) and the state directory's permissions.")
+    static let configuration = CommandConfiguration(abstract: "What isolation this host allows (users, cgroups, PostgreSQL, Redis, network) and the state directory's permissions.")
     @OptionGroup var state: StateOption
 
     func run() throws {
@@ -22,7 +22,8 @@ struct Diagnose: ParsableCommand {
         line("control groups", Self.cgroups(root: root))
         line("PostgreSQL", LocalDriver.postgresBinaries.map { "found (\($0))" } ?? "missing: apt-get install postgresql (or make deps)")
         line("Redis", Self.find("redis-server").map { "found (\($0))" } ?? "missing: apt-get install redis-server (or make deps)")
-        line("network", "shared: services listen on the host's loopback (per-environment network namespaces are not built yet)")
+        line("network", LocalDriver.networkSupport.map { root ? "shared: services listen on the host's loopback (\($0))" : "shared (not root): services listen on the host's loopback" }
+             ?? "enforced: each environment in a network namespace of its own (\(LocalDriver.networkSummary))")
         let paths = StatePaths(root: state.directory)
         var info = stat()
         guard stat(paths.root.path, &info) == 0 else {

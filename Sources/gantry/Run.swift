@@ -163,7 +163,7 @@ final class RouteAnnouncer: @unchecked Sendable {
 
     func announce() {
         for (host, target) in RouteTable.build(store).sorted(by: { $0.key < $1.key }) where !announced.contains(host) {
-            guard let port = target.port, case .status = HTTPProbe.get(port: port, path: "/", timeout: 1) else { continue }
+            guard let port = target.port, case .status = HTTPProbe.get(host: target.host, port: port, path: "/", timeout: 1) else { continue }
             announced.insert(host)
             FileHandle.standardOutput.write(Data("\(target.environment) is up: http://\(host):\(routerPort)/\n".utf8))
         }
@@ -185,7 +185,7 @@ enum RouteTable {
                 }
                 let phase = LocalDriver.observedPhase(of: service)
                 table[host] = phase == "Running"
-                    ? RouteTarget(environment: environment.name, port: service.port)
+                    ? RouteTarget(environment: environment.name, host: LocalDriver.address(of: environment.name, in: store), port: service.port)
                     : RouteTarget(environment: environment.name, port: nil, reason: "service \(route.service) is \(phase)")
             }
         }

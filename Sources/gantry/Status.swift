@@ -33,8 +33,9 @@ struct Status: ParsableCommand {
             let spec = environment.appliedSpec
             let domain = environment.domain ?? "localhost"
             let serviceRecords = try store.services(of: environment.name)
+            let address = LocalDriver.address(of: environment.name, in: store)
             let services: [PlainValue] = serviceRecords.map {
-                .map([("name", .string($0.name)), ("phase", .string(LocalDriver.observedPhase(of: $0))), ("url", .string("http://127.0.0.1:\($0.port)")),
+                .map([("name", .string($0.name)), ("phase", .string(LocalDriver.observedPhase(of: $0))), ("url", .string("http://\(address):\($0.port)")),
                       ("restarts", .int($0.restarts))])
             }
             var conditions = environment.conditions
@@ -75,8 +76,9 @@ struct Status: ParsableCommand {
         }
         for environment in environments {
             print(Printable.line("\(environment.name)  \(environment.phase.rawValue)  \(environment.envClass)  \(environment.branch)@\(environment.commit.prefix(7))"))
+            let address = LocalDriver.address(of: environment.name, in: store)
             for service in try store.services(of: environment.name) {
-                print("  service \(service.name): \(LocalDriver.observedPhase(of: service))  http://127.0.0.1:\(service.port)\(service.restarts > 0 ? "  (\(service.restarts) restarts)" : "")")
+                print("  service \(service.name): \(LocalDriver.observedPhase(of: service))  http://\(address):\(service.port)\(service.restarts > 0 ? "  (\(service.restarts) restarts)" : "")")
             }
             if let message = environment.message { print("  " + Printable.line(message)) }
             if env != nil {

@@ -392,7 +392,8 @@ import TestSupport
         #expect(result.status == 0, "\(result.stderr)")
         let root = getuid() == 0
         #expect(result.stdout.contains(root ? "users: enforced" : "users: advisory: not root"), "\(result.stdout)")
-        #expect(result.stdout.contains("network: shared"))
+        #expect(result.stdout.contains(root ? "network: enforced: each environment in a network namespace" : "network: shared (not root)"), "\(result.stdout)")
+        if root { #expect(result.stdout.contains("last gantry run: enforced") && result.stdout.contains("its own network namespace"), "\(result.stdout)") }
         #expect(result.stdout.contains("state database: mode 600") && result.stdout.contains("keys: mode 700"), "\(result.stdout)")
         #expect(result.stdout.contains("last gantry run: \(root ? "enforced" : "advisory")"))
     }

@@ -31,10 +31,10 @@ import StateStore
         #expect(try harness.pass().applied.contains("cachey"))
         let url = try redisURL(servicePid: try harness.service("cachey")?.pid)
         #expect(url.hasPrefix("redis://default:") && url.contains("@127.0.0.1:"))
-        #expect(try Shell.check(["redis-cli", "-u", url, "ping"]).contains("PONG"))
+        #expect(try Shell.check(try harness.inEnvironment("cachey", ["redis-cli", "-u", url, "ping"])).contains("PONG"))
         let cache = try #require(try harness.service("cachey", "redis:sessions"))
         // Without the password: refused. The password is on no command line and in no file Gantry wrote.
-        let anonymous = try Shell.run(["redis-cli", "-p", String(cache.port), "ping"])
+        let anonymous = try Shell.run(try harness.inEnvironment("cachey", ["redis-cli", "-p", String(cache.port), "ping"]))
         #expect(anonymous.stdout.contains("NOAUTH"))
         let password = String(url.dropFirst("redis://default:".count).prefix { $0 != "@" })
         let cmdline = String(decoding: FileManager.default.contents(atPath: "/proc/\(cache.pid!)/cmdline") ?? Data(), as: UTF8.self)
@@ -45,7 +45,7 @@ import StateStore
         kill(cache.pid!, SIGKILL)
         #expect(eventually(5) { !isRunning(cache.pid) })
         try harness.pass()
-        #expect(eventually(10) { (try? Shell.check(["redis-cli", "-u", url, "ping"]))?.contains("PONG") == true })
+        #expect(eventually(10) { (try? Shell.check(try harness.inEnvironment("cachey", ["redis-cli", "-u", url, "ping"])))?.contains("PONG") == true })
 
         // A preview gets its own cache.
         try repo.checkout("agents/cache", create: true)
@@ -54,7 +54,7 @@ import StateStore
         try harness.pass()
         let previewURL = try redisURL(servicePid: try harness.service("cachey--agents-cache")?.pid)
         #expect(previewURL != url)
-        #expect(try Shell.check(["redis-cli", "-u", previewURL, "ping"]).contains("PONG"))
+        #expect(try Shell.check(try harness.inEnvironment("cachey--agents-cache", ["redis-cli", "-u", previewURL, "ping"])).contains("PONG"))
 
         // Teardown stops the preview's redis and forgets its password.
         let previewCache = try #require(try harness.service("cachey--agents-cache", "redis:sessions"))

@@ -68,7 +68,20 @@ final class Harness: @unchecked Sendable {
 
     func get(_ environment: String, _ path: String = "/") throws -> String? {
         guard let service = try service(environment) else { return nil }
-        return httpGet("http://127.0.0.1:\(service.port)\(path)")
+        return httpGet(url(service) + path)
+    }
+
+    /// `command` the way the environment's own code runs (as root: in its network namespace, as its
+    /// user; otherwise as is).
+    func inEnvironment(_ environment: String, _ command: [String]) throws -> [String] {
+        guard let uid = try state.allocations("uid", of: environment).first,
+              FileManager.default.fileExists(atPath: "/run/netns/gantry-\(uid)") else { return command }
+        return ["nsenter", "--net=/run/netns/gantry-\(uid)", "--", "setpriv", "--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", "--"] + command
+    }
+
+    /// Where the host reaches a service: its environment's own address (network namespace) or loopback.
+    func url(_ service: ServiceRecord) -> String {
+        "http://\(LocalDriver.address(of: service.environment, in: state)):\(service.port)"
     }
 
     func records() throws -> [AuditRecord] {

@@ -9,9 +9,14 @@ import StateStore
 /// Gantry's state and keys, or another environment's files; nothing of it survives teardown.
 @Suite(.serialized, .enabled(if: getuid() == 0, "per-environment users need root (CI runs as root)"))
 struct IsolationTests {
-    /// A service that does what an agent's code would try: read a path, or leave a detached process behind.
+    /// A service that does what an agent's code would try: read a path, leave a detached process
+    /// behind, connect somewhere, or listen on another's port.
     static let probe = """
-        import http.server, os, subprocess, urllib.parse
+        import http.server, os, socket, subprocess, threading, urllib.parse
+        class Impostor(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                self.send_response(200); self.end_headers(); self.wfile.write(b"impostor")
+            def log_message(self, *args): pass
         class H(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 url = urllib.parse.urlparse(self.path)
@@ -28,6 +33,17 @@ struct IsolationTests {
                     # A grandchild in a session of its own, re-parented to init: not in the service's group.
                     out = subprocess.run(["sh", "-c", "setsid sleep 1000 >/dev/null 2>&1 < /dev/null & echo $!"], capture_output=True, text=True)
                     body, code = out.stdout.strip().encode(), 200
+                elif url.path == "/connect":
+                    try:
+                        socket.create_connection((query["host"][0], int(query["port"][0])), timeout=2).close()
+                        body, code = b"connected", 200
+                    except OSError as e: body, code = ("failed: %s" % e).encode(), 200
+                elif url.path == "/listen":
+                    try:
+                        server = http.server.HTTPServer(("0.0.0.0", int(query["port"][0])), Impostor)
+                        threading.Thread(target=server.serve_forever, daemon=True).start()
+                        body, code = b"listening", 200
+                    except OSError as e: body, code = ("failed: %s" % e).encode(), 200
                 else:
                     body, code = b"probe", 200
                 self.send_response(code); self.end_headers(); self.wfile.write(body)
@@ -78,7 +94,7 @@ struct IsolationTests {
         let probeUID = try #require(uid(of: probe.pid))
         let webUID = try #require(uid(of: web.pid))
         #expect(probeUID != 0 && webUID != 0 && probeUID != webUID)
-        func read(_ path: String) -> String? { httpGet("http://127.0.0.1:\(probe.port)/read?path=\(path.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!)") }
+        func read(_ path: String) -> String? { httpGet(harness.url(probe) + "/read?path=\(path.addingPercentEncoding(withAllowedCharacters: .alphanumerics)!)") }
         // It reads its own files and the system's...
         #expect(read(probe.workdir! + "/probe.py")?.contains("http.server") == true)
         #expect(read("/etc/os-release")?.contains("Permission denied") == false)
@@ -106,7 +122,7 @@ struct IsolationTests {
         }
 
         // A detached grandchild, re-parented away from the service's process group...
-        let detached = try #require(httpGet("http://127.0.0.1:\(probe.port)/detach").flatMap { Int32($0) })
+        let detached = try #require(httpGet(harness.url(probe) + "/detach").flatMap { Int32($0) })
         #expect(eventually(5) { uid(of: detached) == probeUID })
         #expect(eventually(5) { getpgid(detached) != probe.pid }, "the detached process never left the service's group")
         // ...stays in the group (it cannot move itself out).
@@ -123,6 +139,70 @@ struct IsolationTests {
         #expect(try harness.get("web")?.contains("hello from web") == true)
     }
 
+    /// A preview's code in its own network: it cannot reach production's service (by its address
+    /// or by loopback), take production's port, reach the host's servers or the outside world; the
+    /// router and health checks reach each environment at its own address; teardown removes the
+    /// namespace, its link and its rules.
+    @Test func aPreviewHasANetworkOfItsOwnAndReachesNoOneElse() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let harness = try Harness(repo: repo)
+        #expect(try harness.pass().applied.contains("web"))
+        guard harness.driver.isolatesNetwork else {
+            Issue.record("network namespaces are unavailable: \(harness.driver.networks.unavailable ?? "")")
+            return
+        }
+        let web = try #require(try harness.service("web"))
+        try repo.checkout("agents/probe", create: true)
+        try writeProbe(repo, environment: "probe", resources: "{memory: 96Mi}")
+        try repo.commit("a probe")
+        let name = "probe--agents-probe"
+        #expect(try harness.pass().applied.contains(name), "\(harness.diagnose(name))")
+        let probe = try #require(try harness.service(name))
+        let webAddress = LocalDriver.address(of: "web", in: harness.state)
+        let probeAddress = LocalDriver.address(of: name, in: harness.state)
+        #expect(webAddress != probeAddress && webAddress.hasPrefix("10.20") && probeAddress.hasPrefix("10.20"), "\(webAddress) \(probeAddress)")
+        func ask(_ path: String) -> String { httpGet(harness.url(probe) + path) ?? "(no answer)" }
+        func connect(_ host: String, _ port: Int) -> String { ask("/connect?host=\(host)&port=\(port)") }
+
+        // Production's service: not at its address, not on the preview's loopback.
+        #expect(connect(webAddress, web.port).hasPrefix("failed"))
+        #expect(connect("127.0.0.1", web.port).hasPrefix("failed"))
+        // Listening on production's port serves only the preview's own network: production answers for itself.
+        #expect(ask("/listen?port=\(web.port)") == "listening")
+        #expect(try harness.get("web")?.contains("hello from web") == true)
+        #expect(httpGet("http://127.0.0.1:\(web.port)/") == nil, "production's port on the host's loopback answered")
+
+        // A server the host runs on all its addresses: reachable from the host, not from the preview.
+        let port = try ProcessControl.freePort(excluding: [])
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        server.arguments = ["-m", "http.server", String(port), "--bind", "0.0.0.0"]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        // (SIGKILL: the test process's children may inherit a mask that blocks SIGTERM.)
+        defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
+        #expect(eventually(10) { httpGet("http://127.0.0.1:\(port)/") != nil })
+        let hostEnd = Networks.addresses(index: Networks.index(of: try #require(try harness.driver.user(of: name)))).host
+        for host in [Networks.gateway, hostEnd, "192.0.2.2"] {
+            #expect(connect(host, port).hasPrefix("failed"), "the preview reached the host's server at \(host)")
+        }
+        // The outside world: no route at all (the egress proxy will be the way out).
+        #expect(connect("8.8.8.8", 53).contains("unreachable"), "\(connect("8.8.8.8", 53))")
+
+        // Teardown takes the namespace, its link and its rules.
+        let uid = try #require(try harness.driver.user(of: name))
+        #expect(FileManager.default.fileExists(atPath: "/run/netns/gantry-\(uid)"))
+        try repo.checkout("main")
+        try repo.git("branch", "-D", "agents/probe")
+        #expect(try harness.pass().destroyed.contains(name))
+        #expect(!FileManager.default.fileExists(atPath: "/run/netns/gantry-\(uid)"))
+        #expect(!FileManager.default.fileExists(atPath: "/sys/class/net/gantry\(uid)"))
+        #expect(!(try Shell.check(["nft", "list", "tables"])).contains("gantry_\(uid)"))
+        #expect(try harness.get("web")?.contains("hello from web") == true)
+    }
+
     /// `resources.memory` is a limit: a service that allocates past it is killed, not the host.
     @Test func aServiceThatAllocatesPastItsMemoryLimitIsKilled() throws {
         let repo = try TestRepository()
@@ -132,8 +212,8 @@ struct IsolationTests {
         let harness = try Harness(repo: repo)
         #expect(try harness.pass().applied.contains("hog"))
         let hog = try #require(try harness.service("hog"))
-        #expect(httpGet("http://127.0.0.1:\(hog.port)/eat?mb=16") == "ate")
-        _ = httpGet("http://127.0.0.1:\(hog.port)/eat?mb=256")
+        #expect(httpGet(harness.url(hog) + "/eat?mb=16") == "ate")
+        _ = httpGet(harness.url(hog) + "/eat?mb=256")
         #expect(eventually(10) { !isRunning(hog.pid) }, "a service past its 64 MiB limit kept running")
         // Supervision brings it back, inside its limit again.
         try harness.pass()

@@ -43,9 +43,9 @@ import StateStore
         let url = try databaseURL(harness, "shop")
         let role = String(url.dropFirst("postgres://".count).prefix { $0 != ":" })
         #expect(role.hasPrefix("g_shop_main_") && role.count == "g_shop_main_".count + 8 && url.hasSuffix("/\(role)"), "\(url)")
-        #expect(try Shell.check(["psql", url, "-At", "-c", "select count(*) from users"]).trimmingCharacters(in: .whitespacesAndNewlines) == "2")
+        #expect(try Shell.check(try harness.inEnvironment("shop", ["psql", url, "-At", "-c", "select count(*) from users"])).trimmingCharacters(in: .whitespacesAndNewlines) == "2")
         let copy = try databaseURL(harness, "shop-copy")
-        #expect(try Shell.check(["psql", copy, "-At", "-c", "select count(*) from users"]).trimmingCharacters(in: .whitespacesAndNewlines) == "2")
+        #expect(try Shell.check(try harness.inEnvironment("shop-copy", ["psql", copy, "-At", "-c", "select count(*) from users"])).trimmingCharacters(in: .whitespacesAndNewlines) == "2")
         // The password is in no file Gantry wrote.
         let password = String(url.dropFirst("postgres://\(role):".count).prefix { $0 != "@" })
         #expect(try Shell.run(["grep", "-r", "-l", "-a", password, harness.stateDirectory.path + "/envs", harness.stateDirectory.path + "/gantry.db"]).status == 1)
@@ -57,17 +57,20 @@ import StateStore
         try harness.pass()
         let preview = try databaseURL(harness, "shop--agents-shop")
         #expect(preview != url)
-        try Shell.check(["psql", preview, "-c", "insert into users values ('x')"])
-        #expect(try Shell.check(["psql", preview, "-At", "-c", "select count(*) from users"]).contains("3"))
-        #expect(try Shell.check(["psql", url, "-At", "-c", "select count(*) from users"]).contains("2"))
+        try Shell.check(try harness.inEnvironment("shop--agents-shop", ["psql", preview, "-c", "insert into users values ('x')"]))
+        #expect(try Shell.check(try harness.inEnvironment("shop--agents-shop", ["psql", preview, "-At", "-c", "select count(*) from users"])).contains("3"))
+        #expect(try Shell.check(try harness.inEnvironment("shop", ["psql", url, "-At", "-c", "select count(*) from users"])).contains("2"))
 
         // The preview's role reaches its own database only: not production's, not the server's own.
         let port = try #require(try harness.service("_host", "postgres")).port
         let previewRole = String(preview.dropFirst("postgres://".count).prefix { $0 != ":" })
         let previewPassword = String(preview.dropFirst("postgres://\(previewRole):".count).prefix { $0 != "@" })
         for database in [role, "postgres", "template1"] {
+            // From the host, and from inside the preview (through the gateway, as its own user).
             let reach = try Shell.run(["psql", "postgres://\(previewRole):\(previewPassword)@127.0.0.1:\(port)/\(database)", "-At", "-c", "select 1"])
             #expect(reach.status != 0 && reach.stderr.contains("permission denied for database"), "\(database): \(reach.stderr)")
+            let inside = try Shell.run(try harness.inEnvironment("shop--agents-shop", ["psql", String(preview.dropLast(previewRole.count)) + database, "-At", "-c", "select 1"]))
+            #expect(inside.status != 0 && inside.stderr.contains("permission denied for database"), "\(database): \(inside.stderr)")
         }
         // No connection is trusted: the superuser without its password, over TCP and the socket, is refused.
         let superuser = "postgres://postgres@127.0.0.1:\(port)/postgres"
@@ -87,7 +90,7 @@ import StateStore
         let count = try Shell.run(["psql", superuser, "-At", "-c", "select count(*) from pg_database where datname = '\(previewRole)'"],
                                   environment: ["PGPASSWORD": String(decoding: superPassword.value, as: UTF8.self), "PATH": "/usr/bin:/bin"])
         #expect(count.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "\(count.stdout)\(count.stderr)")
-        #expect(try Shell.check(["psql", url, "-At", "-c", "select count(*) from users"]).contains("2"))
+        #expect(try Shell.check(try harness.inEnvironment("shop", ["psql", url, "-At", "-c", "select count(*) from users"])).contains("2"))
     }
 
     /// `shop-a`'s database `main` and `shop`'s database `a-main` were both `g_shop_a_main` once:
@@ -104,13 +107,13 @@ import StateStore
         #expect(summary.applied.contains("shop") && summary.applied.contains("shop-a"), "\(summary)")
         let (one, two) = (try databaseURL(harness, "shop-a"), try databaseURL(harness, "shop"))
         #expect(one != two)
-        try Shell.check(["psql", one, "-c", "create table kept(x int); insert into kept values (1)"])
+        try Shell.check(try harness.inEnvironment("shop-a", ["psql", one, "-c", "create table kept(x int); insert into kept values (1)"]))
         // shop goes away; shop-a's data stays.
         try repo.remove("environments/shop.yaml")
         try repo.commitAsOwner("remove shop")
         try harness.pass()
         #expect(try harness.environment("shop")?.phase == .destroyed)
-        #expect(try Shell.check(["psql", one, "-At", "-c", "select count(*) from kept"]).trimmingCharacters(in: .whitespacesAndNewlines) == "1")
+        #expect(try Shell.check(try harness.inEnvironment("shop-a", ["psql", one, "-At", "-c", "select count(*) from kept"])).trimmingCharacters(in: .whitespacesAndNewlines) == "1")
         #expect(try Shell.run(["psql", two, "-At", "-c", "select 1"]).status != 0)
     }
 
@@ -127,7 +130,7 @@ import StateStore
         try repo.commit("fix the seed")
         #expect(try harness.pass().applied.contains("seeded"))
         let url = try databaseURL(harness, "seeded")
-        #expect(try Shell.check(["psql", url, "-At", "-c", "select string_agg(x, ',') from t"]).trimmingCharacters(in: .whitespacesAndNewlines) == "whole")
+        #expect(try Shell.check(try harness.inEnvironment("seeded", ["psql", url, "-At", "-c", "select string_agg(x, ',') from t"])).trimmingCharacters(in: .whitespacesAndNewlines) == "whole")
     }
 
     /// As root with the state directory inside a private directory (as under /root), the postgres
@@ -154,6 +157,6 @@ import StateStore
         #expect(try FileManager.default.destinationOfSymbolicLink(atPath: harness.stateDirectory.path + "/envs") == instance + "/envs")
         #expect(try harness.service("shop")?.workdir?.hasPrefix(instance + "/envs/shop/") == true)
         let url = try databaseURL(harness, "shop")
-        #expect(try Shell.check(["psql", url, "-At", "-c", "select 1"]).trimmingCharacters(in: .whitespacesAndNewlines) == "1")
+        #expect(try Shell.check(try harness.inEnvironment("shop", ["psql", url, "-At", "-c", "select 1"])).trimmingCharacters(in: .whitespacesAndNewlines) == "1")
     }
 }

@@ -1,0 +1,75 @@
+import Foundation
+import StateStore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Each environment's network (see `Networks`): made before its first process starts, recorded in
+/// the state DB (`network` allocation: the environment's address), removed at teardown.
+extension LocalDriver {
+    static let networkAllocation = "network"
+
+    /// True when environments get network namespaces of their own (root, users isolated, the tools present).
+    public var isolatesNetwork: Bool { isolatesUsers && networks.enabled }
+
+    /// Why environments would share the host's network here (nil: each gets a namespace), for `gantry diagnose`.
+    public static var networkSupport: String? { geteuid() == 0 ? Networks.hostSupport : "not root" }
+
+    /// How environments' networks are laid out.
+    public static let networkSummary = "addresses in \(Networks.environmentRange), only route to the gateway \(Networks.gateway) where PostgreSQL listens; nftables rules per environment"
+
+    /// Where the host reaches an environment's services: its own address, or loopback when it
+    /// shares the host's network.
+    public static func address(of environment: String, in state: StateStore) -> String {
+        (try? state.allocations(networkAllocation, of: environment).first) ?? "127.0.0.1"
+    }
+
+    /// Makes (or checks) the environment's network and returns the uid whose namespace its
+    /// processes enter; nil when environments share the host's network.
+    @discardableResult
+    func network(of environment: String) throws -> uid_t? {
+        guard isolatesNetwork, environment != Self.hostEnvironment, let uid = try user(of: environment) else { return nil }
+        let ports = try state.services(of: Self.hostEnvironment).filter { $0.name == Self.postgresRecord }.map(\.port)
+        if networkRules[uid] == ports, Networks.exists(uid), FileManager.default.fileExists(atPath: "/sys/class/net/\(Networks.hostInterface(uid))") {
+            return uid
+        }
+        let address = Networks.addresses(index: Networks.index(of: uid)).environment
+        // The network of an earlier uid of the environment (its claim was lost) goes.
+        for stale in try state.allocations(Self.networkAllocation, of: environment) where stale != address {
+            try state.release(Self.networkAllocation, stale)
+        }
+        for other in try state.allocations(Self.uidAllocation, of: environment).compactMap({ uid_t($0) }) where other != uid {
+            networks.remove(uid: other)
+        }
+        try state.allocate(Self.networkAllocation, address, to: environment)
+        _ = try networks.ensure(uid: uid, gatewayPorts: ports)
+        networkRules[uid] = ports
+        return uid
+    }
+
+    /// Removes the environment's network (its processes are gone) and, unless `keepingAddress`,
+    /// gives its address back.
+    func removeNetwork(of environment: String, keepingAddress: Bool = false) {
+        for uid in ((try? state.allocations(Self.uidAllocation, of: environment)) ?? []).compactMap({ uid_t($0) }) {
+            networks.remove(uid: uid)
+            networkRules[uid] = nil
+        }
+        guard !keepingAddress else { return }
+        for address in (try? state.allocations(Self.networkAllocation, of: environment)) ?? [] {
+            try? state.release(Self.networkAllocation, address)
+        }
+    }
+
+    /// Removes the namespaces of this host whose uid no Gantry holds any more (no claim in the host
+    /// registry, or a claim whose state directory is gone) and that run nothing: what a state
+    /// directory deleted without a teardown left.
+    func collectStaleNetworks() {
+        guard isolatesNetwork else { return }
+        for uid in Networks.existing() {
+            let claim = try? String(contentsOfFile: options.uidRegistry + "/\(uid)", encoding: .utf8)
+            let owner = claim?.split(separator: "\n").first.map(String.init) ?? ""
+            guard owner.isEmpty || !FileManager.default.fileExists(atPath: owner), ProcessControl.processes(ownedBy: uid).isEmpty else { continue }
+            networks.remove(uid: uid)
+        }
+    }
+}
