@@ -172,10 +172,27 @@ struct ControlGroups: Sendable {
 
     /// Removes Gantry's empty groups (at shutdown, when nothing runs any more).
     func removeEmpty() {
+        for base in bases { Self.removeTree(base) }
+    }
+
+    /// Removes the environments' groups that hold nothing (what a Gantry killed with SIGKILL left),
+    /// keeping Gantry's own directory: a group is made again when its environment starts.
+    func removeEmptyEnvironments() {
+        for base in bases {
+            for entry in (try? FileManager.default.contentsOfDirectory(atPath: base)) ?? [] {
+                var info = stat()
+                let path = base + "/" + entry
+                if lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR { Self.removeTree(path) }
+            }
+        }
+    }
+
+    /// Gantry's directory under each hierarchy.
+    private var bases: [String] {
         switch layout {
-        case .v2(let base, _): Self.removeTree(base)
-        case .v1(let directories): for path in directories.values { Self.removeTree(path) }
-        case .none: break
+        case .v2(let base, _): [base]
+        case .v1(let directories): Array(directories.values)
+        case .none: []
         }
     }
 

@@ -90,6 +90,8 @@ extension LocalDriver {
             events.append(DriverEvent(environment: environment, kind: "orphan-stopped",
                                       message: "stopped unrecorded process \(pid) of service \(parts[2]) left by an earlier run"))
         }
+        // Groups a killed Gantry left empty go (a running environment's groups hold its processes).
+        cgroups.removeEmptyEnvironments()
         return events
     }
 

@@ -203,6 +203,23 @@ struct IsolationTests {
         #expect(try harness.get("web")?.contains("hello from web") == true)
     }
 
+    /// A Gantry killed with SIGKILL leaves the groups of what it was running; the next start
+    /// removes the empty ones and keeps those that hold adopted services.
+    @Test func emptyGroupsLeftByAKilledGantryGoAtTheNextStart() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let first = try Harness(repo: repo)
+        try first.pass()
+        let leftovers = first.driver.cgroups.directories("gone-env", unit: "web").map(\.path)
+        try #require(!leftovers.isEmpty, "no cgroup hierarchy: \(first.driver.cgroups.summary)")
+        for path in leftovers { try FileManager.default.createDirectory(atPath: path, withIntermediateDirectories: true) }
+        let restarted = try Harness(repo: repo, reusing: first)
+        restarted.reconciler.recover()
+        for path in leftovers { #expect(!FileManager.default.fileExists(atPath: path), "\(path) stayed") }
+        for (_, path) in restarted.driver.cgroups.directories("web", unit: "web") { #expect(FileManager.default.fileExists(atPath: path), "\(path) went") }
+        #expect(try restarted.get("web")?.contains("hello from web") == true)
+    }
+
     /// `resources.memory` is a limit: a service that allocates past it is killed, not the host.
     @Test func aServiceThatAllocatesPastItsMemoryLimitIsKilled() throws {
         let repo = try TestRepository()
