@@ -229,7 +229,7 @@ if runs("preview") {
         var served = false
         while Date() < deadline && !served {
             if let port = (try? store.services(of: name))?.first?.port, (try? store.environment(name))?.phase == .running {
-                served = httpGet("http://127.0.0.1:\(port)/healthz") != nil
+                served = httpGet("http://\(LocalDriver.address(of: name, in: store)):\(port)/healthz") != nil
             }
             if !served { usleep(2_000) }
         }
@@ -250,7 +250,7 @@ if runs("preview") {
     }
     report("push -> preview serving HTTP 200 (2 previews per push)", samples, baseline: ("python3 server.py started by hand", baseline))
 }
-// MARK: 3b. The cost of isolation: a preview applied with its own user and control groups, and
+// MARK: 3b. The cost of isolation: a preview applied with its own user, control groups and network, and
 // without them, in the same run (as root; without root both are the same and it says so).
 if runs("isolation") {
     // One PATH for both runs (an isolated service gets the searchable part of Gantry's: a PATH
@@ -269,6 +269,7 @@ if runs("isolation") {
         var options = LocalDriver.Options()
         options.isolateUsers = isolated
         options.useControlGroups = isolated
+        options.isolateNetwork = isolated
         let bench = try BenchReconciler(repo, driverOptions: options)
         defer { bench.driver.shutdown() }
         try bench.reconciler.runPass()
@@ -281,14 +282,15 @@ if runs("isolation") {
             samples.append(try time {
                 try bench.reconciler.runPass()
                 guard let port = try bench.store.services(of: name).first?.port else { return }
-                while httpGet("http://127.0.0.1:\(port)/healthz") == nil { usleep(2_000) }
+                let address = LocalDriver.address(of: name, in: bench.store)
+                while httpGet("http://\(address):\(port)/healthz") == nil { usleep(2_000) }
             })
         }
         medians[isolated] = percentile(samples, 0.5)
-        report("apply a preview and serve HTTP 200, \(isolated ? "isolated (own uid, cgroups)" : "not isolated (Gantry's user, no cgroups)") [\(bench.driver.isolationSummary.prefix(60))...]", samples)
+        report("apply a preview and serve HTTP 200, \(isolated ? "isolated (own uid, cgroups, network namespace)" : "not isolated (Gantry's user, no cgroups, host network)") [\(bench.driver.isolationSummary.prefix(60))...]", samples)
     }
     if let on = medians[true], let off = medians[false] {
-        say(String(format: "cost of isolation per environment (own uid, control groups with a memory limit; no cpu limit): median %@ isolated vs %@ not | ratio %.2fx", milliseconds(on), milliseconds(off), on / off))
+        say(String(format: "cost of isolation per environment (own uid, control groups with a memory limit, network namespace; no cpu limit): median %@ isolated vs %@ not | ratio %.2fx", milliseconds(on), milliseconds(off), on / off))
     }
 }
 
@@ -437,7 +439,8 @@ if runs("fullstack") {
         samples.append(try time {
             try reconciler.runPass()
             let port = try store.services(of: name).first { $0.name == "web" }?.port ?? 0
-            while httpGet("http://127.0.0.1:\(port)/")?.contains("1000") != true { usleep(2_000) }
+            let address = LocalDriver.address(of: name, in: store)
+            while httpGet("http://\(address):\(port)/")?.contains("1000") != true { usleep(2_000) }
         })
     }
     report("push -> preview with a seeded PostgreSQL database serving a query over HTTP", samples)

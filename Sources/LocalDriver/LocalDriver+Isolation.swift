@@ -81,8 +81,8 @@ extension LocalDriver {
         let temporary = path + ".\(getpid()).new"
         guard FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]),
               rename(temporary, path) == 0 else { return false }
-        // Whatever network the earlier holder left is not handed on.
-        networks.remove(uid: uid)
+        // (A network the earlier holder left is reused: its addresses are the uid's, and its
+        // host-side rules are rewritten when the environment's first process starts.)
         networkRules[uid] = nil
         return (try? String(contentsOfFile: path, encoding: .utf8)) == text
     }

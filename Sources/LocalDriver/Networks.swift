@@ -89,65 +89,76 @@ struct Networks: Sendable {
     }
 
     /// Makes (or completes) the environment's namespace and link, and writes its host-side rules
-    /// allowing `gatewayPorts`. Returns the environment's address.
+    /// allowing `gatewayPorts`. Returns the environment's address. Made in one script (each
+    /// tool started from Gantry costs more than the script's steps).
     func ensure(uid: uid_t, gatewayPorts: [Int]) throws -> String {
         guard enabled else { throw LocalDriverError("network namespaces are not available: \(unavailable ?? "")") }
         let (host, environment) = Self.addresses(index: Self.index(of: uid))
-        try Self.ensureGateway()
         let namespace = Self.namespace(uid), interface = Self.hostInterface(uid)
         let complete = FileManager.default.fileExists(atPath: Self.namespacePath(uid))
             && FileManager.default.fileExists(atPath: "/sys/class/net/\(interface)")
-        if !complete {
-            // Whatever a crash left half made goes first (a namespace without its link, or the reverse).
-            remove(uid: uid)
-            // A uid 65536 away (another Gantry's wider range) would have the same addresses.
-            if let holder = (try? Self.run(["ip", "-o", "-4", "addr", "show", "to", "\(host)/32"]))?.split(separator: " ").dropFirst().first {
-                throw LocalDriverError("\(host), the address of uid \(uid)'s network, is already on \(holder) (uids 65536 apart share addresses: keep every Gantry of the host within one range of 65536)")
-            }
-            do {
-                try Self.run(["/bin/sh", "-c", """
-                    set -e
-                    ip netns add \(namespace)
-                    ip link add \(interface) type veth peer name eth0 netns \(namespace)
-                    echo 0 > /proc/sys/net/ipv4/conf/\(interface)/forwarding
-                    echo 1 > /proc/sys/net/ipv6/conf/\(interface)/disable_ipv6
-                    ip addr add \(host)/31 dev \(interface)
-                    ip link set \(interface) up
-                    ip -n \(namespace) link set lo up
-                    ip -n \(namespace) addr add \(environment)/31 dev eth0
-                    ip -n \(namespace) link set eth0 up
-                    ip -n \(namespace) route add \(Self.gateway)/32 via \(host) src \(environment)
-                    """])
-                // Inside: what arrives on eth0 goes to loopback, port kept (route_localnet lets it).
-                try Self.run(["nsenter", "--net=" + Self.namespacePath(uid), "--", "/bin/sh", "-c", """
-                    set -e
+        guard !complete else {
+            try Self.run(["nft", "-f", "-"], input: rules(uid: uid, gatewayPorts: gatewayPorts))
+            return environment
+        }
+        do {
+            try Self.run(["/bin/sh", "-c", """
+                set -e
+                # Whatever a crash left half made goes first (a namespace without its link, or the reverse).
+                if [ -e \(Self.namespacePath(uid)) ]; then ip netns del \(namespace); fi
+                if [ -e /sys/class/net/\(interface) ]; then ip link del \(interface); fi
+                # A uid 65536 away (another Gantry's wider range) would have the same addresses.
+                holder=$(ip -o -4 addr show to \(host)/32 | cut -d' ' -f2)
+                if [ -n "$holder" ]; then
+                    echo "\(host), the address of uid \(uid)'s network, is already on $holder (uids 65536 apart share addresses: keep every Gantry of the host within one range of 65536)" >&2
+                    exit 3
+                fi
+                \(Self.gatewayScript)
+                ip -batch - <<'STEPS'
+                netns add \(namespace)
+                link add \(interface) type veth peer name eth0 netns \(namespace)
+                STEPS
+                echo 0 > /proc/sys/net/ipv4/conf/\(interface)/forwarding
+                echo 1 > /proc/sys/net/ipv6/conf/\(interface)/disable_ipv6
+                ip -batch - <<'STEPS'
+                addr add \(host)/31 dev \(interface)
+                link set \(interface) up
+                STEPS
+                ip -n \(namespace) -batch - <<'STEPS'
+                link set lo up
+                addr add \(environment)/31 dev eth0
+                link set eth0 up
+                route add \(Self.gateway)/32 via \(host) src \(environment)
+                STEPS
+                # Inside: what arrives on eth0 goes to loopback, port kept (route_localnet lets it).
+                nsenter --net=\(Self.namespacePath(uid)) -- /bin/sh -c 'set -e
                     echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet
                     echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
-                    exec nft -f -
-                    """], input: """
-                    table ip gantry {
-                      chain prerouting {
-                        type nat hook prerouting priority -100; policy accept;
-                        iifname "eth0" dnat to 127.0.0.1
-                      }
-                    }
-
-                    """)
-            } catch {
-                remove(uid: uid)
-                throw LocalDriverError("could not make the network of uid \(uid) (\(namespace), \(environment)): \(error)")
-            }
+                    exec nft -f -' <<'RULES'
+                table ip gantry {
+                  chain prerouting {
+                    type nat hook prerouting priority -100; policy accept;
+                    iifname "eth0" dnat to 127.0.0.1
+                  }
+                }
+                RULES
+                nft -f - <<'RULES'
+                \(rules(uid: uid, gatewayPorts: gatewayPorts))
+                RULES
+                """])
+        } catch {
+            remove(uid: uid)
+            throw LocalDriverError("could not make the network of uid \(uid) (\(namespace), \(environment)): \(error)")
         }
-        try writeRules(uid: uid, gatewayPorts: gatewayPorts)
         return environment
     }
 
-    /// The host's rules for the environment's link, replaced as one transaction.
-    func writeRules(uid: uid_t, gatewayPorts: [Int]) throws {
+    /// The host's rules for the environment's link, replacing the earlier ones as one transaction.
+    func rules(uid: uid_t, gatewayPorts: [Int]) -> String {
         let interface = Self.hostInterface(uid), table = Self.table(uid)
         let allowed = gatewayPorts.isEmpty ? ""
             : "    iifname \"\(interface)\" ip daddr \(Self.gateway) tcp dport { \(gatewayPorts.sorted().map(String.init).joined(separator: ", ")) } accept\n"
-        try Self.run(["nft", "-f", "-"], input: """
+        return """
             table inet \(table)
             delete table inet \(table)
             table inet \(table) {
@@ -163,31 +174,27 @@ struct Networks: Sendable {
               }
             }
 
-            """)
+            """
     }
+
+    /// Adds the gateway address to the host's loopback device unless it is there (another Gantry
+    /// may add it at the same moment).
+    static let gatewayScript = "ip -o -4 addr show dev lo | grep -q ' \(gateway)/' || ip addr add \(gateway)/32 dev lo 2>/dev/null || ip -o -4 addr show dev lo | grep -q ' \(gateway)/'"
 
     /// The gateway address on the host's loopback device (shared by every Gantry of the host).
     static func ensureGateway() throws {
-        let listed = (try? Self.run(["ip", "-o", "-4", "addr", "show", "dev", "lo"])) ?? ""
-        guard !listed.contains(" \(gateway)/") else { return }
-        do {
-            try Self.run(["ip", "addr", "add", "\(gateway)/32", "dev", "lo"])
-        } catch {
-            // Another Gantry may have added it meanwhile.
-            guard (try? Self.run(["ip", "-o", "-4", "addr", "show", "dev", "lo"]))?.contains(" \(gateway)/") == true else { throw error }
-        }
+        try run(["/bin/sh", "-c", gatewayScript])
     }
 
     /// Removes the environment's rules, link and namespace (each may already be gone).
     func remove(uid: uid_t) {
         guard enabled else { return }
-        _ = try? Self.run(["nft", "delete", "table", "inet", Self.table(uid)])
-        if FileManager.default.fileExists(atPath: "/sys/class/net/\(Self.hostInterface(uid))") {
-            _ = try? Self.run(["ip", "link", "del", Self.hostInterface(uid)])
-        }
-        if FileManager.default.fileExists(atPath: Self.namespacePath(uid)) {
-            _ = try? Self.run(["ip", "netns", "del", Self.namespace(uid)])
-        }
+        _ = try? Self.run(["/bin/sh", "-c", """
+            nft delete table inet \(Self.table(uid)) 2>/dev/null
+            ip link del \(Self.hostInterface(uid)) 2>/dev/null
+            ip netns del \(Self.namespace(uid)) 2>/dev/null
+            true
+            """])
     }
 
     /// Whether the environment of `uid` has its namespace.
