@@ -24,7 +24,7 @@ public struct RouteTarget: Sendable, Equatable {
 /// 502/404 pages that say which environment and why when there is no healthy backend.
 public final class Router: @unchecked Sendable {
     let table: @Sendable () -> [String: RouteTarget]
-    private var listener: Int32 = -1
+    private var listeners: [Int32] = []
     public private(set) var port: Int = 0
     private let lock = NSLock()
 
@@ -33,31 +33,49 @@ public final class Router: @unchecked Sendable {
         self.table = table
     }
 
-    /// Listens on 127.0.0.1:`port` (0 picks a free port) and serves in background threads.
-    public func start(port requested: Int) throws {
+    /// Listens on 127.0.0.1:`port` (0 picks a free port) and serves in background threads; with
+    /// `also`, on those addresses too, at the same port (where environments in networks of their
+    /// own reach it). An extra address that cannot be bound is skipped and returned.
+    @discardableResult
+    public func start(port requested: Int, also extra: [String] = []) throws -> [String] {
+        let fd = try Self.listen(on: "127.0.0.1", port: requested)
+        var address = sockaddr_in()
+        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+        port = Int(UInt16(bigEndian: address.sin_port))
+        var skipped: [String] = []
+        var descriptors = [fd]
+        for host in extra {
+            guard let other = try? Self.listen(on: host, port: port) else { skipped.append(host); continue }
+            descriptors.append(other)
+        }
+        lock.withLock { listeners = descriptors }
+        for descriptor in descriptors { Thread.detachNewThread { [self] in acceptLoop(descriptor) } }
+        return skipped
+    }
+
+    static func listen(on host: String, port: Int) throws -> Int32 {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard fd >= 0 else { throw RouterError("socket: \(String(cString: strerror(errno)))") }
         var yes: Int32 = 1
         setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &yes, socklen_t(MemoryLayout<Int32>.size))
         _ = fcntl(fd, F_SETFD, FD_CLOEXEC)
-        var address = Self.socketAddress("127.0.0.1", requested)
+        var address = socketAddress(host, port)
         let bound = withUnsafePointer(to: &address) {
             $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
-        guard bound == 0, listen(fd, 128) == 0 else {
+        guard bound == 0, Glibc.listen(fd, 128) == 0 else {
+            let reason = String(cString: strerror(errno))
             close(fd)
-            throw RouterError("cannot listen on 127.0.0.1:\(requested): \(String(cString: strerror(errno)))")
+            throw RouterError("cannot listen on \(host):\(port): \(reason)")
         }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
-        listener = fd
-        port = Int(UInt16(bigEndian: address.sin_port))
-        Thread.detachNewThread { [self] in acceptLoop(fd) }
+        return fd
     }
 
     public func stop() {
         lock.withLock {
-            if listener >= 0 { shutdown(listener, Int32(SHUT_RDWR)); close(listener); listener = -1 }
+            for listener in listeners { shutdown(listener, Int32(SHUT_RDWR)); close(listener) }
+            listeners = []
         }
     }
 

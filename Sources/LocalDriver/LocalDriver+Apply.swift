@@ -157,6 +157,11 @@ extension LocalDriver {
             variables["USER"] = nil
             variables["PATH"] = Self.searchablePath(variables["PATH"] ?? "")
         }
+        // Where the environment reaches routes (other environments): the router, at the gateway
+        // from a network of its own (give the route's host name in the Host header).
+        if let routerPort, record.environment != Self.hostEnvironment {
+            variables["GANTRY_ROUTER"] = "http://\(isolatesNetwork ? Networks.gateway : "127.0.0.1"):\(routerPort)"
+        }
         variables["GANTRY_ENVIRONMENT"] = record.environment
         variables["GANTRY_SERVICE"] = record.name
         variables[Self.markVariable] = "\(instance):\(record.environment):\(record.name)"

@@ -16,7 +16,31 @@ extension LocalDriver {
     public static var networkSupport: String? { geteuid() == 0 ? Networks.hostSupport : "not root" }
 
     /// How environments' networks are laid out.
-    public static let networkSummary = "addresses in \(Networks.environmentRange), only route to the gateway \(Networks.gateway) where PostgreSQL listens; nftables rules per environment"
+    public static let networkSummary = "addresses in \(Networks.environmentRange), only route to the gateway \(Networks.gateway) where PostgreSQL and the router listen; nftables rules per environment"
+
+    /// Where the router must also listen for environments in networks of their own to reach
+    /// routes (the gateway, made here if needed); nil when environments share the host's network.
+    public var routerGateway: String? {
+        guard isolatesNetwork, (try? Networks.ensureGateway()) != nil else { return nil }
+        return Networks.gateway
+    }
+
+    /// The ports an environment's network may open at the gateway: PostgreSQL's and the router's.
+    func gatewayPorts() throws -> [Int] {
+        try state.services(of: Self.hostEnvironment).filter { $0.name == Self.postgresRecord }.map(\.port) + (routerPort.map { [$0] } ?? [])
+    }
+
+    /// Rewrites the host-side rules of every network whose allowed ports changed (the router
+    /// started, PostgreSQL moved) — the first pass of a Gantry writes each once.
+    func refreshNetworkRules() {
+        guard isolatesNetwork, let ports = try? gatewayPorts() else { return }
+        for environment in Set(((try? state.allServices()) ?? []).map(\.environment)) where environment != Self.hostEnvironment {
+            for uid in ((try? state.allocations(Self.uidAllocation, of: environment)) ?? []).compactMap({ uid_t($0) })
+            where networkRules[uid] != ports && Networks.exists(uid) {
+                if (try? Networks.run(["nft", "-f", "-"], input: networks.rules(uid: uid, gatewayPorts: ports))) != nil { networkRules[uid] = ports }
+            }
+        }
+    }
 
     /// Where the host reaches an environment's services: its own address, or loopback when it
     /// shares the host's network.
@@ -29,7 +53,7 @@ extension LocalDriver {
     @discardableResult
     func network(of environment: String) throws -> uid_t? {
         guard isolatesNetwork, environment != Self.hostEnvironment, let uid = try user(of: environment) else { return nil }
-        let ports = try state.services(of: Self.hostEnvironment).filter { $0.name == Self.postgresRecord }.map(\.port)
+        let ports = try gatewayPorts()
         if networkRules[uid] == ports, Networks.exists(uid), FileManager.default.fileExists(atPath: "/sys/class/net/\(Networks.hostInterface(uid))") {
             return uid
         }

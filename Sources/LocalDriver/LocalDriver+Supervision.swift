@@ -98,6 +98,7 @@ extension LocalDriver {
     public func supervise(correct: Bool = true) -> [DriverEvent] {
         var events: [DriverEvent] = []
         postgresDatabases = listPostgresDatabases()
+        refreshNetworkRules()
         let now = Date()
         for var record in (try? state.allServices()) ?? [] {
             rotateLog(logPath(record.environment, record.name))

@@ -86,9 +86,13 @@ struct Run: ParsableCommand {
         if !noRouter {
             let candidate = Router { [store] in RouteTable.build(store) }
             do {
-                try candidate.start(port: routerPort)
+                // Environments in networks of their own reach it at the gateway.
+                let gateway = driver.routerGateway
+                let skipped = try candidate.start(port: routerPort, also: gateway.map { [$0] } ?? [])
                 try Data("\(candidate.port)\n".utf8).write(to: URL(fileURLWithPath: paths.routerPortFile))
-                logger.info("router listening on 127.0.0.1:\(candidate.port)")
+                logger.info("router listening on 127.0.0.1:\(candidate.port)\(gateway.map { skipped.isEmpty ? " and \($0):\(candidate.port)" : "" } ?? "")")
+                if skipped.isEmpty { driver.routerPort = candidate.port }
+                else { logger.warning("the router could not listen on \(skipped.joined(separator: ", ")); environments cannot reach routes") }
                 router = candidate
             } catch {
                 logger.error("the router could not start; routes are not served (use --router-port)", metadata: ["error": "\(error)"])

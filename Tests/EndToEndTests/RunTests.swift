@@ -64,6 +64,60 @@ import TestSupport
         #expect(((after["services"] as? [[String: Any]])?.first?["phase"] as? String) == "Stopped")
     }
 
+    /// Environments reach one another through routes only: the router (at the gateway, given in
+    /// `GANTRY_ROUTER`) serves another environment's route by Host; its service's own address does
+    /// not answer them (as root, where each environment has a network of its own).
+    @Test func anEnvironmentReachesAnotherThroughItsRouteOnly() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("apps/caller/caller.py", """
+            import http.server, os, urllib.parse, urllib.request
+            class H(http.server.BaseHTTPRequestHandler):
+                def do_GET(self):
+                    query = urllib.parse.parse_qs(urllib.parse.urlparse(self.path).query)
+                    if "host" in query:
+                        request = urllib.request.Request(os.environ.get("GANTRY_ROUTER", "http://no-router") + "/", headers={"Host": query["host"][0]})
+                    else:
+                        request = urllib.request.Request(query["url"][0])
+                    try:
+                        body = urllib.request.urlopen(request, timeout=3).read()
+                    except Exception as e:
+                        body = ("failed: %s" % e).encode()
+                    self.send_response(200); self.end_headers(); self.wfile.write(body)
+                def log_message(self, *args): pass
+            http.server.HTTPServer(("127.0.0.1", int(os.environ["PORT"])), H).serve_forever()
+            """)
+        try repo.write("environments/caller.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: caller, class: development}
+            spec:
+              services:
+                web: {source: apps/caller, command: [python3, caller.py]}
+            """)
+        try repo.commitAsOwner("an environment that calls another")
+        let state = TemporaryDirectory()
+        defer { killMarked(state: state.path) }
+        let run = try GantryProcess(["run", "--repo", repo.path, "--state", state.path, "--interval", "0.5", "--stop-on-exit",
+                                     "--router-port", "0"], log: state.path + "/run.log")
+        defer { run.terminate() }
+        #expect(eventually(30) { running(state.path).isSuperset(of: ["web", "caller"]) },
+                "\((try? gantry("status", "--state", state.path).stdout) ?? "")")
+        let environments = try statusJSON(state.path)
+        func url(_ name: String) throws -> String {
+            try #require((environments.first { $0["name"] as? String == name }?["services"] as? [[String: Any]])?.first?["url"] as? String)
+        }
+        let caller = try url("caller"), web = try url("web")
+        // Through the route: production answers.
+        #expect(eventually(10) { httpGet(caller + "/?host=www.web.localhost")?.contains("hello from web") == true },
+                "\(httpGet(caller + "/?host=www.web.localhost") ?? "no answer")")
+        if getuid() == 0 {
+            // Directly, at production's own address: nothing answers.
+            let direct = httpGet(caller + "/?url=" + (web + "/").addingPercentEncoding(withAllowedCharacters: .alphanumerics)!) ?? ""
+            #expect(direct.hasPrefix("failed"), "\(direct)")
+        }
+    }
+
     @Test func announceRoutesPrintsEachRouteOnceItAnswers() throws {
         let repo = try TestRepository()
         try repo.seedExample()
