@@ -133,7 +133,7 @@ struct Networks: Sendable {
                 # Inside: what arrives on eth0 goes to loopback, port kept (route_localnet lets it).
                 nsenter --net=\(Self.namespacePath(uid)) -- /bin/sh -c 'set -e
                     echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet
-                    echo 1 > /proc/sys/net/ipv6/conf/all/disable_ipv6
+                    echo 1 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6
                     exec nft -f -' <<'RULES'
                 table ip gantry {
                   chain prerouting {

@@ -188,6 +188,8 @@ struct IsolationTests {
         for host in [Networks.gateway, hostEnd, "192.0.2.2"] {
             #expect(connect(host, port).hasPrefix("failed"), "the preview reached the host's server at \(host)")
         }
+        // IPv6 loopback works inside (a server listening on "localhost" may pick ::1); the link has no IPv6.
+        #expect(try Shell.run(try harness.inEnvironment(name, ["/usr/bin/python3", "-c", "import socket; socket.socket(socket.AF_INET6).bind(('::1', 0))"])).status == 0)
         // The outside world: no route at all (the egress proxy will be the way out).
         #expect(connect("8.8.8.8", 53).contains("unreachable"), "\(connect("8.8.8.8", 53))")
 
