@@ -89,11 +89,20 @@ extension LocalDriver {
 
     /// Gives the uid's claim back to the host (its files are gone, nothing of it runs).
     func releaseUID(_ uid: uid_t, of environment: String) {
+        releaseUID(uid) { $0 == claimText(environment) }
+    }
+
+    /// Gives back the claim of a state directory that is gone (`owner`).
+    func releaseUID(_ uid: uid_t, claimedBy owner: String) {
+        releaseUID(uid) { $0.split(separator: "\n").first.map(String.init) == owner }
+    }
+
+    private func releaseUID(_ uid: uid_t, when matches: (String) -> Bool) {
         let lock = open(options.uidRegistry + "/.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
         guard lock >= 0, flock(lock, LOCK_EX) == 0 else { if lock >= 0 { close(lock) }; return }
         defer { flock(lock, LOCK_UN); close(lock) }
         let path = options.uidRegistry + "/\(uid)"
-        if (try? String(contentsOfFile: path, encoding: .utf8)) == claimText(environment) { unlink(path) }
+        if let claim = try? String(contentsOfFile: path, encoding: .utf8), matches(claim) { unlink(path) }
     }
 
     /// `<state>/envs`, unless (as root, isolating users) an environment's user could not reach it
@@ -148,6 +157,37 @@ extension LocalDriver {
         return kept.isEmpty ? "/usr/local/bin:/usr/bin:/bin" : kept.joined(separator: ":")
     }
 
+    /// `command` the way the environment's own code runs — its user, its control group (`unit`,
+    /// made here), its network — for what the repository gives Gantry to run on the environment's
+    /// behalf (a database's seed, the restore of a clone). `cgroups.kill(environment, unit:
+    /// remove: true)` ends whatever it leaves running.
+    func sandboxed(_ environment: String, unit: String, _ command: [String]) throws -> [String] {
+        let user = try user(of: environment)
+        let network = try network(of: environment)
+        let joins = try cgroups.prepare(environment, unit: unit, memory: nil, cpu: nil)
+        return ControlGroups.joining(joins, Networks.entering(network, Self.asUser(user, command)))
+    }
+
+    /// The whole environment of a sandboxed tool: `variables`, a PATH its user can search, no home.
+    static func sandboxVariables(_ variables: [String: String], environment: String) -> [String: String] {
+        var all = variables
+        all["PATH"] = searchablePath(ProcessInfo.processInfo.environment["PATH"] ?? "/usr/bin:/bin")
+        all["HOME"] = "/nonexistent"
+        all["GANTRY_ENVIRONMENT"] = environment
+        return all
+    }
+
+    /// Runs `command` sandboxed (see `sandboxed`) to its end with `input`, nothing of Gantry's own
+    /// environment but `variables`; its output.
+    @discardableResult
+    func runInEnvironment(_ environment: String, unit: String, _ command: [String], input: String,
+                          variables: [String: String] = [:], label: String) throws -> String {
+        // Whatever it left running (`\\! sleep 1000 &` in a psql seed) goes with its group.
+        defer { cgroups.kill(environment, unit: unit, remove: true) }
+        return try ProcessControl.run(try sandboxed(environment, unit: unit, command), input: input,
+                                      environment: Self.sandboxVariables(variables, environment: environment), inherit: false, label: label)
+    }
+
     /// `command` run as `user` (uid and gid alike, no supplementary groups, no way back to privilege).
     static func asUser(_ user: uid_t?, _ command: [String]) -> [String] {
         guard let user else { return command }
@@ -198,19 +238,7 @@ extension LocalDriver {
     /// re-parented grandchild included): SIGKILL until none is left.
     func stopEveryProcess(of environment: String) -> [String] {
         guard isolatesUsers, let uids = try? state.allocations(Self.uidAllocation, of: environment), !uids.isEmpty else { return [] }
-        var survivors: [pid_t] = []
-        for uid in uids.compactMap({ uid_t($0) }) {
-            let deadline = Date().addingTimeInterval(5)
-            repeat {
-                survivors = ProcessControl.processes(ownedBy: uid)
-                // Frozen first (SIGSTOP), so none can fork another while the others are killed.
-                for pid in survivors { kill(pid, SIGSTOP) }
-                for pid in survivors { kill(pid, SIGKILL) }
-                for pid in survivors { ProcessControl.reap(pid) }
-                if survivors.isEmpty { break }
-                usleep(20_000)
-            } while Date() < deadline
-        }
+        let survivors = uids.compactMap { uid_t($0) }.flatMap { ProcessControl.killEveryProcess(of: $0) }
         return survivors.isEmpty ? [] : ["processes \(survivors.map(String.init).joined(separator: ", ")) of \(environment) survived SIGKILL"]
     }
 
@@ -238,16 +266,47 @@ extension LocalDriver {
 }
 
 extension ProcessControl {
+    /// Kills every process of `uid` (SIGKILL until none is left, 5 s at most); the survivors.
+    @discardableResult
+    static func killEveryProcess(of uid: uid_t) -> [pid_t] {
+        var survivors: [pid_t] = []
+        let deadline = Date().addingTimeInterval(5)
+        repeat {
+            survivors = processes(ownedBy: uid)
+            // Frozen first (SIGSTOP), so none can fork another while the others are killed.
+            for pid in survivors { kill(pid, SIGSTOP) }
+            for pid in survivors { kill(pid, SIGKILL) }
+            for pid in survivors { reap(pid) }
+            if survivors.isEmpty { break }
+            usleep(20_000)
+        } while Date() < deadline
+        return survivors
+    }
+
+    /// The processes of the host by real uid (one scan of /proc).
+    static func processesByUID() -> [uid_t: [pid_t]] {
+        var found: [uid_t: [pid_t]] = [:]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: "/proc")) ?? [] {
+            guard let pid = pid_t(entry), let uid = realUID(of: entry) else { continue }
+            found[uid, default: []].append(pid)
+        }
+        return found
+    }
+
+    /// The real uid of /proc/`entry` (nil for a zombie: it is already dead).
+    static func realUID(of entry: String) -> uid_t? {
+        guard let status = try? String(contentsOfFile: "/proc/\(entry)/status", encoding: .utf8), !status.contains("State:\tZ"),
+              let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Uid:") }) else { return nil }
+        let fields = line.split(whereSeparator: { $0 == "\t" || $0 == " " })
+        return fields.count > 1 ? uid_t(fields[1]) : nil
+    }
+
     /// Every process whose real uid is `uid` (from /proc/PID/status).
     static func processes(ownedBy uid: uid_t) -> [pid_t] {
         guard let entries = try? FileManager.default.contentsOfDirectory(atPath: "/proc") else { return [] }
         return entries.compactMap { entry in
-            guard let pid = pid_t(entry), let status = try? String(contentsOfFile: "/proc/\(entry)/status", encoding: .utf8),
-                  let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Uid:") }) else { return nil }
-            let fields = line.split(whereSeparator: { $0 == "\t" || $0 == " " })
-            guard fields.count > 1, uid_t(fields[1]) == uid else { return nil }
-            // A zombie is already dead; its parent reaps it.
-            return status.contains("State:\tZ") ? nil : pid
+            guard let pid = pid_t(entry), realUID(of: entry) == uid else { return nil }
+            return pid
         }
     }
 }

@@ -84,16 +84,32 @@ extension LocalDriver {
         }
     }
 
-    /// Removes the namespaces of this host whose uid no Gantry holds any more (no claim in the host
-    /// registry, or a claim whose state directory is gone) and that run nothing: what a state
-    /// directory deleted without a teardown left.
-    func collectStaleNetworks() {
-        guard isolatesNetwork else { return }
-        for uid in Networks.existing() {
-            let claim = try? String(contentsOfFile: options.uidRegistry + "/\(uid)", encoding: .utf8)
-            let owner = claim?.split(separator: "\n").first.map(String.init) ?? ""
-            guard owner.isEmpty || !FileManager.default.fileExists(atPath: owner), ProcessControl.processes(ownedBy: uid).isEmpty else { continue }
-            networks.remove(uid: uid)
+    /// What a state directory deleted without a teardown (its Gantry killed) left on this host:
+    /// every uid whose claim names a state directory that is gone has its processes killed, its
+    /// network removed and its claim given back; a namespace no claim names and nothing runs in
+    /// goes too. (Gantry-marked processes whose working directory is gone, such as that state
+    /// directory's PostgreSQL, are stopped by `recover`.)
+    func collectAbandoned() {
+        guard isolatesUsers else { return }
+        let registry = options.uidRegistry
+        var owners: [uid_t: String] = [:]
+        for entry in (try? FileManager.default.contentsOfDirectory(atPath: registry)) ?? [] {
+            guard let uid = uid_t(entry) else { continue }
+            let claim = (try? String(contentsOfFile: registry + "/" + entry, encoding: .utf8)) ?? ""
+            owners[uid] = claim.split(separator: "\n").first.map(String.init) ?? ""
         }
+        let abandoned = owners.filter { !$0.value.isEmpty && !FileManager.default.fileExists(atPath: $0.value) }.map(\.key)
+        let orphans = Set(Networks.existing()).subtracting(owners.keys)
+        guard !abandoned.isEmpty || !orphans.isEmpty else { return }
+        let running = ProcessControl.processesByUID()
+        for uid in abandoned {
+            if running[uid] != nil {
+                logger.warning("stopping the processes of uid \(uid): the state directory that ran them (\(owners[uid] ?? "")) is gone")
+                ProcessControl.killEveryProcess(of: uid)
+            }
+            networks.remove(uid: uid)
+            releaseUID(uid, claimedBy: owners[uid] ?? "")
+        }
+        for uid in orphans where running[uid] == nil { networks.remove(uid: uid) }
     }
 }

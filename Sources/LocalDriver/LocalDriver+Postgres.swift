@@ -59,6 +59,11 @@ extension LocalDriver {
 
         """
 
+    /// Connection slots of the server, and how many one environment's role may hold (a network's
+    /// rules also cap its connections before they authenticate: `Networks.connectionsPerPort`).
+    static let postgresMaxConnections = 300
+    static let roleConnectionLimit = 32
+
     /// Where the server listens: loopback, and the gateway when environments have networks of their own.
     var postgresListenAddresses: String { isolatesNetwork ? "127.0.0.1,\(Networks.gateway)" : "127.0.0.1" }
 
@@ -67,7 +72,8 @@ extension LocalDriver {
         guard let bin = Self.postgresBinaries else {
             throw ProcessControl.SpawnError(description: "PostgreSQL is not installed (apt-get install postgresql, or `make deps`)")
         }
-        let listening = "listen:" + postgresListenAddresses
+        // (What the server was started with: a server started otherwise is restarted with it.)
+        let listening = "listen:\(postgresListenAddresses) socket:0700 connections:\(Self.postgresMaxConnections)"
         if let record = try state.services(of: Self.hostEnvironment).first(where: { $0.name == Self.postgresRecord }),
            let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) {
             if record.fingerprint == listening { return record.port }
@@ -79,6 +85,10 @@ extension LocalDriver {
         let data = postgresRoot.appendingPathComponent("data").path
         let manager = FileManager.default
         try manager.createDirectory(atPath: postgresSocketDirectory, withIntermediateDirectories: true)
+        // The cluster and its socket are the server's alone (Gantry, as root, passes anyway): an
+        // environment reaches PostgreSQL at the gateway only, where its connections are counted.
+        _ = chmod(postgresRoot.path, 0o700)
+        _ = chmod(postgresSocketDirectory, 0o700)
         if postgresRoot.path.hasPrefix(options.fallbackDirectory) {
             // The way down to it is open to the postgres user; the cluster itself is its alone (0700).
             Self.openForTraversal(postgresRoot.deletingLastPathComponent(), options: options)
@@ -122,7 +132,8 @@ extension LocalDriver {
         try state.save(record)
         progress("starting PostgreSQL on \(postgresListenAddresses) port \(record.port)")
         let command = asPostgresUser(["\(bin)/postgres", "-D", data, "-p", String(record.port), "-k", postgresSocketDirectory,
-                                      "-c", "listen_addresses=\(postgresListenAddresses)", "-c", "fsync=off", "-c", "password_encryption=scram-sha-256",
+                                      "-c", "listen_addresses=\(postgresListenAddresses)", "-c", "unix_socket_permissions=0700",
+                                      "-c", "max_connections=\(Self.postgresMaxConnections)", "-c", "authentication_timeout=10s", "-c", "fsync=off", "-c", "password_encryption=scram-sha-256",
                                       "-c", "hba_file=\(data)/pg_hba.conf"])
         try start(&record, resolved: ResolvedService(command: command, environment: [:]), progress: progress)
         let deadline = Date().addingTimeInterval(30)
@@ -180,7 +191,7 @@ extension LocalDriver {
             progress("creating PostgreSQL database \(name)")
             try psql(port: port, sql: """
                 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '\(name)') THEN CREATE ROLE "\(name)" LOGIN; END IF; END $$;
-                ALTER ROLE "\(name)" NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS PASSWORD '\(password)';
+                ALTER ROLE "\(name)" NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT \(Self.roleConnectionLimit) PASSWORD '\(password)';
                 CREATE DATABASE "\(name)" OWNER "\(name)";
                 REVOKE CONNECT, TEMPORARY ON DATABASE "\(name)" FROM PUBLIC;
                 GRANT CONNECT, TEMPORARY ON DATABASE "\(name)" TO "\(name)";
@@ -192,9 +203,18 @@ extension LocalDriver {
                         progress("cloning \(sourceName) into \(name) (pg_dump | psql, works while the source is in use)")
                         // Streamed: the dump never sits in Gantry's memory.
                         // Passwords in the two tools' environments (readable by root only), never in argv.
-                        try ProcessControl.run(["bash", "-c", "set -o pipefail; PGPASSWORD=\"$GANTRY_SOURCE_PASSWORD\" pg_dump -h \"$1\" -p \"$2\" -U postgres --no-owner --no-privileges \"$3\" | PGPASSWORD=\"$GANTRY_TARGET_PASSWORD\" psql -q -X -v ON_ERROR_STOP=1 -h \"$1\" -p \"$2\" -U \"$4\" -d \"$4\"",
-                                     "clone", postgresSocketDirectory, String(port), sourceName, name],
-                                    environment: ["GANTRY_SOURCE_PASSWORD": try postgresSuperuserPassword(), "GANTRY_TARGET_PASSWORD": password])
+                        // The dump is read by Gantry (the superuser, over the socket); it is restored
+                        // the way the target environment's code would run: as its role, from its
+                        // network, as its user (a dump is data an environment wrote).
+                        let unit = "clone-\(database.name)"
+                        defer { cgroups.kill(environment.name, unit: unit, remove: true) }
+                        try ProcessControl.run(["bash", "-c",
+                            "set -o pipefail; PGPASSWORD=\"$GANTRY_SOURCE_PASSWORD\" pg_dump -h \"$1\" -p \"$2\" -U postgres --no-owner --no-privileges \"$3\" | \"${@:4}\"",
+                            "clone", postgresSocketDirectory, String(port), sourceName]
+                            + (try sandboxed(environment.name, unit: unit, environmentPsql(port: port, name: name))),
+                            environment: Self.sandboxVariables(["GANTRY_SOURCE_PASSWORD": try postgresSuperuserPassword(), "PGPASSWORD": password],
+                                                               environment: environment.name), inherit: false,
+                            label: "database \(database.name): clone from \(source)")
                         changes.append("+database \(database.name) (cloned from \(source))")
                         return true
                     }
@@ -204,7 +224,11 @@ extension LocalDriver {
                         throw ProcessControl.SpawnError(description: "database \(database.name): seed \(seed) does not exist at \(environment.commit.short)")
                     }
                     progress("seeding \(name) from \(seed)")
-                    try psql(port: port, sql: String(decoding: sql, as: UTF8.self), database: name, user: name, password: password)
+                    // The seed is the environment's code (psql runs its `\\!` and `\\copy ... program`):
+                    // it runs as the environment would, as its role, from its network, as its user.
+                    try runInEnvironment(environment.name, unit: "seed-\(database.name)", environmentPsql(port: port, name: name),
+                                         input: String(decoding: sql, as: UTF8.self), variables: ["PGPASSWORD": password],
+                                         label: "database \(database.name): seed \(seed)")
                 }
                 return false
             }
@@ -221,6 +245,13 @@ extension LocalDriver {
             changes.append("+database \(database.name)")
         }
         return changes
+    }
+
+    /// psql as an environment's code would run it: to its own database as its role, at the address
+    /// its network reaches the server (the password in `PGPASSWORD`).
+    func environmentPsql(port: Int, name: String) -> [String] {
+        ["psql", "-h", isolatesNetwork ? Networks.gateway : "127.0.0.1", "-p", String(port), "-U", name, "-d", name,
+         "-v", "ON_ERROR_STOP=1", "-q", "-X"]
     }
 
     /// Every database of the host's server (one psql call), or nil when the server is not running.

@@ -46,10 +46,15 @@ extension LocalDriver {
             let staging = root.appendingPathComponent(environment.name).appendingPathComponent(".new-db-\(database.name).sqlite3").path
             try? FileManager.default.removeItem(atPath: staging)
             defer { try? FileManager.default.removeItem(atPath: staging) }
-            let prepared = try SQLiteFiles.prepare(path: staging, seed: seed, cloneFrom: source)
+            let prepared = try SQLiteFiles.prepare(path: staging, cloneFrom: source)
             if let source { Self.returnSidecars(of: source) }
             guard prepared else { continue }
             if let user { _ = lchown(staging, user, user) }
+            if source == nil, let seed, let file = database.seed {
+                // The seed is the environment's code (ATTACH, VACUUM INTO... write where they are
+                // told): run as the environment would run it, on a file in its own directory.
+                try runSQLiteSeed(seed, file: file, database: database.name, staging: staging, environment: environment.name)
+            }
             guard link(staging, path) == 0 else {
                 if errno == EEXIST { continue }
                 throw ProcessControl.SpawnError(description: "cannot place database \(database.name): \(String(cString: strerror(errno)))")
@@ -57,6 +62,26 @@ extension LocalDriver {
             changes.append("+database \(database.name)")
         }
         return changes
+    }
+
+    /// Runs `seed` over the new database (at `staging`, in Gantry's directory) as the environment's
+    /// user, in its sandbox, through a link in its data directory; the staging file then holds
+    /// the seeded database. A failed seed fails the apply with the tool's message.
+    func runSQLiteSeed(_ seed: String, file: String, database: String, staging: String, environment: String) throws {
+        let seeding = dataDirectory(environment).appendingPathComponent(".seeding-db-\(database).sqlite3").path
+        for suffix in ["", "-journal", "-wal", "-shm"] { unlink(seeding + suffix) }
+        guard link(staging, seeding) == 0 else {
+            throw ProcessControl.SpawnError(description: "database \(database): cannot prepare its seed: \(String(cString: strerror(errno)))")
+        }
+        defer { for suffix in ["", "-journal", "-wal", "-shm"] { unlink(seeding + suffix) } }
+        let script = "import sqlite3, sys\nconnection = sqlite3.connect(sys.argv[1])\nconnection.executescript(sys.stdin.read())\nconnection.commit()\nconnection.close()\n"
+        try runInEnvironment(environment, unit: "seed-\(database)", ["python3", "-c", script, seeding], input: seed,
+                             label: "database \(database): seed \(file)")
+        // Written through the link: the staging file is the seeded database (unless the seed put another file there).
+        var seeded = stat(), staged = stat()
+        guard lstat(seeding, &seeded) == 0, lstat(staging, &staged) == 0, seeded.st_ino == staged.st_ino else {
+            throw ProcessControl.SpawnError(description: "database \(database): the seed \(file) replaced the database file; it must only run SQL on it")
+        }
     }
 
     /// Reading another environment's database as root may leave SQLite's -wal/-shm files owned by

@@ -90,6 +90,15 @@ extension LocalDriver {
             events.append(DriverEvent(environment: environment, kind: "orphan-stopped",
                                       message: "stopped unrecorded process \(pid) of service \(parts[2]) left by an earlier run"))
         }
+        // A Gantry-marked process whose working directory is gone belongs to a state directory
+        // deleted without a teardown (its services, its PostgreSQL): nobody would ever stop it.
+        for (pid, mark) in ProcessControl.processes(markedWith: Self.markVariable, prefix: "") where getpgid(pid) == pid {
+            guard let directory = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/cwd"),
+                  directory.hasSuffix(" (deleted)") else { continue }
+            ProcessControl.stopGroup(pid, grace: options.stopGrace)
+            events.append(DriverEvent(environment: Self.hostEnvironment, kind: "orphan-stopped",
+                                      message: "stopped process \(pid) (\(mark)): its working directory \(directory) is gone"))
+        }
         // Groups a killed Gantry left empty go (a running environment's groups hold its processes).
         cgroups.removeEmptyEnvironments()
         return events

@@ -88,7 +88,7 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         cgroups = ControlGroups(instance: instance, enabled: options.useControlGroups)
         networks = Networks(enabled: options.isolateNetwork && options.isolateUsers)
         secureStateDirectory()
-        collectStaleNetworks()
+        collectAbandoned()
         try? state.setMeta("isolation", isolationSummary)
     }
 

@@ -18,6 +18,9 @@ import Glibc
 ///   servers the host runs on all its addresses stay out of reach; so do other environments and
 ///   the outside world (the egress proxy will be the way out).
 struct Networks: Sendable {
+    /// Connections an environment may hold at once to each port of the gateway.
+    static let connectionsPerPort = 32
+
     /// Where the environments reach the host's servers (PostgreSQL).
     static let gateway = "10.200.0.1"
     /// The environments' addresses (a /31 each).
@@ -140,6 +143,12 @@ struct Networks: Sendable {
                     type nat hook prerouting priority -100; policy accept;
                     iifname "eth0" dnat to 127.0.0.1
                   }
+                  chain output {
+                    type filter hook output priority 0; policy accept;
+                    oifname "eth0" ct state established,related accept
+                    oifname "eth0" ip daddr \(Self.gateway) meta l4proto tcp accept
+                    oifname "eth0" drop
+                  }
                 }
                 RULES
                 nft -f - <<'RULES'
@@ -156,8 +165,12 @@ struct Networks: Sendable {
     /// The host's rules for the environment's link, replacing the earlier ones as one transaction.
     func rules(uid: uid_t, gatewayPorts: [Int]) -> String {
         let interface = Self.hostInterface(uid), table = Self.table(uid)
-        let allowed = gatewayPorts.isEmpty ? ""
-            : "    iifname \"\(interface)\" ip daddr \(Self.gateway) tcp dport { \(gatewayPorts.sorted().map(String.init).joined(separator: ", ")) } accept\n"
+        // Each port at most `connectionsPerPort` connections at once (one environment cannot take
+        // every PostgreSQL connection slot, even without a password).
+        let allowed = gatewayPorts.sorted().map { port in
+            "    iifname \"\(interface)\" ip daddr \(Self.gateway) tcp dport \(port) ct count over \(Self.connectionsPerPort) reject with tcp reset\n"
+                + "    iifname \"\(interface)\" ip daddr \(Self.gateway) tcp dport \(port) accept\n"
+        }.joined()
         return """
             table inet \(table)
             delete table inet \(table)

@@ -13,10 +13,12 @@ enum ProcessControl {
     /// output, or an error with the start of its standard error. (posix_spawn and poll(2): a
     /// Foundation `Process` takes up to 50 ms more per run, which a network's set-up would pay many times.)
     @discardableResult
-    static func run(_ arguments: [String], input: String? = nil, environment: [String: String] = [:]) throws -> String {
+    /// Without `inherit`, the tool gets `environment` only (nothing of Gantry's own environment).
+    static func run(_ arguments: [String], input: String? = nil, environment: [String: String] = [:], inherit: Bool = true,
+                    label: String? = nil) throws -> String {
         guard let program = arguments.first else { throw SpawnError(description: "empty command") }
         _ = ignoreBrokenPipes
-        var variables = ProcessInfo.processInfo.environment
+        var variables = inherit ? ProcessInfo.processInfo.environment : [:]
         variables.merge(environment) { $1 }
         // Three pipes: standard input (written here), output and error (read here).
         var ends = [Int32](repeating: -1, count: 6)
@@ -90,7 +92,7 @@ enum ProcessControl {
         var exit: Int32 = 0
         while waitpid(pid, &exit, 0) < 0 && errno == EINTR {}
         guard exit == 0 else {
-            throw SpawnError(description: "\(arguments.first { !$0.hasPrefix("-") && $0 != "setpriv" } ?? "tool") failed: \(String(decoding: errors, as: UTF8.self).prefix(500))")
+            throw SpawnError(description: "\(label ?? arguments.first { !$0.hasPrefix("-") && $0 != "setpriv" } ?? "tool") failed: \(String(decoding: errors, as: UTF8.self).prefix(500))")
         }
         return String(decoding: output, as: UTF8.self)
     }

@@ -3,10 +3,11 @@ import GRDB
 
 /// SQLite databases of environments (`engine: sqlite`): created, seeded and cloned as files.
 public enum SQLiteFiles {
-    /// Creates the database at `path` if absent; runs `seed` (SQL text) when it is created.
-    /// Returns true when the file was created.
+    /// Creates the database at `path` if absent, as a copy of `source` when that exists, else
+    /// empty (a seed is the environment's code and runs with its privileges, not here). Returns
+    /// true when the file was created.
     @discardableResult
-    public static func prepare(path: String, seed: String?, cloneFrom source: String?) throws -> Bool {
+    public static func prepare(path: String, cloneFrom source: String?) throws -> Bool {
         guard !FileManager.default.fileExists(atPath: path) else { return false }
         try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         if let source, FileManager.default.fileExists(atPath: source) {
@@ -16,10 +17,7 @@ public enum SQLiteFiles {
             try from.backup(to: to)
             return true
         }
-        let queue = try DatabaseQueue(path: path)
-        if let seed, !seed.isEmpty {
-            try queue.write { db in try db.execute(sql: seed) }
-        }
+        _ = try DatabaseQueue(path: path)
         return true
     }
 }

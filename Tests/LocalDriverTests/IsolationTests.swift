@@ -190,6 +190,15 @@ struct IsolationTests {
         }
         // IPv6 loopback works inside (a server listening on "localhost" may pick ::1); the link has no IPv6.
         #expect(try Shell.run(try harness.inEnvironment(name, ["/usr/bin/python3", "-c", "import socket; socket.socket(socket.AF_INET6).bind(('::1', 0))"])).status == 0)
+        // Bound to its link (SO_BINDTODEVICE, no route needed), a connection to the host still goes nowhere.
+        let bound = try Shell.run(try harness.inEnvironment(name, ["/usr/bin/python3", "-c", """
+            import socket
+            s = socket.socket(); s.settimeout(2)
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, b"eth0")
+            try: s.connect(("\(hostEnd)", \(port))); print("connected")
+            except OSError as e: print("failed:", e)
+            """]))
+        #expect(bound.stdout.hasPrefix("failed"), "\(bound.stdout)\(bound.stderr)")
         // The outside world: no route at all (the egress proxy will be the way out).
         #expect(connect("8.8.8.8", 53).contains("unreachable"), "\(connect("8.8.8.8", 53))")
 
@@ -220,6 +229,31 @@ struct IsolationTests {
         for path in leftovers { #expect(!FileManager.default.fileExists(atPath: path), "\(path) stayed") }
         for (_, path) in restarted.driver.cgroups.directories("web", unit: "web") { #expect(FileManager.default.fileExists(atPath: path), "\(path) went") }
         #expect(try restarted.get("web")?.contains("hello from web") == true)
+    }
+
+    /// A state directory deleted while its Gantry was dead (kill -9, then rm -rf) leaves its
+    /// environments running, networked, and its uids claimed: the next Gantry of the host stops
+    /// them, removes their networks and gives the uids back.
+    @Test func whatADeletedStateDirectoryLeftIsCollectedByTheNextGantry() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let first = try Harness(repo: repo)
+        try first.pass()
+        let web = try #require(try first.service("web"))
+        let uid = try #require(try first.driver.user(of: "web"))
+        #expect(isRunning(web.pid) && Networks.exists(uid))
+        // Gone without a teardown (the first harness is not shut down before the next starts).
+        let gone = first.stateDirectory.path
+        try FileManager.default.removeItem(atPath: gone)
+        #expect(isRunning(web.pid), "the service stopped before anything collected it")
+
+        let next = try Harness(repo: repo)
+        next.reconciler.recover()
+        #expect(eventually(5) { !isRunning(web.pid) }, "the abandoned service \(web.pid) still runs")
+        #expect(ProcessControl.processes(ownedBy: uid).isEmpty)
+        #expect(!Networks.exists(uid), "its network stayed")
+        let claim = (try? String(contentsOfFile: "/var/lib/gantry/uids/\(uid)", encoding: .utf8)) ?? ""
+        #expect(!claim.hasPrefix(gone + "\n"), "its uid is still claimed for \(gone)")
     }
 
     /// `resources.memory` is a limit: a service that allocates past it is killed, not the host.

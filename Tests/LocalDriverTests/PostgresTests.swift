@@ -93,6 +93,49 @@ import StateStore
         #expect(try Shell.check(try harness.inEnvironment("shop", ["psql", url, "-At", "-c", "select count(*) from users"])).contains("2"))
     }
 
+    /// A seed is the environment's code: psql's `\\!` and `\\copy ... to program` in it run as the
+    /// environment's user inside its network, never as root on the host; the cluster's socket is
+    /// closed to environments; an environment cannot hold every connection slot.
+    @Test(.enabled(if: getuid() == 0)) func aSeedRunsAsTheEnvironmentAndItsConnectionsAreCapped() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let out = TemporaryDirectory("gantry-seed-out").writableByEveryone()
+        try repo.write("db/seed.sql", """
+            CREATE TABLE t(x int);
+            \\! sh -c 'id -u > \(out.path)/bang-uid; readlink /proc/self/ns/net > \(out.path)/bang-net'
+            \\copy (select 1) to program 'sh -c "id -u > \(out.path)/program-uid"'
+            """)
+        try writeEnvironment(repo, "seedy", options: "seed: db/seed.sql")
+        try repo.commit("a seed that runs shell commands")
+        let harness = try Harness(repo: repo)
+        #expect(try harness.pass().applied.contains("seedy"), "\(harness.diagnose("seedy"))")
+        let uid = try #require(try harness.state.allocations("uid", of: "seedy").first)
+        for file in ["bang-uid", "program-uid"] {
+            let written = try String(contentsOfFile: out.path + "/" + file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+            #expect(written == uid, "\(file): ran as \(written), not as the environment's uid \(uid)")
+        }
+        let hostNetwork = try FileManager.default.destinationOfSymbolicLink(atPath: "/proc/self/ns/net")
+        let seedNetwork = try String(contentsOfFile: out.path + "/bang-net", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(seedNetwork != hostNetwork, "the seed ran in the host's network")
+
+        // The cluster's socket is the server's: the environment reaches PostgreSQL at the gateway only.
+        let port = try #require(try harness.service("_host", "postgres")).port
+        let socket = try Shell.run(try harness.inEnvironment("seedy", ["psql", "-h", harness.stateDirectory.path + "/postgres/run", "-p", "\(port)",
+                                                                      "-U", "postgres", "-w", "-c", "select 1"]))
+        #expect(socket.status != 0 && socket.stderr.contains("Permission denied"), "\(socket.stderr)")
+        // Connections that never authenticate, held open: at most 32 get through; Gantry still gets in.
+        let held = try Shell.run(try harness.inEnvironment("seedy", ["/usr/bin/python3", "-c", """
+            import socket
+            held = []
+            for i in range(48):
+                try: held.append(socket.create_connection(("\(Networks.gateway)", \(port)), timeout=2))
+                except OSError: pass
+            print(len(held))
+            """]))
+        #expect(held.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "\(Networks.connectionsPerPort)", "\(held.stdout)\(held.stderr)")
+        #expect(try harness.driver.psql(port: port, sql: "SELECT 1").contains("1"))
+    }
+
     /// `shop-a`'s database `main` and `shop`'s database `a-main` were both `g_shop_a_main` once:
     /// one environment's teardown dropped the other's data.
     @Test func namesThatOnceCollidedStayApartAndTeardownDropsOnlyItsOwn() throws {

@@ -85,4 +85,30 @@ import StateStore
         #expect(try Shell.check(["python3", "-c", "import sqlite3; print(sqlite3.connect('\(path)').execute('select x from t').fetchone()[0])"])
             .trimmingCharacters(in: .whitespacesAndNewlines) == "seeded")
     }
+
+    /// A SQLite seed is the environment's code: it runs as the environment's user, so it cannot
+    /// write (ATTACH, VACUUM INTO) where that user cannot; the apply fails and names the seed.
+    @Test(.enabled(if: getuid() == 0)) func aSeedCannotWriteWhereTheEnvironmentCannot() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let closed = TemporaryDirectory("gantry-closed")
+        _ = chmod(closed.path, 0o700)
+        try repo.write("db/seed.sql", "ATTACH DATABASE '\(closed.path)/stolen.db' AS x; CREATE TABLE x.t(a);")
+        try repo.write("environments/attacher.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: attacher, class: development}
+            spec:
+              template: python-web
+              databases:
+                main: {engine: sqlite, seed: db/seed.sql}
+            """)
+        try repo.commit("a seed that writes outside its environment")
+        let harness = try Harness(repo: repo)
+        #expect(try harness.pass().failed.contains("attacher"))
+        #expect(!FileManager.default.fileExists(atPath: closed.path + "/stolen.db"), "the seed wrote as root")
+        let message = try harness.environment("attacher")?.message ?? ""
+        #expect(message.contains("seed db/seed.sql") && message.contains("unable to open database"), "\(message)")
+        #expect(!FileManager.default.fileExists(atPath: harness.driver.sqlitePath(environment: "attacher", database: "main")))
+    }
 }
