@@ -62,29 +62,28 @@ extension LocalDriver {
         guard (try? FileManager.default.createDirectory(atPath: registry, withIntermediateDirectories: true,
                                                          attributes: [.posixPermissions: 0o700])) != nil else { return false }
         // One claimer at a time on this host: checking a stale claim and taking it over is one step.
-        let lock = open(registry + "/.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard lock >= 0, flock(lock, LOCK_EX) == 0 else { if lock >= 0 { close(lock) }; return false }
-        defer { flock(lock, LOCK_UN); close(lock) }
-        let path = registry + "/\(uid)"
-        let text = claimText(environment)
-        let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
-        if fd >= 0 {
-            defer { close(fd) }
-            return text.withCString { write(fd, $0, strlen($0)) } == text.utf8.count
+        return withRegistryLock(otherwise: false) {
+            let path = registry + "/\(uid)"
+            let text = claimText(environment)
+            let fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0o600)
+            if fd >= 0 {
+                defer { close(fd) }
+                return text.withCString { write(fd, $0, strlen($0)) } == text.utf8.count
+            }
+            guard errno == EEXIST, let existing = try? String(contentsOfFile: path, encoding: .utf8) else { return false }
+            if existing == text { return true }
+            let owner = existing.split(separator: "\n").first.map(String.init) ?? ""
+            // (An empty claim is one whose writer died before writing: stale too.)
+            guard owner.isEmpty || !FileManager.default.fileExists(atPath: owner), ProcessControl.processes(ownedBy: uid).isEmpty else { return false }
+            // Stale (its Gantry's state directory is gone, nothing runs as it): taken over atomically.
+            let temporary = path + ".\(getpid()).new"
+            guard FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]),
+                  rename(temporary, path) == 0 else { return false }
+            // (A network the earlier holder left is reused: its addresses are the uid's, and its
+            // host-side rules are rewritten when the environment's first process starts.)
+            networkRules[uid] = nil
+            return (try? String(contentsOfFile: path, encoding: .utf8)) == text
         }
-        guard errno == EEXIST, let existing = try? String(contentsOfFile: path, encoding: .utf8) else { return false }
-        if existing == text { return true }
-        let owner = existing.split(separator: "\n").first.map(String.init) ?? ""
-        // (An empty claim is one whose writer died before writing: stale too.)
-        guard owner.isEmpty || !FileManager.default.fileExists(atPath: owner), ProcessControl.processes(ownedBy: uid).isEmpty else { return false }
-        // Stale (its Gantry's state directory is gone, nothing runs as it): taken over atomically.
-        let temporary = path + ".\(getpid()).new"
-        guard FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]),
-              rename(temporary, path) == 0 else { return false }
-        // (A network the earlier holder left is reused: its addresses are the uid's, and its
-        // host-side rules are rewritten when the environment's first process starts.)
-        networkRules[uid] = nil
-        return (try? String(contentsOfFile: path, encoding: .utf8)) == text
     }
 
     /// Gives the uid's claim back to the host (its files are gone, nothing of it runs).
@@ -92,17 +91,20 @@ extension LocalDriver {
         releaseUID(uid) { $0 == claimText(environment) }
     }
 
-    /// Gives back the claim of a state directory that is gone (`owner`).
-    func releaseUID(_ uid: uid_t, claimedBy owner: String) {
-        releaseUID(uid) { $0.split(separator: "\n").first.map(String.init) == owner }
+    private func releaseUID(_ uid: uid_t, when matches: (String) -> Bool) {
+        withRegistryLock(otherwise: ()) {
+            let path = options.uidRegistry + "/\(uid)"
+            if let claim = try? String(contentsOfFile: path, encoding: .utf8), matches(claim) { unlink(path) }
+        }
     }
 
-    private func releaseUID(_ uid: uid_t, when matches: (String) -> Bool) {
+    /// `body`'s result, run holding the host registry's lock (one claimer at a time on this
+    /// host); `otherwise` when the lock cannot be had.
+    func withRegistryLock<T>(otherwise: T, _ body: () -> T) -> T {
         let lock = open(options.uidRegistry + "/.lock", O_RDWR | O_CREAT | O_CLOEXEC, 0o600)
-        guard lock >= 0, flock(lock, LOCK_EX) == 0 else { if lock >= 0 { close(lock) }; return }
+        guard lock >= 0, flock(lock, LOCK_EX) == 0 else { if lock >= 0 { close(lock) }; return otherwise }
         defer { flock(lock, LOCK_UN); close(lock) }
-        let path = options.uidRegistry + "/\(uid)"
-        if let claim = try? String(contentsOfFile: path, encoding: .utf8), matches(claim) { unlink(path) }
+        return body()
     }
 
     /// `<state>/envs`, unless (as root, isolating users) an environment's user could not reach it

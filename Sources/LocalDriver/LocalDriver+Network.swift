@@ -103,12 +103,19 @@ extension LocalDriver {
         guard !abandoned.isEmpty || !orphans.isEmpty else { return }
         let running = ProcessControl.processesByUID()
         for uid in abandoned {
-            if running[uid] != nil {
-                logger.warning("stopping the processes of uid \(uid): the state directory that ran them (\(owners[uid] ?? "")) is gone")
-                ProcessControl.killEveryProcess(of: uid)
+            // Checked again under the registry's lock: another Gantry may have taken the claim over
+            // (and started its own processes as the uid) since the listing above.
+            withRegistryLock(otherwise: ()) {
+                let path = registry + "/\(uid)"
+                guard let claim = try? String(contentsOfFile: path, encoding: .utf8),
+                      claim.split(separator: "\n").first.map(String.init) == owners[uid] else { return }
+                if running[uid] != nil {
+                    logger.warning("stopping the processes of uid \(uid): the state directory that ran them (\(owners[uid] ?? "")) is gone")
+                    ProcessControl.killEveryProcess(of: uid)
+                }
+                networks.remove(uid: uid)
+                unlink(path)
             }
-            networks.remove(uid: uid)
-            releaseUID(uid, claimedBy: owners[uid] ?? "")
         }
         for uid in orphans where running[uid] == nil { networks.remove(uid: uid) }
     }

@@ -95,7 +95,9 @@ extension LocalDriver {
         for (pid, mark) in ProcessControl.processes(markedWith: Self.markVariable, prefix: "") where getpgid(pid) == pid {
             guard let directory = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/cwd"),
                   directory.hasSuffix(" (deleted)") else { continue }
-            ProcessControl.stopGroup(pid, grace: options.stopGrace)
+            // (Nothing waits for it: SIGKILL at once, to its group too.)
+            kill(-pid, SIGKILL)
+            kill(pid, SIGKILL)
             events.append(DriverEvent(environment: Self.hostEnvironment, kind: "orphan-stopped",
                                       message: "stopped process \(pid) (\(mark)): its working directory \(directory) is gone"))
         }

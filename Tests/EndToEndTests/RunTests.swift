@@ -22,7 +22,8 @@ import TestSupport
         // A long poll interval: only `gantry notify` can make the second pass happen quickly.
         let run = try GantryProcess(["run", "--repo", repo.path, "--state", state.path, "--interval", "60", "--stop-on-exit",
                                      "--router-port", "0"], log: state.path + "/run.log")
-        #expect(eventually(30) { running(state.path) == ["web", "status-page"] })
+        #expect(eventually(30) { running(state.path) == ["web", "status-page"] },
+                "\((try? String(contentsOfFile: state.path + "/run.log", encoding: .utf8))?.suffix(3000) ?? "no log")")
         try repo.checkout("feature", create: true)
         try repo.write("apps/hello/NOTE", "x")
         try repo.commit("touch")
