@@ -92,6 +92,9 @@ extension LocalDriver {
     func collectAbandoned() {
         guard isolatesUsers else { return }
         let registry = options.uidRegistry
+        // Namespaces listed before the claims: a namespace is made after its claim, so one that no
+        // claim names here is no environment's (and it is checked again under the lock).
+        let namespaces = Networks.existing()
         var owners: [uid_t: String] = [:]
         for entry in (try? FileManager.default.contentsOfDirectory(atPath: registry)) ?? [] {
             guard let uid = uid_t(entry) else { continue }
@@ -99,7 +102,7 @@ extension LocalDriver {
             owners[uid] = claim.split(separator: "\n").first.map(String.init) ?? ""
         }
         let abandoned = owners.filter { !$0.value.isEmpty && !FileManager.default.fileExists(atPath: $0.value) }.map(\.key)
-        let orphans = Set(Networks.existing()).subtracting(owners.keys)
+        let orphans = Set(namespaces).subtracting(owners.keys)
         guard !abandoned.isEmpty || !orphans.isEmpty else { return }
         let running = ProcessControl.processesByUID()
         for uid in abandoned {
@@ -117,6 +120,12 @@ extension LocalDriver {
                 unlink(path)
             }
         }
-        for uid in orphans where running[uid] == nil { networks.remove(uid: uid) }
+        for uid in orphans where running[uid] == nil {
+            withRegistryLock(otherwise: ()) {
+                // Claimed meanwhile: another Gantry's environment is being made in it.
+                guard !FileManager.default.fileExists(atPath: registry + "/\(uid)"), ProcessControl.processes(ownedBy: uid).isEmpty else { return }
+                networks.remove(uid: uid)
+            }
+        }
     }
 }

@@ -208,7 +208,7 @@ import StateStore
         try repo.commit("add a crashing environment")
         let harness = try Harness(repo: repo)
         let summary = try harness.pass()
-        #expect(summary.failed == ["crash"])
+        #expect(summary.failed == ["crash"], "\(harness.diagnose("web"))")
         let failed = try #require(try harness.environment("crash"))
         #expect(failed.phase == .failed)
         #expect(failed.conditions == ["ApplyFailed"])
