@@ -49,9 +49,33 @@ extension LocalDriver {
         throw LocalDriverError("no user id left in \(options.uidRange.lowerBound)–\(options.uidRange.upperBound - 1) for \(environment) (ids are not reused within a state directory, and others are held by other Gantry instances in \(options.uidRegistry)); widen LocalDriver.Options.uidRange")
     }
 
-    /// What this instance writes into a uid's claim in the host registry.
+    /// What this instance writes into a uid's claim in the host registry: its state directory,
+    /// the environment, and the state directory's token (a state directory deleted and made again
+    /// at the same path is another one).
     private func claimText(_ environment: String) -> String {
-        "\(stateDirectory.path)\n\(environment)\n"
+        "\(stateDirectory.path)\n\(environment)\n\(instanceToken)\n"
+    }
+
+    /// The random token of this state directory (`<state>/instance`, made on first use).
+    static func instanceToken(of stateDirectory: URL) -> String {
+        let file = stateDirectory.appendingPathComponent("instance").path
+        if let token = try? String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines), token.count == 32 {
+            return token
+        }
+        let token = (0..<16).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
+        try? FileManager.default.createDirectory(at: stateDirectory, withIntermediateDirectories: true)
+        FileManager.default.createFile(atPath: file, contents: Data((token + "\n").utf8), attributes: [.posixPermissions: 0o600])
+        return (try? String(contentsOfFile: file, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)) ?? token
+    }
+
+    /// Whether a claim's holder is gone: its state directory does not exist, or is another one at
+    /// the same path (its token differs). An empty claim (its writer died before writing) is stale.
+    static func claimIsStale(_ claim: String) -> Bool {
+        let lines = claim.split(separator: "\n", omittingEmptySubsequences: false).map(String.init)
+        guard let owner = lines.first, !owner.isEmpty, FileManager.default.fileExists(atPath: owner) else { return true }
+        guard lines.count > 2, !lines[2].isEmpty else { return false }
+        let current = (try? String(contentsOfFile: owner + "/instance", encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        return current != nil && current != lines[2]
     }
 
     /// Claims `uid` for `environment` in the host registry (a file per uid, created exclusively).
@@ -72,15 +96,19 @@ extension LocalDriver {
             }
             guard errno == EEXIST, let existing = try? String(contentsOfFile: path, encoding: .utf8) else { return false }
             if existing == text { return true }
-            let owner = existing.split(separator: "\n").first.map(String.init) ?? ""
-            // (An empty claim is one whose writer died before writing: stale too.)
-            guard owner.isEmpty || !FileManager.default.fileExists(atPath: owner), ProcessControl.processes(ownedBy: uid).isEmpty else { return false }
+            // Written by a Gantry before claims carried the token: ours, completed.
+            if existing == "\(stateDirectory.path)\n\(environment)\n" {
+                return FileManager.default.createFile(atPath: path, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600])
+            }
+            guard Self.claimIsStale(existing), ProcessControl.processes(ownedBy: uid).isEmpty else { return false }
             // Stale (its Gantry's state directory is gone, nothing runs as it): taken over atomically.
             let temporary = path + ".\(getpid()).new"
             guard FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]),
                   rename(temporary, path) == 0 else { return false }
-            // (A network the earlier holder left is reused: its addresses are the uid's, and its
-            // host-side rules are rewritten when the environment's first process starts.)
+            // What the earlier holder left in the host's shared places is not handed on. (A network
+            // it left is reused: its addresses are the uid's, and its host-side rules are rewritten
+            // when the environment's first process starts.)
+            Self.scrubSharedFiles(of: uid)
             networkRules[uid] = nil
             return (try? String(contentsOfFile: path, encoding: .utf8)) == text
         }
@@ -183,11 +211,12 @@ extension LocalDriver {
     /// environment but `variables`; its output.
     @discardableResult
     func runInEnvironment(_ environment: String, unit: String, _ command: [String], input: String,
-                          variables: [String: String] = [:], label: String) throws -> String {
+                          variables: [String: String] = [:], label: String, timeout: Double) throws -> String {
         // Whatever it left running (`\\! sleep 1000 &` in a psql seed) goes with its group.
         defer { cgroups.kill(environment, unit: unit, remove: true) }
         return try ProcessControl.run(try sandboxed(environment, unit: unit, command), input: input,
-                                      environment: Self.sandboxVariables(variables, environment: environment), inherit: false, label: label)
+                                      environment: Self.sandboxVariables(variables, environment: environment), inherit: false, label: label,
+                                      timeout: timeout)
     }
 
     /// `command` run as `user` (uid and gid alike, no supplementary groups, no way back to privilege).
@@ -225,14 +254,64 @@ extension LocalDriver {
         _ = chmod(path, mode)
     }
 
+    /// Gives `path` and everything under it to `user`, walking by directory descriptors opened
+    /// with O_NOFOLLOW: a directory swapped for a symbolic link meanwhile (by a process of the
+    /// environment already running) is never followed, so nothing outside changes owner.
     private func giveTree(_ path: String, to user: uid_t) throws {
-        guard lchown(path, user, user) == 0 else {
-            throw LocalDriverError("cannot give \(path) to uid \(user): \(String(cString: strerror(errno)))")
+        let top = open(path, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+        guard top >= 0 else {
+            // Not a directory (or a link): the entry itself, never what it points to.
+            guard lchown(path, user, user) == 0 else { throw LocalDriverError("cannot give \(path) to uid \(user): \(String(cString: strerror(errno)))") }
+            return
         }
-        var info = stat()
-        guard lstat(path, &info) == 0, (info.st_mode & S_IFMT) == S_IFDIR else { return }
-        for entry in (try? FileManager.default.contentsOfDirectory(atPath: path)) ?? [] {
-            try giveTree(path + "/" + entry, to: user)
+        try Self.giveDirectory(top, path: path, to: user)
+    }
+
+    /// Gives the open directory `fd` (closed here) and its contents to `user`.
+    private static func giveDirectory(_ fd: Int32, path: String, to user: uid_t) throws {
+        guard let stream = fdopendir(fd) else { close(fd); throw LocalDriverError("cannot read \(path): \(String(cString: strerror(errno)))") }
+        defer { closedir(stream) }
+        guard fchown(fd, user, user) == 0 else { throw LocalDriverError("cannot give \(path) to uid \(user): \(String(cString: strerror(errno)))") }
+        while let entry = readdir(stream) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            guard name != ".", name != ".." else { continue }
+            let child = openat(fd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC)
+            if child >= 0 {
+                try giveDirectory(child, path: path + "/" + name, to: user)
+            } else if fchownat(fd, name, user, user, AT_SYMLINK_NOFOLLOW) != 0, errno != ENOENT {
+                throw LocalDriverError("cannot give \(path)/\(name) to uid \(user): \(String(cString: strerror(errno)))")
+            }
+        }
+    }
+
+    /// The places of the host every user may write to, outside the environments' directories.
+    static let sharedDirectories = ["/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue"]
+
+    /// Removes what `uid` left in the host's shared places (files, sockets, directories it owns in
+    /// /tmp, /var/tmp, /dev/shm, POSIX message queues) and its System V IPC objects, so the next
+    /// holder of the uid (another state directory's environment) finds nothing of it. Its
+    /// processes are gone.
+    static func scrubSharedFiles(of uid: uid_t) {
+        for directory in sharedDirectories where FileManager.default.fileExists(atPath: directory) {
+            // find never follows links (-P) and stays on the file system (-xdev); it only descends
+            // where the uid could have written: its own directories and those open to everyone.
+            let listed = (try? ProcessControl.run(["find", directory, "-xdev", "-mindepth", "1",
+                                                   "(", "-type", "d", "!", "-uid", String(uid), "!", "-perm", "-0002", "-prune", ")",
+                                                   "-o", "(", "-uid", String(uid), "-print0", ")"])) ?? ""
+            // Deepest first: a directory is empty of the uid's files when its turn comes.
+            for path in listed.split(separator: "\0").reversed().map(String.init) {
+                var info = stat()
+                guard lstat(path, &info) == 0, info.st_uid == uid else { continue }
+                if (info.st_mode & S_IFMT) == S_IFDIR { rmdir(path) } else { unlink(path) }
+            }
+        }
+        for (table, uidColumn, flag) in [("shm", 7, "-m"), ("msg", 7, "-q"), ("sem", 4, "-s")] {
+            let lines = ((try? String(contentsOfFile: "/proc/sysvipc/\(table)", encoding: .utf8)) ?? "").split(separator: "\n").dropFirst()
+            for line in lines {
+                let fields = line.split(separator: " ")
+                guard fields.count > uidColumn, uid_t(fields[uidColumn]) == uid else { continue }
+                _ = try? ProcessControl.run(["ipcrm", flag, String(fields[1])])
+            }
         }
     }
 

@@ -98,10 +98,10 @@ extension LocalDriver {
         var owners: [uid_t: String] = [:]
         for entry in (try? FileManager.default.contentsOfDirectory(atPath: registry)) ?? [] {
             guard let uid = uid_t(entry) else { continue }
-            let claim = (try? String(contentsOfFile: registry + "/" + entry, encoding: .utf8)) ?? ""
-            owners[uid] = claim.split(separator: "\n").first.map(String.init) ?? ""
+            owners[uid] = (try? String(contentsOfFile: registry + "/" + entry, encoding: .utf8)) ?? ""
         }
-        let abandoned = owners.filter { !$0.value.isEmpty && !FileManager.default.fileExists(atPath: $0.value) }.map(\.key)
+        // (An empty claim is one being written: left to the claimers.)
+        let abandoned = owners.filter { !$0.value.isEmpty && Self.claimIsStale($0.value) }.map(\.key)
         let orphans = Set(namespaces).subtracting(owners.keys)
         guard !abandoned.isEmpty || !orphans.isEmpty else { return }
         let running = ProcessControl.processesByUID()
@@ -110,13 +110,14 @@ extension LocalDriver {
             // (and started its own processes as the uid) since the listing above.
             withRegistryLock(otherwise: ()) {
                 let path = registry + "/\(uid)"
-                guard let claim = try? String(contentsOfFile: path, encoding: .utf8),
-                      claim.split(separator: "\n").first.map(String.init) == owners[uid] else { return }
+                guard let claim = try? String(contentsOfFile: path, encoding: .utf8), claim == owners[uid] else { return }
                 if running[uid] != nil {
-                    logger.warning("stopping the processes of uid \(uid): the state directory that ran them (\(owners[uid] ?? "")) is gone")
+                    let owner = claim.split(separator: "\n").first.map(String.init) ?? ""
+                    logger.warning("stopping the processes of uid \(uid): the state directory that ran them (\(owner)) is gone")
                     ProcessControl.killEveryProcess(of: uid)
                 }
                 networks.remove(uid: uid)
+                Self.scrubSharedFiles(of: uid)
                 unlink(path)
             }
         }

@@ -214,7 +214,7 @@ extension LocalDriver {
                             + (try sandboxed(environment.name, unit: unit, environmentPsql(port: port, name: name))),
                             environment: Self.sandboxVariables(["GANTRY_SOURCE_PASSWORD": try postgresSuperuserPassword(), "PGPASSWORD": password],
                                                                environment: environment.name), inherit: false,
-                            label: "database \(database.name): clone from \(source)")
+                            label: "database \(database.name): clone from \(source)", timeout: options.cloneTimeout)
                         changes.append("+database \(database.name) (cloned from \(source))")
                         return true
                     }
@@ -228,7 +228,7 @@ extension LocalDriver {
                     // it runs as the environment would, as its role, from its network, as its user.
                     try runInEnvironment(environment.name, unit: "seed-\(database.name)", environmentPsql(port: port, name: name),
                                          input: String(decoding: sql, as: UTF8.self), variables: ["PGPASSWORD": password],
-                                         label: "database \(database.name): seed \(seed)")
+                                         label: "database \(database.name): seed \(seed)", timeout: options.seedTimeout)
                 }
                 return false
             }

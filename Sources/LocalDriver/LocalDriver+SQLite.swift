@@ -76,7 +76,7 @@ extension LocalDriver {
         defer { for suffix in ["", "-journal", "-wal", "-shm"] { unlink(seeding + suffix) } }
         let script = "import sqlite3, sys\nconnection = sqlite3.connect(sys.argv[1])\nconnection.executescript(sys.stdin.read())\nconnection.commit()\nconnection.close()\n"
         try runInEnvironment(environment, unit: "seed-\(database)", ["python3", "-c", script, seeding], input: seed,
-                             label: "database \(database): seed \(file)")
+                             label: "database \(database): seed \(file)", timeout: options.seedTimeout)
         // Written through the link: the staging file is the seeded database (unless the seed put another file there).
         var seeded = stat(), staged = stat()
         guard lstat(seeding, &seeded) == 0, lstat(staging, &staged) == 0, seeded.st_ino == staged.st_ino else {

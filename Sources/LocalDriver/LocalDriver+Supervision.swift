@@ -61,7 +61,11 @@ extension LocalDriver {
             // The uid stays recorded (never handed to another environment); its files are gone.
             for uid in (try? state.allocations(Self.uidAllocation, of: name)) ?? [] {
                 try? state.release(Self.uidAllocation, uid)
-                if let id = uid_t(uid), ProcessControl.processes(ownedBy: id).isEmpty { releaseUID(id, of: name) }
+                if let id = uid_t(uid), ProcessControl.processes(ownedBy: id).isEmpty {
+                    // Its files in /tmp, /dev/shm... go before another environment may get the uid.
+                    Self.scrubSharedFiles(of: id)
+                    releaseUID(id, of: name)
+                }
             }
         }
         return problems

@@ -29,6 +29,10 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         public var keptLogs = 3
         /// Seconds a job may run.
         public var jobTimeout = 600.0
+        /// Seconds a database's seed may run (the reconciler waits for it: one slow seed would hold
+        /// every other environment's convergence), and a clone.
+        public var seedTimeout = 120.0
+        public var cloneTimeout = 600.0
         /// Crash restarts: the first at once, the k-th after `restartBackoff`·2^(k-1) seconds, capped.
         public var restartBackoff = 1.0
         public var maxRestartBackoff = 60.0
@@ -59,6 +63,8 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     let options: Options
     /// Identifies this state directory in `GANTRY_MARK`.
     let instance: String
+    /// Tells this state directory from another made later at the same path (in uid claims).
+    let instanceToken: String
     /// Crash-restart backoff: next allowed restart time per "env/service".
     var nextRestart: [String: Date] = [:]
     /// The routing domain of the last applied revision, for `${env.domain}` on a crash restart.
@@ -85,6 +91,7 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         self.options = options
         let digest = SHA256.hash(data: Data(stateDirectory.standardizedFileURL.path.utf8))
         self.instance = digest.prefix(6).map { String(format: "%02x", $0) }.joined()
+        instanceToken = Self.instanceToken(of: self.stateDirectory)
         cgroups = ControlGroups(instance: instance, enabled: options.useControlGroups)
         networks = Networks(enabled: options.isolateNetwork && options.isolateUsers)
         secureStateDirectory()

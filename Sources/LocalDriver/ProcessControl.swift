@@ -14,8 +14,10 @@ enum ProcessControl {
     /// Foundation `Process` takes up to 50 ms more per run, which a network's set-up would pay many times.)
     @discardableResult
     /// Without `inherit`, the tool gets `environment` only (nothing of Gantry's own environment).
+    /// With `timeout` (seconds), a tool still running then is killed with its process group and
+    /// the run fails saying so.
     static func run(_ arguments: [String], input: String? = nil, environment: [String: String] = [:], inherit: Bool = true,
-                    label: String? = nil) throws -> String {
+                    label: String? = nil, timeout: Double? = nil) throws -> String {
         guard let program = arguments.first else { throw SpawnError(description: "empty command") }
         _ = ignoreBrokenPipes
         var variables = inherit ? ProcessInfo.processInfo.environment : [:]
@@ -40,7 +42,8 @@ enum ProcessControl {
         sigemptyset(&empty)
         posix_spawnattr_setsigdefault(&attributes, &defaults)
         posix_spawnattr_setsigmask(&attributes, &empty)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+        posix_spawnattr_setpgroup(&attributes, 0)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP))
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -66,11 +69,21 @@ enum ProcessControl {
         if bytes.isEmpty { close(ends[1]); ends[1] = -1 }
         var output: [UInt8] = [], errors: [UInt8] = []
         var buffer = [UInt8](repeating: 0, count: 65536)
+        let deadline = timeout.map { Date().addingTimeInterval($0) }
+        var timedOut = false
         while ends[2] >= 0 || ends[4] >= 0 {
             var watched: [pollfd] = []
             if ends[1] >= 0 { watched.append(pollfd(fd: ends[1], events: Int16(POLLOUT), revents: 0)) }
             for index in [2, 4] where ends[index] >= 0 { watched.append(pollfd(fd: ends[index], events: Int16(POLLIN), revents: 0)) }
-            guard poll(&watched, nfds_t(watched.count), -1) >= 0 || errno == EINTR else { break }
+            let wait = deadline.map { Int32(max(0, min(1_000, $0.timeIntervalSinceNow * 1_000))) } ?? -1
+            if let deadline, Date() >= deadline {
+                // Its whole group: a pipeline's tools, whatever they started.
+                kill(-pid, SIGKILL)
+                kill(pid, SIGKILL)
+                timedOut = true
+                break
+            }
+            guard poll(&watched, nfds_t(watched.count), wait) >= 0 || errno == EINTR else { break }
             for entry in watched where entry.revents != 0 {
                 if entry.fd == ends[1] {
                     let count = bytes.withUnsafeBytes { write(entry.fd, $0.baseAddress! + written, bytes.count - written) }
@@ -90,7 +103,15 @@ enum ProcessControl {
             }
         }
         var exit: Int32 = 0
+        // A tool that closed its output but runs on is waited for until the deadline too.
+        while !timedOut, let deadline, waitpid(pid, &exit, WNOHANG) == 0 {
+            if Date() >= deadline { kill(-pid, SIGKILL); kill(pid, SIGKILL); timedOut = true; break }
+            usleep(10_000)
+        }
         while waitpid(pid, &exit, 0) < 0 && errno == EINTR {}
+        if timedOut {
+            throw SpawnError(description: "\(label ?? program) did not finish within \(Int(timeout ?? 0))s and was stopped")
+        }
         guard exit == 0 else {
             throw SpawnError(description: "\(label ?? arguments.first { !$0.hasPrefix("-") && $0 != "setpriv" } ?? "tool") failed: \(String(decoding: errors, as: UTF8.self).prefix(500))")
         }

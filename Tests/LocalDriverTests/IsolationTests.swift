@@ -127,12 +127,17 @@ struct IsolationTests {
         #expect(eventually(5) { getpgid(detached) != probe.pid }, "the detached process never left the service's group")
         // ...stays in the group (it cannot move itself out).
         #expect(((try? String(contentsOfFile: "/proc/\(detached)/cgroup", encoding: .utf8)) ?? "").contains("/\(name)/web"))
-        // ...is gone when the branch is.
+        // Files it leaves in the host's shared places (here written as its user, in its network)...
+        let leftovers = ["/tmp/gantry-leftover-\(probeUID)", "/dev/shm/gantry-leftover-\(probeUID)"]
+        for path in leftovers { #expect(try Shell.run(try harness.inEnvironment(name, ["sh", "-c", "echo mine > \(path)"])).status == 0) }
+        #expect(leftovers.allSatisfy { FileManager.default.fileExists(atPath: $0) })
+        // ...are gone when the branch is, with the detached process.
         try repo.checkout("main")
         try repo.git("branch", "-D", "agents/probe")
         #expect(try harness.pass().destroyed.contains(name))
         #expect(eventually(5) { uid(of: detached) == nil }, "the detached process \(detached) survived teardown")
         #expect(ProcessControl.processes(ownedBy: uid_t(probeUID)).isEmpty)
+        for path in leftovers { #expect(!FileManager.default.fileExists(atPath: path), "\(path) outlived its environment") }
         // The environment's groups are gone with it.
         for (_, path) in harness.driver.cgroups.directories(name) { #expect(!FileManager.default.fileExists(atPath: path), "\(path)") }
         // Production was never disturbed.
@@ -310,9 +315,11 @@ struct IsolationTests {
         try repo.commitAsOwner("drop the hopper")
         #expect(try harness.pass().destroyed == ["hop"])
         #expect(ProcessControl.processes(ownedBy: uid).isEmpty, "the chain runs on as uid \(uid)")
-        let last = try String(contentsOfFile: heartbeat, encoding: .utf8)
+        // What the uid left in /tmp went with it (the next holder of the uid finds nothing), and the
+        // chain is not there to write it again.
+        #expect(!FileManager.default.fileExists(atPath: heartbeat), "the heartbeat file of uid \(uid) stayed after teardown")
         Thread.sleep(forTimeInterval: 1.5)
-        #expect(try String(contentsOfFile: heartbeat, encoding: .utf8) == last, "the heartbeat went on after teardown")
+        #expect(!FileManager.default.fileExists(atPath: heartbeat), "the heartbeat went on after teardown")
     }
 
     /// Two Gantry instances on one host (two state directories) never give one uid to two

@@ -136,6 +136,25 @@ import StateStore
         #expect(try harness.driver.psql(port: port, sql: "SELECT 1").contains("1"))
     }
 
+    /// A seed that runs on and on does not hold the reconciler: it is stopped at the seed time
+    /// limit, the apply fails saying so, and the database is dropped for a fresh retry.
+    @Test func aSeedThatRunsOnIsStoppedAtItsTimeLimit() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("db/seed.sql", "CREATE TABLE t(x int);\nSELECT pg_sleep(60);\n")
+        try writeEnvironment(repo, "sleepy", options: "seed: db/seed.sql")
+        try repo.commit("a seed that sleeps")
+        let harness = try Harness(repo: repo, configure: { $0.seedTimeout = 2 })
+        let start = Date()
+        #expect(try harness.pass().failed.contains("sleepy"))
+        #expect(Date().timeIntervalSince(start) < 30, "the pass waited for the seed")
+        let message = try harness.environment("sleepy")?.message ?? ""
+        #expect(message.contains("seed db/seed.sql did not finish within 2s"), "\(message)")
+        let port = try #require(try harness.service("_host", "postgres")).port
+        let name = LocalDriver.postgresName(environment: "sleepy", database: "main")
+        #expect(try harness.driver.psql(port: port, sql: "SELECT count(*) FROM pg_database WHERE datname = '\(name)'").contains("0"))
+    }
+
     /// `shop-a`'s database `main` and `shop`'s database `a-main` were both `g_shop_a_main` once:
     /// one environment's teardown dropped the other's data.
     @Test func namesThatOnceCollidedStayApartAndTeardownDropsOnlyItsOwn() throws {
