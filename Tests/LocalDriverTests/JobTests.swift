@@ -10,6 +10,10 @@ import StateStore
         let repo = try TestRepository()
         try repo.seedExample()
         let marks = TemporaryDirectory("gantry-jobs").writableByEveryone()
+        // The test's file, open to the jobs (a file the environment's user made in /tmp would go with
+        // its teardown).
+        #expect(FileManager.default.createFile(atPath: marks.path + "/journal", contents: nil, attributes: [.posixPermissions: 0o666]))
+        _ = chmod(marks.path + "/journal", 0o666)
         try repo.write("infra/up.sh", "echo \"up $GANTRY_ENVIRONMENT\" >> \(marks.path)/journal\n")
         try repo.write("infra/down.sh", "echo \"down $GANTRY_ENVIRONMENT\" >> \(marks.path)/journal; echo 'cannot reach the cloud' >&2; exit 3\n")
         try repo.write("environments/infra.yaml", """
