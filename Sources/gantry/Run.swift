@@ -110,6 +110,9 @@ struct Run: ParsableCommand {
         }
         let stop = StopFlag()
         let wake = WakeSignal()
+        // A local repository's pushes wake the loop at once (no hook, no poll wait).
+        let watcher = RepositoryLocation.isRemote(location) ? nil : RefWatcher(gitDirectory: repository.gitDirectory) { wake.wake() }
+        if !RepositoryLocation.isRemote(location) && watcher == nil { logger.warning("inotify is unavailable: pushes are seen at the next poll or `gantry notify`") }
         wake.installSignalHandlers { signal in
             logger.info("received signal \(signal); stopping after this pass")
             stop.set()

@@ -65,6 +65,27 @@ import TestSupport
         #expect(((after["services"] as? [[String: Any]])?.first?["phase"] as? String) == "Stopped")
     }
 
+    /// A push to a local repository wakes Gantry by itself (inotify on its refs): with a poll of
+    /// a minute and no `gantry notify`, a new branch is served within seconds, and so is a branch
+    /// name with slashes made after Gantry started.
+    @Test func aPushIsSeenWithoutNotifyOrPoll() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let state = TemporaryDirectory()
+        defer { killMarked(state: state.path) }
+        let run = try GantryProcess(["run", "--repo", repo.path, "--state", state.path, "--interval", "60", "--stop-on-exit",
+                                     "--router-port", "0"], log: state.path + "/run.log")
+        defer { run.terminate() }
+        #expect(eventually(30) { running(state.path) == ["web", "status-page"] })
+        try repo.checkout("agents/new/topic", create: true)
+        try repo.write("apps/hello/NOTE", "x")
+        try repo.commit("touch")
+        let start = Date()
+        #expect(eventually(20) { running(state.path).contains("web--agents-new-topic") },
+                "\((try? String(contentsOfFile: state.path + "/run.log", encoding: .utf8))?.suffix(2000) ?? "")")
+        #expect(Date().timeIntervalSince(start) < 20)
+    }
+
     /// Environments reach one another through routes only: the router (at the gateway, given in
     /// `GANTRY_ROUTER`) serves another environment's route by Host; its service's own address does
     /// not answer them (as root, where each environment has a network of its own).
