@@ -175,7 +175,7 @@ extension LocalDriver {
         let joins = record.environment == Self.hostEnvironment ? []
             : try cgroups.prepare(record.environment, unit: record.name, memory: limits.memory, cpu: limits.cpu)
         // And its network, entered before it drops to its user.
-        let network = try network(of: record.environment)
+        let network = try network(of: record.environment, user: user)
         let pid = try ProcessControl.spawn(ControlGroups.joining(joins, Networks.entering(network, Self.asUser(user, resolved.command))),
                                            directory: record.workdir!,
                                            environment: variables, logPath: log.path, input: input)

@@ -193,7 +193,7 @@ extension LocalDriver {
     /// remove: true)` ends whatever it leaves running.
     func sandboxed(_ environment: String, unit: String, _ command: [String]) throws -> [String] {
         let user = try user(of: environment)
-        let network = try network(of: environment)
+        let network = try network(of: environment, user: user)
         let joins = try cgroups.prepare(environment, unit: unit, memory: nil, cpu: nil)
         return ControlGroups.joining(joins, Networks.entering(network, Self.asUser(user, command)))
     }

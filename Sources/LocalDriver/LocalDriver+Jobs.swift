@@ -87,7 +87,7 @@ extension LocalDriver {
         variables[Self.markVariable] = "\(instance):\(environment):job-\(name)"
         let joins = try cgroups.prepare(environment, unit: "job-\(name)", memory: nil, cpu: nil)
         defer { cgroups.kill(environment, unit: "job-\(name)", remove: true) }
-        let network = try network(of: environment)
+        let network = try network(of: environment, user: user)
         let pid = try ProcessControl.spawn(ControlGroups.joining(joins, Networks.entering(network, Self.asUser(user, command))), directory: checkout.path,
                                            environment: variables, logPath: log.path)
         let deadline = Date().addingTimeInterval(options.jobTimeout)

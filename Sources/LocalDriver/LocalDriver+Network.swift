@@ -30,16 +30,24 @@ extension LocalDriver {
         try state.services(of: Self.hostEnvironment).filter { $0.name == Self.postgresRecord }.map(\.port) + (routerPort.map { [$0] } ?? [])
     }
 
-    /// Rewrites the host-side rules of every network whose allowed ports changed (the router
-    /// started, PostgreSQL moved) — the first pass of a Gantry writes each once.
+    /// Rewrites the host-side rules of every network when the allowed ports changed (the router
+    /// started, PostgreSQL moved; the first pass of a Gantry writes each once, since an earlier
+    /// Gantry may have allowed others). Every other pass costs one comparison.
     func refreshNetworkRules() {
-        guard isolatesNetwork, let ports = try? gatewayPorts() else { return }
+        guard isolatesNetwork, let ports = try? gatewayPorts(), refreshedPorts != ports else { return }
+        var complete = true
         for environment in Set(((try? state.allServices()) ?? []).map(\.environment)) where environment != Self.hostEnvironment {
             for uid in ((try? state.allocations(Self.uidAllocation, of: environment)) ?? []).compactMap({ uid_t($0) })
             where networkRules[uid] != ports && Networks.exists(uid) {
-                if (try? Networks.run(["nft", "-f", "-"], input: networks.rules(uid: uid, gatewayPorts: ports))) != nil { networkRules[uid] = ports }
+                if (try? Networks.run(["nft", "-f", "-"], input: networks.rules(uid: uid, gatewayPorts: ports))) != nil {
+                    networkRules[uid] = ports
+                } else {
+                    complete = false
+                }
             }
         }
+        // (A network whose rules could not be written is tried again at the next pass.)
+        if complete { refreshedPorts = ports }
     }
 
     /// Where the host reaches an environment's services: its own address, or loopback when it
@@ -48,15 +56,14 @@ extension LocalDriver {
         (try? state.allocations(networkAllocation, of: environment).first) ?? "127.0.0.1"
     }
 
-    /// Makes (or checks) the environment's network and returns the uid whose namespace its
-    /// processes enter; nil when environments share the host's network.
+    /// Makes (or checks) the network of `environment`, whose user is `uid` (`user(of:)`), and
+    /// returns the uid whose namespace its processes enter; nil when environments share the
+    /// host's network.
     @discardableResult
-    func network(of environment: String) throws -> uid_t? {
-        guard isolatesNetwork, environment != Self.hostEnvironment, let uid = try user(of: environment) else { return nil }
+    func network(of environment: String, user uid: uid_t?) throws -> uid_t? {
+        guard isolatesNetwork, environment != Self.hostEnvironment, let uid else { return nil }
         let ports = try gatewayPorts()
-        if networkRules[uid] == ports, Networks.exists(uid), FileManager.default.fileExists(atPath: "/sys/class/net/\(Networks.hostInterface(uid))") {
-            return uid
-        }
+        if networkRules[uid] == ports, Networks.isComplete(uid) { return uid }
         let address = Networks.addresses(index: Networks.index(of: uid)).environment
         // The network of an earlier uid of the environment (its claim was lost) goes.
         for stale in try state.allocations(Self.networkAllocation, of: environment) where stale != address {

@@ -79,7 +79,12 @@ extension LocalDriver {
         for environment in desired { cgroups.thaw(environment); for record in (try? state.services(of: environment)) ?? [] { cgroups.thaw(environment, unit: record.name) } }
         let records = (try? state.allServices()) ?? []
         let known = Dictionary(records.compactMap { record in record.pid.map { ($0, record) } }, uniquingKeysWith: { a, _ in a })
-        for (pid, mark) in ProcessControl.processes(markedWith: Self.markVariable, prefix: "\(instance):") {
+        // One scan of /proc for every Gantry's marked processes: this instance's are adopted or
+        // stopped; any whose working directory is gone is stopped below.
+        let marked = ProcessControl.processes(markedWith: Self.markVariable, prefix: "")
+        var handled = Set<pid_t>()
+        for (pid, mark) in marked where mark.hasPrefix("\(instance):") {
+            handled.insert(pid)
             let parts = mark.split(separator: ":")
             guard parts.count == 3 else { continue }
             let environment = String(parts[1])
@@ -96,12 +101,11 @@ extension LocalDriver {
         }
         // A Gantry-marked process whose working directory is gone belongs to a state directory
         // deleted without a teardown (its services, its PostgreSQL): nobody would ever stop it.
-        for (pid, mark) in ProcessControl.processes(markedWith: Self.markVariable, prefix: "") where getpgid(pid) == pid {
+        for (pid, mark) in marked where !handled.contains(pid) && getpgid(pid) == pid {
             guard let directory = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/cwd"),
                   directory.hasSuffix(" (deleted)") else { continue }
             // (Nothing waits for it: SIGKILL at once, to its group too.)
-            kill(-pid, SIGKILL)
-            kill(pid, SIGKILL)
+            ProcessControl.killGroup(pid)
             events.append(DriverEvent(environment: Self.hostEnvironment, kind: "orphan-stopped",
                                       message: "stopped process \(pid) (\(mark)): its working directory \(directory) is gone"))
         }

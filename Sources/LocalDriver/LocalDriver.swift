@@ -78,6 +78,8 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     let networks: Networks
     /// The gateway ports last written into each environment's host-side rules (by uid).
     var networkRules: [uid_t: [Int]] = [:]
+    /// The gateway ports every network's rules were last brought to (`refreshNetworkRules`).
+    var refreshedPorts: [Int]?
     /// The router's port, when environments reach it at the gateway (`GANTRY_ROUTER`).
     public var routerPort: Int?
     /// Where `${secrets.NAME}` values come from; nil when no secret store is configured.

@@ -98,9 +98,7 @@ struct Networks: Sendable {
         guard enabled else { throw LocalDriverError("network namespaces are not available: \(unavailable ?? "")") }
         let (host, environment) = Self.addresses(index: Self.index(of: uid))
         let namespace = Self.namespace(uid), interface = Self.hostInterface(uid)
-        let complete = FileManager.default.fileExists(atPath: Self.namespacePath(uid))
-            && FileManager.default.fileExists(atPath: "/sys/class/net/\(interface)")
-        guard !complete else {
+        guard !Self.isComplete(uid) else {
             try Self.run(["nft", "-f", "-"], input: rules(uid: uid, gatewayPorts: gatewayPorts))
             return environment
         }
@@ -212,6 +210,11 @@ struct Networks: Sendable {
 
     /// Whether the environment of `uid` has its namespace.
     static func exists(_ uid: uid_t) -> Bool { FileManager.default.fileExists(atPath: namespacePath(uid)) }
+
+    /// Whether it has both its namespace and its link (a crash can leave one without the other).
+    static func isComplete(_ uid: uid_t) -> Bool {
+        exists(uid) && FileManager.default.fileExists(atPath: "/sys/class/net/\(hostInterface(uid))")
+    }
 
     /// The uids whose namespaces exist on this host.
     static func existing() -> [uid_t] {

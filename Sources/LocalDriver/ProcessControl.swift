@@ -12,10 +12,10 @@ enum ProcessControl {
     /// Runs a tool to its end (looked up in PATH), with `input` on its standard input; its standard
     /// output, or an error with the start of its standard error. (posix_spawn and poll(2): a
     /// Foundation `Process` takes up to 50 ms more per run, which a network's set-up would pay many times.)
-    @discardableResult
     /// Without `inherit`, the tool gets `environment` only (nothing of Gantry's own environment).
     /// With `timeout` (seconds), a tool still running then is killed with its process group and
     /// the run fails saying so.
+    @discardableResult
     static func run(_ arguments: [String], input: String? = nil, environment: [String: String] = [:], inherit: Bool = true,
                     label: String? = nil, timeout: Double? = nil) throws -> String {
         guard let program = arguments.first else { throw SpawnError(description: "empty command") }
@@ -32,18 +32,6 @@ enum ProcessControl {
             ends[index] = pair[0]
             ends[index + 1] = pair[1]
         }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for number in [SIGTERM, SIGINT, SIGUSR1, SIGPIPE, SIGHUP, SIGCHLD] { sigaddset(&defaults, number) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETPGROUP))
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -52,15 +40,7 @@ enum ProcessControl {
         posix_spawn_file_actions_adddup2(&actions, ends[5], 2)
         if let addChdir { _ = addChdir(&actions, "/") }
         if let addCloseFrom { _ = addCloseFrom(&actions, 3) }
-        let argv = arguments.map { strdup($0) } + [nil]
-        let envp = variables.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            argv.forEach { free($0) }
-            envp.forEach { free($0) }
-        }
-        var pid: pid_t = 0
-        let status = posix_spawn(&pid, resolve(program, path: variables["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"), &actions, &attributes, argv, envp)
-        guard status == 0 else { throw SpawnError(description: "cannot start '\(program)': \(String(cString: strerror(status)))") }
+        let pid = try start(arguments, environment: variables, actions: &actions)
         // The child's ends belong to it now.
         for index in [0, 3, 5] { close(ends[index]); ends[index] = -1 }
         let bytes = Array((input ?? "").utf8)
@@ -78,8 +58,7 @@ enum ProcessControl {
             let wait = deadline.map { Int32(max(0, min(1_000, $0.timeIntervalSinceNow * 1_000))) } ?? -1
             if let deadline, Date() >= deadline {
                 // Its whole group: a pipeline's tools, whatever they started.
-                kill(-pid, SIGKILL)
-                kill(pid, SIGKILL)
+                killGroup(pid)
                 timedOut = true
                 break
             }
@@ -105,7 +84,7 @@ enum ProcessControl {
         var exit: Int32 = 0
         // A tool that closed its output but runs on is waited for until the deadline too.
         while !timedOut, let deadline, waitpid(pid, &exit, WNOHANG) == 0 {
-            if Date() >= deadline { kill(-pid, SIGKILL); kill(pid, SIGKILL); timedOut = true; break }
+            if Date() >= deadline { killGroup(pid); timedOut = true; break }
             usleep(10_000)
         }
         while waitpid(pid, &exit, 0) < 0 && errno == EINTR {}
@@ -116,6 +95,12 @@ enum ProcessControl {
             throw SpawnError(description: "\(label ?? arguments.first { !$0.hasPrefix("-") && $0 != "setpriv" } ?? "tool") failed: \(String(decoding: errors, as: UTF8.self).prefix(500))")
         }
         return String(decoding: output, as: UTF8.self)
+    }
+
+    /// SIGKILL to the group `pid` leads, and to `pid` itself (should it have left the group).
+    static func killGroup(_ pid: pid_t) {
+        kill(-pid, SIGKILL)
+        kill(pid, SIGKILL)
     }
 
     /// A tool that exits before reading all its input must not take Gantry with it (SIGPIPE): the
@@ -129,19 +114,6 @@ enum ProcessControl {
     static func spawn(_ arguments: [String], directory: String, environment: [String: String], logPath: String,
                       input: Data? = nil) throws -> pid_t {
         guard let program = arguments.first else { throw SpawnError(description: "empty command") }
-        var attributes = posix_spawnattr_t()
-        posix_spawnattr_init(&attributes)
-        defer { posix_spawnattr_destroy(&attributes) }
-        var defaults = sigset_t()
-        sigemptyset(&defaults)
-        for number in [SIGTERM, SIGINT, SIGUSR1, SIGPIPE, SIGHUP, SIGCHLD] { sigaddset(&defaults, number) }
-        var empty = sigset_t()
-        sigemptyset(&empty)
-        posix_spawnattr_setsigdefault(&attributes, &defaults)
-        posix_spawnattr_setsigmask(&attributes, &empty)
-        posix_spawnattr_setpgroup(&attributes, 0)
-        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
-
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
         defer { posix_spawn_file_actions_destroy(&actions) }
@@ -161,20 +133,12 @@ enum ProcessControl {
         // Nothing of Gantry's (the state lock, sockets, the database) may leak into a service.
         if let addCloseFrom { _ = addCloseFrom(&actions, 3) }
 
-        let argv = arguments.map { strdup($0) } + [nil]
-        let envp = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
-        defer {
-            argv.forEach { free($0) }
-            envp.forEach { free($0) }
-        }
-        var pid: pid_t = 0
-        // posix_spawnp searches the PATH of the *new* environment's caller; resolve it ourselves so
-        // the service's own PATH decides.
-        let executable = resolve(program, path: environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")
-        let status = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
-        guard status == 0 else {
+        let pid: pid_t
+        do {
+            pid = try start(arguments, environment: environment, actions: &actions)
+        } catch {
             if pipeEnds[1] >= 0 { close(pipeEnds[1]) }
-            throw SpawnError(description: "cannot start '\(program)': \(String(cString: strerror(status)))")
+            throw error
         }
         if let input, pipeEnds[1] >= 0 {
             input.withUnsafeBytes { raw in
@@ -187,6 +151,38 @@ enum ProcessControl {
             }
             close(pipeEnds[1])
         }
+        return pid
+    }
+
+    /// posix_spawn of `arguments` with exactly `environment` and `actions`: the child leads a
+    /// process group of its own, with default signal dispositions and nothing blocked (Gantry's
+    /// own mask and ignored signals are not inherited). The program is looked up in the child's
+    /// PATH (posix_spawnp would search the caller's).
+    private static func start(_ arguments: [String], environment: [String: String],
+                              actions: inout posix_spawn_file_actions_t) throws -> pid_t {
+        let program = arguments[0]
+        var attributes = posix_spawnattr_t()
+        posix_spawnattr_init(&attributes)
+        defer { posix_spawnattr_destroy(&attributes) }
+        var defaults = sigset_t()
+        sigemptyset(&defaults)
+        for number in [SIGTERM, SIGINT, SIGUSR1, SIGPIPE, SIGHUP, SIGCHLD] { sigaddset(&defaults, number) }
+        var empty = sigset_t()
+        sigemptyset(&empty)
+        posix_spawnattr_setsigdefault(&attributes, &defaults)
+        posix_spawnattr_setsigmask(&attributes, &empty)
+        posix_spawnattr_setpgroup(&attributes, 0)
+        posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETPGROUP | POSIX_SPAWN_SETSIGDEF | POSIX_SPAWN_SETSIGMASK))
+        let argv = arguments.map { strdup($0) } + [nil]
+        let envp = environment.sorted { $0.key < $1.key }.map { strdup("\($0.key)=\($0.value)") } + [nil]
+        defer {
+            argv.forEach { free($0) }
+            envp.forEach { free($0) }
+        }
+        var pid: pid_t = 0
+        let executable = resolve(program, path: environment["PATH"] ?? "/usr/local/bin:/usr/bin:/bin")
+        let status = posix_spawn(&pid, executable, &actions, &attributes, argv, envp)
+        guard status == 0 else { throw SpawnError(description: "cannot start '\(program)': \(String(cString: strerror(status)))") }
         return pid
     }
 
@@ -252,8 +248,7 @@ enum ProcessControl {
             if kill(-pid, 0) != 0 && (identity(of: pid).map { $0.state == "Z" } ?? true) { return }
             usleep(20_000)
         }
-        kill(-pid, SIGKILL)
-        kill(pid, SIGKILL)
+        killGroup(pid)
         let hardDeadline = Date().addingTimeInterval(2)
         while Date() < hardDeadline {
             reap(pid)

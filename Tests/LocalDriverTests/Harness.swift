@@ -74,9 +74,9 @@ final class Harness: @unchecked Sendable {
     /// `command` the way the environment's own code runs (as root: in its network namespace, as its
     /// user; otherwise as is).
     func inEnvironment(_ environment: String, _ command: [String]) throws -> [String] {
-        guard let uid = try state.allocations("uid", of: environment).first,
-              FileManager.default.fileExists(atPath: "/run/netns/gantry-\(uid)") else { return command }
-        return ["nsenter", "--net=/run/netns/gantry-\(uid)", "--", "setpriv", "--reuid=\(uid)", "--regid=\(uid)", "--clear-groups", "--"] + command
+        guard let uid = try state.allocations(LocalDriver.uidAllocation, of: environment).first.flatMap({ uid_t($0) }),
+              Networks.exists(uid) else { return command }
+        return Networks.entering(uid, LocalDriver.asUser(uid, command))
     }
 
     /// Where the host reaches a service: its environment's own address (network namespace) or loopback.

@@ -219,6 +219,26 @@ struct IsolationTests {
         #expect(try harness.get("web")?.contains("hello from web") == true)
     }
 
+    /// Networks made before the router listened (a `gantry run --once`, an earlier Gantry) are
+    /// opened to the router's port at the next pass, and only then; nothing else is opened.
+    @Test func existingNetworksAreOpenedToTheRouterWhenItStarts() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        guard harness.driver.isolatesNetwork else {
+            Issue.record("network namespaces are unavailable: \(harness.driver.networks.unavailable ?? "")")
+            return
+        }
+        let uid = try #require(try harness.driver.user(of: "web"))
+        func rules() throws -> String { try Shell.check(["nft", "list", "table", "inet", "gantry_\(uid)"]) }
+        #expect(try !rules().contains("dport 48123"))
+        harness.driver.routerPort = 48123
+        _ = harness.driver.supervise()
+        let opened = try rules()
+        #expect(opened.contains("tcp dport 48123 accept") && opened.contains("ct count over \(Networks.connectionsPerPort)"), "\(opened)")
+    }
+
     /// A Gantry killed with SIGKILL leaves the groups of what it was running; the next start
     /// removes the empty ones and keeps those that hold adopted services.
     @Test func emptyGroupsLeftByAKilledGantryGoAtTheNextStart() throws {

@@ -38,7 +38,6 @@ import StateStore
         try repo.commit("environments with PostgreSQL")
         let harness = try Harness(repo: repo)
         let summary = try harness.pass()
-        let shopMessage = try harness.environment("shop")?.message ?? ""
         #expect(summary.applied.contains("shop") && summary.applied.contains("shop-copy"), "\(summary) \(harness.diagnose("shop")) \(harness.diagnose("shop-copy"))")
         let url = try databaseURL(harness, "shop")
         let role = String(url.dropFirst("postgres://".count).prefix { $0 != ":" })
