@@ -98,7 +98,14 @@ struct Networks: Sendable {
         guard enabled else { throw LocalDriverError("network namespaces are not available: \(unavailable ?? "")") }
         let (host, environment) = Self.addresses(index: Self.index(of: uid))
         let namespace = Self.namespace(uid), interface = Self.hostInterface(uid)
-        guard !Self.isComplete(uid) else {
+        // Made whole by an earlier run (a Gantry killed half-way through the script below leaves a
+        // namespace and a link without their addresses or the loopback rule): only the host's
+        // rules are written again.
+        if Self.isComplete(uid), (try? Self.run(["/bin/sh", "-c", """
+            ip -o -4 addr show dev \(interface) up | grep -q ' \(host)/31' &&
+            ip -n \(namespace) -o -4 route show \(Self.gateway) | grep -q . &&
+            nsenter --net=\(Self.namespacePath(uid)) -- nft list table ip gantry >/dev/null
+            """])) != nil {
             try Self.run(["nft", "-f", "-"], input: rules(uid: uid, gatewayPorts: gatewayPorts))
             return environment
         }
@@ -106,8 +113,10 @@ struct Networks: Sendable {
             try Self.run(["/bin/sh", "-c", """
                 set -e
                 # Whatever a crash left half made goes first (a namespace without its link, or the reverse).
+                # (The link first: it takes its peer along; a namespace's deletion takes its end
+                # of the link only eventually.)
+                if [ -e /sys/class/net/\(interface) ]; then ip link del \(interface) 2>/dev/null || true; fi
                 if [ -e \(Self.namespacePath(uid)) ]; then ip netns del \(namespace); fi
-                if [ -e /sys/class/net/\(interface) ]; then ip link del \(interface); fi
                 # A uid 65536 away (another Gantry's wider range) would have the same addresses.
                 holder=$(ip -o -4 addr show to \(host)/32 | cut -d' ' -f2)
                 if [ -n "$holder" ]; then

@@ -219,6 +219,23 @@ struct IsolationTests {
         #expect(try harness.get("web")?.contains("hello from web") == true)
     }
 
+    /// A Gantry killed half-way through making a network leaves a namespace and a link without
+    /// their addresses and rules: the next apply completes it, and the service answers.
+    @Test func aHalfMadeNetworkIsCompleted() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let harness = try Harness(repo: repo)
+        guard harness.driver.isolatesNetwork else {
+            Issue.record("network namespaces are unavailable: \(harness.driver.networks.unavailable ?? "")")
+            return
+        }
+        let uid = try #require(try harness.driver.user(of: "web"))
+        try Shell.check(["ip", "netns", "add", "gantry-\(uid)"])
+        try Shell.check(["ip", "link", "add", "gantry\(uid)", "type", "veth", "peer", "name", "eth0", "netns", "gantry-\(uid)"])
+        #expect(try harness.pass().applied.contains("web"), "\(harness.diagnose("web"))")
+        #expect(try harness.get("web")?.contains("hello from web") == true)
+    }
+
     /// Networks made before the router listened (a `gantry run --once`, an earlier Gantry) are
     /// opened to the router's port at the next pass, and only then; nothing else is opened.
     @Test func existingNetworksAreOpenedToTheRouterWhenItStarts() throws {
