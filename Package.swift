@@ -3,7 +3,7 @@ import PackageDescription
 
 let package = Package(
     name: "Gantry",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "gantry", targets: ["gantry"]),
     ],
@@ -58,7 +58,12 @@ let package = Package(
         // `make fuzz` (docs/fuzzing.md): the fuzz targets' bodies, run by libFuzzer or replayed on files.
         .target(name: "FuzzTargets", dependencies: ["SpecLoading", "SpecModel", "CEL", "Audit", "Governance", "GitStore"]),
         .executableTarget(name: "GantryFuzz", dependencies: ["FuzzTargets"]),
-        .target(name: "TestSupport", dependencies: ["GitStore"], path: "Tests/TestSupport"),
+        // Test repositories, and the fake driver the reconciler's own tests run against.
+        .target(name: "TestSupport", dependencies: ["GitStore", "Reconciler"], path: "Tests/TestSupport"),
+        // The reconcile loop's steps on their own, with the fake driver: detection, judging, apply
+        // order, concurrency limits, teardown evidence, retries, resumption after a stop.
+        .testTarget(name: "ReconcilerTests", dependencies: ["Reconciler", "StateStore", "Audit", "GitStore", "Governance", "TestSupport",
+                                                          .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "GitStoreTests", dependencies: ["GitStore", "TestSupport"]),
         .testTarget(name: "SpecLoadingTests", dependencies: ["SpecLoading", "SpecModel", "GitStore", "TestSupport"]),
         .testTarget(name: "CELTests", dependencies: ["CEL", "TestSupport"]),

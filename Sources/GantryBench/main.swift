@@ -66,7 +66,7 @@ func addBranches(_ repo: TestRepository, count: Int, prefix: String) throws {
 }
 
 /// Commits `content` at `path` on top of `parent` without touching the work tree; returns the commit.
-func commitFile(_ repo: TestRepository, parent: String, path: String, content: String, message: String) throws -> String {
+func commitFile(_ repo: TestRepository, parent: String, path: String, content: String, message: String, signed: Bool = true) throws -> String {
     let blob = try Shell.check(["git", "-C", repo.path, "hash-object", "-w", "--stdin"], input: content).trimmingCharacters(in: .whitespacesAndNewlines)
     let index = repo.directory.path + "/bench-index"
     var environment = Shell.gitEnvironment
@@ -80,7 +80,7 @@ func commitFile(_ repo: TestRepository, parent: String, path: String, content: S
     _ = try git(["update-index", "--add", "--cacheinfo", "100644,\(blob),\(path)"])
     let tree = try git(["write-tree"])
     // Signed like an agent's commit: signing.required is on in the example repository.
-    return try git(["commit-tree", "-S", tree, "-p", parent, "-m", message])
+    return try git(["commit-tree"] + (signed ? ["-S"] : []) + [tree, "-p", parent, "-m", message])
 }
 
 /// `gantry run` on `repo`, polling only every 10 minutes: passes happen on `gantry notify`.
@@ -96,7 +96,7 @@ func startReconciler(repo: TestRepository, state: TemporaryDirectory) throws -> 
 let logger = Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
 say("Gantry benchmarks (\(ProcessInfo.processInfo.activeProcessorCount) cores); gantry binary \(gantryBinary)")
 
-/// `GANTRY_BENCH_ONLY=passes|push|preview` runs one part.
+/// `GANTRY_BENCH_ONLY=passes|push|preview|isolation|burst|admission|protected|cel|fullstack|rss` runs one part.
 let only = ProcessInfo.processInfo.environment["GANTRY_BENCH_ONLY"]
 func runs(_ part: String) -> Bool { only == nil || only == part }
 
@@ -108,14 +108,15 @@ struct BenchReconciler {
     let driver: LocalDriver
     let reconciler: Reconciler
 
-    init(_ repo: TestRepository, secrets: Bool = false, driverOptions: LocalDriver.Options = LocalDriver.Options()) throws {
+    init(_ repo: TestRepository, secrets: Bool = false, driverOptions: LocalDriver.Options = LocalDriver.Options(),
+         options: Reconciler.Options = Reconciler.Options()) throws {
         store = try StateStore(path: state.path + "/gantry.db")
         git = try repo.open()
         driver = LocalDriver(stateDirectory: state.url, state: store, logger: logger, options: driverOptions)
         if secrets { driver.secrets = try SecretStore(state: store, keyPath: state.path + "/keys/secrets.key") }
         reconciler = Reconciler(repository: git, state: store,
                                 audit: AuditLog(repository: git, key: try SigningKey.loadOrCreate(at: state.path + "/key")),
-                                driver: driver, logger: logger)
+                                driver: driver, logger: logger, options: options)
     }
 }
 
@@ -315,6 +316,96 @@ if runs("isolation") {
     if let on = medians[true], let off = medians[false] {
         say(String(format: "cost of isolation per environment (own uid, control groups with a memory limit, network namespace; no cpu limit): median %@ isolated vs %@ not | ratio %.2fx", milliseconds(on), milliseconds(off), on / off))
     }
+}
+
+// MARK: 3c. A burst: 200 branches pushed at once, each a preview, until all serve HTTP 200 — applies on
+// the operations pool, and one at a time (a pool of one) in the same run.
+if runs("burst") {
+    var figures: [Int: Double] = [:]
+    let pool = Reconciler.Options().maxConcurrentOperations
+    for limit in [pool, 1] {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        var options = Reconciler.Options()
+        options.maxConcurrentOperations = limit
+        let bench = try BenchReconciler(repo, options: options)
+        defer { bench.driver.shutdown() }
+        try bench.reconciler.runPass()
+        let main = try repo.git("rev-parse", "main")
+        let web = try String(contentsOfFile: repo.path + "/environments/web.yaml", encoding: .utf8)
+        var input = ""
+        for index in 0..<200 {
+            let commit = try commitFile(repo, parent: main, path: "environments/web.yaml",
+                                        content: web + "  services:\n    web: {env: {GREETING: burst \(index)}}\n", message: "burst \(index)")
+            input += "create refs/heads/burst/\(index) \(commit)\n"
+        }
+        // All 200 refs move at once.
+        _ = try Shell.check(["git", "-C", repo.path, "update-ref", "--stdin"], input: input)
+        let elapsed = try time {
+            try bench.reconciler.runPass()
+            for index in 0..<200 {
+                let name = "web--burst-\(index)"
+                guard let port = try bench.store.services(of: name).first?.port else { continue }
+                let address = LocalDriver.address(of: name, in: bench.store)
+                while httpGet("http://\(address):\(port)/healthz") == nil { usleep(2_000) }
+            }
+        }
+        let serving = try bench.store.environments().filter { $0.name.hasPrefix("web--burst-") && $0.phase == .running }.count
+        if serving != 200 { say("  warning: \(serving) of 200 burst previews are running") }
+        figures[limit] = elapsed
+        say("200 previews pushed at once -> all serving HTTP 200, \(limit) at a time: \(String(format: "%.2f s", elapsed)) (at most \(bench.reconciler.operations.highWater) ran at once)")
+    }
+    if let concurrent = figures[pool], let sequential = figures[1] {
+        say(String(format: "burst of 200 previews: %.2f s on the pool of %d | baseline one at a time: %.2f s | ratio %.2fx", concurrent, pool, sequential, concurrent / sequential))
+    }
+}
+
+// MARK: 3d. Gantry's memory with 1,000 environments known, 200 of them running (the other 800 denied:
+// unsigned commits), measured on the `gantry run` process, against a bare Swift process.
+if runs("rss") {
+    let repo = try TestRepository()
+    try repo.seedExample()
+    let main = try repo.git("rev-parse", "main")
+    let web = try String(contentsOfFile: repo.path + "/environments/web.yaml", encoding: .utf8)
+    var input = ""
+    for index in 0..<1_000 {
+        let commit = try commitFile(repo, parent: main, path: "environments/web.yaml",
+                                    content: web + "  services:\n    web: {env: {GREETING: known \(index)}}\n", message: "known \(index)",
+                                    signed: index < 200)
+        input += "create refs/heads/known/\(index) \(commit)\n"
+    }
+    _ = try Shell.check(["git", "-C", repo.path, "update-ref", "--stdin"], input: input)
+    let state = TemporaryDirectory("gantry-bench")
+    let run = try startReconciler(repo: repo, state: state)
+    defer { kill(run.processIdentifier, SIGTERM); run.waitUntilExit() }
+    let store = try StateStore(path: state.path + "/gantry.db")
+    let deadline = Date().addingTimeInterval(300)
+    var known: [EnvironmentRecord] = []
+    while Date() < deadline {
+        known = ((try? store.environments()) ?? []).filter { $0.name.hasPrefix("web--known-") }
+        if known.count == 1_000 && known.filter({ $0.phase == .running }).count == 200 && known.filter({ $0.phase == .denied }).count == 800 { break }
+        usleep(200_000)
+    }
+    // A few passes over the settled state (supervision, drift checks), then the resident set.
+    Thread.sleep(forTimeInterval: 3)
+    func residentKiB(_ pid: Int32) -> Double {
+        let status = (try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8)) ?? ""
+        let line = status.split(separator: "\n").first { $0.hasPrefix("VmRSS:") } ?? ""
+        return Double(line.split(separator: " ").dropFirst().first ?? "0") ?? 0
+    }
+    let rss = residentKiB(run.processIdentifier)
+    // Baseline: `gantry run` over the bare example (its 2 environments), in the same run.
+    let bare = try TestRepository()
+    try bare.seedExample()
+    let bareState = TemporaryDirectory("gantry-bench")
+    let bareRun = try startReconciler(repo: bare, state: bareState)
+    defer { kill(bareRun.processIdentifier, SIGTERM); bareRun.waitUntilExit() }
+    let bareStore = try StateStore(path: bareState.path + "/gantry.db")
+    while ((try? bareStore.environments()) ?? []).filter({ $0.phase == .running }).count < 2 && Date() < deadline { usleep(100_000) }
+    Thread.sleep(forTimeInterval: 3)
+    let idleKiB = residentKiB(bareRun.processIdentifier)
+    say(String(format: "gantry run RSS with %d environments known (%d running, %d denied): %.1f MiB | baseline with the example's 2: %.1f MiB",
+               known.count, known.filter { $0.phase == .running }.count + 2, known.filter { $0.phase == .denied }.count, rss / 1024, idleKiB / 1024))
 }
 
 // MARK: 4. Admission of one commit: its signature and 20 policies.

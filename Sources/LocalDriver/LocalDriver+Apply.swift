@@ -15,24 +15,39 @@ extension LocalDriver {
     public func apply(_ environment: PlannedEnvironment, progress: (String) -> Void) throws -> ApplyOutcome {
         try Self.checkName(environment.name)
         for database in environment.spec.databases { if let source = database.cloneFrom { try Self.checkName(source) } }
+        return try operating(on: environment.name) { try converge(environment, progress: progress) }
+    }
+
+    /// Runs `body` with `environment` marked busy (supervision does not restart its processes meanwhile).
+    func operating<T>(on environment: String, _ body: () throws -> T) rethrows -> T {
+        shared.withLock { _ = busy.insert(environment) }
+        defer { shared.withLock { _ = busy.remove(environment) } }
+        return try body()
+    }
+
+    private func converge(_ environment: PlannedEnvironment, progress: (String) -> Void) throws -> ApplyOutcome {
         var outcome = ApplyOutcome()
-        domain = environment.domain
-        try prepareEnvironmentDirectory(environment.name)
-        let user = try user(of: environment.name)
+        let user = try shared.withLock {
+            domain = environment.domain
+            try prepareEnvironmentDirectory(environment.name)
+            return try self.user(of: environment.name)
+        }
         outcome.changes += try applySQLite(environment, progress: progress)
         outcome.changes += try applyPostgres(environment, progress: progress)
         outcome.changes += try runCreateJobs(environment, progress: progress)
         var records = Dictionary(uniqueKeysWithValues: try state.services(of: environment.name).map { ($0.name, $0) })
         // Ports first: every service's URL must be known before any command is interpolated.
-        var taken = try state.allocatedPorts()
         let units = environment.spec.caches.map { Self.cacheRecordName($0.name) }
             + environment.spec.services.filter { $0.replicas > 0 }.map(\.name)
-        for unit in units where records[unit] == nil {
-            let port = try ProcessControl.freePort(excluding: taken)
-            taken.insert(port)
-            let record = ServiceRecord(environment: environment.name, name: unit, port: port)
-            try state.save(record)
-            records[unit] = record
+        try shared.withLock {
+            var taken = try state.allocatedPorts()
+            for unit in units where records[unit] == nil {
+                let port = try ProcessControl.freePort(excluding: taken)
+                taken.insert(port)
+                let record = ServiceRecord(environment: environment.name, name: unit, port: port)
+                try state.save(record)
+                records[unit] = record
+            }
         }
         let ports = records.mapValues(\.port)
         // Caches first: services connect to them as they start.
@@ -40,7 +55,7 @@ extension LocalDriver {
         for service in environment.spec.services where service.replicas > 0 {
             var record = records[service.name]!
             let resolved = try resolve(service, spec: environment.spec, domain: environment.domain, ports: ports)
-            let tree = try service.source.flatMap { try environment.repository.objectID(at: $0, in: environment.commit) }
+            let tree = try service.source.flatMap { try environment.source.objectID(at: $0) }
             // Secrets enter the fingerprint by version, never by value: a rotation restarts the service.
             let fingerprint = Self.fingerprint(try resolve(service, spec: environment.spec, domain: environment.domain, ports: ports,
                                                            secretVersions: true), tree: tree)
@@ -60,7 +75,7 @@ extension LocalDriver {
             progress("materializing \(service.source ?? "(no source)") for service \(service.name)")
             try? FileManager.default.removeItem(at: workdir)
             if let source = service.source {
-                try environment.repository.materialize(source, at: environment.commit, into: workdir)
+                try environment.source.materialize(source, into: workdir)
             }
             try handOver(workdir, to: user)
             if let previousWorkdir, previousWorkdir != workdir.path { try? FileManager.default.removeItem(atPath: previousWorkdir) }

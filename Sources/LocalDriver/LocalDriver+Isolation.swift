@@ -34,6 +34,10 @@ extension LocalDriver {
     /// host registry, `Options.uidRegistry`, arbitrates between state directories).
     func user(of environment: String) throws -> uid_t? {
         guard isolatesUsers else { return nil }
+        return try shared.withLock { try claimUser(of: environment) }
+    }
+
+    private func claimUser(of environment: String) throws -> uid_t? {
         if let known = try state.allocations(Self.uidAllocation, of: environment).first.flatMap({ uid_t($0) }),
            claimUID(known, for: environment) {
             return known

@@ -31,8 +31,7 @@ extension LocalDriver {
         for job in environment.spec.jobs {
             guard let command = job.onCreate, !command.isEmpty else { continue }
             progress("running job \(job.name) (onCreate)")
-            try runJob(job.name, phase: "onCreate", command: command, environment: environment.name, commit: environment.commit,
-                       repository: environment.repository)
+            try runJob(job.name, phase: "onCreate", command: command, environment: environment.name, source: environment.source)
             changes.append("job \(job.name): onCreate ran")
         }
         FileManager.default.createFile(atPath: marker.path, contents: Data())
@@ -40,20 +39,20 @@ extension LocalDriver {
     }
 
     /// Runs the onDestroy jobs recorded at apply time; returns what failed (teardown goes on).
-    func runDestroyJobs(_ name: String, repository: GitRepository?, progress: (String) -> Void) -> [String] {
+    func runDestroyJobs(_ name: String, sources: (any SourceStore)?, progress: (String) -> Void) -> [String] {
         let file = environmentDirectory(name).appendingPathComponent("jobs.json")
         guard let data = FileManager.default.contents(atPath: file.path),
               let plan = try? JSONDecoder().decode(JobPlan.self, from: data), let commit = ObjectID(hex: plan.commit) else { return [] }
         var problems: [String] = []
         for job in plan.jobs {
             guard let command = job.onDestroy, !command.isEmpty else { continue }
-            guard let repository else {
+            guard let sources else {
                 problems.append("job \(job.name) (onDestroy) not run: no repository to check it out from")
                 continue
             }
             progress("running job \(job.name) (onDestroy)")
             do {
-                try runJob(job.name, phase: "onDestroy", command: command, environment: name, commit: commit, repository: repository)
+                try runJob(job.name, phase: "onDestroy", command: command, environment: name, source: sources.snapshot(at: commit))
             } catch {
                 problems.append("job \(job.name) (onDestroy) failed: \(error)")
             }
@@ -61,12 +60,12 @@ extension LocalDriver {
         return problems
     }
 
-    func runJob(_ name: String, phase: String, command: [String], environment: String, commit: ObjectID,
-                repository: GitRepository) throws {
+    func runJob(_ name: String, phase: String, command: [String], environment: String, source: any SourceSnapshot) throws {
+        let commit = source.commit
         let directory = environmentDirectory(environment)
         let checkout = directory.appendingPathComponent("job-\(name)-\(commit.short)")
         try? FileManager.default.removeItem(at: checkout)
-        try repository.materialize("", at: commit, into: checkout)
+        try source.materialize("", into: checkout)
         defer { try? FileManager.default.removeItem(at: checkout) }
         let user = try user(of: environment)
         try handOver(checkout, to: user)

@@ -34,6 +34,10 @@ extension LocalDriver {
     /// started, PostgreSQL moved; the first pass of a Gantry writes each once, since an earlier
     /// Gantry may have allowed others). Every other pass costs one comparison.
     func refreshNetworkRules() {
+        shared.withLock { refreshRules() }
+    }
+
+    private func refreshRules() {
         guard isolatesNetwork, let ports = try? gatewayPorts(), refreshedPorts != ports else { return }
         var complete = true
         for environment in Set(((try? state.allServices()) ?? []).map(\.environment)) where environment != Self.hostEnvironment {
@@ -63,7 +67,7 @@ extension LocalDriver {
     func network(of environment: String, user uid: uid_t?) throws -> uid_t? {
         guard isolatesNetwork, environment != Self.hostEnvironment, let uid else { return nil }
         let ports = try gatewayPorts()
-        if networkRules[uid] == ports, Networks.isComplete(uid) { return uid }
+        if shared.withLock({ networkRules[uid] == ports }), Networks.isComplete(uid) { return uid }
         let address = Networks.addresses(index: Networks.index(of: uid)).environment
         // The network of an earlier uid of the environment (its claim was lost) goes.
         for stale in try state.allocations(Self.networkAllocation, of: environment) where stale != address {
@@ -74,7 +78,7 @@ extension LocalDriver {
         }
         try state.allocate(Self.networkAllocation, address, to: environment)
         _ = try networks.ensure(uid: uid, gatewayPorts: ports)
-        networkRules[uid] = ports
+        shared.withLock { networkRules[uid] = ports }
         return uid
     }
 
@@ -83,7 +87,7 @@ extension LocalDriver {
     func removeNetwork(of environment: String, keepingAddress: Bool = false) {
         for uid in ((try? state.allocations(Self.uidAllocation, of: environment)) ?? []).compactMap({ uid_t($0) }) {
             networks.remove(uid: uid)
-            networkRules[uid] = nil
+            shared.withLock { networkRules[uid] = nil }
         }
         guard !keepingAddress else { return }
         for address in (try? state.allocations(Self.networkAllocation, of: environment)) ?? [] {

@@ -69,6 +69,10 @@ extension LocalDriver {
 
     /// Starts the host's server if it is not running; returns its port.
     func ensurePostgres(progress: (String) -> Void) throws -> Int {
+        try shared.withLock { try startPostgres(progress: progress) }
+    }
+
+    private func startPostgres(progress: (String) -> Void) throws -> Int {
         guard let bin = Self.postgresBinaries else {
             throw ProcessControl.SpawnError(description: "PostgreSQL is not installed (apt-get install postgresql, or `make deps`)")
         }
@@ -220,7 +224,7 @@ extension LocalDriver {
                     }
                 }
                 if let seed = database.seed {
-                    guard let sql = try environment.repository.readFile(seed, at: environment.commit) else {
+                    guard let sql = try environment.source.readFile(seed) else {
                         throw ProcessControl.SpawnError(description: "database \(database.name): seed \(seed) does not exist at \(environment.commit.short)")
                     }
                     progress("seeding \(name) from \(seed)")

@@ -32,7 +32,7 @@ extension LocalDriver {
                 if let user { _ = lchown(path, user, user) }
             }
             guard !Self.exists(path) else { continue }
-            let seed = try database.seed.flatMap { try environment.repository.readFile($0, at: environment.commit) }
+            let seed = try database.seed.flatMap { try environment.source.readFile($0) }
                 .map { String(decoding: $0, as: UTF8.self) }
             if database.seed != nil && seed == nil {
                 throw ProcessControl.SpawnError(description: "database \(database.name): seed \(database.seed!) does not exist at \(environment.commit.short)")

@@ -12,9 +12,13 @@ import Glibc
 extension LocalDriver {
     // MARK: Destroy
 
-    public func destroy(environment name: String, repository: GitRepository?, progress: (String) -> Void) throws -> [String] {
+    public func destroy(environment name: String, sources: (any SourceStore)?, progress: (String) -> Void) throws -> [String] {
         // Never a path outside envs/: a name that is not a DNS-1123 label names nothing of ours.
         guard Self.isSafeName(name) else { return ["nothing removed: '\(name)' is not an environment name Gantry creates"] }
+        return try operating(on: name) { try tearDown(name, sources: sources, progress: progress) }
+    }
+
+    private func tearDown(_ name: String, sources: (any SourceStore)?, progress: (String) -> Void) throws -> [String] {
         var problems: [String] = []
         // Never applied (no service, no directory, nothing allocated): nothing of it can run, and
         // the scans of /proc below are skipped (a pass may tear down thousands of such previews).
@@ -35,7 +39,7 @@ extension LocalDriver {
         for (pid, _) in ProcessControl.processes(markedWith: Self.markVariable, prefix: "\(instance):\(name):") {
             ProcessControl.stopGroup(pid, grace: options.stopGrace)
         }
-        problems += runDestroyJobs(name, repository: repository, progress: progress)
+        problems += runDestroyJobs(name, sources: sources, progress: progress)
         // Whatever the environment still runs (a detached grandchild, a job's leftover) goes too:
         // its control group frozen and emptied, then every process of its user.
         progress("stopping every remaining process of \(name)")
@@ -119,61 +123,67 @@ extension LocalDriver {
         postgresDatabases = listPostgresDatabases()
         refreshNetworkRules()
         let now = Date()
-        for var record in (try? state.allServices()) ?? [] {
-            rotateLog(logPath(record.environment, record.name))
-            guard record.phase == "Running" || record.phase == "Restarting" || record.phase == "Starting" else { continue }
-            if let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) { continue }
-            let key = "\(record.environment)/\(record.name)"
-            guard correct else {
-                events.append(DriverEvent(environment: record.environment, kind: "drift-detected",
-                                          message: "\(record.name) is not running (pid \(record.pid.map(String.init) ?? "none")); not restarted (--detect-only)"))
-                continue
-            }
-            if let next = nextRestart[key], next > now { continue }
-            if record.environment == Self.hostEnvironment {
-                if record.name == Self.postgresRecord {
-                    nextRestart[key] = now.addingTimeInterval(min(options.restartBackoff * 2, options.maxRestartBackoff))
-                    do {
-                        _ = try ensurePostgres { _ in }
-                        events.append(DriverEvent(environment: record.environment, kind: "restarted", message: "PostgreSQL had stopped; restarted it"))
-                    } catch {
-                        events.append(DriverEvent(environment: record.environment, kind: "restart-failed", message: "PostgreSQL could not be restarted: \(error)"))
-                    }
-                }
-                continue
-            }
-            let cache = record.name.hasPrefix("redis:") ? String(record.name.dropFirst("redis:".count)) : nil
-            guard let spec = (try? state.environment(record.environment))??.appliedSpec,
-                  cache != nil || spec.service(named: record.name) != nil, let workdir = record.workdir,
-                  FileManager.default.fileExists(atPath: workdir) else {
-                continue
-            }
-            record.restarts += 1
-            record.lastExit = "exited unexpectedly"
-            // The first restart is immediate; the next waits base·2, then base·4, ... up to the cap.
-            let delay = min(options.restartBackoff * pow(2.0, Double(record.restarts)), options.maxRestartBackoff)
-            nextRestart[key] = now.addingTimeInterval(delay)
-            do {
-                record.phase = "Restarting"
-                if let cache {
-                    try startCache(&record, cache: cache) { _ in }
-                } else {
-                    let ports = Dictionary(uniqueKeysWithValues: try state.services(of: record.environment).map { ($0.name, $0.port) })
-                    let service = spec.service(named: record.name)!
-                    // What the crashed process left in its group (a child holding the port) goes first.
-                    cgroups.kill(record.environment, unit: record.name, remove: false)
-                    try start(&record, resolved: try resolve(service, spec: spec, domain: domain, ports: ports), limits: service.resources) { _ in }
-                }
-                record.phase = "Running"
-                try state.save(record)
-                events.append(DriverEvent(environment: record.environment, kind: "restarted",
-                                          message: "\(record.name.hasPrefix("redis:") ? "cache \(record.name.dropFirst(6))" : "service \(record.name)") was not running (pid \(record.pid.map(String.init) ?? "none") gone); restarted it (restart \(record.restarts), next backoff \(Int(delay))s)"))
-            } catch {
-                events.append(DriverEvent(environment: record.environment, kind: "restart-failed",
-                                          message: "service \(record.name) could not be restarted: \(error)"))
-            }
+        for listed in (try? state.allServices()) ?? [] {
+            rotateLog(logPath(listed.environment, listed.name))
+            // Checked and restarted under `shared`: an apply or teardown that starts meanwhile waits,
+            // and one under way (busy) owns the environment's processes.
+            if let event = shared.withLock({ superviseService(listed, correct: correct, now: now) }) { events.append(event) }
         }
         return events
+    }
+
+    /// Restarts one service found not running (or reports it with `correct` false); nil when it runs.
+    private func superviseService(_ listed: ServiceRecord, correct: Bool, now: Date) -> DriverEvent? {
+        guard !busy.contains(listed.environment),
+              var record = ((try? state.services(of: listed.environment)) ?? []).first(where: { $0.name == listed.name }) else { return nil }
+        guard record.phase == "Running" || record.phase == "Restarting" || record.phase == "Starting" else { return nil }
+        if let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) { return nil }
+        let key = "\(record.environment)/\(record.name)"
+        guard correct else {
+            return DriverEvent(environment: record.environment, kind: "drift-detected",
+                               message: "\(record.name) is not running (pid \(record.pid.map(String.init) ?? "none")); not restarted (--detect-only)")
+        }
+        if let next = nextRestart[key], next > now { return nil }
+        if record.environment == Self.hostEnvironment {
+            guard record.name == Self.postgresRecord else { return nil }
+            nextRestart[key] = now.addingTimeInterval(min(options.restartBackoff * 2, options.maxRestartBackoff))
+            do {
+                _ = try ensurePostgres { _ in }
+                return DriverEvent(environment: record.environment, kind: "restarted", message: "PostgreSQL had stopped; restarted it")
+            } catch {
+                return DriverEvent(environment: record.environment, kind: "restart-failed", message: "PostgreSQL could not be restarted: \(error)")
+            }
+        }
+        let cache = record.name.hasPrefix("redis:") ? String(record.name.dropFirst("redis:".count)) : nil
+        guard let spec = (try? state.environment(record.environment))??.appliedSpec,
+              cache != nil || spec.service(named: record.name) != nil, let workdir = record.workdir,
+              FileManager.default.fileExists(atPath: workdir) else {
+            return nil
+        }
+        record.restarts += 1
+        record.lastExit = "exited unexpectedly"
+        // The first restart is immediate; the next waits base·2, then base·4, ... up to the cap.
+        let delay = min(options.restartBackoff * pow(2.0, Double(record.restarts)), options.maxRestartBackoff)
+        nextRestart[key] = now.addingTimeInterval(delay)
+        do {
+            record.phase = "Restarting"
+            if let cache {
+                try startCache(&record, cache: cache) { _ in }
+            } else {
+                let ports = Dictionary(uniqueKeysWithValues: try state.services(of: record.environment).map { ($0.name, $0.port) })
+                let service = spec.service(named: record.name)!
+                // What the crashed process left in its group (a child holding the port) goes first.
+                cgroups.kill(record.environment, unit: record.name, remove: false)
+                try start(&record, resolved: try resolve(service, spec: spec, domain: domain, ports: ports), limits: service.resources) { _ in }
+            }
+            record.phase = "Running"
+            try state.save(record)
+            return DriverEvent(environment: record.environment, kind: "restarted",
+                               message: "\(record.name.hasPrefix("redis:") ? "cache \(record.name.dropFirst(6))" : "service \(record.name)") was not running (pid \(record.pid.map(String.init) ?? "none") gone); restarted it (restart \(record.restarts), next backoff \(Int(delay))s)")
+        } catch {
+            return DriverEvent(environment: record.environment, kind: "restart-failed",
+                               message: "service \(record.name) could not be restarted: \(error)")
+        }
     }
 
     func rotateLog(_ path: URL) {

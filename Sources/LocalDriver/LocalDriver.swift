@@ -16,6 +16,9 @@ import Glibc
 /// Everything needed to find a process again is in the state DB (pid and start time), and every
 /// process carries `GANTRY_MARK=<instance>:<environment>:<service>` in its environment, so after a
 /// `kill -9` of Gantry a restart adopts the survivors and stops any process nobody recorded.
+///
+/// Applies and teardowns of different environments run at once on the reconciler's workers.
+/// Unchecked Sendable: its few mutable fields are read and written only under `shared`.
 public final class LocalDriver: Driver, @unchecked Sendable {
     public struct Options: Sendable {
         /// Seconds a new process has to pass its health check.
@@ -65,6 +68,11 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     let instance: String
     /// Tells this state directory from another made later at the same path (in uid claims).
     let instanceToken: String
+    /// Guards what operations of different environments share: the fields below, the choice of
+    /// ports and uids, the PostgreSQL server's start, and supervision's restarts.
+    let shared = NSRecursiveLock()
+    /// Environments with an apply or teardown under way: supervision leaves their processes alone.
+    var busy: Set<String> = []
     /// Crash-restart backoff: next allowed restart time per "env/service".
     var nextRestart: [String: Date] = [:]
     /// The routing domain of the last applied revision, for `${env.domain}` on a crash restart.

@@ -27,7 +27,7 @@ extension Admission {
             remedies.append("a human with role \(rule.role) signs the merge into \(context.protectedBranch), or runs `gantry approve \(tip.id.short) --key KEY`")
         }
         if remedies.isEmpty { return Judgement(decision: .allow, rules: rules, remedies: [], conditions: []) }
-        return Judgement(decision: .pending, rules: rules, remedies: remedies, conditions: ["ApprovalPending"])
+        return Judgement(decision: .pending, rules: rules, remedies: remedies, conditions: [.approvalPending])
     }
 
     /// A merge made on the protected branch approves a change only when the change comes whole from

@@ -96,7 +96,7 @@ public struct Admission: Sendable {
         /// For each failing rule, what would satisfy it.
         public let remedies: [String]
         /// Conditions that are true (`AdmissionDenied`, `SpecInvalid`, `ApprovalPending`).
-        public let conditions: [String]
+        public let conditions: [Condition]
     }
 
     /// What the environment was before this change: what the approvals, teams and policies compare with.
@@ -123,7 +123,7 @@ public struct Admission: Sendable {
             if !identity.problems.isEmpty { remedies.append(Self.signatureRemedy) }
             if !desired.loaded.diagnostics.isEmpty { remedies.append("fix the spec errors listed (gantry validate shows them)") }
             return Judgement(decision: .deny, rules: signatureRules + specRules, remedies: remedies,
-                             conditions: identity.problems.isEmpty ? ["SpecInvalid"] : ["AdmissionDenied"])
+                             conditions: identity.problems.isEmpty ? [.specInvalid] : [.admissionDenied])
         }
         let watched = desired.loaded.watchedPaths + before.watched
         let touching = asFound ? [] : try touchingCommits(watched: watched, change: tip.id, since: before.base, context: context)
@@ -150,7 +150,7 @@ public struct Admission: Sendable {
             return Judgement(decision: .deny, rules: judged,
                              remedies: (team.remedy.map { [$0] } ?? []) + clones.remedies + policy.remedies
                                 + secretRules.map { String($0.dropFirst("secret: ".count)) },
-                             conditions: ["AdmissionDenied"] + (missingSecrets.isEmpty ? [] : ["SecretMissing"]))
+                             conditions: [.admissionDenied] + (missingSecrets.isEmpty ? [] : [.secretMissing]))
         }
         guard changesRevision, !asFound else { return Judgement(decision: .allow, rules: judged, remedies: [], conditions: []) }
         return try approvals(classes: [before.envClass, spec.class.rawValue], tip: tip, base: before.base,
@@ -164,7 +164,7 @@ public struct Admission: Sendable {
                       context: Context) throws -> Judgement {
         let signatureRules = signatureRules(identity)
         guard identity.problems.isEmpty else {
-            return Judgement(decision: .deny, rules: signatureRules, remedies: [Self.signatureRemedy], conditions: ["AdmissionDenied"])
+            return Judgement(decision: .deny, rules: signatureRules, remedies: [Self.signatureRemedy], conditions: [.admissionDenied])
         }
         let touching = try touchingCommits(watched: before.watched, change: tip.id, since: before.base, context: context)
         let team = teamRule(environment: record.name, teams: [before.team], touching: touching, change: tip.id, context: context)
@@ -180,7 +180,7 @@ public struct Admission: Sendable {
         let judged = signatureRules + [team.rule] + policy.rules
         if team.remedy != nil || policy.denied {
             return Judgement(decision: .deny, rules: judged, remedies: (team.remedy.map { [$0] } ?? []) + policy.remedies,
-                             conditions: ["AdmissionDenied"])
+                             conditions: [.admissionDenied])
         }
         return try approvals(classes: [before.envClass], tip: tip, base: before.base, watched: before.watched, rules: judged, context: context)
     }

@@ -1,5 +1,46 @@
+import Foundation
 import GitStore
 import SpecModel
+
+/// The files of one revision, as a driver reads them: paths at one commit, never the repository
+/// itself (a driver may run anywhere the files can be sent).
+public protocol SourceSnapshot: Sendable {
+    var commit: ObjectID { get }
+    /// The id of the tree or file at `path`, nil when there is none: a service restarts when its source's id changes.
+    func objectID(at path: String) throws -> ObjectID?
+    /// The file at `path` (nil when there is none), at most `limit` bytes.
+    func readFile(_ path: String, limit: Int) throws -> Data?
+    /// Writes the tree (or file) at `path` into `directory` ("" for the whole revision).
+    func materialize(_ path: String, into directory: URL) throws
+}
+
+/// Snapshots of any commit (a teardown's onDestroy jobs run at the commit last applied).
+public protocol SourceStore: Sendable {
+    func snapshot(at commit: ObjectID) -> any SourceSnapshot
+}
+
+/// Snapshots read from a Git repository on disk. Each read opens the repository on its own: a
+/// libgit2 handle is not shared between the reconcile thread and the drivers' workers.
+public struct GitSources: SourceStore {
+    public let path: String
+    public init(path: String) { self.path = path }
+    public func snapshot(at commit: ObjectID) -> any SourceSnapshot { GitSnapshot(path: path, commit: commit) }
+}
+
+public struct GitSnapshot: SourceSnapshot {
+    public let path: String
+    public let commit: ObjectID
+    public init(path: String, commit: ObjectID) {
+        self.path = path
+        self.commit = commit
+    }
+
+    public func objectID(at path: String) throws -> ObjectID? { try GitRepository.open(path: self.path).objectID(at: path, in: commit) }
+    public func readFile(_ path: String, limit: Int) throws -> Data? { try GitRepository.open(path: self.path).readFile(path, at: commit, limit: limit) }
+    public func materialize(_ path: String, into directory: URL) throws {
+        try GitRepository.open(path: self.path).materialize(path, at: commit, into: directory)
+    }
+}
 
 /// One environment revision to converge, with everything a driver needs to do it.
 public struct PlannedEnvironment: Sendable {
@@ -10,17 +51,18 @@ public struct PlannedEnvironment: Sendable {
     public let spec: EnvironmentSpec
     public let fingerprint: String
     public let domain: String
-    public let repository: GitRepository
+    /// The revision's files.
+    public let source: any SourceSnapshot
 
     public init(name: String, branch: String, commit: ObjectID, spec: EnvironmentSpec, fingerprint: String,
-                domain: String, repository: GitRepository) {
+                domain: String, source: any SourceSnapshot) {
         self.name = name
         self.branch = branch
         self.commit = commit
         self.spec = spec
         self.fingerprint = fingerprint
         self.domain = domain
-        self.repository = repository
+        self.source = source
     }
 }
 
@@ -44,12 +86,15 @@ public struct DriverEvent: Sendable {
 
 /// Converges environments on some infrastructure. Applying the same revision twice changes nothing;
 /// a driver resumes after a crash from its own recorded state.
-public protocol Driver: AnyObject {
+///
+/// Operations of different environments run concurrently (on `OperationPool`'s workers, while the
+/// loop calls `supervise` and `drift`); one environment never has two at once.
+public protocol Driver: AnyObject, Sendable {
     /// Makes the environment run `environment`'s revision; throws with a reason when it cannot.
     func apply(_ environment: PlannedEnvironment, progress: (String) -> Void) throws -> ApplyOutcome
     /// Removes everything of the named environment. Succeeds when there is nothing left to remove;
     /// returns what could not be cleaned (a failed onDestroy job, say) — teardown completes anyway.
-    func destroy(environment name: String, repository: GitRepository?, progress: (String) -> Void) throws -> [String]
+    func destroy(environment name: String, sources: (any SourceStore)?, progress: (String) -> Void) throws -> [String]
     /// Called once at start: adopt what survived a restart of Gantry, stop what nobody wants.
     func recover(desired: Set<String>) -> [DriverEvent]
     /// Called every pass: restart what crashed (only report it when `correct` is false), rotate
@@ -60,4 +105,9 @@ public protocol Driver: AnyObject {
     func drift(_ environment: PlannedEnvironment) -> [String]
     /// Stops everything without forgetting it (used when Gantry shuts down with `--stop-on-exit`).
     func shutdown()
+}
+
+extension SourceSnapshot {
+    /// The file at `path`, at most 1 MiB.
+    public func readFile(_ path: String) throws -> Data? { try readFile(path, limit: 1 << 20) }
 }

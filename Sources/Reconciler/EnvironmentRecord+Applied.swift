@@ -16,6 +16,6 @@ extension Reconciler {
         guard let spec = record.appliedSpec, let applied = record.appliedCommit.flatMap(ObjectID.init(hex:)) else { return nil }
         return PlannedEnvironment(name: record.name, branch: record.branch, commit: applied, spec: spec,
                                   fingerprint: record.fingerprint ?? "", domain: record.domain ?? Settings().domain,
-                                  repository: repository)
+                                  source: GitSnapshot(path: repository.path, commit: applied))
     }
 }

@@ -103,6 +103,13 @@ extension Reconciler {
         return AuditRecord.parseNote(note).records.contains { verdicts.contains($0.event) }
     }
 
+    /// The last verdict (admitted, denied, pending-approval) recorded on `commit` for `environment`.
+    func lastVerdict(_ environment: String, on commit: String) throws -> String? {
+        guard let id = ObjectID(hex: commit), let note = try recordedNote(on: id, environment: environment) else { return nil }
+        let verdicts: Set<String> = [AuditEvent.admitted.rawValue, AuditEvent.denied.rawValue, AuditEvent.pendingApproval.rawValue]
+        return AuditRecord.parseNote(note).records.last { verdicts.contains($0.event) }?.event
+    }
+
     static func alreadyRecorded(_ event: String, in events: [String]) -> Bool {
         let judged: Set<String> = [AuditEvent.admitted.rawValue, AuditEvent.denied.rawValue]
         let verdicts = judged.union([AuditEvent.pendingApproval.rawValue])

@@ -62,18 +62,34 @@ extension Reconciler {
             return
         }
         let live = existing.flatMap { $0.phase == .destroyed ? nil : $0 }
-        // This commit was already judged (a pass cut short mid-apply is Pending and goes on; one
-        // waiting for approval, or denied, is judged again, as approvals arrive).
-        // A failed apply whose retry is due goes on to be applied again.
+        // This very commit is being applied (queued or running): nothing to judge again.
+        let applying = live.map { $0.conditions.contains(.applying) && operations.isBusy($0.name) } ?? false
+        if let live, live.commit == desired.commit.hex, applying { return }
+        // This commit was already judged (an apply cut short by a stop or a crash is Pending, or
+        // Applying, and goes on; one waiting for approval, or denied, is judged again, as
+        // approvals arrive). A failed apply whose retry is due goes on to be applied again.
         let retry = live.map { Self.retryDue($0) } ?? false
-        if let live, live.commit == desired.commit.hex, live.phase != .pending, !retry,
-           !live.conditions.contains("ApprovalPending"), !live.conditions.contains("SecretMissing"), !live.conditions.contains("AdmissionDenied"),
+        let interrupted = live.map { $0.conditions.contains(.applying) && !applying } ?? false
+        // Admitted, and its apply cut short by a stop or a crash: applied now, not judged again (the
+        // verdict is recorded; judging it anew could ask for what the first judgement waived, as an
+        // anchored revision taken as found).
+        if let live, interrupted, live.commit == desired.commit.hex, tipCommit.id == desired.commit, let spec = desired.spec,
+           try lastVerdict(desired.name, on: live.commit) == AuditEvent.admitted.rawValue {
+            logger.notice("resuming an apply cut short", metadata: ["gantry.env": "\(desired.name)", "git.commit": "\(desired.commit.short)"])
+            submitApply(desired, spec: spec, commit: desired.commit,
+                        base: baseFields(desired.name, branch: desired.branch, commit: tipCommit, identity: identity.tip,
+                                         policyRevision: context.governance.commit),
+                        context: context)
+            return
+        }
+        if let live, live.commit == desired.commit.hex, live.phase != .pending, !retry, !interrupted,
+           !live.conditions.contains(.approvalPending), !live.conditions.contains(.secretMissing), !live.conditions.contains(.admissionDenied),
            try hasVerdict(desired.name, on: live.commit) { return }
         let untouched = try live.map { !(try touches(desired, since: $0.commit)) } ?? false
         // A commit that touches none of the environment's files only moves its commit along —
         // unless an apply was cut short (Pending goes on) or the last denial was about identity,
         // which a new commit (re-signed history, say) may cure.
-        if let live, live.phase != .pending, !retry, !live.conditions.contains("AdmissionDenied"), !live.conditions.contains("ApprovalPending"), untouched {
+        if let live, live.phase != .pending, !retry, !interrupted, !live.conditions.contains(.admissionDenied), !live.conditions.contains(.approvalPending), untouched {
             var updated = live
             updated.commit = desired.commit.hex
             updated.updatedAt = Date()
@@ -85,7 +101,7 @@ extension Reconciler {
         // approved is exactly that commit (its jobs' scripts, say, are not taken from a later one).
         var commit = tipCommit
         var desired = desired
-        if let live, live.conditions.contains("ApprovalPending"), untouched, let waitingAt = ObjectID(hex: live.commit), waitingAt != tipCommit.id,
+        if let live, live.conditions.contains(.approvalPending), untouched, let waitingAt = ObjectID(hex: live.commit), waitingAt != tipCommit.id,
            try repository.isReachable(waitingAt, from: tipCommit.id),
            let approved = try loader.desiredEnvironments(branch: desired.branch, commit: waitingAt, protectedBranch: context.protectedBranch,
                                                          protectedTip: context.protectedTip, previewName: { try self.previewName(environment: $0, branch: $1) })
@@ -163,8 +179,9 @@ extension Reconciler {
         summary.admitted.append(desired.name)
         if record.appliedCommit == nil { record.phase = .pending }
         record.message = "applying \(commit.id.short)"
+        record.conditions.append(.applying)
         try state.save(record)
-        try apply(desired, spec: spec, commit: commit, base: base, context: context, record: &record, &summary)
+        submitApply(desired, spec: spec, commit: commit.id, base: base, context: context)
     }
 
     /// What the environment was before the change: its running class, team, spec and paths, and
@@ -193,50 +210,72 @@ extension Reconciler {
         return loaded
     }
 
-    /// Applies an admitted revision through the driver and records the outcome.
-    func apply(_ desired: DesiredEnvironment, spec: EnvironmentSpec, commit: CommitInfo, base: [(String, String)],
-               context: PassContext, record: inout EnvironmentRecord, _ summary: inout PassSummary) throws {
+    /// Hands an admitted revision to the driver on the operations pool; `finishApply` records the
+    /// outcome on this thread. Production and the protected branch go first; a clone waits for the
+    /// environments it clones from.
+    func submitApply(_ desired: DesiredEnvironment, spec: EnvironmentSpec, commit: ObjectID, base: [(String, String)], context: PassContext) {
         let plan = PlannedEnvironment(name: desired.name, branch: desired.branch, commit: desired.commit, spec: spec,
-                                      fingerprint: desired.fingerprint, domain: context.settings.domain, repository: repository)
+                                      fingerprint: desired.fingerprint, domain: context.settings.domain,
+                                      source: GitSnapshot(path: repository.path, commit: desired.commit))
         // The secret versions as of now: the driver resolves these or newer ones, so a rotation
         // racing this apply is still noticed on the next pass.
         if let secretVersions, !spec.secrets.isEmpty { appliedSecretVersions[desired.name] = secretVersions(spec) }
-        // Attempts count failures of one revision: a new one starts again from the first backoff.
-        if record.fingerprint != desired.fingerprint { record.attempts = 0 }
-        do {
-            let outcome = try driver.apply(plan) { step in
-                logger.info("Applying revision \(commit.id.short): \(step)", metadata: ["gantry.env": "\(desired.name)"])
+        let driver = self.driver, logger = self.logger
+        let ticket = operations.submit(desired.name, after: spec.databases.compactMap(\.cloneFrom),
+                                       urgent: desired.branch == context.protectedBranch) {
+            do {
+                return .applied(try driver.apply(plan) { step in
+                    logger.info("Applying revision \(commit.short): \(step)", metadata: ["gantry.env": "\(plan.name)"])
+                })
+            } catch {
+                return .failed("\(error)")
             }
+        }
+        completions[ticket] = { [unowned self] result, summary in try finishApply(plan, commit: commit, base: base, result, &summary) }
+    }
+
+    /// Records a finished apply: the applied record and Running, or the failure and when it is retried.
+    func finishApply(_ plan: PlannedEnvironment, commit: ObjectID, base: [(String, String)], _ result: OperationResult,
+                     _ summary: inout PassSummary) throws {
+        guard var record = try state.environment(plan.name) else { return }
+        // Another operation of the environment is queued (a later commit): it keeps Applying.
+        let more = operations.isBusy(plan.name)
+        let current = record.commit == commit.hex
+        if record.phase == .destroyed { record.destroyedAt = nil }
+        record.updatedAt = Date()
+        switch result {
+        case .applied(let outcome):
             record.phase = .running
-            record.appliedCommit = desired.commit.hex
-            record.fingerprint = desired.fingerprint
-            record.specJSON = Self.json(spec)
-            record.message = nil
-            record.conditions = []
+            record.appliedCommit = plan.commit.hex
+            record.fingerprint = plan.fingerprint
+            record.specJSON = Self.json(plan.spec)
             record.attempts = 0
             record.nextAttemptAt = nil
-            record.updatedAt = Date()
+            record.conditions.removeAll { $0 == .applyFailed || ($0 == .applying && !more) }
+            if current && !more { record.message = nil }
             // The record first: a crash before the state is saved redoes the apply (a no-op for the
             // driver) and finds the record already written.
-            try appendOnce(.applied, desired.name, commit.id, base + outcome.changes.map { ("change", $0) })
+            try appendOnce(.applied, plan.name, commit, base + outcome.changes.map { ("change", $0) })
             try state.save(record)
-            try state.record(EventRecord(environment: desired.name, kind: "applied", message: "revision \(commit.id.short) running"))
-            logger.info("applied", metadata: ["gantry.env": "\(desired.name)", "git.commit": "\(commit.id.short)"])
-            summary.applied.append(desired.name)
-        } catch {
+            try state.record(EventRecord(environment: plan.name, kind: "applied", message: "revision \(commit.short) running"))
+            logger.info("applied", metadata: ["gantry.env": "\(plan.name)", "git.commit": "\(commit.short)"])
+            summary.applied.append(plan.name)
+        case .destroyed:
+            throw ReconcileError(message: "the apply of \(plan.name) at \(commit.short) came back as a teardown")
+        case .failed(let error):
+            // Attempts count failures of one revision: a new one starts again from the first backoff.
+            record.attempts = (record.fingerprint == plan.fingerprint ? record.attempts : 0) + 1
             record.phase = .failed
-            record.conditions = ["ApplyFailed"]
-            record.attempts += 1
+            record.conditions = [.applyFailed] + (more ? [.applying] : [])
             let delay = min(options.retryBackoff * pow(2, Double(record.attempts - 1)), options.maxRetryBackoff)
             record.nextAttemptAt = Date().addingTimeInterval(delay)
-            record.message = "apply of \(commit.id.short) failed (attempt \(record.attempts); next attempt in \(Int(delay.rounded()))s): \(error)"
-            record.fingerprint = desired.fingerprint
-            record.updatedAt = Date()
-            try appendOnce(.failed, desired.name, commit.id, base + [("error", "\(error)")])
+            record.message = "apply of \(commit.short) failed (attempt \(record.attempts); next attempt in \(Int(delay.rounded()))s): \(error)"
+            record.fingerprint = plan.fingerprint
+            try appendOnce(.failed, plan.name, commit, base + [("error", error)])
             try state.save(record)
-            try state.record(EventRecord(environment: desired.name, kind: "failed", message: record.message!))
-            logger.error("apply failed", metadata: ["gantry.env": "\(desired.name)", "error": "\(error)"])
-            summary.failed.append(desired.name)
+            try state.record(EventRecord(environment: plan.name, kind: "failed", message: record.message!))
+            logger.error("apply failed", metadata: ["gantry.env": "\(plan.name)", "error": "\(error)"])
+            summary.failed.append(plan.name)
         }
     }
 

@@ -15,7 +15,8 @@ extension Reconciler {
             if event.kind == "restarted" { corrected[event.environment, default: []].append(event.message) }
             if event.kind == "drift-detected" { summary.drift.append(event.environment) }
         }
-        for record in (try? state.environments()) ?? [] where record.phase == .running {
+        // (One with an apply or teardown under way is left to it.)
+        for record in (try? state.environments()) ?? [] where record.phase == .running && !operations.isBusy(record.name) {
             guard let plan = appliedPlan(record), !plan.spec.databases.isEmpty else { continue }
             let found = driver.drift(plan)
             guard !found.isEmpty else { continue }

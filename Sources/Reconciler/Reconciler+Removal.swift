@@ -20,7 +20,7 @@ extension Reconciler {
         let before = try before(existing, branch: existing.branch, identity: identity, context: context)
         // Waiting since an earlier commit with nothing of it changed since: judged at that commit.
         var commit = tip
-        if existing.conditions.contains("ApprovalPending"), let waitingAt = ObjectID(hex: existing.commit), waitingAt != tip.id,
+        if existing.conditions.contains(.approvalPending), let waitingAt = ObjectID(hex: existing.commit), waitingAt != tip.id,
            try repository.isReachable(waitingAt, from: tip.id),
            try loadedEnvironments(at: waitingAt).allSatisfy({ $0.name != (existing.source ?? existing.name) }),
            !Names.touches(try repository.changedPaths(from: waitingAt, to: tip.id), before.watched) {

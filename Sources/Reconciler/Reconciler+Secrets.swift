@@ -26,7 +26,8 @@ extension Reconciler {
     /// rotated secrets (never their values).
     func rotateSecrets(_ summary: inout PassSummary) {
         guard let secretVersions else { return }
-        for record in (try? state.environments()) ?? [] where record.phase == .running {
+        // (One with an apply or teardown under way is left to it.)
+        for record in (try? state.environments()) ?? [] where record.phase == .running && !operations.isBusy(record.name) {
             guard let plan = appliedPlan(record), !plan.spec.secrets.isEmpty else { continue }
             let versions = secretVersions(plan.spec)
             let previous = appliedSecretVersions[record.name]

@@ -15,7 +15,7 @@ extension Reconciler {
         let known = Set(try processedRefs().keys).union(try state.environments().map(\.branch))
         let gone = known.sorted().filter { branches[$0] == nil && $0 != context.protectedBranch }
         for (index, branch) in gone.enumerated() {
-            guard summary.destroyed.count < options.maxTeardownsPerPass else {
+            guard summary.tearingDown.count < options.maxTeardownsPerPass else {
                 summary.postponed += gone.count - index
                 logger.notice("\(gone.count - index) deleted branches wait for the next pass to be torn down (at most \(options.maxTeardownsPerPass) environments per pass)")
                 break
@@ -42,25 +42,66 @@ extension Reconciler {
         }
     }
 
+    /// Decides a teardown: the record says Destroying (with the reason, and the commit its
+    /// record goes on) before the driver starts, so a Gantry stopped in between tears it down
+    /// again (`resumeTeardowns`); `finishDestroy` records it. Nothing happens while one is under way.
     func destroy(_ environment: EnvironmentRecord, reason: String, commitForNote: String, _ summary: inout PassSummary) throws {
-        logger.info("destroying: \(reason)", metadata: ["gantry.env": "\(environment.name)"])
-        let problems = try driver.destroy(environment: environment.name, repository: repository) { step in
-            logger.info("Destroying \(environment.name): \(step)")
-        }
-        var fields: [(String, String)] = [("environment", environment.name), ("branch", environment.branch), ("commit", commitForNote)]
-        fields.append(("reason", reason))
-        fields += problems.map { ("problem", $0) }
         guard let target = ObjectID(hex: commitForNote) else {
             throw ReconcileError(message: "cannot record the teardown of \(environment.name): '\(commitForNote)' is not a commit id")
         }
-        try appendOnce(.destroyed, environment.name, target, fields)
-        var record = environment
-        record.phase = .destroyed
-        record.destroyedAt = Date()
-        record.updatedAt = Date()
+        var record = try state.environment(environment.name) ?? environment
+        guard record.phase != .destroyed, !(record.conditions.contains(.destroying) && operations.isBusy(record.name)) else { return }
+        logger.info("destroying: \(reason)", metadata: ["gantry.env": "\(environment.name)"])
+        if !record.conditions.contains(.destroying) { record.conditions.append(.destroying) }
+        record.commit = target.hex
         record.message = reason
+        record.updatedAt = Date()
         try state.save(record)
-        try state.record(EventRecord(environment: environment.name, kind: "destroyed", message: reason))
-        summary.destroyed.append(environment.name)
+        summary.tearingDown.append(record.name)
+        let driver = self.driver, name = record.name, sources = GitSources(path: repository.path), logger = self.logger
+        let ticket = operations.submit(name) {
+            do {
+                return .destroyed(problems: try driver.destroy(environment: name, sources: sources) { step in
+                    logger.info("Destroying \(name): \(step)")
+                })
+            } catch {
+                return .failed("\(error)")
+            }
+        }
+        completions[ticket] = { [unowned self] result, summary in try finishDestroy(name, reason: reason, target: target, result, &summary) }
+    }
+
+    /// Records a finished teardown; a failed one stays Destroying and is tried again next pass.
+    func finishDestroy(_ name: String, reason: String, target: ObjectID, _ result: OperationResult, _ summary: inout PassSummary) throws {
+        guard var record = try state.environment(name), record.phase != .destroyed else { return }
+        switch result {
+        case .destroyed(let problems):
+            let fields = [("environment", name), ("branch", record.branch), ("commit", target.hex), ("reason", reason)]
+                + problems.map { ("problem", $0) }
+            try appendOnce(.destroyed, name, target, fields)
+            record.phase = .destroyed
+            record.conditions = []
+            record.destroyedAt = Date()
+            record.updatedAt = Date()
+            record.message = reason
+            try state.save(record)
+            try state.record(EventRecord(environment: name, kind: "destroyed", message: reason))
+            summary.destroyed.append(name)
+        case .failed(let error):
+            logger.error("could not tear down; will retry", metadata: ["gantry.env": "\(name)", "error": "\(error)"])
+        case .applied:
+            throw ReconcileError(message: "the teardown of \(name) came back as an apply")
+        }
+    }
+
+    /// Teardowns decided before a stop or a crash, and failed ones, go on.
+    func resumeTeardowns(_ summary: inout PassSummary) {
+        for record in (try? state.environments()) ?? [] where record.conditions.contains(.destroying) && !operations.isBusy(record.name) {
+            do {
+                try destroy(record, reason: record.message ?? "teardown resumed", commitForNote: record.commit, &summary)
+            } catch {
+                logger.error("could not resume a teardown", metadata: ["gantry.env": "\(record.name)", "error": "\(error)"])
+            }
+        }
     }
 }

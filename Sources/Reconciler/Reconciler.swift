@@ -9,6 +9,10 @@ import StateStore
 
 /// The reconcile loop: watches the configuration repository's branches and converges every
 /// environment they ask for, recording each decision as a signed audit note.
+///
+/// Unchecked because its mutable state (caches, deferred records, the completions of submitted
+/// operations) belongs to the one thread that runs passes; driver operations run on the
+/// `operations` pool and hand back only values (`OperationResult`), handled on that thread.
 public final class Reconciler: @unchecked Sendable {
     public struct Options: Sendable {
         /// The branch that defines governance and live environments, until gantry.yaml on it says otherwise.
@@ -26,6 +30,8 @@ public final class Reconciler: @unchecked Sendable {
         /// doubling, at most `maxRetryBackoff` apart.
         public var retryBackoff = 10.0
         public var maxRetryBackoff = 300.0
+        /// Applies and teardowns running at once (each environment has at most one).
+        public var maxConcurrentOperations = 4 * ProcessInfo.processInfo.activeProcessorCount
         public init() {}
     }
 
@@ -37,6 +43,8 @@ public final class Reconciler: @unchecked Sendable {
         public var applied: [String] = []
         public var failed: [String] = []
         public var destroyed: [String] = []
+        /// Teardowns started (recorded in `destroyed` once finished).
+        public var tearingDown: [String] = []
         public var pending: [String] = []
         /// Environments whose drift was corrected (recorded), or only detected (`detectOnly`).
         public var driftCorrected: [String] = []
@@ -59,6 +67,10 @@ public final class Reconciler: @unchecked Sendable {
     let audit: AuditLog
     let driver: Driver
     let logger: Logger
+    /// Where applies and teardowns run (see `OperationPool`).
+    public let operations: OperationPool
+    /// What to do on this thread when a submitted operation finishes, by ticket.
+    var completions: [Int: (OperationResult, inout PassSummary) throws -> Void] = [:]
     public let options: Options
     /// Called when a fetchable remote is mirrored: refreshes the local copy before each pass.
     public var beforePass: (() throws -> Void)?
@@ -121,19 +133,25 @@ public final class Reconciler: @unchecked Sendable {
         self.driver = driver
         self.logger = logger
         self.options = options
+        self.operations = OperationPool(limit: options.maxConcurrentOperations)
         if audit.journal == nil { audit.journal = StateJournal(state) }
     }
 
     /// Adopts what survived a restart, then loops: a pass, then wait for the poll interval or a wake.
+    /// Applies and teardowns go on between passes; each one finished wakes the loop to record it.
+    /// On stop, the operations under way finish and are recorded first.
     public func run(wake: WakeSignal, shouldStop: () -> Bool) {
         recover()
+        operations.whenFinished { wake.wake() }
         while !shouldStop() {
             var postponed = 0
-            do { postponed = try runPass().postponed } catch { logger.error("pass failed; nothing was destroyed, retrying", metadata: ["error": "\(error)"]) }
+            do { postponed = try runPass(waitForOperations: false).postponed } catch { logger.error("pass failed; nothing was destroyed, retrying", metadata: ["error": "\(error)"]) }
             if shouldStop() { break }
             // Work left over by the per-pass caps goes on at once.
             if postponed == 0 { wake.wait(seconds: options.pollInterval) }
         }
+        var summary = PassSummary()
+        finishOperations(&summary)
     }
 
     /// Tells the driver which environments are wanted so it can adopt or stop what it finds.
@@ -144,16 +162,21 @@ public final class Reconciler: @unchecked Sendable {
 
     /// One full pass: the audit chain's integrity, the protected branch commit by commit, then
     /// every other changed branch, the sweeps, and supervision.
+    /// With `waitForOperations` the pass returns once the applies and teardowns it started have
+    /// finished and are recorded; without, they go on and a later pass records them.
     @discardableResult
-    public func runPass() throws -> PassSummary {
+    public func runPass(waitForOperations: Bool = true) throws -> PassSummary {
         var summary = PassSummary()
         do {
+            recordFinished(&summary)
             try pass(&summary)
             try flushRecords()
+            if waitForOperations { finishOperations(&summary) }
         } catch {
             try? flushRecords()
             // Whatever stopped the pass, what runs is still supervised.
             correctDrift(&summary)
+            if waitForOperations { finishOperations(&summary) }
             throw error
         }
         return summary
@@ -229,6 +252,7 @@ public final class Reconciler: @unchecked Sendable {
             }
         }
         try sweep(branches: branches, context: context, protectedChanged: summary.changedBranches.contains(protectedBranch), &summary)
+        resumeTeardowns(&summary)
         rotateSecrets(&summary)
         correctDrift(&summary)
     }
@@ -238,14 +262,16 @@ public final class Reconciler: @unchecked Sendable {
     /// denied, when the approvals moved (an approval may release a wait, or vouch for another
     /// team's commit in a denied change).
     func isWaiting(_ record: EnvironmentRecord, approvalsMoved: Bool) -> Bool {
-        Self.retryDue(record)
-            || record.conditions.contains("SecretMissing")
-            || (approvalsMoved && (record.conditions.contains("ApprovalPending") || record.conditions.contains("AdmissionDenied")))
+        // An apply cut short (Gantry stopped or killed while it was queued or running) goes on.
+        let interrupted = record.conditions.contains(.applying) && !operations.isBusy(record.name)
+        return interrupted || Self.retryDue(record)
+            || record.conditions.contains(.secretMissing)
+            || (approvalsMoved && (record.conditions.contains(.approvalPending) || record.conditions.contains(.admissionDenied)))
     }
 
     /// A failed apply whose next attempt is due.
     static func retryDue(_ record: EnvironmentRecord, now: Date = Date()) -> Bool {
-        record.conditions.contains("ApplyFailed") && (record.nextAttemptAt.map { $0 <= now } ?? false)
+        record.conditions.contains(.applyFailed) && (record.nextAttemptAt.map { $0 <= now } ?? false)
     }
 
     typealias PassContext = Admission.Context

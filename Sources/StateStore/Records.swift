@@ -7,6 +7,27 @@ public enum EnvironmentPhase: String, Sendable, Codable, CaseIterable {
     case denied = "Denied", failed = "Failed", destroyed = "Destroyed"
 }
 
+/// A condition that is true of an environment, named for what it waits on or what went wrong.
+/// `EnvironmentSummary` (Reconciler) derives the phase shown to users from these in one place.
+public enum Condition: String, Sendable, Codable, CaseIterable {
+    /// The spec at the commit does not load or validate.
+    case specInvalid = "SpecInvalid"
+    /// Identity, policy or a rule denied the commit.
+    case admissionDenied = "AdmissionDenied"
+    /// A secret the spec names is not visible to the environment.
+    case secretMissing = "SecretMissing"
+    /// The commit waits for a human approval.
+    case approvalPending = "ApprovalPending"
+    /// The last apply failed; it is retried with backoff (`attempts`, `nextAttemptAt`).
+    case applyFailed = "ApplyFailed"
+    /// An admitted revision is being applied (queued or running); a Gantry restarted in between applies it again.
+    case applying = "Applying"
+    /// A teardown was decided and is under way; a Gantry restarted in between tears it down again.
+    case destroying = "Destroying"
+    /// Running, but a service's process is not (observed, never stored).
+    case unhealthy = "Unhealthy"
+}
+
 /// One environment Gantry knows of, live or kept as history after it was destroyed.
 public struct EnvironmentRecord: Codable, Sendable, Equatable, FetchableRecord, PersistableRecord {
     public static let databaseTableName = "environments"
@@ -28,7 +49,7 @@ public struct EnvironmentRecord: Codable, Sendable, Equatable, FetchableRecord, 
     /// Why the environment is in its phase (the denial, the failure), for `status`.
     public var message: String?
     /// Conditions that are true, named for the problem (`SpecInvalid`, `ApplyFailed`, ...).
-    public var conditions: [String] = []
+    public var conditions: [Condition] = []
     public var createdAt: Date
     public var updatedAt: Date
     public var destroyedAt: Date?

@@ -40,7 +40,7 @@ struct Status: ParsableCommand {
             }
             var conditions = environment.conditions
             if environment.phase == .running, serviceRecords.contains(where: { LocalDriver.observedPhase(of: $0) != "Running" }) {
-                conditions.append("Unhealthy")
+                conditions.append(.unhealthy)
             }
             let routes: [PlainValue] = (spec?.routes ?? []).map {
                 .map([("name", .string($0.name)), ("url", .string("http://\($0.name).\(environment.name).\(domain):\(routerPort)"))])
@@ -50,7 +50,7 @@ struct Status: ParsableCommand {
                 ("class", .string(environment.envClass)), ("team", environment.team.map { .string($0) } ?? .null),
                 ("phase", .string(environment.phase.rawValue)), ("services", .list(services)), ("routes", .list(routes)),
             ]
-            fields.append(("conditions", .list(conditions.map { .string($0) })))
+            fields.append(("conditions", .list(conditions.map { .string($0.rawValue) })))
             fields.append(("appliedCommit", environment.appliedCommit.map { .string($0) } ?? .null))
             fields.append(("message", environment.message.map { .string($0) } ?? .null))
             fields.append(("attempts", .int(environment.attempts)))

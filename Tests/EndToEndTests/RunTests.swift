@@ -192,7 +192,7 @@ import TestSupport
         #expect(eventually(60) {
             let listed = ((try? statusJSON(state.path)) ?? []).compactMap { $0["name"] as? String }
             return running(state.path) == expected && Set(listed) == expected
-        }, "running: \(running(state.path)) want \(expected)")
+        }, "running: \(running(state.path)) want \(expected); \(((try? statusJSON(state.path)) ?? []).map { "\($0["name"] ?? "") \($0["phase"] ?? "") \($0["conditions"] ?? "") \($0["message"] ?? "")" })")
         // Exactly one process per desired service, no orphans and no duplicates.
         #expect(eventually(10) {
             let marks = markedProcesses(state: state.path).map(\.mark)

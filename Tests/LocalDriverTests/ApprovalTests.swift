@@ -34,7 +34,7 @@ import StateStore
         #expect(pending.value("decision") == "pending")
         #expect(pending.values("rule").contains { $0.hasPrefix("approval: needs 1 approval of this exact commit by a human with role approver") })
         #expect(pending.values("rule").prefix(2) == ["signature: ok (agent@example.com)", "spec: valid"])
-        #expect(try harness.environment("web")?.conditions == ["ApprovalPending"])
+        #expect(try harness.environment("web")?.conditions == [.approvalPending])
         #expect(try harness.get("web")?.contains("hello from web") == true, "\(harness.diagnose("web"))")
 
         // An approval of another commit does not count.

@@ -90,7 +90,7 @@ import StateStore
         let web = try #require(try harness.records().last { $0.event == "denied" && $0.value("environment") == "web" })
         #expect(web.value("commit") == unsigned)
         #expect(try stillServing(harness))
-        #expect(try harness.environment("web")?.conditions == ["AdmissionDenied"])
+        #expect(try harness.environment("web")?.conditions == [.admissionDenied])
         #expect(try harness.state.trust()?.revision == (try harness.environment("web")?.appliedCommit))
         #expect(try harness.verify().isValid)
     }
@@ -1127,7 +1127,7 @@ import StateStore
         #expect(claimed.phase == .denied && claimed.message?.contains("team") == true, "\(claimed.message ?? "")")
         // Its own team: the payments secret is not in its scope.
         let own = try #require(try harness.environment("steal-growth--agents-steal"))
-        #expect(own.conditions.contains("SecretMissing"), "\(own.conditions) \(own.message ?? "")")
+        #expect(own.conditions.contains(.secretMissing), "\(own.conditions) \(own.message ?? "")")
         #expect(try harness.service("steal-payments--agents-steal") == nil && harness.service("steal-growth--agents-steal") == nil)
         let grep = try Shell.run(["grep", "-r", "-l", "-a", value, harness.stateDirectory.path + "/envs"])
         #expect(grep.status == 1, "\(grep.stdout)")

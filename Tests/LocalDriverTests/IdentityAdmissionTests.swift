@@ -46,7 +46,7 @@ import StateStore
         let denial = try #require(try harness.records().last { $0.event == "denied" })
         #expect(denial.value("commit") == commit)
         #expect(denial.values("rule").contains { $0.contains("which identities/allowed_signers on main does not list") })
-        #expect(try harness.environment("web--self-admit")?.conditions == ["AdmissionDenied"])
+        #expect(try harness.environment("web--self-admit")?.conditions == [.admissionDenied])
     }
 
     @Test func aValidTipOnTopOfAnUnsignedCommitIsDenied() throws {

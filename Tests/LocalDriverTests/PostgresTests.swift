@@ -102,7 +102,7 @@ import StateStore
         try repo.write("db/seed.sql", """
             CREATE TABLE t(x int);
             \\! sh -c 'id -u > \(out.path)/bang-uid; readlink /proc/self/ns/net > \(out.path)/bang-net'
-            \\copy (select 1) to program 'sh -c "id -u > \(out.path)/program-uid"'
+            \\copy (select 1) to program 'sh -c "cat > /dev/null; id -u > \(out.path)/program-uid"'
             """)
         try writeEnvironment(repo, "seedy", options: "seed: db/seed.sql")
         try repo.commit("a seed that runs shell commands")

@@ -1,0 +1,117 @@
+import Dispatch
+import Foundation
+import GitStore
+import Reconciler
+import Synchronization
+
+/// A driver that runs nothing, for testing the reconcile loop's own steps (`ReconcilerTests`):
+/// it records each operation the loop asks for, in the order they start, can hold an environment's
+/// operation until released, fail the next applies, and counts how many ran at once. Everything
+/// that runs real processes is tested with the local driver (`LocalDriverTests`).
+public final class FakeDriver: Driver, Sendable {
+    public struct Operation: Sendable, Equatable {
+        public let kind: String
+        public let environment: String
+        public let commit: String?
+        public init(kind: String, environment: String, commit: String?) {
+            self.kind = kind
+            self.environment = environment
+            self.commit = commit
+        }
+    }
+
+    struct State: Sendable {
+        var started: [Operation] = []
+        var finished: [Operation] = []
+        var running: [String: Int] = [:]
+        var mostAtOnce = 0
+        var overlapped: [String] = []
+        var failures: [String: Int] = [:]
+        var held: [String: DispatchSemaphore] = [:]
+        var recovered: Set<String>?
+        var delay = 0.0
+    }
+
+    private let state = Mutex(State())
+
+    public init() {}
+
+    /// Each operation takes this long (a stand-in for health checks and tools).
+    public var delay: Double {
+        get { state.withLock { $0.delay } }
+        set { state.withLock { $0.delay = newValue } }
+    }
+
+    /// Operations in the order they started, and in the order they finished.
+    public var started: [Operation] { state.withLock { $0.started } }
+    public var finished: [Operation] { state.withLock { $0.finished } }
+    /// The most operations that ran at once.
+    public var mostAtOnce: Int { state.withLock { $0.mostAtOnce } }
+    /// Environments that had two operations at once (never expected).
+    public var overlapped: [String] { state.withLock { $0.overlapped } }
+    /// What `recover` was told is wanted.
+    public var recovered: Set<String>? { state.withLock { $0.recovered } }
+
+    /// The next `times` applies of `environment` fail.
+    public func fail(_ environment: String, times: Int = 1) { state.withLock { $0.failures[environment] = times } }
+
+    /// Operations of `environment` wait, once started, until `release`.
+    public func hold(_ environment: String) { state.withLock { $0.held[environment] = DispatchSemaphore(value: 0) } }
+
+    public func release(_ environment: String) {
+        let gate = state.withLock { $0.held.removeValue(forKey: environment) }
+        // Enough for every operation that may be waiting on it.
+        for _ in 0..<64 { gate?.signal() }
+    }
+
+    public func apply(_ environment: PlannedEnvironment, progress: (String) -> Void) throws -> ApplyOutcome {
+        let failing = try operate(Operation(kind: "apply", environment: environment.name, commit: environment.commit.hex))
+        if failing { throw FakeFailure(environment: environment.name) }
+        // The revision's files are read through the snapshot, as a real driver would.
+        _ = try environment.source.objectID(at: "")
+        return ApplyOutcome(changes: ["~fake \(environment.name)"])
+    }
+
+    public func destroy(environment name: String, sources: (any SourceStore)?, progress: (String) -> Void) throws -> [String] {
+        _ = try operate(Operation(kind: "destroy", environment: name, commit: nil))
+        return []
+    }
+
+    /// Runs one operation's bookkeeping; true when it is to fail.
+    private func operate(_ operation: Operation) throws -> Bool {
+        let (gate, delay, failing) = state.withLock { state -> (DispatchSemaphore?, Double, Bool) in
+            state.started.append(operation)
+            state.running[operation.environment, default: 0] += 1
+            if state.running[operation.environment]! > 1 { state.overlapped.append(operation.environment) }
+            state.mostAtOnce = max(state.mostAtOnce, state.running.values.reduce(0, +))
+            var failing = false
+            if operation.kind == "apply", let left = state.failures[operation.environment], left > 0 {
+                state.failures[operation.environment] = left - 1
+                failing = true
+            }
+            return (state.held[operation.environment], state.delay, failing)
+        }
+        gate?.wait()
+        if delay > 0 { Thread.sleep(forTimeInterval: delay) }
+        state.withLock { state in
+            state.running[operation.environment]! -= 1
+            if state.running[operation.environment] == 0 { state.running[operation.environment] = nil }
+            state.finished.append(operation)
+        }
+        return failing
+    }
+
+    public func recover(desired: Set<String>) -> [DriverEvent] {
+        state.withLock { $0.recovered = desired }
+        return []
+    }
+
+    public func supervise(correct: Bool) -> [DriverEvent] { [] }
+    public func drift(_ environment: PlannedEnvironment) -> [String] { [] }
+    public func shutdown() {}
+}
+
+public struct FakeFailure: Error, CustomStringConvertible {
+    public let environment: String
+    public var description: String { "the fake driver was told to fail \(environment)" }
+}
