@@ -93,7 +93,18 @@ func startReconciler(repo: TestRepository, state: TemporaryDirectory) throws -> 
     return run
 }
 
-let logger = Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
+/// With GANTRY_BENCH_TRACE set, the reconciler's log lines go to stderr with milliseconds (where an apply's time goes).
+struct TraceHandler: LogHandler {
+    var metadata: Logger.Metadata = [:]
+    var logLevel: Logger.Level = .info
+    subscript(metadataKey key: String) -> Logger.Metadata.Value? { get { metadata[key] } set { metadata[key] = newValue } }
+    func log(event: LogEvent) {
+        let stamp = String(format: "%.3f", Date().timeIntervalSince1970.truncatingRemainder(dividingBy: 1000))
+        FileHandle.standardError.write(Data("\(stamp) \(event.metadata?["gantry.env"] ?? "") \(event.message)\n".utf8))
+    }
+}
+let logger = ProcessInfo.processInfo.environment["GANTRY_BENCH_TRACE"] != nil
+    ? Logger(label: "bench") { _ in TraceHandler() } : Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
 say("Gantry benchmarks (\(ProcessInfo.processInfo.activeProcessorCount) cores); gantry binary \(gantryBinary)")
 
 /// `GANTRY_BENCH_ONLY=passes|push|preview|isolation|burst|admission|protected|cel|fullstack|rss` runs one part.
@@ -328,7 +339,13 @@ if runs("burst") {
         try repo.seedExample()
         var options = Reconciler.Options()
         options.maxConcurrentOperations = limit
-        let bench = try BenchReconciler(repo, options: options)
+        var driverOptions = LocalDriver.Options()
+        if ProcessInfo.processInfo.environment["GANTRY_BENCH_SHARED"] != nil {
+            driverOptions.isolateUsers = false
+            driverOptions.useControlGroups = false
+            driverOptions.isolateNetwork = false
+        }
+        let bench = try BenchReconciler(repo, driverOptions: driverOptions, options: options)
         defer { bench.driver.shutdown() }
         try bench.reconciler.runPass()
         let main = try repo.git("rev-parse", "main")
@@ -341,19 +358,22 @@ if runs("burst") {
         }
         // All 200 refs move at once.
         _ = try Shell.check(["git", "-C", repo.path, "update-ref", "--stdin"], input: input)
+        var judged = 0.0, applied = 0.0
         let elapsed = try time {
-            try bench.reconciler.runPass()
+            judged = try time { try bench.reconciler.runPass(waitForOperations: false) }
+            applied = try time { try bench.reconciler.runPass() }
             for index in 0..<200 {
                 let name = "web--burst-\(index)"
                 guard let port = try bench.store.services(of: name).first?.port else { continue }
                 let address = LocalDriver.address(of: name, in: bench.store)
-                while httpGet("http://\(address):\(port)/healthz") == nil { usleep(2_000) }
+                // (A socket of our own: a curl per check would cost more than what is measured.)
+                while HTTPProbe.get(host: address, port: port, path: "/healthz", timeout: 2) != .status(200) { usleep(2_000) }
             }
         }
         let serving = try bench.store.environments().filter { $0.name.hasPrefix("web--burst-") && $0.phase == .running }.count
         if serving != 200 { say("  warning: \(serving) of 200 burst previews are running") }
         figures[limit] = elapsed
-        say("200 previews pushed at once -> all serving HTTP 200, \(limit) at a time: \(String(format: "%.2f s", elapsed)) (at most \(bench.reconciler.operations.highWater) ran at once)")
+        say("200 previews pushed at once -> all serving HTTP 200, \(limit) at a time: \(String(format: "%.2f s", elapsed)) (at most \(bench.reconciler.operations.highWater) ran at once; the pass that judged them took \(String(format: "%.2f s", judged)), then the applies \(String(format: "%.2f s", applied)))")
     }
     if let concurrent = figures[pool], let sequential = figures[1] {
         say(String(format: "burst of 200 previews: %.2f s on the pool of %d | baseline one at a time: %.2f s | ratio %.2fx", concurrent, pool, sequential, concurrent / sequential))

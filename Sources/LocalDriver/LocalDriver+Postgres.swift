@@ -204,6 +204,10 @@ extension LocalDriver {
                 if let source = database.cloneFrom {
                     let sourceName = Self.postgresName(environment: source, database: database.name)
                     if try psql(port: port, sql: "SELECT 1 FROM pg_database WHERE datname = '\(sourceName)'").contains("1") {
+                        if try cloneByTemplate(port: port, source: sourceName, target: name, progress: progress) {
+                            changes.append("+database \(database.name) (cloned from \(source): file copy)")
+                            return true
+                        }
                         progress("cloning \(sourceName) into \(name) (pg_dump | psql, works while the source is in use)")
                         // Streamed: the dump never sits in Gantry's memory.
                         // Passwords in the two tools' environments (readable by root only), never in argv.
@@ -219,7 +223,7 @@ extension LocalDriver {
                             environment: Self.sandboxVariables(["GANTRY_SOURCE_PASSWORD": try postgresSuperuserPassword(), "PGPASSWORD": password],
                                                                environment: environment.name), inherit: false,
                             label: "database \(database.name): clone from \(source)", timeout: options.cloneTimeout)
-                        changes.append("+database \(database.name) (cloned from \(source))")
+                        changes.append("+database \(database.name) (cloned from \(source): streamed dump, the source was in use)")
                         return true
                     }
                 }
@@ -249,6 +253,42 @@ extension LocalDriver {
             changes.append("+database \(database.name)")
         }
         return changes
+    }
+
+    /// Clones `source` into `target` (an empty database just made, owned by its role) with `CREATE
+    /// DATABASE ... TEMPLATE`, a copy of the files, when nothing is connected to the source: new
+    /// connections to it wait for the copy (the source is paused for it). Everything in the copy
+    /// then belongs to the target's role, and the source's role keeps nothing in it. False when the
+    /// source is in use (the caller streams a dump instead, which works while it is).
+    func cloneByTemplate(port: Int, source: String, target: String, progress: (String) -> Void) throws -> Bool {
+        // (Another session on the source would make CREATE DATABASE wait 5 s, then fail.)
+        let sessions = try psql(port: port, sql: "SELECT count(*) FROM pg_stat_activity WHERE datname = '\(source)'")
+        guard sessions.trimmingCharacters(in: .whitespacesAndNewlines) == "0" else { return false }
+        progress("cloning \(source) into \(target) (CREATE DATABASE ... TEMPLATE: the source is idle)")
+        try psql(port: port, sql: "DROP DATABASE IF EXISTS \"\(target)\";")
+        do {
+            try psql(port: port, sql: "CREATE DATABASE \"\(target)\" OWNER \"\(target)\" TEMPLATE \"\(source)\";")
+        } catch {
+            // Someone connected to the source meanwhile: the empty database again, and the dump.
+            try psql(port: port, sql: "CREATE DATABASE \"\(target)\" OWNER \"\(target)\";")
+            try psql(port: port, sql: "REVOKE CONNECT, TEMPORARY ON DATABASE \"\(target)\" FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE \"\(target)\" TO \"\(target)\";")
+            return false
+        }
+        // In the copy, the source's role owns what it made and holds grants: all of it goes to the
+        // target's role. (REASSIGN and DROP OWNED also reach shared objects, so the source database
+        // is the superuser's for the moment, and its role's grant on it is given back.)
+        try psql(port: port, sql: """
+            REVOKE CONNECT, TEMPORARY ON DATABASE "\(target)" FROM PUBLIC;
+            GRANT CONNECT, TEMPORARY ON DATABASE "\(target)" TO "\(target)";
+            BEGIN;
+            ALTER DATABASE "\(source)" OWNER TO postgres;
+            REASSIGN OWNED BY "\(source)" TO "\(target)";
+            DROP OWNED BY "\(source)";
+            ALTER DATABASE "\(source)" OWNER TO "\(source)";
+            GRANT CONNECT, TEMPORARY ON DATABASE "\(source)" TO "\(source)";
+            COMMIT;
+            """, database: target)
+        return true
     }
 
     /// psql as an environment's code would run it: to its own database as its role, at the address

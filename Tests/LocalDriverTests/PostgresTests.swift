@@ -92,6 +92,64 @@ import StateStore
         #expect(try Shell.check(try harness.inEnvironment("shop", ["psql", url, "-At", "-c", "select count(*) from users"])).contains("2"))
     }
 
+    /// An idle source is cloned as a file copy (CREATE DATABASE ... TEMPLATE) whose every object
+    /// belongs to the clone's role and none to the source's; a source in use is cloned by a
+    /// streamed dump instead (a template copy would wait for its sessions, then fail).
+    @Test func anIdleSourceIsClonedAsAFileCopyAndABusyOneAsAStreamedDump() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("db/seed.sql", "CREATE TABLE users(name text); INSERT INTO users VALUES ('ada'), ('grace'); CREATE VIEW names AS SELECT name FROM users;")
+        try writeEnvironment(repo, "shop", options: "seed: db/seed.sql")
+        try repo.commit("a shop")
+        let harness = try Harness(repo: repo)
+        try harness.pass()
+        let source = try databaseURL(harness, "shop")
+        let sourceRole = String(source.dropFirst("postgres://".count).prefix { $0 != ":" })
+        func changes(_ environment: String) throws -> [String] {
+            try harness.records().last { $0.event == "applied" && $0.value("environment") == environment }?.values("change") ?? []
+        }
+        func query(_ environment: String, _ url: String, _ sql: String) throws -> Shell.Result {
+            try Shell.run(try harness.inEnvironment(environment, ["psql", url, "-At", "-c", sql]))
+        }
+
+        try writeEnvironment(repo, "shop-a", options: "cloneFrom: shop")
+        try repo.commit("an idle clone")
+        try harness.pass()
+        let changedA = try changes("shop-a")
+        #expect(changedA.contains("+database main (cloned from shop: file copy)"), "\(changedA)")
+        let copy = try databaseURL(harness, "shop-a")
+        let copyRole = String(copy.dropFirst("postgres://".count).prefix { $0 != ":" })
+        #expect(try query("shop-a", copy, "select count(*) from names").stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "2")
+        let owners = try query("shop-a", copy, "select string_agg(distinct pg_get_userbyid(relowner), ',') from pg_class where relname in ('users', 'names')")
+        #expect(owners.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == copyRole, "\(owners.stdout)\(owners.stderr)")
+        #expect(try query("shop-a", copy, "insert into users values ('x')").status == 0)
+        // The source's role reaches nothing of the copy, and keeps its own database.
+        let reach = try Shell.run(try harness.inEnvironment("shop", ["psql", String(source.dropLast(sourceRole.count)) + copyRole, "-At", "-c", "select 1"]))
+        #expect(reach.status != 0 && reach.stderr.contains("permission denied for database"), "\(reach.stderr)")
+        #expect(try query("shop", source, "select count(*) from users").stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "2")
+        #expect(try query("shop", source, "select pg_get_userbyid(datdba) from pg_database where datname = current_database()").stdout
+            .trimmingCharacters(in: .whitespacesAndNewlines) == sourceRole)
+
+        // A session on the source: the clone streams a dump and leaves the session alone.
+        let session = Process()
+        session.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        session.arguments = try harness.inEnvironment("shop", ["psql", source, "-At", "-c", "select pg_sleep(30)"])
+        try session.run()
+        defer { if session.isRunning { kill(session.processIdentifier, SIGKILL) }; session.waitUntilExit() }
+        let port = try #require(try harness.service("_host", "postgres")).port
+        #expect(eventually(10) {
+            (try? harness.driver.psql(port: port, sql: "select count(*) from pg_stat_activity where datname = '\(sourceRole)'"))?
+                .trimmingCharacters(in: .whitespacesAndNewlines) == "1"
+        })
+        try writeEnvironment(repo, "shop-b", options: "cloneFrom: shop")
+        try repo.commit("a clone of a busy source")
+        try harness.pass()
+        let changedB = try changes("shop-b")
+        #expect(changedB.contains("+database main (cloned from shop: streamed dump, the source was in use)"), "\(changedB)")
+        #expect(try query("shop-b", try databaseURL(harness, "shop-b"), "select count(*) from names").stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "2")
+        #expect(session.isRunning, "the source's session was ended by the clone")
+    }
+
     /// A seed is the environment's code: psql's `\\!` and `\\copy ... to program` in it run as the
     /// environment's user inside its network, never as root on the host; the cluster's socket is
     /// closed to environments; an environment cannot hold every connection slot.
