@@ -231,6 +231,10 @@ extension LocalDriver {
                     guard let sql = try environment.source.readFile(seed) else {
                         throw ProcessControl.SpawnError(description: "database \(database.name): seed \(seed) does not exist at \(environment.commit.short)")
                     }
+                    if let template = seedTemplate(port: port, sql: sql, progress: progress),
+                       try cloneByTemplate(port: port, source: template, target: name, progress: progress) {
+                        return false
+                    }
                     progress("seeding \(name) from \(seed)")
                     // The seed is the environment's code (psql runs its `\\!` and `\\copy ... program`):
                     // it runs as the environment would, as its role, from its network, as its user.
@@ -290,6 +294,52 @@ extension LocalDriver {
             """, database: target)
         return true
     }
+
+    /// The template database a plain-SQL seed made (see `Options.seedTemplates`), made now if it
+    /// is not there yet; nil when the seed is not plain SQL, or fails (the environment then runs it
+    /// itself, and reports the failure).
+    ///
+    /// A seed with no backslash at all has no psql meta-command (`\\!`, `\\copy ... program`,
+    /// `\\getenv`...): it is SQL only, run by the server as a role that owns nothing else, and its
+    /// result cannot depend on which environment runs it, beyond `current_user` and
+    /// `current_database()`. It runs once per content, as the template's own role, into
+    /// `g_seed_<sha256 of the seed>`; the role then loses its login and the database its connections.
+    func seedTemplate(port: Int, sql: Data, progress: (String) -> Void) -> String? {
+        guard options.seedTemplates, !sql.contains(UInt8(ascii: "\\")) else { return nil }
+        let name = "g_seed_" + SHA256.hash(data: sql).prefix(8).map { String(format: "%02x", $0) }.joined()
+        // Two environments with one seed: the second waits for the first's template.
+        return seedTemplates.withLock {
+            if (try? psql(port: port, sql: "SELECT 1 FROM pg_database WHERE datname = '\(name)' AND datistemplate AND NOT datallowconn"))?
+                .contains("1") == true { return name }
+            let password = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }.map { String(format: "%02x", $0) }.joined()
+            do {
+                try state.allocate(Self.seedTemplateAllocation, name, to: Self.hostEnvironment)
+                progress("running the seed once into its template \(name)")
+                try psql(port: port, sql: """
+                    DROP DATABASE IF EXISTS "\(name)" WITH (FORCE);
+                    DROP ROLE IF EXISTS "\(name)";
+                    CREATE ROLE "\(name)" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 1 PASSWORD '\(password)';
+                    CREATE DATABASE "\(name)" OWNER "\(name)";
+                    REVOKE CONNECT, TEMPORARY ON DATABASE "\(name)" FROM PUBLIC;
+                    GRANT CONNECT, TEMPORARY ON DATABASE "\(name)" TO "\(name)";
+                    """)
+                try ProcessControl.run(["psql", "-h", postgresSocketDirectory, "-p", String(port), "-U", name, "-d", name,
+                                        "-v", "ON_ERROR_STOP=1", "-q", "-X"], input: String(decoding: sql, as: UTF8.self),
+                                       environment: ["PGPASSWORD": password], label: "seed template \(name)", timeout: options.seedTimeout)
+                try psql(port: port, sql: """
+                    ALTER ROLE "\(name)" NOLOGIN PASSWORD NULL;
+                    ALTER DATABASE "\(name)" IS_TEMPLATE true ALLOW_CONNECTIONS false;
+                    """)
+                return name
+            } catch {
+                _ = try? psql(port: port, sql: "DROP DATABASE IF EXISTS \"\(name)\" WITH (FORCE); DROP ROLE IF EXISTS \"\(name)\";")
+                try? state.release(Self.seedTemplateAllocation, name)
+                return nil
+            }
+        }
+    }
+
+    static let seedTemplateAllocation = "postgres-seed-template"
 
     /// psql as an environment's code would run it: to its own database as its role, at the address
     /// its network reaches the server (the password in `PGPASSWORD`).

@@ -36,6 +36,9 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         /// every other environment's convergence), and a clone.
         public var seedTimeout = 120.0
         public var cloneTimeout = 600.0
+        /// A seed that is plain SQL (no psql meta-command) runs once per content into a template
+        /// database; environments seeded with it get a file copy of that (see `seedTemplate`).
+        public var seedTemplates = true
         /// Crash restarts: the first at once, the k-th after `restartBackoff`·2^(k-1) seconds, capped.
         public var restartBackoff = 1.0
         public var maxRestartBackoff = 60.0
@@ -73,6 +76,8 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     let shared = NSRecursiveLock()
     /// Environments with an apply or teardown under way: supervision leaves their processes alone.
     var busy: Set<String> = []
+    /// Held while a seed's template is made (seeds may run long: not under `shared`).
+    let seedTemplates = NSLock()
     /// Crash-restart backoff: next allowed restart time per "env/service".
     var nextRestart: [String: Date] = [:]
     /// The routing domain of the last applied revision, for `${env.domain}` on a crash restart.

@@ -150,6 +150,36 @@ import StateStore
         #expect(session.isRunning, "the source's session was ended by the clone")
     }
 
+    /// A plain-SQL seed runs once, into a template that nobody can log in to or connect to; each
+    /// environment seeded with it gets a copy owned by its own role.
+    @Test func aPlainSeedRunsOnceIntoATemplateThatEachEnvironmentCopies() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("db/seed.sql", "CREATE TABLE users(name text); INSERT INTO users VALUES ('ada'), ('grace'); CREATE SEQUENCE ids;")
+        for name in ["shop", "store"] { try writeEnvironment(repo, name, options: "seed: db/seed.sql") }
+        try repo.commit("two shops with one seed")
+        let harness = try Harness(repo: repo)
+        let summary = try harness.pass()
+        #expect(summary.applied.contains("shop") && summary.applied.contains("store"), "\(harness.diagnose("shop")) \(harness.diagnose("store"))")
+        let port = try #require(try harness.service("_host", "postgres")).port
+        let templates = try harness.driver.psql(port: port, sql: "SELECT datname || ' ' || datistemplate || ' ' || datallowconn FROM pg_database WHERE datname LIKE 'g_seed_%'")
+            .split(separator: "\n").map(String.init)
+        #expect(templates.count == 1 && templates.first?.hasSuffix(" true false") == true, "\(templates)")
+        let template = String(templates.first?.split(separator: " ").first ?? "")
+        #expect(try harness.driver.psql(port: port, sql: "SELECT rolcanlogin FROM pg_roles WHERE rolname = '\(template)'").trimmingCharacters(in: .whitespacesAndNewlines) == "false")
+        for environment in ["shop", "store"] {
+            let url = try databaseURL(harness, environment)
+            let role = String(url.dropFirst("postgres://".count).prefix { $0 != ":" })
+            let owners = try Shell.check(try harness.inEnvironment(environment, ["psql", url, "-At", "-c",
+                "select string_agg(distinct pg_get_userbyid(relowner), ',') || ' ' || (select count(*) from users) from pg_class where relname in ('users', 'ids')"]))
+            #expect(owners.trimmingCharacters(in: .whitespacesAndNewlines) == "\(role) 2", "\(environment): \(owners)")
+        }
+        // Writes to one copy reach neither the template nor the other copy.
+        let shop = try databaseURL(harness, "shop")
+        try Shell.check(try harness.inEnvironment("shop", ["psql", shop, "-c", "insert into users values ('x')"]))
+        #expect(try Shell.check(try harness.inEnvironment("store", ["psql", try databaseURL(harness, "store"), "-At", "-c", "select count(*) from users"])).contains("2"))
+    }
+
     /// A seed is the environment's code: psql's `\\!` and `\\copy ... to program` in it run as the
     /// environment's user inside its network, never as root on the host; the cluster's socket is
     /// closed to environments; an environment cannot hold every connection slot.
