@@ -196,18 +196,16 @@ extension LocalDriver {
             try psql(port: port, sql: """
                 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '\(name)') THEN CREATE ROLE "\(name)" LOGIN; END IF; END $$;
                 ALTER ROLE "\(name)" NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT \(Self.roleConnectionLimit) PASSWORD '\(password)';
-                CREATE DATABASE "\(name)" OWNER "\(name)";
-                REVOKE CONNECT, TEMPORARY ON DATABASE "\(name)" FROM PUBLIC;
-                GRANT CONNECT, TEMPORARY ON DATABASE "\(name)" TO "\(name)";
                 """)
             func fill() throws -> Bool {
                 if let source = database.cloneFrom {
                     let sourceName = Self.postgresName(environment: source, database: database.name)
                     if try psql(port: port, sql: "SELECT 1 FROM pg_database WHERE datname = '\(sourceName)'").contains("1") {
-                        if try cloneByTemplate(port: port, source: sourceName, target: name, progress: progress) {
+                        if try copyDatabase(port: port, source: sourceName, target: name, progress: progress) {
                             changes.append("+database \(database.name) (cloned from \(source): file copy)")
                             return true
                         }
+                        try createDatabase(port: port, name)
                         progress("cloning \(sourceName) into \(name) (pg_dump | psql, works while the source is in use)")
                         // Streamed: the dump never sits in Gantry's memory.
                         // Passwords in the two tools' environments (readable by root only), never in argv.
@@ -232,16 +230,19 @@ extension LocalDriver {
                         throw ProcessControl.SpawnError(description: "database \(database.name): seed \(seed) does not exist at \(environment.commit.short)")
                     }
                     if let template = seedTemplate(port: port, sql: sql, progress: progress),
-                       try cloneByTemplate(port: port, source: template, target: name, progress: progress) {
+                       try copyDatabase(port: port, source: template, target: name, progress: progress) {
                         return false
                     }
+                    try createDatabase(port: port, name)
                     progress("seeding \(name) from \(seed)")
                     // The seed is the environment's code (psql runs its `\\!` and `\\copy ... program`):
                     // it runs as the environment would, as its role, from its network, as its user.
                     try runInEnvironment(environment.name, unit: "seed-\(database.name)", environmentPsql(port: port, name: name),
                                          input: String(decoding: sql, as: UTF8.self), variables: ["PGPASSWORD": password],
                                          label: "database \(database.name): seed \(seed)", timeout: options.seedTimeout)
+                    return false
                 }
+                try createDatabase(port: port, name)
                 return false
             }
             // A database whose clone or seed failed is dropped again: the next attempt starts from
@@ -259,23 +260,29 @@ extension LocalDriver {
         return changes
     }
 
-    /// Clones `source` into `target` (an empty database just made, owned by its role) with `CREATE
-    /// DATABASE ... TEMPLATE`, a copy of the files, when nothing is connected to the source: new
-    /// connections to it wait for the copy (the source is paused for it). Everything in the copy
-    /// then belongs to the target's role, and the source's role keeps nothing in it. False when the
-    /// source is in use (the caller streams a dump instead, which works while it is).
-    func cloneByTemplate(port: Int, source: String, target: String, progress: (String) -> Void) throws -> Bool {
+    /// An empty database owned by its role, which alone may connect to it.
+    func createDatabase(port: Int, _ name: String) throws {
+        try psql(port: port, sql: """
+            CREATE DATABASE "\(name)" OWNER "\(name)";
+            REVOKE CONNECT, TEMPORARY ON DATABASE "\(name)" FROM PUBLIC;
+            GRANT CONNECT, TEMPORARY ON DATABASE "\(name)" TO "\(name)";
+            """)
+    }
+
+    /// Makes `target` (owned by its role, which exists) a copy of `source` with `CREATE DATABASE
+    /// ... TEMPLATE`, a copy of the files, when nothing is connected to the source: new connections
+    /// to it wait for the copy (the source is paused for it). Everything in the copy then belongs
+    /// to the target's role, and the source's role keeps nothing in it. False, with nothing made,
+    /// when the source is in use (the caller streams a dump instead, which works while it is).
+    func copyDatabase(port: Int, source: String, target: String, progress: (String) -> Void) throws -> Bool {
         // (Another session on the source would make CREATE DATABASE wait 5 s, then fail.)
         let sessions = try psql(port: port, sql: "SELECT count(*) FROM pg_stat_activity WHERE datname = '\(source)'")
         guard sessions.trimmingCharacters(in: .whitespacesAndNewlines) == "0" else { return false }
-        progress("cloning \(source) into \(target) (CREATE DATABASE ... TEMPLATE: the source is idle)")
-        try psql(port: port, sql: "DROP DATABASE IF EXISTS \"\(target)\";")
+        progress("copying \(source) into \(target) (CREATE DATABASE ... TEMPLATE: the source is idle)")
         do {
             try psql(port: port, sql: "CREATE DATABASE \"\(target)\" OWNER \"\(target)\" TEMPLATE \"\(source)\";")
         } catch {
-            // Someone connected to the source meanwhile: the empty database again, and the dump.
-            try psql(port: port, sql: "CREATE DATABASE \"\(target)\" OWNER \"\(target)\";")
-            try psql(port: port, sql: "REVOKE CONNECT, TEMPORARY ON DATABASE \"\(target)\" FROM PUBLIC; GRANT CONNECT, TEMPORARY ON DATABASE \"\(target)\" TO \"\(target)\";")
+            // Someone connected to the source meanwhile.
             return false
         }
         // In the copy, the source's role owns what it made and holds grants: all of it goes to the

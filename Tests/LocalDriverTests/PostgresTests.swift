@@ -166,7 +166,7 @@ import StateStore
             .split(separator: "\n").map(String.init)
         #expect(templates.count == 1 && templates.first?.hasSuffix(" true false") == true, "\(templates)")
         let template = String(templates.first?.split(separator: " ").first ?? "")
-        #expect(try harness.driver.psql(port: port, sql: "SELECT rolcanlogin FROM pg_roles WHERE rolname = '\(template)'").trimmingCharacters(in: .whitespacesAndNewlines) == "false")
+        #expect(try harness.driver.psql(port: port, sql: "SELECT rolcanlogin FROM pg_roles WHERE rolname = '\(template)'").trimmingCharacters(in: .whitespacesAndNewlines) == "f")
         for environment in ["shop", "store"] {
             let url = try databaseURL(harness, environment)
             let role = String(url.dropFirst("postgres://".count).prefix { $0 != ":" })
