@@ -242,6 +242,29 @@ if runs("push") {
            baseline: ("git notes add", baseline))
 }
 
+// MARK: 2b. The pass a push starts, alone (in this process, no wake-up): where push -> admitted goes.
+if runs("admit") {
+    let repo = try TestRepository()
+    try repo.seedExample()
+    try repo.write("environments/bench.yaml", "apiVersion: gantry/v1\nkind: Environment\nmetadata: {name: bench, class: development}\n")
+    try repo.commitAsOwner("an environment with no services")
+    try addBranches(repo, count: 1_000, prefix: "agents/other/")
+    let bench = try BenchReconciler(repo)
+    defer { bench.driver.shutdown() }
+    try bench.reconciler.runPass()
+    var parent = try repo.git("rev-parse", "main")
+    var passes: [Double] = []
+    for index in 0..<100 {
+        parent = try commitFile(repo, parent: parent, path: "environments/bench.yaml",
+                                content: "apiVersion: gantry/v1\nkind: Environment\nmetadata: {name: bench, class: development}\nspec: {lifecycle: {ttl: \(index + 1)h}}\n",
+                                message: "push \(index)")
+        _ = spawnWait(["git", "-C", repo.path, "update-ref", "refs/heads/bench-branch", parent])
+        passes.append(try time { try bench.reconciler.runPass(waitForOperations: false) })
+        try bench.reconciler.runPass()
+    }
+    report("the pass a push starts (judged, admitted record written; applies not waited for), 1000 branches, in process", passes)
+}
+
 // MARK: 3. Push -> preview serving HTTP 200, over 20 branches.
 if runs("preview") {
     let repo = try TestRepository()
