@@ -227,7 +227,7 @@ extension LocalDriver {
                 }
                 if let seed = database.seed {
                     guard let sql = try environment.source.readFile(seed) else {
-                        throw ProcessControl.SpawnError(description: "database \(database.name): seed \(seed) does not exist at \(environment.commit.short)")
+                        throw RevisionError("database \(database.name): seed \(seed) does not exist at \(environment.commit.short)" + "; add it, or name another seed")
                     }
                     if let template = seedTemplate(port: port, sql: sql, progress: progress),
                        try copyDatabase(port: port, source: template, target: name, progress: progress) {

@@ -35,7 +35,7 @@ extension LocalDriver {
             let seed = try database.seed.flatMap { try environment.source.readFile($0) }
                 .map { String(decoding: $0, as: UTF8.self) }
             if database.seed != nil && seed == nil {
-                throw ProcessControl.SpawnError(description: "database \(database.name): seed \(database.seed!) does not exist at \(environment.commit.short)")
+                throw RevisionError("database \(database.name): seed \(database.seed!) does not exist at \(environment.commit.short)" + "; add it, or name another seed")
             }
             // The source is another environment's file, in a directory its user controls: a
             // symbolic link there (to Gantry's state DB, say) is never followed.

@@ -137,7 +137,7 @@ extension LocalDriver {
 
     static func checkName(_ name: String) throws {
         guard isSafeName(name) else {
-            throw LocalDriverError("'\(name)' is not a DNS-1123 label; the local driver makes no path, port or database of it")
+            throw RevisionError("'\(name)' is not a DNS-1123 label; the local driver makes no path, port or database of it")
         }
     }
 }

@@ -8,7 +8,8 @@ public enum OperationResult: Sendable {
     case applied(ApplyOutcome)
     /// The teardown finished; what could not be cleaned.
     case destroyed(problems: [String])
-    case failed(String)
+    /// The operation failed: why, and what the loop does about it.
+    case failed(String, ErrorDisposition)
 }
 
 /// Runs applies and teardowns off the reconcile thread, at most `limit` at a time, at most one per

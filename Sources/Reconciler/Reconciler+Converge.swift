@@ -228,7 +228,7 @@ extension Reconciler {
                     logger.info("Applying revision \(commit.short): \(step)", metadata: ["gantry.env": "\(plan.name)"])
                 })
             } catch {
-                return .failed("\(error)")
+                return .failed("\(error)", ErrorDisposition.of(error))
             }
         }
         completions[ticket] = { [unowned self] result, summary in try finishApply(plan, commit: commit, base: base, result, &summary) }
@@ -262,14 +262,20 @@ extension Reconciler {
             summary.applied.append(plan.name)
         case .destroyed:
             throw ReconcileError(message: "the apply of \(plan.name) at \(commit.short) came back as a teardown")
-        case .failed(let error):
+        case .failed(let error, let disposition):
             // Attempts count failures of one revision: a new one starts again from the first backoff.
             record.attempts = (record.fingerprint == plan.fingerprint ? record.attempts : 0) + 1
             record.phase = .failed
             record.conditions = [.applyFailed] + (more ? [.applying] : [])
-            let delay = min(options.retryBackoff * pow(2, Double(record.attempts - 1)), options.maxRetryBackoff)
-            record.nextAttemptAt = Date().addingTimeInterval(delay)
-            record.message = "apply of \(commit.short) failed (attempt \(record.attempts); next attempt in \(Int(delay.rounded()))s): \(error)"
+            if disposition == .stallUntilNewCommit {
+                // No retry can help: the next commit that changes the environment is applied.
+                record.nextAttemptAt = nil
+                record.message = "apply of \(commit.short) failed; not retried until a new commit changes it: \(error)"
+            } else {
+                let delay = min(options.retryBackoff * pow(2, Double(record.attempts - 1)), options.maxRetryBackoff)
+                record.nextAttemptAt = Date().addingTimeInterval(delay)
+                record.message = "apply of \(commit.short) failed (attempt \(record.attempts); next attempt in \(Int(delay.rounded()))s): \(error)"
+            }
             record.fingerprint = plan.fingerprint
             try appendOnce(.failed, plan.name, commit, base + [("error", error)])
             try state.save(record)

@@ -65,7 +65,7 @@ extension Reconciler {
                     logger.info("Destroying \(name): \(step)")
                 })
             } catch {
-                return .failed("\(error)")
+                return .failed("\(error)", ErrorDisposition.of(error))
             }
         }
         completions[ticket] = { [unowned self] result, summary in try finishDestroy(name, reason: reason, target: target, result, &summary) }
@@ -87,7 +87,8 @@ extension Reconciler {
             try state.save(record)
             try state.record(EventRecord(environment: name, kind: "destroyed", message: reason))
             summary.destroyed.append(name)
-        case .failed(let error):
+        case .failed(let error, _):
+            // (Whatever the cause, a teardown decided is tried again every pass: what runs must go.)
             logger.error("could not tear down; will retry", metadata: ["gantry.env": "\(name)", "error": "\(error)"])
         case .applied:
             throw ReconcileError(message: "the teardown of \(name) came back as an apply")

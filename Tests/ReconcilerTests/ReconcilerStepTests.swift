@@ -221,6 +221,26 @@ final class Loop: @unchecked Sendable {
         #expect(try loop.events(of: "web--agents-flaky") == ["admitted", "failed", "applied"], "\(loop.trail())")
     }
 
+    @Test func aRevisionThatNoRetryCanFixWaitsForANewCommit() throws {
+        let loop = try seeded { $0.retryBackoff = 0.05 }
+        loop.driver.failWith("web--agents-broken", RevisionError("seed db/seed.sql does not exist"))
+        try loop.pushPreview("agents/broken")
+        try loop.pass()
+        let record = try #require(try loop.state.environment("web--agents-broken"))
+        #expect(record.phase == .failed && record.nextAttemptAt == nil)
+        #expect(record.message?.contains("not retried until a new commit changes it: seed db/seed.sql does not exist") == true, "\(record.message ?? "")")
+        Thread.sleep(forTimeInterval: 0.1)
+        try loop.pass()
+        #expect(loop.driver.started.filter { $0.environment == "web--agents-broken" }.count == 1)
+        // A new commit that changes the environment is applied.
+        try loop.repo.checkout("agents/broken")
+        try loop.repo.writeWeb(service: "{env: {GREETING: fixed}}")
+        try loop.repo.commit("Fix it")
+        try loop.repo.checkout("main")
+        try loop.pass()
+        #expect(try loop.state.environment("web--agents-broken")?.phase == .running)
+    }
+
     @Test func anApplyCutShortByAStopIsAppliedOnceAfterARestart() throws {
         let first = try seeded()
         first.driver.hold("web--agents-cut")

@@ -27,6 +27,7 @@ public final class FakeDriver: Driver, Sendable {
         var mostAtOnce = 0
         var overlapped: [String] = []
         var failures: [String: Int] = [:]
+        var errors: [String: FailureReason] = [:]
         var held: [String: DispatchSemaphore] = [:]
         var recovered: Set<String>?
         var delay = 0.0
@@ -52,6 +53,11 @@ public final class FakeDriver: Driver, Sendable {
     /// What `recover` was told is wanted.
     public var recovered: Set<String>? { state.withLock { $0.recovered } }
 
+    /// The next apply of `environment` fails with `error`.
+    public func failWith(_ environment: String, _ error: any Error & Sendable) {
+        state.withLock { $0.errors[environment] = FailureReason(error: error) }
+    }
+
     /// The next `times` applies of `environment` fail.
     public func fail(_ environment: String, times: Int = 1) { state.withLock { $0.failures[environment] = times } }
 
@@ -66,6 +72,10 @@ public final class FakeDriver: Driver, Sendable {
 
     public func apply(_ environment: PlannedEnvironment, progress: (String) -> Void) throws -> ApplyOutcome {
         let failing = try operate(Operation(kind: "apply", environment: environment.name, commit: environment.commit.hex))
+        if let reason = state.withLock({ state -> FailureReason? in
+            defer { state.errors[environment.name] = nil }
+            return state.errors[environment.name]
+        }) { throw reason.error }
         if failing { throw FakeFailure(environment: environment.name) }
         // The revision's files are read through the snapshot, as a real driver would.
         _ = try environment.source.objectID(at: "")
@@ -109,6 +119,10 @@ public final class FakeDriver: Driver, Sendable {
     public func supervise(correct: Bool) -> [DriverEvent] { [] }
     public func drift(_ environment: PlannedEnvironment) -> [String] { [] }
     public func shutdown() {}
+}
+
+struct FailureReason: Sendable {
+    let error: any Error & Sendable
 }
 
 public struct FakeFailure: Error, CustomStringConvertible {
