@@ -245,7 +245,8 @@ extension Reconciler {
         record.updatedAt = Date()
         switch result {
         case .applied(let outcome):
-            record.phase = .running
+            // (A later commit judged meanwhile may wait for approval: this revision runs, that one waits.)
+            record.phase = record.conditions.contains(.approvalPending) ? .pendingApproval : .running
             record.appliedCommit = plan.commit.hex
             record.fingerprint = plan.fingerprint
             record.specJSON = Self.json(plan.spec)
