@@ -59,7 +59,10 @@ extension LocalDriver {
             // Secrets enter the fingerprint by version, never by value: a rotation restarts the service.
             let fingerprint = Self.fingerprint(try resolve(service, spec: environment.spec, domain: environment.domain, ports: ports,
                                                            secretVersions: true), tree: tree)
-            if record.fingerprint == fingerprint, let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) {
+            // The same revision running and found healthy is left alone; one that never passed its
+            // health check (a failed attempt's process, or one a killed Gantry was waiting for) is
+            // started again and checked again, never taken as applied.
+            if record.fingerprint == fingerprint, record.phase == "Running", let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) {
                 continue
             }
             let change = record.pid == nil ? "+service \(service.name)" : "~service \(service.name)"

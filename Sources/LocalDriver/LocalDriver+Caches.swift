@@ -46,7 +46,7 @@ extension LocalDriver {
             var record = records[name]!
             let version = try cachePassword(cache.name, environment: environment.name).version
             let fingerprint = "redis:\(record.port):\(version)"
-            if record.fingerprint == fingerprint, let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) { continue }
+            if record.fingerprint == fingerprint, record.phase == "Running", let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) { continue }
             if let pid = record.pid { ProcessControl.stopGroup(pid, grace: options.stopGrace) }
             cgroups.kill(environment.name, unit: name, remove: false)
             let directory = root.appendingPathComponent(environment.name).appendingPathComponent("redis-\(cache.name)")

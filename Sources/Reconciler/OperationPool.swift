@@ -23,6 +23,7 @@ public final class OperationPool: Sendable {
     struct Queued: Sendable {
         let ticket: Int
         let environment: String
+        let kind: Kind
         let after: [String]
         let urgent: Bool
         let work: @Sendable () -> OperationResult
@@ -37,6 +38,9 @@ public final class OperationPool: Sendable {
         var busy: [String: Int] = [:]
         var highWater = 0
     }
+
+    /// What an operation does (a queued apply may be dropped for a newer one, or for a teardown).
+    public enum Kind: Sendable { case apply, destroy }
 
     public let limit: Int
     private let state = Mutex(State())
@@ -53,18 +57,31 @@ public final class OperationPool: Sendable {
 
     /// Queues `work` for `environment`; returns its ticket.
     @discardableResult
-    public func submit(_ environment: String, after: [String] = [], urgent: Bool = false,
+    public func submit(_ environment: String, kind: Kind = .apply, after: [String] = [], urgent: Bool = false,
                        _ work: @escaping @Sendable () -> OperationResult) -> Int {
         let (ticket, ready) = state.withLock { state -> (Int, [Queued]) in
             let ticket = state.nextTicket
             state.nextTicket += 1
-            state.queue.append(Queued(ticket: ticket, environment: environment, after: after.filter { $0 != environment },
+            state.queue.append(Queued(ticket: ticket, environment: environment, kind: kind, after: after.filter { $0 != environment },
                                       urgent: urgent, work: work))
             state.busy[environment, default: 0] += 1
             return (ticket, Self.takeReady(&state, limit: limit))
         }
         ready.forEach(launch)
         return ticket
+    }
+
+    /// Drops the applies of `environment` that wait in the queue (not started): a newer revision,
+    /// or a teardown, makes them moot. Returns their tickets.
+    public func dropQueuedApplies(of environment: String) -> [Int] {
+        state.withLock { state in
+            let dropped = state.queue.filter { $0.environment == environment && $0.kind == .apply }.map(\.ticket)
+            guard !dropped.isEmpty else { return [] }
+            state.queue.removeAll { dropped.contains($0.ticket) }
+            let left = (state.busy[environment] ?? 0) - dropped.count
+            state.busy[environment] = left > 0 ? left : nil
+            return dropped
+        }
     }
 
     /// Whether `environment` has an operation queued, running, or finished but not yet collected.

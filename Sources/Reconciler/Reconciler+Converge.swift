@@ -221,6 +221,8 @@ extension Reconciler {
         // racing this apply is still noticed on the next pass.
         if let secretVersions, !spec.secrets.isEmpty { appliedSecretVersions[desired.name] = secretVersions(spec) }
         let driver = self.driver, logger = self.logger
+        // An older revision still waiting is not applied first (branches pushed back and forth).
+        for dropped in operations.dropQueuedApplies(of: desired.name) { completions[dropped] = nil }
         let ticket = operations.submit(desired.name, after: spec.databases.compactMap(\.cloneFrom),
                                        urgent: desired.branch == context.protectedBranch) {
             do {
@@ -255,8 +257,13 @@ extension Reconciler {
             record.conditions.removeAll { $0 == .applyFailed || ($0 == .applying && !more) }
             if current && !more { record.message = nil }
             // The record first: a crash before the state is saved redoes the apply (a no-op for the
-            // driver) and finds the record already written.
-            try appendOnce(.applied, plan.name, commit, base + outcome.changes.map { ("change", $0) })
+            // driver) and finds the record already written. A revision applied again after another
+            // ran (a branch moved back and forth) is recorded again: the log says what runs.
+            let reapplied = try record.appliedCommit.map { $0 != plan.commit.hex } ?? false
+                && state.lastAuditRecord(environment: plan.name).map { last in
+                    !(last.target == commit.hex && AuditRecord.parseNote(last.text).records.last?.event == AuditEvent.applied.rawValue)
+                } ?? false
+            try appendOnce(.applied, plan.name, commit, base + outcome.changes.map { ("change", $0) }, fresh: reapplied)
             try state.save(record)
             try state.record(EventRecord(environment: plan.name, kind: "applied", message: "revision \(commit.short) running"))
             logger.info("applied", metadata: ["gantry.env": "\(plan.name)", "git.commit": "\(commit.short)"])

@@ -59,7 +59,9 @@ extension Reconciler {
         try state.save(record)
         summary.tearingDown.append(record.name)
         let driver = self.driver, name = record.name, sources = GitSources(path: repository.path), logger = self.logger
-        let ticket = operations.submit(name) {
+        // A revision still waiting to be applied never runs once the teardown is decided.
+        for dropped in operations.dropQueuedApplies(of: name) { completions[dropped] = nil }
+        let ticket = operations.submit(name, kind: .destroy) {
             do {
                 return .destroyed(problems: try driver.destroy(environment: name, sources: sources) { step in
                     logger.info("Destroying \(name): \(step)")

@@ -235,7 +235,11 @@ public final class Reconciler: @unchecked Sendable {
                 if try tip == context.revision || repository.isReachable(tip, from: context.revision) {
                     try destroyPreviews(of: branch, reason: "branch \(branch) was merged into \(protectedBranch) at \(context.revision.short)", commitForNote: tip, &summary)
                 } else {
+                    // Commits admitted before are not judged again only when the tip moved on from
+                    // them: a branch rewound, or deleted and made again, at a commit admitted once is
+                    // judged whole against today's signers (a key revoked since no longer counts).
                     let lastAdmitted = try state.admittedCommit(branch: branch).flatMap(ObjectID.init(hex:))
+                        .flatMap { admitted in try admitted != tip && repository.isReachable(admitted, from: tip) ? admitted : nil }
                     try reconcile(branch: branch, tip: tip, hidden: (lastAdmitted.map { [$0] } ?? []) + [context.revision],
                                   changedSince: try repository.mergeBase(context.protectedTip, tip), context: context, &summary)
                 }

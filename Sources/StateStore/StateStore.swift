@@ -319,6 +319,14 @@ public final class StateStore: Sendable {
         }
     }
 
+    /// The commit and text of the newest record kept about `environment` (on any commit).
+    public func lastAuditRecord(environment: String) throws -> (target: String, text: String)? {
+        try pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT target, text FROM auditRecords WHERE environment = ? ORDER BY seq DESC LIMIT 1",
+                             arguments: [environment]).map { ($0["target"], $0["text"]) }
+        }
+    }
+
     /// The newest record kept.
     public func lastAuditRecord() throws -> (seq: Int, digest: String, target: String, text: String)? {
         try pool.read { db in

@@ -119,8 +119,12 @@ struct Run: ParsableCommand {
             wake.wake()
         }
         reconciler.run(wake: wake, shouldStop: { stop.isSet })
-        if stopOnExit { driver.shutdown() }
-        logger.info("gantry stopped; services keep running and are adopted on the next start")
+        if stopOnExit {
+            driver.shutdown()
+            logger.info("gantry stopped, and every service with it (--stop-on-exit)")
+        } else {
+            logger.info("gantry stopped; services keep running and are adopted on the next start")
+        }
     }
 }
 

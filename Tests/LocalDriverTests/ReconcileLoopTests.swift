@@ -237,6 +237,36 @@ import StateStore
 
     /// A failed apply heals without a new commit: it is retried with exponential backoff, and
     /// the environment says when the next attempt is.
+    /// A service that runs but never passes its health check: each retry checks it again, and it
+    /// is never recorded as applied (a retry once found the failed attempt's process alive and
+    /// took it for the running revision).
+    @Test func aServiceThatNeverBecomesHealthyIsNeverRecordedApplied() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("environments/sick.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: sick, class: development}
+            spec:
+              services:
+                web:
+                  source: apps/hello
+                  command: ["sh", "-c", "exec python3 -m http.server --bind 127.0.0.1 $PORT"]
+                  health: {http: /healthz}
+            """)
+        try repo.commit("a service whose health check answers 404")
+        let harness = try Harness(repo: repo, configure: { $0.startTimeout = 1.5 }, reconcile: { $0.retryBackoff = 0.2 })
+        #expect(try harness.pass().failed == ["sick"])
+        for attempt in 2...3 {
+            Thread.sleep(forTimeInterval: attempt == 2 ? 0.25 : 0.45)
+            let summary = try harness.pass()
+            #expect(summary.failed == ["sick"] && !summary.applied.contains("sick"), "attempt \(attempt): \(harness.diagnose("sick"))")
+            let record = try #require(try harness.environment("sick"))
+            #expect(record.phase == .failed && record.attempts == attempt, "\(record.message ?? "")")
+        }
+        #expect(!(try harness.records().contains { $0.event == "applied" && $0.value("environment") == "sick" }))
+    }
+
     @Test func aFailedApplyIsRetriedWithBackoffWithoutANewCommit() throws {
         let repo = try TestRepository()
         try repo.seedExample()

@@ -241,6 +241,71 @@ final class Loop: @unchecked Sendable {
         #expect(try loop.state.environment("web--agents-broken")?.phase == .running)
     }
 
+    @Test func aBranchMadeAgainAtAnOldCommitIsJudgedWithTodaysSigners() throws {
+        let repo = try TestRepository()
+        let alice = try TestRepository(principal: "alice@example.com")
+        try repo.seedExample(extraSigners: [alice.allowedSignersLine])
+        let loop = try Loop(repo: repo)
+        try loop.pass()
+        let old = try loop.pushPreview("agents/old")
+        try loop.pass()
+        #expect(try loop.state.environment("web--agents-old")?.phase == .running)
+        // The agent's key is revoked on main (the owner's change, approved by alice).
+        let signers = try String(contentsOfFile: repo.path + "/identities/allowed_signers", encoding: .utf8)
+        try repo.write("identities/allowed_signers", signers.split(separator: "\n").filter { !$0.hasPrefix(repo.principal) }.joined(separator: "\n") + "\n")
+        let revoke = try repo.commitAsOwner("Revoke the agent's key")
+        let aliceKey = try SigningKey(openSSH: try String(contentsOfFile: alice.keyPath, encoding: .utf8))
+        try Approvals.approve(ObjectID(hex: revoke)!, key: aliceKey, in: try repo.open())
+        try loop.pass()
+        #expect(try loop.state.trust()?.revision == revoke, "\(loop.trail())")
+        // Deleted, then made again at the commit admitted before: denied, never applied again.
+        try repo.git("branch", "-D", "agents/old")
+        try loop.pass()
+        try repo.git("branch", "agents/old", old)
+        let summary = try loop.pass()
+        #expect(summary.denied == ["web--agents-old"] && summary.applied.isEmpty, "\(loop.trail())")
+        #expect(loop.driver.started.filter { $0.environment == "web--agents-old" && $0.kind == "apply" }.count == 1)
+        let denial = try #require(try loop.records().last { $0.event == "denied" })
+        #expect(denial.values("rule").contains { $0.contains("allowed_signers") }, "\(denial.values("rule"))")
+    }
+
+    @Test func anOlderRevisionStillWaitingIsNotAppliedAndATeardownDropsIt() throws {
+        let loop = try seeded { $0.maxConcurrentOperations = 1 }
+        loop.driver.hold("status-page")
+        // The only worker is busy: what follows waits in the queue.
+        try loop.repo.write("environments/status-page.yaml", try String(contentsOfFile: loop.repo.path + "/environments/status-page.yaml", encoding: .utf8)
+            .replacingOccurrences(of: "all systems go", with: "all systems nominal"))
+        try loop.repo.commitAsOwner("Reword the status page")
+        #expect(try loop.passUntil { loop.driver.started.last?.environment == "status-page" })
+        try loop.pushPreview("agents/flip")
+        try loop.pass(wait: false)
+        try loop.repo.checkout("agents/flip")
+        try loop.repo.writeWeb(service: "{env: {GREETING: second}}")
+        let second = try loop.repo.commit("Second")
+        try loop.repo.checkout("main")
+        try loop.pass(wait: false)
+        loop.driver.release("status-page")
+        try loop.pass()
+        // Only the second revision was applied.
+        #expect(loop.driver.started.filter { $0.environment == "web--agents-flip" }.map(\.commit) == [second])
+        #expect(try loop.state.environment("web--agents-flip")?.appliedCommit == second)
+        // A branch deleted while its apply waits: the apply never starts.
+        loop.driver.hold("status-page")
+        try loop.repo.write("environments/status-page.yaml", try String(contentsOfFile: loop.repo.path + "/environments/status-page.yaml", encoding: .utf8)
+            .replacingOccurrences(of: "all systems nominal", with: "all systems fine"))
+        try loop.repo.commitAsOwner("Touch the status page")
+        #expect(try loop.passUntil { loop.driver.started.filter { $0.environment == "status-page" }.count == 3 })
+        try loop.pushPreview("agents/gone-soon")
+        try loop.pass(wait: false)
+        try loop.repo.git("branch", "-D", "agents/gone-soon")
+        try loop.pass(wait: false)
+        loop.driver.release("status-page")
+        try loop.pass()
+        #expect(!loop.driver.started.contains { $0.environment == "web--agents-gone-soon" && $0.kind == "apply" })
+        #expect(try loop.state.environment("web--agents-gone-soon")?.phase == .destroyed)
+        #expect(try loop.events(of: "web--agents-gone-soon") == ["admitted", "destroyed"])
+    }
+
     @Test func anApplyCutShortByAStopIsAppliedOnceAfterARestart() throws {
         let first = try seeded()
         first.driver.hold("web--agents-cut")
