@@ -243,6 +243,7 @@ extension Reconciler {
         // Another operation of the environment is queued (a later commit): it keeps Applying.
         let more = operations.isBusy(plan.name)
         let current = record.commit == commit.hex
+        let previouslyApplied = record.appliedCommit
         if record.phase == .destroyed { record.destroyedAt = nil }
         record.updatedAt = Date()
         switch result {
@@ -259,7 +260,7 @@ extension Reconciler {
             // The record first: a crash before the state is saved redoes the apply (a no-op for the
             // driver) and finds the record already written. A revision applied again after another
             // ran (a branch moved back and forth) is recorded again: the log says what runs.
-            let reapplied = try record.appliedCommit.map { $0 != plan.commit.hex } ?? false
+            let reapplied = try previouslyApplied.map { $0 != plan.commit.hex } ?? false
                 && state.lastAuditRecord(environment: plan.name).map { last in
                     !(last.target == commit.hex && AuditRecord.parseNote(last.text).records.last?.event == AuditEvent.applied.rawValue)
                 } ?? false

@@ -269,6 +269,26 @@ final class Loop: @unchecked Sendable {
         #expect(denial.values("rule").contains { $0.contains("allowed_signers") }, "\(denial.values("rule"))")
     }
 
+    @Test func aRevisionAppliedAgainAfterAnotherIsRecordedAgain() throws {
+        let loop = try seeded()
+        let first = try loop.pushPreview("agents/flap")
+        try loop.pass()
+        try loop.repo.checkout("agents/flap")
+        try loop.repo.writeWeb(service: "{env: {GREETING: second}}")
+        let second = try loop.repo.commit("Second")
+        try loop.repo.checkout("main")
+        try loop.pass()
+        // The branch is moved back: the first revision runs again, and the log says so last.
+        try loop.repo.git("update-ref", "refs/heads/agents/flap", first)
+        try loop.pass()
+        #expect(try loop.state.environment("web--agents-flap")?.appliedCommit == first)
+        let applied = try loop.records().filter { $0.event == "applied" && $0.value("environment") == "web--agents-flap" }.compactMap { $0.value("commit") }
+        #expect(applied == [first, second, first], "\(loop.trail())")
+        // A pass with nothing new records nothing more.
+        try loop.pass()
+        #expect(try loop.records().filter { $0.event == "applied" && $0.value("environment") == "web--agents-flap" }.count == 3)
+    }
+
     @Test func anOlderRevisionStillWaitingIsNotAppliedAndATeardownDropsIt() throws {
         let loop = try seeded { $0.maxConcurrentOperations = 1 }
         loop.driver.hold("status-page")
