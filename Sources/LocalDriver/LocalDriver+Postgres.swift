@@ -315,7 +315,7 @@ extension LocalDriver {
         guard options.seedTemplates, !sql.contains(UInt8(ascii: "\\")) else { return nil }
         let name = "g_seed_" + SHA256.hash(data: sql).prefix(8).map { String(format: "%02x", $0) }.joined()
         // Two environments with one seed: the second waits for the first's template.
-        return seedTemplates.withLock {
+        return seedTemplateLock.withLock {
             if (try? psql(port: port, sql: "SELECT 1 FROM pg_database WHERE datname = '\(name)' AND datistemplate AND NOT datallowconn"))?
                 .contains("1") == true { return name }
             let password = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }.map { String(format: "%02x", $0) }.joined()

@@ -77,7 +77,7 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     /// Environments with an apply or teardown under way: supervision leaves their processes alone.
     var busy: Set<String> = []
     /// Held while a seed's template is made (seeds may run long: not under `shared`).
-    let seedTemplates = NSLock()
+    let seedTemplateLock = NSLock()
     /// Crash-restart backoff: next allowed restart time per "env/service".
     var nextRestart: [String: Date] = [:]
     /// The routing domain of the last applied revision, for `${env.domain}` on a crash restart.

@@ -37,6 +37,11 @@ public final class OperationPool: Sendable {
         /// Queued, running or finished but not yet collected operations per environment.
         var busy: [String: Int] = [:]
         var highWater = 0
+
+        /// One operation of `environment` less.
+        mutating func release(_ environment: String) {
+            if let count = busy[environment], count > 1 { busy[environment] = count - 1 } else { busy[environment] = nil }
+        }
     }
 
     /// What an operation does (a queued apply may be dropped for a newer one, or for a teardown).
@@ -78,17 +83,13 @@ public final class OperationPool: Sendable {
             let dropped = state.queue.filter { $0.environment == environment && $0.kind == .apply }.map(\.ticket)
             guard !dropped.isEmpty else { return [] }
             state.queue.removeAll { dropped.contains($0.ticket) }
-            let left = (state.busy[environment] ?? 0) - dropped.count
-            state.busy[environment] = left > 0 ? left : nil
+            for _ in dropped { state.release(environment) }
             return dropped
         }
     }
 
     /// Whether `environment` has an operation queued, running, or finished but not yet collected.
     public func isBusy(_ environment: String) -> Bool { state.withLock { $0.busy[environment] != nil } }
-
-    /// Operations queued, running, or finished but not yet collected.
-    public var pending: Int { state.withLock { $0.queue.count + $0.running.count + $0.done.count } }
 
     /// The most operations that ever ran at once.
     public var highWater: Int { state.withLock { $0.highWater } }
@@ -100,9 +101,7 @@ public final class OperationPool: Sendable {
         state.withLock { state in
             let done = state.done
             state.done = []
-            for (_, environment, _) in done {
-                if let count = state.busy[environment], count > 1 { state.busy[environment] = count - 1 } else { state.busy[environment] = nil }
-            }
+            for (_, environment, _) in done { state.release(environment) }
             return done.map { ($0.ticket, $0.result) }
         }
     }

@@ -202,7 +202,7 @@ extension Reconciler {
         do {
             changed = try repository.changedPaths(from: revision, to: tip)
             loaded = try loader.environments(at: tip) + loader.environments(at: revision)
-        } catch let problem as any BranchRefusal {
+        } catch let problem where ErrorDisposition.of(problem) == .stallUntilNewCommit {
             logger.warning("the held-back change cannot be mapped to environments", metadata: ["problem": "\(problem)"])
             return
         }

@@ -97,9 +97,10 @@ extension Reconciler {
         }
     }
 
-    /// Teardowns decided before a stop or a crash, and failed ones, go on.
-    func resumeTeardowns(_ summary: inout PassSummary) {
-        for record in (try? state.environments()) ?? [] where record.conditions.contains(.destroying) && !operations.isBusy(record.name) {
+    /// Teardowns decided before a stop or a crash, and failed ones, go on (of the `environments`
+    /// the pass read at its start: one decided during the pass is under way).
+    func resumeTeardowns(of environments: [EnvironmentRecord], _ summary: inout PassSummary) {
+        for record in environments where record.conditions.contains(.destroying) && !operations.isBusy(record.name) {
             do {
                 try destroy(record, reason: record.message ?? "teardown resumed", commitForNote: record.commit, &summary)
             } catch {

@@ -244,7 +244,7 @@ public final class Reconciler: @unchecked Sendable {
                                   changedSince: try repository.mergeBase(context.protectedTip, tip), context: context, &summary)
                 }
                 try markProcessed(branch: branch, commit: tip.hex)
-            } catch let problem as any BranchRefusal {
+            } catch let problem where ErrorDisposition.of(problem) == .stallUntilNewCommit {
                 // The branch as a whole cannot be judged (too many environment files or changed
                 // files, say): its denial, once per commit; the other branches go on.
                 logger.warning("branch denied as a whole", metadata: ["git.branch": "\(branch)", "problem": "\(problem)"])
@@ -256,7 +256,7 @@ public final class Reconciler: @unchecked Sendable {
             }
         }
         try sweep(branches: branches, context: context, protectedChanged: summary.changedBranches.contains(protectedBranch), &summary)
-        resumeTeardowns(&summary)
+        resumeTeardowns(of: environments, &summary)
         rotateSecrets(&summary)
         correctDrift(&summary)
     }
@@ -291,11 +291,6 @@ public final class Reconciler: @unchecked Sendable {
         return (try? encoder.encode(value)).map { String(decoding: $0, as: UTF8.self) } ?? "{}"
     }
 }
-
-/// A problem that refuses a whole branch at one commit (rather than failing the pass).
-protocol BranchRefusal: Error {}
-extension Diagnostic: BranchRefusal {}
-extension TooManyChanges: BranchRefusal {}
 
 /// A broken invariant inside a pass, with what was being done.
 struct ReconcileError: Error, CustomStringConvertible {
