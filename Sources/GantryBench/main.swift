@@ -610,8 +610,9 @@ if runs("fullstack") {
     }
     let socket = state.path + "/postgres/run"
     // The superuser's password (SCRAM: nothing is trusted), for the psql calls below.
-    let superuser = try driver.secrets!.lookup("gantry.postgres.superuser", environment: "_host", class: "", team: nil)!
-    setenv("PGPASSWORD", String(decoding: superuser.value, as: UTF8.self), 1)
+    let secretStore = driver.secrets as! SecretStore
+    let superuser = try secretStore.lookup("gantry.postgres.superuser", environment: "_host", class: "", team: nil)
+    setenv("PGPASSWORD", String(decoding: superuser?.value ?? Data(), as: UTF8.self), 1)
     let shopDatabase = LocalDriver.postgresName(environment: "shop", database: "main")
     func sql(_ text: String, database: String = shopDatabase) throws {
         _ = try Shell.check(["psql", "-h", socket, "-p", String(postgres.port), "-U", "postgres", "-d", database, "-q", "-v", "ON_ERROR_STOP=1"], input: text)

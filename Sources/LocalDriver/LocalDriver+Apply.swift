@@ -132,7 +132,7 @@ extension LocalDriver {
             }
             guard reference.hasPrefix("secrets.") else { return nil }
             let name = String(reference.dropFirst("secrets.".count))
-            guard let found = try? secrets?.lookup(name, environment: spec.name, class: spec.class.rawValue, team: spec.team) else {
+            guard let found = (try? secrets?.resolve(name, for: spec)).flatMap({ $0 }) else {
                 missing.append(name)
                 return ""
             }

@@ -12,19 +12,17 @@ extension LocalDriver {
 
     /// The cache's password, created on first use.
     func cachePassword(_ cache: String, environment: String) throws -> (value: String, version: String) {
-        try generatedPassword("gantry.redis.\(cache)", environment: environment)
+        try generatedPassword("redis.\(cache)", environment: environment)
     }
 
-    /// A password Gantry generates for a server it runs (a cache, a database role), kept encrypted in
-    /// the secret store under an environment-scoped `gantry.` name and created on first use.
+    /// A password Gantry generates for a server it runs (a cache, a database role), kept by the
+    /// secret resolver as a credential of the environment and made on first use.
     func generatedPassword(_ name: String, environment: String) throws -> (value: String, version: String) {
         guard let secrets else { throw ProcessControl.SpawnError(description: "\(name) needs the secret store for its password") }
-        if let found = try secrets.lookup(name, environment: environment, class: "", team: nil) {
-            return (String(decoding: found.value, as: UTF8.self), found.version)
+        let found = try secrets.credential(name, environment: environment) {
+            SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }.map { String(format: "%02x", $0) }.joined()
         }
-        let password = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }.map { String(format: "%02x", $0) }.joined()
-        try secrets.set(name, value: Data(password.utf8), scope: .environment(environment))
-        return (password, try secrets.lookup(name, environment: environment, class: "", team: nil)!.version)
+        return (String(decoding: found.value, as: UTF8.self), found.version)
     }
 
     /// `redis://default:PASSWORD@127.0.0.1:PORT/0` (the ACL user `default`, as Redis 6+ clients expect).

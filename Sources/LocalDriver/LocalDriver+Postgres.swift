@@ -44,7 +44,7 @@ extension LocalDriver {
     /// The superuser's password: generated on first use, kept encrypted in the secret store under
     /// the host's scope (no environment can name it), handed to tools in `PGPASSWORD` only.
     func postgresSuperuserPassword() throws -> String {
-        try generatedPassword("gantry.postgres.superuser", environment: Self.hostEnvironment).value
+        try generatedPassword("postgres.superuser", environment: Self.hostEnvironment).value
     }
 
     /// Every connection authenticates with SCRAM-SHA-256: over the socket, over loopback TCP and
@@ -169,7 +169,7 @@ extension LocalDriver {
     static let databaseAllocation = "postgres-database"
 
     func postgresPassword(environment: String, database: String) throws -> (value: String, version: String) {
-        try generatedPassword("gantry.postgres.\(database)", environment: environment)
+        try generatedPassword("postgres.\(database)", environment: environment)
     }
 
     func postgresURL(environment: String, database: String) throws -> String? {

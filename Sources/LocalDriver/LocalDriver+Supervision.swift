@@ -26,7 +26,7 @@ extension LocalDriver {
         if services.isEmpty, !FileManager.default.fileExists(atPath: root.appendingPathComponent(name).path),
            try state.allocations(Self.uidAllocation, of: name).isEmpty, try state.allocations(Self.databaseAllocation, of: name).isEmpty,
            try state.allocations(Self.networkAllocation, of: name).isEmpty {
-            try? secrets?.removeAll(prefix: "gantry.", environment: name)
+            try? secrets?.forgetCredentials(of: name)
             return []
         }
         for record in services {
@@ -48,7 +48,7 @@ extension LocalDriver {
         problems += stopEveryProcess(of: name)
         removeNetwork(of: name)
         problems += dropPostgres(environment: name)
-        do { try secrets?.removeAll(prefix: "gantry.", environment: name) } catch { problems.append("could not remove cache passwords: \(error)") }
+        do { try secrets?.forgetCredentials(of: name) } catch { problems.append("could not remove cache passwords: \(error)") }
         progress("removing working directories")
         let directory = root.appendingPathComponent(name)
         if FileManager.default.fileExists(atPath: directory.path) {

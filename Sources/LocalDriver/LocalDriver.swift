@@ -95,8 +95,9 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     var refreshedPorts: [Int]?
     /// The router's port, when environments reach it at the gateway (`GANTRY_ROUTER`).
     public var routerPort: Int?
-    /// Where `${secrets.NAME}` values come from; nil when no secret store is configured.
-    public var secrets: SecretStore?
+    /// Where `${secrets.NAME}` values and the passwords Gantry makes for its servers come from;
+    /// nil when no secret store is configured.
+    public var secrets: (any SecretResolver)?
 
     public init(stateDirectory: URL, state: StateStore, logger: Logger, options: Options = Options()) {
         self.stateDirectory = stateDirectory.standardizedFileURL
@@ -125,6 +126,22 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     public static func observedPhase(of record: ServiceRecord) -> String {
         guard let pid = record.pid else { return record.phase }
         return ProcessControl.isAlive(pid, start: record.pidStart) ? record.phase : "Stopped"
+    }
+}
+
+/// The local driver's services as they are now, for `EnvironmentSummary`: its records, with a
+/// process that is gone shown as `Stopped`. Needs only the state DB (a `gantry status` beside a
+/// running Gantry reads it without a driver).
+public struct LocalObserver: EnvironmentObserver {
+    let state: StateStore
+    public init(state: StateStore) { self.state = state }
+
+    public func services(of environment: String) throws -> [ServiceObservation] {
+        let address = LocalDriver.address(of: environment, in: state)
+        return try state.services(of: environment).map {
+            ServiceObservation(name: $0.name, phase: LocalDriver.observedPhase(of: $0), url: "http://\(address):\($0.port)",
+                               restarts: $0.restarts, lastExit: $0.lastExit)
+        }
     }
 }
 

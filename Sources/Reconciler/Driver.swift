@@ -107,6 +107,30 @@ public protocol Driver: AnyObject, Sendable {
     func shutdown()
 }
 
+/// A secret's value as a driver receives it, with its version: fingerprints and rotations count
+/// versions, never values.
+public struct ResolvedSecret: Sendable {
+    public let value: Data
+    public let version: String
+    public init(value: Data, version: String) {
+        self.value = value
+        self.version = version
+    }
+}
+
+/// Where a driver gets secret values: the `${secrets.NAME}` a spec names, and the credentials the
+/// driver makes for an environment itself (a cache's or a database role's password), kept
+/// encrypted with them. Which scope a name resolves in (the environment's own, its class's, its
+/// team's) is the resolver's business; a driver asks by name and never lists or writes a user's secret.
+public protocol SecretResolver: Sendable {
+    /// The value of `name` as `spec`'s environment sees it; nil when it sees none.
+    func resolve(_ name: String, for spec: EnvironmentSpec) throws -> ResolvedSecret?
+    /// The credential `name` kept for `environment`, made with `make` (and kept) the first time.
+    func credential(_ name: String, environment: String, make: () -> String) throws -> ResolvedSecret
+    /// Forgets every credential kept for `environment` (after its teardown).
+    func forgetCredentials(of environment: String) throws
+}
+
 extension SourceSnapshot {
     /// The file at `path`, at most 1 MiB.
     public func readFile(_ path: String) throws -> Data? { try readFile(path, limit: 1 << 20) }

@@ -113,11 +113,11 @@ extension Reconciler {
         // once another team's stays theirs to give (see below).
         var record = live ?? existing ?? EnvironmentRecord(name: desired.name, branch: desired.branch, commit: commit.id.hex,
                                                            envClass: desired.spec?.class.rawValue ?? (desired.isPreview ? "preview" : "development"),
-                                                           team: desired.loaded.spec?.team, phase: .pending)
+                                                           team: desired.loaded.spec?.team)
         let recreated = existing?.phase == .destroyed
         if recreated {
             record.createdAt = Date(); record.destroyedAt = nil; record.appliedCommit = nil; record.fingerprint = nil
-            record.specJSON = nil; record.phase = .pending; record.conditions = []
+            record.specJSON = nil; record.conditions = []
         }
         if record.appliedCommit == nil && (record.baseCommit == nil || recreated) { record.baseCommit = identity.hidden.first?.hex }
         record.branch = desired.branch
@@ -146,7 +146,6 @@ extension Reconciler {
         case .deny:
             try appendOnce(.denied, desired.name, commit.id, rules, fresh: recreated)
             // A running revision stays up (fail safe); the denial is its condition and message.
-            record.phase = record.appliedCommit == nil ? .denied : .running
             record.message = "commit \(commit.id.short) denied: \(judgement.rules.filter { !$0.hasSuffix("valid") && !$0.contains(": ok") }.joined(separator: "; "))"
             try state.save(record)
             try state.record(EventRecord(environment: desired.name, kind: "denied", message: record.message!))
@@ -155,7 +154,6 @@ extension Reconciler {
             return
         case .pending:
             try appendOnce(.pendingApproval, desired.name, commit.id, rules, fresh: recreated)
-            record.phase = .pendingApproval
             record.message = "commit \(commit.id.short) waits for approval\(record.appliedCommit.map { "; still running \($0.prefix(7))" } ?? ""): \(judgement.remedies.joined(separator: "; "))"
             try state.save(record)
             summary.pending.append(desired.name)
@@ -177,7 +175,6 @@ extension Reconciler {
         }
         try appendOnce(.admitted, desired.name, commit.id, rules, fresh: recreated)
         summary.admitted.append(desired.name)
-        if record.appliedCommit == nil { record.phase = .pending }
         record.message = "applying \(commit.id.short)"
         record.conditions.append(.applying)
         try state.save(record)
@@ -249,7 +246,6 @@ extension Reconciler {
         switch result {
         case .applied(let outcome):
             // (A later commit judged meanwhile may wait for approval: this revision runs, that one waits.)
-            record.phase = record.conditions.contains(.approvalPending) ? .pendingApproval : .running
             record.appliedCommit = plan.commit.hex
             record.fingerprint = plan.fingerprint
             record.specJSON = Self.json(plan.spec)
@@ -274,7 +270,6 @@ extension Reconciler {
         case .failed(let error, let disposition):
             // Attempts count failures of one revision: a new one starts again from the first backoff.
             record.attempts = (record.fingerprint == plan.fingerprint ? record.attempts : 0) + 1
-            record.phase = .failed
             record.conditions = [.applyFailed] + (more ? [.applying] : [])
             if disposition == .stallUntilNewCommit {
                 // No retry can help: the next commit that changes the environment is applied.

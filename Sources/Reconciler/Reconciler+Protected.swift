@@ -213,12 +213,10 @@ extension Reconciler {
                                                                    policyRevision: policyRevision ?? revision) + lines)
             let still = record.appliedCommit.map { "; still running \($0.prefix(7))" } ?? ""
             if decision == .pending {
-                record.phase = .pendingApproval
                 record.conditions = [.approvalPending]
                 record.message = "\(trust.protectedBranch) is held at \(commit.short), which waits for approval\(still): \(remedies.joined(separator: "; "))"
                 summary.pending.append(record.name)
             } else {
-                if record.appliedCommit == nil { record.phase = .denied }
                 record.conditions = [.admissionDenied]
                 record.message = "\(trust.protectedBranch) is held at \(commit.short), which was denied\(still): \(rules.joined(separator: "; "))"
                 summary.denied.append(record.name)

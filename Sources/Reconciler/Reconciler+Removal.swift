@@ -39,7 +39,6 @@ extension Reconciler {
         case .pending:
             try appendOnce(.pendingApproval, existing.name, commit.id, rules + [("change", "-environment \(existing.name)")])
             record.commit = commit.id.hex
-            record.phase = .pendingApproval
             record.conditions = judgement.conditions
             record.message = "removal at \(commit.id.short) waits for approval; still running \(existing.appliedCommit!.prefix(7)): \(judgement.remedies.joined(separator: "; "))"
             try state.save(record)

@@ -4,6 +4,28 @@ import GitStore
 import SpecModel
 import StateStore
 
+/// The encrypted store in the state DB resolves secrets for the drivers; the credentials a driver
+/// makes are environment-scoped `gantry.` names (which `gantry secret` never shows or takes).
+extension SecretStore: SecretResolver {
+    public func resolve(_ name: String, for spec: EnvironmentSpec) throws -> ResolvedSecret? {
+        try lookup(name, environment: spec.name, class: spec.class.rawValue, team: spec.team).map { ResolvedSecret(value: $0.value, version: $0.version) }
+    }
+
+    public func credential(_ name: String, environment: String, make: () -> String) throws -> ResolvedSecret {
+        let key = "gantry." + name
+        if let found = try lookup(key, environment: environment, class: "", team: nil) { return ResolvedSecret(value: found.value, version: found.version) }
+        try set(key, value: Data(make().utf8), scope: .environment(environment))
+        guard let made = try lookup(key, environment: environment, class: "", team: nil) else {
+            throw SecretError("the credential \(name) of \(environment) was stored but cannot be read back")
+        }
+        return ResolvedSecret(value: made.value, version: made.version)
+    }
+
+    public func forgetCredentials(of environment: String) throws {
+        try removeAll(prefix: "gantry.", environment: environment)
+    }
+}
+
 extension Reconciler {
     /// Judges `spec.secrets` against `store` (a missing one denies) and notices rotations.
     public func useSecrets(_ store: SecretStore) {
@@ -11,14 +33,17 @@ extension Reconciler {
         let redactor = Redactor(store: store)
         state.useRedactor(redactor)
         audit.redact = { redactor.redact($0) }
+        useSecrets(resolver: store)
+    }
+
+    /// Judges `spec.secrets` against `resolver` (a missing one denies) and notices rotations.
+    public func useSecrets(resolver: any SecretResolver) {
         secretVersions = { spec in
             Dictionary(uniqueKeysWithValues: spec.secrets.compactMap { name in
-                (try? store.lookup(name, environment: spec.name, class: spec.class.rawValue, team: spec.team)).flatMap { $0 }.map { (name, $0.version) }
+                (try? resolver.resolve(name, for: spec)).flatMap { $0 }.map { (name, $0.version) }
             })
         }
-        missingSecrets = { spec in
-            spec.secrets.filter { (try? store.lookup($0, environment: spec.name, class: spec.class.rawValue, team: spec.team)) == nil }
-        }
+        missingSecrets = { spec in spec.secrets.filter { (try? resolver.resolve($0, for: spec)).flatMap { $0 } == nil } }
     }
 
     /// A running environment whose secrets changed (`gantry secret set`) is applied again: the

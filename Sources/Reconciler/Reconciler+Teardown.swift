@@ -81,7 +81,6 @@ extension Reconciler {
             let fields = [("environment", name), ("branch", record.branch), ("commit", target.hex), ("reason", reason)]
                 + problems.map { ("problem", $0) }
             try appendOnce(.destroyed, name, target, fields)
-            record.phase = .destroyed
             record.conditions = []
             record.destroyedAt = Date()
             record.updatedAt = Date()

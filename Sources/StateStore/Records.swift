@@ -8,7 +8,7 @@ public enum EnvironmentPhase: String, Sendable, Codable, CaseIterable {
 }
 
 /// A condition that is true of an environment, named for what it waits on or what went wrong.
-/// `EnvironmentSummary` (Reconciler) derives the phase shown to users from these in one place.
+/// The phase is derived from these (`EnvironmentRecord.derivedPhase`), never set on its own.
 public enum Condition: String, Sendable, Codable, CaseIterable {
     /// The spec at the commit does not load or validate.
     case specInvalid = "SpecInvalid"
@@ -41,7 +41,9 @@ public struct EnvironmentRecord: Codable, Sendable, Equatable, FetchableRecord, 
     public var team: String?
     /// The routing domain of `gantry.yaml` when the environment was last admitted.
     public var domain: String?
-    public var phase: EnvironmentPhase
+    /// Derived from the conditions by `derivedPhase` whenever the record is saved (stored so that
+    /// queries can select by it); nobody sets it.
+    public internal(set) var phase: EnvironmentPhase = .pending
     /// Fingerprint of the applied revision: an unchanged fingerprint is left alone.
     public var fingerprint: String?
     /// JSON of the applied `EnvironmentSpec`.
@@ -65,15 +67,31 @@ public struct EnvironmentRecord: Codable, Sendable, Equatable, FetchableRecord, 
     public var attempts: Int = 0
     public var nextAttemptAt: Date?
 
-    public init(name: String, branch: String, commit: String, envClass: String, team: String?, phase: EnvironmentPhase, now: Date = Date()) {
+    public init(name: String, branch: String, commit: String, envClass: String, team: String?, now: Date = Date()) {
         self.name = name
         self.branch = branch
         self.commit = commit
         self.envClass = envClass
         self.team = team
-        self.phase = phase
         self.createdAt = now
         self.updatedAt = now
+    }
+
+    /// The phase shown to users, decided here and nowhere else:
+    /// - Destroyed once torn down;
+    /// - Failed while the last apply failed (`ApplyFailed`, retried with backoff);
+    /// - PendingApproval while a commit waits for a human (a revision applied before keeps running);
+    /// - Denied when a denial (`SpecInvalid`, `AdmissionDenied`, `SecretMissing`) left nothing
+    ///   running — with a revision applied before, that one keeps running (fail safe): Running;
+    /// - Pending until a first revision is applied; Running after.
+    public var derivedPhase: EnvironmentPhase {
+        if destroyedAt != nil { return .destroyed }
+        if conditions.contains(.applyFailed) { return .failed }
+        if conditions.contains(.approvalPending) { return .pendingApproval }
+        if appliedCommit == nil {
+            return conditions.contains(where: { [.specInvalid, .admissionDenied, .secretMissing].contains($0) }) ? .denied : .pending
+        }
+        return .running
     }
 }
 

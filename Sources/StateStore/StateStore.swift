@@ -194,6 +194,7 @@ public final class StateStore: Sendable {
     public func save(_ environment: EnvironmentRecord) throws {
         var environment = environment
         environment.message = environment.message.map(redact)
+        environment.phase = environment.derivedPhase
         try pool.write { db in try environment.save(db) }
     }
 

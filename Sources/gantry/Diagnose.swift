@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LocalDriver
+import Reconciler
 import StateStore
 #if canImport(Glibc)
 import Glibc
@@ -9,8 +10,10 @@ import Glibc
 /// What this host lets Gantry enforce, checked without changing anything: whether environments
 /// would run as users of their own, in control groups, and what the state directory looks like.
 struct Diagnose: ParsableCommand {
-    static let configuration = CommandConfiguration(abstract: "What isolation this host allows (users, cgroups, PostgreSQL, Redis, network) and the state directory's permissions.")
+    static let configuration = CommandConfiguration(abstract: "What isolation this host allows (users, cgroups, PostgreSQL, Redis, network), the state directory's permissions, and each environment that needs attention with what to do next.")
     @OptionGroup var state: StateOption
+    @Option(help: "Diagnose this environment only (its phase, conditions, services and next steps).")
+    var env: String?
 
     func run() throws {
         let root = geteuid() == 0
@@ -34,9 +37,20 @@ struct Diagnose: ParsableCommand {
         for (name, path) in [("state database", paths.database), ("keys", paths.root.appendingPathComponent("keys").path)] where stat(path, &info) == 0 {
             line(name, "mode \(String(info.st_mode & 0o777, radix: 8))" + (info.st_mode & 0o077 == 0 ? "" : " — open to others: run `gantry run` once to tighten it"))
         }
-        if FileManager.default.fileExists(atPath: paths.database), let store = try? StateStore(path: paths.database),
-           let isolation: String = try? store.meta("isolation") {
-            line("last gantry run", isolation)
+        guard FileManager.default.fileExists(atPath: paths.database), let store = try? StateStore(path: paths.database) else { return }
+        if let isolation: String = try? store.meta("isolation") { line("last gantry run", isolation) }
+        // The environments, from the same summary `status` and the API read.
+        let summaries = try EnvironmentSummary.read(store, observer: LocalObserver(state: store), routerPort: paths.routerPort, only: env)
+        if let env, summaries.isEmpty { throw Failure("no environment named '\(env)' in \(paths.root.path)") }
+        let attention = env != nil ? summaries : summaries.filter { !$0.conditions.isEmpty || $0.phase != .running }
+        line("environments", "\(summaries.count) known, \(attention.isEmpty ? "all running and healthy" : "\(attention.count) need attention")")
+        for summary in attention {
+            let conditions = summary.conditions.isEmpty ? "" : " [\(summary.conditions.map(\.rawValue).joined(separator: ", "))]"
+            print(Printable.line("  \(summary.name): \(summary.phase.rawValue)\(conditions)\(summary.record.message.map { " — \($0)" } ?? "")"))
+            for service in summary.services where service.phase != "Running" || env != nil {
+                print(Printable.line("    service \(service.name): \(service.phase)\(service.lastExit.map { ", last exit: \($0)" } ?? "")\(service.restarts > 0 ? ", \(service.restarts) restarts" : "")"))
+            }
+            for step in summary.nextSteps { print(Printable.line("    next: \(step)")) }
         }
     }
 

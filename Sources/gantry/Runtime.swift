@@ -12,6 +12,10 @@ struct StatePaths {
     var key: String { root.appendingPathComponent("keys/gantry_ed25519").path }
     var pidFile: String { root.appendingPathComponent("gantry.pid").path }
     var routerPortFile: String { root.appendingPathComponent("router.port").path }
+    /// The port the running Gantry's router listens on; nil when it runs none (`--no-router`).
+    var routerPort: Int? {
+        (try? String(contentsOfFile: routerPortFile, encoding: .utf8)).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
+    }
     var lockFile: String { root.appendingPathComponent("gantry.lock").path }
     var repositoryFile: String { root.appendingPathComponent("repository").path }
     var mirror: String { root.appendingPathComponent("mirror.git").path }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import LocalDriver
+import Reconciler
 import SpecLoading
 import SpecModel
 import StateStore
@@ -21,47 +22,14 @@ struct Status: ParsableCommand {
             throw Failure("no state at \(paths.root.path); start Gantry with `gantry run --repo PATH --state \(paths.root.path)`")
         }
         let store = try StateStore(path: paths.database)
-        let routerPort = (try? String(contentsOfFile: paths.routerPortFile, encoding: .utf8))
-            .flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) } ?? 8080
-        var environments = try store.environments(includeDestroyed: all || env != nil)
-        if let env {
-            environments = environments.filter { $0.name == env }
-            guard !environments.isEmpty else { throw Failure("no environment named '\(env)' in \(paths.root.path)") }
-        }
-        var rows: [PlainValue] = []
-        for environment in environments {
-            let spec = environment.appliedSpec
-            let domain = environment.domain ?? "localhost"
-            let serviceRecords = try store.services(of: environment.name)
-            let address = LocalDriver.address(of: environment.name, in: store)
-            let services: [PlainValue] = serviceRecords.map {
-                .map([("name", .string($0.name)), ("phase", .string(LocalDriver.observedPhase(of: $0))), ("url", .string("http://\(address):\($0.port)")),
-                      ("restarts", .int($0.restarts))])
-            }
-            var conditions = environment.conditions
-            if environment.phase == .running, serviceRecords.contains(where: { LocalDriver.observedPhase(of: $0) != "Running" }) {
-                conditions.append(.unhealthy)
-            }
-            let routes: [PlainValue] = (spec?.routes ?? []).map {
-                .map([("name", .string($0.name)), ("url", .string("http://\($0.name).\(environment.name).\(domain):\(routerPort)"))])
-            }
-            var fields: [(key: String, value: PlainValue)] = [
-                ("name", .string(environment.name)), ("branch", .string(environment.branch)), ("commit", .string(environment.commit)),
-                ("class", .string(environment.envClass)), ("team", environment.team.map { .string($0) } ?? .null),
-                ("phase", .string(environment.phase.rawValue)), ("services", .list(services)), ("routes", .list(routes)),
-            ]
-            fields.append(("conditions", .list(conditions.map { .string($0.rawValue) })))
-            fields.append(("appliedCommit", environment.appliedCommit.map { .string($0) } ?? .null))
-            fields.append(("message", environment.message.map { .string($0) } ?? .null))
-            fields.append(("attempts", .int(environment.attempts)))
-            fields.append(("nextAttemptAt", environment.nextAttemptAt.map { .string(ISO8601DateFormatter().string(from: $0)) } ?? .null))
-            rows.append(.map(fields))
-        }
+        let summaries = try EnvironmentSummary.read(store, observer: LocalObserver(state: store), routerPort: paths.routerPort,
+                                                    includeDestroyed: all, only: env)
+        if let env, summaries.isEmpty { throw Failure("no environment named '\(env)' in \(paths.root.path)") }
         let trust = try store.trust()
         // What the last `gantry run` could enforce (per-environment users need root).
         let isolation: String? = try store.meta("isolation")
         if json {
-            print(PlainValue.map([("environments", .list(rows))] + (trust.map { [("governance", GovernanceSummary.value($0))] } ?? [])
+            print(PlainValue.map([("environments", .list(summaries.map(\.plain)))] + (trust.map { [("governance", GovernanceSummary.value($0))] } ?? [])
                                  + (isolation.map { [("isolation", .string($0))] } ?? [])).json(indent: "  "))
             return
         }
@@ -70,17 +38,22 @@ struct Status: ParsableCommand {
         }
         if env == nil, let isolation { print(Printable.line("isolation: \(isolation)")) }
         if env == nil, trust != nil || isolation != nil { print("") }
-        if environments.isEmpty {
+        if summaries.isEmpty {
             print("no environments yet")
             return
         }
-        for environment in environments {
-            print(Printable.line("\(environment.name)  \(environment.phase.rawValue)  \(environment.envClass)  \(environment.branch)@\(environment.commit.prefix(7))"))
-            let address = LocalDriver.address(of: environment.name, in: store)
-            for service in try store.services(of: environment.name) {
-                print("  service \(service.name): \(LocalDriver.observedPhase(of: service))  http://\(address):\(service.port)\(service.restarts > 0 ? "  (\(service.restarts) restarts)" : "")")
+        for summary in summaries {
+            let environment = summary.record
+            let conditions = summary.conditions.isEmpty ? "" : "  [\(summary.conditions.map(\.rawValue).joined(separator: ", "))]"
+            print(Printable.line("\(environment.name)  \(environment.phase.rawValue)  \(environment.envClass)  \(environment.branch)@\(environment.commit.prefix(7))\(conditions)"))
+            for service in summary.services {
+                print("  service \(service.name): \(service.phase)  \(service.url)\(service.restarts > 0 ? "  (\(service.restarts) restarts)" : "")")
+            }
+            for route in summary.routes {
+                print("  route \(route.name): \(route.url ?? "(no router: `gantry run` was started with --no-router)")")
             }
             if let message = environment.message { print("  " + Printable.line(message)) }
+            for step in summary.nextSteps { print(Printable.line("  next: \(step)")) }
             if env != nil {
                 // What the environment's processes printed last, read now (never stored), secrets masked.
                 let output = LocalDriver.recentOutput(stateDirectory: paths.root, environment: environment.name)

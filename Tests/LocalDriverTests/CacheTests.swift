@@ -62,6 +62,6 @@ import StateStore
         try repo.git("branch", "-D", "agents/cache")
         try harness.pass()
         #expect(!isRunning(previewCache.pid))
-        #expect(try harness.driver.secrets?.list().contains { $0.scope.contains("cachey--agents-cache") } == false)
+        #expect(try harness.secrets.list().contains { $0.scope.contains("cachey--agents-cache") } == false)
     }
 }

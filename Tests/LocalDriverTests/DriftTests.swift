@@ -37,7 +37,7 @@ import StateStore
         let redis = try #require(try harness.service("full", "redis:sessions"))
         let postgres = try #require(try harness.service("_host", "postgres"))
         let superuser = "postgres://postgres@127.0.0.1:\(postgres.port)/postgres"
-        let password = try #require(try harness.driver.secrets?.lookup("gantry.postgres.superuser", environment: "_host", class: "", team: nil))
+        let password = try #require(try harness.secrets.lookup("gantry.postgres.superuser", environment: "_host", class: "", team: nil))
         let asSuperuser = ["PGPASSWORD": String(decoding: password.value, as: UTF8.self), "PATH": "/usr/bin:/bin"]
         let database = LocalDriver.postgresName(environment: "full", database: "main")
         #expect(try Shell.run(["psql", superuser, "-c", "DROP DATABASE \(database) WITH (FORCE)"], environment: asSuperuser).status == 0)

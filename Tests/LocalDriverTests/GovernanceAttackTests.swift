@@ -999,7 +999,7 @@ import StateStore
         try repo.write("environments/web.yaml", try read(repo, "environments/web.yaml") + "  secrets: [api-key]\n")
         let change = try repo.commit("web needs a key")
         #expect(try harness.pass().denied == ["web"])
-        try harness.driver.secrets!.set("api-key", value: Data("k".utf8), scope: .environment("web"))
+        try harness.secrets.set("api-key", value: Data("k".utf8), scope: .environment("web"))
         try approve(change, as: alice, in: repo)
         #expect(try harness.pass().applied == ["web"])
         let events = try harness.records().filter { $0.value("environment") == "web" && $0.value("commit") == change }.map(\.event)
@@ -1105,7 +1105,7 @@ import StateStore
     @Test func anAgentCannotClaimAnotherTeamToReadItsSecret() throws {
         let (repo, bot, harness) = try setUp(bot: "growth-bot@example.com", team: "growth")
         let value = "team-secret-\(UUID().uuidString)"
-        try harness.driver.secrets!.set("payments-key", value: Data(value.utf8), scope: .team("payments"))
+        try harness.secrets.set("payments-key", value: Data(value.utf8), scope: .team("payments"))
         try repo.checkout("agents/steal", create: true)
         for team in ["payments", "growth"] {
             try repo.write("environments/steal-\(team).yaml", """

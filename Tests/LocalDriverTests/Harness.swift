@@ -15,6 +15,8 @@ final class Harness: @unchecked Sendable {
     let state: StateStore
     let key: SigningKey
     let driver: LocalDriver
+    /// The secret store the driver resolves from (`driver.secrets`).
+    let secrets: SecretStore
     let reconciler: Reconciler
 
     /// A new reconciler; with `reusing`, a restart over the same state directory (a new process would
@@ -34,13 +36,14 @@ final class Harness: @unchecked Sendable {
         options.stopGrace = 2
         configure(&options)
         driver = LocalDriver(stateDirectory: stateDirectory.url, state: state, logger: logger, options: options)
-        driver.secrets = try SecretStore(state: state, keyPath: stateDirectory.path + "/keys/secrets.key")
+        secrets = try SecretStore(state: state, keyPath: stateDirectory.path + "/keys/secrets.key")
+        driver.secrets = secrets
         var reconcilerOptions = Reconciler.Options()
         reconcilerOptions.detectOnly = detectOnly
         reconcile(&reconcilerOptions)
         let audit = AuditLog(repository: git, key: key)
         reconciler = Reconciler(repository: git, state: state, audit: audit, driver: driver, logger: logger, options: reconcilerOptions)
-        reconciler.useSecrets(driver.secrets!)
+        reconciler.useSecrets(secrets)
         if anchor, try state.trust()?.anchor == nil, let main = try git.resolveCommit("refs/heads/main") {
             try Trust.anchor(main, branch: "main", by: "the test's operator", how: "gantry trust set", repository: git, state: state, audit: audit)
         }

@@ -85,7 +85,7 @@ import StateStore
         try repo.checkout("main")
         try repo.git("branch", "-D", "agents/shop")
         try harness.pass()
-        let superPassword = try #require(try harness.driver.secrets?.lookup("gantry.postgres.superuser", environment: "_host", class: "", team: nil))
+        let superPassword = try #require(try harness.secrets.lookup("gantry.postgres.superuser", environment: "_host", class: "", team: nil))
         let count = try Shell.run(["psql", superuser, "-At", "-c", "select count(*) from pg_database where datname = '\(previewRole)'"],
                                   environment: ["PGPASSWORD": String(decoding: superPassword.value, as: UTF8.self), "PATH": "/usr/bin:/bin"])
         #expect(count.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "0", "\(count.stdout)\(count.stderr)")

@@ -10,7 +10,9 @@ import TestSupport
         let path = directory.path + "/gantry.db"
         do {
             let store = try StateStore(path: path)
-            try store.save(EnvironmentRecord(name: "web", branch: "main", commit: "abc", envClass: "production", team: "payments", phase: .running))
+            var record = EnvironmentRecord(name: "web", branch: "main", commit: "abc", envClass: "production", team: "payments")
+            record.appliedCommit = "abc"
+            try store.save(record)
             var service = ServiceRecord(environment: "web", name: "api", port: 41000)
             service.pid = 1234
             try store.save(service)
@@ -28,12 +30,42 @@ import TestSupport
     @Test func destroyedEnvironmentsStayAsHistory() throws {
         let directory = TemporaryDirectory()
         let store = try StateStore(path: directory.path + "/gantry.db")
-        var record = EnvironmentRecord(name: "web--x", branch: "x", commit: "abc", envClass: "preview", team: nil, phase: .running)
+        var record = EnvironmentRecord(name: "web--x", branch: "x", commit: "abc", envClass: "preview", team: nil)
         try store.save(record)
-        record.phase = .destroyed
+        record.destroyedAt = Date()
         try store.save(record)
         #expect(try store.environments().isEmpty)
         #expect(try store.environments(includeDestroyed: true).map(\.name) == ["web--x"])
+    }
+
+    /// The phase is derived from the conditions when a record is saved: whatever wrote the record,
+    /// `status` shows the same phase for the same facts.
+    @Test func thePhaseFollowsTheConditions() throws {
+        let directory = TemporaryDirectory()
+        let store = try StateStore(path: directory.path + "/gantry.db")
+        func saved(_ conditions: [Condition], applied: String? = nil, destroyed: Bool = false) throws -> EnvironmentPhase? {
+            var record = EnvironmentRecord(name: "e", branch: "b", commit: "c2", envClass: "preview", team: nil)
+            record.conditions = conditions
+            record.appliedCommit = applied
+            record.destroyedAt = destroyed ? Date() : nil
+            try store.save(record)
+            return try store.environment("e")?.phase
+        }
+        #expect(try saved([]) == .pending)
+        #expect(try saved([.applying]) == .pending)
+        #expect(try saved([], applied: "c1") == .running)
+        #expect(try saved([.applying], applied: "c1") == .running)
+        // A denial leaves a running revision up (fail safe): it is Running, with the condition.
+        #expect(try saved([.admissionDenied]) == .denied)
+        #expect(try saved([.specInvalid]) == .denied)
+        #expect(try saved([.secretMissing]) == .denied)
+        #expect(try saved([.admissionDenied], applied: "c1") == .running)
+        #expect(try saved([.approvalPending]) == .pendingApproval)
+        #expect(try saved([.approvalPending], applied: "c1") == .pendingApproval)
+        #expect(try saved([.applyFailed], applied: "c1") == .failed)
+        #expect(try saved([.applyFailed, .applying]) == .failed)
+        #expect(try saved([.destroying], applied: "c1") == .running)
+        #expect(try saved([.destroying], applied: "c1", destroyed: true) == .destroyed)
     }
 
     @Test func aPortBelongsToOneServiceOnly() throws {
@@ -48,7 +80,7 @@ import TestSupport
         let writer = try StateStore(path: directory.path + "/gantry.db")
         let reader = try StateStore(path: directory.path + "/gantry.db")
         for index in 0..<50 {
-            try writer.save(EnvironmentRecord(name: "e\(index)", branch: "b", commit: "c", envClass: "preview", team: nil, phase: .running))
+            try writer.save(EnvironmentRecord(name: "e\(index)", branch: "b", commit: "c", envClass: "preview", team: nil))
             #expect(try reader.environments().count == index + 1)
         }
     }

@@ -31,6 +31,9 @@ public final class FakeDriver: Driver, Sendable {
         var held: [String: DispatchSemaphore] = [:]
         var recovered: Set<String>?
         var delay = 0.0
+        /// The services of each environment's applied revision, and those told to have stopped.
+        var services: [String: [String]] = [:]
+        var stopped: Set<String> = []
     }
 
     private let state = Mutex(State())
@@ -79,11 +82,13 @@ public final class FakeDriver: Driver, Sendable {
         if failing { throw FakeFailure(environment: environment.name) }
         // The revision's files are read through the snapshot, as a real driver would.
         _ = try environment.source.objectID(at: "")
+        state.withLock { $0.services[environment.name] = environment.spec.services.map(\.name) }
         return ApplyOutcome(changes: ["~fake \(environment.name)"])
     }
 
     public func destroy(environment name: String, sources: (any SourceStore)?, progress: (String) -> Void) throws -> [String] {
         _ = try operate(Operation(kind: "destroy", environment: name, commit: nil))
+        state.withLock { $0.services[name] = nil }
         return []
     }
 
@@ -116,6 +121,9 @@ public final class FakeDriver: Driver, Sendable {
         return []
     }
 
+    /// `service` of `environment` is observed stopped from now on (a crash nobody restarts).
+    public func stop(_ service: String, of environment: String) { state.withLock { _ = $0.stopped.insert("\(environment)/\(service)") } }
+
     public func supervise(correct: Bool) -> [DriverEvent] { [] }
     public func drift(_ environment: PlannedEnvironment) -> [String] { [] }
     public func shutdown() {}
@@ -128,4 +136,17 @@ struct FailureReason: Sendable {
 public struct FakeFailure: Error, CustomStringConvertible {
     public let environment: String
     public var description: String { "the fake driver was told to fail \(environment)" }
+}
+
+/// What the fake driver runs: each applied revision's services, Running unless told otherwise.
+extension FakeDriver: EnvironmentObserver {
+    public func services(of environment: String) throws -> [ServiceObservation] {
+        state.withLock { state in
+            (state.services[environment] ?? []).map { name in
+                let stopped = state.stopped.contains("\(environment)/\(name)")
+                return ServiceObservation(name: name, phase: stopped ? "Stopped" : "Running", url: "fake://\(environment)/\(name)",
+                                          restarts: 0, lastExit: stopped ? "exited with status 1" : nil)
+            }
+        }
+    }
 }
