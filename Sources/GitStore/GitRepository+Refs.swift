@@ -69,24 +69,41 @@ extension GitRepository {
 
     /// The best common ancestor of two commits, or nil when they share no history.
     public func mergeBase(_ a: ObjectID, _ b: ObjectID) throws -> ObjectID? {
-        try locked {
+        if a == b { return a }
+        let pair = MergeBasePair(a, b)
+        return try locked {
+            if let known = mergeBases[pair] { return known }
             var out = git_oid()
             var one = a.oid
             var two = b.oid
             let status = git_merge_base(&out, handle, &one, &two)
-            if status == GIT_ENOTFOUND.rawValue { return nil }
-            try check("merge-base \(a.short) \(b.short)", status)
-            return ObjectID(out)
+            let base: ObjectID?
+            if status == GIT_ENOTFOUND.rawValue {
+                base = nil
+            } else {
+                try check("merge-base \(a.short) \(b.short)", status)
+                base = ObjectID(out)
+            }
+            if mergeBases.count >= 512 { mergeBases.removeAll(keepingCapacity: true) }
+            mergeBases[pair] = base
+            return base
         }
     }
 
-    /// True when `commit` is `tip` or one of its ancestors ("reachable from tip").
+    /// True when `commit` is `tip` or one of its ancestors ("reachable from tip"): then, and only
+    /// then, it is the merge base of the two (libgit2's `git_graph_descendant_of` decides the same
+    /// way), and the pair's merge base is often known already.
     public func isReachable(_ commit: ObjectID, from tip: ObjectID) throws -> Bool {
         if commit == tip { return true }
-        return try locked {
-            var descendant = tip.oid
-            var ancestor = commit.oid
-            return try check("descendant-of", git_graph_descendant_of(handle, &descendant, &ancestor)) == 1
-        }
+        return try mergeBase(commit, tip) == commit
+    }
+}
+
+/// Two commits in either order (a merge base does not depend on it).
+struct MergeBasePair: Hashable {
+    let first: ObjectID
+    let second: ObjectID
+    init(_ a: ObjectID, _ b: ObjectID) {
+        (first, second) = a.hex < b.hex ? (a, b) : (b, a)
     }
 }

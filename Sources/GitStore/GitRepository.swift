@@ -12,6 +12,10 @@ public final class GitRepository: @unchecked Sendable {
     let lock = NSRecursiveLock()
     /// The path the repository was opened at.
     public let path: String
+    /// Merge bases already computed (under `lock`): commits never change, so neither does the
+    /// merge base of two of them, and a pass asks for the same pair several times (is the branch
+    /// merged, since where is it judged, which files changed).
+    var mergeBases: [MergeBasePair: ObjectID?] = [:]
 
     private static let initialized: Void = {
         git_libgit2_init()

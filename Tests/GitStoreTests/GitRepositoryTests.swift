@@ -25,6 +25,33 @@ import TestSupport
         #expect(try git.listDirectory("a", at: ObjectID(hex: second)!)?.map(\.name) == ["b.txt"])
     }
 
+    /// Merge bases are remembered per pair of commits: asked again, in either order, or as "is
+    /// this one reachable from that one", the answers are git's.
+    @Test func reachabilityAndMergeBasesAgreeWithGitWhicheverWayTheyAreAsked() throws {
+        let repo = try TestRepository()
+        try repo.write("f", "1")
+        let root = try repo.commit("root")
+        try repo.write("f", "2")
+        let main = try repo.commit("main")
+        try repo.checkout("side", create: true)
+        try repo.git("reset", "-q", "--hard", root)
+        try repo.write("g", "side")
+        let side = try repo.commit("side")
+        try repo.git("checkout", "-q", "--orphan", "lonely")
+        try repo.write("h", "alone")
+        let lonely = try repo.commit("unrelated history")
+        let git = try repo.open()
+        let (r, m, s, l) = (ObjectID(hex: root)!, ObjectID(hex: main)!, ObjectID(hex: side)!, ObjectID(hex: lonely)!)
+        for _ in 0..<2 {
+            #expect(try git.mergeBase(m, s) == r && git.mergeBase(s, m) == r)
+            #expect(try git.mergeBase(m, l) == nil && git.mergeBase(l, m) == nil)
+            #expect(try git.isReachable(r, from: m) && git.isReachable(r, from: s) && git.isReachable(m, from: m))
+            #expect(try !git.isReachable(m, from: s) && !git.isReachable(s, from: m) && !git.isReachable(m, from: r))
+            #expect(try !git.isReachable(l, from: m) && !git.isReachable(m, from: l))
+        }
+        #expect(try repo.git("merge-base", main, side) == root)
+    }
+
     @Test func oversizedBlobIsRefused() throws {
         let repo = try TestRepository()
         try repo.write("big", String(repeating: "x", count: 4096))
