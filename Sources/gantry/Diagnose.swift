@@ -43,7 +43,9 @@ struct Diagnose: ParsableCommand {
         let summaries = try EnvironmentSummary.read(store, observer: LocalObserver(state: store), routerPort: paths.routerPort, only: env)
         if let env, summaries.isEmpty { throw Failure("no environment named '\(env)' in \(paths.root.path)") }
         let attention = env != nil ? summaries : summaries.filter { !$0.conditions.isEmpty || $0.phase != .running }
-        line("environments", "\(summaries.count) known, \(attention.isEmpty ? "all running and healthy" : "\(attention.count) need attention")")
+        if env == nil {
+            line("environments", "\(summaries.count) known, \(attention.isEmpty ? "all running and healthy" : "\(attention.count) need attention")")
+        }
         for summary in attention {
             let conditions = summary.conditions.isEmpty ? "" : " [\(summary.conditions.map(\.rawValue).joined(separator: ", "))]"
             print(Printable.line("  \(summary.name): \(summary.phase.rawValue)\(conditions)\(summary.record.message.map { " — \($0)" } ?? "")"))

@@ -242,6 +242,11 @@ import TestSupport
         #expect(try gantry("run", "--repo", repo.path, "--state", state.path, "--once").status == 0)
         let denied = try gantry("status", "--state", state.path, "--env", "pay").stdout
         #expect(denied.contains("Denied") && denied.contains("secret: api-key is not set for pay"))
+        // diagnose reads the same summary, and says what would admit it.
+        let diagnosis = try gantry("diagnose", "--state", state.path, "--env", "pay").stdout
+        #expect(diagnosis.contains("pay: Denied [AdmissionDenied, SecretMissing]")
+                && diagnosis.contains("next: store the missing secret (`gantry secret set NAME --env pay`"), "\(diagnosis)")
+        #expect(try gantry("diagnose", "--state", state.path).stdout.contains("1 need attention"))
 
         // Set (from standard input): the next pass admits and delivers it.
         let set = try gantry("secret", "set", "api-key", "--env", "pay", "--state", state.path, input: value)
