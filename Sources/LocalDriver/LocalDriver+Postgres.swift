@@ -190,13 +190,15 @@ extension LocalDriver {
             let name = Self.postgresName(environment: environment.name, database: database.name)
             // Recorded before it exists: a crash after CREATE still leaves it owned (and dropped at teardown).
             try state.allocate(Self.databaseAllocation, name, to: environment.name)
-            if try psql(port: port, sql: "SELECT 1 FROM pg_database WHERE datname = '\(name)'").contains("1") { continue }
+            // The role is made (or kept as it is) in the same call that asks whether the database exists.
             let password = try postgresPassword(environment: environment.name, database: database.name).value
-            progress("creating PostgreSQL database \(name)")
-            try psql(port: port, sql: """
+            let exists = try psql(port: port, sql: """
                 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '\(name)') THEN CREATE ROLE "\(name)" LOGIN; END IF; END $$;
                 ALTER ROLE "\(name)" NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT \(Self.roleConnectionLimit) PASSWORD '\(password)';
-                """)
+                SELECT 'exists' FROM pg_database WHERE datname = '\(name)';
+                """).contains("exists")
+            if exists { continue }
+            progress("creating PostgreSQL database \(name)")
             func fill() throws -> Bool {
                 if let source = database.cloneFrom {
                     let sourceName = Self.postgresName(environment: source, database: database.name)
@@ -229,9 +231,14 @@ extension LocalDriver {
                     guard let sql = try environment.source.readFile(seed) else {
                         throw RevisionError("database \(database.name): seed \(seed) does not exist at \(environment.commit.short)" + "; add it, or name another seed")
                     }
-                    if let template = seedTemplate(port: port, sql: sql, progress: progress),
-                       try copyDatabase(port: port, source: template, target: name, progress: progress) {
-                        return false
+                    if let template = seedTemplate(port: port, sql: sql, progress: progress) {
+                        if try takeSpareSeed(port: port, template: template, target: name, progress: progress)
+                            || copyDatabase(port: port, source: template, target: name, progress: progress) {
+                            refillSpareSeeds(port: port, template: template)
+                            return false
+                        }
+                        // (Gone, or never there: it is looked for again next time.)
+                        seedTemplateLock.withLock { _ = knownSeedTemplates.remove(template) }
                     }
                     try createDatabase(port: port, name)
                     progress("seeding \(name) from \(seed)")
@@ -285,19 +292,10 @@ extension LocalDriver {
             // Someone connected to the source meanwhile.
             return false
         }
-        // In the copy, the source's role owns what it made and holds grants: all of it goes to the
-        // target's role. (REASSIGN and DROP OWNED also reach shared objects, so the source database
-        // is the superuser's for the moment, and its role's grant on it is given back.)
         try psql(port: port, sql: """
             REVOKE CONNECT, TEMPORARY ON DATABASE "\(target)" FROM PUBLIC;
             GRANT CONNECT, TEMPORARY ON DATABASE "\(target)" TO "\(target)";
-            BEGIN;
-            ALTER DATABASE "\(source)" OWNER TO postgres;
-            REASSIGN OWNED BY "\(source)" TO "\(target)";
-            DROP OWNED BY "\(source)";
-            ALTER DATABASE "\(source)" OWNER TO "\(source)";
-            GRANT CONNECT, TEMPORARY ON DATABASE "\(source)" TO "\(source)";
-            COMMIT;
+            \(Self.reassignment(from: source, to: target))
             """, database: target)
         return true
     }
@@ -316,8 +314,12 @@ extension LocalDriver {
         let name = "g_seed_" + SHA256.hash(data: sql).prefix(8).map { String(format: "%02x", $0) }.joined()
         // Two environments with one seed: the second waits for the first's template.
         return seedTemplateLock.withLock {
+            if knownSeedTemplates.contains(name) { return name }
             if (try? psql(port: port, sql: "SELECT 1 FROM pg_database WHERE datname = '\(name)' AND datistemplate AND NOT datallowconn"))?
-                .contains("1") == true { return name }
+                .contains("1") == true {
+                knownSeedTemplates.insert(name)
+                return name
+            }
             let password = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }.map { String(format: "%02x", $0) }.joined()
             do {
                 try state.allocate(Self.seedTemplateAllocation, name, to: Self.hostEnvironment)
@@ -337,6 +339,7 @@ extension LocalDriver {
                     ALTER ROLE "\(name)" NOLOGIN PASSWORD NULL;
                     ALTER DATABASE "\(name)" IS_TEMPLATE true ALLOW_CONNECTIONS false;
                     """)
+                knownSeedTemplates.insert(name)
                 return name
             } catch {
                 _ = try? psql(port: port, sql: "DROP DATABASE IF EXISTS \"\(name)\" WITH (FORCE); DROP ROLE IF EXISTS \"\(name)\";")
@@ -347,6 +350,84 @@ extension LocalDriver {
     }
 
     static let seedTemplateAllocation = "postgres-seed-template"
+
+    /// Makes `target` (whose role exists) out of a ready copy of `template`, renamed: the
+    /// copy's files were made ahead, so this costs a rename and the ownership change of
+    /// `copyDatabase`. False, with nothing made, when no copy is ready.
+    func takeSpareSeed(port: Int, template: String, target: String, progress: (String) -> Void) throws -> Bool {
+        guard let spare = spareSeedsLock.withLock({ spareSeeds[template]?.popFirst() }) else { return false }
+        progress("taking \(spare), a copy of \(template) made ahead, as \(target)")
+        do {
+            // (The copy allowed no connection and belonged to the superuser: nobody used it.)
+            try psql(port: port, sql: """
+                ALTER DATABASE "\(spare)" RENAME TO "\(target)";
+                ALTER DATABASE "\(target)" OWNER TO "\(target)";
+                ALTER DATABASE "\(target)" ALLOW_CONNECTIONS true;
+                REVOKE CONNECT, TEMPORARY ON DATABASE "\(target)" FROM PUBLIC;
+                GRANT CONNECT, TEMPORARY ON DATABASE "\(target)" TO "\(target)";
+                \\connect "\(target)"
+                \(Self.reassignment(from: template, to: target))
+                """)
+        } catch {
+            // Renamed but not handed over: the caller drops it. Not renamed (the copy was gone): copy otherwise.
+            if try psql(port: port, sql: "SELECT 1 FROM pg_database WHERE datname = '\(target)'").contains("1") { throw error }
+            try? state.release(Self.seedTemplateAllocation, spare)
+            return false
+        }
+        try? state.release(Self.seedTemplateAllocation, spare)
+        return true
+    }
+
+    /// In the copy, the template's role owns what the seed made and holds grants: all of it goes
+    /// to the target's role. (REASSIGN and DROP OWNED also reach shared objects, so the source
+    /// database is the superuser's for the moment, and its role's grant on it is given back; the
+    /// transaction holds the source's row, so two of these never interleave.) Run in the target.
+    static func reassignment(from source: String, to target: String) -> String {
+        """
+        BEGIN;
+        ALTER DATABASE "\(source)" OWNER TO postgres;
+        REASSIGN OWNED BY "\(source)" TO "\(target)";
+        DROP OWNED BY "\(source)";
+        ALTER DATABASE "\(source)" OWNER TO "\(source)";
+        GRANT CONNECT, TEMPORARY ON DATABASE "\(source)" TO "\(source)";
+        COMMIT;
+        """
+    }
+
+    /// Makes `Options.spareSeedCopies` ready copies of `template` in the background (the ones
+    /// already there, from before a restart, are counted).
+    func refillSpareSeeds(port: Int, template: String) {
+        guard options.spareSeedCopies > 0 else { return }
+        spareRefill.enter()
+        Thread.detachNewThread { [self] in
+            defer { spareRefill.leave() }
+            spareRefillLock.withLock {
+                let stem = "g_spare_" + template.dropFirst("g_seed_".count) + "_"
+                guard let listed = try? psql(port: port, sql: "SELECT datname FROM pg_database WHERE datname LIKE '\(stem)%'") else { return }
+                let present = Set(listed.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) })
+                for index in 0..<options.spareSeedCopies {
+                    let spare = stem + String(index)
+                    let ready = spareSeedsLock.withLock { spareSeeds[template, default: []].contains(spare) }
+                    if ready { continue }
+                    if !present.contains(spare) {
+                        do {
+                            try state.allocate(Self.seedTemplateAllocation, spare, to: Self.hostEnvironment)
+                            try psql(port: port, sql: """
+                                CREATE DATABASE "\(spare)" TEMPLATE "\(template)" ALLOW_CONNECTIONS false;
+                                REVOKE CONNECT, TEMPORARY ON DATABASE "\(spare)" FROM PUBLIC;
+                                """)
+                        } catch {
+                            _ = try? psql(port: port, sql: "DROP DATABASE IF EXISTS \"\(spare)\";")
+                            try? state.release(Self.seedTemplateAllocation, spare)
+                            logger.warning("could not make a ready copy of a seed template", metadata: ["database": "\(spare)", "error": "\(error)"])
+                            return
+                        }
+                    }
+                    spareSeedsLock.withLock { _ = spareSeeds[template, default: []].insert(spare) }
+                }
+            }
+        }
+    }
 
     /// psql as an environment's code would run it: to its own database as its role, at the address
     /// its network reaches the server (the password in `PGPASSWORD`).

@@ -202,6 +202,8 @@ extension LocalDriver {
     }
 
     public func shutdown() {
+        // A ready copy being made finishes first (the server stops below with the rest).
+        _ = spareRefill.wait(timeout: .now() + 30)
         let records = (try? state.allServices()) ?? []
         for record in records {
             if let pid = record.pid { ProcessControl.stopGroup(pid, grace: options.stopGrace) }

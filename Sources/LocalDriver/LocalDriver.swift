@@ -39,6 +39,10 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         /// A seed that is plain SQL (no psql meta-command) runs once per content into a template
         /// database; environments seeded with it get a file copy of that (see `seedTemplate`).
         public var seedTemplates = true
+        /// Copies of each seed template kept ready (`g_spare_<hash>_<k>`): an environment seeded
+        /// with it takes one by renaming it, and CREATE DATABASE (100–250 ms here) runs afterwards,
+        /// off the apply, to make the next one. 0 copies on demand only.
+        public var spareSeedCopies = 2
         /// Crash restarts: the first at once, the k-th after `restartBackoff`·2^(k-1) seconds, capped.
         public var restartBackoff = 1.0
         public var maxRestartBackoff = 60.0
@@ -76,8 +80,16 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     let shared = NSRecursiveLock()
     /// Environments with an apply or teardown under way: supervision leaves their processes alone.
     var busy: Set<String> = []
-    /// Held while a seed's template is made (seeds may run long: not under `shared`).
+    /// Held while a seed's template is made (seeds may run long: not under `shared`), and the
+    /// templates seen made (a copy that fails forgets its template: it is looked for again).
     let seedTemplateLock = NSLock()
+    var knownSeedTemplates: Set<String> = []
+    /// The ready copies of each seed template, by template, and the lock that guards them.
+    var spareSeeds: [String: Set<String>] = [:]
+    let spareSeedsLock = NSLock()
+    /// Making spare copies (one at a time, in the background); `shutdown` waits for it.
+    let spareRefill = DispatchGroup()
+    let spareRefillLock = NSLock()
     /// Crash-restart backoff: next allowed restart time per "env/service".
     var nextRestart: [String: Date] = [:]
     /// The routing domain of the last applied revision, for `${env.domain}` on a crash restart.

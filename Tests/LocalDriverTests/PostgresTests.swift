@@ -178,6 +178,38 @@ import StateStore
         let shop = try databaseURL(harness, "shop")
         try Shell.check(try harness.inEnvironment("shop", ["psql", shop, "-c", "insert into users values ('x')"]))
         #expect(try Shell.check(try harness.inEnvironment("store", ["psql", try databaseURL(harness, "store"), "-At", "-c", "select count(*) from users"])).contains("2"))
+
+        // Copies of the template are made ahead, closed to everyone; the next environment seeded
+        // with it is one of them, renamed and handed over like any copy.
+        func spares() throws -> [String: String] {
+            let rows = try harness.driver.psql(port: port, sql: "SELECT datname || ' ' || oid || ' ' || datallowconn FROM pg_database WHERE datname LIKE 'g_spare_%'")
+            return Dictionary(uniqueKeysWithValues: rows.split(separator: "\n").map { line in
+                let parts = line.split(separator: " ").map(String.init)
+                return (parts[0], parts[1] + " " + parts[2])
+            })
+        }
+        let filled = try eventually(20) { try spares().count == 2 }
+        let seen = (try? spares()) ?? [:]
+        #expect(filled, "\(seen)")
+        let ready = try spares()
+        #expect(ready.values.allSatisfy { $0.hasSuffix(" false") }, "\(ready)")
+        try writeEnvironment(repo, "stall", options: "seed: db/seed.sql")
+        try repo.commit("a third shop with the same seed")
+        #expect(try harness.pass().applied.contains("stall"), "\(harness.diagnose("stall"))")
+        let stall = LocalDriver.postgresName(environment: "stall", database: "main")
+        let oid = try harness.driver.psql(port: port, sql: "SELECT oid FROM pg_database WHERE datname = '\(stall)'").trimmingCharacters(in: .whitespacesAndNewlines)
+        #expect(ready.values.map { String($0.split(separator: " ")[0]) }.contains(oid), "\(oid) is not one of \(ready)")
+        let url = try databaseURL(harness, "stall")
+        let role = String(url.dropFirst("postgres://".count).prefix { $0 != ":" })
+        let owners = try Shell.check(try harness.inEnvironment("stall", ["psql", url, "-At", "-c",
+            "select string_agg(distinct pg_get_userbyid(relowner), ',') || ' ' || (select count(*) from users) from pg_class where relname in ('users', 'ids')"]))
+        #expect(owners.trimmingCharacters(in: .whitespacesAndNewlines) == "\(role) 2", "stall: \(owners)")
+        // The template's role owns nothing in it, and the template is still the template.
+        let leftovers = try harness.driver.psql(port: port, sql: "SELECT count(*) FROM pg_shdepend d JOIN pg_database b ON b.oid = d.dbid WHERE b.datname = '\(stall)' AND d.refobjid = (SELECT oid FROM pg_roles WHERE rolname = '\(template)')")
+        #expect(leftovers.trimmingCharacters(in: .whitespacesAndNewlines) == "0")
+        #expect(try harness.driver.psql(port: port, sql: "SELECT pg_get_userbyid(datdba) FROM pg_database WHERE datname = '\(template)'").trimmingCharacters(in: .whitespacesAndNewlines) == template)
+        // Another copy is made to take its place.
+        #expect(try eventually(20) { try spares().count == 2 && !spares().values.contains { $0.hasPrefix(oid + " ") } })
     }
 
     /// A seed is the environment's code: psql's `\\!` and `\\copy ... to program` in it run as the
