@@ -357,6 +357,8 @@ if runs("isolation") {
 // MARK: 3c. A burst: 200 branches pushed at once, each a preview, until all serve HTTP 200 — applies on
 // the operations pool, and one at a time (a pool of one) in the same run.
 if runs("burst") {
+    // (GANTRY_BENCH_BURST=N pushes N instead, to look at where the time goes.)
+    let count = ProcessInfo.processInfo.environment["GANTRY_BENCH_BURST"].flatMap { Int($0) } ?? 200
     var figures: [Int: Double] = [:]
     let pool = Reconciler.Options().maxConcurrentOperations
     for limit in [pool, 1] {
@@ -376,7 +378,7 @@ if runs("burst") {
         let main = try repo.git("rev-parse", "main")
         let web = try String(contentsOfFile: repo.path + "/environments/web.yaml", encoding: .utf8)
         var input = ""
-        for index in 0..<200 {
+        for index in 0..<count {
             let commit = try commitFile(repo, parent: main, path: "environments/web.yaml",
                                         content: web + "  services:\n    web: {env: {GREETING: burst \(index)}}\n", message: "burst \(index)")
             input += "create refs/heads/burst/\(index) \(commit)\n"
@@ -387,7 +389,7 @@ if runs("burst") {
         let elapsed = try time {
             judged = try time { try bench.reconciler.runPass(waitForOperations: false) }
             applied = try time { try bench.reconciler.runPass() }
-            for index in 0..<200 {
+            for index in 0..<count {
                 let name = "web--burst-\(index)"
                 guard let port = try bench.store.services(of: name).first?.port else { continue }
                 let address = LocalDriver.address(of: name, in: bench.store)
@@ -396,12 +398,12 @@ if runs("burst") {
             }
         }
         let serving = try bench.store.environments().filter { $0.name.hasPrefix("web--burst-") && $0.phase == .running }.count
-        if serving != 200 { say("  warning: \(serving) of 200 burst previews are running") }
+        if serving != count { say("  warning: \(serving) of \(count) burst previews are running") }
         figures[limit] = elapsed
-        say("200 previews pushed at once -> all serving HTTP 200, \(limit) at a time: \(String(format: "%.2f s", elapsed)) (at most \(bench.reconciler.operations.highWater) ran at once; the pass that judged them took \(String(format: "%.2f s", judged)), then the applies \(String(format: "%.2f s", applied)))")
+        say("\(count) previews pushed at once -> all serving HTTP 200, \(limit) at a time: \(String(format: "%.2f s", elapsed)) (at most \(bench.reconciler.operations.highWater) ran at once; the pass that judged them took \(String(format: "%.2f s", judged)), then the applies \(String(format: "%.2f s", applied)))")
     }
     if let concurrent = figures[pool], let sequential = figures[1] {
-        say(String(format: "burst of 200 previews: %.2f s on the pool of %d | baseline one at a time: %.2f s | ratio %.2fx", concurrent, pool, sequential, concurrent / sequential))
+        say(String(format: "burst of \(count) previews: %.2f s on the pool of %d | baseline one at a time: %.2f s | ratio %.2fx", concurrent, pool, sequential, concurrent / sequential))
     }
 }
 

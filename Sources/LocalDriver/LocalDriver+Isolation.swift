@@ -109,11 +109,12 @@ extension LocalDriver {
             let temporary = path + ".\(getpid()).new"
             guard FileManager.default.createFile(atPath: temporary, contents: Data(text.utf8), attributes: [.posixPermissions: 0o600]),
                   rename(temporary, path) == 0 else { return false }
-            // What the earlier holder left in the host's shared places is not handed on. (A network
-            // it left is reused: its addresses are the uid's, and its host-side rules are rewritten
-            // when the environment's first process starts.)
+            // What the earlier holder left in the host's shared places is not handed on, nor the
+            // network it left: its link may still be in that Gantry's host table, whose rules are
+            // not this one's. It is made again when the environment's first process starts.
             Self.scrubSharedFiles(of: uid)
-            networkRules[uid] = nil
+            networks.remove(uid: uid, everywhere: true)
+            networksMade.remove(uid)
             return (try? String(contentsOfFile: path, encoding: .utf8)) == text
         }
     }

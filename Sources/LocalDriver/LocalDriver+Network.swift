@@ -16,7 +16,7 @@ extension LocalDriver {
     public static var networkSupport: String? { geteuid() == 0 ? Networks.hostSupport : "not root" }
 
     /// How environments' networks are laid out.
-    public static let networkSummary = "addresses in \(Networks.environmentRange), only route to the gateway \(Networks.gateway) where PostgreSQL and the router listen; nftables rules per environment"
+    public static let networkSummary = "addresses in \(Networks.environmentRange), only route to the gateway \(Networks.gateway) where PostgreSQL and the router listen; nftables rules in each namespace and one host table for the environments' links"
 
     /// Where the router must also listen for environments in networks of their own to reach
     /// routes (the gateway, made here if needed); nil when environments share the host's network.
@@ -30,28 +30,24 @@ extension LocalDriver {
         try state.services(of: Self.hostEnvironment).filter { $0.name == Self.postgresRecord }.map(\.port) + (routerPort.map { [$0] } ?? [])
     }
 
-    /// Rewrites the host-side rules of every network when the allowed ports changed (the router
-    /// started, PostgreSQL moved; the first pass of a Gantry writes each once, since an earlier
-    /// Gantry may have allowed others). Every other pass costs one comparison.
+    /// Rewrites the host-side rules when the allowed ports changed (the router started,
+    /// PostgreSQL moved; the first pass of a Gantry writes them once, since an earlier Gantry may
+    /// have allowed others). Every other pass costs one comparison; a failed write is tried again
+    /// at the next pass.
     func refreshNetworkRules() {
-        shared.withLock { refreshRules() }
+        try? writeHostRules()
     }
 
-    private func refreshRules() {
-        guard isolatesNetwork, let ports = try? gatewayPorts(), refreshedPorts != ports else { return }
-        var complete = true
-        for environment in Set(((try? state.allServices()) ?? []).map(\.environment)) where environment != Self.hostEnvironment {
-            for uid in ((try? state.allocations(Self.uidAllocation, of: environment)) ?? []).compactMap({ uid_t($0) })
-            where networkRules[uid] != ports && Networks.exists(uid) {
-                if (try? Networks.run(["nft", "-f", "-"], input: networks.rules(uid: uid, gatewayPorts: ports))) != nil {
-                    networkRules[uid] = ports
-                } else {
-                    complete = false
-                }
-            }
+    /// Writes the host table (one transaction: every environment's link keeps its place in it)
+    /// unless it already allows exactly the gateway's current ports.
+    func writeHostRules() throws {
+        guard isolatesNetwork else { return }
+        try shared.withLock {
+            let ports = try gatewayPorts()
+            guard refreshedPorts != ports else { return }
+            try Networks.run(["nft", "-f", "-"], input: networks.hostRules(gatewayPorts: ports))
+            refreshedPorts = ports
         }
-        // (A network whose rules could not be written is tried again at the next pass.)
-        if complete { refreshedPorts = ports }
     }
 
     /// Where the host reaches an environment's services: its own address, or loopback when it
@@ -66,8 +62,8 @@ extension LocalDriver {
     @discardableResult
     func network(of environment: String, user uid: uid_t?) throws -> uid_t? {
         guard isolatesNetwork, environment != Self.hostEnvironment, let uid else { return nil }
-        let ports = try gatewayPorts()
-        if shared.withLock({ networkRules[uid] == ports }), Networks.isComplete(uid) { return uid }
+        try writeHostRules()
+        if shared.withLock({ networksMade.contains(uid) }), Networks.isComplete(uid) { return uid }
         let address = Networks.addresses(index: Networks.index(of: uid)).environment
         // The network of an earlier uid of the environment (its claim was lost) goes.
         for stale in try state.allocations(Self.networkAllocation, of: environment) where stale != address {
@@ -77,8 +73,8 @@ extension LocalDriver {
             networks.remove(uid: other)
         }
         try state.allocate(Self.networkAllocation, address, to: environment)
-        _ = try networks.ensure(uid: uid, gatewayPorts: ports)
-        shared.withLock { networkRules[uid] = ports }
+        _ = try networks.ensure(uid: uid)
+        shared.withLock { _ = networksMade.insert(uid) }
         return uid
     }
 
@@ -87,7 +83,7 @@ extension LocalDriver {
     func removeNetwork(of environment: String, keepingAddress: Bool = false) {
         for uid in ((try? state.allocations(Self.uidAllocation, of: environment)) ?? []).compactMap({ uid_t($0) }) {
             networks.remove(uid: uid)
-            shared.withLock { networkRules[uid] = nil }
+            shared.withLock { _ = networksMade.remove(uid) }
         }
         guard !keepingAddress else { return }
         for address in (try? state.allocations(Self.networkAllocation, of: environment)) ?? [] {
@@ -111,6 +107,14 @@ extension LocalDriver {
             guard let uid = uid_t(entry) else { continue }
             owners[uid] = (try? String(contentsOfFile: registry + "/" + entry, encoding: .utf8)) ?? ""
         }
+        // The host table of a Gantry whose state directory is gone (its comment names it, as a claim does).
+        for table in networks.abandonedHostTables(isStale: { owner in
+            guard let space = owner.lastIndex(of: " ") else { return false }
+            return Self.claimIsStale("\(owner[..<space])\n\n\(owner[owner.index(after: space)...])\n")
+        }) {
+            logger.notice("removing the host table of a Gantry whose state directory is gone", metadata: ["table": "\(table)"])
+            _ = try? Networks.run(["nft", "delete", "table", "inet", table])
+        }
         // (An empty claim is one being written: left to the claimers.)
         let abandoned = owners.filter { !$0.value.isEmpty && Self.claimIsStale($0.value) }.map(\.key)
         let orphans = Set(namespaces).subtracting(owners.keys)
@@ -127,7 +131,7 @@ extension LocalDriver {
                     logger.warning("stopping the processes of uid \(uid): the state directory that ran them (\(owner)) is gone")
                     ProcessControl.killEveryProcess(of: uid)
                 }
-                networks.remove(uid: uid)
+                networks.remove(uid: uid, everywhere: true)
                 Self.scrubSharedFiles(of: uid)
                 unlink(path)
             }
@@ -136,7 +140,7 @@ extension LocalDriver {
             withRegistryLock(otherwise: ()) {
                 // Claimed meanwhile: another Gantry's environment is being made in it.
                 guard !FileManager.default.fileExists(atPath: registry + "/\(uid)"), ProcessControl.processes(ownedBy: uid).isEmpty else { return }
-                networks.remove(uid: uid)
+                networks.remove(uid: uid, everywhere: true)
             }
         }
     }

@@ -214,6 +214,9 @@ extension LocalDriver {
             // Nothing runs in its network any more: it is made again when its services start.
             removeNetwork(of: environment, keepingAddress: true)
         }
+        // No network of this Gantry is left: its host table goes too (made again when one is).
+        networks.removeHostTable()
+        shared.withLock { refreshedPorts = nil }
         cgroups.removeEmpty()
     }
 }

@@ -101,9 +101,9 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     let cgroups: ControlGroups
     /// The environments' network namespaces (inactive without root or the tools).
     let networks: Networks
-    /// The gateway ports last written into each environment's host-side rules (by uid).
-    var networkRules: [uid_t: [Int]] = [:]
-    /// The gateway ports every network's rules were last brought to (`refreshNetworkRules`).
+    /// The uids whose networks this process made or checked (their links are in the host table).
+    var networksMade: Set<uid_t> = []
+    /// The gateway ports the host table's rules were last written with (`writeHostRules`).
     var refreshedPorts: [Int]?
     /// The router's port, when environments reach it at the gateway (`GANTRY_ROUTER`).
     public var routerPort: Int?
@@ -121,7 +121,8 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         self.instance = digest.prefix(6).map { String(format: "%02x", $0) }.joined()
         instanceToken = Self.instanceToken(of: self.stateDirectory)
         cgroups = ControlGroups(instance: instance, enabled: options.useControlGroups)
-        networks = Networks(enabled: options.isolateNetwork && options.isolateUsers)
+        networks = Networks(enabled: options.isolateNetwork && options.isolateUsers, instance: instance,
+                            owner: "\(self.stateDirectory.path) \(instanceToken)")
         secureStateDirectory()
         collectAbandoned()
         try? state.setMeta("isolation", isolationSummary)

@@ -13,10 +13,13 @@ import Glibc
 ///   `<address>:PORT`, and only there: no other environment can bind or answer for it.
 /// - Inside, the only route leads to the gateway, `10.200.0.1` (on the host's loopback device),
 ///   where the instance's PostgreSQL listens. The host's end (`gantry<uid>`) forwards nothing,
-///   and a table of nftables rules per environment (`inet gantry_<uid>`) drops every connection
-///   the environment opens towards the host except to the ports it was given (PostgreSQL's), so
-///   servers the host runs on all its addresses stay out of reach; so do other environments and
-///   the outside world (the egress proxy will be the way out).
+///   and one table of nftables rules per Gantry (`inet gantry_host_<instance>`, whose set `envs`
+///   holds its environments' links) drops every connection an environment opens towards the host
+///   except to the instance's gateway ports (PostgreSQL's, the router's), at most
+///   `connectionsPerPort` at once per environment and port, so servers the host runs on all its
+///   addresses stay out of reach; so do other environments and the outside world (the egress
+///   proxy will be the way out). One table rather than one per environment: nft reads every
+///   table of the host on each call, and a table per environment made each new one slower.
 struct Networks: Sendable {
     /// Connections an environment may hold at once to each port of the gateway.
     static let connectionsPerPort = 32
@@ -32,12 +35,21 @@ struct Networks: Sendable {
     /// Why there are no namespaces (nil: there are).
     let unavailable: String?
     var enabled: Bool { unavailable == nil }
+    /// The host-side table of this Gantry (its instance: one per state directory), and what its
+    /// comment says of its owner: the state directory and its token, as a uid claim does (a table
+    /// whose owner is gone is removed by the next Gantry that starts, `LocalDriver.collectAbandoned`).
+    let hostTable: String
+    let owner: String
 
-    init(enabled: Bool) {
+    init(enabled: Bool, instance: String, owner: String) {
+        hostTable = Self.hostTablePrefix + instance
+        self.owner = owner.allSatisfy { $0 != "\"" && $0 != "\n" && $0 != "\\" } ? owner : ""
         guard enabled else { unavailable = "turned off"; return }
         guard geteuid() == 0 else { unavailable = "not root: network namespaces need privileges"; return }
         unavailable = Self.hostSupport
     }
+
+    static let hostTablePrefix = "gantry_host_"
 
     /// Whether this host can make namespaces and nftables rules: checked once per process.
     static let hostSupport: String? = {
@@ -68,7 +80,8 @@ struct Networks: Sendable {
     static func namespace(_ uid: uid_t) -> String { "gantry-\(uid)" }
     static func namespacePath(_ uid: uid_t) -> String { "/run/netns/" + namespace(uid) }
     static func hostInterface(_ uid: uid_t) -> String { "gantry\(uid)" }
-    static func table(_ uid: uid_t) -> String { "gantry_\(uid)" }
+    /// The per-environment table earlier versions made (removed with the environment's network).
+    static func legacyTable(_ uid: uid_t) -> String { "gantry_\(uid)" }
 
     /// Where a uid's addresses are in the range: 65536 consecutive uids (the default range
     /// 200000–265535) never share one.
@@ -91,10 +104,10 @@ struct Networks: Sendable {
         return [tool("nsenter") ?? "nsenter", "--net=" + namespacePath(uid), "--"] + command
     }
 
-    /// Makes (or completes) the environment's namespace and link, and writes its host-side rules
-    /// allowing `gatewayPorts`. Returns the environment's address. Made in one script (each
-    /// tool started from Gantry costs more than the script's steps).
-    func ensure(uid: uid_t, gatewayPorts: [Int]) throws -> String {
+    /// Makes (or completes) the environment's namespace and link, and puts the link in the host
+    /// table's set (`writeHostRules` made the table). Returns the environment's address. Made in
+    /// one script (each tool started from Gantry costs more than the script's steps).
+    func ensure(uid: uid_t) throws -> String {
         guard enabled else { throw LocalDriverError("network namespaces are not available: \(unavailable ?? "")") }
         let (host, environment) = Self.addresses(index: Self.index(of: uid))
         let namespace = Self.namespace(uid), interface = Self.hostInterface(uid)
@@ -106,7 +119,7 @@ struct Networks: Sendable {
             ip -n \(namespace) -o -4 route show \(Self.gateway) | grep -q . &&
             nsenter --net=\(Self.namespacePath(uid)) -- nft list table ip gantry >/dev/null
             """])) != nil {
-            try Self.run(["nft", "-f", "-"], input: rules(uid: uid, gatewayPorts: gatewayPorts))
+            try Self.run(["nft", "add", "element", "inet", hostTable, "envs", "{ \"\(interface)\" }"])
             return environment
         }
         do {
@@ -158,9 +171,7 @@ struct Networks: Sendable {
                   }
                 }
                 RULES
-                nft -f - <<'RULES'
-                \(rules(uid: uid, gatewayPorts: gatewayPorts))
-                RULES
+                nft add element inet \(hostTable) envs '{ "\(interface)" }'
                 """])
         } catch {
             remove(uid: uid)
@@ -169,30 +180,34 @@ struct Networks: Sendable {
         return environment
     }
 
-    /// The host's rules for the environment's link, replacing the earlier ones as one transaction.
-    func rules(uid: uid_t, gatewayPorts: [Int]) -> String {
-        let interface = Self.hostInterface(uid), table = Self.table(uid)
-        // Each port at most `connectionsPerPort` connections at once (one environment cannot take
-        // every PostgreSQL connection slot, even without a password).
-        let allowed = gatewayPorts.sorted().map { port in
-            "    iifname \"\(interface)\" ip daddr \(Self.gateway) tcp dport \(port) ct count over \(Self.connectionsPerPort) reject with tcp reset\n"
-                + "    iifname \"\(interface)\" ip daddr \(Self.gateway) tcp dport \(port) accept\n"
-        }.joined()
+    /// The host's rules for every environment's link (the links in the set `envs`), allowing the
+    /// gateway's `gatewayPorts`: written as one transaction, the set's members kept.
+    func hostRules(gatewayPorts: [Int]) -> String {
+        let table = "inet \(hostTable)"
+        let ports = gatewayPorts.sorted()
+        let match = ports.count == 1 ? "\(ports[0])" : "{ \(ports.map(String.init).joined(separator: ", ")) }"
+        // Each port at most `connectionsPerPort` connections at once per environment (its address:
+        // one environment cannot take every PostgreSQL connection slot, even without a password).
+        let allowed = ports.isEmpty ? "" : """
+            add rule \(table) input ip daddr \(Self.gateway) tcp dport \(match) add @connections { ip saddr . tcp dport ct count over \(Self.connectionsPerPort) } reject with tcp reset
+            add rule \(table) input ip daddr \(Self.gateway) tcp dport \(match) accept
+
+            """
         return """
-            table inet \(table)
-            delete table inet \(table)
-            table inet \(table) {
-              chain input {
-                type filter hook input priority 0; policy accept;
-                iifname "\(interface)" ct state established,related accept
-            \(allowed)    iifname "\(interface)" drop
-              }
-              chain forward {
-                type filter hook forward priority 0; policy accept;
-                iifname "\(interface)" drop
-                oifname "\(interface)" drop
-              }
+            table \(table) {
+              comment "\(owner)"
+              set envs { type ifname; }
+              set connections { type ipv4_addr . inet_service; size 65535; flags dynamic; }
+              chain input { type filter hook input priority 0; policy accept; }
+              chain forward { type filter hook forward priority 0; policy accept; }
             }
+            flush chain \(table) input
+            flush chain \(table) forward
+            add rule \(table) input iifname != @envs accept
+            add rule \(table) input ct state established,related accept
+            \(allowed)add rule \(table) input drop
+            add rule \(table) forward iifname @envs drop
+            add rule \(table) forward oifname @envs drop
 
             """
     }
@@ -206,15 +221,41 @@ struct Networks: Sendable {
         try run(["/bin/sh", "-c", gatewayScript])
     }
 
-    /// Removes the environment's rules, link and namespace (each may already be gone).
-    func remove(uid: uid_t) {
+    /// Removes the environment's link, namespace and place in the host table (each may already
+    /// be gone); `everywhere` also takes the link out of every other Gantry's table (a uid whose
+    /// Gantry is gone: that table's rules must never reach the uid's next owner).
+    func remove(uid: uid_t, everywhere: Bool = false) {
         guard enabled else { return }
+        let interface = Self.hostInterface(uid)
+        let tables = everywhere ? "$(nft list tables | sed -n 's/^table inet \\(\(Self.hostTablePrefix)[0-9a-f]*\\)$/\\1/p')" : hostTable
         _ = try? Self.run(["/bin/sh", "-c", """
-            nft delete table inet \(Self.table(uid)) 2>/dev/null
-            ip link del \(Self.hostInterface(uid)) 2>/dev/null
+            for table in \(tables); do nft delete element inet "$table" envs '{ "\(interface)" }' 2>/dev/null; done
+            nft delete table inet \(Self.legacyTable(uid)) 2>/dev/null
+            ip link del \(interface) 2>/dev/null
             ip netns del \(Self.namespace(uid)) 2>/dev/null
             true
             """])
+    }
+
+    /// Removes this Gantry's host table (every network is gone: `LocalDriver.shutdown`).
+    func removeHostTable() {
+        guard enabled else { return }
+        _ = try? Self.run(["/bin/sh", "-c", "nft delete table inet \(hostTable) 2>/dev/null; true"])
+    }
+
+    /// The host tables of other Gantry instances whose state directory is gone, by name.
+    func abandonedHostTables(isStale: (String) -> Bool) -> [String] {
+        guard enabled, let listed = try? Self.run(["nft", "list", "tables"]) else { return [] }
+        return listed.split(separator: "\n").compactMap { line -> String? in
+            let prefix = "table inet " + Self.hostTablePrefix
+            guard line.hasPrefix(prefix), String(line.dropFirst("table inet ".count)) != hostTable else { return nil }
+            let name = String(line.dropFirst("table inet ".count))
+            guard let text = try? Self.run(["nft", "list", "table", "inet", name]),
+                  let comment = text.split(separator: "\n").first(where: { $0.trimmingCharacters(in: .whitespaces).hasPrefix("comment ") })
+            else { return nil }
+            let owner = comment.trimmingCharacters(in: .whitespaces).dropFirst("comment ".count).trimmingCharacters(in: CharacterSet(charactersIn: "\""))
+            return isStale(owner) ? name : nil
+        }
     }
 
     /// Whether the environment of `uid` has its namespace.

@@ -215,7 +215,8 @@ struct IsolationTests {
         #expect(try harness.pass().destroyed.contains(name))
         #expect(!FileManager.default.fileExists(atPath: "/run/netns/gantry-\(uid)"))
         #expect(!FileManager.default.fileExists(atPath: "/sys/class/net/gantry\(uid)"))
-        #expect(!(try Shell.check(["nft", "list", "tables"])).contains("gantry_\(uid)"))
+        let hostTable = try Shell.check(["nft", "list", "table", "inet", harness.driver.networks.hostTable])
+        #expect(!hostTable.contains("\"gantry\(uid)\""), "\(hostTable)")
         #expect(try harness.get("web")?.contains("hello from web") == true)
     }
 
@@ -248,12 +249,39 @@ struct IsolationTests {
             return
         }
         let uid = try #require(try harness.driver.user(of: "web"))
-        func rules() throws -> String { try Shell.check(["nft", "list", "table", "inet", "gantry_\(uid)"]) }
-        #expect(try !rules().contains("dport 48123"))
+        func rules() throws -> String { try Shell.check(["nft", "list", "table", "inet", harness.driver.networks.hostTable]) }
+        let before = try rules()
+        #expect(!before.contains("48123") && before.contains("\"gantry\(uid)\""), "\(before)")
         harness.driver.routerPort = 48123
         _ = harness.driver.supervise()
         let opened = try rules()
         #expect(opened.contains("tcp dport 48123 accept") && opened.contains("ct count over \(Networks.connectionsPerPort)"), "\(opened)")
+        // The links keep their place in the table when its rules are written again.
+        #expect(opened.contains("\"gantry\(uid)\""), "\(opened)")
+    }
+
+    /// The host table of a Gantry whose state directory is gone is removed by the next Gantry
+    /// that starts (its rules would otherwise reach whoever gets its environments' uids); a live
+    /// Gantry's table stays; a Gantry that stops everything takes its own table with it.
+    @Test func hostTablesOfGoneStateDirectoriesAreRemovedAndLiveOnesKept() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let live = try Harness(repo: repo)
+        try live.pass()
+        guard live.driver.isolatesNetwork else {
+            Issue.record("network namespaces are unavailable: \(live.driver.networks.unavailable ?? "")")
+            return
+        }
+        let gone = "gantry_host_0ff1ce0ff1ce"
+        try Shell.check(["nft", "-f", "-"], input: "table inet \(gone) {\n comment \"/tmp/gantry-gone-\(UUID().uuidString) 00112233445566778899aabbccddeeff\"\n set envs { type ifname; }\n}\n")
+        defer { _ = try? Shell.run(["nft", "delete", "table", "inet", gone]) }
+        let other = try Harness(repo: try TestRepository())
+        let tables = try Shell.check(["nft", "list", "tables"])
+        #expect(!tables.contains(gone), "\(tables)")
+        #expect(tables.contains(live.driver.networks.hostTable), "\(tables)")
+        _ = other
+        live.driver.shutdown()
+        #expect(try !Shell.check(["nft", "list", "tables"]).contains(live.driver.networks.hostTable))
     }
 
     /// A Gantry killed with SIGKILL leaves the groups of what it was running; the next start
