@@ -314,6 +314,7 @@ extension LocalDriver {
         let name = "g_seed_" + SHA256.hash(data: sql).prefix(8).map { String(format: "%02x", $0) }.joined()
         // Two environments with one seed: the second waits for the first's template.
         return seedTemplateLock.withLock {
+            noteSeedTemplateUse(name)
             if knownSeedTemplates.contains(name) { return name }
             if (try? psql(port: port, sql: "SELECT 1 FROM pg_database WHERE datname = '\(name)' AND datistemplate AND NOT datallowconn"))?
                 .contains("1") == true {
@@ -340,6 +341,7 @@ extension LocalDriver {
                     ALTER DATABASE "\(name)" IS_TEMPLATE true ALLOW_CONNECTIONS false;
                     """)
                 knownSeedTemplates.insert(name)
+                dropIdleSeedTemplates(port: port, keeping: name)
                 return name
             } catch {
                 _ = try? psql(port: port, sql: "DROP DATABASE IF EXISTS \"\(name)\" WITH (FORCE); DROP ROLE IF EXISTS \"\(name)\";")
@@ -350,6 +352,49 @@ extension LocalDriver {
     }
 
     static let seedTemplateAllocation = "postgres-seed-template"
+    /// When each seed template was last asked for (state DB meta: name → seconds since 1970).
+    static let seedTemplateUseKey = "postgres-seed-templates-used"
+
+    /// Records that `template` is being used now (under `seedTemplateLock`).
+    func noteSeedTemplateUse(_ template: String) {
+        var used = ((try? state.meta(Self.seedTemplateUseKey, as: [String: Double].self)) ?? nil) ?? [:]
+        used[template] = Date().timeIntervalSince1970
+        try? state.setMeta(Self.seedTemplateUseKey, used)
+    }
+
+    /// Beyond `Options.keptSeedTemplates`, drops the templates used least recently (with their
+    /// ready copies and their roles), each only when unused for `Options.seedTemplateIdle`
+    /// seconds: a copy being made from one, or handed over, asked for it moments ago. Every agent
+    /// branch that edits a seed makes a template; without this they would pile up.
+    func dropIdleSeedTemplates(port: Int, keeping current: String) {
+        var used = ((try? state.meta(Self.seedTemplateUseKey, as: [String: Double].self)) ?? nil) ?? [:]
+        let templates = ((try? state.allocations(Self.seedTemplateAllocation, of: Self.hostEnvironment)) ?? []).filter { $0.hasPrefix("g_seed_") }
+        guard templates.count > options.keptSeedTemplates else { return }
+        let idleSince = Date().timeIntervalSince1970 - options.seedTemplateIdle
+        let oldestFirst = templates.filter { $0 != current }.sorted { (used[$0] ?? 0) < (used[$1] ?? 0) }
+        for template in oldestFirst.prefix(templates.count - options.keptSeedTemplates) where (used[template] ?? 0) < idleSince {
+            spareRefillLock.withLock {
+                let stem = "g_spare_" + template.dropFirst("g_seed_".count) + "_"
+                let spares = (0..<max(options.spareSeedCopies, 1)).map { stem + String($0) }
+                do {
+                    try psql(port: port, sql: spares.map { "DROP DATABASE IF EXISTS \"\($0)\";\n" }.joined() + """
+                        SELECT format('ALTER DATABASE %I IS_TEMPLATE false', datname) FROM pg_database WHERE datname = '\(template)' \\gexec
+                        DROP DATABASE IF EXISTS "\(template)";
+                        DROP ROLE IF EXISTS "\(template)";
+                        """)
+                } catch {
+                    logger.warning("could not drop an idle seed template", metadata: ["database": "\(template)", "error": "\(error)"])
+                    return
+                }
+                for name in spares + [template] { try? state.release(Self.seedTemplateAllocation, name) }
+                spareSeedsLock.withLock { spareSeeds[template] = nil }
+                knownSeedTemplates.remove(template)
+                used[template] = nil
+                logger.info("dropped an idle seed template and its ready copies", metadata: ["database": "\(template)"])
+            }
+        }
+        try? state.setMeta(Self.seedTemplateUseKey, used)
+    }
 
     /// Makes `target` (whose role exists) out of a ready copy of `template`, renamed: the
     /// copy's files were made ahead, so this costs a rename and the ownership change of

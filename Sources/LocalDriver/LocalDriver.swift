@@ -43,6 +43,10 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         /// with it takes one by renaming it, and CREATE DATABASE (100–250 ms here) runs afterwards,
         /// off the apply, to make the next one. 0 copies on demand only.
         public var spareSeedCopies = 2
+        /// Seed templates kept (with their ready copies): beyond this, the one used least recently
+        /// goes when a new one is made, provided it was not used for `seedTemplateIdle` seconds.
+        public var keptSeedTemplates = 8
+        public var seedTemplateIdle = 600.0
         /// Crash restarts: the first at once, the k-th after `restartBackoff`·2^(k-1) seconds, capped.
         public var restartBackoff = 1.0
         public var maxRestartBackoff = 60.0

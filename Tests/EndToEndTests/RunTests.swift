@@ -65,6 +65,38 @@ import TestSupport
         #expect(((after["services"] as? [[String: Any]])?.first?["phase"] as? String) == "Stopped")
     }
 
+    /// SIGTERM while an apply is under way: Gantry lets it finish and records it before it exits,
+    /// so the audit log ends with what runs (nothing is left half-applied and unrecorded).
+    @Test func aStopLetsTheApplyUnderWayFinishAndRecordsIt() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let state = TemporaryDirectory()
+        defer { killMarked(state: state.path) }
+        let run = try GantryProcess(["run", "--repo", repo.path, "--state", state.path, "--interval", "60", "--stop-on-exit",
+                                     "--router-port", "0"], log: state.path + "/run.log")
+        #expect(eventually(30) { running(state.path) == ["web", "status-page"] })
+        // A preview whose service takes 3 s to listen: its apply is under way for that long.
+        try repo.checkout("agents/slow", create: true)
+        let server = try String(contentsOfFile: repo.path + "/apps/hello/server.py", encoding: .utf8)
+        try repo.write("apps/hello/server.py", "import time\ntime.sleep(3)\n" + server)
+        let commit = try repo.commit("A slow start")
+        let applying = eventually(20, interval: 0.05) {
+            ((try? statusJSON(state.path)) ?? []).contains {
+                $0["name"] as? String == "web--agents-slow" && (($0["conditions"] as? [String]) ?? []).contains("Applying")
+            }
+        }
+        try #require(applying, "\((try? String(contentsOfFile: state.path + "/run.log", encoding: .utf8))?.suffix(2000) ?? "")")
+        let stopped = Date()
+        run.terminate()
+        #expect(Date().timeIntervalSince(stopped) < 30)
+        // The apply finished before the exit, and its record is written.
+        let note = try Shell.run(["git", "-C", repo.path, "notes", "--ref=gantry", "show", commit]).stdout
+        #expect(note.contains("event: applied") && note.contains("environment: web--agents-slow"), "\(note)")
+        let preview = try #require(try statusJSON(state.path).first { $0["name"] as? String == "web--agents-slow" })
+        #expect(preview["appliedCommit"] as? String == commit)
+        #expect(!((preview["conditions"] as? [String]) ?? []).contains("Applying"), "\(preview)")
+    }
+
     /// A push to a local repository wakes Gantry by itself (inotify on its refs): with a poll of
     /// a minute and no `gantry notify`, a new branch is served within seconds, and so is a branch
     /// name with slashes made after Gantry started.

@@ -212,6 +212,43 @@ import StateStore
         #expect(try eventually(20) { try spares().count == 2 && !spares().values.contains { $0.hasPrefix(oid + " ") } })
     }
 
+    /// Each edit of a seed makes a template (and its ready copies): beyond the number kept, the
+    /// one idle longest goes with its copies and role; the environments made from it keep their data.
+    @Test func idleSeedTemplatesBeyondTheKeptNumberAreDropped() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("db/one.sql", "CREATE TABLE one(x int); INSERT INTO one VALUES (1);")
+        try repo.write("db/two.sql", "CREATE TABLE two(x int); INSERT INTO two VALUES (2);")
+        try writeEnvironment(repo, "first", options: "seed: db/one.sql")
+        try repo.commit("a first seed")
+        let harness = try Harness(repo: repo) { options in
+            options.keptSeedTemplates = 1
+            options.seedTemplateIdle = 0
+        }
+        #expect(try harness.pass().applied.contains("first"), "\(harness.diagnose("first"))")
+        let port = try #require(try harness.service("_host", "postgres")).port
+        func listed(_ pattern: String, _ table: String = "pg_database", _ column: String = "datname") throws -> [String] {
+            try harness.driver.psql(port: port, sql: "SELECT \(column) FROM \(table) WHERE \(column) LIKE '\(pattern)' ORDER BY 1")
+                .split(separator: "\n").map(String.init)
+        }
+        let first = try listed("g_seed_%")
+        #expect(first.count == 1)
+        let copiesMade = try eventually(20) { try listed("g_spare_%").count == 2 }
+        #expect(copiesMade)
+        try writeEnvironment(repo, "second", options: "seed: db/two.sql")
+        try repo.commit("a second seed")
+        #expect(try harness.pass().applied.contains("second"), "\(harness.diagnose("second"))")
+        // The first template, its copies and its role are gone; the second is there.
+        let templates = try listed("g_seed_%")
+        #expect(templates.count == 1 && templates != first, "\(templates)")
+        let firstStem = "g_spare_" + (first.first?.dropFirst("g_seed_".count) ?? "") + "%"
+        #expect(try listed(firstStem).isEmpty)
+        #expect(try listed(first.first ?? "", "pg_roles", "rolname").isEmpty)
+        // The environment made from it still has its data.
+        let url = try databaseURL(harness, "first")
+        #expect(try Shell.check(try harness.inEnvironment("first", ["psql", url, "-At", "-c", "select x from one"])).contains("1"))
+    }
+
     /// A seed is the environment's code: psql's `\\!` and `\\copy ... to program` in it run as the
     /// environment's user inside its network, never as root on the host; the cluster's socket is
     /// closed to environments; an environment cannot hold every connection slot.
