@@ -122,6 +122,13 @@ struct Networks: Sendable {
             try Self.run(["nft", "add", "element", "inet", hostTable, "envs", "{ \"\(interface)\" }"])
             return environment
         }
+        // (The host's addresses are read here rather than by tools: one call, no process.)
+        let addresses = Self.hostAddresses()
+        // A uid 65536 away (another Gantry's wider range) would have the same addresses. (On this
+        // uid's own link, left half made by a crash, the address goes with the link below.)
+        if let holder = addresses[host], holder != interface {
+            throw LocalDriverError("could not make the network of uid \(uid): \(host), its address, is already on \(holder) (uids 65536 apart share addresses: keep every Gantry of the host within one range of 65536)")
+        }
         do {
             try Self.run(["/bin/sh", "-c", """
                 set -e
@@ -130,13 +137,7 @@ struct Networks: Sendable {
                 # of the link only eventually.)
                 if [ -e /sys/class/net/\(interface) ]; then ip link del \(interface) 2>/dev/null || true; fi
                 if [ -e \(Self.namespacePath(uid)) ]; then ip netns del \(namespace); fi
-                # A uid 65536 away (another Gantry's wider range) would have the same addresses.
-                holder=$(ip -o -4 addr show to \(host)/32 | cut -d' ' -f2)
-                if [ -n "$holder" ]; then
-                    echo "\(host), the address of uid \(uid)'s network, is already on $holder (uids 65536 apart share addresses: keep every Gantry of the host within one range of 65536)" >&2
-                    exit 3
-                fi
-                \(Self.gatewayScript)
+                \(addresses[Self.gateway] == "lo" ? "" : Self.gatewayScript)
                 ip -batch - <<'STEPS'
                 netns add \(namespace)
                 link add \(interface) type veth peer name eth0 netns \(namespace)
@@ -210,6 +211,26 @@ struct Networks: Sendable {
             add rule \(table) forward oifname @envs drop
 
             """
+    }
+
+    /// The host's IPv4 addresses and the device of each (getifaddrs: the kernel's own list).
+    static func hostAddresses() -> [String: String] {
+        var first: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&first) == 0 else { return [:] }
+        defer { freeifaddrs(first) }
+        var found: [String: String] = [:]
+        var cursor = first
+        while let entry = cursor {
+            defer { cursor = entry.pointee.ifa_next }
+            guard let address = entry.pointee.ifa_addr, address.pointee.sa_family == sa_family_t(AF_INET) else { continue }
+            var text = [CChar](repeating: 0, count: Int(INET_ADDRSTRLEN))
+            address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { inet in
+                var raw = inet.pointee.sin_addr
+                _ = inet_ntop(AF_INET, &raw, &text, socklen_t(INET_ADDRSTRLEN))
+            }
+            found[String(cString: text)] = String(cString: entry.pointee.ifa_name)
+        }
+        return found
     }
 
     /// Adds the gateway address to the host's loopback device unless it is there (another Gantry
