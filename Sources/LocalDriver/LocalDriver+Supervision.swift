@@ -87,6 +87,7 @@ extension LocalDriver {
         // stopped; any whose working directory is gone is stopped below.
         let marked = ProcessControl.processes(markedWith: Self.markVariable, prefix: "")
         var handled = Set<pid_t>()
+        var leftovers: [pid_t] = []
         for (pid, mark) in marked where mark.hasPrefix("\(instance):") {
             handled.insert(pid)
             let parts = mark.split(separator: ":")
@@ -99,10 +100,12 @@ extension LocalDriver {
                 events.append(DriverEvent(environment: environment, kind: "adopted", message: "adopted service \(record.name) (pid \(pid)) after a restart"))
                 continue
             }
-            ProcessControl.stopGroup(pid, grace: options.stopGrace)
+            // (Stopped together below: one grace period for all of them.)
+            leftovers.append(pid)
             events.append(DriverEvent(environment: environment, kind: "orphan-stopped",
                                       message: "stopped unrecorded process \(pid) of service \(parts[2]) left by an earlier run"))
         }
+        ProcessControl.stopGroups(leftovers, grace: options.stopGrace)
         // A Gantry-marked process whose working directory is gone belongs to a state directory
         // deleted without a teardown (its services, its PostgreSQL): nobody would ever stop it.
         for (pid, mark) in marked where !handled.contains(pid) && getpgid(pid) == pid {

@@ -239,21 +239,33 @@ enum ProcessControl {
 
     /// SIGTERM to the whole group, then SIGKILL after `grace` seconds; waits until the group is gone.
     static func stopGroup(_ pid: pid_t, grace: Double = 5) {
-        guard pid > 1 else { return }
-        kill(-pid, SIGTERM)
-        kill(pid, SIGTERM)
-        let deadline = Date().addingTimeInterval(grace)
-        while Date() < deadline {
-            reap(pid)
-            if kill(-pid, 0) != 0 && (identity(of: pid).map { $0.state == "Z" } ?? true) { return }
-            usleep(20_000)
+        stopGroups([pid], grace: grace)
+    }
+
+    /// Stops several process groups at once: SIGTERM to all, one grace period for all of them,
+    /// then SIGKILL to those left (a restart that finds many leftovers does not wait for each in turn).
+    static func stopGroups(_ pids: [pid_t], grace: Double = 5) {
+        var left = pids.filter { $0 > 1 }
+        for pid in left {
+            kill(-pid, SIGTERM)
+            kill(pid, SIGTERM)
         }
-        killGroup(pid)
+        let deadline = Date().addingTimeInterval(grace)
+        while !left.isEmpty && Date() < deadline {
+            left.removeAll { pid in
+                reap(pid)
+                return kill(-pid, 0) != 0 && (identity(of: pid).map { $0.state == "Z" } ?? true)
+            }
+            if !left.isEmpty { usleep(20_000) }
+        }
+        for pid in left { killGroup(pid) }
         let hardDeadline = Date().addingTimeInterval(2)
-        while Date() < hardDeadline {
-            reap(pid)
-            if kill(-pid, 0) != 0 { return }
-            usleep(10_000)
+        while !left.isEmpty && Date() < hardDeadline {
+            left.removeAll { pid in
+                reap(pid)
+                return kill(-pid, 0) != 0
+            }
+            if !left.isEmpty { usleep(10_000) }
         }
     }
 

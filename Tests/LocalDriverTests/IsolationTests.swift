@@ -284,6 +284,36 @@ struct IsolationTests {
         #expect(try !Shell.check(["nft", "list", "tables"]).contains(live.driver.networks.hostTable))
     }
 
+    /// Processes a killed Gantry left that nobody wants (a job under way, a service whose record
+    /// was lost) are stopped at the next start, all of them at once: one grace period, then
+    /// SIGKILL for those that ignore SIGTERM, rather than one grace period each.
+    @Test func leftoverProcessesAreStoppedTogetherAtTheNextStart() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let first = try Harness(repo: repo) { $0.stopGrace = 2 }
+        try first.pass()
+        var leftovers: [Int32] = []
+        for index in 0..<4 {
+            let process = Process()
+            process.executableURL = URL(fileURLWithPath: "/usr/bin/setsid")
+            process.arguments = ["/bin/sh", "-c", "trap '' TERM; while :; do sleep 1; done"]
+            process.environment = ["PATH": "/usr/bin:/bin", "GANTRY_MARK": "\(first.driver.instance):gone-env:job-\(index)"]
+            process.currentDirectoryURL = first.stateDirectory.url
+            try process.run()
+            leftovers.append(process.processIdentifier)
+        }
+        // (setsid makes each the leader of its group once it runs.)
+        #expect(eventually(5) { leftovers.allSatisfy { getpgid($0) == $0 } })
+        let restarted = try Harness(repo: repo, reusing: first) { $0.stopGrace = 2 }
+        let start = Date()
+        restarted.reconciler.recover()
+        let took = Date().timeIntervalSince(start)
+        for pid in leftovers { #expect(kill(pid, 0) != 0 || ProcessControl.identity(of: pid)?.state == "Z", "\(pid) still runs") }
+        // One grace period (2 s) and the kill, not four of them in turn.
+        #expect(took < 5, "recover took \(took) s")
+        #expect(try restarted.get("web")?.contains("hello from web") == true)
+    }
+
     /// A Gantry killed with SIGKILL leaves the groups of what it was running; the next start
     /// removes the empty ones and keeps those that hold adopted services.
     @Test func emptyGroupsLeftByAKilledGantryGoAtTheNextStart() throws {
