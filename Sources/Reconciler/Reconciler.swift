@@ -142,13 +142,22 @@ public final class Reconciler: @unchecked Sendable {
     /// On stop, the operations under way finish and are recorded first.
     public func run(wake: WakeSignal, shouldStop: () -> Bool) {
         recover()
-        operations.whenFinished { wake.wake() }
+        operations.whenFinished { wake.wakeForOperations() }
         while !shouldStop() {
             var postponed = 0
             do { postponed = try runPass(waitForOperations: false).postponed } catch { logger.error("pass failed; nothing was destroyed, retrying", metadata: ["error": "\(error)"]) }
             if shouldStop() { break }
             // Work left over by the per-pass caps goes on at once.
-            if postponed == 0 { wake.wait(seconds: options.pollInterval) }
+            guard postponed == 0 else { continue }
+            // Operations that finish are recorded as they finish, without a whole pass (a burst of
+            // applies would otherwise list every branch once per finished apply); a ref change,
+            // an approval, a stop or the poll interval brings the next whole pass.
+            let due = Date().addingTimeInterval(options.pollInterval)
+            while wake.waitForReason(seconds: max(0, due.timeIntervalSinceNow)) == .operations, !shouldStop() {
+                var summary = PassSummary()
+                recordFinished(&summary)
+                do { try flushRecords() } catch { logger.error("could not write the records of finished operations", metadata: ["error": "\(error)"]) }
+            }
         }
         var summary = PassSummary()
         finishOperations(&summary)

@@ -256,11 +256,14 @@ import StateStore
             """)
         try repo.commit("a service whose health check answers 404")
         let harness = try Harness(repo: repo, configure: { $0.startTimeout = 1.5 }, reconcile: { $0.retryBackoff = 0.2 })
-        #expect(try harness.pass().failed == ["sick"])
+        // (The example's own services have 1.5 s to start too: on a loaded machine one may fail
+        // and be retried beside it; only sick's outcome is asserted.)
+        let first = try harness.pass()
+        #expect(first.failed.contains("sick"), "\(first.failed) \(harness.diagnose("sick"))")
         for attempt in 2...3 {
             Thread.sleep(forTimeInterval: attempt == 2 ? 0.25 : 0.45)
             let summary = try harness.pass()
-            #expect(summary.failed == ["sick"] && !summary.applied.contains("sick"), "attempt \(attempt): \(harness.diagnose("sick"))")
+            #expect(summary.failed.contains("sick") && !summary.applied.contains("sick"), "attempt \(attempt): \(harness.diagnose("sick"))")
             let record = try #require(try harness.environment("sick"))
             #expect(record.phase == .failed && record.attempts == attempt, "\(record.message ?? "")")
         }
