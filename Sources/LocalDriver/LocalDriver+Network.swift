@@ -32,21 +32,38 @@ extension LocalDriver {
 
     /// Rewrites the host-side rules when the allowed ports changed (the router started,
     /// PostgreSQL moved; the first pass of a Gantry writes them once, since an earlier Gantry may
-    /// have allowed others). Every other pass costs one comparison; a failed write is tried again
-    /// at the next pass.
-    func refreshNetworkRules() {
+    /// have allowed others and its links are not in a fresh table), and every
+    /// `hostTableCheckInterval` checks that the table is still there: a firewall reload
+    /// (`nft flush ruleset`) removes it, and it is written again with every live link. Every other
+    /// pass costs one comparison; a failed write is tried again at the next pass.
+    func refreshNetworkRules(now: Date = Date()) {
+        guard isolatesNetwork else { return }
+        let due = shared.withLock { () -> Bool in
+            guard refreshedPorts != nil else { return false }
+            if let last = hostTableCheckedAt, now.timeIntervalSince(last) < options.hostTableCheckInterval { return false }
+            hostTableCheckedAt = now
+            return true
+        }
+        if due, !networks.hostTableIsWhole() {
+            logger.warning("the host table \(networks.hostTable) was gone or changed (a firewall reload?): writing it again with every environment's link")
+            shared.withLock { refreshedPorts = nil }
+        }
         try? writeHostRules()
     }
 
-    /// Writes the host table (one transaction: every environment's link keeps its place in it)
-    /// unless it already allows exactly the gateway's current ports.
+    /// Writes the host table (one transaction, with every live link of this Gantry's environments
+    /// in its set: adopted ones after a restart too) and the allowed ports inside each
+    /// environment's namespace, unless they already allow exactly the gateway's current ports.
     func writeHostRules() throws {
         guard isolatesNetwork else { return }
         try shared.withLock {
             let ports = try gatewayPorts()
             guard refreshedPorts != ports else { return }
-            try Networks.run(["nft", "-f", "-"], input: networks.hostRules(gatewayPorts: ports))
+            let links = try state.heldNames(Self.uidAllocation).compactMap { uid_t($0) }.filter(Networks.isComplete)
+            try Networks.run(["nft", "-f", "-"], input: networks.hostRules(gatewayPorts: ports, links: links))
+            networks.allowGatewayPorts(ports, inside: links)
             refreshedPorts = ports
+            hostTableCheckedAt = Date()
         }
     }
 
@@ -73,7 +90,7 @@ extension LocalDriver {
             networks.remove(uid: other)
         }
         try state.allocate(Self.networkAllocation, address, to: environment)
-        _ = try networks.ensure(uid: uid)
+        _ = try networks.ensure(uid: uid, gatewayPorts: shared.withLock { refreshedPorts } ?? gatewayPorts())
         shared.withLock { _ = networksMade.insert(uid) }
         return uid
     }

@@ -57,6 +57,9 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         public var useControlGroups = true
         /// As root, with users isolated: a network namespace per environment (see `Networks`).
         public var isolateNetwork = true
+        /// How often `supervise` checks that the host table is still there (an `nft flush ruleset`
+        /// by a firewall reload removes it) and writes it again when it is not.
+        public var hostTableCheckInterval = 10.0
         public var uidRange = 200_000..<265_536
         /// Where the Gantry instances of this host claim uids (a file per uid): two state
         /// directories never run environments under one uid.
@@ -109,6 +112,8 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     var networksMade: Set<uid_t> = []
     /// The gateway ports the host table's rules were last written with (`writeHostRules`).
     var refreshedPorts: [Int]?
+    /// When `refreshNetworkRules` last checked that the host table is there.
+    var hostTableCheckedAt: Date?
     /// The router's port, when environments reach it at the gateway (`GANTRY_ROUTER`).
     public var routerPort: Int?
     /// Where `${secrets.NAME}` values and the passwords Gantry makes for its servers come from;

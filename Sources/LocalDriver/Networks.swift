@@ -20,6 +20,9 @@ import Glibc
 ///   addresses stay out of reach; so do other environments and the outside world (the egress
 ///   proxy will be the way out). One table rather than one per environment: nft reads every
 ///   table of the host on each call, and a table per environment made each new one slower.
+///   The namespace's own rules allow the same ports only (they outlive a flush of the host's
+///   ruleset, and the host table is written again, with every live link, when `supervise` finds
+///   it gone or a Gantry starts).
 struct Networks: Sendable {
     /// Connections an environment may hold at once to each port of the gateway.
     static let connectionsPerPort = 32
@@ -79,7 +82,8 @@ struct Networks: Sendable {
 
     static func namespace(_ uid: uid_t) -> String { "gantry-\(uid)" }
     static func namespacePath(_ uid: uid_t) -> String { "/run/netns/" + namespace(uid) }
-    static func hostInterface(_ uid: uid_t) -> String { "gantry\(uid)" }
+    static func hostInterface(_ uid: uid_t) -> String { interfacePrefix + "\(uid)" }
+    static let interfacePrefix = "gantry"
     /// The per-environment table earlier versions made (removed with the environment's network).
     static func legacyTable(_ uid: uid_t) -> String { "gantry_\(uid)" }
 
@@ -105,21 +109,23 @@ struct Networks: Sendable {
     }
 
     /// Makes (or completes) the environment's namespace and link, and puts the link in the host
-    /// table's set (`writeHostRules` made the table). Returns the environment's address. Made in
+    /// table's set (`writeHostRules` made the table). Inside the namespace, only the gateway's
+    /// `gatewayPorts` are allowed out (`innerRules`). Returns the environment's address. Made in
     /// one script (each tool started from Gantry costs more than the script's steps).
-    func ensure(uid: uid_t) throws -> String {
+    func ensure(uid: uid_t, gatewayPorts: [Int]) throws -> String {
         guard enabled else { throw LocalDriverError("network namespaces are not available: \(unavailable ?? "")") }
         let (host, environment) = Self.addresses(index: Self.index(of: uid))
         let namespace = Self.namespace(uid), interface = Self.hostInterface(uid)
         // Made whole by an earlier run (a Gantry killed half-way through the script below leaves a
-        // namespace and a link without their addresses or the loopback rule): only the host's
-        // rules are written again.
+        // namespace and a link without their addresses or rules): only the rules are written again.
         if Self.isComplete(uid), (try? Self.run(["/bin/sh", "-c", """
             ip -o -4 addr show dev \(interface) up | grep -q ' \(host)/31' &&
             ip -n \(namespace) -o -4 route show \(Self.gateway) | grep -q . &&
-            nsenter --net=\(Self.namespacePath(uid)) -- nft list table ip gantry >/dev/null
+            nsenter --net=\(Self.namespacePath(uid)) -- nft -f - <<'RULES' &&
+            \(Self.innerRules(gatewayPorts: gatewayPorts))
+            RULES
+            nft add element inet \(hostTable) envs '{ "\(interface)" }'
             """])) != nil {
-            try Self.run(["nft", "add", "element", "inet", hostTable, "envs", "{ \"\(interface)\" }"])
             return environment
         }
         // (The host's addresses are read here rather than by tools: one call, no process.)
@@ -154,23 +160,13 @@ struct Networks: Sendable {
                 link set eth0 up
                 route add \(Self.gateway)/32 via \(host) src \(environment)
                 STEPS
-                # Inside: what arrives on eth0 goes to loopback, port kept (route_localnet lets it).
+                # Inside: what arrives on eth0 goes to loopback, port kept (route_localnet lets it);
+                # what leaves may only reach the gateway's ports.
                 nsenter --net=\(Self.namespacePath(uid)) -- /bin/sh -c 'set -e
                     echo 1 > /proc/sys/net/ipv4/conf/eth0/route_localnet
                     echo 1 > /proc/sys/net/ipv6/conf/eth0/disable_ipv6
                     exec nft -f -' <<'RULES'
-                table ip gantry {
-                  chain prerouting {
-                    type nat hook prerouting priority -100; policy accept;
-                    iifname "eth0" dnat to 127.0.0.1
-                  }
-                  chain output {
-                    type filter hook output priority 0; policy accept;
-                    oifname "eth0" ct state established,related accept
-                    oifname "eth0" ip daddr \(Self.gateway) meta l4proto tcp accept
-                    oifname "eth0" drop
-                  }
-                }
+                \(Self.innerRules(gatewayPorts: gatewayPorts))
                 RULES
                 nft add element inet \(hostTable) envs '{ "\(interface)" }'
                 """])
@@ -181,9 +177,47 @@ struct Networks: Sendable {
         return environment
     }
 
-    /// The host's rules for every environment's link (the links in the set `envs`), allowing the
-    /// gateway's `gatewayPorts`: written as one transaction, the set's members kept.
-    func hostRules(gatewayPorts: [Int]) -> String {
+    /// The rules inside an environment's namespace (table `ip gantry`, written whole each time:
+    /// a namespace made by an earlier version gets the set too). What arrives on eth0 goes to the
+    /// namespace's loopback, port kept; what leaves may only reach `gatewayPorts` at the gateway.
+    /// The host table allows the same, but rules in the namespace stay when the host's ruleset is
+    /// flushed (a firewall reload) and the environment's user cannot change them.
+    static func innerRules(gatewayPorts: [Int]) -> String {
+        let table = "ip gantry"
+        let ports = gatewayPorts.sorted().map(String.init).joined(separator: ", ")
+        return """
+            table \(table) {
+              set ports { type inet_service; }
+              chain prerouting { type nat hook prerouting priority -100; policy accept; }
+              chain output { type filter hook output priority 0; policy accept; }
+            }
+            flush chain \(table) prerouting
+            flush chain \(table) output
+            flush set \(table) ports
+            \(ports.isEmpty ? "" : "add element \(table) ports { \(ports) }")
+            add rule \(table) prerouting iifname "eth0" dnat to 127.0.0.1
+            add rule \(table) output oifname "eth0" ct state established,related accept
+            add rule \(table) output oifname "eth0" ip daddr \(gateway) tcp dport @ports accept
+            add rule \(table) output oifname "eth0" drop
+            """
+    }
+
+    /// Writes `innerRules` with `gatewayPorts` in the namespaces of `uids` (one script; a
+    /// namespace that cannot be entered is skipped: it is remade before its next process starts).
+    func allowGatewayPorts(_ gatewayPorts: [Int], inside uids: [uid_t]) {
+        guard enabled, !uids.isEmpty else { return }
+        let rules = Self.innerRules(gatewayPorts: gatewayPorts)
+        let script = uids.map { uid in
+            "nsenter --net=\(Self.namespacePath(uid)) -- nft -f - <<'RULES' || echo 'could not write the rules of uid \(uid)' >&2\n\(rules)\nRULES"
+        }.joined(separator: "\n")
+        _ = try? Self.run(["/bin/sh", "-c", script + "\ntrue"])
+    }
+
+    /// The host's rules for every environment's link (the links in the set `envs`, `links` added
+    /// to those already there), allowing the gateway's `gatewayPorts`: written as one transaction.
+    /// Whatever the set holds, nothing arriving on a link named like an environment's opens a
+    /// connection to any host address but the gateway (every Gantry's environments share that rule).
+    func hostRules(gatewayPorts: [Int], links: [uid_t] = []) -> String {
         let table = "inet \(hostTable)"
         let ports = gatewayPorts.sorted()
         let match = ports.count == 1 ? "\(ports[0])" : "{ \(ports.map(String.init).joined(separator: ", ")) }"
@@ -194,6 +228,7 @@ struct Networks: Sendable {
             add rule \(table) input ip daddr \(Self.gateway) tcp dport \(match) accept
 
             """
+        let members = links.isEmpty ? "" : "add element \(table) envs { \(links.map { "\"\(Self.hostInterface($0))\"" }.joined(separator: ", ")) }\n"
         return """
             table \(table) {
               comment "\(owner)"
@@ -204,13 +239,22 @@ struct Networks: Sendable {
             }
             flush chain \(table) input
             flush chain \(table) forward
+            \(members)add rule \(table) input ct state established,related accept
+            add rule \(table) input iifname "\(Self.interfacePrefix)*" ip daddr != \(Self.gateway) drop
+            add rule \(table) input iifname "\(Self.interfacePrefix)*" meta nfproto ipv6 drop
             add rule \(table) input iifname != @envs accept
-            add rule \(table) input ct state established,related accept
             \(allowed)add rule \(table) input drop
             add rule \(table) forward iifname @envs drop
             add rule \(table) forward oifname @envs drop
 
             """
+    }
+
+    /// Whether this Gantry's host table is there with its rules (a firewall reload removes it).
+    func hostTableIsWhole() -> Bool {
+        guard enabled else { return true }
+        guard let listed = try? Self.run(["nft", "list", "chain", "inet", hostTable, "input"]) else { return false }
+        return listed.contains("@envs") && listed.contains("drop")
     }
 
     /// The host's IPv4 addresses and the device of each (getifaddrs: the kernel's own list).

@@ -141,6 +141,13 @@ public final class StateStore: Sendable {
         }
     }
 
+    /// The names of `kind` that some environment holds (not released), every environment's.
+    public func heldNames(_ kind: String) throws -> [String] {
+        try pool.read { db in
+            try String.fetchAll(db, sql: "SELECT name FROM allocations WHERE kind = ? AND releasedAt IS NULL ORDER BY name", arguments: [kind])
+        }
+    }
+
     /// Every name of `kind` ever allocated (released ones included): names never handed out again.
     public func allocatedNames(_ kind: String) throws -> Set<String> {
         try pool.read { db in Set(try String.fetchAll(db, sql: "SELECT name FROM allocations WHERE kind = ?", arguments: [kind])) }

@@ -258,6 +258,67 @@ struct IsolationTests {
         #expect(opened.contains("tcp dport 48123 accept") && opened.contains("ct count over \(Networks.connectionsPerPort)"), "\(opened)")
         // The links keep their place in the table when its rules are written again.
         #expect(opened.contains("\"gantry\(uid)\""), "\(opened)")
+        // The namespace's own rules let the router's port out too.
+        let inside = try Shell.check(Networks.entering(uid, ["nft", "list", "set", "ip", "gantry", "ports"]))
+        #expect(inside.contains("48123"), "\(inside)")
+    }
+
+    /// A firewall reload (`nft flush ruleset`) takes the host table away. Meanwhile the rules in
+    /// the environment's own namespace keep it from the host's other ports; the next pass writes
+    /// the table again with the link in its set; a Gantry restarted over the running service
+    /// (adopted, not applied again) puts its link back at its first pass too.
+    @Test func aFlushedHostTableIsWrittenAgainWithEveryLiveLink() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let harness = try Harness(repo: repo) { $0.hostTableCheckInterval = 0 }
+        try harness.pass()
+        guard harness.driver.isolatesNetwork else {
+            Issue.record("network namespaces are unavailable: \(harness.driver.networks.unavailable ?? "")")
+            return
+        }
+        let uid = try #require(try harness.driver.user(of: "web"))
+        let table = harness.driver.networks.hostTable
+        func rules() -> String { (try? Shell.check(["nft", "list", "table", "inet", table])) ?? "(no table)" }
+        #expect(rules().contains("\"gantry\(uid)\""), "\(rules())")
+
+        // A server on all the host's addresses, and the web environment trying to reach it.
+        let port = try ProcessControl.freePort(excluding: [])
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        server.arguments = ["-m", "http.server", String(port), "--bind", "0.0.0.0"]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
+        #expect(eventually(10) { httpGet("http://127.0.0.1:\(port)/") != nil })
+        func reach(_ host: String) throws -> String {
+            try Shell.run(try harness.inEnvironment("web", ["/usr/bin/python3", "-c", """
+                import socket
+                try: socket.create_connection(("\(host)", \(port)), timeout=2).close(); print("connected")
+                except OSError as e: print("failed:", e)
+                """])).stdout
+        }
+        let hostEnd = Networks.addresses(index: Networks.index(of: uid)).host
+        #expect(try reach(Networks.gateway).hasPrefix("failed"))
+
+        try Shell.check(["nft", "delete", "table", "inet", table])
+        for host in [Networks.gateway, hostEnd] {
+            let answer = try reach(host)
+            #expect(answer.hasPrefix("failed"), "without the host table, the environment reached the host's server at \(host): \(answer)")
+        }
+        try harness.pass()
+        #expect(rules().contains("\"gantry\(uid)\""), "\(rules())")
+        #expect(try harness.get("web")?.contains("hello from web") == true)
+
+        let running = try #require(try harness.service("web")?.pid)
+        try Shell.check(["nft", "delete", "table", "inet", table])
+        let restarted = try Harness(repo: repo, reusing: harness)
+        restarted.reconciler.recover()
+        try restarted.pass()
+        #expect(try restarted.service("web")?.pid == running && kill(running, 0) == 0, "web was started again rather than adopted")
+        #expect(rules().contains("\"gantry\(uid)\""), "\(rules())")
+        #expect(try reach(Networks.gateway).hasPrefix("failed"))
+        #expect(try restarted.get("web")?.contains("hello from web") == true)
     }
 
     /// The host table of a Gantry whose state directory is gone is removed by the next Gantry
