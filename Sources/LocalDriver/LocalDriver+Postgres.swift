@@ -231,7 +231,7 @@ extension LocalDriver {
                     guard let sql = try environment.source.readFile(seed) else {
                         throw RevisionError("database \(database.name): seed \(seed) does not exist at \(environment.commit.short)" + "; add it, or name another seed")
                     }
-                    if let template = seedTemplate(port: port, sql: sql, progress: progress) {
+                    if let template = try seedTemplate(port: port, sql: sql, label: "database \(database.name): seed \(seed)", progress: progress) {
                         if try takeSpareSeed(port: port, template: template, target: name, progress: progress)
                             || copyDatabase(port: port, source: template, target: name, progress: progress) {
                             refillSpareSeeds(port: port, template: template)
@@ -292,33 +292,43 @@ extension LocalDriver {
             // Someone connected to the source meanwhile.
             return false
         }
-        try psql(port: port, sql: """
-            REVOKE CONNECT, TEMPORARY ON DATABASE "\(target)" FROM PUBLIC;
-            GRANT CONNECT, TEMPORARY ON DATABASE "\(target)" TO "\(target)";
-            \(Self.reassignment(from: source, to: target))
-            """, database: target)
+        try reassignmentLock.withLock {
+            _ = try psql(port: port, sql: """
+                REVOKE CONNECT, TEMPORARY ON DATABASE "\(target)" FROM PUBLIC;
+                GRANT CONNECT, TEMPORARY ON DATABASE "\(target)" TO "\(target)";
+                \(Self.reassignment(from: source, to: target))
+                """, database: target)
+        }
         return true
     }
 
     /// The template database a plain-SQL seed made (see `Options.seedTemplates`), made now if it
     /// is not there yet; nil when the seed is not plain SQL, or fails (the environment then runs it
-    /// itself, and reports the failure).
+    /// itself, and reports the failure). A seed that runs past `Options.seedTimeout` throws (named
+    /// by `label`): running it again as the environment would only wait as long again.
     ///
     /// A seed with no backslash at all has no psql meta-command (`\\!`, `\\copy ... program`,
     /// `\\getenv`...): it is SQL only, run by the server as a role that owns nothing else, and its
     /// result cannot depend on which environment runs it, beyond `current_user` and
     /// `current_database()`. It runs once per content, as the template's own role, into
     /// `g_seed_<sha256 of the seed>`; the role then loses its login and the database its connections.
-    func seedTemplate(port: Int, sql: Data, progress: (String) -> Void) -> String? {
+    func seedTemplate(port: Int, sql: Data, label: String, progress: (String) -> Void) throws -> String? {
         guard options.seedTemplates, !sql.contains(UInt8(ascii: "\\")) else { return nil }
         let name = "g_seed_" + SHA256.hash(data: sql).prefix(8).map { String(format: "%02x", $0) }.joined()
-        // Two environments with one seed: the second waits for the first's template.
-        return seedTemplateLock.withLock {
+        // Two environments with one seed: the second waits for the first's template; environments
+        // with other seeds do not wait.
+        let (maker, known) = seedTemplateLock.withLock { () -> (NSLock, Bool) in
             noteSeedTemplateUse(name)
-            if knownSeedTemplates.contains(name) { return name }
+            let maker = seedTemplateMakers[name] ?? NSLock()
+            seedTemplateMakers[name] = maker
+            return (maker, knownSeedTemplates.contains(name))
+        }
+        if known { return name }
+        return try maker.withLock {
+            if seedTemplateLock.withLock({ knownSeedTemplates.contains(name) }) { return name }
             if (try? psql(port: port, sql: "SELECT 1 FROM pg_database WHERE datname = '\(name)' AND datistemplate AND NOT datallowconn"))?
                 .contains("1") == true {
-                knownSeedTemplates.insert(name)
+                seedTemplateLock.withLock { _ = knownSeedTemplates.insert(name) }
                 return name
             }
             let password = SymmetricKey(size: .bits256).withUnsafeBytes { Data($0) }.map { String(format: "%02x", $0) }.joined()
@@ -335,19 +345,42 @@ extension LocalDriver {
                     """)
                 try ProcessControl.run(["psql", "-h", postgresSocketDirectory, "-p", String(port), "-U", name, "-d", name,
                                         "-v", "ON_ERROR_STOP=1", "-q", "-X"], input: String(decoding: sql, as: UTF8.self),
-                                       environment: ["PGPASSWORD": password], label: "seed template \(name)", timeout: options.seedTimeout)
+                                       environment: ["PGPASSWORD": password], label: label, timeout: options.seedTimeout)
                 try psql(port: port, sql: """
                     ALTER ROLE "\(name)" NOLOGIN PASSWORD NULL;
                     ALTER DATABASE "\(name)" IS_TEMPLATE true ALLOW_CONNECTIONS false;
                     """)
-                knownSeedTemplates.insert(name)
+                seedTemplateLock.withLock { _ = knownSeedTemplates.insert(name) }
                 dropIdleSeedTemplates(port: port, keeping: name)
                 return name
             } catch {
-                _ = try? psql(port: port, sql: "DROP DATABASE IF EXISTS \"\(name)\" WITH (FORCE); DROP ROLE IF EXISTS \"\(name)\";")
-                try? state.release(Self.seedTemplateAllocation, name)
+                discardSeedTemplate(port: port, name)
+                if "\(error)".contains("did not finish within") { throw error }
                 return nil
             }
+        }
+    }
+
+    /// Removes a template whose seed failed or ran too long. Its seed may still be running in the
+    /// server (stopping psql does not stop the query): its role loses its login first, its
+    /// sessions are ended, then the database and the role go. Nothing of it is left able to log in.
+    func discardSeedTemplate(port: Int, _ name: String) {
+        for step in [
+            "ALTER ROLE \"\(name)\" NOLOGIN PASSWORD NULL",
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '\(name)' OR datname = '\(name)'",
+            "DROP DATABASE IF EXISTS \"\(name)\" WITH (FORCE)",
+            "DROP ROLE IF EXISTS \"\(name)\"",
+        ] {
+            // (Each on its own: a role or database that was never made fails its step, not the rest.)
+            _ = try? psql(port: port, sql: step + ";")
+        }
+        let left = (try? psql(port: port, sql: "SELECT (SELECT count(*) FROM pg_roles WHERE rolname = '\(name)') + (SELECT count(*) FROM pg_database WHERE datname = '\(name)')"))?
+            .trimmingCharacters(in: .whitespacesAndNewlines)
+        if left == "0" {
+            try? state.release(Self.seedTemplateAllocation, name)
+        } else {
+            // (Its allocation stays: the next Gantry's idle-template sweep finds it.)
+            logger.warning("could not remove the template of a failed seed", metadata: ["database": "\(name)"])
         }
     }
 
@@ -367,6 +400,10 @@ extension LocalDriver {
     /// seconds: a copy being made from one, or handed over, asked for it moments ago. Every agent
     /// branch that edits a seed makes a template; without this they would pile up.
     func dropIdleSeedTemplates(port: Int, keeping current: String) {
+        seedTemplateLock.withLock { dropIdleSeedTemplatesLocked(port: port, keeping: current) }
+    }
+
+    private func dropIdleSeedTemplatesLocked(port: Int, keeping current: String) {
         var used = ((try? state.meta(Self.seedTemplateUseKey, as: [String: Double].self)) ?? nil) ?? [:]
         let templates = ((try? state.allocations(Self.seedTemplateAllocation, of: Self.hostEnvironment)) ?? []).filter { $0.hasPrefix("g_seed_") }
         guard templates.count > options.keptSeedTemplates else { return }
@@ -389,6 +426,7 @@ extension LocalDriver {
                 for name in spares + [template] { try? state.release(Self.seedTemplateAllocation, name) }
                 spareSeedsLock.withLock { spareSeeds[template] = nil }
                 knownSeedTemplates.remove(template)
+                seedTemplateMakers[template] = nil
                 used[template] = nil
                 logger.info("dropped an idle seed template and its ready copies", metadata: ["database": "\(template)"])
             }
@@ -404,7 +442,7 @@ extension LocalDriver {
         progress("taking \(spare), a copy of \(template) made ahead, as \(target)")
         do {
             // (The copy allowed no connection and belonged to the superuser: nobody used it.)
-            try psql(port: port, sql: """
+            _ = try reassignmentLock.withLock { try psql(port: port, sql: """
                 ALTER DATABASE "\(spare)" RENAME TO "\(target)";
                 ALTER DATABASE "\(target)" OWNER TO "\(target)";
                 ALTER DATABASE "\(target)" ALLOW_CONNECTIONS true;
@@ -412,7 +450,7 @@ extension LocalDriver {
                 GRANT CONNECT, TEMPORARY ON DATABASE "\(target)" TO "\(target)";
                 \\connect "\(target)"
                 \(Self.reassignment(from: template, to: target))
-                """)
+                """) }
         } catch {
             // Renamed but not handed over: the caller drops it. Not renamed (the copy was gone): copy otherwise.
             if try psql(port: port, sql: "SELECT 1 FROM pg_database WHERE datname = '\(target)'").contains("1") { throw error }

@@ -87,10 +87,17 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     let shared = NSRecursiveLock()
     /// Environments with an apply or teardown under way: supervision leaves their processes alone.
     var busy: Set<String> = []
-    /// Held while a seed's template is made (seeds may run long: not under `shared`), and the
-    /// templates seen made (a copy that fails forgets its template: it is looked for again).
+    /// Guards the templates seen made (a copy that fails forgets its template: it is looked for
+    /// again), their use times and `seedTemplateMakers`; held for moments only.
     let seedTemplateLock = NSLock()
     var knownSeedTemplates: Set<String> = []
+    /// Held while a copied database is handed over to its role (`reassignment`): two hand-overs
+    /// from one source update the source's catalog row, and PostgreSQL fails the second with
+    /// "tuple concurrently updated" rather than waiting. They take milliseconds.
+    let reassignmentLock = NSLock()
+    /// One lock per seed template, held while it is made (seeds may run long: not under `shared`,
+    /// and a slow seed holds back only the environments waiting for the same template).
+    var seedTemplateMakers: [String: NSLock] = [:]
     /// The ready copies of each seed template, by template, and the lock that guards them.
     var spareSeeds: [String: Set<String>] = [:]
     let spareSeedsLock = NSLock()

@@ -311,6 +311,56 @@ import StateStore
         #expect(try harness.driver.psql(port: port, sql: "SELECT count(*) FROM pg_database WHERE datname = '\(name)'").contains("0"))
     }
 
+    /// A seed that runs on holds back only the environments seeded the same way: another
+    /// environment's seeded database is made while it runs. When its time limit stops it, it is
+    /// not run a second time, and nothing of its template is left (no role that can log in).
+    @Test func aSlowSeedHoldsBackNoOtherSeedAndLeavesNothingThatLogsIn() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try repo.write("db/slow.sql", "CREATE TABLE t(x int);\nSELECT pg_sleep(120);\n")
+        try writeEnvironment(repo, "slow", options: "seed: db/slow.sql")
+        try repo.commit("a seed that sleeps")
+        let harness = try Harness(repo: repo, configure: { $0.seedTimeout = 15 })
+        let start = Date()
+        try harness.reconciler.runPass(waitForOperations: false)
+        func port() -> Int? { (try? harness.service("_host", "postgres"))??.port }
+        func count(_ sql: String) -> String {
+            guard let port = port() else { return "(no server)" }
+            return ((try? harness.driver.psql(port: port, sql: sql)) ?? "(failed)").trimmingCharacters(in: .whitespacesAndNewlines)
+        }
+        let sleepingSQL = "SELECT count(*) FROM pg_stat_activity WHERE usename LIKE 'g_seed_%' AND query LIKE '%pg_sleep%'"
+        #expect(eventually(20) { count(sleepingSQL) == "1" }, "\(count(sleepingSQL))")
+
+        // (On a branch: a new commit on main would apply the slow one again once it fails.)
+        try repo.checkout("agents/quick", create: true)
+        try repo.write("db/quick.sql", "CREATE TABLE q(x int); INSERT INTO q VALUES (7);")
+        try writeEnvironment(repo, "quick", options: "seed: db/quick.sql")
+        try repo.commit("a quick seed")
+        let quick = "quick--agents-quick"
+        let quickRan = try eventually(12) {
+            try harness.reconciler.runPass(waitForOperations: false)
+            return try harness.environment(quick)?.phase == .running
+        }
+        #expect(quickRan, "\(harness.diagnose(quick))")
+        #expect(count(sleepingSQL) == "1", "the quick seed waited for the slow one")
+        #expect(try Shell.check(try harness.inEnvironment(quick, ["psql", try databaseURL(harness, quick), "-At", "-c", "select x from q"])).contains("7"))
+
+        let slowFailed = try eventually(60) {
+            try harness.reconciler.runPass(waitForOperations: false)
+            return try harness.environment("slow")?.phase == .failed
+        }
+        #expect(slowFailed)
+        let message = try harness.environment("slow")?.message ?? ""
+        #expect(message.contains("seed db/slow.sql did not finish within 15s"), "\(message)")
+        // Stopped once, not run again as the environment: about one time limit, not two.
+        #expect(Date().timeIntervalSince(start) < 28, "took \(Date().timeIntervalSince(start)) s")
+        #expect(count(sleepingSQL) == "0")
+        #expect(count("SELECT count(*) FROM pg_roles WHERE rolname LIKE 'g_seed_%' AND rolcanlogin") == "0")
+        // Only the quick seed's template is left.
+        #expect(count("SELECT count(*) FROM pg_database WHERE datname LIKE 'g_seed_%'") == "1")
+        try harness.pass()
+    }
+
     /// `shop-a`'s database `main` and `shop`'s database `a-main` were both `g_shop_a_main` once:
     /// one environment's teardown dropped the other's data.
     @Test func namesThatOnceCollidedStayApartAndTeardownDropsOnlyItsOwn() throws {
