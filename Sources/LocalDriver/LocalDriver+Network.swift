@@ -60,7 +60,9 @@ extension LocalDriver {
             let ports = try gatewayPorts()
             guard refreshedPorts != ports else { return }
             let links = try state.heldNames(Self.uidAllocation).compactMap { uid_t($0) }.filter(Networks.isComplete)
-            try Networks.run(["nft", "-f", "-"], input: networks.hostRules(gatewayPorts: ports, links: links))
+            let postgres = try state.services(of: Self.hostEnvironment).first { $0.name == Self.postgresRecord }?.port
+            try Networks.run(["nft", "-f", "-"], input: networks.hostRules(gatewayPorts: ports, links: links,
+                                                                           sharedLimits: postgres.map { [$0: options.environmentConnectionsToPostgres] } ?? [:]))
             networks.allowGatewayPorts(ports, inside: links)
             refreshedPorts = ports
             hostTableCheckedAt = Date()

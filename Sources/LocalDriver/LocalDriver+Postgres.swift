@@ -519,16 +519,22 @@ extension LocalDriver {
          "-v", "ON_ERROR_STOP=1", "-q", "-X"]
     }
 
-    /// Every database of the host's server (one psql call), or nil when the server is not running.
-    func listPostgresDatabases() -> Set<String>? {
+    /// Every database of the host's server (one psql call): nil when the server is not running,
+    /// or, with why, when it runs but could not be listed.
+    func listPostgresDatabases() -> (databases: Set<String>?, unlisted: String?) {
         guard let record = try? state.services(of: Self.hostEnvironment).first(where: { $0.name == Self.postgresRecord }),
-              let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart),
-              let names = try? psql(port: record.port, sql: "SELECT datname FROM pg_database") else { return nil }
-        return Set(names.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) })
+              let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) else { return (nil, nil) }
+        do {
+            let names = try psql(port: record.port, sql: "SELECT datname FROM pg_database")
+            return (Set(names.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }), nil)
+        } catch {
+            return (nil, "\(error)")
+        }
     }
 
     /// Drops exactly the databases and roles the state DB records for the environment (never by
-    /// name pattern); the server is started for it when needed, and stays for the others.
+    /// name pattern); the server is started for it when needed, and stays for the others. What
+    /// could not be dropped keeps its allocation, and `retryFailedDrops` tries again.
     func dropPostgres(environment: String) -> [String] {
         guard let names = try? state.allocations(Self.databaseAllocation, of: environment), !names.isEmpty else { return [] }
         do {
@@ -539,16 +545,51 @@ extension LocalDriver {
             }
             return []
         } catch {
-            return ["could not drop the PostgreSQL databases of \(environment): \(error)"]
+            shared.withLock { dropsPending = true }
+            return ["could not drop the PostgreSQL databases of \(environment) (tried again at the next passes): \(error)"]
         }
+    }
+
+    /// Drops the databases of destroyed environments that their teardown could not drop (the
+    /// server was down or full), at most every `Options.dropRetryInterval`. Runs on the reconciler's
+    /// thread (`supervise`), so no apply of a new environment of the same name starts meanwhile;
+    /// one under way (busy) is left alone.
+    func retryFailedDrops(now: Date) -> [DriverEvent] {
+        let due = shared.withLock { () -> Bool in
+            guard dropsPending, (nextDropAttempt ?? .distantPast) <= now else { return false }
+            nextDropAttempt = now.addingTimeInterval(options.dropRetryInterval)
+            return true
+        }
+        guard due, postgresDatabases != nil, let held = try? state.holders(Self.databaseAllocation) else { return [] }
+        var events: [DriverEvent] = []
+        var left = false
+        for environment in Set(held.map(\.environment)).sorted() where environment != Self.hostEnvironment {
+            let record = try? state.environment(environment)
+            guard record == nil || record?.phase == .destroyed else { continue }
+            let claimed = shared.withLock { busy.insert(environment).inserted }
+            guard claimed else { left = true; continue }
+            defer { shared.withLock { _ = busy.remove(environment) } }
+            let problems = dropPostgres(environment: environment)
+            if problems.isEmpty {
+                events.append(DriverEvent(environment: environment, kind: "cleaned-up",
+                                          message: "dropped the PostgreSQL databases its teardown could not drop"))
+            } else {
+                left = true
+                logger.warning("could not drop the databases of a destroyed environment yet", metadata: ["gantry.env": "\(environment)", "error": "\(problems.joined(separator: "; "))"])
+            }
+        }
+        if !left { shared.withLock { dropsPending = false } }
+        return events
     }
 
     /// Runs SQL through psql's standard input; returns the unaligned output.
     @discardableResult
     /// As the superuser, or as `user` with `password`; the password goes in `PGPASSWORD`.
     func psql(port: Int, sql: String, database: String = "postgres", user: String = "postgres", password: String? = nil) throws -> String {
+        // (Bounded: a server that stops answering must not hold Gantry for ever; a copy of a
+        // large database is given the clone time limit.)
         try ProcessControl.run(["psql", "-h", postgresSocketDirectory, "-p", String(port), "-U", user, "-d", database,
                      "-v", "ON_ERROR_STOP=1", "-q", "-A", "-t", "-X"], input: sql,
-                    environment: ["PGPASSWORD": try password ?? postgresSuperuserPassword()])
+                    environment: ["PGPASSWORD": try password ?? postgresSuperuserPassword()], label: "psql", timeout: options.cloneTimeout)
     }
 }

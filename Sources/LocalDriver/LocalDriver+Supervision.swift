@@ -123,9 +123,14 @@ extension LocalDriver {
 
     public func supervise(correct: Bool = true) -> [DriverEvent] {
         var events: [DriverEvent] = []
-        postgresDatabases = listPostgresDatabases()
+        let listing = listPostgresDatabases()
+        (postgresDatabases, postgresUnlisted) = (listing.databases, listing.unlisted)
+        if let why = listing.unlisted {
+            logger.warning("PostgreSQL runs but its databases could not be listed; their drift is not judged this pass", metadata: ["error": "\(why)"])
+        }
         refreshNetworkRules()
         let now = Date()
+        events += retryFailedDrops(now: now)
         for listed in (try? state.allServices()) ?? [] {
             rotateLog(logPath(listed.environment, listed.name))
             // Checked and restarted under `shared`: an apply or teardown that starts meanwhile waits,
@@ -237,6 +242,8 @@ extension LocalDriver {
             case "postgres":
                 let name = Self.postgresName(environment: environment.name, database: database.name)
                 guard let existing = postgresDatabases else {
+                    // (Running but not listed: nothing can be said of its databases this pass.)
+                    if postgresUnlisted != nil { continue }
                     found.append("database \(database.name) (postgres) is unreachable: the server is not running")
                     continue
                 }

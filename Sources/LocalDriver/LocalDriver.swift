@@ -60,6 +60,12 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         /// How often `supervise` checks that the host table is still there (an `nft flush ruleset`
         /// by a firewall reload removes it) and writes it again when it is not.
         public var hostTableCheckInterval = 10.0
+        /// Connections every environment together may hold at once to PostgreSQL (each at most
+        /// `Networks.connectionsPerPort`): the server's other slots stay Gantry's, so many
+        /// environments of one branch cannot keep teardowns and drift checks out.
+        /// How often `supervise` tries again to drop the databases a teardown could not drop.
+        public var dropRetryInterval = 10.0
+        public var environmentConnectionsToPostgres = LocalDriver.postgresMaxConnections - 40
         public var uidRange = 200_000..<265_536
         /// Where the Gantry instances of this host claim uids (a file per uid): two state
         /// directories never run environments under one uid.
@@ -111,6 +117,14 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     /// The databases of the host's PostgreSQL server, listed once per pass by `supervise` for the
     /// drift checks (nil while the server is not running).
     var postgresDatabases: Set<String>?
+    /// Why the running server could not be listed at the last pass (every connection slot taken,
+    /// say): its databases' drift is not judged then, rather than reported as a stopped server.
+    var postgresUnlisted: String?
+    /// Whether some teardown could not drop its databases (their allocations stay with the
+    /// destroyed environment): `supervise` drops them again, at most every `Options.dropRetryInterval`.
+    /// True at start: a Gantry that stopped in between may have left some.
+    var dropsPending = true
+    var nextDropAttempt: Date?
     /// The environments' control groups (inactive without root or a cgroup hierarchy).
     let cgroups: ControlGroups
     /// The environments' network namespaces (inactive without root or the tools).

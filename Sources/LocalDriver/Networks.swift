@@ -217,14 +217,19 @@ struct Networks: Sendable {
     /// to those already there), allowing the gateway's `gatewayPorts`: written as one transaction.
     /// Whatever the set holds, nothing arriving on a link named like an environment's opens a
     /// connection to any host address but the gateway (every Gantry's environments share that rule).
-    func hostRules(gatewayPorts: [Int], links: [uid_t] = []) -> String {
+    func hostRules(gatewayPorts: [Int], links: [uid_t] = [], sharedLimits: [Int: Int] = [:]) -> String {
         let table = "inet \(hostTable)"
         let ports = gatewayPorts.sorted()
         let match = ports.count == 1 ? "\(ports[0])" : "{ \(ports.map(String.init).joined(separator: ", ")) }"
         // Each port at most `connectionsPerPort` connections at once per environment (its address:
         // one environment cannot take every PostgreSQL connection slot, even without a password).
+        // And some ports at most so many from every environment together (PostgreSQL's: a slot
+        // is taken before a password is asked, and Gantry's own connections need slots left).
+        let shared = sharedLimits.sorted { $0.key < $1.key }.map { port, limit in
+            "add rule \(table) input ip daddr \(Self.gateway) tcp dport \(port) add @totals { tcp dport ct count over \(limit) } reject with tcp reset\n"
+        }.joined()
         let allowed = ports.isEmpty ? "" : """
-            add rule \(table) input ip daddr \(Self.gateway) tcp dport \(match) add @connections { ip saddr . tcp dport ct count over \(Self.connectionsPerPort) } reject with tcp reset
+            \(shared)add rule \(table) input ip daddr \(Self.gateway) tcp dport \(match) add @connections { ip saddr . tcp dport ct count over \(Self.connectionsPerPort) } reject with tcp reset
             add rule \(table) input ip daddr \(Self.gateway) tcp dport \(match) accept
 
             """
@@ -234,6 +239,7 @@ struct Networks: Sendable {
               comment "\(owner)"
               set envs { type ifname; }
               set connections { type ipv4_addr . inet_service; size 65535; flags dynamic; }
+              set totals { type inet_service; size 64; flags dynamic; }
               chain input { type filter hook input priority 0; policy accept; }
               chain forward { type filter hook forward priority 0; policy accept; }
             }

@@ -148,6 +148,14 @@ public final class StateStore: Sendable {
         }
     }
 
+    /// The names of `kind` held (not released), with the environment holding each.
+    public func holders(_ kind: String) throws -> [(environment: String, name: String)] {
+        try pool.read { db in
+            try Row.fetchAll(db, sql: "SELECT environment, name FROM allocations WHERE kind = ? AND releasedAt IS NULL ORDER BY environment, name",
+                             arguments: [kind]).map { (environment: $0["environment"], name: $0["name"]) }
+        }
+    }
+
     /// Every name of `kind` ever allocated (released ones included): names never handed out again.
     public func allocatedNames(_ kind: String) throws -> Set<String> {
         try pool.read { db in Set(try String.fetchAll(db, sql: "SELECT name FROM allocations WHERE kind = ?", arguments: [kind])) }

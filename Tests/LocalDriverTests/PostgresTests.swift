@@ -361,6 +361,110 @@ import StateStore
         try harness.pass()
     }
 
+    /// Every environment together holds at most so many PostgreSQL connections (a slot is taken
+    /// before a password is asked): two environments share what is left after the first takes
+    /// its own cap, and Gantry still gets in.
+    @Test(.enabled(if: getuid() == 0)) func environmentsTogetherCannotTakeEveryConnectionSlot() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        for name in ["one", "two"] { try writeEnvironment(repo, name) }
+        try repo.commit("two environments with databases")
+        let harness = try Harness(repo: repo) { $0.environmentConnectionsToPostgres = 40 }
+        let summary = try harness.pass()
+        #expect(summary.applied.contains("one") && summary.applied.contains("two"), "\(harness.diagnose("one")) \(harness.diagnose("two"))")
+        guard harness.driver.isolatesNetwork else { return }
+        let port = try #require(try harness.service("_host", "postgres")).port
+        func hold(_ seconds: Int) -> String {
+            """
+            import socket, sys, time
+            held = []
+            for i in range(40):
+                try: held.append(socket.create_connection(("\(Networks.gateway)", \(port)), timeout=2))
+                except OSError: pass
+            print(len(held)); sys.stdout.flush()
+            time.sleep(\(seconds))
+            """
+        }
+        // The first holds its 32 for a while; the second, meanwhile, gets only what is left of 40.
+        let first = Process()
+        let arguments = try harness.inEnvironment("one", ["/usr/bin/python3", "-c", hold(6)])
+        first.executableURL = URL(fileURLWithPath: arguments[0])
+        first.arguments = Array(arguments.dropFirst())
+        let output = Pipe()
+        first.standardOutput = output
+        try first.run()
+        defer { if first.isRunning { kill(first.processIdentifier, SIGKILL) }; first.waitUntilExit() }
+        let line = String(decoding: output.fileHandleForReading.availableData, as: UTF8.self)
+        #expect(line.trimmingCharacters(in: .whitespacesAndNewlines) == "\(Networks.connectionsPerPort)", "\(line)")
+        let second = try Shell.run(try harness.inEnvironment("two", ["/usr/bin/python3", "-c", hold(0)]))
+        #expect(second.stdout.trimmingCharacters(in: .whitespacesAndNewlines) == "\(40 - Networks.connectionsPerPort)", "\(second.stdout)\(second.stderr)")
+        #expect(try harness.driver.psql(port: port, sql: "SELECT 1").contains("1"))
+    }
+
+    /// A teardown that cannot drop its databases (every slot of the server taken) says so and
+    /// keeps them recorded; later passes drop them once the server lets Gantry in. Meanwhile a
+    /// server that cannot be listed is not taken for a stopped one (no false drift).
+    @Test func aDatabaseATeardownCouldNotDropIsDroppedLater() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try writeEnvironment(repo, "keep")
+        try writeEnvironment(repo, "gone")
+        try repo.commit("two environments with databases")
+        let harness = try Harness(repo: repo) { $0.dropRetryInterval = 0 }
+        let summary = try harness.pass()
+        #expect(summary.applied.contains("gone") && summary.applied.contains("keep"), "\(harness.diagnose("gone"))")
+        let port = try #require(try harness.service("_host", "postgres")).port
+        let name = LocalDriver.postgresName(environment: "gone", database: "main")
+        func exists() throws -> Bool { try harness.driver.psql(port: port, sql: "SELECT count(*) FROM pg_database WHERE datname = '\(name)'").contains("1") }
+        #expect(try exists())
+
+        // Something on the host takes every connection the server accepts (until
+        // authentication_timeout, 10 s): the server forks at most about twice max_connections.
+        let flood = Process()
+        flood.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        flood.arguments = ["-c", """
+            import socket, sys, time
+            held = []
+            for i in range(\(LocalDriver.postgresMaxConnections * 2 + 100)):
+                try: held.append(socket.create_connection(("127.0.0.1", \(port)), timeout=2))
+                except OSError: pass
+            print(len(held)); sys.stdout.flush()
+            time.sleep(6)
+            """]
+        let output = Pipe()
+        flood.standardOutput = output
+        try flood.run()
+        defer { if flood.isRunning { kill(flood.processIdentifier, SIGKILL) }; flood.waitUntilExit() }
+        _ = output.fileHandleForReading.availableData
+        #expect(eventually(5) { (try? harness.driver.psql(port: port, sql: "SELECT 1")) == nil }, "the flood left the server answering")
+
+        try repo.remove("environments/gone.yaml")
+        try repo.commit("gone goes")
+        let during = try harness.pass()
+        #expect(during.destroyed.contains("gone"))
+        #expect(during.drift.isEmpty && !during.applied.contains("keep"), "\(during)")
+        #expect(try harness.state.allocations(LocalDriver.databaseAllocation, of: "gone") == [name])
+        let said = try harness.state.events(of: "gone").map(\.message).joined(separator: "\n")
+        #expect(try harness.state.events(of: "keep").allSatisfy { !$0.kind.hasPrefix("drift") }, "a full server was taken for a stopped one")
+
+        kill(flood.processIdentifier, SIGKILL)
+        flood.waitUntilExit()
+        let dropped = try eventually(20, interval: 0.5) {
+            try harness.pass()
+            return try !exists()
+        }
+        #expect(dropped, "\(said)")
+        #expect(try harness.state.allocations(LocalDriver.databaseAllocation, of: "gone").isEmpty)
+        #expect(try harness.state.events(of: "gone").contains { $0.kind == "cleaned-up" })
+        #expect(try hasDatabase(harness, "keep"))
+    }
+
+    func hasDatabase(_ harness: Harness, _ environment: String) throws -> Bool {
+        let port = try #require(try harness.service("_host", "postgres")).port
+        let name = LocalDriver.postgresName(environment: environment, database: "main")
+        return try harness.driver.psql(port: port, sql: "SELECT count(*) FROM pg_database WHERE datname = '\(name)'").contains("1")
+    }
+
     /// `shop-a`'s database `main` and `shop`'s database `a-main` were both `g_shop_a_main` once:
     /// one environment's teardown dropped the other's data.
     @Test func namesThatOnceCollidedStayApartAndTeardownDropsOnlyItsOwn() throws {
