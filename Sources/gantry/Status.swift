@@ -45,12 +45,14 @@ struct Status: ParsableCommand {
         for summary in summaries {
             let environment = summary.record
             let conditions = summary.conditions.isEmpty ? "" : "  [\(summary.conditions.map(\.rawValue).joined(separator: ", "))]"
-            print(Printable.line("\(environment.name)  \(environment.phase.rawValue)  \(environment.envClass)  \(environment.branch)@\(environment.commit.prefix(7))\(conditions)"))
+            // (The last commit judged; when it is not the one running — denied, waiting — both.)
+            let running = environment.appliedCommit.flatMap { $0 == environment.commit ? nil : "  (running \($0.prefix(7)))" } ?? ""
+            print(Printable.line("\(environment.name)  \(environment.phase.rawValue)  \(environment.envClass)  \(environment.branch)@\(environment.commit.prefix(7))\(running)\(conditions)"))
             for service in summary.services {
                 print("  service \(service.name): \(service.phase)  \(service.url)\(service.restarts > 0 ? "  (\(service.restarts) restarts)" : "")")
             }
             for route in summary.routes {
-                print("  route \(route.name): \(route.url ?? "(no router: `gantry run` was started with --no-router)")")
+                print("  route \(route.name): \(route.url ?? "(no router: `gantry run` is not running one — started with --no-router, or the router could not listen: see its log)")")
             }
             if let message = environment.message { print("  " + Printable.line(message)) }
             for step in summary.nextSteps { print(Printable.line("  next: \(step)")) }
