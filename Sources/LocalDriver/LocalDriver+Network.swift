@@ -51,6 +51,14 @@ extension LocalDriver {
         try? writeHostRules()
     }
 
+    /// The router stopped (`gantry run` exits, its services kept running): its port is closed to
+    /// the environments at once, in the host table and in their namespaces, so a server the host
+    /// starts on that port later is out of their reach.
+    public func routerStopped() {
+        routerPort = nil
+        try? writeHostRules()
+    }
+
     /// Writes the host table (one transaction, with every live link of this Gantry's environments
     /// in its set: adopted ones after a restart too) and the allowed ports inside each
     /// environment's namespace, unless they already allow exactly the gateway's current ports.

@@ -50,18 +50,24 @@ extension LocalDriver {
     /// Every connection authenticates with SCRAM-SHA-256: over the socket, over loopback TCP and
     /// from the environments' networks (through the gateway).
     static let hostBasedAuthentication = """
-        # Written by Gantry at every start: no connection is trusted.
+        # Written by Gantry at every start: no connection is trusted. Over TCP a role reaches only
+        # the database of its own name (an environment's role, its database); a role that makes a
+        # seed template (member of \(seedingGroup)) comes in over the server's socket only.
         local all all scram-sha-256
-        host all all 127.0.0.1/32 scram-sha-256
-        host all all ::1/128 scram-sha-256
-        host all all \(Networks.environmentRange) scram-sha-256
-        host all all \(Networks.gateway)/32 scram-sha-256
+        host all +\(seedingGroup) 0.0.0.0/0 reject
+        host all +\(seedingGroup) ::/0 reject
+        host sameuser all 127.0.0.1/32 scram-sha-256
+        host sameuser all ::1/128 scram-sha-256
+        host sameuser all \(Networks.environmentRange) scram-sha-256
+        host sameuser all \(Networks.gateway)/32 scram-sha-256
 
         """
 
     /// Connection slots of the server, and how many one environment's role may hold (a network's
     /// rules also cap its connections before they authenticate: `Networks.connectionsPerPort`).
     static let postgresMaxConnections = 300
+    /// The group of the roles that make seed templates (refused over TCP: see `hostBasedAuthentication`).
+    static let seedingGroup = "gantry_seeding"
     static let roleConnectionLimit = 32
 
     /// Where the server listens: loopback, and the gateway when environments have networks of their own.
@@ -77,7 +83,7 @@ extension LocalDriver {
             throw ProcessControl.SpawnError(description: "PostgreSQL is not installed (apt-get install postgresql, or `make deps`)")
         }
         // (What the server was started with: a server started otherwise is restarted with it.)
-        let listening = "listen:\(postgresListenAddresses) socket:0700 connections:\(Self.postgresMaxConnections)"
+        let listening = "listen:\(postgresListenAddresses) socket:0700 connections:\(Self.postgresMaxConnections) hba:sameuser checks:2s"
         if let record = try state.services(of: Self.hostEnvironment).first(where: { $0.name == Self.postgresRecord }),
            let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) {
             if record.fingerprint == listening { return record.port }
@@ -137,7 +143,10 @@ extension LocalDriver {
         progress("starting PostgreSQL on \(postgresListenAddresses) port \(record.port)")
         let command = asPostgresUser(["\(bin)/postgres", "-D", data, "-p", String(record.port), "-k", postgresSocketDirectory,
                                       "-c", "listen_addresses=\(postgresListenAddresses)", "-c", "unix_socket_permissions=0700",
-                                      "-c", "max_connections=\(Self.postgresMaxConnections)", "-c", "authentication_timeout=10s", "-c", "fsync=off", "-c", "password_encryption=scram-sha-256",
+                                      "-c", "max_connections=\(Self.postgresMaxConnections)", "-c", "authentication_timeout=10s",
+                                      // A session whose client went away (a reset connection, no longer counted by the
+                                      // network's caps) is ended within 2 s, even mid-query; Gantry keeps 10 slots.
+                                      "-c", "client_connection_check_interval=2s", "-c", "superuser_reserved_connections=10", "-c", "fsync=off", "-c", "password_encryption=scram-sha-256",
                                       "-c", "hba_file=\(data)/pg_hba.conf"])
         try start(&record, resolved: ResolvedService(command: command, environment: [:]), progress: progress)
         let deadline = Date().addingTimeInterval(30)
@@ -148,7 +157,10 @@ extension LocalDriver {
             usleep(50_000)
         }
         // No environment's role connects to the server's own databases.
-        try psql(port: record.port, sql: "REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC; REVOKE CONNECT ON DATABASE template1 FROM PUBLIC;")
+        try psql(port: record.port, sql: """
+            REVOKE CONNECT, TEMPORARY ON DATABASE postgres FROM PUBLIC; REVOKE CONNECT ON DATABASE template1 FROM PUBLIC;
+            DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '\(Self.seedingGroup)') THEN CREATE ROLE \(Self.seedingGroup) NOLOGIN; END IF; END $$;
+            """)
         record.phase = "Running"
         try state.save(record)
         return record.port
@@ -267,13 +279,23 @@ extension LocalDriver {
         return changes
     }
 
-    /// An empty database owned by its role, which alone may connect to it.
+    /// An empty database owned by its role, which alone may connect to it. (Made closed, and
+    /// opened once PUBLIC's default right to connect is gone: no other role gets in meanwhile.)
     func createDatabase(port: Int, _ name: String) throws {
         try psql(port: port, sql: """
-            CREATE DATABASE "\(name)" OWNER "\(name)";
-            REVOKE CONNECT, TEMPORARY ON DATABASE "\(name)" FROM PUBLIC;
-            GRANT CONNECT, TEMPORARY ON DATABASE "\(name)" TO "\(name)";
+            CREATE DATABASE "\(name)" OWNER "\(name)" ALLOW_CONNECTIONS false;
+            \(Self.opening(name))
             """)
+    }
+
+    /// Takes PUBLIC's default rights on a new database (made with ALLOW_CONNECTIONS false), grants
+    /// them to the role of its name, then allows connections.
+    static func opening(_ name: String) -> String {
+        """
+        REVOKE CONNECT, TEMPORARY ON DATABASE "\(name)" FROM PUBLIC;
+        GRANT CONNECT, TEMPORARY ON DATABASE "\(name)" TO "\(name)";
+        ALTER DATABASE "\(name)" ALLOW_CONNECTIONS true;
+        """
     }
 
     /// Makes `target` (owned by its role, which exists) a copy of `source` with `CREATE DATABASE
@@ -287,17 +309,14 @@ extension LocalDriver {
         guard sessions.trimmingCharacters(in: .whitespacesAndNewlines) == "0" else { return false }
         progress("copying \(source) into \(target) (CREATE DATABASE ... TEMPLATE: the source is idle)")
         do {
-            try psql(port: port, sql: "CREATE DATABASE \"\(target)\" OWNER \"\(target)\" TEMPLATE \"\(source)\";")
+            try psql(port: port, sql: "CREATE DATABASE \"\(target)\" OWNER \"\(target)\" TEMPLATE \"\(source)\" ALLOW_CONNECTIONS false;")
         } catch {
             // Someone connected to the source meanwhile.
             return false
         }
+        try psql(port: port, sql: Self.opening(target))
         try reassignmentLock.withLock {
-            _ = try psql(port: port, sql: """
-                REVOKE CONNECT, TEMPORARY ON DATABASE "\(target)" FROM PUBLIC;
-                GRANT CONNECT, TEMPORARY ON DATABASE "\(target)" TO "\(target)";
-                \(Self.reassignment(from: source, to: target))
-                """, database: target)
+            _ = try psql(port: port, sql: Self.reassignment(from: source, to: target), database: target)
         }
         return true
     }
@@ -338,17 +357,20 @@ extension LocalDriver {
                 try psql(port: port, sql: """
                     DROP DATABASE IF EXISTS "\(name)" WITH (FORCE);
                     DROP ROLE IF EXISTS "\(name)";
-                    CREATE ROLE "\(name)" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 1 PASSWORD '\(password)';
-                    CREATE DATABASE "\(name)" OWNER "\(name)";
-                    REVOKE CONNECT, TEMPORARY ON DATABASE "\(name)" FROM PUBLIC;
-                    GRANT CONNECT, TEMPORARY ON DATABASE "\(name)" TO "\(name)";
+                    CREATE ROLE "\(name)" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT 1 PASSWORD '\(password)' IN ROLE \(Self.seedingGroup);
+                    CREATE DATABASE "\(name)" OWNER "\(name)" ALLOW_CONNECTIONS false;
+                    \(Self.opening(name))
                     """)
                 try ProcessControl.run(["psql", "-h", postgresSocketDirectory, "-p", String(port), "-U", name, "-d", name,
                                         "-v", "ON_ERROR_STOP=1", "-q", "-X"], input: String(decoding: sql, as: UTF8.self),
                                        environment: ["PGPASSWORD": password], label: label, timeout: options.seedTimeout)
+                // No session of the role may outlive the seed (it could change the template after
+                // it was made): the role loses its login, then every session of it or in it ends.
                 try psql(port: port, sql: """
                     ALTER ROLE "\(name)" NOLOGIN PASSWORD NULL;
-                    ALTER DATABASE "\(name)" IS_TEMPLATE true ALLOW_CONNECTIONS false;
+                    ALTER DATABASE "\(name)" ALLOW_CONNECTIONS false;
+                    SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE (usename = '\(name)' OR datname = '\(name)') AND pid <> pg_backend_pid();
+                    ALTER DATABASE "\(name)" IS_TEMPLATE true;
                     """)
                 seedTemplateLock.withLock { _ = knownSeedTemplates.insert(name) }
                 dropIdleSeedTemplates(port: port, keeping: name)
@@ -445,9 +467,7 @@ extension LocalDriver {
             _ = try reassignmentLock.withLock { try psql(port: port, sql: """
                 ALTER DATABASE "\(spare)" RENAME TO "\(target)";
                 ALTER DATABASE "\(target)" OWNER TO "\(target)";
-                ALTER DATABASE "\(target)" ALLOW_CONNECTIONS true;
-                REVOKE CONNECT, TEMPORARY ON DATABASE "\(target)" FROM PUBLIC;
-                GRANT CONNECT, TEMPORARY ON DATABASE "\(target)" TO "\(target)";
+                \(Self.opening(target))
                 \\connect "\(target)"
                 \(Self.reassignment(from: template, to: target))
                 """) }
@@ -537,17 +557,32 @@ extension LocalDriver {
     /// could not be dropped keeps its allocation, and `retryFailedDrops` tries again.
     func dropPostgres(environment: String) -> [String] {
         guard let names = try? state.allocations(Self.databaseAllocation, of: environment), !names.isEmpty else { return [] }
-        do {
-            let port = try ensurePostgres { _ in }
-            for name in names {
-                try psql(port: port, sql: "DROP DATABASE IF EXISTS \"\(name)\" WITH (FORCE); DROP ROLE IF EXISTS \"\(name)\";")
-                try state.release(Self.databaseAllocation, name)
-            }
-            return []
-        } catch {
+        let port: Int
+        do { port = try ensurePostgres { _ in } } catch {
             shared.withLock { dropsPending = true }
             return ["could not drop the PostgreSQL databases of \(environment) (tried again at the next passes): \(error)"]
         }
+        var problems: [String] = []
+        for name in names {
+            do {
+                // Whatever the environment's role did to its database (made it a template, closed
+                // it, held sessions open), it goes: no login first, then no session, then the drop.
+                // (Its sessions end first: one could hold a lock on the role's row.)
+                try psql(port: port, sql: """
+                    SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = '\(name)' AND pid <> pg_backend_pid();
+                    SELECT format('ALTER ROLE %I NOLOGIN', rolname) FROM pg_roles WHERE rolname = '\(name)' \\gexec
+                    SELECT format('ALTER DATABASE %I IS_TEMPLATE false', datname) FROM pg_database WHERE datname = '\(name)' AND datistemplate \\gexec
+                    SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = '\(name)' AND pid <> pg_backend_pid();
+                    DROP DATABASE IF EXISTS "\(name)" WITH (FORCE);
+                    DROP ROLE IF EXISTS "\(name)";
+                    """)
+                try state.release(Self.databaseAllocation, name)
+            } catch {
+                problems.append("could not drop PostgreSQL database \(name) of \(environment) (tried again at the next passes): \(error)")
+            }
+        }
+        if !problems.isEmpty { shared.withLock { dropsPending = true } }
+        return problems
     }
 
     /// Drops the databases of destroyed environments that their teardown could not drop (the
@@ -587,9 +622,11 @@ extension LocalDriver {
     /// As the superuser, or as `user` with `password`; the password goes in `PGPASSWORD`.
     func psql(port: Int, sql: String, database: String = "postgres", user: String = "postgres", password: String? = nil) throws -> String {
         // (Bounded: a server that stops answering must not hold Gantry for ever; a copy of a
-        // large database is given the clone time limit.)
+        // large database is given the clone time limit. A lock held by an environment's session
+        // — its role's row, say — makes a statement fail after 10 s rather than wait.)
         try ProcessControl.run(["psql", "-h", postgresSocketDirectory, "-p", String(port), "-U", user, "-d", database,
                      "-v", "ON_ERROR_STOP=1", "-q", "-A", "-t", "-X"], input: sql,
-                    environment: ["PGPASSWORD": try password ?? postgresSuperuserPassword()], label: "psql", timeout: options.cloneTimeout)
+                    environment: ["PGPASSWORD": try password ?? postgresSuperuserPassword(), "PGOPTIONS": "-c lock_timeout=10s"],
+                    label: "psql", timeout: options.cloneTimeout)
     }
 }

@@ -100,6 +100,7 @@ struct Run: ParsableCommand {
         }
         defer {
             router?.stop()
+            if router != nil, !stopOnExit { driver.routerStopped() }
             try? FileManager.default.removeItem(atPath: paths.routerPortFile)
         }
         defer { try? FileManager.default.removeItem(atPath: paths.pidFile) }
