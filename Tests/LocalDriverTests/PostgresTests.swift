@@ -523,6 +523,59 @@ import StateStore
         #expect(try harness.state.allocations(LocalDriver.databaseAllocation, of: "tricky").isEmpty)
     }
 
+    /// An environment's session that holds a lock on its role's row (an open transaction that
+    /// altered the role) makes its own apply fail after the lock timeout, not hang a worker for
+    /// ever; another environment is applied meanwhile, and the teardown still drops everything.
+    @Test func aLockOnItsOwnRoleHoldsNothingButTheEnvironmentItself() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try writeEnvironment(repo, "locker")
+        try repo.commit("an environment with a database")
+        let harness = try Harness(repo: repo)
+        #expect(try harness.pass().applied.contains("locker"), "\(harness.diagnose("locker"))")
+        let url = try databaseURL(harness, "locker")
+        let holder = Process()
+        let arguments = try harness.inEnvironment("locker", ["psql", url, "-c", "BEGIN; ALTER ROLE CURRENT_USER PASSWORD 'x'; SELECT pg_sleep(120);"])
+        holder.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        holder.arguments = arguments
+        holder.standardOutput = FileHandle.nullDevice
+        holder.standardError = FileHandle.nullDevice
+        try holder.run()
+        defer { if holder.isRunning { kill(holder.processIdentifier, SIGKILL) }; holder.waitUntilExit() }
+        let port = try #require(try harness.service("_host", "postgres")).port
+        #expect(eventually(10) { ((try? harness.driver.psql(port: port, sql: "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%pg_sleep(120)%' AND pid <> pg_backend_pid()")) ?? "").contains("1") })
+
+        // A new revision of it (its role's password is set again) and a new environment, in one commit.
+        try repo.write("environments/locker.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: locker, class: development}
+            spec:
+              template: python-web
+              databases:
+                main: {engine: postgres}
+              services:
+                web:
+                  env: {DATABASE_URL: "${databases.main.url}", REVISION: "2"}
+            """)
+        try writeEnvironment(repo, "bystander")
+        try repo.commit("a new revision, and a bystander")
+        let start = Date()
+        let summary = try harness.pass()
+        #expect(summary.applied.contains("bystander"), "\(harness.diagnose("bystander"))")
+        #expect(summary.failed.contains("locker"), "\(harness.diagnose("locker"))")
+        #expect(Date().timeIntervalSince(start) < 60, "the pass took \(Date().timeIntervalSince(start)) s")
+        let message = try harness.environment("locker")?.message ?? ""
+        #expect(message.contains("lock timeout"), "\(message)")
+
+        try repo.remove("environments/locker.yaml")
+        try repo.commit("locker goes")
+        #expect(try harness.pass().destroyed.contains("locker"))
+        let name = LocalDriver.postgresName(environment: "locker", database: "main")
+        #expect(try harness.driver.psql(port: port, sql: "SELECT count(*) FROM pg_database WHERE datname = '\(name)'").contains("0"))
+        #expect(try harness.driver.psql(port: port, sql: "SELECT count(*) FROM pg_roles WHERE rolname = '\(name)'").contains("0"))
+    }
+
     /// `shop-a`'s database `main` and `shop`'s database `a-main` were both `g_shop_a_main` once:
     /// one environment's teardown dropped the other's data.
     @Test func namesThatOnceCollidedStayApartAndTeardownDropsOnlyItsOwn() throws {
