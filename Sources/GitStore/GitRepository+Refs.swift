@@ -73,6 +73,16 @@ extension GitRepository {
         let pair = MergeBasePair(a, b)
         return try locked {
             if let known = mergeBases[pair] { return known }
+            // A push usually adds one commit on top of a tip judged before: when a commit has a
+            // single parent whose merge base with the other is known and is not that parent, the
+            // commit is not in the other's history either (its parent would be), so their common
+            // ancestors — and merge base — are the parent's. No history walk.
+            for (child, other) in [(a, b), (b, a)] {
+                guard let parent = singleParent(of: child), case let .some(known) = mergeBases[MergeBasePair(parent, other)],
+                      known != parent else { continue }
+                remember(pair, known)
+                return known
+            }
             var out = git_oid()
             var one = a.oid
             var two = b.oid
@@ -84,10 +94,25 @@ extension GitRepository {
                 try check("merge-base \(a.short) \(b.short)", status)
                 base = ObjectID(out)
             }
-            if mergeBases.count >= 512 { mergeBases.removeAll(keepingCapacity: true) }
-            mergeBases[pair] = base
+            remember(pair, base)
             return base
         }
+    }
+
+    /// (Under the lock.) At most 512 pairs are kept; beyond, they are forgotten all at once.
+    private func remember(_ pair: MergeBasePair, _ base: ObjectID?) {
+        if mergeBases.count >= 512 { mergeBases.removeAll(keepingCapacity: true) }
+        mergeBases[pair] = base
+    }
+
+    /// (Under the lock.) The parent of a commit that has exactly one; nil otherwise or when unreadable.
+    private func singleParent(of commit: ObjectID) -> ObjectID? {
+        var object: OpaquePointer?
+        var oid = commit.oid
+        guard git_commit_lookup(&object, handle, &oid) == 0, let object else { return nil }
+        defer { git_commit_free(object) }
+        guard git_commit_parentcount(object) == 1, let parent = git_commit_parent_id(object, 0) else { return nil }
+        return ObjectID(parent.pointee)
     }
 
     /// True when `commit` is `tip` or one of its ancestors ("reachable from tip"): then, and only

@@ -52,6 +52,52 @@ import TestSupport
         #expect(try repo.git("merge-base", main, side) == root)
     }
 
+    /// Pushes one commit at a time on a branch: each merge base is derived from the previous
+    /// one (no history walk), and still agrees with `git merge-base` — also once main has taken
+    /// the branch in (fast-forward), and when a branch merges main in, and for unrelated histories.
+    @Test func mergeBasesOfSuccessivePushesAgreeWithGit() throws {
+        let repo = try TestRepository()
+        try repo.write("f", "0")
+        var main = try repo.commit("root")
+        try repo.checkout("work", create: true)
+        let git = try repo.open()
+        func agrees(_ a: String, _ b: String) throws -> Bool {
+            let ours = try git.mergeBase(ObjectID(hex: a)!, ObjectID(hex: b)!)?.hex
+            let theirs = try? repo.git("merge-base", a, b)
+            return ours == theirs
+        }
+        var tips: [String] = []
+        for index in 1...6 {
+            try repo.write("f", "\(index)")
+            let tip = try repo.commit("push \(index)")
+            tips.append(tip)
+            #expect(try agrees(tip, main) && agrees(main, tip), "push \(index)")
+            #expect(try !git.isReachable(ObjectID(hex: tip)!, from: ObjectID(hex: main)!))
+        }
+        // Main takes the branch in up to its third push; the branch goes on.
+        try repo.checkout("main")
+        try repo.git("merge", "-q", "--ff-only", tips[2])
+        main = tips[2]
+        try repo.checkout("work")
+        #expect(try git.isReachable(ObjectID(hex: tips[2])!, from: ObjectID(hex: main)!))
+        for tip in tips { #expect(try agrees(tip, main), "\(tip)") }
+        try repo.write("f", "7")
+        let next = try repo.commit("push 7")
+        #expect(try agrees(next, main) && git.mergeBase(ObjectID(hex: next)!, ObjectID(hex: main)!)?.hex == main)
+        // Main moves on; the branch merges it in (two parents), then pushes once more.
+        try repo.checkout("main")
+        try repo.write("m", "main")
+        main = try repo.commit("main moves")
+        try repo.checkout("work")
+        #expect(try agrees(next, main))
+        try repo.git("merge", "-q", "--no-edit", "main")
+        let merged = try repo.git("rev-parse", "HEAD")
+        #expect(try agrees(merged, main) && git.isReachable(ObjectID(hex: main)!, from: ObjectID(hex: merged)!))
+        try repo.write("f", "8")
+        let after = try repo.commit("push 8")
+        #expect(try agrees(after, main))
+    }
+
     @Test func oversizedBlobIsRefused() throws {
         let repo = try TestRepository()
         try repo.write("big", String(repeating: "x", count: 4096))
