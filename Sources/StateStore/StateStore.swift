@@ -11,6 +11,12 @@ public final class StateStore: Sendable {
                                                 withIntermediateDirectories: true)
         var configuration = Configuration()
         configuration.busyMode = .timeout(10)
+        // WAL with synchronous=NORMAL: a commit is not flushed to the disk on its own (the WAL is
+        // at checkpoints), so a killed process loses nothing and the database stays consistent,
+        // while a power cut may lose the last moments. Those are what the audit journal already
+        // recovers from: a notes commit without its journal rows is taken into the journal, rows
+        // the notes lack are published again, and a branch not marked processed is judged again.
+        configuration.prepareDatabase { db in try db.execute(sql: "PRAGMA synchronous = NORMAL") }
         pool = try DatabasePool(path: path, configuration: configuration)
         try Self.migrator.migrate(pool)
     }
