@@ -25,24 +25,41 @@ extension Reconciler {
                 summary.drift.append(record.name)
                 continue
             }
-            do {
-                _ = try driver.apply(plan) { step in logger.info("Correcting drift of \(record.name): \(step)") }
-                corrected[record.name, default: []] += found.map { "\($0); recreated" }
-            } catch {
-                logger.error("could not correct drift", metadata: ["gantry.env": "\(record.name)", "error": "\(error)"])
+            // On the pool, like any apply: recreating a database runs its seed, which may take
+            // as long as the seed time limit, and an environment that keeps dropping its own
+            // database must not hold the loop (other branches' admissions) while it runs.
+            let driver = self.driver, logger = self.logger, name = record.name
+            let ticket = operations.submit(name) {
+                do {
+                    return .applied(try driver.apply(plan) { step in logger.info("Correcting drift of \(name): \(step)") })
+                } catch {
+                    return .failed("\(error)", ErrorDisposition.of(error))
+                }
+            }
+            completions[ticket] = { [unowned self] result, summary in
+                if case .failed(let error, _) = result {
+                    logger.error("could not correct drift", metadata: ["gantry.env": "\(name)", "error": "\(error)"])
+                    return
+                }
+                recordDriftCorrected(name, findings: found.map { "\($0); recreated" }, &summary)
             }
         }
         for (environment, findings) in corrected.sorted(by: { $0.key < $1.key }) {
-            guard let record = try? state.environment(environment), record.phase != .destroyed else { continue }
-            let commit = record.appliedCommit ?? record.commit
-            let fields: [(key: String, value: String)] = [("environment", environment), ("branch", record.branch), ("commit", commit)]
-                + findings.map { (key: "found", value: $0) }
-            do {
-                try audit.append([AuditEntry(event: .driftCorrected, commit: commit, fields: fields)])
-                summary.driftCorrected.append(environment)
-            } catch {
-                logger.error("could not record corrected drift", metadata: ["gantry.env": "\(environment)", "error": "\(error)"])
-            }
+            recordDriftCorrected(environment, findings: findings, &summary)
+        }
+    }
+
+    /// The `drift-corrected` record of what was found and corrected.
+    func recordDriftCorrected(_ environment: String, findings: [String], _ summary: inout PassSummary) {
+        guard let record = try? state.environment(environment), record.phase != .destroyed else { return }
+        let commit = record.appliedCommit ?? record.commit
+        let fields: [(key: String, value: String)] = [("environment", environment), ("branch", record.branch), ("commit", commit)]
+            + findings.map { (key: "found", value: $0) }
+        do {
+            try audit.append([AuditEntry(event: .driftCorrected, commit: commit, fields: fields)])
+            summary.driftCorrected.append(environment)
+        } catch {
+            logger.error("could not record corrected drift", metadata: ["gantry.env": "\(environment)", "error": "\(error)"])
         }
     }
 }

@@ -133,6 +133,42 @@ final class Loop: @unchecked Sendable {
         #expect(try loop.state.environment("web--agents-slow")?.phase == .running)
     }
 
+    /// Correcting drift (a database recreated, its seed run again) is an operation on the pool
+    /// like an apply: while it runs, the loop goes on judging and applying other branches, and
+    /// the `drift-corrected` record is written when it finishes.
+    @Test func aDriftCorrectionHoldsBackNoOtherBranch() throws {
+        let loop = try seeded()
+        try loop.repo.checkout("agents/data", create: true)
+        try loop.repo.write("environments/data.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: data, class: development}
+            spec:
+              template: python-web
+              databases:
+                main: {engine: sqlite}
+            """)
+        try loop.repo.commit("an environment with a database\n\nAgent: claude-code")
+        try loop.repo.checkout("main")
+        let name = "data--agents-data"
+        try loop.pass()
+        #expect(try loop.state.environment(name)?.phase == .running, "\(loop.trail())")
+        loop.driver.hold(name)
+        loop.driver.drifted(name, ["database main (sqlite) is missing"])
+        let start = Date()
+        try loop.pass(wait: false)
+        #expect(try loop.passUntil { loop.driver.started.filter { $0.environment == name }.count == 2 })
+        #expect(Date().timeIntervalSince(start) < 5)
+        try loop.pushPreview("agents/other")
+        #expect(try loop.passUntil { try loop.events(of: "web--agents-other") == ["admitted", "applied"] }, "\(loop.trail())")
+        #expect(try !loop.events(of: name).contains("drift-corrected"))
+        loop.driver.release(name)
+        try loop.pass()
+        let corrected = try loop.records().filter { $0.event == "drift-corrected" && $0.value("environment") == name }
+        #expect(corrected.count == 1 && corrected.first?.values("found") == ["database main (sqlite) is missing; recreated"], "\(loop.trail())")
+        #expect(loop.driver.overlapped.isEmpty)
+    }
+
     @Test func productionAndTheProtectedBranchGoFirst() throws {
         let loop = try seeded { $0.maxConcurrentOperations = 1 }
         loop.driver.hold("web--agents-a")

@@ -34,6 +34,8 @@ public final class FakeDriver: Driver, Sendable {
         /// The services of each environment's applied revision, and those told to have stopped.
         var services: [String: [String]] = [:]
         var stopped: Set<String> = []
+        /// Drift each environment shows until its next apply corrects it.
+        var drift: [String: [String]] = [:]
     }
 
     private let state = Mutex(State())
@@ -82,7 +84,10 @@ public final class FakeDriver: Driver, Sendable {
         if failing { throw FakeFailure(environment: environment.name) }
         // The revision's files are read through the snapshot, as a real driver would.
         _ = try environment.source.objectID(at: "")
-        state.withLock { $0.services[environment.name] = environment.spec.services.map(\.name) }
+        state.withLock {
+            $0.services[environment.name] = environment.spec.services.map(\.name)
+            $0.drift[environment.name] = nil
+        }
         return ApplyOutcome(changes: ["~fake \(environment.name)"])
     }
 
@@ -124,8 +129,11 @@ public final class FakeDriver: Driver, Sendable {
     /// `service` of `environment` is observed stopped from now on (a crash nobody restarts).
     public func stop(_ service: String, of environment: String) { state.withLock { _ = $0.stopped.insert("\(environment)/\(service)") } }
 
+    /// `environment` shows `findings` as drift (a dropped database, say) until an apply corrects it.
+    public func drifted(_ environment: String, _ findings: [String]) { state.withLock { $0.drift[environment] = findings } }
+
     public func supervise(correct: Bool) -> [DriverEvent] { [] }
-    public func drift(_ environment: PlannedEnvironment) -> [String] { [] }
+    public func drift(_ environment: PlannedEnvironment) -> [String] { state.withLock { $0.drift[environment.name] ?? [] } }
     public func shutdown() {}
 }
 
