@@ -198,6 +198,10 @@ extension LocalDriver {
         guard !databases.isEmpty else { return [] }
         let port = try ensurePostgres(progress: progress)
         var changes: [String] = []
+        // The environment's sessions are shared among its roles: a role per database, each with a
+        // share of `roleConnectionLimit` (the server counts sessions, which a reset connection
+        // leaves behind for a moment; the network's cap counts connections).
+        let sessionsPerRole = max(2, Self.roleConnectionLimit / databases.count)
         for database in databases {
             let name = Self.postgresName(environment: environment.name, database: database.name)
             // Recorded before it exists: a crash after CREATE still leaves it owned (and dropped at teardown).
@@ -206,7 +210,7 @@ extension LocalDriver {
             let password = try postgresPassword(environment: environment.name, database: database.name).value
             let exists = try psql(port: port, sql: """
                 DO $$ BEGIN IF NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = '\(name)') THEN CREATE ROLE "\(name)" LOGIN; END IF; END $$;
-                ALTER ROLE "\(name)" NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT \(Self.roleConnectionLimit) PASSWORD '\(password)';
+                ALTER ROLE "\(name)" LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS CONNECTION LIMIT \(sessionsPerRole) PASSWORD '\(password)';
                 SELECT 'exists' FROM pg_database WHERE datname = '\(name)';
                 """).contains("exists")
             if exists { continue }
@@ -439,8 +443,10 @@ extension LocalDriver {
                     try psql(port: port, sql: spares.map { "DROP DATABASE IF EXISTS \"\($0)\";\n" }.joined() + """
                         SELECT format('ALTER DATABASE %I IS_TEMPLATE false', datname) FROM pg_database WHERE datname = '\(template)' \\gexec
                         DROP DATABASE IF EXISTS "\(template)";
-                        DROP ROLE IF EXISTS "\(template)";
                         """)
+                    // (The seed may have granted to other roles' names: what was granted to it goes first.)
+                    try revokeGrants(port: port, to: template)
+                    try psql(port: port, sql: "DROP ROLE IF EXISTS \"\(template)\";")
                 } catch {
                     logger.warning("could not drop an idle seed template", metadata: ["database": "\(template)", "error": "\(error)"])
                     return
@@ -574,8 +580,9 @@ extension LocalDriver {
                     SELECT format('ALTER DATABASE %I IS_TEMPLATE false', datname) FROM pg_database WHERE datname = '\(name)' AND datistemplate \\gexec
                     SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = '\(name)' AND pid <> pg_backend_pid();
                     DROP DATABASE IF EXISTS "\(name)" WITH (FORCE);
-                    DROP ROLE IF EXISTS "\(name)";
                     """)
+                try revokeGrants(port: port, to: name)
+                try psql(port: port, sql: "DROP ROLE IF EXISTS \"\(name)\";")
                 try state.release(Self.databaseAllocation, name)
             } catch {
                 problems.append("could not drop PostgreSQL database \(name) of \(environment) (tried again at the next passes): \(error)")
@@ -583,6 +590,26 @@ extension LocalDriver {
         }
         if !problems.isEmpty { shared.withLock { dropsPending = true } }
         return problems
+    }
+
+    /// Revokes what other roles granted to `role`, wherever they did (another environment may grant
+    /// on its own database and objects to a role whose name it can work out, and DROP ROLE then
+    /// fails): DROP OWNED BY in each database that records a dependency on it (one closed to
+    /// connections is opened for the moment), then for shared objects.
+    func revokeGrants(port: Int, to role: String) throws {
+        let listed = try psql(port: port, sql: """
+            SELECT DISTINCT d.datname || ' ' || d.datallowconn FROM pg_shdepend s JOIN pg_database d ON d.oid = s.dbid
+            WHERE s.refclassid = 'pg_authid'::regclass AND s.refobjid = (SELECT oid FROM pg_roles WHERE rolname = '\(role)')
+            """)
+        for line in listed.split(separator: "\n") {
+            let parts = line.split(separator: " ")
+            guard parts.count == 2 else { continue }
+            let database = String(parts[0]), closed = parts[1] == "f"
+            if closed { try psql(port: port, sql: "ALTER DATABASE \"\(database)\" ALLOW_CONNECTIONS true;") }
+            defer { if closed { _ = try? psql(port: port, sql: "ALTER DATABASE \"\(database)\" ALLOW_CONNECTIONS false;") } }
+            try psql(port: port, sql: "DROP OWNED BY \"\(role)\";", database: database)
+        }
+        try psql(port: port, sql: "SELECT format('DROP OWNED BY %I', rolname) FROM pg_roles WHERE rolname = '\(role)' \\gexec")
     }
 
     /// Drops the databases of destroyed environments that their teardown could not drop (the

@@ -576,6 +576,55 @@ import StateStore
         #expect(try harness.driver.psql(port: port, sql: "SELECT count(*) FROM pg_roles WHERE rolname = '\(name)'").contains("0"))
     }
 
+    /// Another environment grants on its own database and tables to a role whose name it can
+    /// work out: the victim's teardown still drops that role, and the victim made again logs in.
+    /// An environment's roles share its sessions (several databases do not multiply them).
+    @Test(.enabled(if: getuid() == 0)) func grantsFromAnotherEnvironmentNeitherKeepARoleNorLockItOut() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try writeEnvironment(repo, "attacker")
+        try writeEnvironment(repo, "victim")
+        try repo.write("environments/many.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: many, class: development}
+            spec:
+              databases:
+                a: {engine: postgres}
+                b: {engine: postgres}
+                c: {engine: postgres}
+                d: {engine: postgres}
+            """)
+        try repo.commit("an attacker, a victim, and one with four databases")
+        let harness = try Harness(repo: repo)
+        let summary = try harness.pass()
+        #expect(summary.applied.contains("attacker") && summary.applied.contains("victim") && summary.applied.contains("many"),
+                "\(harness.diagnose("attacker")) \(harness.diagnose("victim")) \(harness.diagnose("many"))")
+        let port = try #require(try harness.service("_host", "postgres")).port
+        let limits = try harness.driver.psql(port: port, sql: "SELECT rolconnlimit FROM pg_roles WHERE rolname LIKE 'g\\_many\\_%'")
+            .split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }
+        #expect(limits == Array(repeating: "\(LocalDriver.roleConnectionLimit / 4)", count: 4), "\(limits)")
+
+        let victim = LocalDriver.postgresName(environment: "victim", database: "main")
+        let attacker = LocalDriver.postgresName(environment: "attacker", database: "main")
+        try Shell.check(try harness.inEnvironment("attacker", ["psql", try databaseURL(harness, "attacker"), "-v", "ON_ERROR_STOP=1", "-c", """
+            GRANT CONNECT, TEMPORARY ON DATABASE \(attacker) TO \(victim);
+            CREATE TABLE gx(i int); GRANT SELECT ON gx TO \(victim);
+            ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO \(victim);
+            """]))
+        try repo.remove("environments/victim.yaml")
+        try repo.commit("the victim goes")
+        #expect(try harness.pass().destroyed.contains("victim"))
+        #expect(try harness.driver.psql(port: port, sql: "SELECT count(*) FROM pg_roles WHERE rolname = '\(victim)'").contains("0"), "\(try harness.diagnose("victim"))")
+        #expect(try harness.state.allocations(LocalDriver.databaseAllocation, of: "victim").isEmpty)
+
+        try writeEnvironment(repo, "victim")
+        try repo.commit("the victim is back")
+        #expect(try harness.pass().applied.contains("victim"), "\(harness.diagnose("victim"))")
+        let back = try Shell.run(try harness.inEnvironment("victim", ["psql", try databaseURL(harness, "victim"), "-At", "-c", "select 1"]))
+        #expect(back.status == 0 && back.stdout.contains("1"), "\(back.stderr)")
+    }
+
     /// `shop-a`'s database `main` and `shop`'s database `a-main` were both `g_shop_a_main` once:
     /// one environment's teardown dropped the other's data.
     @Test func namesThatOnceCollidedStayApartAndTeardownDropsOnlyItsOwn() throws {
