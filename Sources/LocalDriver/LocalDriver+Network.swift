@@ -27,7 +27,16 @@ extension LocalDriver {
 
     /// The ports an environment's network may open at the gateway: PostgreSQL's and the router's.
     func gatewayPorts() throws -> [Int] {
-        try state.services(of: Self.hostEnvironment).filter { $0.name == Self.postgresRecord }.map(\.port) + (routerPort.map { [$0] } ?? [])
+        gatewayPorts(postgres: try postgresPort())
+    }
+
+    func gatewayPorts(postgres: Int?) -> [Int] {
+        (postgres.map { [$0] } ?? []) + (routerPort.map { [$0] } ?? [])
+    }
+
+    /// The port of this Gantry's PostgreSQL server (nil before it was ever started).
+    func postgresPort() throws -> Int? {
+        try state.services(of: Self.hostEnvironment).first { $0.name == Self.postgresRecord }?.port
     }
 
     /// Rewrites the host-side rules when the allowed ports changed (the router started,
@@ -65,10 +74,10 @@ extension LocalDriver {
     func writeHostRules() throws {
         guard isolatesNetwork else { return }
         try shared.withLock {
-            let ports = try gatewayPorts()
+            let postgres = try postgresPort()
+            let ports = gatewayPorts(postgres: postgres)
             guard refreshedPorts != ports else { return }
-            let links = try state.heldNames(Self.uidAllocation).compactMap { uid_t($0) }.filter(Networks.isComplete)
-            let postgres = try state.services(of: Self.hostEnvironment).first { $0.name == Self.postgresRecord }?.port
+            let links = try state.holders(Self.uidAllocation).compactMap { uid_t($0.name) }.filter(Networks.isComplete)
             try Networks.run(["nft", "-f", "-"], input: networks.hostRules(gatewayPorts: ports, links: links,
                                                                            sharedLimits: postgres.map { [$0: options.environmentConnectionsToPostgres] } ?? [:]))
             networks.allowGatewayPorts(ports, inside: links)

@@ -381,7 +381,7 @@ extension LocalDriver {
                 return name
             } catch {
                 discardSeedTemplate(port: port, name)
-                if "\(error)".contains("did not finish within") { throw error }
+                if (error as? ProcessControl.SpawnError)?.timedOut == true { throw error }
                 return nil
             }
         }
@@ -391,23 +391,30 @@ extension LocalDriver {
     /// server (stopping psql does not stop the query): its role loses its login first, its
     /// sessions are ended, then the database and the role go. Nothing of it is left able to log in.
     func discardSeedTemplate(port: Int, _ name: String) {
-        for step in [
-            "ALTER ROLE \"\(name)\" NOLOGIN PASSWORD NULL",
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = '\(name)' OR datname = '\(name)'",
-            "DROP DATABASE IF EXISTS \"\(name)\" WITH (FORCE)",
-            "DROP ROLE IF EXISTS \"\(name)\"",
-        ] {
-            // (Each on its own: a role or database that was never made fails its step, not the rest.)
-            _ = try? psql(port: port, sql: step + ";")
-        }
-        let left = (try? psql(port: port, sql: "SELECT (SELECT count(*) FROM pg_roles WHERE rolname = '\(name)') + (SELECT count(*) FROM pg_database WHERE datname = '\(name)')"))?
-            .trimmingCharacters(in: .whitespacesAndNewlines)
-        if left == "0" {
+        do {
+            try dropDatabaseAndRole(port: port, name)
             try? state.release(Self.seedTemplateAllocation, name)
-        } else {
-            // (Its allocation stays: the next Gantry's idle-template sweep finds it.)
-            logger.warning("could not remove the template of a failed seed", metadata: ["database": "\(name)"])
+        } catch {
+            // (Its allocation stays: the idle-template sweep finds it.)
+            logger.warning("could not remove the template of a failed seed", metadata: ["database": "\(name)", "error": "\(error)"])
         }
+    }
+
+    /// Drops the database `name` and the role of the same name, whatever the role did meanwhile
+    /// (made the database a template, held sessions open, a lock on its own row, logged in again)
+    /// and whatever other roles granted to it: its sessions end, it loses its login, they end
+    /// again, the database goes, then what was granted to the role (`revokeGrants`), then the role.
+    /// Either may already be gone.
+    func dropDatabaseAndRole(port: Int, _ name: String) throws {
+        try psql(port: port, sql: """
+            SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = '\(name)' AND pid <> pg_backend_pid();
+            SELECT format('ALTER ROLE %I NOLOGIN PASSWORD NULL', rolname) FROM pg_roles WHERE rolname = '\(name)' \\gexec
+            SELECT format('ALTER DATABASE %I IS_TEMPLATE false', datname) FROM pg_database WHERE datname = '\(name)' AND datistemplate \\gexec
+            SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE (usename = '\(name)' OR datname = '\(name)') AND pid <> pg_backend_pid();
+            DROP DATABASE IF EXISTS "\(name)" WITH (FORCE);
+            """)
+        try revokeGrants(port: port, to: name)
+        try psql(port: port, sql: "DROP ROLE IF EXISTS \"\(name)\";")
     }
 
     static let seedTemplateAllocation = "postgres-seed-template"
@@ -440,13 +447,8 @@ extension LocalDriver {
                 let stem = "g_spare_" + template.dropFirst("g_seed_".count) + "_"
                 let spares = (0..<max(options.spareSeedCopies, 1)).map { stem + String($0) }
                 do {
-                    try psql(port: port, sql: spares.map { "DROP DATABASE IF EXISTS \"\($0)\";\n" }.joined() + """
-                        SELECT format('ALTER DATABASE %I IS_TEMPLATE false', datname) FROM pg_database WHERE datname = '\(template)' \\gexec
-                        DROP DATABASE IF EXISTS "\(template)";
-                        """)
-                    // (The seed may have granted to other roles' names: what was granted to it goes first.)
-                    try revokeGrants(port: port, to: template)
-                    try psql(port: port, sql: "DROP ROLE IF EXISTS \"\(template)\";")
+                    try psql(port: port, sql: spares.map { "DROP DATABASE IF EXISTS \"\($0)\";\n" }.joined())
+                    try dropDatabaseAndRole(port: port, template)
                 } catch {
                     logger.warning("could not drop an idle seed template", metadata: ["database": "\(template)", "error": "\(error)"])
                     return
@@ -571,18 +573,7 @@ extension LocalDriver {
         var problems: [String] = []
         for name in names {
             do {
-                // Whatever the environment's role did to its database (made it a template, closed
-                // it, held sessions open), it goes: no login first, then no session, then the drop.
-                // (Its sessions end first: one could hold a lock on the role's row.)
-                try psql(port: port, sql: """
-                    SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = '\(name)' AND pid <> pg_backend_pid();
-                    SELECT format('ALTER ROLE %I NOLOGIN', rolname) FROM pg_roles WHERE rolname = '\(name)' \\gexec
-                    SELECT format('ALTER DATABASE %I IS_TEMPLATE false', datname) FROM pg_database WHERE datname = '\(name)' AND datistemplate \\gexec
-                    SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename = '\(name)' AND pid <> pg_backend_pid();
-                    DROP DATABASE IF EXISTS "\(name)" WITH (FORCE);
-                    """)
-                try revokeGrants(port: port, to: name)
-                try psql(port: port, sql: "DROP ROLE IF EXISTS \"\(name)\";")
+                try dropDatabaseAndRole(port: port, name)
                 try state.release(Self.databaseAllocation, name)
             } catch {
                 problems.append("could not drop PostgreSQL database \(name) of \(environment) (tried again at the next passes): \(error)")

@@ -60,11 +60,11 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         /// How often `supervise` checks that the host table is still there (an `nft flush ruleset`
         /// by a firewall reload removes it) and writes it again when it is not.
         public var hostTableCheckInterval = 10.0
+        /// How often `supervise` tries again to drop the databases a teardown could not drop.
+        public var dropRetryInterval = 10.0
         /// Connections every environment together may hold at once to PostgreSQL (each at most
         /// `Networks.connectionsPerPort`): the server's other slots stay Gantry's, so many
         /// environments of one branch cannot keep teardowns and drift checks out.
-        /// How often `supervise` tries again to drop the databases a teardown could not drop.
-        public var dropRetryInterval = 10.0
         public var environmentConnectionsToPostgres = LocalDriver.postgresMaxConnections - 40
         public var uidRange = 200_000..<265_536
         /// Where the Gantry instances of this host claim uids (a file per uid): two state

@@ -7,6 +7,8 @@ import Glibc
 enum ProcessControl {
     struct SpawnError: Error, CustomStringConvertible {
         let description: String
+        /// The tool ran past its time limit and was stopped.
+        var timedOut = false
     }
 
     /// Runs a tool to its end (looked up in PATH), with `input` on its standard input; its standard
@@ -89,7 +91,7 @@ enum ProcessControl {
         }
         while waitpid(pid, &exit, 0) < 0 && errno == EINTR {}
         if timedOut {
-            throw SpawnError(description: "\(label ?? program) did not finish within \(Int(timeout ?? 0))s and was stopped")
+            throw SpawnError(description: "\(label ?? program) did not finish within \(Int(timeout ?? 0))s and was stopped", timedOut: true)
         }
         guard exit == 0 else {
             throw SpawnError(description: "\(label ?? arguments.first { !$0.hasPrefix("-") && $0 != "setpriv" } ?? "tool") failed: \(String(decoding: errors, as: UTF8.self).prefix(500))")

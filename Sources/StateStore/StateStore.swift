@@ -147,13 +147,6 @@ public final class StateStore: Sendable {
         }
     }
 
-    /// The names of `kind` that some environment holds (not released), every environment's.
-    public func heldNames(_ kind: String) throws -> [String] {
-        try pool.read { db in
-            try String.fetchAll(db, sql: "SELECT name FROM allocations WHERE kind = ? AND releasedAt IS NULL ORDER BY name", arguments: [kind])
-        }
-    }
-
     /// The names of `kind` held (not released), with the environment holding each.
     public func holders(_ kind: String) throws -> [(environment: String, name: String)] {
         try pool.read { db in

@@ -68,6 +68,25 @@ struct IsolationTests {
             """)
     }
 
+    /// An HTTP server the host runs on all its addresses (on a free port), answering from the host.
+    func startHostServer() throws -> (Process, Int) {
+        let port = try ProcessControl.freePort(excluding: [])
+        let server = Process()
+        server.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
+        server.arguments = ["-m", "http.server", String(port), "--bind", "0.0.0.0"]
+        server.standardOutput = FileHandle.nullDevice
+        server.standardError = FileHandle.nullDevice
+        try server.run()
+        #expect(eventually(10) { httpGet("http://127.0.0.1:\(port)/") != nil })
+        return (server, port)
+    }
+
+    /// (SIGKILL: the test process's children may inherit a mask that blocks SIGTERM.)
+    func stop(_ server: Process) {
+        kill(server.processIdentifier, SIGKILL)
+        server.waitUntilExit()
+    }
+
     func uid(of pid: Int32?) -> Int? {
         guard let pid, let status = try? String(contentsOfFile: "/proc/\(pid)/status", encoding: .utf8),
               let line = status.split(separator: "\n").first(where: { $0.hasPrefix("Uid:") }) else { return nil }
@@ -179,16 +198,8 @@ struct IsolationTests {
         #expect(httpGet("http://127.0.0.1:\(web.port)/") == nil, "production's port on the host's loopback answered")
 
         // A server the host runs on all its addresses: reachable from the host, not from the preview.
-        let port = try ProcessControl.freePort(excluding: [])
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        server.arguments = ["-m", "http.server", String(port), "--bind", "0.0.0.0"]
-        server.standardOutput = FileHandle.nullDevice
-        server.standardError = FileHandle.nullDevice
-        try server.run()
-        // (SIGKILL: the test process's children may inherit a mask that blocks SIGTERM.)
-        defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
-        #expect(eventually(10) { httpGet("http://127.0.0.1:\(port)/") != nil })
+        let (server, port) = try startHostServer()
+        defer { stop(server) }
         let hostEnd = Networks.addresses(index: Networks.index(of: try #require(try harness.driver.user(of: name)))).host
         for host in [Networks.gateway, hostEnd, "192.0.2.2"] {
             #expect(connect(host, port).hasPrefix("failed"), "the preview reached the host's server at \(host)")
@@ -261,6 +272,12 @@ struct IsolationTests {
         // The namespace's own rules let the router's port out too.
         let inside = try Shell.check(Networks.entering(uid, ["nft", "list", "set", "ip", "gantry", "ports"]))
         #expect(inside.contains("48123"), "\(inside)")
+        // When the router stops (gantry run exits, the services stay), its port is closed again, both sides.
+        harness.driver.routerStopped()
+        let closed = try rules()
+        #expect(!closed.contains("48123") && closed.contains("\"gantry\(uid)\""), "\(closed)")
+        let insideAfter = try Shell.check(Networks.entering(uid, ["nft", "list", "set", "ip", "gantry", "ports"]))
+        #expect(!insideAfter.contains("48123"), "\(insideAfter)")
     }
 
     /// A firewall reload (`nft flush ruleset`) takes the host table away. Meanwhile the rules in
@@ -282,15 +299,8 @@ struct IsolationTests {
         #expect(rules().contains("\"gantry\(uid)\""), "\(rules())")
 
         // A server on all the host's addresses, and the web environment trying to reach it.
-        let port = try ProcessControl.freePort(excluding: [])
-        let server = Process()
-        server.executableURL = URL(fileURLWithPath: "/usr/bin/python3")
-        server.arguments = ["-m", "http.server", String(port), "--bind", "0.0.0.0"]
-        server.standardOutput = FileHandle.nullDevice
-        server.standardError = FileHandle.nullDevice
-        try server.run()
-        defer { kill(server.processIdentifier, SIGKILL); server.waitUntilExit() }
-        #expect(eventually(10) { httpGet("http://127.0.0.1:\(port)/") != nil })
+        let (server, port) = try startHostServer()
+        defer { stop(server) }
         func reach(_ host: String) throws -> String {
             try Shell.run(try harness.inEnvironment("web", ["/usr/bin/python3", "-c", """
                 import socket
