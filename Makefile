@@ -3,7 +3,7 @@ SWIFT ?= swift
 DEBIAN_PACKAGES := libgit2-dev libyaml-dev libsqlite3-dev libre2-dev g++ pkg-config openssh-client git python3 curl redis-server postgresql iproute2 nftables util-linux
 STATE ?= .gantry
 
-.PHONY: deps build run test bench fuzz-cel fuzz clean
+.PHONY: deps pydeps build run test bench fuzz-cel fuzz api-fuzz openapi clean
 
 ## Install the Debian packages Gantry needs, only when something is missing.
 deps:
@@ -16,6 +16,12 @@ deps:
 	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
 	fi
 
+## The Python packages the tests drive Gantry with: the MCP client, and the OpenAPI answer check.
+PYTHON_PACKAGES := mcp==2.3.0 jsonschema pyyaml
+pydeps:
+	@python3 -c "import jsonschema, yaml, importlib.metadata as m; assert m.version('mcp') == '2.3.0'" 2>/dev/null \
+	  || python3 -m pip install -q $(PYTHON_PACKAGES)
+
 build: deps
 	$(SWIFT) build --product gantry
 
@@ -23,7 +29,7 @@ build: deps
 run: build
 	$(SWIFT) run gantry demo --state $(STATE)
 
-test: deps
+test: deps pydeps
 	$(SWIFT) build --build-tests
 	$(SWIFT) test --skip-build --parallel --num-workers 2
 
@@ -43,6 +49,15 @@ fuzz-cel: build
 ## SSHSIG and allowed_signers, built in .build-fuzz/. RUNS=1000000 TARGETS="cel spec" (docs/fuzzing.md).
 fuzz: deps
 	RUNS=$(or $(RUNS),100000) Fuzz/fuzz.sh
+
+## schemathesis (PyPI) against a running Gantry: every answer documented and valid, no 5xx (EXAMPLES=30).
+api-fuzz: build
+	python3 -m pip install -q schemathesis
+	scripts/api_fuzz.sh
+
+## docs/openapi.yaml into the source the API serves it from.
+openapi:
+	python3 scripts/openapi_swift.py
 
 clean:
 	rm -rf .build $(STATE)

@@ -12,6 +12,12 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         .package(url: "https://github.com/groue/GRDB.swift", from: "7.10.0"),
+        .package(url: "https://github.com/hummingbird-project/hummingbird", from: "2.28.1"),
+        .package(url: "https://github.com/modelcontextprotocol/swift-sdk", from: "0.12.1"),
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
+        .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
     ],
     targets: [
         // System-library shim for libgit2 (Debian libgit2-dev). No logic.
@@ -44,9 +50,19 @@ let package = Package(
                                                     .product(name: "Logging", package: "swift-log")]),
         // Ingress: routes <route>.<environment>.<domain> by Host to services.
         .target(name: "Gateway"),
+        // The agents' API over one service layer: HTTP/JSON (Hummingbird), MCP (stdio and streamable
+        // HTTP), Prometheus metrics. Bearer tokens act as principals under the protected branch's governance.
+        .target(name: "API", dependencies: ["GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Reconciler", "Governance",
+                                            .product(name: "Hummingbird", package: "hummingbird"),
+                                            .product(name: "MCP", package: "swift-sdk"),
+                                            .product(name: "Prometheus", package: "swift-prometheus"),
+                                            .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
+                                            .product(name: "NIOCore", package: "swift-nio"),
+                                            .product(name: "HTTPTypes", package: "swift-http-types"),
+                                            .product(name: "Logging", package: "swift-log")]),
         // The CLI and composition root.
         .executableTarget(name: "gantry", dependencies: [
-            "GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver", "Governance", "CEL", "Gateway",
+            "GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver", "Governance", "CEL", "Gateway", "API",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -72,6 +88,9 @@ let package = Package(
         .testTarget(name: "StateStoreTests", dependencies: ["StateStore", "TestSupport", .product(name: "GRDB", package: "GRDB.swift")]),
         .testTarget(name: "LocalDriverTests", dependencies: ["LocalDriver", "Reconciler", "StateStore", "SpecModel", "SpecLoading", "Audit", "GitStore", "Governance", "TestSupport",
                                                            .product(name: "Logging", package: "swift-log")]),
+        // The agents' API in-process over a real repository, state DB and curl: who may do what, bad input, rate limits.
+        .testTarget(name: "APITests", dependencies: ["API", "StateStore", "GitStore", "Audit", "Governance", "Reconciler", "SpecLoading", "TestSupport",
+                                                   .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "GitStore", "Audit"]),
         // Replays Fuzz/corpus/ and Fuzz/regressions/ through the fuzz targets.
         .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets"]),

@@ -14,6 +14,10 @@ public enum AuditEvent: String, Sendable, CaseIterable, Codable {
     case trustAnchored = "trust-anchored"
     /// The notes ref had lost records the state DB holds; they were published again.
     case auditRestored = "audit-restored"
+    /// An API caller asked for an environment's branch to be deleted (the teardown follows as `destroyed`).
+    case destroyRequested = "destroy-requested"
+    /// A command ran in an environment's context (`gantry exec`, the API's exec): the command line, never its output.
+    case exec
 }
 
 /// What a caller asks to record; `AuditLog` numbers, chains and signs it.
@@ -93,6 +97,13 @@ public struct AuditRecord: Sendable {
             }
         }
         return out
+    }
+
+    /// The time an `at:` line (or an RFC 3339 time a caller gives) names; nil when it names none.
+    public static func date(_ text: String) -> Date? {
+        let precise = ISO8601DateFormatter()
+        precise.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
+        return precise.date(from: text) ?? ISO8601DateFormatter().date(from: text)
     }
 
     static func timestamp(_ date: Date) -> String {

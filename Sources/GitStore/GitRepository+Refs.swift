@@ -67,6 +67,22 @@ extension GitRepository {
         }
     }
 
+    /// Deletes `name` only if it still points at `expected`; a ref that moved throws a `GitError`
+    /// whose `isConflict` is true, one that is gone already is left so.
+    public func deleteReference(_ name: String, expected: ObjectID) throws {
+        try locked {
+            var reference: OpaquePointer?
+            let found = git_reference_lookup(&reference, handle, name)
+            if found == GIT_ENOTFOUND.rawValue { return }
+            try check("look up \(name)", found)
+            defer { git_reference_free(reference) }
+            guard let target = git_reference_target(reference), ObjectID(target.pointee) == expected else {
+                throw GitError(operation: "delete \(name)", code: GIT_EMODIFIED.rawValue, message: "\(name) moved; it was not deleted")
+            }
+            try check("delete \(name)", git_reference_delete(reference))
+        }
+    }
+
     /// The best common ancestor of two commits, or nil when they share no history.
     public func mergeBase(_ a: ObjectID, _ b: ObjectID) throws -> ObjectID? {
         if a == b { return a }

@@ -120,11 +120,12 @@ extension GitRepository {
     ///
     /// This uses the git CLI (`push --force-with-lease`): libgit2 1.5 has no leases, and git's
     /// transports bring the user's credential helpers and ssh agent along.
-    public func push(url: String, reference: String, expected: ObjectID?) throws {
+    /// With `delete`, the remote's `reference` is deleted (if it still points at `expected`).
+    public func push(url: String, reference: String, expected: ObjectID?, delete: Bool = false) throws {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: "/usr/bin/env")
         process.arguments = ["git", "--git-dir", gitDirectory, "push", "--porcelain", "--quiet",
-                             "--force-with-lease=\(reference):\(expected?.hex ?? "")", url, "\(reference):\(reference)"]
+                             "--force-with-lease=\(reference):\(expected?.hex ?? "")", url, delete ? ":\(reference)" : "\(reference):\(reference)"]
         let output = Pipe()
         process.standardOutput = output
         process.standardError = output

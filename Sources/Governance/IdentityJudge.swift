@@ -14,6 +14,9 @@ public struct CommitIdentity: Sendable {
     public let task: String?
     /// Why the commit cannot be admitted; nil when it can.
     public let problem: String?
+    /// Made through Gantry's API: signed by Gantry's key (principal `gantry`) for the principal its
+    /// `Api-Actor` trailer names, who is `principal`.
+    public var viaAPI = false
 
     public var isVerified: Bool { principal != nil && problem == nil }
 
@@ -37,6 +40,11 @@ public struct CommitIdentity: Sendable {
 
 /// Judges commits' signatures against the governance read from the protected branch.
 public struct IdentityJudge: Sendable {
+    /// The principal of `identities/allowed_signers` whose key is Gantry's own (`gantry keys`).
+    /// A commit it signs is one the API made for the principal its one `Api-Actor` trailer names,
+    /// and is judged as that principal's; no other signer's commit may carry that trailer.
+    public static let apiPrincipal = "gantry"
+    public static let apiActorTrailer = "Api-Actor"
     public let signers: AllowedSigners
     public let actors: [String: Actor]
     /// `signing.required` of gantry.yaml: when false, unsigned commits pass as unverified.
@@ -96,8 +104,21 @@ public struct IdentityJudge: Sendable {
             return result(nil, "commit \(short) is signed by \(principal) with a key valid only after \(Self.format(after)); use the current key")
         case .expired(let principal, let before):
             return result(nil, "commit \(short) is signed by \(principal) with a key that expired or was revoked at \(Self.format(before)); re-sign with a current key")
-        case .allowed(let principal):
+        case .allowed(let signer):
+            let apiActors = commit.trailers.filter { $0.key.lowercased() == Self.apiActorTrailer.lowercased() }.map(\.value)
+            var principal = signer
+            if signer == Self.apiPrincipal {
+                guard apiActors.count == 1, let named = apiActors.first else {
+                    return result(nil, "commit \(short) is signed by Gantry's own key (principal \(Self.apiPrincipal)) but names \(apiActors.isEmpty ? "no" : "\(apiActors.count)") \(Self.apiActorTrailer) trailers; Gantry's key signs only commits its API makes for one token's principal, so this commit was not made by the API")
+                }
+                principal = named
+            } else if !apiActors.isEmpty {
+                return result(nil, "commit \(short) is signed by \(signer) but carries an \(Self.apiActorTrailer) trailer, which only Gantry's API writes (signed with Gantry's key); remove the trailer")
+            }
             guard let actor = actors[principal] else {
+                if signer == Self.apiPrincipal {
+                    return result(nil, "commit \(short) was made through the API for \(principal), who has no entry in identities/actors.yaml on main; add one (kind, teams, roles) or use a token of a listed principal")
+                }
                 return result(principal, "commit \(short) is signed by \(principal), who has no entry in identities/actors.yaml on main; add one (kind, teams, roles)")
             }
             if behalf.count > 1 {
@@ -106,7 +127,9 @@ public struct IdentityJudge: Sendable {
             if let onBehalfOf, !actor.actsFor.contains(onBehalfOf) {
                 return result(principal, "commit \(short) says On-Behalf-Of: \(onBehalfOf), but \(principal) may act only for \(actor.actsFor.isEmpty ? "nobody" : actor.actsFor.joined(separator: ", ")) (actsFor in identities/actors.yaml)")
             }
-            return result(principal, nil)
+            var identity = result(principal, nil)
+            identity.viaAPI = signer == Self.apiPrincipal
+            return identity
         }
     }
 

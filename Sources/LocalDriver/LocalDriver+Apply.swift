@@ -156,12 +156,6 @@ extension LocalDriver {
                progress: (String) -> Void) throws {
         let log = logPath(record.environment, record.name)
         try FileManager.default.createDirectory(at: log.deletingLastPathComponent(), withIntermediateDirectories: true)
-        var variables: [String: String] = [:]
-        let inherited = ProcessInfo.processInfo.environment
-        for key in ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER"] { variables[key] = inherited[key] }
-        variables["PATH"] = variables["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
-        variables.merge(resolved.environment) { $1 }
-        variables["PORT"] = String(record.port)
         // The environment's own user, at home in its working directory (nil: Gantry's user, or the host's servers).
         let user = record.environment == Self.hostEnvironment ? nil : try user(of: record.environment)
         if let user, let workdir = record.workdir {
@@ -170,19 +164,7 @@ extension LocalDriver {
             var info = stat()
             if stat(workdir, &info) == 0, info.st_uid != user { try handOver(URL(fileURLWithPath: workdir), to: user) }
         }
-        if user != nil {
-            variables["HOME"] = record.workdir
-            variables["USER"] = nil
-            variables["PATH"] = Self.searchablePath(variables["PATH"] ?? "")
-        }
-        // Where the environment reaches routes (other environments): the router, at the gateway
-        // from a network of its own (give the route's host name in the Host header).
-        if let routerPort, record.environment != Self.hostEnvironment {
-            variables["GANTRY_ROUTER"] = "http://\(isolatesNetwork ? Networks.gateway : "127.0.0.1"):\(routerPort)"
-        }
-        variables["GANTRY_ENVIRONMENT"] = record.environment
-        variables["GANTRY_SERVICE"] = record.name
-        variables[Self.markVariable] = "\(instance):\(record.environment):\(record.name)"
+        let variables = processVariables(record, resolved: resolved, user: user, unit: record.name)
         progress("starting service \(record.name) on port \(record.port)")
         // Record the intent before the process exists: a crash right after spawn leaves a marked
         // process that `recover` finds and stops, never an unknown one.
@@ -200,6 +182,32 @@ extension LocalDriver {
         record.pid = pid
         record.pidStart = ProcessControl.identity(of: pid)?.start
         try state.save(record)
+    }
+
+    /// The variables a service's process starts with (and a command exec'd in its context):
+    /// a few of Gantry's own, the service's resolved `env`, `PORT`, the router, and the mark that
+    /// names the process's environment and `unit`.
+    func processVariables(_ record: ServiceRecord, resolved: ResolvedService, user: uid_t?, unit: String) -> [String: String] {
+        var variables: [String: String] = [:]
+        let inherited = ProcessInfo.processInfo.environment
+        for key in ["PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR", "USER"] { variables[key] = inherited[key] }
+        variables["PATH"] = variables["PATH"] ?? "/usr/local/bin:/usr/bin:/bin"
+        variables.merge(resolved.environment) { $1 }
+        variables["PORT"] = String(record.port)
+        if user != nil {
+            variables["HOME"] = record.workdir
+            variables["USER"] = nil
+            variables["PATH"] = Self.searchablePath(variables["PATH"] ?? "")
+        }
+        // Where the environment reaches routes (other environments): the router, at the gateway
+        // from a network of its own (give the route's host name in the Host header).
+        if let routerPort, record.environment != Self.hostEnvironment {
+            variables["GANTRY_ROUTER"] = "http://\(isolatesNetwork ? Networks.gateway : "127.0.0.1"):\(routerPort)"
+        }
+        variables["GANTRY_ENVIRONMENT"] = record.environment
+        variables["GANTRY_SERVICE"] = record.name
+        variables[Self.markVariable] = "\(instance):\(record.environment):\(unit)"
+        return variables
     }
 
     func waitHealthy(_ record: inout ServiceRecord, service: Service, progress: (String) -> Void) throws {
@@ -246,12 +254,17 @@ extension LocalDriver {
     /// The last lines of every log of an environment (services, caches, jobs), for `gantry status --env`.
     public static func recentOutput(stateDirectory: URL, environment: String, lines: Int = 10) -> [(file: String, lines: [String])] {
         guard isSafeName(environment) else { return [] }
-        let directory = stateDirectory.appendingPathComponent("envs").appendingPathComponent(environment).appendingPathComponent("logs")
+        let directory = logDirectory(stateDirectory: stateDirectory, environment: environment)
         let files = ((try? FileManager.default.contentsOfDirectory(atPath: directory.path)) ?? []).filter { $0.hasSuffix(".log") }.sorted()
         return files.map { file in
-            let text = Self.lastBytes(of: directory.appendingPathComponent(file).path, count: 16 << 10)
+            let text = Self.lastBytes(of: directory.appendingPathComponent(file).path, count: min(max(16 << 10, lines * 512), 1 << 20))
             return (file, text.split(separator: "\n").suffix(lines).map(String.init))
         }
+    }
+
+    /// Where an environment's logs are (services `NAME.log`, caches, jobs).
+    public static func logDirectory(stateDirectory: URL, environment: String) -> URL {
+        stateDirectory.appendingPathComponent("envs").appendingPathComponent(isSafeName(environment) ? environment : "-").appendingPathComponent("logs")
     }
 
     /// At most the last `count` bytes of a file, as text.

@@ -115,6 +115,19 @@ enum ProcessControl {
     /// closed (how configuration with passwords reaches a server without argv or files).
     static func spawn(_ arguments: [String], directory: String, environment: [String: String], logPath: String,
                       input: Data? = nil) throws -> pid_t {
+        try spawn(arguments, directory: directory, environment: environment, output: .log(logPath), input: input)
+    }
+
+    /// Where a spawned process's standard output and error go.
+    enum Output {
+        /// Both appended to one file.
+        case log(String)
+        /// Each to a descriptor of ours (the write ends of pipes, say), duplicated in the child.
+        case descriptors(output: Int32, error: Int32)
+    }
+
+    static func spawn(_ arguments: [String], directory: String, environment: [String: String], output: Output,
+                      input: Data? = nil) throws -> pid_t {
         guard let program = arguments.first else { throw SpawnError(description: "empty command") }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)
@@ -128,8 +141,14 @@ enum ProcessControl {
             posix_spawn_file_actions_addopen(&actions, 0, "/dev/null", O_RDONLY, 0)
         }
         defer { if pipeEnds[0] >= 0 { close(pipeEnds[0]) } }
-        posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o640)
-        posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        switch output {
+        case .log(let logPath):
+            posix_spawn_file_actions_addopen(&actions, 1, logPath, O_WRONLY | O_CREAT | O_APPEND, 0o640)
+            posix_spawn_file_actions_adddup2(&actions, 1, 2)
+        case .descriptors(let out, let err):
+            posix_spawn_file_actions_adddup2(&actions, out, 1)
+            posix_spawn_file_actions_adddup2(&actions, err, 2)
+        }
         guard let addChdir = addChdir else { throw SpawnError(description: "this C library has no posix_spawn_file_actions_addchdir_np") }
         _ = addChdir(&actions, directory)
         // Nothing of Gantry's (the state lock, sockets, the database) may leak into a service.

@@ -132,3 +132,36 @@ extension Admission {
         return lines
     }
 }
+
+extension Admission {
+    /// Why an explain found nothing to judge.
+    public struct ExplainError: Error, CustomStringConvertible {
+        public let description: String
+    }
+
+    /// `gantry explain` and the API's explain: `target` judged on `branch` (default: a branch whose
+    /// tip it is, else the protected branch or another that contains it), with what the state
+    /// directory's store knows (the trust anchor, merges, the last admitted commit).
+    public func explain(commit target: ObjectID, branch: String?, store: StateStore?, defaultProtectedBranch: String) throws -> [String] {
+        let branches = try repository.branches()
+        var known = Known()
+        if let store {
+            known.trust = try store.trust()
+            known.protectedMerges = try store.protectedMerges()
+            known.observedTip = try store.processedRefs()[known.trust?.protectedBranch ?? defaultProtectedBranch].flatMap(ObjectID.init(hex:))
+            known.records = Dictionary(try store.environments(includeDestroyed: true).map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        }
+        let protectedBranch = known.trust?.protectedBranch ?? defaultProtectedBranch
+        let onBranch = try branch ?? (branches[protectedBranch] == target ? protectedBranch : nil)
+            ?? branches.first(where: { $0.value == target }).map(\.key)
+            ?? ([protectedBranch] + branches.keys.sorted()).first(where: { name in
+                try branches[name].map { try repository.isReachable(target, from: $0) } ?? false
+            })
+        guard let onBranch else { throw ExplainError(description: "no branch contains \(target.short); name one with --branch") }
+        if let store, onBranch != protectedBranch {
+            known.lastAdmitted = try store.admittedCommit(branch: onBranch).flatMap(ObjectID.init(hex:))
+            if let last = known.lastAdmitted, try repository.isReachable(target, from: last) { known.lastAdmitted = nil }
+        }
+        return try explain(commit: target, branch: onBranch, branches: branches, protectedBranch: protectedBranch, known: known)
+    }
+}

@@ -135,3 +135,53 @@ extension SourceSnapshot {
     /// The file at `path`, at most 1 MiB.
     public func readFile(_ path: String) throws -> Data? { try readFile(path, limit: 1 << 20) }
 }
+
+/// A command to run in an environment's context: its user, control group, network, variables
+/// and secrets, in a service's working directory.
+public struct ExecRequest: Sendable {
+    public let environment: String
+    /// The service whose variables and working directory the command gets (nil: the first).
+    public let service: String?
+    public let command: [String]
+    public let timeout: TimeInterval
+
+    public init(environment: String, service: String?, command: [String], timeout: TimeInterval) {
+        self.environment = environment
+        self.service = service
+        self.command = command
+        self.timeout = timeout
+    }
+}
+
+public enum ExecStream: String, Sendable { case stdout, stderr }
+
+public struct ExecResult: Sendable, Equatable {
+    /// The command's exit status; 128 + N when signal N ended it (124 when the time ran out).
+    public let exitCode: Int32
+    public let timedOut: Bool
+    public let service: String
+
+    public init(exitCode: Int32, timedOut: Bool, service: String) {
+        self.exitCode = exitCode
+        self.timedOut = timedOut
+        self.service = service
+    }
+}
+
+/// Why an exec was refused before anything ran.
+public struct ExecRefusal: Error, CustomStringConvertible {
+    public enum Kind: Sendable { case notFound, notRunning, invalid }
+    public let kind: Kind
+    public let description: String
+    public init(_ kind: Kind, _ description: String) {
+        self.kind = kind
+        self.description = description
+    }
+}
+
+/// Runs commands in environments' contexts (the driver that runs them).
+public protocol EnvironmentExecutor: Sendable {
+    /// Runs `request`, handing its output to `output` as it comes, in order. Blocks until the
+    /// command ends or its time runs out (then its process group is stopped).
+    func exec(_ request: ExecRequest, output: @escaping @Sendable (ExecStream, Data) -> Void) throws -> ExecResult
+}

@@ -1,3 +1,4 @@
+import Audit
 import Foundation
 import SpecLoading
 import StateStore
@@ -117,5 +118,22 @@ public struct EnvironmentSummary: Sendable {
             ("nextAttemptAt", record.nextAttemptAt.map { .string(ISO8601DateFormatter().string(from: $0)) } ?? .null),
             ("next", .list(nextSteps.map { .string($0) })),
         ])
+    }
+}
+
+extension AuditRecord {
+    /// A record as `gantry audit log --json` and the API show it: `rule` and `change` as lists,
+    /// other repeated fields joined by line breaks.
+    public func plain(note: String) -> PlainValue {
+        var out: [(key: String, value: PlainValue)] = [("seq", .int(seq)), ("event", .string(event)), ("at", .string(at)), ("note", .string(note))]
+        var grouped: [(String, [String])] = []
+        for field in fields {
+            if let index = grouped.firstIndex(where: { $0.0 == field.key }) { grouped[index].1.append(field.value) } else { grouped.append((field.key, [field.value])) }
+        }
+        for (key, values) in grouped {
+            out.append((key, key == "rule" || key == "change" ? .list(values.map { .string($0) }) : .string(values.joined(separator: "\n"))))
+        }
+        out.append(("prev", .string(prev)))
+        return .map(out)
     }
 }

@@ -93,6 +93,8 @@ public final class OperationPool: Sendable {
 
     /// The most operations that ever ran at once.
     public var highWater: Int { state.withLock { $0.highWater } }
+    /// Operations waiting for a worker, and running (for metrics).
+    public var depth: (queued: Int, running: Int) { state.withLock { ($0.queue.count, $0.running.count) } }
 
     /// The operations finished since the last call, in the order they finished.
     /// An environment stays busy until its finished operation is collected here: until the loop

@@ -15,6 +15,7 @@ extension Reconciler {
         fields += [("branch", branch), ("commit", commit.id.hex)]
         if let principal = identity.principal, identity.problem == nil {
             fields += [("actor", principal), ("actor-kind", identity.actor?.kind.rawValue ?? "unknown")]
+            if identity.viaAPI { fields.append(("via", "api")) }
         } else {
             fields += [("actor", commit.authorEmail), ("actor-kind", "unverified")]
         }

@@ -147,6 +147,7 @@ extension Reconciler {
             try appendOnce(.denied, desired.name, commit.id, rules, fresh: recreated)
             // A running revision stays up (fail safe); the denial is its condition and message.
             record.message = "commit \(commit.id.short) denied: \(judgement.rules.filter { !$0.hasSuffix("valid") && !$0.contains(": ok") }.joined(separator: "; "))"
+                + (judgement.remedies.isEmpty ? "" : "; to be admitted: \(judgement.remedies.joined(separator: "; "))")
             try state.save(record)
             try state.record(EventRecord(environment: desired.name, kind: "denied", message: record.message!))
             logger.warning("denied", metadata: ["gantry.env": "\(desired.name)", "git.commit": "\(commit.id.short)", "reason": "\(record.message!)"])

@@ -73,13 +73,26 @@ extension Reconciler {
         completions[ticket] = { [unowned self] result, summary in try finishDestroy(name, reason: reason, target: target, result, &summary) }
     }
 
+    /// Who asked for the teardown through the API (the `destroy-requested` record of the same
+    /// branch tip), as the actor of its `destroyed` record; nothing when the branch went by Git.
+    func requester(ofDestroy name: String, at target: ObjectID) -> [(String, String)] {
+        for entry in (try? state.recentAuditRecords(environment: name, limit: 10)) ?? [] {
+            guard let record = AuditRecord.parseNote(entry.text).records.first else { continue }
+            if record.event == AuditEvent.destroyRequested.rawValue, record.value("commit") == target.hex, let actor = record.value("actor") {
+                return [("actor", actor), ("actor-kind", record.value("actor-kind") ?? "unknown"), ("via", "api")]
+            }
+            if [AuditEvent.admitted, .applied, .denied].map(\.rawValue).contains(record.event) { break }
+        }
+        return []
+    }
+
     /// Records a finished teardown; a failed one stays Destroying and is tried again next pass.
     func finishDestroy(_ name: String, reason: String, target: ObjectID, _ result: OperationResult, _ summary: inout PassSummary) throws {
         guard var record = try state.environment(name), record.phase != .destroyed else { return }
         switch result {
         case .destroyed(let problems):
             let fields = [("environment", name), ("branch", record.branch), ("commit", target.hex), ("reason", reason)]
-                + problems.map { ("problem", $0) }
+                + requester(ofDestroy: name, at: target) + problems.map { ("problem", $0) }
             try appendOnce(.destroyed, name, target, fields)
             record.conditions = []
             record.destroyedAt = Date()

@@ -74,6 +74,9 @@ public final class Reconciler: @unchecked Sendable {
     public let options: Options
     /// Called when a fetchable remote is mirrored: refreshes the local copy before each pass.
     public var beforePass: (() throws -> Void)?
+    /// Told of each pass `run` makes (its duration in seconds and what it did), and of the
+    /// operations recorded between passes (duration nil): for metrics.
+    public var observe: ((_ seconds: Double?, _ summary: PassSummary) -> Void)?
     /// The secrets of `spec.secrets` the environment cannot see (none are checked when nil).
     public var missingSecrets: ((EnvironmentSpec) -> [String])?
     /// The version of each secret an environment sees (name → version), to notice rotations.
@@ -145,7 +148,15 @@ public final class Reconciler: @unchecked Sendable {
         operations.whenFinished { wake.wakeForOperations() }
         while !shouldStop() {
             var postponed = 0
-            do { postponed = try runPass(waitForOperations: false).postponed } catch { logger.error("pass failed; nothing was destroyed, retrying", metadata: ["error": "\(error)"]) }
+            let started = Date()
+            do {
+                let summary = try runPass(waitForOperations: false)
+                postponed = summary.postponed
+                observe?(Date().timeIntervalSince(started), summary)
+            } catch {
+                logger.error("pass failed; nothing was destroyed, retrying", metadata: ["error": "\(error)"])
+                observe?(Date().timeIntervalSince(started), PassSummary())
+            }
             if shouldStop() { break }
             // Work left over by the per-pass caps goes on at once.
             guard postponed == 0 else { continue }
@@ -157,6 +168,7 @@ public final class Reconciler: @unchecked Sendable {
                 var summary = PassSummary()
                 recordFinished(&summary)
                 do { try flushRecords() } catch { logger.error("could not write the records of finished operations", metadata: ["error": "\(error)"]) }
+                observe?(nil, summary)
             }
         }
         var summary = PassSummary()

@@ -176,3 +176,8 @@ enum Suggest {
         return previous[b.count]
     }
 }
+
+/// Durations as the spec writes them (`30s`, `5m`, `72h`, `1h30m`, `7d`), for commands too.
+public enum Durations {
+    public static func seconds(_ text: String) -> Double? { NodeReader.parseDuration(text) }
+}

@@ -119,6 +119,20 @@ public final class StateStore: Sendable {
                 t.add(column: "nextAttemptAt", .datetime)
             }
         }
+        migrator.registerMigration("v5") { db in
+            // API bearer tokens: the SHA-256 of the token, never the token itself.
+            try db.create(table: "tokens") { t in
+                t.primaryKey("id", .text)
+                t.column("actor", .text).notNull()
+                t.column("hash", .text).notNull()
+                t.column("createdAt", .datetime).notNull()
+                t.column("expiresAt", .datetime)
+                t.column("revokedAt", .datetime)
+                t.column("lastUsedAt", .datetime)
+            }
+            // An environment's latest records, for `diagnose` and the API's audit reads.
+            try db.create(index: "auditRecordsByEnvironment", on: "auditRecords", columns: ["environment", "seq"])
+        }
         return migrator
     }
 
@@ -360,6 +374,22 @@ public final class StateStore: Sendable {
             }
             try db.execute(sql: "INSERT INTO meta(key, value) VALUES ('audit.notesCommit', ?) ON CONFLICT(key) DO UPDATE SET value = excluded.value",
                            arguments: [notesCommit])
+        }
+    }
+
+    /// The newest records, newest first: of `environment` only when given, at most `limit`,
+    /// and only those before `beforeSeq` when given (to page back).
+    public func recentAuditRecords(environment: String?, limit: Int, beforeSeq: Int? = nil) throws -> [(seq: Int, target: String, text: String)] {
+        try pool.read { db in
+            var sql = "SELECT seq, target, text FROM auditRecords WHERE seq < ?"
+            var arguments: StatementArguments = [beforeSeq ?? Int.max]
+            if let environment {
+                sql += " AND environment = ?"
+                arguments += [environment]
+            }
+            sql += " ORDER BY seq DESC LIMIT ?"
+            arguments += [limit]
+            return try Row.fetchAll(db, sql: sql, arguments: arguments).map { ($0["seq"], $0["target"], $0["text"]) }
         }
     }
 

@@ -30,19 +30,7 @@ struct AuditCommand: ParsableCommand {
                 (env == nil || entry.record.value("environment") == env) && (actor == nil || entry.record.value("actor") == actor)
             }
             if json {
-                let rows: [PlainValue] = records.map { entry in
-                    var fields: [(key: String, value: PlainValue)] = [("seq", .int(entry.record.seq)), ("event", .string(entry.record.event)),
-                                                                      ("at", .string(entry.record.at)), ("note", .string(entry.commit.hex))]
-                    var grouped: [(String, [String])] = []
-                    for field in entry.record.fields {
-                        if let index = grouped.firstIndex(where: { $0.0 == field.key }) { grouped[index].1.append(field.value) } else { grouped.append((field.key, [field.value])) }
-                    }
-                    for (key, values) in grouped {
-                        fields.append((key, key == "rule" || key == "change" ? .list(values.map { .string($0) }) : .string(values.joined(separator: "\n"))))
-                    }
-                    fields.append(("prev", .string(entry.record.prev)))
-                    return .map(fields)
-                }
+                let rows: [PlainValue] = records.map { $0.record.plain(note: $0.commit.hex) }
                 print(PlainValue.map([("records", .list(rows))]).json(indent: "  "))
             } else {
                 for entry in records {

@@ -1,3 +1,4 @@
+import API
 import ArgumentParser
 import Foundation
 import LocalDriver
@@ -14,8 +15,23 @@ struct Diagnose: ParsableCommand {
     @OptionGroup var state: StateOption
     @Option(help: "Diagnose this environment only (its phase, conditions, services and next steps).")
     var env: String?
+    @Argument(help: "Diagnose this environment only (as --env).")
+    var environment: String?
+    @Flag(help: "Print the environment's whole diagnosis as JSON (as the API's diagnose answers).")
+    var json = false
 
     func run() throws {
+        let env = environment ?? self.env
+        if json {
+            guard let env else { throw ValidationError("--json needs an environment: gantry diagnose ENV --json") }
+            let paths = StatePaths(root: state.directory)
+            guard FileManager.default.fileExists(atPath: paths.database) else { throw Failure("no state in \(paths.root.path)") }
+            let store = try StateStore(path: paths.database)
+            guard let record = try store.environment(env) else { throw Failure("no environment named '\(env)' in \(paths.root.path)") }
+            let service = try APIComposition.local(paths: paths, store: store)
+            print(try service.diagnosis(of: record).json(indent: "  "))
+            return
+        }
         let root = geteuid() == 0
         func line(_ what: String, _ verdict: String) { print("\(what): \(verdict)") }
         let setpriv = Self.find("setpriv")

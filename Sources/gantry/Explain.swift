@@ -23,30 +23,14 @@ struct Explain: ParsableCommand {
         let paths = StatePaths(root: state.directory)
         let repository = try RepositoryLocation.open(try RepositoryLocation.resolve(repo, paths: paths), paths: paths)
         let target = try Revision.resolve(commit, in: repository)
-        let branches = try repository.branches()
-        var known = Admission.Known()
-        if FileManager.default.fileExists(atPath: paths.database) {
-            let store = try StateStore(path: paths.database)
-            known.trust = try store.trust()
-            known.protectedMerges = try store.protectedMerges()
-            known.observedTip = try store.processedRefs()[known.trust?.protectedBranch ?? protected].flatMap(ObjectID.init(hex:))
-            known.records = Dictionary(try store.environments(includeDestroyed: true).map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
-        }
-        let protectedBranch = known.trust?.protectedBranch ?? protected
-        let onBranch = try branch ?? (branches[protectedBranch] == target ? protectedBranch : nil)
-            ?? branches.first(where: { $0.value == target }).map(\.key)
-            ?? ([protectedBranch] + branches.keys.sorted()).first(where: { name in
-                try branches[name].map { try repository.isReachable(target, from: $0) } ?? false
-            })
-        guard let onBranch else { throw Failure("no branch contains \(target.short); name one with --branch") }
-        if FileManager.default.fileExists(atPath: paths.database), onBranch != protectedBranch {
-            let store = try StateStore(path: paths.database)
-            known.lastAdmitted = try store.admittedCommit(branch: onBranch).flatMap(ObjectID.init(hex:))
-            if let last = known.lastAdmitted, try repository.isReachable(target, from: last) { known.lastAdmitted = nil }
-        }
+        let store = FileManager.default.fileExists(atPath: paths.database) ? try StateStore(path: paths.database) : nil
         let admission = Admission(repository: repository, logger: Logger(label: "gantry") { _ in SwiftLogNoOpLogHandler() })
-        for line in try admission.explain(commit: target, branch: onBranch, branches: branches, protectedBranch: protectedBranch, known: known) {
-            print(Printable.line(line))
+        do {
+            for line in try admission.explain(commit: target, branch: branch, store: store, defaultProtectedBranch: protected) {
+                print(Printable.line(line))
+            }
+        } catch let error as Admission.ExplainError {
+            throw Failure(error.description)
         }
     }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Audit
+import API
 import Foundation
 import Gateway
 import GitStore
@@ -36,6 +37,11 @@ struct Run: ParsableCommand {
     var detectOnly = false
     @Flag(help: "Log debug detail.")
     var verbose = false
+    @Option(help: "Serve the agents' API (HTTP, MCP at /mcp, /metrics) on HOST:PORT.")
+    var api = "127.0.0.1:7070"
+    @Flag(help: "Do not serve the API.")
+    var noAPI = false
+    @OptionGroup var apiRate: APIRate
 
     func validate() throws {
         guard interval > 0 else { throw ValidationError("--interval must be a positive number of seconds") }
@@ -111,6 +117,26 @@ struct Run: ParsableCommand {
         }
         let stop = StopFlag()
         let wake = WakeSignal()
+        var apiServer: APIServer?
+        if !noAPI {
+            do {
+                let service = try APIComposition.service(paths: paths, location: location, repository: repository, store: store, key: key,
+                                                         protectedBranch: branch, rate: apiRate, logger: logger)
+                service.executor = driver
+                service.wakeReconciler = { wake.wake() }
+                let operations = reconciler.operations
+                service.metrics.queueDepth = { operations.depth }
+                let metrics = service.metrics
+                reconciler.observe = { seconds, summary in metrics.record(seconds: seconds, summary: summary) }
+                apiServer = try APIComposition.start(service, address: api, paths: paths, logger: logger)
+            } catch {
+                logger.error("the API could not start; agents cannot reach it (use --api HOST:PORT, or --no-api)", metadata: ["error": "\(error)"])
+            }
+        }
+        defer {
+            apiServer?.stop()
+            try? FileManager.default.removeItem(atPath: paths.apiAddressFile)
+        }
         // A local repository's pushes wake the loop at once (no hook, no poll wait).
         let watcher = RepositoryLocation.isRemote(location) ? nil : RefWatcher(gitDirectory: repository.gitDirectory) { wake.wake() }
         if !RepositoryLocation.isRemote(location) && watcher == nil { logger.warning("inotify is unavailable: pushes are seen at the next poll or `gantry notify`") }

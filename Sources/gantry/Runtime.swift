@@ -17,6 +17,11 @@ struct StatePaths {
         (try? String(contentsOfFile: routerPortFile, encoding: .utf8)).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }
     }
     var lockFile: String { root.appendingPathComponent("gantry.lock").path }
+    /// Where the running Gantry's API listens (`http://HOST:PORT`), written while it does.
+    var apiAddressFile: String { root.appendingPathComponent("api.address").path }
+    var apiAddress: String? {
+        (try? String(contentsOfFile: apiAddressFile, encoding: .utf8)).map { $0.trimmingCharacters(in: .whitespacesAndNewlines) }.flatMap { $0.isEmpty ? nil : $0 }
+    }
     var repositoryFile: String { root.appendingPathComponent("repository").path }
     var mirror: String { root.appendingPathComponent("mirror.git").path }
 }

@@ -50,6 +50,52 @@ import TestSupport
         #expect(identity.task == "A-1")
     }
 
+    // MARK: Commits the API makes: signed by Gantry's key (principal `gantry`) with one Api-Actor
+
+    @Test func aCommitSignedByGantrysKeyActsAsItsOneApiActor() throws {
+        let repo = try TestRepository(principal: IdentityJudge.apiPrincipal)
+        try repo.commit("Create try1 through the API\n\nApi-Actor: agent@example.com\nTask: PAY-1")
+        let (identity, gitAccepts) = try judge(repo, repo.allowedSignersLine + "\n")
+        #expect(identity.problem == nil)
+        #expect(identity.principal == "agent@example.com")
+        #expect(identity.actor?.kind == .agent)
+        #expect(identity.viaAPI)
+        #expect(gitAccepts)
+    }
+
+    @Test func gantrysKeyWithoutOneApiActorProvesNothing() throws {
+        for message in ["no trailer", "two\n\nApi-Actor: agent@example.com\nApi-Actor: alice@example.com"] {
+            let repo = try TestRepository(principal: IdentityJudge.apiPrincipal)
+            try repo.commit(message)
+            let (identity, _) = try judge(repo, repo.allowedSignersLine + "\n")
+            #expect(identity.principal == nil)
+            #expect(identity.problem?.contains("Api-Actor") == true)
+            #expect(!identity.viaAPI)
+        }
+    }
+
+    @Test func anApiActorNotInActorsIsRefused() throws {
+        let repo = try TestRepository(principal: IdentityJudge.apiPrincipal)
+        try repo.commit("made up\n\nApi-Actor: mallory@example.com")
+        let (identity, _) = try judge(repo, repo.allowedSignersLine + "\n")
+        #expect(identity.problem?.contains("mallory@example.com") == true)
+        #expect(identity.problem?.contains("actors.yaml") == true)
+    }
+
+    @Test func aForgedApiActorTrailerOnAnAgentsOwnCommitIsRefused() throws {
+        // An agent signs its own commit and claims it came through the API for a human.
+        let repo = try TestRepository()
+        try repo.commit("forged\n\nApi-Actor: alice@example.com")
+        var alice = Actor(principal: "alice@example.com", kind: .human)
+        alice.roles = ["approver"]
+        var known = actors
+        known["alice@example.com"] = alice
+        let (identity, gitAccepts) = try judge(repo, repo.allowedSignersLine + "\n", actors: known)
+        #expect(gitAccepts)  // the signature itself is good: the trailer is the lie
+        #expect(identity.problem?.contains("Api-Actor") == true)
+        #expect(identity.principal == nil)
+    }
+
     @Test func unsignedCommitIsDenied() throws {
         let repo = try TestRepository(signing: false)
         try repo.commit("unsigned")

@@ -1,0 +1,243 @@
+import Audit
+import Foundation
+import GitStore
+import Governance
+import Logging
+import Reconciler
+import SpecLoading
+import SpecModel
+import StateStore
+
+/// Who calls the API: a token's principal, as the protected branch's identities describe it now.
+public struct Caller: Sendable {
+    public let tokenID: String
+    public let principal: String
+    public let actor: Actor
+
+    public var isAdmin: Bool { actor.kind == .human && actor.roles.contains("admin") }
+    /// The branch prefix under which the API makes this principal's environments.
+    public var branchPrefix: String { "agents/\(principal)/" }
+}
+
+/// The one service layer under the HTTP API and the MCP server: every answer is a `PlainValue`
+/// (JSON) or an `APIError`. It holds the rules of who may do what; the transports only carry.
+///
+/// A token acts as its principal under the governance of the last admitted protected revision,
+/// read at each request (a principal removed from identities/actors.yaml on main loses its
+/// tokens' power at once). What changes environments goes through Git, signed with Gantry's key
+/// and an `Api-Actor:` trailer, and is judged by the reconciler like any push.
+public final class AgentService: @unchecked Sendable {
+    public struct Configuration: Sendable {
+        /// The repository Gantry watches: a local path (or its mirror of a remote, see `remote`).
+        public var repositoryPath: String
+        /// Where branches the API makes are pushed, when the repository mirrors a remote.
+        public var remote: String?
+        public var stateDirectory: URL
+        /// The protected branch until the trust state names one.
+        public var protectedBranch = "main"
+        /// Requests per second each token may make on average, and at once.
+        public var requestsPerSecond = 20.0
+        public var burst = 60.0
+        /// Longest `exec` a caller may ask for, and the default.
+        public var maxExecSeconds = 600.0
+        public var defaultExecSeconds = 60.0
+        /// Longest `?wait=serving`.
+        public var maxWaitSeconds = 600.0
+
+        public init(repositoryPath: String, stateDirectory: URL) {
+            self.repositoryPath = repositoryPath
+            self.stateDirectory = stateDirectory
+        }
+    }
+
+    public let configuration: Configuration
+    public let store: StateStore
+    let key: SigningKey
+    let observer: any EnvironmentObserver
+    let logger: Logger
+    /// Runs `exec`; nil where no driver runs (`gantry api` alone).
+    public var executor: (any EnvironmentExecutor)?
+    /// An environment's recent log lines (file, lines), secret values masked.
+    public var logs: (@Sendable (_ environment: String, _ tail: Int) -> [(file: String, lines: [String])])?
+    /// Where the router listens, when one runs.
+    public var routerPort: @Sendable () -> Int? = { nil }
+    /// Where `exec` and `destroy-requested` records go.
+    public var audit: AuditLog?
+    /// The executor forwards to another Gantry's API, which records each exec itself.
+    public var execRecordedElsewhere = false
+    /// Masks secret values.
+    public var redact: @Sendable (String) -> String = { $0 }
+    /// Wakes the reconciler after the API changed a branch (nil: it sees the change on its own).
+    public var wakeReconciler: (@Sendable () -> Void)?
+    public let metrics = GantryMetrics()
+    let limiter: RateLimiter
+    /// Governance read at the trusted revision, kept while it is the one in force.
+    private let governanceLock = NSLock()
+    private var governanceCache: GovernanceRevision?
+    /// Branch writes (check, commit, ref) one at a time.
+    let writeLock = NSLock()
+
+    public init(configuration: Configuration, store: StateStore, key: SigningKey, observer: any EnvironmentObserver, logger: Logger) {
+        self.configuration = configuration
+        self.store = store
+        self.key = key
+        self.observer = observer
+        self.logger = logger
+        limiter = RateLimiter(rate: configuration.requestsPerSecond, burst: configuration.burst)
+    }
+
+    func repository() throws -> GitRepository { try GitRepository.open(path: configuration.repositoryPath) }
+
+    // MARK: Who calls
+
+    /// The caller a `Authorization` header names, or why it names none (401), is over its rate
+    /// (429), or has no actor on the protected branch (403).
+    public func authenticate(authorization: String?) throws -> Caller {
+        guard let authorization, !authorization.isEmpty else {
+            throw APIError(401, "unauthorized", "no bearer token was sent",
+                           fix: "send `Authorization: Bearer TOKEN`; an operator makes one with `gantry token create --actor PRINCIPAL`")
+        }
+        let parts = authorization.split(separator: " ", maxSplits: 1)
+        guard parts.count == 2, parts[0].lowercased() == "bearer" else {
+            throw APIError(401, "unauthorized", "the Authorization header is not `Bearer TOKEN`", fix: "send `Authorization: Bearer TOKEN`")
+        }
+        let record: TokenRecord
+        switch try store.authenticate(String(parts[1]).trimmingCharacters(in: .whitespaces)) {
+        case .success(let found): record = found
+        case .failure(let problem):
+            throw APIError(401, "unauthorized", problem.description, fix: "ask an operator for a valid token (`gantry token create --actor PRINCIPAL`)")
+        }
+        if let wait = limiter.take(record.id) {
+            var error = APIError(429, "rate-limited", "token \(record.id) made more than \(Int(configuration.burst)) requests at once (\(Int(configuration.requestsPerSecond))/s on average)",
+                                 fix: "wait \(wait) s (Retry-After) and slow down")
+            error.retryAfter = wait
+            throw error
+        }
+        let governance = try trustedGovernance()
+        guard let actor = governance.identity.actors[record.actor] else {
+            throw APIError.forbidden("token \(record.id) acts as \(record.actor), who has no entry in identities/actors.yaml on \(governance.settings.protectedBranch) (revision \(governance.commit.short))",
+                                     fix: "add \(record.actor) to identities/actors.yaml on the protected branch, or use a token of a listed principal")
+        }
+        return Caller(tokenID: record.id, principal: record.actor, actor: actor)
+    }
+
+    /// The governance in force: that of the last admitted protected revision.
+    func trustedGovernance() throws -> GovernanceRevision {
+        guard let trust = try store.trust(), let hex = trust.revision ?? trust.anchor, let revision = ObjectID(hex: hex) else {
+            throw APIError.conflict("Gantry has no trust anchor yet: nothing on the protected branch is admitted, so no principal is known",
+                                    fix: "an operator anchors the protected branch (`gantry trust set COMMIT --key KEY`); `gantry status` says how")
+        }
+        if let cached = governanceLock.withLock({ governanceCache }), cached.commit == revision { return cached }
+        let loaded = try GovernanceRevision.load(at: revision, repository: try repository())
+        governanceLock.withLock { governanceCache = loaded }
+        return loaded
+    }
+
+    /// What a caller may see inside (logs, diagnose, exec): an environment of one of its teams,
+    /// one the API made for it, one of no team; everything for a human admin.
+    func mayInspect(_ caller: Caller, _ record: EnvironmentRecord) -> Bool {
+        if caller.isAdmin || record.branch.hasPrefix(caller.branchPrefix) { return true }
+        guard let team = record.team else { return true }
+        return caller.actor.teams.contains(team)
+    }
+
+    func inspectable(_ caller: Caller, _ name: String) throws -> EnvironmentRecord {
+        let record = try environmentRecord(name, caller: caller)
+        guard mayInspect(caller, record) else {
+            throw APIError.forbidden("\(caller.principal) is not in team \(record.team ?? "-") of \(record.name)",
+                                     fix: "use a token of a principal in team \(record.team ?? "-") (identities/actors.yaml on the protected branch)")
+        }
+        return record
+    }
+
+    /// The environment `name` names: its full name, else the one the API made for the caller
+    /// under that short name.
+    func environmentRecord(_ name: String, caller: Caller) throws -> EnvironmentRecord {
+        if let record = try store.environment(name), record.phase != .destroyed { return record }
+        if let record = try store.environments(branch: caller.branchPrefix + name).first(where: { $0.phase != .destroyed }) { return record }
+        throw APIError.notFound("no environment named '\(name)'", fix: "GET /v1/environments lists them; an environment the API made is named as its answer's `environment` says")
+    }
+
+    // MARK: Reads
+
+    func summary(_ record: EnvironmentRecord) throws -> EnvironmentSummary {
+        EnvironmentSummary(record, services: try observer.services(of: record.name), routerPort: routerPort())
+    }
+
+    public func listEnvironments(_ caller: Caller) throws -> PlainValue {
+        let records = try store.environments().filter { mayInspect(caller, $0) }
+        return .map([("environments", .list(try records.map { try summary($0).plain }))])
+    }
+
+    public func environment(_ caller: Caller, _ name: String) throws -> PlainValue {
+        try summary(try inspectable(caller, name)).plain
+    }
+
+    public func logs(_ caller: Caller, _ name: String, service: String?, tail: Int?) throws -> PlainValue {
+        let record = try inspectable(caller, name)
+        let lines = min(max(tail ?? 50, 1), 1000)
+        var files = logs?(record.name, lines) ?? []
+        if let service {
+            let known = Set((record.appliedSpec?.services.map(\.name) ?? []) + (record.appliedSpec?.caches.map { "redis-\($0.name)" } ?? []))
+            guard known.contains(service) else {
+                throw APIError.notFound("\(record.name) has no service '\(service)'", fix: "services: \(known.sorted().joined(separator: ", "))")
+            }
+            files = files.filter { $0.file == "\(service).log" }
+        }
+        return .map([("environment", .string(record.name)),
+                     ("files", .list(files.map { file in
+                         .map([("file", .string(file.file)), ("lines", .list(file.lines.map { .string(redact($0)) }))])
+                     }))])
+    }
+
+    public func explain(_ caller: Caller, commit text: String) throws -> PlainValue {
+        guard (4...40).contains(text.count), text.allSatisfy(\.isHexDigit) else {
+            throw APIError.badRequest("'\(text)' is not a commit id", fix: "give 4 to 40 hex digits of a commit of the configuration repository")
+        }
+        let repository = try repository()
+        guard let commit = try repository.commit(idPrefix: text.lowercased()) else {
+            throw APIError.notFound("no commit \(text) in the configuration repository", fix: "push it first; give its full id")
+        }
+        let admission = Admission(repository: repository, logger: Logger(label: "gantry.api") { _ in SwiftLogNoOpLogHandler() })
+        do {
+            let lines = try admission.explain(commit: commit, branch: nil, store: store, defaultProtectedBranch: configuration.protectedBranch)
+            return .map([("commit", .string(commit.hex)), ("lines", .list(lines.map { .string($0) }))])
+        } catch let error as Admission.ExplainError {
+            throw APIError.notFound(error.description, fix: "push the commit to a branch")
+        }
+    }
+
+    /// Audit records, newest first, of the environments the caller may inspect (and those of no
+    /// environment: trust anchors, restores).
+    public func audit(_ caller: Caller, environment: String?, actor: String?, event: String?, since: String?, limit: Int?) throws -> PlainValue {
+        let wanted = min(max(limit ?? 100, 1), 1000)
+        if let since, AuditRecord.date(since) == nil {
+            throw APIError.badRequest("since=\(since) is not a time", fix: "give an RFC 3339 time such as 2026-12-01T00:00:00Z")
+        }
+        var rows: [PlainValue] = []
+        var before: Int?
+        var visible: [String: Bool] = [:]
+        scan: while rows.count < wanted {
+            let page = try store.recentAuditRecords(environment: environment, limit: 500, beforeSeq: before)
+            guard !page.isEmpty else { break }
+            for entry in page {
+                before = entry.seq
+                guard let record = AuditRecord.parseNote(entry.text).records.first else { continue }
+                if let since, let at = AuditRecord.date(record.at), let from = AuditRecord.date(since), at < from { break scan }
+                if let event, record.event != event { continue }
+                if let actor, record.value("actor") != actor { continue }
+                if let name = record.value("environment") {
+                    let allowed = try visible[name] ?? {
+                        let known = try store.environment(name)
+                        return known.map { mayInspect(caller, $0) } ?? caller.isAdmin
+                    }()
+                    visible[name] = allowed
+                    guard allowed else { continue }
+                }
+                rows.append(record.plain(note: entry.target))
+                if rows.count == wanted { break scan }
+            }
+        }
+        return .map([("records", .list(rows))])
+    }
+}

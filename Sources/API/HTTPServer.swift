@@ -1,0 +1,291 @@
+import Foundation
+import HTTPTypes
+import Hummingbird
+import Logging
+import NIOCore
+import Reconciler
+import ServiceLifecycle
+import SpecLoading
+
+/// The HTTP/JSON API (FORMATS.md section 4) and, at `/mcp`, the MCP streamable HTTP transport,
+/// over one `AgentService`. Runs on a thread of its own beside the reconcile loop.
+public final class APIServer: @unchecked Sendable {
+    public let service: AgentService
+    let logger: Logger
+    private var group: ServiceGroup?
+    private var task: Task<Void, Error>?
+    /// The port it listens on, once started.
+    public private(set) var port = 0
+    public private(set) var host = "127.0.0.1"
+
+    public init(service: AgentService, logger: Logger) {
+        self.service = service
+        self.logger = logger
+    }
+
+    /// Starts listening on `host:port` (0: a free port) and returns once it does.
+    public func start(host: String, port: Int) throws {
+        let router = Router()
+        routes(router)
+        let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
+        let app = Application(router: router, configuration: .init(address: .hostname(host, port: port), serverName: "gantry"),
+                              onServerRunning: { channel in
+                                  continuation.yield(channel.localAddress?.port ?? -1)
+                                  continuation.finish()
+                              }, logger: logger)
+        let group = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [], logger: logger))
+        self.group = group
+        let failure = Failure()
+        task = Task {
+            do { try await group.run() } catch {
+                failure.set("\(error)")
+                continuation.finish()
+                throw error
+            }
+        }
+        let bound = Box(-1)
+        let ready = DispatchSemaphore(value: 0)
+        Task {
+            for await value in ports { bound.set(value) }
+            ready.signal()
+        }
+        guard ready.wait(timeout: .now() + 30) == .success, bound.get() > 0 else {
+            stop()
+            throw APIError(500, "no-listen", "the API could not listen on \(host):\(port): \(failure.get() ?? "no answer within 30 s")",
+                           fix: "choose another address with --api HOST:PORT, or --no-api")
+        }
+        self.host = host
+        self.port = bound.get()
+    }
+
+    /// Stops accepting, lets answers under way finish, and returns.
+    public func stop() {
+        guard let group else { return }
+        self.group = nil
+        let done = DispatchSemaphore(value: 0)
+        let task = self.task
+        Task {
+            await group.triggerGracefulShutdown()
+            _ = try? await task?.value
+            done.signal()
+        }
+        if done.wait(timeout: .now() + 10) == .timedOut { task?.cancel() }
+    }
+
+    // MARK: Routes
+
+    func routes(_ router: Router<BasicRequestContext>) {
+        let service = self.service
+        router.get("/metrics") { _, _ -> Response in
+            service.metrics.request(route: "/metrics", status: 200)
+            return Response(status: .ok, headers: [.contentType: "text/plain; version=0.0.4; charset=utf-8"],
+                            body: .init(byteBuffer: ByteBuffer(string: service.metrics.render(store: service.store))))
+        }
+        router.get("/v1/openapi.yaml") { _, _ -> Response in
+            Response(status: .ok, headers: [.contentType: "application/yaml"], body: .init(byteBuffer: ByteBuffer(string: OpenAPIDocument.text)))
+        }
+        router.get("/v1/environments") { request, _ in
+            await self.answer("GET /v1/environments", request) { caller, _ in (200, try service.listEnvironments(caller)) }
+        }
+        router.post("/v1/environments") { request, _ in
+            await self.answer("POST /v1/environments", request) { caller, body in
+                let created = try service.create(caller, body: body)
+                guard let wait = request.uri.queryParameters.get("wait") else { return (201, service.plain(created)) }
+                guard wait == "serving" else {
+                    throw APIError.badRequest("wait=\(wait) is not known", fix: "give wait=serving, or leave it out")
+                }
+                let seconds = try Self.number(request, "timeout") ?? 300
+                let state = service.waitServing(branch: created.branch, source: String(created.file.dropFirst("environments/".count).dropLast(5)),
+                                                commit: created.commit, seconds: seconds)
+                return (state == nil ? 202 : 201, service.plain(created, state: state ?? .map([
+                    ("phase", .string("Pending")), ("message", .string("not serving within \(Int(seconds)) s; poll the status URL")),
+                ])))
+            }
+        }
+        router.get("/v1/environments/:name") { request, context in
+            await self.answer("GET /v1/environments/{name}", request) { caller, _ in (200, try service.environment(caller, try Self.name(context))) }
+        }
+        router.delete("/v1/environments/:name") { request, context in
+            await self.answer("DELETE /v1/environments/{name}", request) { caller, _ in (202, try service.destroy(caller, try Self.name(context))) }
+        }
+        router.get("/v1/environments/:name/diagnose") { request, context in
+            await self.answer("GET /v1/environments/{name}/diagnose", request) { caller, _ in (200, try service.diagnose(caller, try Self.name(context))) }
+        }
+        router.get("/v1/environments/:name/logs") { request, context in
+            await self.answer("GET /v1/environments/{name}/logs", request) { caller, _ in
+                (200, try service.logs(caller, try Self.name(context), service: request.uri.queryParameters.get("service"),
+                                       tail: try Self.number(request, "tail").map { Int($0) }))
+            }
+        }
+        router.post("/v1/environments/:name/exec") { request, context in
+            if request.uri.queryParameters.get("stream") == "true" {
+                return await self.streamExec(request, name: context.parameters.get("name") ?? "")
+            }
+            return await self.answer("POST /v1/environments/{name}/exec", request) { caller, body in
+                (200, try service.exec(caller, try Self.name(context), body: body))
+            }
+        }
+        router.get("/v1/audit") { request, _ in
+            await self.answer("GET /v1/audit", request) { caller, _ in
+                let query = request.uri.queryParameters
+                return (200, try service.audit(caller, environment: query.get("environment"), actor: query.get("actor"), event: query.get("event"),
+                                               since: query.get("since"), limit: try Self.number(request, "limit").map { Int($0) }))
+            }
+        }
+        router.get("/v1/commits/:sha/explain") { request, context in
+            await self.answer("GET /v1/commits/{sha}/explain", request) { caller, _ in
+                (200, try service.explain(caller, commit: context.parameters.get("sha") ?? ""))
+            }
+        }
+        MCPEndpoint.install(on: router, service: service, server: self)
+        router.add(middleware: JSONErrors(metrics: service.metrics))
+    }
+
+    /// Authenticates, reads the body, runs `body` off the event loop, and turns what it returns
+    /// or throws into a JSON answer.
+    func answer(_ route: String, _ request: Request,
+                _ body: @escaping @Sendable (Caller, Data) throws -> (Int, PlainValue)) async -> Response {
+        let service = self.service
+        let authorization = request.headers[.authorization]
+        var request = request
+        let data: Data
+        do {
+            let buffer = try await request.collectBody(upTo: JSONInput.maxBody)
+            data = Data(buffer.readableBytesView)
+        } catch {
+            service.metrics.request(route: route, status: 413)
+            return Self.json(413, APIError(413, "too-large", "the request body is larger than \(JSONInput.maxBody) bytes", fix: "send a smaller body").body)
+        }
+        let result: Result<(Int, PlainValue), Error> = await Self.offLoop {
+            do {
+                let caller = try service.authenticate(authorization: authorization)
+                return .success(try body(caller, data))
+            } catch {
+                return .failure(error)
+            }
+        }
+        switch result {
+        case .success(let (status, value)):
+            service.metrics.request(route: route, status: status)
+            return Self.json(status, value)
+        case .failure(let error):
+            let failure = Self.apiError(error)
+            service.metrics.request(route: route, status: failure.status)
+            if failure.status >= 500 { logger.error("api: \(route) failed", metadata: ["error": "\(service.redact("\(error)"))"]) }
+            var response = Self.json(failure.status, failure.body)
+            if let wait = failure.retryAfter { response.headers[.retryAfter] = String(wait) }
+            return response
+        }
+    }
+
+    /// `POST .../exec?stream=true`: newline-delimited JSON, one `{"stream", "data"}` object per
+    /// piece of output as it comes, then `{"exitCode", "timedOut"}`.
+    func streamExec(_ request: Request, name: String) async -> Response {
+        let service = self.service
+        let route = "POST /v1/environments/{name}/exec"
+        let authorization = request.headers[.authorization]
+        var request = request
+        guard let buffer = try? await request.collectBody(upTo: JSONInput.maxBody) else {
+            return Self.json(413, APIError(413, "too-large", "the request body is larger than \(JSONInput.maxBody) bytes", fix: "send a smaller body").body)
+        }
+        let data = Data(buffer.readableBytesView)
+        let prepared: Result<AgentService.ExecCall, Error> = await Self.offLoop {
+            Result { try service.prepareExec(try service.authenticate(authorization: authorization), name, body: data) }
+        }
+        let call: AgentService.ExecCall
+        switch prepared {
+        case .success(let value): call = value
+        case .failure(let error):
+            let failure = Self.apiError(error)
+            service.metrics.request(route: route, status: failure.status)
+            var response = Self.json(failure.status, failure.body)
+            if let wait = failure.retryAfter { response.headers[.retryAfter] = String(wait) }
+            return response
+        }
+        service.metrics.request(route: route, status: 200)
+        let (lines, continuation) = AsyncStream.makeStream(of: String.self)
+        Thread.detachNewThread {
+            do {
+                let result = try service.runExec(call) { stream, data in
+                    continuation.yield(PlainValue.map([("stream", .string(stream.rawValue)), ("data", .string(String(decoding: data, as: UTF8.self)))]).json() + "\n")
+                }
+                continuation.yield(AgentService.plain(result, stdout: nil, stderr: nil, environment: call.record.name).json() + "\n")
+            } catch {
+                continuation.yield(Self.apiError(error).body.json() + "\n")
+            }
+            continuation.finish()
+        }
+        return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: ResponseBody { writer in
+            for await line in lines { try await writer.write(ByteBuffer(string: line)) }
+            try await writer.finish(nil)
+        })
+    }
+
+    static func apiError(_ error: Error) -> APIError {
+        if let error = error as? APIError { return error }
+        return APIError(500, "internal", "Gantry could not answer: \(error)", fix: "try again; the server's log has the detail")
+    }
+
+    static func json(_ status: Int, _ value: PlainValue) -> Response {
+        Response(status: .init(code: status), headers: [.contentType: "application/json"],
+                 body: .init(byteBuffer: ByteBuffer(string: value.json() + "\n")))
+    }
+
+    static func name(_ context: BasicRequestContext) throws -> String {
+        guard let name = context.parameters.get("name"), !name.isEmpty else {
+            throw APIError.badRequest("no environment name in the path", fix: "GET /v1/environments/NAME")
+        }
+        return name
+    }
+
+    /// A numeric query parameter, nil when absent; a 400 when it is not a number.
+    static func number(_ request: Request, _ name: String) throws -> Double? {
+        guard let text = request.uri.queryParameters.get(name) else { return nil }
+        guard let value = Double(text), value.isFinite, value >= 0 else {
+            throw APIError.badRequest("\(name)=\(text) is not a number", fix: "give \(name) as a non-negative number")
+        }
+        return value
+    }
+
+    /// Runs blocking work (SQLite, Git, waits) on a thread of its own, never on the event loop.
+    static func offLoop<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in
+            DispatchQueue.global().async { continuation.resume(returning: work()) }
+        }
+    }
+}
+
+final class Box<T: Sendable>: @unchecked Sendable {
+    private let lock = NSLock()
+    private var value: T
+    init(_ value: T) { self.value = value }
+    func get() -> T { lock.withLock { value } }
+    func set(_ value: T) { lock.withLock { self.value = value } }
+}
+
+final class Failure: @unchecked Sendable {
+    private let lock = NSLock()
+    private var text: String?
+    func set(_ value: String) { lock.withLock { text = value } }
+    func get() -> String? { lock.withLock { text } }
+}
+
+/// What Hummingbird answers itself (no such route, a method a route does not take) answered in
+/// the API's error form too.
+struct JSONErrors: RouterMiddleware {
+    typealias Context = BasicRequestContext
+    let metrics: GantryMetrics
+
+    func handle(_ request: Request, context: Context, next: (Request, Context) async throws -> Response) async throws -> Response {
+        do {
+            return try await next(request, context)
+        } catch let error as HTTPError {
+            let status = Int(error.status.code)
+            metrics.request(route: "unmatched", status: status)
+            let failure = status == 404
+                ? APIError.notFound("no endpoint \(request.method.rawValue) \(request.uri.path)", fix: "the endpoints are listed in /v1/openapi.yaml")
+                : APIError(status, "http-\(status)", "\(request.method.rawValue) \(request.uri.path): \(error.status.reasonPhrase)", fix: "the endpoints are listed in /v1/openapi.yaml")
+            return APIServer.json(status, failure.body)
+        }
+    }
+}

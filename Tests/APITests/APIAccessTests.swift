@@ -1,0 +1,122 @@
+import API
+import Foundation
+import GitStore
+import Governance
+import SpecLoading
+import StateStore
+import Testing
+import TestSupport
+
+/// Who may do what through the API, tried as an outsider would: with no token, a bad one, a
+/// revoked or expired one, one of a principal main does not know, and as an agent reaching for
+/// what only humans or other teams may touch.
+@Suite(.serialized) struct APIAccessTests {
+    /// Every endpoint behind a token, with a body where it takes one.
+    static let endpoints: [(method: String, path: String, body: String?)] = [
+        ("GET", "/v1/environments", nil),
+        ("POST", "/v1/environments", #"{"name": "x1", "template": "python-web"}"#),
+        ("GET", "/v1/environments/web", nil),
+        ("DELETE", "/v1/environments/\(APIFixture.preview)", nil),
+        ("GET", "/v1/environments/web/diagnose", nil),
+        ("GET", "/v1/environments/web/logs", nil),
+        ("POST", "/v1/environments/\(APIFixture.preview)/exec", #"{"command": ["true"]}"#),
+        ("GET", "/v1/audit", nil),
+        ("GET", "/v1/commits/0000000/explain", nil),
+        ("POST", "/mcp", #"{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}"#),
+    ]
+
+    @Test func everyEndpointRefusesAMissingOrBadToken() throws {
+        let fixture = try APIFixture()
+        let revoked = try fixture.token("claude@payments")
+        #expect(try fixture.store.revokeToken(String(revoked.split(separator: "_")[1])))
+        let expired = try fixture.token("claude@payments", ttl: 60, now: Date().addingTimeInterval(-3600))
+        let good = try fixture.token("claude@payments")
+        let forged = String(good.dropLast(4)) + "AAAA"
+        for endpoint in Self.endpoints {
+            for (label, token) in [("no token", nil), ("garbage", "hello"), ("forged", forged), ("revoked", revoked), ("expired", expired)] as [(String, String?)] {
+                let answer = try fixture.call(endpoint.method, endpoint.path, token: token, body: endpoint.body)
+                #expect(answer.status == 401, "\(endpoint.method) \(endpoint.path) with \(label): \(answer.status) \(answer.body)")
+                #expect((answer.error?["fix"] as? String)?.isEmpty == false, "\(endpoint.path) with \(label) gives no fix")
+            }
+        }
+        // Nothing was created by all those attempts.
+        #expect(try fixture.repo.git("branch", "--list", "agents/*").isEmpty)
+    }
+
+    @Test func aTokenOfAPrincipalMainDoesNotKnowIsForbiddenEverywhere() throws {
+        let fixture = try APIFixture()
+        let ghost = try fixture.token("ghost@example.com")
+        for endpoint in Self.endpoints {
+            let answer = try fixture.call(endpoint.method, endpoint.path, token: ghost, body: endpoint.body)
+            #expect(answer.status == 403, "\(endpoint.method) \(endpoint.path): \(answer.status) \(answer.body)")
+            #expect((answer.error?["message"] as? String)?.contains("identities/actors.yaml") == true)
+        }
+    }
+
+    @Test func aTokenSeesOnlyItsTeamsEnvironments() throws {
+        let fixture = try APIFixture()
+        let claude = try fixture.token("claude@payments")   // agent, team payments
+        let names = (try fixture.call("GET", "/v1/environments", token: claude).json["environments"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
+        #expect(Set(names) == ["web", APIFixture.preview])
+        for path in ["/v1/environments/status-page", "/v1/environments/status-page/diagnose", "/v1/environments/status-page/logs"] {
+            let answer = try fixture.call("GET", path, token: claude)
+            #expect(answer.status == 403, "\(path): \(answer.status)")
+            #expect((answer.error?["message"] as? String)?.contains("platform") == true)
+        }
+        let exec = try fixture.call("POST", "/v1/environments/status-page/exec", token: claude, body: #"{"command": ["id"]}"#)
+        #expect(exec.status == 403)
+        // A human admin sees everything.
+        let alice = try fixture.token("alice@example.com")
+        let all = (try fixture.call("GET", "/v1/environments", token: alice).json["environments"] as? [[String: Any]] ?? []).compactMap { $0["name"] as? String }
+        #expect(Set(all) == ["web", "status-page", APIFixture.preview])
+    }
+
+    @Test func anAgentNeverExecsInProductionNorDeletesWhatTheAPIDidNotMakeForIt() throws {
+        let fixture = try APIFixture()
+        let claude = try fixture.token("claude@payments")
+        let exec = try fixture.call("POST", "/v1/environments/web/exec", token: claude, body: #"{"command": ["id"]}"#)
+        #expect(exec.status == 403)
+        #expect((exec.error?["message"] as? String)?.contains("production") == true)
+        // main's environment, and another principal's preview (same team): both refused.
+        for name in ["web", APIFixture.preview] {
+            let answer = try fixture.call("DELETE", "/v1/environments/\(name)", token: claude)
+            #expect(answer.status == 403, "DELETE \(name): \(answer.status) \(answer.body)")
+        }
+        // No driver runs in this API: exec says where to go instead of pretending.
+        let agent = try fixture.token(fixture.repo.principal)
+        let own = try fixture.call("POST", "/v1/environments/p1/exec", token: agent, body: #"{"command": ["id"]}"#)
+        #expect(own.status == 409)
+        #expect((own.error?["fix"] as? String)?.contains("gantry run") == true)
+        // Nothing the agent tried was recorded as done: no exec record, no destroy request.
+        let events = try fixture.store.recentAuditRecords(environment: nil, limit: 50).map(\.text)
+        #expect(!events.contains { $0.contains("event: exec") || $0.contains("event: destroy-requested") })
+    }
+
+    @Test func aTokenOverItsRateIsAnswered429WithRetryAfter() throws {
+        let fixture = try APIFixture(rate: (0.2, 3))
+        let claude = try fixture.token("claude@payments")
+        let other = try fixture.token("claude@payments")
+        var statuses: [Int] = []
+        for _ in 0..<5 { statuses.append(try fixture.call("GET", "/v1/environments", token: claude).status) }
+        #expect(statuses == [200, 200, 200, 429, 429])
+        let limited = try fixture.call("GET", "/v1/environments", token: claude)
+        #expect(limited.headers.lowercased().contains("retry-after: 5"), "\(limited.headers)")
+        // Another token of the same principal has its own bucket.
+        #expect(try fixture.call("GET", "/v1/environments", token: other).status == 200)
+    }
+
+    @Test func unknownEndpointsAndTheOpenAPIDocument() throws {
+        let fixture = try APIFixture()
+        let missing = try fixture.call("GET", "/v1/nothing-here")
+        #expect(missing.status == 404)
+        #expect(missing.error?["code"] as? String == "not-found")
+        let served = try fixture.call("GET", "/v1/openapi.yaml")
+        let file = try String(contentsOfFile: TestPaths.packageRoot.appendingPathComponent("docs/openapi.yaml").path, encoding: .utf8)
+        #expect(served.status == 200)
+        #expect(served.body.trimmingCharacters(in: .whitespacesAndNewlines) == file.trimmingCharacters(in: .whitespacesAndNewlines),
+                "docs/openapi.yaml and the served document differ: run `make openapi`")
+        let metrics = try fixture.call("GET", "/metrics")
+        #expect(metrics.status == 200)
+        #expect(metrics.body.contains("gantry_environments{phase=\"Pending\"} 3"))
+    }
+}
