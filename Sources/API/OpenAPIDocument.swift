@@ -215,7 +215,7 @@ paths:
           description: The OpenAPI document.
           content:
             application/yaml:
-              schema: {type: string}
+              schema: {type: object, required: [openapi, paths]}
   /metrics:
     get:
       operationId: metrics

@@ -1,5 +1,6 @@
 // `make bench`: Gantry's figures beside a git-CLI baseline measured in the same run.
 // Figures are printed, never asserted: the machine is shared and noisy.
+import API
 import Audit
 import Foundation
 import GitStore
@@ -87,7 +88,7 @@ func commitFile(_ repo: TestRepository, parent: String, path: String, content: S
 func startReconciler(repo: TestRepository, state: TemporaryDirectory) throws -> Process {
     let run = Process()
     run.executableURL = URL(fileURLWithPath: gantryBinary)
-    run.arguments = ["run", "--repo", repo.path, "--state", state.path, "--interval", "600", "--stop-on-exit"]
+    run.arguments = ["run", "--repo", repo.path, "--state", state.path, "--interval", "600", "--stop-on-exit", "--no-api"]
     run.standardError = FileHandle(forWritingAtPath: "/dev/null")
     try run.run()
     return run
@@ -107,7 +108,7 @@ let logger = ProcessInfo.processInfo.environment["GANTRY_BENCH_TRACE"] != nil
     ? Logger(label: "bench") { _ in TraceHandler() } : Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
 say("Gantry benchmarks (\(ProcessInfo.processInfo.activeProcessorCount) cores); gantry binary \(gantryBinary)")
 
-/// `GANTRY_BENCH_ONLY=passes|push|preview|isolation|burst|admission|protected|cel|fullstack|rss` runs one part.
+/// `GANTRY_BENCH_ONLY=passes|push|preview|isolation|burst|admission|protected|cel|fullstack|rss|api` runs one part.
 let only = ProcessInfo.processInfo.environment["GANTRY_BENCH_ONLY"]
 func runs(_ part: String) -> Bool { only == nil || only == part }
 
@@ -639,4 +640,55 @@ if runs("fullstack") {
     }
     say("clone of a \(size) database (cloneFrom): \(milliseconds(clone)) | baseline pg_dump | psql by hand: \(milliseconds(manual)) | ratio \(String(format: "%.2fx", clone / manual))")
 }
+// The agents' API: diagnose of an environment with 3 services over HTTP (target: under 20 ms),
+// against what an agent does without it: `gantry diagnose ENV --json` as a process of its own.
+if runs("api") {
+    let repo = try TestRepository()
+    let state = TemporaryDirectory("gantry-bench-api")
+    _ = spawnWait([gantryBinary, "keys", "--state", state.path])
+    let key = try SigningKey.loadOrCreate(at: state.path + "/keys/gantry_ed25519")
+    try repo.seedExample(extraSigners: ["gantry \(key.publicKey.authorizedKey)"])
+    try repo.write("environments/trio.yaml", """
+        apiVersion: gantry/v1
+        kind: Environment
+        metadata: {name: trio, team: payments, class: development}
+        spec:
+          services:
+            a: {source: apps/hello, command: ["python3", "server.py"], health: {http: /healthz}}
+            b: {source: apps/hello, command: ["python3", "server.py"], health: {http: /healthz}}
+            c: {source: apps/hello, command: ["python3", "server.py"], health: {http: /healthz}}
+        """)
+    try repo.commitAsOwner("three services")
+    let run = Process()
+    run.executableURL = URL(fileURLWithPath: gantryBinary)
+    run.arguments = ["run", "--repo", repo.path, "--state", state.path, "--interval", "1", "--stop-on-exit", "--router-port", "0",
+                     "--api", "127.0.0.1:0", "--api-rate", "100000", "--api-burst", "100000"]
+    run.standardError = FileHandle(forWritingAtPath: "/dev/null")
+    try run.run()
+    defer { run.terminate(); run.waitUntilExit() }
+    let addressFile = state.path + "/api.address"
+    guard eventually(60, { ((try? String(contentsOfFile: addressFile, encoding: .utf8)) ?? "").hasSuffix("\n") }) else {
+        throw ShellError(description: "the API did not start")
+    }
+    let base = try String(contentsOfFile: addressFile, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines)
+    let token = try Shell.check([gantryBinary, "token", "create", "--state", state.path, "--actor", "claude@payments"]).trimmingCharacters(in: .whitespacesAndNewlines)
+    guard eventually(60, { (try? LoopbackHTTP.request(base: base, path: "/v1/environments/trio", token: token).body.contains("\"phase\":\"Running\"")) == true }) else {
+        throw ShellError(description: "trio did not run")
+    }
+    var http: [Double] = []
+    for _ in 0..<200 {
+        http.append(try time {
+            let answer = try LoopbackHTTP.request(base: base, path: "/v1/environments/trio/diagnose", token: token)
+            guard answer.status == 200 else { throw ShellError(description: "diagnose answered \(answer.status)") }
+        })
+    }
+    var process: [Double] = []
+    for _ in 0..<20 { process.append(time { _ = spawnWait([gantryBinary, "diagnose", "trio", "--json", "--state", state.path]) }) }
+    report("GET /v1/environments/trio/diagnose (3 services, over HTTP; target < 20 ms)", http,
+           baseline: ("`gantry diagnose trio --json` as a process", process))
+    var list: [Double] = []
+    for _ in 0..<100 { list.append(try time { _ = try LoopbackHTTP.request(base: base, path: "/v1/environments", token: token) }) }
+    report("GET /v1/environments (4 environments)", list)
+}
+
 say("done")

@@ -4,12 +4,13 @@ import Glibc
 #endif
 
 /// A small HTTP/1.1 client for the running Gantry's own API on this host (`gantry exec`,
-/// `gantry mcp`): one request, the answer read line by line as it streams (chunked or not).
-enum LoopbackHTTP {
-    struct Failure: Error, CustomStringConvertible { let description: String }
+/// `gantry mcp`, the benchmark): one request, the answer read line by line as it streams
+/// (chunked or not).
+public enum LoopbackHTTP {
+    public struct Failure: Error, CustomStringConvertible { public let description: String }
 
     /// Sends the request and hands each line of the body to `line`; returns the status code.
-    static func stream(base: String, method: String, path: String, token: String, body: Data, line: (String) -> Void) throws -> Int {
+    public static func stream(base: String, method: String, path: String, token: String, body: Data, line: (String) -> Void) throws -> Int {
         guard let url = URL(string: base), let host = url.host, let port = url.port, url.scheme == "http" else {
             throw Failure(description: "the API address \(base) is not http://HOST:PORT")
         }
@@ -68,6 +69,13 @@ enum LoopbackHTTP {
         }
         if !pending.isEmpty { line(String(decoding: pending, as: UTF8.self)) }
         return status
+    }
+
+    /// One request; the whole body.
+    public static func request(base: String, method: String = "GET", path: String, token: String, body: Data = Data()) throws -> (status: Int, body: String) {
+        var lines: [String] = []
+        let status = try stream(base: base, method: method, path: path, token: token, body: body) { lines.append($0) }
+        return (status, lines.joined(separator: "\n"))
     }
 
     struct Reader {
