@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Plays an agent against Gantry's MCP server with the `mcp` client from PyPI, over the
-streamable HTTP transport (`http URL TOKEN NAME`) or stdio (`stdio GANTRY_BINARY STATE TOKEN NAME`).
+streamable HTTP transport (`http URL TOKEN NAME`) or stdio (`stdio GANTRY_BINARY API_URL TOKEN NAME`: the
+agent runs `gantry mcp` itself, as nobody when this runs as root, with no state directory).
 
 Creates a preview NAME from the python-web template and waits until it serves, runs a test
 command in it against its own service, breaks it (kills the service) and reads diagnose, then
@@ -63,8 +64,11 @@ async def main():
             async with ClientSession(streams[0], streams[1]) as session:
                 await play(session, name)
     else:
-        binary, state, token, name = sys.argv[2:6]
-        params = StdioServerParameters(command=binary, args=["mcp", "--state", state], env={**os.environ, "GANTRY_TOKEN": token})
+        binary, api, token, name = sys.argv[2:6]
+        command, args = binary, ["mcp", "--api", api, "--state", "/nonexistent"]
+        if os.geteuid() == 0:
+            command, args = "setpriv", ["--reuid=65534", "--regid=65534", "--clear-groups", binary] + args
+        params = StdioServerParameters(command=command, args=args, env={**os.environ, "GANTRY_TOKEN": token})
         async with stdio_client(params) as (read, write):
             async with ClientSession(read, write) as session:
                 await play(session, name)

@@ -84,6 +84,11 @@ extension AgentService {
                       let index = document.firstIndex(where: { $0.key == "metadata" }), case .map(var sourceMetadata) = document[index].value else {
                     throw APIError.notFound("\(protectedBranch) has no environment named \(cloneFrom)", fix: "GET /v1/environments lists them; cloneFrom names one of the protected branch")
                 }
+                let sourceTeam = sourceMetadata.first { $0.key == "team" }.flatMap { if case .string(let text) = $0.value { return text } else { return nil } }
+                if team == nil, let sourceTeam, !caller.actor.teams.contains(sourceTeam), !caller.isAdmin {
+                    throw APIError.forbidden("\(cloneFrom) is of team \(sourceTeam), which \(caller.principal) is not in",
+                                             fix: "give \"team\": one of \(caller.actor.teams.joined(separator: ", ")), or clone an environment of your team")
+                }
                 sourceMetadata.removeAll { $0.key == "name" || ($0.key == "team" && team != nil) }
                 sourceMetadata.insert(("name", .string(name)), at: 0)
                 if let team { sourceMetadata.append(("team", .string(team))) }
@@ -102,6 +107,10 @@ extension AgentService {
                              ("spec", spec ?? .map([("template", .string(template!))]))])
             }
             let text = "# Made through Gantry's API for \(caller.principal) (JSON is YAML).\n" + body.json(indent: "  ") + "\n"
+            guard text.utf8.count <= Self.maxFileBytes else {
+                throw APIError.invalid("the environment file would be \(text.utf8.count) bytes, more than the \(Self.maxFileBytes) the API writes",
+                                       fix: "keep specs small: large values belong in secrets or in files of the repository")
+            }
             var message = "Create \(name) through the API\n\n\(IdentityJudge.apiActorTrailer): \(caller.principal)\n"
             if let task { message += "Task: \(task)\n" }
             let key = self.key
@@ -115,6 +124,7 @@ extension AgentService {
                                        fix: "correct the spec (each problem names its line and column in \(file) as the API writes it: JSON, indented by two)")
             }
             try repository.updateReference("refs/heads/\(branch)", to: commit, expected: nil, message: "gantry api: create \(name) for \(caller.principal)")
+            try store.recordAPIBranch(branch, principal: caller.principal, commit: commit.hex)
             if let remote = configuration.remote {
                 do {
                     try repository.push(url: remote, reference: "refs/heads/\(branch)", expected: nil)
@@ -124,10 +134,29 @@ extension AgentService {
                 }
             }
             logger.info("api: created", metadata: ["gantry.env": "\(name)", "git.branch": "\(branch)", "git.commit": "\(commit.short)", "actor": "\(caller.principal)"])
-            wakeReconciler?()
             return Created(environment: Previews.name(environment: name, branch: branch), branch: branch, commit: commit, file: file)
         }
     }
+
+    /// Wakes the reconciler and, when it runs here, waits a moment for it to name the
+    /// environment (a name another branch holds makes it choose another): the name it chose.
+    func named(_ created: Created) -> Created {
+        guard let wake = wakeReconciler else { return created }
+        wake()
+        let source = String(created.file.dropFirst("environments/".count).dropLast(5))
+        let deadline = Date().addingTimeInterval(3)
+        repeat {
+            if let record = try? store.environment(branch: created.branch, source: source) {
+                return Created(environment: record.name, branch: created.branch, commit: created.commit, file: created.file)
+            }
+            Thread.sleep(forTimeInterval: 0.02)
+        } while Date() < deadline
+        return created
+    }
+
+    /// The largest environment file the API writes (every refused one stays in the object store
+    /// until Git collects it).
+    static let maxFileBytes = 64 << 10
 
     /// The answer to a create: where the environment will be, and how to follow it.
     public func plain(_ created: Created, state: PlainValue? = nil) -> PlainValue {
@@ -164,9 +193,10 @@ extension AgentService {
     /// admin may delete any `agents/` branch); the reconciler destroys what the branch held.
     public func destroy(_ caller: Caller, _ name: String) throws -> PlainValue {
         let record = try environmentRecord(name, caller: caller)
-        guard record.branch.hasPrefix(caller.branchPrefix) || (caller.isAdmin && record.branch.hasPrefix("agents/")) else {
+        let made = try store.apiBranch(record.branch)
+        guard madeFor(caller.principal, record) || (caller.isAdmin && made != nil) else {
             throw APIError.forbidden("\(record.name) lives on branch \(record.branch), which the API did not make for \(caller.principal)",
-                                     fix: "the API deletes only branches agents/\(caller.principal)/...; others are deleted with git by whoever owns them")
+                                     fix: "the API deletes only branches it made for you; others are deleted with git by whoever owns them")
         }
         let governance = try trustedGovernance()
         guard record.branch != governance.settings.protectedBranch else {
@@ -179,11 +209,16 @@ extension AgentService {
                 return .map([("environment", .string(record.name)), ("branch", .string(record.branch)), ("deleted", .bool(false)),
                              ("message", .string("the branch is gone already; the environment is destroyed at the next pass"))])
             }
-            try audit?.append([AuditEntry(event: .destroyRequested, commit: tip.hex, fields: [
-                ("environment", record.name), ("branch", record.branch), ("commit", tip.hex),
-                ("actor", caller.principal), ("actor-kind", caller.actor.kind.rawValue), ("via", "api token \(caller.tokenID)"),
-            ])])
+            // One record per environment the branch holds: each teardown names who asked for it.
+            let held = try store.environments(branch: record.branch).filter { $0.phase != .destroyed }.map(\.name)
+            try audit?.append((held.isEmpty ? [record.name] : held).map { environment in
+                AuditEntry(event: .destroyRequested, commit: tip.hex, fields: [
+                    ("environment", environment), ("branch", record.branch), ("commit", tip.hex),
+                    ("actor", caller.principal), ("actor-kind", caller.actor.kind.rawValue), ("via", "api token \(caller.tokenID)"),
+                ])
+            })
             try repository.deleteReference(reference, expected: tip)
+            try store.forgetAPIBranch(record.branch)
             if let remote = configuration.remote { try repository.push(url: remote, reference: reference, expected: tip, delete: true) }
             logger.info("api: branch deleted", metadata: ["gantry.env": "\(record.name)", "git.branch": "\(record.branch)", "actor": "\(caller.principal)"])
             wakeReconciler?()

@@ -8,6 +8,7 @@ extension AgentService {
     public struct ExecCall: Sendable {
         public let request: ExecRequest
         public let record: EnvironmentRecord
+        public let caller: Caller
     }
 
     /// Checks an exec request (`{"service", "command": [...], "timeoutSeconds"}`) and the caller's
@@ -47,23 +48,32 @@ extension AgentService {
                                          fix: "exec in a preview of it instead (POST /v1/environments with cloneFrom)")
             }
         }
+        // Refused here, before anything is recorded, when nothing could run.
+        guard let spec = record.appliedSpec, !record.conditions.contains(.destroying) else {
+            throw APIError.conflict("\(record.name) runs nothing now (\(record.conditions.contains(.destroying) ? "being torn down" : record.phase.rawValue))",
+                                    fix: "wait until it is Running (GET /v1/environments/\(record.name))")
+        }
+        if let service, spec.service(named: service) == nil {
+            throw APIError.notFound("\(record.name) has no service '\(service)'", fix: "services: \(spec.services.map(\.name).joined(separator: ", "))")
+        }
         guard executor != nil else {
             throw APIError.conflict("this API runs without the driver (gantry api), so it cannot run commands in environments",
                                     fix: "use the API that `gantry run` serves (default 127.0.0.1:7070)")
         }
         let request = ExecRequest(environment: record.name, service: service, command: command, timeout: timeout)
-        if !execRecordedElsewhere { try audit?.append([AuditEntry(event: .exec, commit: record.commit, fields: [
+        try audit?.append([AuditEntry(event: .exec, commit: record.commit, fields: [
             ("environment", record.name), ("branch", record.branch), ("commit", record.commit),
             ("actor", caller.principal), ("actor-kind", caller.actor.kind.rawValue), ("via", "api token \(caller.tokenID)"),
             ("service", service ?? record.appliedSpec?.services.first?.name ?? "-"),
             ("command", Self.bounded(redact(Self.shellLine(command)))),
-        ])]) }
-        logger.info("api: exec", metadata: ["gantry.env": "\(record.name)", "actor": "\(caller.principal)", "command": "\(redact(Self.shellLine(command)))"])
-        return ExecCall(request: request, record: record)
+        ])])
+        logger.info("api: exec", metadata: ["gantry.env": "\(record.name)", "actor": "\(caller.principal)", "command": "\(Self.bounded(redact(Self.shellLine(command))))"])
+        return ExecCall(request: request, record: record, caller: caller)
     }
 
     /// Runs a prepared exec; output goes to `output` as it comes (secret values masked).
-    public func runExec(_ call: ExecCall, output: @escaping @Sendable (ExecStream, Data) -> Void) throws -> ExecResult {
+    /// `output` answers false when no one reads any more: the command is then stopped.
+    public func runExec(_ call: ExecCall, output: @escaping @Sendable (ExecStream, Data) -> Bool) throws -> ExecResult {
         guard let executor else { throw APIError.conflict("no driver runs here", fix: "use the API of `gantry run`") }
         let redact = self.redact
         do {
@@ -86,7 +96,10 @@ extension AgentService {
     public func exec(_ caller: Caller, _ name: String, body: Data) throws -> PlainValue {
         let call = try prepareExec(caller, name, body: body)
         let collected = OutputCollector(limit: Self.maxOutput)
-        let result = try runExec(call) { stream, data in collected.add(stream, data) }
+        let result = try runExec(call) { stream, data in
+            collected.add(stream, data)
+            return true
+        }
         return Self.plain(result, stdout: collected.text(.stdout), stderr: collected.text(.stderr), environment: call.record.name)
     }
 
@@ -106,9 +119,16 @@ extension AgentService {
         }.joined(separator: " ")
     }
 
+    /// One line, control characters and line breaks escaped, at most 1000 characters.
     static func bounded(_ text: String) -> String {
-        let line = text.replacingOccurrences(of: "\n", with: "\\n")
-        return line.count <= 1000 ? line : String(line.prefix(1000)) + "… (\(line.utf8.count) bytes)"
+        var line = ""
+        for scalar in text.unicodeScalars {
+            switch scalar.properties.generalCategory {
+            case .control, .lineSeparator, .paragraphSeparator, .format: line += "\\u{\(String(scalar.value, radix: 16))}"
+            default: line.unicodeScalars.append(scalar)
+            }
+        }
+        return line.count <= 1000 ? line : String(line.prefix(1000)) + "… (\(text.utf8.count) bytes)"
     }
 }
 

@@ -43,6 +43,8 @@ public final class AgentService: @unchecked Sendable {
         public var defaultExecSeconds = 60.0
         /// Longest `?wait=serving`.
         public var maxWaitSeconds = 600.0
+        /// Requests each token may have under way at once.
+        public var maxInFlight = 8
 
         public init(repositoryPath: String, stateDirectory: URL) {
             self.repositoryPath = repositoryPath
@@ -63,19 +65,21 @@ public final class AgentService: @unchecked Sendable {
     public var routerPort: @Sendable () -> Int? = { nil }
     /// Where `exec` and `destroy-requested` records go.
     public var audit: AuditLog?
-    /// The executor forwards to another Gantry's API, which records each exec itself.
-    public var execRecordedElsewhere = false
     /// Masks secret values.
     public var redact: @Sendable (String) -> String = { $0 }
     /// Wakes the reconciler after the API changed a branch (nil: it sees the change on its own).
     public var wakeReconciler: (@Sendable () -> Void)?
     public let metrics = GantryMetrics()
     let limiter: RateLimiter
+    public let inFlight: InFlight
     /// Governance read at the trusted revision, kept while it is the one in force.
     private let governanceLock = NSLock()
     private var governanceCache: GovernanceRevision?
     /// Branch writes (check, commit, ref) one at a time.
     let writeLock = NSLock()
+    /// Whether one commit descends from another (`madeFor`), by "base tip".
+    private let ancestryLock = NSLock()
+    private var ancestry: [String: Bool] = [:]
 
     public init(configuration: Configuration, store: StateStore, key: SigningKey, observer: any EnvironmentObserver, logger: Logger) {
         self.configuration = configuration
@@ -84,6 +88,7 @@ public final class AgentService: @unchecked Sendable {
         self.observer = observer
         self.logger = logger
         limiter = RateLimiter(rate: configuration.requestsPerSecond, burst: configuration.burst)
+        inFlight = InFlight(limit: configuration.maxInFlight)
     }
 
     func repository() throws -> GitRepository { try GitRepository.open(path: configuration.repositoryPath) }
@@ -136,9 +141,24 @@ public final class AgentService: @unchecked Sendable {
     /// What a caller may see inside (logs, diagnose, exec): an environment of one of its teams,
     /// one the API made for it, one of no team; everything for a human admin.
     func mayInspect(_ caller: Caller, _ record: EnvironmentRecord) -> Bool {
-        if caller.isAdmin || record.branch.hasPrefix(caller.branchPrefix) { return true }
+        if caller.isAdmin || madeFor(caller.principal, record) { return true }
         guard let team = record.team else { return true }
         return caller.actor.teams.contains(team)
+    }
+
+    /// Whether the API made `record`'s branch for `principal` and the environment is still at
+    /// that commit or one built on it (a branch name proves nothing: anyone who can push can
+    /// name a branch `agents/<principal>/...`, or delete one and push another of that name).
+    func madeFor(_ principal: String, _ record: EnvironmentRecord) -> Bool {
+        guard let made = try? store.apiBranch(record.branch), made.principal == principal else { return false }
+        if made.commit == record.commit { return true }
+        let key = "\(made.commit) \(record.commit)"
+        if let known = ancestryLock.withLock({ ancestry[key] }) { return known }
+        let descends = (try? ObjectID(hex: made.commit).flatMap { base in
+            try ObjectID(hex: record.commit).map { try repository().isReachable(base, from: $0) }
+        }) ?? nil
+        ancestryLock.withLock { ancestry[key] = descends ?? false }
+        return descends ?? false
     }
 
     func inspectable(_ caller: Caller, _ name: String) throws -> EnvironmentRecord {
@@ -201,7 +221,23 @@ public final class AgentService: @unchecked Sendable {
         let admission = Admission(repository: repository, logger: Logger(label: "gantry.api") { _ in SwiftLogNoOpLogHandler() })
         do {
             let lines = try admission.explain(commit: commit, branch: nil, store: store, defaultProtectedBranch: configuration.protectedBranch)
-            return .map([("commit", .string(commit.hex)), ("lines", .list(lines.map { .string($0) }))])
+            // An environment's section (`NAME: decision` and its indented rules) is shown only to
+            // whoever may see inside it.
+            var shown: [PlainValue] = []
+            var hidden = 0
+            var hiding = false
+            for line in lines {
+                if !line.hasPrefix(" "), let colon = line.firstIndex(of: ":"), ["allow", "deny", "pending"].contains(line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)) {
+                    let name = String(line[..<colon])
+                    hiding = (try store.environment(name)).map { !mayInspect(caller, $0) } ?? false
+                    if hiding { hidden += 1 }
+                } else if !line.hasPrefix(" ") {
+                    hiding = false
+                }
+                if !hiding { shown.append(.string(line)) }
+            }
+            if hidden > 0 { shown.append(.string("(\(hidden) environment\(hidden == 1 ? "" : "s") of other teams not shown)")) }
+            return .map([("commit", .string(commit.hex)), ("lines", .list(shown))])
         } catch let error as Admission.ExplainError {
             throw APIError.notFound(error.description, fix: "push the commit to a branch")
         }

@@ -89,12 +89,14 @@ public final class APIServer: @unchecked Sendable {
         }
         router.post("/v1/environments") { request, _ in
             await self.answer("POST /v1/environments", request) { caller, body in
-                let created = try service.create(caller, body: body)
-                guard let wait = request.uri.queryParameters.get("wait") else { return (201, service.plain(created)) }
-                guard wait == "serving" else {
+                // The query is checked before anything is committed.
+                let wait = request.uri.queryParameters.get("wait")
+                if let wait, wait != "serving" {
                     throw APIError.badRequest("wait=\(wait) is not known", fix: "give wait=serving, or leave it out")
                 }
-                let seconds = try Self.number(request, "timeout") ?? 300
+                let seconds = try Self.number(request, "timeout", maximum: service.configuration.maxWaitSeconds) ?? 300
+                let created = service.named(try service.create(caller, body: body))
+                guard wait != nil else { return (201, service.plain(created)) }
                 let state = service.waitServing(branch: created.branch, source: String(created.file.dropFirst("environments/".count).dropLast(5)),
                                                 commit: created.commit, seconds: seconds)
                 return (state == nil ? 202 : 201, service.plain(created, state: state ?? .map([
@@ -114,7 +116,7 @@ public final class APIServer: @unchecked Sendable {
         router.get("/v1/environments/:name/logs") { request, context in
             await self.answer("GET /v1/environments/{name}/logs", request) { caller, _ in
                 (200, try service.logs(caller, try Self.name(context), service: request.uri.queryParameters.get("service"),
-                                       tail: try Self.number(request, "tail").map { Int($0) }))
+                                       tail: try Self.number(request, "tail", maximum: 1000).map { Int($0) }))
             }
         }
         router.post("/v1/environments/:name/exec") { request, context in
@@ -129,7 +131,7 @@ public final class APIServer: @unchecked Sendable {
             await self.answer("GET /v1/audit", request) { caller, _ in
                 let query = request.uri.queryParameters
                 return (200, try service.audit(caller, environment: query.get("environment"), actor: query.get("actor"), event: query.get("event"),
-                                               since: query.get("since"), limit: try Self.number(request, "limit").map { Int($0) }))
+                                               since: query.get("since"), limit: try Self.number(request, "limit", maximum: 1000).map { Int($0) }))
             }
         }
         router.get("/v1/commits/:sha/explain") { request, context in
@@ -159,6 +161,8 @@ public final class APIServer: @unchecked Sendable {
         let result: Result<(Int, PlainValue), Error> = await Self.offLoop {
             do {
                 let caller = try service.authenticate(authorization: authorization)
+                try service.inFlight.enter(caller.tokenID)
+                defer { service.inFlight.leave(caller.tokenID) }
                 return .success(try body(caller, data))
             } catch {
                 return .failure(error)
@@ -190,7 +194,14 @@ public final class APIServer: @unchecked Sendable {
         }
         let data = Data(buffer.readableBytesView)
         let prepared: Result<AgentService.ExecCall, Error> = await Self.offLoop {
-            Result { try service.prepareExec(try service.authenticate(authorization: authorization), name, body: data) }
+            Result {
+                let caller = try service.authenticate(authorization: authorization)
+                try service.inFlight.enter(caller.tokenID)
+                do { return try service.prepareExec(caller, name, body: data) } catch {
+                    service.inFlight.leave(caller.tokenID)
+                    throw error
+                }
+            }
         }
         let call: AgentService.ExecCall
         switch prepared {
@@ -203,21 +214,32 @@ public final class APIServer: @unchecked Sendable {
             return response
         }
         service.metrics.request(route: route, status: 200)
-        let (lines, continuation) = AsyncStream.makeStream(of: String.self)
+        let channel = LineChannel(capacity: 256)
         Thread.detachNewThread {
+            defer { service.inFlight.leave(call.caller.tokenID) }
             do {
                 let result = try service.runExec(call) { stream, data in
-                    continuation.yield(PlainValue.map([("stream", .string(stream.rawValue)), ("data", .string(String(decoding: data, as: UTF8.self)))]).json() + "\n")
+                    channel.send(PlainValue.map([("stream", .string(stream.rawValue)), ("data", .string(String(decoding: data, as: UTF8.self)))]).json() + "\n")
                 }
-                continuation.yield(AgentService.plain(result, stdout: nil, stderr: nil, environment: call.record.name).json() + "\n")
+                _ = channel.send(AgentService.plain(result, stdout: nil, stderr: nil, environment: call.record.name).json() + "\n")
             } catch {
-                continuation.yield(Self.apiError(error).body.json() + "\n")
+                _ = channel.send(Self.apiError(error).body.json() + "\n")
             }
-            continuation.finish()
+            channel.finish()
         }
         return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: ResponseBody { writer in
-            for await line in lines { try await writer.write(ByteBuffer(string: line)) }
-            try await writer.finish(nil)
+            do {
+                for await line in channel.lines {
+                    try await writer.write(ByteBuffer(string: line))
+                    channel.consumed()
+                }
+                try await writer.finish(nil)
+            } catch {
+                // The client went away: the command is stopped rather than left writing to no one.
+                channel.cancel()
+                throw error
+            }
+            if Task.isCancelled { channel.cancel() }
         })
     }
 
@@ -238,19 +260,21 @@ public final class APIServer: @unchecked Sendable {
         return name
     }
 
-    /// A numeric query parameter, nil when absent; a 400 when it is not a number.
-    static func number(_ request: Request, _ name: String) throws -> Double? {
+    /// A numeric query parameter, nil when absent; a 400 when it is not a number from 0 to `maximum`.
+    static func number(_ request: Request, _ name: String, maximum: Double) throws -> Double? {
         guard let text = request.uri.queryParameters.get(name) else { return nil }
-        guard let value = Double(text), value.isFinite, value >= 0 else {
-            throw APIError.badRequest("\(name)=\(text) is not a number", fix: "give \(name) as a non-negative number")
+        guard let value = Double(text), value.isFinite, value >= 0, value <= maximum else {
+            throw APIError.badRequest("\(name)=\(text) is not a number from 0 to \(Int(maximum))", fix: "give \(name) as a number from 0 to \(Int(maximum))")
         }
         return value
     }
 
-    /// Runs blocking work (SQLite, Git, waits) on a thread of its own, never on the event loop.
+    /// Runs blocking work (SQLite, Git, waits, execs) on a thread of its own: never on the event
+    /// loop, nor on a shared pool a few slow requests could fill (each token has at most
+    /// `maxInFlight` of them).
     static func offLoop<T: Sendable>(_ work: @escaping @Sendable () -> T) async -> T {
         await withCheckedContinuation { continuation in
-            DispatchQueue.global().async { continuation.resume(returning: work()) }
+            Thread.detachNewThread { continuation.resume(returning: work()) }
         }
     }
 }
@@ -287,5 +311,39 @@ struct JSONErrors: RouterMiddleware {
                 : APIError(status, "http-\(status)", "\(request.method.rawValue) \(request.uri.path): \(error.status.reasonPhrase)", fix: "the endpoints are listed in /v1/openapi.yaml")
             return APIServer.json(status, failure.body)
         }
+    }
+}
+
+/// Lines from an exec to its HTTP answer, at most `capacity` waiting: a client that does not read
+/// holds the command back (and one that goes away stops it) instead of filling Gantry's memory.
+final class LineChannel: @unchecked Sendable {
+    let lines: AsyncStream<String>
+    private let continuation: AsyncStream<String>.Continuation
+    private let room: DispatchSemaphore
+    private let lock = NSLock()
+    private var cancelled = false
+
+    init(capacity: Int) {
+        (lines, continuation) = AsyncStream.makeStream(of: String.self)
+        room = DispatchSemaphore(value: capacity)
+    }
+
+    /// Waits for room; false once the reader is gone.
+    func send(_ line: String) -> Bool {
+        while room.wait(timeout: .now() + 1) == .timedOut {
+            if lock.withLock({ cancelled }) { return false }
+        }
+        if lock.withLock({ cancelled }) { return false }
+        continuation.yield(line)
+        return true
+    }
+
+    func consumed() { room.signal() }
+    func finish() { continuation.finish() }
+
+    func cancel() {
+        lock.withLock { cancelled = true }
+        room.signal()
+        continuation.finish()
     }
 }

@@ -22,6 +22,11 @@ enum MCPEndpoint {
                     if let wait = failure.retryAfter { response.headers[.retryAfter] = String(wait) }
                     return response
                 }
+                // Without a Host the SDK's DNS-rebinding check has nothing to check: refused.
+                guard request.head.authority != nil else {
+                    service.metrics.request(route: "/mcp", status: 400)
+                    return APIServer.json(400, APIError.badRequest("the request has no Host header", fix: "send Host: 127.0.0.1:PORT (HTTP/1.1 requires it)").body)
+                }
                 var request = request
                 let body: ByteBuffer
                 do { body = try await request.collectBody(upTo: JSONInput.maxBody) } catch {

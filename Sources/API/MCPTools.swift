@@ -68,7 +68,7 @@ public enum MCPTools {
                               outputSchema: output(["environment", "branch", "commit"]))) { service, caller, arguments in
             var body = arguments
             let wait = body.removeValue(forKey: "wait").flatMap { Double($0) }
-            let created = try service.create(caller, body: try JSONEncoder().encode(Value.object(body)))
+            let created = service.named(try service.create(caller, body: try JSONEncoder().encode(Value.object(body))))
             let state = wait.flatMap { service.waitServing(branch: created.branch, source: String(created.file.dropFirst("environments/".count).dropLast(5)),
                                                             commit: created.commit, seconds: $0) }
             let value = service.plain(created, state: state)
@@ -154,8 +154,13 @@ public enum MCPTools {
                 return .init(content: [.text(text: "no tool \(parameters.name); tools: \(definitions.map(\.tool.name).joined(separator: ", "))", annotations: nil, _meta: nil)], isError: true)
             }
             let outcome: Result<(text: String, value: PlainValue), Error> = await withCheckedContinuation { continuation in
-                DispatchQueue.global().async {
-                    continuation.resume(returning: Result { try definition.run(service, try caller(), parameters.arguments ?? [:]) })
+                Thread.detachNewThread {
+                    continuation.resume(returning: Result {
+                        let caller = try caller()
+                        try service.inFlight.enter(caller.tokenID)
+                        defer { service.inFlight.leave(caller.tokenID) }
+                        return try definition.run(service, caller, parameters.arguments ?? [:])
+                    })
                 }
             }
             switch outcome {
@@ -169,16 +174,6 @@ public enum MCPTools {
             }
         }
         return server
-    }
-
-    /// `gantry mcp`: the server on standard input and output, until input ends.
-    public static func serveStdio(service: AgentService, token: String) async throws {
-        let server = await makeServer(service: service) { try service.authenticate(authorization: "Bearer \(token)") }
-        try await server.start(transport: StdioTransport())
-        await server.waitUntilCompleted()
-        // A request read just before the end may still be answering.
-        try? await Task.sleep(for: .milliseconds(200))
-        await server.stop()
     }
 }
 

@@ -27,3 +27,33 @@ final class RateLimiter: @unchecked Sendable {
         }
     }
 }
+
+/// Requests under way per token: a token may hold at most `limit` at once (a slow exec or a
+/// `wait=serving` each hold one), so one agent cannot occupy what every caller shares.
+public final class InFlight: @unchecked Sendable {
+    let limit: Int
+    private let lock = NSLock()
+    private var counts: [String: Int] = [:]
+
+    init(limit: Int) { self.limit = max(1, limit) }
+
+    func enter(_ key: String) throws {
+        try lock.withLock {
+            let count = counts[key, default: 0]
+            guard count < limit else {
+                var error = APIError(429, "too-many-in-flight", "token \(key) already has \(limit) requests under way",
+                                     fix: "wait for an answer before sending more (execs and waits hold theirs until they end)")
+                error.retryAfter = 1
+                throw error
+            }
+            counts[key] = count + 1
+        }
+    }
+
+    func leave(_ key: String) {
+        lock.withLock {
+            let count = counts[key, default: 1] - 1
+            counts[key] = count > 0 ? count : nil
+        }
+    }
+}

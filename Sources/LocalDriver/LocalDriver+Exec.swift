@@ -10,12 +10,15 @@ import Glibc
 /// limits), in the environment's network, with the service's variables and secrets, in the
 /// service's working directory; marked as the environment's, so a teardown stops it too.
 extension LocalDriver: EnvironmentExecutor {
-    public func exec(_ request: ExecRequest, output: @escaping @Sendable (ExecStream, Data) -> Void) throws -> ExecResult {
+    public func exec(_ request: ExecRequest, output: @escaping @Sendable (ExecStream, Data) -> Bool) throws -> ExecResult {
         let name = request.environment
         guard Self.isSafeName(name), let environment = try state.environment(name), environment.phase != .destroyed else {
             throw ExecRefusal(.notFound, "no environment named '\(name)'")
         }
         guard !request.command.isEmpty, !request.command[0].isEmpty else { throw ExecRefusal(.invalid, "the command is empty; give the program and its arguments") }
+        guard !environment.conditions.contains(.destroying) else {
+            throw ExecRefusal(.notRunning, "\(name) is being torn down")
+        }
         guard let spec = environment.appliedSpec else {
             throw ExecRefusal(.notRunning, "\(name) has no applied revision yet (\(environment.phase.rawValue)); wait until it is Running")
         }
@@ -60,14 +63,14 @@ extension LocalDriver: EnvironmentExecutor {
         close(outPipe[1]); close(errPipe[1])
         let deadline = Date().addingTimeInterval(request.timeout)
         var status: Int32 = 0
-        var exited = false, timedOut = false
+        var exited = false, timedOut = false, cancelled = false
         var buffer = [UInt8](repeating: 0, count: 64 << 10)
         // Until both pipes close, or the command has ended and what it left in the pipes is read
         // (a background child holding them open does not keep the answer waiting).
         while readEnds.contains(where: { $0 >= 0 }) {
             if !exited, waitpid(pid, &status, WNOHANG) == pid { exited = true }
-            if Date() >= deadline {
-                timedOut = true
+            if Date() >= deadline || cancelled {
+                timedOut = !cancelled
                 break
             }
             var fds = readEnds.enumerated().filter { $0.element >= 0 }.map { pollfd(fd: $0.element, events: Int16(POLLIN), revents: 0) }
@@ -78,7 +81,7 @@ extension LocalDriver: EnvironmentExecutor {
                 guard let index = readEnds.firstIndex(of: entry.fd) else { continue }
                 let count = read(entry.fd, &buffer, buffer.count)
                 if count > 0 {
-                    output(index == 0 ? .stdout : .stderr, Data(buffer[0..<count]))
+                    if !output(index == 0 ? .stdout : .stderr, Data(buffer[0..<count])) { cancelled = true }
                 } else if count == 0 || (errno != EINTR && errno != EAGAIN) {
                     close(entry.fd)
                     readEnds[index] = -1
@@ -86,14 +89,16 @@ extension LocalDriver: EnvironmentExecutor {
             }
         }
         // Its output closed, the command may still run: it has until the deadline to end.
-        while !exited && !timedOut {
+        while !exited && !timedOut && !cancelled {
             let reaped = waitpid(pid, &status, WNOHANG)
             if reaped == pid || (reaped == -1 && errno == ECHILD) { exited = true } else if Date() >= deadline { timedOut = true } else { usleep(10_000) }
         }
         // The command's group goes; whatever else it left in its control group goes with the defer above.
-        if timedOut { ProcessControl.stopGroup(pid, grace: min(options.stopGrace, 2)) }
+        if (timedOut || cancelled) && !exited { ProcessControl.stopGroup(pid, grace: min(options.stopGrace, 2)) }
         let signal = status & 0x7f
-        let code: Int32 = timedOut ? 124 : signal == 0 ? (status >> 8) & 0xff : 128 + signal
-        return ExecResult(exitCode: code, timedOut: timedOut, service: serviceName)
+        let code: Int32 = timedOut ? 124 : cancelled ? 130 : signal == 0 ? (status >> 8) & 0xff : 128 + signal
+        var result = ExecResult(exitCode: code, timedOut: timedOut, service: serviceName)
+        result.cancelled = cancelled
+        return result
     }
 }

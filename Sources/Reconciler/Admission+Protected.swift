@@ -52,6 +52,14 @@ extension Admission {
             return StepVerdict(commit: step, decision: .deny, rules: rules, remedies: [Self.signatureRemedy],
                                newGovernance: nil, isProtectedMerge: isProtectedMerge, identity: identity)
         }
+        // Gantry's key signs the API's previews; such a commit moved onto the protected branch
+        // (a fast-forward by whoever can push) is not a person's decision to change it.
+        if identity.tip.viaAPI {
+            return StepVerdict(commit: step, decision: .deny,
+                               rules: rules + ["signature: commit \(step.short) was made through Gantry's API for \(identity.tip.principal ?? "?"); the API's commits reach the protected branch only inside a merge a person signs"],
+                               remedies: ["merge the branch with a merge commit signed by a listed principal (git merge --no-ff -S), instead of moving the protected branch onto the API's commit"],
+                               newGovernance: nil, isProtectedMerge: isProtectedMerge, identity: identity)
+        }
         let fingerprint = try GovernanceRevision.fingerprint(at: step, in: repository)
         let changed = context.governance.changedPaths(comparedWith: fingerprint)
         guard !changed.isEmpty else {

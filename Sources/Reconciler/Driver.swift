@@ -156,10 +156,13 @@ public struct ExecRequest: Sendable {
 public enum ExecStream: String, Sendable { case stdout, stderr }
 
 public struct ExecResult: Sendable, Equatable {
-    /// The command's exit status; 128 + N when signal N ended it (124 when the time ran out).
+    /// The command's exit status; 128 + N when signal N ended it (124 when the time ran out, 130
+    /// when whoever read its output went away).
     public let exitCode: Int32
     public let timedOut: Bool
     public let service: String
+    /// Stopped because its output was no longer wanted.
+    public var cancelled = false
 
     public init(exitCode: Int32, timedOut: Bool, service: String) {
         self.exitCode = exitCode
@@ -182,6 +185,7 @@ public struct ExecRefusal: Error, CustomStringConvertible {
 /// Runs commands in environments' contexts (the driver that runs them).
 public protocol EnvironmentExecutor: Sendable {
     /// Runs `request`, handing its output to `output` as it comes, in order. Blocks until the
-    /// command ends or its time runs out (then its process group is stopped).
-    func exec(_ request: ExecRequest, output: @escaping @Sendable (ExecStream, Data) -> Void) throws -> ExecResult
+    /// command ends, its time runs out, or `output` answers false (no one reads any more): then
+    /// its process group and control group are stopped.
+    func exec(_ request: ExecRequest, output: @escaping @Sendable (ExecStream, Data) -> Bool) throws -> ExecResult
 }

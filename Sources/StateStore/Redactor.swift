@@ -16,6 +16,10 @@ public final class Redactor: @unchecked Sendable {
     /// The store's generation when the values were last checked: unchanged, nothing is read again.
     private var seenGeneration = -1
     private var values: [(text: String, label: String)] = []
+    /// When the secrets table was last looked at: another process's `gantry secret set` bumps no
+    /// generation here, so the table is looked at again once this is older than `recheck`.
+    private var checkedAt = Date.distantPast
+    static let recheck: TimeInterval = 0.1
 
     public init(store: SecretStore) { self.store = store }
 
@@ -35,12 +39,14 @@ public final class Redactor: @unchecked Sendable {
         // Every value this process set or read bumps the generation first, so a log line never
         // holds a value the redactor has not seen (and most lines cost no read of the DB).
         let generation = store.generation.value
-        if let known = lock.withLock({ seenGeneration == generation ? values : nil }) { return known }
+        let now = Date()
+        if let known = lock.withLock({ seenGeneration == generation && now.timeIntervalSince(checkedAt) < Self.recheck ? values : nil }) { return known }
         let signature = try? store.state.pool.read { db in
             try Row.fetchOne(db, sql: "SELECT count(*) AS n, coalesce(max(updatedAt), '') AS at, coalesce(sum(version), 0) AS v FROM secrets")
                 .map { "\($0["n"] as Int):\($0["at"] as String):\($0["v"] as Int)" }
         } ?? nil
         return lock.withLock {
+            checkedAt = now
             if let signature, signature == self.signature { seenGeneration = generation; return values }
             var found: [(String, String)] = []
             for (name, value) in (try? store.allValues()) ?? [] {

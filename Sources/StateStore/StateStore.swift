@@ -130,6 +130,14 @@ public final class StateStore: Sendable {
                 t.column("revokedAt", .datetime)
                 t.column("lastUsedAt", .datetime)
             }
+            // The branches the API made, for whom, at which commit: what "the API made it for
+            // you" means (a branch name alone proves nothing: anyone who can push can name one).
+            try db.create(table: "apiBranches") { t in
+                t.primaryKey("branch", .text)
+                t.column("principal", .text).notNull()
+                t.column("commit", .text).notNull()
+                t.column("createdAt", .datetime).notNull()
+            }
             // An environment's latest records, for `diagnose` and the API's audit reads.
             try db.create(index: "auditRecordsByEnvironment", on: "auditRecords", columns: ["environment", "seq"])
         }

@@ -58,7 +58,7 @@ extension StateStore {
     /// Revokes token `id` (its id, or a unique prefix of it); false when none matches.
     public func revokeToken(_ id: String, now: Date = Date()) throws -> Bool {
         try pool.write { db in
-            let matches = try TokenRecord.filter(Column("id").like(id.replacingOccurrences(of: "%", with: "") + "%")).fetchAll(db)
+            let matches = try TokenRecord.fetchAll(db).filter { !id.isEmpty && $0.id.hasPrefix(id) }
             guard matches.count == 1, var record = matches.first else { return false }
             if record.revokedAt == nil { record.revokedAt = now }
             try record.update(db)
@@ -97,5 +97,27 @@ extension StateStore {
         var difference: UInt8 = 0
         for index in x.indices { difference |= x[index] ^ y[index] }
         return difference == 0
+    }
+}
+
+extension StateStore {
+    /// Notes that the API made `branch` for `principal` at `commit`.
+    public func recordAPIBranch(_ branch: String, principal: String, commit: String, now: Date = Date()) throws {
+        try pool.write { db in
+            try db.execute(sql: "INSERT OR REPLACE INTO apiBranches(branch, principal, \"commit\", createdAt) VALUES (?, ?, ?, ?)",
+                           arguments: [branch, principal, commit, now])
+        }
+    }
+
+    /// For whom, and at which commit, the API made `branch` (nil: it did not).
+    public func apiBranch(_ branch: String) throws -> (principal: String, commit: String)? {
+        try pool.read { db in
+            try Row.fetchOne(db, sql: "SELECT principal, \"commit\" FROM apiBranches WHERE branch = ?", arguments: [branch])
+                .map { ($0["principal"], $0["commit"]) }
+        }
+    }
+
+    public func forgetAPIBranch(_ branch: String) throws {
+        try pool.write { db in try db.execute(sql: "DELETE FROM apiBranches WHERE branch = ?", arguments: [branch]) }
     }
 }

@@ -57,6 +57,15 @@ enum APIComposition {
         return service
     }
 
+    /// The service of a state directory outside `gantry run` (`gantry api`, `gantry mcp`): its
+    /// repository (`--repo`, else the one `gantry run` watched), store and key.
+    static func service(paths: StatePaths, repo: String?, protectedBranch: String, rate: APIRate? = nil, logger: Logger) throws -> AgentService {
+        let location = try RepositoryLocation.resolve(repo, paths: paths)
+        return try service(paths: paths, location: location, repository: try RepositoryLocation.open(location, paths: paths),
+                           store: try StateStore(path: paths.database), key: try SigningKey.loadOrCreate(at: paths.key),
+                           protectedBranch: protectedBranch, rate: rate, logger: logger)
+    }
+
     /// Parses `HOST:PORT` (`:PORT` and `PORT` mean 127.0.0.1).
     static func address(_ text: String) throws -> (host: String, port: Int) {
         let parts = text.split(separator: ":", omittingEmptySubsequences: false)
@@ -188,12 +197,7 @@ struct APICommand: ParsableCommand {
         Logs.bootstrap()
         let logger = Logger(label: "gantry.api")
         let paths = StatePaths(root: state.directory)
-        let location = try RepositoryLocation.resolve(repo, paths: paths)
-        let repository = try RepositoryLocation.open(location, paths: paths)
-        let store = try StateStore(path: paths.database)
-        let key = try SigningKey.loadOrCreate(at: paths.key)
-        let service = try APIComposition.service(paths: paths, location: location, repository: repository, store: store, key: key,
-                                                 protectedBranch: branch, rate: rate, logger: logger)
+        let service = try APIComposition.service(paths: paths, repo: repo, protectedBranch: branch, rate: rate, logger: logger)
         let server = try APIComposition.start(service, address: api, paths: paths, logger: logger)
         let stop = WakeSignal()
         let stopped = StopFlag()
@@ -204,46 +208,76 @@ struct APICommand: ParsableCommand {
     }
 }
 
-/// `gantry mcp`: the MCP server on standard input and output, acting as `GANTRY_TOKEN`'s principal.
-struct MCPCommand: AsyncParsableCommand {
-    static let configuration = CommandConfiguration(commandName: "mcp", abstract: "MCP server on stdio (token from GANTRY_TOKEN); exec goes to the API of the running `gantry run`.")
-    @Option(help: "Configuration repository (default: the one `gantry run` watches).")
-    var repo: String?
-    @OptionGroup var state: StateOption
-    @Option(help: "The protected branch (until the trust state names one).")
-    var branch = "main"
+/// Where a client command finds the running Gantry's API: `--api`, else `$GANTRY_API`, else the
+/// address the Gantry of `--state` wrote, else the default.
+func apiBase(_ option: String?, paths: StatePaths) -> String {
+    option ?? ProcessInfo.processInfo.environment["GANTRY_API"] ?? paths.apiAddress ?? "http://127.0.0.1:7070"
+}
 
-    func run() async throws {
-        // Standard output carries the protocol: logs go to standard error only.
-        Logs.bootstrap(level: .warning)
-        let logger = Logger(label: "gantry.mcp")
-        guard let token = ProcessInfo.processInfo.environment["GANTRY_TOKEN"], !token.isEmpty else {
-            throw Failure("GANTRY_TOKEN is not set: give the token `gantry token create --actor PRINCIPAL` printed")
+/// The token of a client command: `--token-file`, else `$GANTRY_TOKEN`.
+func clientToken(file: String?) throws -> String {
+    let token = try file.map { try String(contentsOfFile: $0, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) }
+        ?? ProcessInfo.processInfo.environment["GANTRY_TOKEN"]
+    guard let token, !token.isEmpty else { throw Failure("no token: set GANTRY_TOKEN (or --token-file) to a token of `gantry token create --actor PRINCIPAL`") }
+    return token
+}
+
+/// `gantry mcp`: MCP on standard input and output for an agent that speaks stdio. It is only a
+/// bridge: each message goes to the running Gantry's `/mcp` with the token, so it needs neither
+/// Gantry's key nor its state (an agent runs it as itself), and the same rules, rate limits and
+/// audit apply as over HTTP.
+struct MCPCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(commandName: "mcp", abstract: "MCP server on stdio (token from GANTRY_TOKEN), bridged to the running Gantry's API.")
+    @OptionGroup var state: StateOption
+    @Option(help: "The API's address (default: $GANTRY_API, else the one the Gantry of --state serves, else http://127.0.0.1:7070).")
+    var api: String?
+    @Option(help: "A file holding the token (default: $GANTRY_TOKEN).")
+    var tokenFile: String?
+
+    func run() throws {
+        let token = try clientToken(file: tokenFile)
+        let base = apiBase(api, paths: StatePaths(root: state.directory))
+        let output = NSLock()
+        let group = DispatchGroup()
+        let write: @Sendable (String) -> Void = { line in
+            output.withLock { FileHandle.standardOutput.write(Data((line + "\n").utf8)) }
         }
-        let paths = StatePaths(root: state.directory)
-        let location = try RepositoryLocation.resolve(repo, paths: paths)
-        let repository = try RepositoryLocation.open(location, paths: paths)
-        let store = try StateStore(path: paths.database)
-        let key = try SigningKey.loadOrCreate(at: paths.key)
-        let service = try APIComposition.service(paths: paths, location: location, repository: repository, store: store, key: key,
-                                                 protectedBranch: branch, logger: logger)
-        // Commands run where the environments run: the running Gantry's API does them.
-        service.executor = RemoteExecutor(paths: paths, token: token)
-        service.execRecordedElsewhere = true
-        try await MCPTools.serveStdio(service: service, token: token)
+        while let line = readLine(strippingNewline: true) {
+            guard !line.trimmingCharacters(in: .whitespaces).isEmpty else { continue }
+            let id = ((try? JSONSerialization.jsonObject(with: Data(line.utf8))) as? [String: Any])?["id"]
+            let idJSON = id.flatMap { try? JSONSerialization.data(withJSONObject: [$0], options: [.fragmentsAllowed]) }
+                .map { String(decoding: $0, as: UTF8.self).dropFirst().dropLast() }.map(String.init)
+            group.enter()
+            // Each message on a thread of its own: a long call (create with wait, exec) does not hold back a ping.
+            Thread.detachNewThread {
+                defer { group.leave() }
+                do {
+                    let answer = try LoopbackHTTP.request(base: base, method: "POST", path: "/mcp", token: token, body: Data(line.utf8))
+                    if (200..<300).contains(answer.status) {
+                        if !answer.body.isEmpty { write(answer.body) }
+                    } else if let idJSON {
+                        let reason = ((try? JSONSerialization.jsonObject(with: Data(answer.body.utf8))) as? [String: Any])?["error"] as? [String: Any]
+                        let message = "\(reason?["message"] ?? "the API answered \(answer.status)"); \(reason?["fix"] ?? "")"
+                        write(#"{"jsonrpc":"2.0","id":\#(idJSON),"error":{"code":-32001,"message":\#(PlainValue.quote(message))}}"#)
+                    }
+                } catch {
+                    if let idJSON {
+                        write(#"{"jsonrpc":"2.0","id":\#(idJSON),"error":{"code":-32002,"message":\#(PlainValue.quote("cannot reach Gantry's API at \(base): \(error)"))}}"#)
+                    }
+                }
+            }
+        }
+        group.wait()
     }
 }
 
-/// `gantry exec` and `gantry mcp` run commands through the running Gantry's API (the process
+/// `gantry exec` runs commands through the running Gantry's API (the process
 /// that runs the environments), with a token, so the same rules and audit apply.
 struct RemoteExecutor: EnvironmentExecutor {
-    let paths: StatePaths
+    let base: String
     let token: String
 
-    func exec(_ request: ExecRequest, output: @escaping @Sendable (ExecStream, Data) -> Void) throws -> ExecResult {
-        guard let base = paths.apiAddress else {
-            throw ExecRefusal(.notRunning, "no running `gantry run` serves the API for \(paths.root.path) (no \(paths.apiAddressFile)); start it, without --no-api")
-        }
+    func exec(_ request: ExecRequest, output: @escaping @Sendable (ExecStream, Data) -> Bool) throws -> ExecResult {
         var body: [(key: String, value: PlainValue)] = [("command", .list(request.command.map { .string($0) })), ("timeoutSeconds", .double(request.timeout))]
         if let service = request.service { body.append(("service", .string(service))) }
         let path = "/v1/environments/\(request.environment.addingPercentEncoding(withAllowedCharacters: .alphanumerics.union(CharacterSet(charactersIn: "-._"))) ?? request.environment)/exec?stream=true"
@@ -252,7 +286,7 @@ struct RemoteExecutor: EnvironmentExecutor {
         let status = try LoopbackHTTP.stream(base: base, method: "POST", path: path, token: token, body: Data(PlainValue.map(body).json().utf8)) { line in
             guard let data = line.data(using: .utf8), let object = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else { return }
             if let stream = object["stream"] as? String, let text = object["data"] as? String {
-                output(stream == "stderr" ? .stderr : .stdout, Data(text.utf8))
+                _ = output(stream == "stderr" ? .stderr : .stdout, Data(text.utf8))
             } else if let code = object["exitCode"] as? Int {
                 result = ExecResult(exitCode: Int32(code), timedOut: object["timedOut"] as? Bool ?? false, service: object["service"] as? String ?? "")
             } else if let error = object["error"] as? [String: Any] {
@@ -274,6 +308,8 @@ struct ExecCommand: ParsableCommand {
     var timeout: Double = 60
     @Option(help: "A file holding the token (default: $GANTRY_TOKEN).")
     var tokenFile: String?
+    @Option(help: "The API's address (default: $GANTRY_API, else the one the Gantry of --state serves, else http://127.0.0.1:7070).")
+    var api: String?
     @Argument(help: "The environment.")
     var environment: String
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
@@ -281,18 +317,18 @@ struct ExecCommand: ParsableCommand {
 
     func run() throws {
         guard !command.isEmpty else { throw ValidationError("give the command after --: gantry exec ENV -- CMD ARGS...") }
-        let token = try tokenFile.map { try String(contentsOfFile: $0, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) }
-            ?? ProcessInfo.processInfo.environment["GANTRY_TOKEN"]
-        guard let token, !token.isEmpty else { throw Failure("no token: set GANTRY_TOKEN (or --token-file) to a token of `gantry token create --actor PRINCIPAL`") }
-        let executor = RemoteExecutor(paths: StatePaths(root: state.directory), token: token)
+        let executor = RemoteExecutor(base: apiBase(api, paths: StatePaths(root: state.directory)), token: try clientToken(file: tokenFile))
         do {
             let result = try executor.exec(ExecRequest(environment: environment, service: service, command: command, timeout: timeout)) { stream, data in
                 (stream == .stderr ? FileHandle.standardError : FileHandle.standardOutput).write(data)
+                return true
             }
             if result.timedOut { FileHandle.standardError.write(Data("gantry exec: stopped after \(Int(timeout)) s (--timeout)\n".utf8)) }
             throw ExitCode(result.exitCode)
         } catch let refusal as ExecRefusal {
             throw Failure(refusal.description)
+        } catch let failure as LoopbackHTTP.Failure {
+            throw Failure(failure.description)
         }
     }
 }

@@ -2,7 +2,7 @@ import ArgumentParser
 import Foundation
 
 @main
-struct Gantry: AsyncParsableCommand {
+struct Gantry: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "gantry",
         abstract: "A GitOps control plane for AI agents: branches in, governed environments and signed audit notes out.",

@@ -117,7 +117,8 @@ struct Run: ParsableCommand {
         }
         let stop = StopFlag()
         let wake = WakeSignal()
-        var apiServer: APIServer?
+        // The API starts beside the loop: reconciling never waits for it.
+        let apiServer = LockedServer()
         if !noAPI {
             do {
                 let service = try APIComposition.service(paths: paths, location: location, repository: repository, store: store, key: key,
@@ -128,13 +129,20 @@ struct Run: ParsableCommand {
                 service.metrics.queueDepth = { operations.depth }
                 let metrics = service.metrics
                 reconciler.observe = { seconds, summary in metrics.record(seconds: seconds, summary: summary) }
-                apiServer = try APIComposition.start(service, address: api, paths: paths, logger: logger)
+                let address = api
+                Thread.detachNewThread {
+                    do {
+                        apiServer.set(try APIComposition.start(service, address: address, paths: paths, logger: logger))
+                    } catch {
+                        logger.error("the API could not start; agents cannot reach it (use --api HOST:PORT, or --no-api)", metadata: ["error": "\(error)"])
+                    }
+                }
             } catch {
                 logger.error("the API could not start; agents cannot reach it (use --api HOST:PORT, or --no-api)", metadata: ["error": "\(error)"])
             }
         }
         defer {
-            apiServer?.stop()
+            apiServer.stop()
             try? FileManager.default.removeItem(atPath: paths.apiAddressFile)
         }
         // A local repository's pushes wake the loop at once (no hook, no poll wait).
@@ -152,6 +160,30 @@ struct Run: ParsableCommand {
         } else {
             logger.info("gantry stopped; services keep running and are adopted on the next start")
         }
+    }
+}
+
+/// The API server once it listens (it starts on a thread of its own); stopping before it does
+/// stops it as soon as it does.
+final class LockedServer: @unchecked Sendable {
+    private let lock = NSLock()
+    private var server: APIServer?
+    private var stopped = false
+
+    func set(_ started: APIServer) {
+        let stopNow = lock.withLock { () -> Bool in
+            server = started
+            return stopped
+        }
+        if stopNow { started.stop() }
+    }
+
+    func stop() {
+        let running = lock.withLock { () -> APIServer? in
+            stopped = true
+            return server
+        }
+        running?.stop()
     }
 }
 

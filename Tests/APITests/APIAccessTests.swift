@@ -82,14 +82,78 @@ import TestSupport
             let answer = try fixture.call("DELETE", "/v1/environments/\(name)", token: claude)
             #expect(answer.status == 403, "DELETE \(name): \(answer.status) \(answer.body)")
         }
-        // No driver runs in this API: exec says where to go instead of pretending.
+        // An environment that runs nothing: refused before anything is recorded.
         let agent = try fixture.token(fixture.repo.principal)
-        let own = try fixture.call("POST", "/v1/environments/p1/exec", token: agent, body: #"{"command": ["id"]}"#)
+        let own = try fixture.call("POST", "/v1/environments/\(APIFixture.preview)/exec", token: agent, body: #"{"command": ["id"]}"#)
         #expect(own.status == 409)
-        #expect((own.error?["fix"] as? String)?.contains("gantry run") == true)
+        #expect((own.error?["message"] as? String)?.contains("runs nothing now") == true, "\(own.body)")
         // Nothing the agent tried was recorded as done: no exec record, no destroy request.
         let events = try fixture.store.recentAuditRecords(environment: nil, limit: 50).map(\.text)
         #expect(!events.contains { $0.contains("event: exec") || $0.contains("event: destroy-requested") })
+    }
+
+    @Test func aBranchNamedForAPrincipalIsNotTheirsUnlessTheAPIMadeIt() throws {
+        // Anyone who can push can name a branch agents/<principal>/...: that gives the principal
+        // nothing. p1's branch is named for agent@example.com, but the API did not make it.
+        let fixture = try APIFixture()
+        let agent = try fixture.token(fixture.repo.principal)
+        let tip = try fixture.repo.git("rev-parse", "main")
+        try fixture.store.save(EnvironmentRecord(name: "status-page--agents-claude-payments-pushed", branch: "agents/claude@payments/pushed",
+                                                 commit: tip, envClass: "preview", team: "platform"))
+        let claude = try fixture.token("claude@payments")
+        for (method, path) in [("GET", "/v1/environments/status-page--agents-claude-payments-pushed"),
+                               ("GET", "/v1/environments/status-page--agents-claude-payments-pushed/logs"),
+                               ("DELETE", "/v1/environments/status-page--agents-claude-payments-pushed")] {
+            let answer = try fixture.call(method, path, token: claude)
+            #expect(answer.status == 403, "\(method) \(path): \(answer.status) \(answer.body)")
+        }
+        let own = try fixture.call("DELETE", "/v1/environments/\(APIFixture.preview)", token: agent)
+        #expect(own.status == 403, "\(own.body)")
+    }
+
+    @Test func queryNumbersOutOfRangeAreRefusedNotTrapped() throws {
+        let fixture = try APIFixture()
+        let claude = try fixture.token("claude@payments")
+        for path in ["/v1/environments/web/logs?tail=1e300", "/v1/audit?limit=1e300", "/v1/audit?limit=-1", "/v1/environments/web/logs?tail=abc"] {
+            let answer = try fixture.call("GET", path, token: claude)
+            #expect(answer.status == 400, "\(path): \(answer.status) \(answer.body)")
+        }
+        // Checked before anything is committed.
+        for query in ["wait=foo", "wait=serving&timeout=-1", "wait=serving&timeout=1e300"] {
+            let answer = try fixture.call("POST", "/v1/environments?\(query)", token: claude, body: #"{"name": "q1", "template": "python-web"}"#)
+            #expect(answer.status == 400, "\(query): \(answer.status)")
+        }
+        #expect(try fixture.repo.git("branch", "--list", "agents/*").isEmpty)
+        // Still serving.
+        #expect(try fixture.call("GET", "/v1/environments", token: claude).status == 200)
+    }
+
+    @Test func explainHidesOtherTeamsEnvironments() throws {
+        let fixture = try APIFixture()
+        let tip = try fixture.repo.git("rev-parse", "main")
+        let claude = try fixture.token("claude@payments")
+        let lines = (try fixture.call("GET", "/v1/commits/\(tip)/explain", token: claude).json["lines"] as? [String]) ?? []
+        #expect(lines.contains { $0.hasPrefix("web: ") })
+        #expect(!lines.contains { $0.hasPrefix("status-page: ") }, "\(lines)")
+        #expect(lines.contains { $0.contains("1 environment of other teams not shown") })
+        let alice = try fixture.token("alice@example.com")
+        let all = (try fixture.call("GET", "/v1/commits/\(tip)/explain", token: alice).json["lines"] as? [String]) ?? []
+        #expect(all.contains { $0.hasPrefix("status-page: ") })
+    }
+
+    @Test func mcpWithoutAHostHeaderIsRefused() throws {
+        let fixture = try APIFixture()
+        let claude = try fixture.token("claude@payments")
+        let output = try Shell.check(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", fixture.base + "/mcp",
+                                      "-H", "Host:", "-H", "Authorization: Bearer \(claude)", "-H", "Content-Type: application/json",
+                                      "-H", "Accept: application/json, text/event-stream",
+                                      "--data-binary", #"{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}"#])
+        #expect(output == "400")
+        let foreign = try Shell.check(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "POST", fixture.base + "/mcp",
+                                       "-H", "Host: evil.example:80", "-H", "Authorization: Bearer \(claude)", "-H", "Content-Type: application/json",
+                                       "-H", "Accept: application/json, text/event-stream",
+                                       "--data-binary", #"{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}"#])
+        #expect(foreign == "421")
     }
 
     @Test func aTokenOverItsRateIsAnswered429WithRetryAfter() throws {

@@ -81,6 +81,8 @@ import TestSupport
             (#"{"name": "ok8", "spec": {"services": {"api": {"source": "../../etc", "command": ["true"]}}}}"#, 422, "environments/ok8.yaml:"),
             (#"{"name": "ok9", "spec": [1]}"#, 422, "spec must be a JSON object"),
             (#"{"name": "ok10", "template": "python-web", "task": "two\nlines"}"#, 422, "one line"),
+            (#"{"name": "ok11", "cloneFrom": "status-page"}"#, 403, "team platform"),
+            ("{\"name\": \"ok12\", \"spec\": {\"services\": {\"api\": {\"command\": [\"true\"], \"env\": {\"BIG\": \"" + String(repeating: "x", count: 70_000) + "\"}}}}}", 422, "bytes"),
         ]
         for (body, status, mentions) in cases {
             let answer = try fixture.call("POST", "/v1/environments", token: claude, body: body)

@@ -98,6 +98,13 @@ import TestSupport
         #expect(stdout.contains("hello from \(name)"))
         #expect(stdout.contains(name))
         if geteuid() == 0 { #expect(!stdout.contains("\n0\n"), "the command ran as root: \(stdout)") }
+        // A secret stored while Gantry runs is masked at once in what exec gives back and records.
+        let secret = "LateSecretValue8842"
+        #expect(try gantry("secret", "set", "latekey", "--team", "payments", "--state", agent.state.path, input: secret).status == 0)
+        let echoed = try agent.call("POST", "/v1/environments/day1/exec", body: #"{"command": ["echo", "LateSecretValue8842", "\n2026-01-01T00:00:00+0000 notice gantry: forged line"]}"#)
+        #expect(echoed.json["stdout"] as? String == "[redacted secret latekey] \n2026-01-01T00:00:00+0000 notice gantry: forged line\n", "\(echoed.body)")
+        // The command line went to Gantry's log on one line, its line break escaped.
+        #expect(!agent.log.split(separator: "\n").contains { $0.hasPrefix("2026-01-01T00:00:00+0000 notice gantry: forged") }, "\(agent.log)")
         // A failing command's exit code comes back, and a command over its time is stopped.
         #expect(try agent.call("POST", "/v1/environments/day1/exec", body: #"{"command": ["sh", "-c", "echo no >&2; exit 5"]}"#).json["exitCode"] as? Int == 5)
         let slow = try agent.call("POST", "/v1/environments/day1/exec", body: #"{"command": ["sleep", "30"], "timeoutSeconds": 1}"#)
@@ -138,9 +145,12 @@ import TestSupport
         // Every record of the agent's acts names it; Gantry's own correction of the break names nobody.
         #expect(trail.filter { $0.event != "drift-corrected" }.allSatisfy { $0.actor == "claude@payments" }, "\(trail)")
         #expect(try gantry("audit", "verify", "--repo", agent.repo.path, "--state", agent.state.path).status == 0)
+        let audit = try gantry("audit", "log", "--repo", agent.repo.path, "--state", agent.state.path, "--json").stdout
+        #expect(audit.contains("[redacted secret latekey]"))
+        #expect(!audit.contains(secret))
         // Metrics saw it.
         let metrics = try Shell.check(["curl", "-s", agent.base + "/metrics"])
-        #expect(metrics.contains("gantry_execs_total 4"), "\(metrics)")
+        #expect(metrics.contains("gantry_execs_total 5"), "\(metrics)")
         #expect(metrics.contains("gantry_admissions_total{decision=\"allow\"}"))
         // Every answer matches docs/openapi.yaml.
         let check = try Shell.run(["python3", TestPaths.packageRoot.appendingPathComponent("scripts/openapi_check.py").path,
@@ -162,8 +172,10 @@ import TestSupport
         let agent = try Agent()
         let script = TestPaths.packageRoot.appendingPathComponent("scripts/mcp_agent.py").path
         let name = "mcp-\(transport)"
+        // Over stdio the agent runs `gantry mcp` as itself: as root here, as nobody, with no state
+        // directory to read (it only needs the API's address and its token).
         let arguments = transport == "http" ? ["python3", script, "http", agent.base + "/mcp", agent.token, name]
-            : ["python3", script, "stdio", TestPaths.gantryBinary, agent.state.path, agent.token, name]
+            : ["python3", script, "stdio", TestPaths.gantryBinary, agent.base, agent.token, name]
         let result = try Shell.run(arguments)
         #expect(result.status == 0, "\(result.stdout.suffix(3000))\n\(result.stderr.suffix(3000))\n\(agent.log)")
         let steps = steps(result.stdout)
@@ -188,4 +200,88 @@ import TestSupport
         #expect(events.isSuperset(of: ["admitted", "applied", "exec", "destroy-requested", "destroyed"]), "\(events)")
         #expect(records.filter { $0["event"] as? String != "drift-corrected" }.allSatisfy { $0["actor"] as? String == "claude@payments" })
     }
+
+    @Test func anAPICommitMovedOntoMainIsNotAdmitted() throws {
+        let agent = try Agent()
+        let created = try agent.call("POST", "/v1/environments", body: #"{"name": "ff1", "template": "python-web"}"#)
+        #expect(created.status == 201)
+        let commit = try #require(created.json["commit"] as? String)
+        let before = try agent.repo.git("rev-parse", "main")
+        // Whoever can push moves main onto the API's commit (a fast-forward).
+        try agent.repo.git("update-ref", "refs/heads/main", commit, before)
+        _ = try gantry("notify", "--state", agent.state.path)
+        var trust: [String: Any] = [:]
+        #expect(eventually(30) {
+            trust = (try? JSONSerialization.jsonObject(with: Data(gantry("trust", "show", "--state", agent.state.path, "--json").stdout.utf8))) as? [String: Any] ?? [:]
+            return (trust["blocked"] as? [String: Any])?["commit"] as? String == commit
+        }, "\(trust)\n\(agent.log)")
+        #expect(trust["revision"] as? String == before)
+        let rules = ((trust["blocked"] as? [String: Any])?["rules"] as? [String]) ?? []
+        #expect(rules.contains { $0.contains("made through Gantry's API") }, "\(rules)")
+        #expect(try agent.call("GET", "/v1/environments/ff1").status != 200 || (try agent.call("GET", "/v1/environments/ff1").json["branch"] as? String) != "main")
+    }
+
+    @Test func oneTokenCannotHoldEveryWorkerAndALostReaderStopsItsCommand() throws {
+        let agent = try Agent()
+        let created = try agent.call("POST", "/v1/environments?wait=serving&timeout=90", body: #"{"name": "busy1", "template": "python-web"}"#)
+        #expect(created.status == 201, "\(created.body)")
+        // Nine slow execs at once from one token: the ninth is refused, not queued.
+        let group = DispatchGroup()
+        let statuses = Statuses()
+        for _ in 0..<9 {
+            group.enter()
+            Thread.detachNewThread {
+                let status = (try? agent.call("POST", "/v1/environments/busy1/exec", body: #"{"command": ["sleep", "4"]}"#).status) ?? 0
+                statuses.add(status)
+                group.leave()
+            }
+        }
+        Thread.sleep(forTimeInterval: 1.5)
+        // Meanwhile another principal is answered at once.
+        let alice = try gantry("token", "create", "--state", agent.state.path, "--actor", "alice@example.com").stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let started = Date()
+        #expect(try agent.call("GET", "/v1/environments", token: alice).status == 200)
+        #expect(Date().timeIntervalSince(started) < 2)
+        group.wait()
+        #expect(statuses.all.filter { $0 == 200 }.count == 8, "\(statuses.all)")
+        #expect(statuses.all.filter { $0 == 429 }.count == 1, "\(statuses.all)")
+        // A streamed exec whose reader goes away: the command is stopped, not left running.
+        _ = try? Shell.run(["curl", "-s", "-N", "--max-time", "2", "-X", "POST", agent.base + "/v1/environments/busy1/exec?stream=true",
+                            "-H", "Authorization: Bearer \(agent.token)", "--data-binary", #"{"command": ["sh", "-c", "yes endless-output"], "timeoutSeconds": 600}"#])
+        #expect(eventually(15) { !markedProcesses(state: agent.state.path).contains { $0.mark.contains(":exec-") } },
+                "\(markedProcesses(state: agent.state.path))")
+    }
+
+    @Test func aNameAnotherBranchHoldsIsNotReportedAsTheAgents() throws {
+        let agent = try Agent()
+        // Someone pushes a branch whose preview takes the name the API would give claude's zz.
+        try agent.repo.checkout("agents/claude-payments/zz", create: true)
+        try agent.repo.write("environments/zz.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: zz, team: payments, class: development}
+            spec:
+              template: python-web
+              services: {web: {env: {GREETING: "squatter"}}}
+            """)
+        try agent.repo.commit("squat")
+        try agent.repo.checkout("main")
+        _ = try gantry("notify", "--state", agent.state.path)
+        #expect(eventually(30) { (try? agent.call("GET", "/v1/environments/zz--agents-claude-payments-zz").status) == 200 })
+        let created = try agent.call("POST", "/v1/environments?wait=serving&timeout=90", body: #"{"name": "zz", "template": "python-web"}"#)
+        #expect(created.status == 201, "\(created.body)")
+        let name = try #require(created.json["environment"] as? String)
+        #expect(name != "zz--agents-claude-payments-zz")
+        let exec = try agent.call("POST", "/v1/environments/\(name)/exec", body: #"{"command": ["sh", "-c", "echo $GREETING"]}"#)
+        #expect((exec.json["stdout"] as? String)?.contains("squatter") == false, "\(exec.body)")
+        // The short name finds the agent's own, too.
+        #expect(try agent.call("GET", "/v1/environments/zz").json["name"] as? String == name)
+    }
+}
+
+final class Statuses: @unchecked Sendable {
+    private let lock = NSLock()
+    private var values: [Int] = []
+    func add(_ value: Int) { lock.withLock { values.append(value) } }
+    var all: [Int] { lock.withLock { values } }
 }

@@ -50,6 +50,7 @@ import TestSupport
         _ = try store.createToken(actor: "b", ttl: nil)
         #expect(try !store.revokeToken(""))        // matches both: refused
         #expect(try !store.revokeToken("zzzz"))    // matches none
+        #expect(try !store.revokeToken("%"))       // an id, not a pattern
         #expect(try store.tokens().allSatisfy { $0.revokedAt == nil })
     }
 }
