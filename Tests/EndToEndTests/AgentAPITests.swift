@@ -103,6 +103,14 @@ import TestSupport
         #expect(try gantry("secret", "set", "latekey", "--team", "payments", "--state", agent.state.path, input: secret).status == 0)
         let echoed = try agent.call("POST", "/v1/environments/day1/exec", body: #"{"command": ["echo", "LateSecretValue8842", "\n2026-01-01T00:00:00+0000 notice gantry: forged line"]}"#)
         #expect(echoed.json["stdout"] as? String == "[redacted secret latekey] \n2026-01-01T00:00:00+0000 notice gantry: forged line\n", "\(echoed.body)")
+        // A request line holding it lands in the service's log: every way out masks it.
+        _ = try agent.call("POST", "/v1/environments/day1/exec", body: #"{"command": ["sh", "-c", "curl -s http://127.0.0.1:$PORT/LateSecretValue8842 >/dev/null"]}"#)
+        #expect(eventually(5) { (try? agent.call("GET", "/v1/environments/day1/logs?tail=20").body.contains("[redacted secret latekey]")) == true })
+        #expect(try !agent.call("GET", "/v1/environments/day1/logs?tail=20").body.contains(secret))
+        let cliLogs = try gantry("logs", "--state", agent.state.path, "--tail", "20", name)
+        #expect(cliLogs.stdout.contains("[redacted secret latekey]") && !cliLogs.stdout.contains(secret), "\(cliLogs.stdout)")
+        let cliDiagnosis = try gantry("diagnose", name, "--json", "--state", agent.state.path)
+        #expect(cliDiagnosis.stdout.contains("\"name\": \"\(name)\"") && !cliDiagnosis.stdout.contains(secret))
         // The command line went to Gantry's log on one line, its line break escaped.
         #expect(!agent.log.split(separator: "\n").contains { $0.hasPrefix("2026-01-01T00:00:00+0000 notice gantry: forged") }, "\(agent.log)")
         // A failing command's exit code comes back, and a command over its time is stopped.
@@ -150,7 +158,7 @@ import TestSupport
         #expect(!audit.contains(secret))
         // Metrics saw it.
         let metrics = try Shell.check(["curl", "-s", agent.base + "/metrics"])
-        #expect(metrics.contains("gantry_execs_total 5"), "\(metrics)")
+        #expect(metrics.contains("gantry_execs_total 6"), "\(metrics)")
         #expect(metrics.contains("gantry_admissions_total{decision=\"allow\"}"))
         // Every answer matches docs/openapi.yaml.
         let check = try Shell.run(["python3", TestPaths.packageRoot.appendingPathComponent("scripts/openapi_check.py").path,
