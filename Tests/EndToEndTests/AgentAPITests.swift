@@ -182,8 +182,13 @@ import TestSupport
         let name = "mcp-\(transport)"
         // Over stdio the agent runs `gantry mcp` as itself: as root here, as nobody, with no state
         // directory to read (it only needs the API's address and its token).
+        // (A copy of the binary in a directory anyone may enter: the checkout may sit where nobody cannot.)
+        let binaries = TemporaryDirectory("gantry-bin")
+        _ = chmod(binaries.path, 0o755)
+        let binary = binaries.path + "/gantry"
+        try FileManager.default.copyItem(atPath: TestPaths.gantryBinary, toPath: binary)
         let arguments = transport == "http" ? ["python3", script, "http", agent.base + "/mcp", agent.token, name]
-            : ["python3", script, "stdio", TestPaths.gantryBinary, agent.base, agent.token, name]
+            : ["python3", script, "stdio", binary, agent.base, agent.token, name]
         let result = try Shell.run(arguments)
         #expect(result.status == 0, "\(result.stdout.suffix(3000))\n\(result.stderr.suffix(3000))\n\(agent.log)")
         let steps = steps(result.stdout)
