@@ -113,6 +113,12 @@ extension AgentService {
             }
             var message = "Create \(name) through the API\n\n\(IdentityJudge.apiActorTrailer): \(caller.principal)\n"
             if let task { message += "Task: \(task)\n" }
+            if let wait = refusedCreates.peek(caller.tokenID) {
+                var error = APIError(429, "too-many-refused", "token \(caller.tokenID) had 20 creates refused in the last hour (each leaves objects in the repository)",
+                                     fix: "check specs with `gantry validate` before sending them; wait \(wait) s")
+                error.retryAfter = wait
+                throw error
+            }
             let key = self.key
             let commit = try repository.commit(adding: Data(text.utf8), at: file, parent: base, message: message,
                                                authorName: caller.principal, authorEmail: caller.principal) { data in
@@ -120,6 +126,7 @@ extension AgentService {
             }
             // Checked before any branch points at it: a spec that does not load is the caller's to fix.
             if let loaded = try ConfigLoader(repository: repository).environments(at: commit).first(where: { $0.file == file }), !loaded.diagnostics.isEmpty {
+                _ = refusedCreates.take(caller.tokenID)
                 throw APIError.invalid("the environment does not load: " + loaded.diagnostics.prefix(10).map(\.description).joined(separator: "; "),
                                        fix: "correct the spec (each problem names its line and column in \(file) as the API writes it: JSON, indented by two)")
             }
@@ -167,6 +174,12 @@ extension AgentService {
         ]
         if let state { fields.append(("state", state)) }
         return .map(fields)
+    }
+
+    /// The environment a branch holds as it stands now (nil while the reconciler has not recorded it).
+    public func currentState(branch: String, source: String) -> PlainValue? {
+        guard let record = try? store.environment(branch: branch, source: source) else { return nil }
+        return try? summary(record).plain
     }
 
     /// Waits until the environment a branch holds serves (Running with every service up) or is

@@ -72,6 +72,9 @@ public final class AgentService: @unchecked Sendable {
     public let metrics = GantryMetrics()
     let limiter: RateLimiter
     public let inFlight: InFlight
+    /// Creates refused after their commit was written (the objects stay until Git collects them):
+    /// 20 an hour per token.
+    let refusedCreates = RateLimiter(rate: 20.0 / 3600, burst: 20)
     /// Governance read at the trusted revision, kept while it is the one in force.
     private let governanceLock = NSLock()
     private var governanceCache: GovernanceRevision?
@@ -146,19 +149,28 @@ public final class AgentService: @unchecked Sendable {
         return caller.actor.teams.contains(team)
     }
 
-    /// Whether the API made `record`'s branch for `principal` and the environment is still at
-    /// that commit or one built on it (a branch name proves nothing: anyone who can push can
-    /// name a branch `agents/<principal>/...`, or delete one and push another of that name).
+    /// Whether the API made `record`'s branch for `principal` and the environment is at that
+    /// commit, or at one built on it by that principal alone (each commit since made through the
+    /// API for it, or signed by it). A branch name proves nothing: anyone who can push can name a
+    /// branch `agents/<principal>/...`, or push someone else's commits onto one the API made.
     func madeFor(_ principal: String, _ record: EnvironmentRecord) -> Bool {
         guard let made = try? store.apiBranch(record.branch), made.principal == principal else { return false }
         if made.commit == record.commit { return true }
-        let key = "\(made.commit) \(record.commit)"
+        let key = "\(principal) \(made.commit) \(record.commit)"
         if let known = ancestryLock.withLock({ ancestry[key] }) { return known }
-        let descends = (try? ObjectID(hex: made.commit).flatMap { base in
-            try ObjectID(hex: record.commit).map { try repository().isReachable(base, from: $0) }
-        }) ?? nil
-        ancestryLock.withLock { ancestry[key] = descends ?? false }
-        return descends ?? false
+        let owned: Bool = {
+            guard let base = ObjectID(hex: made.commit), let tip = ObjectID(hex: record.commit),
+                  let repository = try? repository(), (try? repository.isReachable(base, from: tip)) == true,
+                  let since = try? repository.newCommits(tip: tip, hiding: [base], limit: 101), since.count <= 100,
+                  let judge = try? trustedGovernance().identity else { return false }
+            return since.allSatisfy { id in
+                guard let info = try? repository.commit(id) else { return false }
+                let identity = judge.judge(info, signature: try? repository.signature(of: id), now: Date())
+                return identity.problem == nil && identity.principal == principal
+            }
+        }()
+        ancestryLock.withLock { ancestry[key] = owned }
+        return owned
     }
 
     func inspectable(_ caller: Caller, _ name: String) throws -> EnvironmentRecord {
@@ -223,13 +235,23 @@ public final class AgentService: @unchecked Sendable {
             let lines = try admission.explain(commit: commit, branch: nil, store: store, defaultProtectedBranch: configuration.protectedBranch)
             // An environment's section (`NAME: decision` and its indented rules) is shown only to
             // whoever may see inside it.
+            // One Gantry has not recorded yet is judged by the team its file names (fail closed).
+            let teams = Dictionary(try ConfigLoader(repository: repository).environments(at: commit).map { ($0.name, $0.spec?.team) },
+                                   uniquingKeysWith: { first, _ in first })
+            func visible(_ name: String) throws -> Bool {
+                if let record = try store.environment(name) { return mayInspect(caller, record) }
+                if caller.isAdmin { return true }
+                let base = name.components(separatedBy: "--").first ?? name
+                guard let team = teams[base] else { return false }
+                return team.map { caller.actor.teams.contains($0) } ?? true
+            }
             var shown: [PlainValue] = []
             var hidden = 0
             var hiding = false
             for line in lines {
                 if !line.hasPrefix(" "), let colon = line.firstIndex(of: ":"), ["allow", "deny", "pending"].contains(line[line.index(after: colon)...].trimmingCharacters(in: .whitespaces)) {
                     let name = String(line[..<colon])
-                    hiding = (try store.environment(name)).map { !mayInspect(caller, $0) } ?? false
+                    hiding = try !visible(name)
                     if hiding { hidden += 1 }
                 } else if !line.hasPrefix(" ") {
                     hiding = false

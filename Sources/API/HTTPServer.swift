@@ -28,7 +28,10 @@ public final class APIServer: @unchecked Sendable {
         let router = Router()
         routes(router)
         let (ports, continuation) = AsyncStream.makeStream(of: Int.self)
-        let app = Application(router: router, configuration: .init(address: .hostname(host, port: port), serverName: "gantry"),
+        // A connection that sends nothing, or trickles a request, is closed after 30 s (one whose
+        // request is being answered is not: an exec or a wait may take minutes).
+        let app = Application(router: router, server: .http1(configuration: .init(idleTimeout: .seconds(30))),
+                              configuration: .init(address: .hostname(host, port: port), serverName: "gantry"),
                               onServerRunning: { channel in
                                   continuation.yield(channel.localAddress?.port ?? -1)
                                   continuation.finish()
@@ -99,8 +102,9 @@ public final class APIServer: @unchecked Sendable {
                 guard wait != nil else { return (201, service.plain(created)) }
                 let state = service.waitServing(branch: created.branch, source: String(created.file.dropFirst("environments/".count).dropLast(5)),
                                                 commit: created.commit, seconds: seconds)
-                return (state == nil ? 202 : 201, service.plain(created, state: state ?? .map([
-                    ("phase", .string("Pending")), ("message", .string("not serving within \(Int(seconds)) s; poll the status URL")),
+                let source = String(created.file.dropFirst("environments/".count).dropLast(5))
+                return (state == nil ? 202 : 201, service.plain(created, state: state ?? service.currentState(branch: created.branch, source: source) ?? .map([
+                    ("phase", .string("Pending")), ("message", .string("not recorded within \(Int(seconds)) s; poll the status URL")),
                 ])))
             }
         }
@@ -149,23 +153,29 @@ public final class APIServer: @unchecked Sendable {
                 _ body: @escaping @Sendable (Caller, Data) throws -> (Int, PlainValue)) async -> Response {
         let service = self.service
         let authorization = request.headers[.authorization]
-        var request = request
-        let data: Data
-        do {
-            let buffer = try await request.collectBody(upTo: JSONInput.maxBody)
-            data = Data(buffer.readableBytesView)
-        } catch {
-            service.metrics.request(route: route, status: 413)
-            return Self.json(413, APIError(413, "too-large", "the request body is larger than \(JSONInput.maxBody) bytes", fix: "send a smaller body").body)
-        }
-        let result: Result<(Int, PlainValue), Error> = await Self.offLoop {
-            do {
+        // Who calls is known before the body is read: nobody without a token gets a megabyte in.
+        let authenticated: Result<Caller, Error> = await Self.offLoop {
+            Result {
                 let caller = try service.authenticate(authorization: authorization)
                 try service.inFlight.enter(caller.tokenID)
-                defer { service.inFlight.leave(caller.tokenID) }
-                return .success(try body(caller, data))
+                return caller
+            }
+        }
+        var result: Result<(Int, PlainValue), Error>
+        switch authenticated {
+        case .failure(let error): result = .failure(error)
+        case .success(let caller):
+            var request = request
+            do {
+                let buffer = try await request.collectBody(upTo: JSONInput.maxBody)
+                let data = Data(buffer.readableBytesView)
+                result = await Self.offLoop {
+                    defer { service.inFlight.leave(caller.tokenID) }
+                    return Result { try body(caller, data) }
+                }
             } catch {
-                return .failure(error)
+                service.inFlight.leave(caller.tokenID)
+                result = .failure(APIError(413, "too-large", "the request body is larger than \(JSONInput.maxBody) bytes", fix: "send a smaller body"))
             }
         }
         switch result {
@@ -188,19 +198,31 @@ public final class APIServer: @unchecked Sendable {
         let service = self.service
         let route = "POST /v1/environments/{name}/exec"
         let authorization = request.headers[.authorization]
-        var request = request
-        guard let buffer = try? await request.collectBody(upTo: JSONInput.maxBody) else {
-            return Self.json(413, APIError(413, "too-large", "the request body is larger than \(JSONInput.maxBody) bytes", fix: "send a smaller body").body)
-        }
-        let data = Data(buffer.readableBytesView)
-        let prepared: Result<AgentService.ExecCall, Error> = await Self.offLoop {
+        let authenticated: Result<Caller, Error> = await Self.offLoop {
             Result {
                 let caller = try service.authenticate(authorization: authorization)
                 try service.inFlight.enter(caller.tokenID)
-                do { return try service.prepareExec(caller, name, body: data) } catch {
-                    service.inFlight.leave(caller.tokenID)
-                    throw error
+                return caller
+            }
+        }
+        let prepared: Result<AgentService.ExecCall, Error>
+        switch authenticated {
+        case .failure(let error): prepared = .failure(error)
+        case .success(let caller):
+            var request = request
+            if let buffer = try? await request.collectBody(upTo: JSONInput.maxBody) {
+                let data = Data(buffer.readableBytesView)
+                prepared = await Self.offLoop {
+                    Result {
+                        do { return try service.prepareExec(caller, name, body: data) } catch {
+                            service.inFlight.leave(caller.tokenID)
+                            throw error
+                        }
+                    }
                 }
+            } else {
+                service.inFlight.leave(caller.tokenID)
+                prepared = .failure(APIError(413, "too-large", "the request body is larger than \(JSONInput.maxBody) bytes", fix: "send a smaller body"))
             }
         }
         let call: AgentService.ExecCall
@@ -214,12 +236,16 @@ public final class APIServer: @unchecked Sendable {
             return response
         }
         service.metrics.request(route: route, status: 200)
-        let channel = LineChannel(capacity: 256)
+        // A reader that stalls holds the command back until its own time is up, not longer.
+        let channel = LineChannel(capacity: 256, deadline: Date().addingTimeInterval(call.request.timeout))
         Thread.detachNewThread {
             defer { service.inFlight.leave(call.caller.tokenID) }
             do {
                 let result = try service.runExec(call) { stream, data in
-                    channel.send(PlainValue.map([("stream", .string(stream.rawValue)), ("data", .string(String(decoding: data, as: UTF8.self)))]).json() + "\n")
+                    // (Empty: the driver asks whether anyone still reads. After 5 s of silence an
+                    // empty piece is sent: a reader that went away is found when it cannot be written.)
+                    data.isEmpty && !channel.isQuietFor(5) ? !channel.isCancelled
+                        : channel.send(PlainValue.map([("stream", .string(stream.rawValue)), ("data", .string(String(decoding: data, as: UTF8.self)))]).json() + "\n")
                 }
                 _ = channel.send(AgentService.plain(result, stdout: nil, stderr: nil, environment: call.record.name).json() + "\n")
             } catch {
@@ -263,7 +289,9 @@ public final class APIServer: @unchecked Sendable {
     /// A numeric query parameter, nil when absent; a 400 when it is not a number from 0 to `maximum`.
     static func number(_ request: Request, _ name: String, maximum: Double) throws -> Double? {
         guard let text = request.uri.queryParameters.get(name) else { return nil }
-        guard let value = Double(text), value.isFinite, value >= 0, value <= maximum else {
+        // Decimal digits only (Double would also read hex, exponents, "nan"...).
+        let decimal = !text.isEmpty && text.count <= 12 && text.allSatisfy { $0.isASCII && ($0.isNumber || $0 == ".") } && text.filter { $0 == "." }.count <= 1
+        guard decimal, let value = Double(text), value.isFinite, value >= 0, value <= maximum else {
             throw APIError.badRequest("\(name)=\(text) is not a number from 0 to \(Int(maximum))", fix: "give \(name) as a number from 0 to \(Int(maximum))")
         }
         return value
@@ -315,35 +343,59 @@ struct JSONErrors: RouterMiddleware {
 }
 
 /// Lines from an exec to its HTTP answer, at most `capacity` waiting: a client that does not read
-/// holds the command back (and one that goes away stops it) instead of filling Gantry's memory.
+/// holds the command back (until `deadline`, the command's own limit), and one that goes away
+/// stops it, instead of filling Gantry's memory.
 final class LineChannel: @unchecked Sendable {
     let lines: AsyncStream<String>
     private let continuation: AsyncStream<String>.Continuation
-    private let room: DispatchSemaphore
-    private let lock = NSLock()
+    private let condition = NSCondition()
+    private var waiting = 0
     private var cancelled = false
+    let capacity: Int
+    let deadline: Date
 
-    init(capacity: Int) {
+    init(capacity: Int, deadline: Date) {
         (lines, continuation) = AsyncStream.makeStream(of: String.self)
-        room = DispatchSemaphore(value: capacity)
+        self.capacity = capacity
+        self.deadline = deadline
     }
 
-    /// Waits for room; false once the reader is gone.
+    var isCancelled: Bool { condition.withLock { cancelled } }
+    private var lastSent = Date()
+
+    /// Nothing was sent for `seconds`.
+    func isQuietFor(_ seconds: TimeInterval) -> Bool { condition.withLock { Date().timeIntervalSince(lastSent) >= seconds } }
+
+    /// Waits for room; false once the reader is gone, or stalled past the deadline.
     func send(_ line: String) -> Bool {
-        while room.wait(timeout: .now() + 1) == .timedOut {
-            if lock.withLock({ cancelled }) { return false }
+        condition.lock()
+        defer { condition.unlock() }
+        while waiting >= capacity && !cancelled {
+            if !condition.wait(until: min(deadline, Date().addingTimeInterval(1))) && Date() >= deadline {
+                cancelled = true
+            }
         }
-        if lock.withLock({ cancelled }) { return false }
+        guard !cancelled else { return false }
+        waiting += 1
+        lastSent = Date()
         continuation.yield(line)
         return true
     }
 
-    func consumed() { room.signal() }
+    func consumed() {
+        condition.withLock {
+            waiting = max(0, waiting - 1)
+            condition.signal()
+        }
+    }
+
     func finish() { continuation.finish() }
 
     func cancel() {
-        lock.withLock { cancelled = true }
-        room.signal()
+        condition.withLock {
+            cancelled = true
+            condition.broadcast()
+        }
         continuation.finish()
     }
 }

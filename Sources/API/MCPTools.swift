@@ -50,7 +50,7 @@ public enum MCPTools {
                               inputSchema: object(["name": name, "service": ["type": "string"], "tail": ["type": "integer", "minimum": 1, "maximum": 1000]], required: ["name"]),
                               annotations: .init(readOnlyHint: true, openWorldHint: false), outputSchema: output(["environment", "files"]))) { service, caller, arguments in
             let value = try service.logs(caller, try string(arguments, "name"), service: try optionalString(arguments, "service"),
-                                         tail: arguments["tail"].flatMap { Int($0, strict: false) })
+                                         tail: try number(arguments["tail"], "tail", maximum: 1000).map { Int($0) })
             var text: [String] = []
             if case .list(let files)? = value.field("files") {
                 for file in files {
@@ -67,7 +67,7 @@ public enum MCPTools {
                               annotations: .init(readOnlyHint: false, destructiveHint: false, idempotentHint: false, openWorldHint: false),
                               outputSchema: output(["environment", "branch", "commit"]))) { service, caller, arguments in
             var body = arguments
-            let wait = body.removeValue(forKey: "wait").flatMap { Double($0) }
+            let wait = try number(body.removeValue(forKey: "wait"), "wait", maximum: 600)
             let created = service.named(try service.create(caller, body: try JSONEncoder().encode(Value.object(body))))
             let state = wait.flatMap { service.waitServing(branch: created.branch, source: String(created.file.dropFirst("environments/".count).dropLast(5)),
                                                             commit: created.commit, seconds: $0) }
@@ -111,7 +111,7 @@ public enum MCPTools {
                               annotations: .init(readOnlyHint: true, openWorldHint: false), outputSchema: output(["records"]))) { service, caller, arguments in
             let value = try service.audit(caller, environment: try optionalString(arguments, "environment"), actor: try optionalString(arguments, "actor"),
                                           event: try optionalString(arguments, "event"), since: try optionalString(arguments, "since"),
-                                          limit: arguments["limit"].flatMap { Int($0, strict: false) })
+                                          limit: try number(arguments["limit"], "limit", maximum: 1000).map { Int($0) })
             guard case .list(let records)? = value.field("records") else { return ("no records", value) }
             let lines = records.map { record in
                 ["seq", "at", "event", "environment", "actor"].compactMap { record.field($0).map { $0.text ?? $0.json() } }.joined(separator: " ")
@@ -135,6 +135,15 @@ public enum MCPTools {
             throw APIError.invalid("\(key) is required and must be a string", fix: "give \(key)")
         }
         return text
+    }
+
+    /// A number argument from 0 to `maximum` (nil when absent), else a refusal.
+    static func number(_ value: Value?, _ key: String, maximum: Double) throws -> Double? {
+        guard let value, !value.isNull else { return nil }
+        guard let number = Double(value), number.isFinite, number >= 0, number <= maximum else {
+            throw APIError.invalid("\(key) must be a number from 0 to \(Int(maximum))", fix: "give \(key) as a number from 0 to \(Int(maximum))")
+        }
+        return number
     }
 
     static func optionalString(_ arguments: [String: Value], _ key: String) throws -> String? {

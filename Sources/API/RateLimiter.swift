@@ -12,6 +12,15 @@ final class RateLimiter: @unchecked Sendable {
         self.burst = max(burst, 1)
     }
 
+    /// Whether `key`'s bucket holds one request (nil), else the seconds to wait; takes nothing.
+    func peek(_ key: String, now: Date = Date()) -> Int? {
+        lock.withLock {
+            guard let previous = buckets[key] else { return nil }
+            let level = min(burst, previous.level + now.timeIntervalSince(previous.at) * rate)
+            return level >= 1 ? nil : max(1, Int(((1 - level) / rate).rounded(.up)))
+        }
+    }
+
     /// Takes one request from `key`'s bucket: nil when allowed, else the whole seconds to wait.
     func take(_ key: String, now: Date = Date()) -> Int? {
         lock.withLock {

@@ -65,6 +65,8 @@ extension LocalDriver: EnvironmentExecutor {
         var status: Int32 = 0
         var exited = false, timedOut = false, cancelled = false
         var buffer = [UInt8](repeating: 0, count: 64 << 10)
+        // A command that prints nothing still learns, once a second, whether anyone waits for it.
+        var probed = Date()
         // Until both pipes close, or the command has ended and what it left in the pipes is read
         // (a background child holding them open does not keep the answer waiting).
         while readEnds.contains(where: { $0 >= 0 }) {
@@ -77,6 +79,10 @@ extension LocalDriver: EnvironmentExecutor {
             let ready = poll(&fds, nfds_t(fds.count), exited ? 0 : 50)
             if ready < 0 && errno != EINTR { break }
             if ready == 0 && exited { break }
+            if ready == 0, Date().timeIntervalSince(probed) >= 1 {
+                probed = Date()
+                if !output(.stdout, Data()) { cancelled = true }
+            }
             for entry in fds where entry.revents != 0 {
                 guard let index = readEnds.firstIndex(of: entry.fd) else { continue }
                 let count = read(entry.fd, &buffer, buffer.count)

@@ -184,8 +184,9 @@ public struct ExecRefusal: Error, CustomStringConvertible {
 
 /// Runs commands in environments' contexts (the driver that runs them).
 public protocol EnvironmentExecutor: Sendable {
-    /// Runs `request`, handing its output to `output` as it comes, in order. Blocks until the
-    /// command ends, its time runs out, or `output` answers false (no one reads any more): then
-    /// its process group and control group are stopped.
+    /// Runs `request`, handing its output to `output` as it comes, in order (and, while it prints
+    /// nothing, an empty piece once a second). Blocks until the command ends, its time runs out,
+    /// or `output` answers false (no one reads any more): then its process group and control
+    /// group are stopped.
     func exec(_ request: ExecRequest, output: @escaping @Sendable (ExecStream, Data) -> Bool) throws -> ExecResult
 }

@@ -53,11 +53,7 @@ public final class Redactor: @unchecked Sendable {
                 guard let text = String(data: value, encoding: .utf8), text.count >= Self.minimumLength else { continue }
                 let label = "[redacted secret \(name)]"
                 found.append((text, label))
-                // As it stands in a URL, and in the encodings a program prints bytes in.
-                let bytes = Data(text.utf8)
-                let hex = bytes.map { String(format: "%02x", $0) }.joined()
-                for encoded in [text.addingPercentEncoding(withAllowedCharacters: .alphanumerics), bytes.base64EncodedString(),
-                                hex, hex.uppercased()].compactMap({ $0 }) where encoded != text {
+                for encoded in Self.encodings(of: text) where encoded != text {
                     found.append((encoded, label))
                 }
             }
@@ -66,6 +62,35 @@ public final class Redactor: @unchecked Sendable {
             seenGeneration = generation
             return values
         }
+    }
+}
+
+extension Redactor {
+    /// The forms a value takes in text a program prints: percent-encoded (as in a URL path or
+    /// query), JSON-escaped, hex, and base64 in both alphabets, padded or not, and wherever it
+    /// starts in the encoded bytes (`user:SECRET` in a Basic header): for each of the three
+    /// alignments, the part of the encoding that depends on the value alone.
+    static func encodings(of text: String) -> [String] {
+        let bytes = Data(text.utf8)
+        let hex = bytes.map { String(format: "%02x", $0) }.joined()
+        var forms = [text.addingPercentEncoding(withAllowedCharacters: .alphanumerics),
+                     text.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed),
+                     text.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed),
+                     bytes.base64EncodedString(), hex, hex.uppercased()].compactMap { $0 }
+        let json = text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
+        forms += [json, json.replacingOccurrences(of: "/", with: "\\/")]
+        for shift in 0..<3 {
+            let encoded = Array((Data(count: shift) + bytes).base64EncodedString().utf8)
+            // The first characters mix in the bytes before the value; the last group, those after it.
+            let start = [0, 2, 3][shift]
+            let total = shift + bytes.count
+            let end = total % 3 == 0 ? encoded.count : (total / 3) * 4
+            guard end - start >= 8 else { continue }
+            let core = String(decoding: encoded[start..<end], as: UTF8.self)
+            forms.append(core)
+            forms.append(core.replacingOccurrences(of: "+", with: "-").replacingOccurrences(of: "/", with: "_"))
+        }
+        return Array(Set(forms))
     }
 }
 

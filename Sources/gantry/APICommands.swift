@@ -253,7 +253,8 @@ struct MCPCommand: ParsableCommand {
                 defer { group.leave() }
                 do {
                     let answer = try LoopbackHTTP.request(base: base, method: "POST", path: "/mcp", token: token, body: Data(line.utf8))
-                    if (200..<300).contains(answer.status) {
+                    if (200..<300).contains(answer.status) || answer.body.contains("\"jsonrpc\"") {
+                        // (The server's own JSON-RPC errors, a parse error included, go back as they are.)
                         if !answer.body.isEmpty { write(answer.body) }
                     } else if let idJSON {
                         let reason = ((try? JSONSerialization.jsonObject(with: Data(answer.body.utf8))) as? [String: Any])?["error"] as? [String: Any]

@@ -111,10 +111,73 @@ import TestSupport
         #expect(own.status == 403, "\(own.body)")
     }
 
+    @Test func commitsOfOthersOnABranchTheAPIMadeAreNotTheAgents() throws {
+        let fixture = try APIFixture()
+        let claude = try fixture.token("claude@payments")
+        let created = try fixture.call("POST", "/v1/environments", token: claude, body: #"{"name": "own1", "template": "python-web"}"#)
+        #expect(created.status == 201)
+        let made = try #require(created.json["commit"] as? String)
+        let branch = "agents/claude@payments/own1"
+        // At the API's own commit the preview is claude's, whatever its team.
+        try fixture.store.save(EnvironmentRecord(name: "status-page--agents-claude-payments-own1", branch: branch, commit: made,
+                                                 envClass: "preview", team: "platform"))
+        #expect(try fixture.call("GET", "/v1/environments/status-page--agents-claude-payments-own1", token: claude).status == 200)
+        // Someone else's commit pushed onto the branch: no longer claude's to look inside or delete.
+        try fixture.repo.git("checkout", "-q", branch)
+        try fixture.repo.write("apps/hello/NOTE", "platform's work")
+        let foreign = try fixture.repo.commitAsOwner("platform's change")
+        try fixture.repo.checkout("main")
+        try fixture.store.save(EnvironmentRecord(name: "status-page--agents-claude-payments-own1", branch: branch, commit: foreign,
+                                                 envClass: "preview", team: "platform"))
+        #expect(try fixture.call("GET", "/v1/environments/status-page--agents-claude-payments-own1", token: claude).status == 403)
+        #expect(try fixture.call("DELETE", "/v1/environments/status-page--agents-claude-payments-own1", token: claude).status == 403)
+        #expect(try !fixture.repo.git("branch", "--list", branch).isEmpty)
+    }
+
+    @Test func nobodyWithoutATokenGetsABodyIn() throws {
+        let fixture = try APIFixture()
+        let large = fixture.state.path + "/large.json"
+        try Data(repeating: 0x61, count: 2 << 20).write(to: URL(fileURLWithPath: large))
+        let answer = try fixture.call("POST", "/v1/environments", token: nil, bodyFile: large)
+        #expect(answer.status == 401)
+    }
+
+    @Test func createsRefusedAfterTheirCommitIsWrittenAreLimited() throws {
+        let fixture = try APIFixture()
+        let claude = try fixture.token("claude@payments")
+        var statuses: [Int] = []
+        for index in 0..<21 {
+            statuses.append(try fixture.call("POST", "/v1/environments", token: claude,
+                                             body: #"{"name": "bad\#(index)", "spec": {"services": {"api": {"command": "not a list"}}}}"#).status)
+        }
+        #expect(statuses.prefix(20).allSatisfy { $0 == 422 }, "\(statuses)")
+        #expect(statuses.last == 429)
+    }
+
+    @Test func explainHidesAnEnvironmentNotRecordedYetByItsFilesTeam() throws {
+        let fixture = try APIFixture()
+        try fixture.repo.checkout("wip/secret", create: true)
+        try fixture.repo.write("environments/secret-proj.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: secret-proj, team: platform, class: development}
+            spec: {template: python-web}
+            """)
+        let commit = try fixture.repo.commitAsOwner("a platform project")
+        try fixture.repo.checkout("main")
+        let claude = try fixture.token("claude@payments")
+        let lines = (try fixture.call("GET", "/v1/commits/\(commit)/explain", token: claude).json["lines"] as? [String]) ?? []
+        #expect(!lines.contains { $0.hasPrefix("secret-proj") }, "\(lines)")
+        let alice = try fixture.token("alice@example.com")
+        let all = (try fixture.call("GET", "/v1/commits/\(commit)/explain", token: alice).json["lines"] as? [String]) ?? []
+        #expect(all.contains { $0.hasPrefix("secret-proj") }, "\(all)")
+    }
+
     @Test func queryNumbersOutOfRangeAreRefusedNotTrapped() throws {
         let fixture = try APIFixture()
         let claude = try fixture.token("claude@payments")
-        for path in ["/v1/environments/web/logs?tail=1e300", "/v1/audit?limit=1e300", "/v1/audit?limit=-1", "/v1/environments/web/logs?tail=abc"] {
+        for path in ["/v1/environments/web/logs?tail=1e300", "/v1/audit?limit=1e300", "/v1/audit?limit=-1", "/v1/environments/web/logs?tail=abc",
+                     "/v1/audit?limit=0x10", "/v1/audit?limit=nan", "/v1/audit?limit=1e2"] {
             let answer = try fixture.call("GET", path, token: claude)
             #expect(answer.status == 400, "\(path): \(answer.status) \(answer.body)")
         }

@@ -263,6 +263,25 @@ import TestSupport
                             "-H", "Authorization: Bearer \(agent.token)", "--data-binary", #"{"command": ["sh", "-c", "yes endless-output"], "timeoutSeconds": 600}"#])
         #expect(eventually(15) { !markedProcesses(state: agent.state.path).contains { $0.mark.contains(":exec-") } },
                 "\(markedProcesses(state: agent.state.path))")
+        // Gantry lives on, and answers.
+        #expect(agent.run.process.isRunning, "\(agent.log)")
+        #expect(try agent.call("GET", "/v1/environments").status == 200)
+        // A command that prints nothing, whose reader goes away: found within seconds and stopped.
+        _ = try? Shell.run(["curl", "-s", "-N", "--max-time", "2", "-X", "POST", agent.base + "/v1/environments/busy1/exec?stream=true",
+                            "-H", "Authorization: Bearer \(agent.token)", "--data-binary", #"{"command": ["sleep", "300"], "timeoutSeconds": 600}"#])
+        #expect(eventually(20) { !markedProcesses(state: agent.state.path).contains { $0.mark.contains(":exec-") } })
+        // A reader too slow to keep up holds the command back only until its own time is up.
+        let slowReader = Process()
+        slowReader.executableURL = URL(fileURLWithPath: "/usr/bin/curl")
+        slowReader.arguments = ["-s", "-N", "--limit-rate", "1K", "--max-time", "60", "-o", "/dev/null", "-X", "POST",
+                                agent.base + "/v1/environments/busy1/exec?stream=true", "-H", "Authorization: Bearer \(agent.token)",
+                                "--data-binary", #"{"command": ["yes", "flood"], "timeoutSeconds": 3}"#]
+        try slowReader.run()
+        defer { slowReader.terminate() }
+        Thread.sleep(forTimeInterval: 1)
+        #expect(eventually(15) { !markedProcesses(state: agent.state.path).contains { $0.mark.contains(":exec-") } },
+                "the command outlived its timeout while its reader stalled")
+        #expect(agent.run.process.isRunning)
     }
 
     @Test func aNameAnotherBranchHoldsIsNotReportedAsTheAgents() throws {

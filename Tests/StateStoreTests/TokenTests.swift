@@ -15,7 +15,8 @@ import TestSupport
         #expect((try? found.get())?.actor == "claude@payments")
         // Neither the database nor its WAL holds the value: only its SHA-256.
         let files = try FileManager.default.contentsOfDirectory(atPath: directory.path).filter { $0.hasPrefix("gantry.db") }
-        let secretPart = String(value.split(separator: "_").last!)
+        let secretPart = String(value.dropFirst("gnt_\(record.id)_".count))
+        #expect(secretPart.count >= 43)
         for file in files {
             let bytes = try Data(contentsOf: URL(fileURLWithPath: directory.path + "/" + file))
             #expect(bytes.range(of: Data(secretPart.utf8)) == nil, "\(file) holds the token")
