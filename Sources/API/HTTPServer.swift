@@ -152,15 +152,8 @@ public final class APIServer: @unchecked Sendable {
     func answer(_ route: String, _ request: Request,
                 _ body: @escaping @Sendable (Caller, Data) throws -> (Int, PlainValue)) async -> Response {
         let service = self.service
-        let authorization = request.headers[.authorization]
         // Who calls is known before the body is read: nobody without a token gets a megabyte in.
-        let authenticated: Result<Caller, Error> = await Self.offLoop {
-            Result {
-                let caller = try service.authenticate(authorization: authorization)
-                try service.inFlight.enter(caller.tokenID)
-                return caller
-            }
-        }
+        let authenticated = await admit(request)
         var result: Result<(Int, PlainValue), Error>
         switch authenticated {
         case .failure(let error): result = .failure(error)
@@ -183,13 +176,33 @@ public final class APIServer: @unchecked Sendable {
             service.metrics.request(route: route, status: status)
             return Self.json(status, value)
         case .failure(let error):
-            let failure = Self.apiError(error)
-            service.metrics.request(route: route, status: failure.status)
-            if failure.status >= 500 { logger.error("api: \(route) failed", metadata: ["error": "\(service.redact("\(error)"))"]) }
-            var response = Self.json(failure.status, failure.body)
-            if let wait = failure.retryAfter { response.headers[.retryAfter] = String(wait) }
-            return response
+            return refusal(error, route: route)
         }
+    }
+
+    /// Authenticates the request's caller and takes one of its in-flight places (the caller
+    /// gives it back with `service.inFlight.leave`).
+    func admit(_ request: Request) async -> Result<Caller, Error> {
+        let service = self.service
+        let authorization = request.headers[.authorization]
+        return await Self.offLoop {
+            Result {
+                let caller = try service.authenticate(authorization: authorization)
+                try service.inFlight.enter(caller.tokenID)
+                return caller
+            }
+        }
+    }
+
+    /// The JSON answer for what `route` refused (with `Retry-After` on a 429), counted.
+    func refusal(_ error: Error, route: String) -> Response {
+        let failure = Self.apiError(error)
+        service.metrics.request(route: route, status: failure.status)
+        if failure.status >= 500 { logger.error("api: \(route) failed", metadata: ["error": "\(service.redact("\(error)"))"]) }
+        var response = Self.json(failure.status, failure.body)
+        if let wait = failure.retryAfter { response.headers[.retryAfter] = String(wait) }
+        if failure.status == 401 { response.headers[.wwwAuthenticate] = "Bearer" }
+        return response
     }
 
     /// `POST .../exec?stream=true`: newline-delimited JSON, one `{"stream", "data"}` object per
@@ -197,14 +210,7 @@ public final class APIServer: @unchecked Sendable {
     func streamExec(_ request: Request, name: String) async -> Response {
         let service = self.service
         let route = "POST /v1/environments/{name}/exec"
-        let authorization = request.headers[.authorization]
-        let authenticated: Result<Caller, Error> = await Self.offLoop {
-            Result {
-                let caller = try service.authenticate(authorization: authorization)
-                try service.inFlight.enter(caller.tokenID)
-                return caller
-            }
-        }
+        let authenticated = await admit(request)
         let prepared: Result<AgentService.ExecCall, Error>
         switch authenticated {
         case .failure(let error): prepared = .failure(error)
@@ -229,11 +235,7 @@ public final class APIServer: @unchecked Sendable {
         switch prepared {
         case .success(let value): call = value
         case .failure(let error):
-            let failure = Self.apiError(error)
-            service.metrics.request(route: route, status: failure.status)
-            var response = Self.json(failure.status, failure.body)
-            if let wait = failure.retryAfter { response.headers[.retryAfter] = String(wait) }
-            return response
+            return refusal(error, route: route)
         }
         service.metrics.request(route: route, status: 200)
         // A reader that stalls holds the command back until its own time is up, not longer.

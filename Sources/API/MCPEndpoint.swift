@@ -12,16 +12,10 @@ enum MCPEndpoint {
     static func install(on router: Router<BasicRequestContext>, service: AgentService, server: APIServer) {
         for method in [HTTPTypes.HTTPRequest.Method.post, .get, .delete] {
             router.on("/mcp", method: method) { request, _ -> Hummingbird.Response in
-                let authorization = request.headers[.authorization]
-                let authenticated: Result<Caller, Error> = await APIServer.offLoop { Result { try service.authenticate(authorization: authorization) } }
-                if case .failure(let error) = authenticated {
-                    let failure = APIServer.apiError(error)
-                    service.metrics.request(route: "/mcp", status: failure.status)
-                    var response = APIServer.json(failure.status, failure.body)
-                    if failure.status == 401 { response.headers[.wwwAuthenticate] = "Bearer" }
-                    if let wait = failure.retryAfter { response.headers[.retryAfter] = String(wait) }
-                    return response
-                }
+                let authenticated = await server.admit(request)
+                if case .failure(let error) = authenticated { return server.refusal(error, route: "/mcp") }
+                // (The in-flight place is held by each tool call itself.)
+                if case .success(let caller) = authenticated { service.inFlight.leave(caller.tokenID) }
                 // Without a Host the SDK's DNS-rebinding check has nothing to check: refused.
                 guard request.head.authority != nil else {
                     service.metrics.request(route: "/mcp", status: 400)

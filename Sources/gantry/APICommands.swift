@@ -208,18 +208,24 @@ struct APICommand: ParsableCommand {
     }
 }
 
-/// Where a client command finds the running Gantry's API: `--api`, else `$GANTRY_API`, else the
-/// address the Gantry of `--state` wrote, else the default.
-func apiBase(_ option: String?, paths: StatePaths) -> String {
-    option ?? ProcessInfo.processInfo.environment["GANTRY_API"] ?? paths.apiAddress ?? "http://127.0.0.1:7070"
-}
+/// How a client command (`gantry exec`, `gantry mcp`) reaches the running Gantry's API.
+struct ClientOptions: ParsableArguments {
+    @OptionGroup var state: StateOption
+    @Option(help: "The API's address (default: $GANTRY_API, else the one the Gantry of --state serves, else http://127.0.0.1:7070).")
+    var api: String?
+    @Option(help: "A file holding the token (default: $GANTRY_TOKEN).")
+    var tokenFile: String?
 
-/// The token of a client command: `--token-file`, else `$GANTRY_TOKEN`.
-func clientToken(file: String?) throws -> String {
-    let token = try file.map { try String(contentsOfFile: $0, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) }
-        ?? ProcessInfo.processInfo.environment["GANTRY_TOKEN"]
-    guard let token, !token.isEmpty else { throw Failure("no token: set GANTRY_TOKEN (or --token-file) to a token of `gantry token create --actor PRINCIPAL`") }
-    return token
+    var base: String {
+        api ?? ProcessInfo.processInfo.environment["GANTRY_API"] ?? StatePaths(root: state.directory).apiAddress ?? "http://127.0.0.1:7070"
+    }
+
+    func token() throws -> String {
+        let token = try tokenFile.map { try String(contentsOfFile: $0, encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines) }
+            ?? ProcessInfo.processInfo.environment["GANTRY_TOKEN"]
+        guard let token, !token.isEmpty else { throw Failure("no token: set GANTRY_TOKEN (or --token-file) to a token of `gantry token create --actor PRINCIPAL`") }
+        return token
+    }
 }
 
 /// `gantry mcp`: MCP on standard input and output for an agent that speaks stdio. It is only a
@@ -228,15 +234,11 @@ func clientToken(file: String?) throws -> String {
 /// audit apply as over HTTP.
 struct MCPCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "mcp", abstract: "MCP server on stdio (token from GANTRY_TOKEN), bridged to the running Gantry's API.")
-    @OptionGroup var state: StateOption
-    @Option(help: "The API's address (default: $GANTRY_API, else the one the Gantry of --state serves, else http://127.0.0.1:7070).")
-    var api: String?
-    @Option(help: "A file holding the token (default: $GANTRY_TOKEN).")
-    var tokenFile: String?
+    @OptionGroup var client: ClientOptions
 
     func run() throws {
-        let token = try clientToken(file: tokenFile)
-        let base = apiBase(api, paths: StatePaths(root: state.directory))
+        let token = try client.token()
+        let base = client.base
         let output = NSLock()
         let group = DispatchGroup()
         let write: @Sendable (String) -> Void = { line in
@@ -302,15 +304,11 @@ struct RemoteExecutor: EnvironmentExecutor {
 /// `gantry exec ENV -- CMD...`: a command in an environment's context, through the running Gantry.
 struct ExecCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "exec", abstract: "Run a command in an environment's context (its user, cgroup, network, variables and secrets); exits with its exit code. Needs GANTRY_TOKEN (or --token-file) and a running `gantry run`.")
-    @OptionGroup var state: StateOption
+    @OptionGroup var client: ClientOptions
     @Option(help: "The service whose variables and working directory the command gets (default: the first).")
     var service: String?
     @Option(help: "Seconds before the command is stopped.")
     var timeout: Double = 60
-    @Option(help: "A file holding the token (default: $GANTRY_TOKEN).")
-    var tokenFile: String?
-    @Option(help: "The API's address (default: $GANTRY_API, else the one the Gantry of --state serves, else http://127.0.0.1:7070).")
-    var api: String?
     @Argument(help: "The environment.")
     var environment: String
     @Argument(parsing: .postTerminator, help: "The command and its arguments, after --.")
@@ -318,7 +316,7 @@ struct ExecCommand: ParsableCommand {
 
     func run() throws {
         guard !command.isEmpty else { throw ValidationError("give the command after --: gantry exec ENV -- CMD ARGS...") }
-        let executor = RemoteExecutor(base: apiBase(api, paths: StatePaths(root: state.directory)), token: try clientToken(file: tokenFile))
+        let executor = RemoteExecutor(base: client.base, token: try client.token())
         do {
             let result = try executor.exec(ExecRequest(environment: environment, service: service, command: command, timeout: timeout)) { stream, data in
                 (stream == .stderr ? FileHandle.standardError : FileHandle.standardOutput).write(data)
