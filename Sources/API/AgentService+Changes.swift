@@ -66,6 +66,11 @@ extension AgentService {
             if try repository.reference("refs/heads/\(branch)") != nil {
                 throw APIError.conflict("branch \(branch) exists already", fix: "DELETE /v1/environments/\(name) first, or choose another name")
             }
+            let live = try store.apiBranches(principal: caller.principal).filter { (try? repository.reference("refs/heads/\($0)")) != nil }
+            guard live.count < Self.maxBranchesPerPrincipal else {
+                throw APIError(429, "too-many-branches", "\(caller.principal) has \(live.count) branches the API made, the most it keeps at once",
+                               fix: "DELETE environments you no longer need (GET /v1/environments lists them)")
+            }
             guard let base = try repository.reference("refs/heads/\(protectedBranch)") else {
                 throw APIError.conflict("the protected branch \(protectedBranch) does not exist", fix: "push the protected branch first")
             }
@@ -161,6 +166,9 @@ extension AgentService {
         return created
     }
 
+    /// Branches the API keeps for one principal at once (previews' own caps come with budgets).
+    static let maxBranchesPerPrincipal = 50
+
     /// The largest environment file the API writes (every refused one stays in the object store
     /// until Git collects it).
     static let maxFileBytes = 64 << 10
@@ -221,6 +229,16 @@ extension AgentService {
             guard let tip = try repository.reference(reference) else {
                 return .map([("environment", .string(record.name)), ("branch", .string(record.branch)), ("deleted", .bool(false)),
                              ("message", .string("the branch is gone already; the environment is destroyed at the next pass"))])
+            }
+            // The tip deleted is the one judged: commits pushed since the environment was last
+            // recorded must be the caller's too.
+            if tip.hex != record.commit {
+                var atTip = record
+                atTip.commit = tip.hex
+                guard madeFor(caller.principal, atTip) || (caller.isAdmin && made != nil) else {
+                    throw APIError.forbidden("branch \(record.branch) moved to \(tip.short), which holds commits not made for \(caller.principal)",
+                                             fix: "the API deletes only branches it made for you; others are deleted with git by whoever owns them")
+                }
             }
             // One record per environment the branch holds: each teardown names who asked for it.
             let held = try store.environments(branch: record.branch).filter { $0.phase != .destroyed }.map(\.name)

@@ -158,17 +158,15 @@ public final class APIServer: @unchecked Sendable {
         switch authenticated {
         case .failure(let error): result = .failure(error)
         case .success(let caller):
-            var request = request
             do {
-                let buffer = try await request.collectBody(upTo: JSONInput.maxBody)
-                let data = Data(buffer.readableBytesView)
+                let data = try await Self.readBody(request)
                 result = await Self.offLoop {
                     defer { service.inFlight.leave(caller.tokenID) }
                     return Result { try body(caller, data) }
                 }
             } catch {
                 service.inFlight.leave(caller.tokenID)
-                result = .failure(APIError(413, "too-large", "the request body is larger than \(JSONInput.maxBody) bytes", fix: "send a smaller body"))
+                result = .failure(error)
             }
         }
         switch result {
@@ -215,9 +213,8 @@ public final class APIServer: @unchecked Sendable {
         switch authenticated {
         case .failure(let error): prepared = .failure(error)
         case .success(let caller):
-            var request = request
-            if let buffer = try? await request.collectBody(upTo: JSONInput.maxBody) {
-                let data = Data(buffer.readableBytesView)
+            do {
+                let data = try await Self.readBody(request)
                 prepared = await Self.offLoop {
                     Result {
                         do { return try service.prepareExec(caller, name, body: data) } catch {
@@ -226,9 +223,9 @@ public final class APIServer: @unchecked Sendable {
                         }
                     }
                 }
-            } else {
+            } catch {
                 service.inFlight.leave(caller.tokenID)
-                prepared = .failure(APIError(413, "too-large", "the request body is larger than \(JSONInput.maxBody) bytes", fix: "send a smaller body"))
+                prepared = .failure(error)
             }
         }
         let call: AgentService.ExecCall
@@ -238,15 +235,16 @@ public final class APIServer: @unchecked Sendable {
             return refusal(error, route: route)
         }
         service.metrics.request(route: route, status: 200)
-        // A reader that stalls holds the command back until its own time is up, not longer.
-        let channel = LineChannel(capacity: 256, deadline: Date().addingTimeInterval(call.request.timeout))
+        // A reader that stalls holds the command back until its own time is up, not longer; at
+        // most about a mebibyte of output waits for it.
+        let channel = LineChannel(capacityBytes: 1 << 20, deadline: Date().addingTimeInterval(call.request.timeout))
         Thread.detachNewThread {
-            defer { service.inFlight.leave(call.caller.tokenID) }
             do {
                 let result = try service.runExec(call) { stream, data in
                     // (Empty: the driver asks whether anyone still reads. After 5 s of silence an
-                    // empty piece is sent: a reader that went away is found when it cannot be written.)
-                    data.isEmpty && !channel.isQuietFor(5) ? !channel.isCancelled
+                    // empty piece is sent: a reader that went away is found when it cannot be
+                    // written; one that never began reading is given up after 10 s.)
+                    data.isEmpty && !channel.isQuietFor(5) ? channel.isWanted
                         : channel.send(PlainValue.map([("stream", .string(stream.rawValue)), ("data", .string(String(decoding: data, as: UTF8.self)))]).json() + "\n")
                 }
                 _ = channel.send(AgentService.plain(result, stdout: nil, stderr: nil, environment: call.record.name).json() + "\n")
@@ -254,14 +252,20 @@ public final class APIServer: @unchecked Sendable {
                 _ = channel.send(Self.apiError(error).body.json() + "\n")
             }
             channel.finish()
+            // The token's place is held until the answer is written (or given up on): a reader
+            // that never reads cannot stack answers beyond the in-flight limit.
+            channel.waitUntilWritten(seconds: 30)
+            service.inFlight.leave(call.caller.tokenID)
         }
         return Response(status: .ok, headers: [.contentType: "application/x-ndjson"], body: ResponseBody { writer in
+            channel.started()
             do {
                 for await line in channel.lines {
                     try await writer.write(ByteBuffer(string: line))
-                    channel.consumed()
+                    channel.consumed(line.utf8.count)
                 }
                 try await writer.finish(nil)
+                channel.written()
             } catch {
                 // The client went away: the command is stopped rather than left writing to no one.
                 channel.cancel()
@@ -269,6 +273,31 @@ public final class APIServer: @unchecked Sendable {
             }
             if Task.isCancelled { channel.cancel() }
         })
+    }
+
+    /// The request's body, at most `JSONInput.maxBody` bytes (else 413), all of it within 30 s
+    /// (else 400: a body trickled in holds a token's place no longer).
+    static func readBody(_ request: Request) async throws -> Data {
+        let outcome = Box<Result<Data, Error>?>(nil)
+        return try await withCheckedThrowingContinuation { (continuation: CheckedContinuation<Data, Error>) in
+            @Sendable func finish(_ result: Result<Data, Error>) {
+                let first = outcome.swap(ifNil: result)
+                if first { continuation.resume(with: result) }
+            }
+            Task {
+                var request = request
+                do {
+                    let buffer = try await request.collectBody(upTo: JSONInput.maxBody)
+                    finish(.success(Data(buffer.readableBytesView)))
+                } catch {
+                    finish(.failure(APIError(413, "too-large", "the request body is larger than \(JSONInput.maxBody) bytes", fix: "send a smaller body")))
+                }
+            }
+            Task {
+                try? await Task.sleep(for: .seconds(30))
+                finish(.failure(APIError.badRequest("the request body did not arrive within 30 s", fix: "send the whole body at once")))
+            }
+        }
     }
 
     static func apiError(_ error: Error) -> APIError {
@@ -317,6 +346,17 @@ final class Box<T: Sendable>: @unchecked Sendable {
     func set(_ value: T) { lock.withLock { self.value = value } }
 }
 
+extension Box {
+    /// Sets `new` only if nothing was set yet; true when this call set it.
+    func swap<W>(ifNil new: W) -> Bool where T == W? {
+        lock.withLock {
+            guard value == nil else { return false }
+            value = new
+            return true
+        }
+    }
+}
+
 final class Failure: @unchecked Sendable {
     private let lock = NSLock()
     private var text: String?
@@ -344,54 +384,83 @@ struct JSONErrors: RouterMiddleware {
     }
 }
 
-/// Lines from an exec to its HTTP answer, at most `capacity` waiting: a client that does not read
-/// holds the command back (until `deadline`, the command's own limit), and one that goes away
-/// stops it, instead of filling Gantry's memory.
+/// Lines from an exec to its HTTP answer, at most `capacityBytes` of them waiting: a client that
+/// does not read holds the command back (until `deadline`, the command's own limit), and one that
+/// goes away, or never starts reading, stops it, instead of filling Gantry's memory.
 final class LineChannel: @unchecked Sendable {
     let lines: AsyncStream<String>
     private let continuation: AsyncStream<String>.Continuation
     private let condition = NSCondition()
-    private var waiting = 0
+    private var waitingBytes = 0
     private var cancelled = false
-    let capacity: Int
+    private var reading = false
+    private var done = false
+    private let made = Date()
+    private var lastSent = Date()
+    let capacityBytes: Int
     let deadline: Date
 
-    init(capacity: Int, deadline: Date) {
+    init(capacityBytes: Int, deadline: Date) {
         (lines, continuation) = AsyncStream.makeStream(of: String.self)
-        self.capacity = capacity
+        self.capacityBytes = capacityBytes
         self.deadline = deadline
     }
 
     var isCancelled: Bool { condition.withLock { cancelled } }
-    private var lastSent = Date()
+
+    /// Someone reads, or may still begin to (10 s after the answer was made).
+    var isWanted: Bool {
+        condition.withLock {
+            if !reading && Date().timeIntervalSince(made) > 10 { cancelled = true }
+            return !cancelled
+        }
+    }
 
     /// Nothing was sent for `seconds`.
     func isQuietFor(_ seconds: TimeInterval) -> Bool { condition.withLock { Date().timeIntervalSince(lastSent) >= seconds } }
 
-    /// Waits for room; false once the reader is gone, or stalled past the deadline.
+    /// Waits for room; false once the reader is gone, never came, or stalled past the deadline.
     func send(_ line: String) -> Bool {
+        guard isWanted else { return false }
         condition.lock()
         defer { condition.unlock() }
-        while waiting >= capacity && !cancelled {
+        while waitingBytes > 0 && waitingBytes + line.utf8.count > capacityBytes && !cancelled {
             if !condition.wait(until: min(deadline, Date().addingTimeInterval(1))) && Date() >= deadline {
                 cancelled = true
             }
         }
         guard !cancelled else { return false }
-        waiting += 1
+        waitingBytes += line.utf8.count
         lastSent = Date()
         continuation.yield(line)
         return true
     }
 
-    func consumed() {
+    func started() { condition.withLock { reading = true } }
+
+    func consumed(_ bytes: Int) {
         condition.withLock {
-            waiting = max(0, waiting - 1)
-            condition.signal()
+            waitingBytes = max(0, waitingBytes - bytes)
+            condition.broadcast()
         }
     }
 
     func finish() { continuation.finish() }
+
+    func written() {
+        condition.withLock {
+            done = true
+            condition.broadcast()
+        }
+    }
+
+    /// Waits until the answer is written, the reader is gone, or `seconds` pass.
+    func waitUntilWritten(seconds: TimeInterval) {
+        let until = Date().addingTimeInterval(seconds)
+        condition.lock()
+        while !done && !cancelled && Date() < until { _ = condition.wait(until: until) }
+        condition.unlock()
+    }
 
     func cancel() {
         condition.withLock {

@@ -21,11 +21,8 @@ enum MCPEndpoint {
                     service.metrics.request(route: "/mcp", status: 400)
                     return APIServer.json(400, APIError.badRequest("the request has no Host header", fix: "send Host: 127.0.0.1:PORT (HTTP/1.1 requires it)").body)
                 }
-                var request = request
-                let body: ByteBuffer
-                do { body = try await request.collectBody(upTo: JSONInput.maxBody) } catch {
-                    return APIServer.json(413, APIError(413, "too-large", "the request body is larger than \(JSONInput.maxBody) bytes", fix: "send a smaller body").body)
-                }
+                let body: Data
+                do { body = try await APIServer.readBody(request) } catch { return server.refusal(error, route: "/mcp") }
                 var headers: [String: String] = [:]
                 for field in request.headers {
                     let key = field.name.canonicalName
@@ -44,7 +41,7 @@ enum MCPEndpoint {
                 do {
                     try await mcp.start(transport: transport)
                     answer = await transport.handleRequest(MCP.HTTPRequest(method: request.method.rawValue, headers: headers,
-                                                                          body: body.readableBytes > 0 ? Data(body.readableBytesView) : nil,
+                                                                          body: body.isEmpty ? nil : body,
                                                                           path: request.uri.path))
                     await mcp.stop()
                 } catch {

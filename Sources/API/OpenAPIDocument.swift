@@ -26,6 +26,7 @@ paths:
           content:
             application/json:
               schema: {$ref: "#/components/schemas/EnvironmentList"}
+        "400": {$ref: "#/components/responses/BadRequest"}
         "401": {$ref: "#/components/responses/Unauthorized"}
         "403": {$ref: "#/components/responses/Forbidden"}
         "409": {$ref: "#/components/responses/Conflict"}
@@ -238,7 +239,7 @@ components:
       description: The environment's full name, or the short name the API made it under for this token's principal.
       schema: {type: string}
   responses:
-    BadRequest: {description: "The request is malformed.", content: {application/json: {schema: {$ref: "#/components/schemas/Error"}}}}
+    BadRequest: {description: "The request is malformed (or its body did not arrive within 30 s).", content: {application/json: {schema: {$ref: "#/components/schemas/Error"}}}}
     Unauthorized: {description: "No valid bearer token.", content: {application/json: {schema: {$ref: "#/components/schemas/Error"}}}}
     Forbidden: {description: "The token's principal may not do this.", content: {application/json: {schema: {$ref: "#/components/schemas/Error"}}}}
     NotFound: {description: "No such environment, commit or template.", content: {application/json: {schema: {$ref: "#/components/schemas/Error"}}}}

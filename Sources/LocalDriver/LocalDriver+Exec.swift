@@ -97,7 +97,13 @@ extension LocalDriver: EnvironmentExecutor {
         // Its output closed, the command may still run: it has until the deadline to end.
         while !exited && !timedOut && !cancelled {
             let reaped = waitpid(pid, &status, WNOHANG)
-            if reaped == pid || (reaped == -1 && errno == ECHILD) { exited = true } else if Date() >= deadline { timedOut = true } else { usleep(10_000) }
+            if reaped == pid || (reaped == -1 && errno == ECHILD) { exited = true } else if Date() >= deadline { timedOut = true } else {
+                usleep(10_000)
+                if Date().timeIntervalSince(probed) >= 1 {
+                    probed = Date()
+                    if !output(.stdout, Data()) { cancelled = true }
+                }
+            }
         }
         // The command's group goes; whatever else it left in its control group goes with the defer above.
         if (timedOut || cancelled) && !exited { ProcessControl.stopGroup(pid, grace: min(options.stopGrace, 2)) }

@@ -73,12 +73,35 @@ extension Redactor {
     static func encodings(of text: String) -> [String] {
         let bytes = Data(text.utf8)
         let hex = bytes.map { String(format: "%02x", $0) }.joined()
-        var forms = [text.addingPercentEncoding(withAllowedCharacters: .alphanumerics),
-                     text.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed),
-                     text.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed),
-                     bytes.base64EncodedString(), hex, hex.uppercased()].compactMap { $0 }
+        let unreserved = CharacterSet.alphanumerics.intersection(CharacterSet(charactersIn: Unicode.Scalar(0)..<Unicode.Scalar(128)))
+            .union(CharacterSet(charactersIn: "-._~"))
+        var percent = [text.addingPercentEncoding(withAllowedCharacters: .alphanumerics),
+                       text.addingPercentEncoding(withAllowedCharacters: unreserved),
+                       text.addingPercentEncoding(withAllowedCharacters: unreserved.union(CharacterSet(charactersIn: "/"))),
+                       text.addingPercentEncoding(withAllowedCharacters: .urlPathAllowed),
+                       text.addingPercentEncoding(withAllowedCharacters: .urlQueryAllowed)].compactMap { $0 }
+        // The same with lower-case hex digits (%2f as well as %2F).
+        percent += percent.map { encoded in
+            var out = "", rest = Substring(encoded)
+            while let sign = rest.firstIndex(of: "%"), rest.distance(from: sign, to: rest.endIndex) >= 3 {
+                out += rest[..<sign] + "%" + rest[rest.index(after: sign)...rest.index(sign, offsetBy: 2)].lowercased()
+                rest = rest[rest.index(sign, offsetBy: 3)...]
+            }
+            return out + rest
+        }
+        var forms = percent + [bytes.base64EncodedString(), hex, hex.uppercased()]
         let json = text.replacingOccurrences(of: "\\", with: "\\\\").replacingOccurrences(of: "\"", with: "\\\"")
         forms += [json, json.replacingOccurrences(of: "/", with: "\\/")]
+        // JSON that escapes what is not ASCII (Python's default), and <, > and & too (Go's).
+        func escaped(_ special: Set<Character>) -> String {
+            var out = ""
+            for character in json {
+                if character.isASCII && !special.contains(character) { out.append(character); continue }
+                for unit in String(character).utf16 { out += String(format: "\\u%04x", unit) }
+            }
+            return out
+        }
+        forms += [escaped([]), escaped(["<", ">", "&"])]
         for shift in 0..<3 {
             let encoded = Array((Data(count: shift) + bytes).base64EncodedString().utf8)
             // The first characters mix in the bytes before the value; the last group, those after it.

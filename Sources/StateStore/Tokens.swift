@@ -117,6 +117,11 @@ extension StateStore {
         }
     }
 
+    /// The branches the API made for `principal` (some may be gone from the repository).
+    public func apiBranches(principal: String) throws -> [String] {
+        try pool.read { db in try String.fetchAll(db, sql: "SELECT branch FROM apiBranches WHERE principal = ?", arguments: [principal]) }
+    }
+
     public func forgetAPIBranch(_ branch: String) throws {
         try pool.write { db in try db.execute(sql: "DELETE FROM apiBranches WHERE branch = ?", arguments: [branch]) }
     }

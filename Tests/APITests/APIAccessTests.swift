@@ -134,6 +134,37 @@ import TestSupport
         #expect(try !fixture.repo.git("branch", "--list", branch).isEmpty)
     }
 
+    @Test func aBranchThatMovedSinceItWasRecordedIsDeletedOnlyIfTheNewCommitsAreTheCallers() throws {
+        let fixture = try APIFixture()
+        let claude = try fixture.token("claude@payments")
+        let created = try fixture.call("POST", "/v1/environments", token: claude, body: #"{"name": "own2", "template": "python-web"}"#)
+        let made = try #require(created.json["commit"] as? String)
+        let branch = "agents/claude@payments/own2"
+        try fixture.store.save(EnvironmentRecord(name: "own2--agents-claude-payments-own2", branch: branch, commit: made, envClass: "preview", team: "payments"))
+        // A human's commit lands on the branch before Gantry records it.
+        try fixture.repo.git("checkout", "-q", branch)
+        try fixture.repo.write("apps/hello/NOTE", "alice's work")
+        try fixture.repo.commitAsOwner("alice's change")
+        try fixture.repo.checkout("main")
+        #expect(try fixture.call("DELETE", "/v1/environments/own2", token: claude).status == 403)
+        #expect(try !fixture.repo.git("branch", "--list", branch).isEmpty)
+    }
+
+    @Test func aPrincipalKeepsAtMostFiftyBranchesTheAPIMade() throws {
+        let fixture = try APIFixture(rate: (1000, 1000))
+        let claude = try fixture.token("claude@payments")
+        for index in 0..<50 {
+            let answer = try fixture.call("POST", "/v1/environments", token: claude, body: #"{"name": "n\#(index)", "template": "python-web"}"#)
+            #expect(answer.status == 201, "\(index): \(answer.body)")
+        }
+        let over = try fixture.call("POST", "/v1/environments", token: claude, body: #"{"name": "n50", "template": "python-web"}"#)
+        #expect(over.status == 429)
+        #expect(over.error?["code"] as? String == "too-many-branches")
+        // A branch deleted with git frees its place.
+        try fixture.repo.git("branch", "-D", "agents/claude@payments/n0")
+        #expect(try fixture.call("POST", "/v1/environments", token: claude, body: #"{"name": "n51", "template": "python-web"}"#).status == 201)
+    }
+
     @Test func nobodyWithoutATokenGetsABodyIn() throws {
         let fixture = try APIFixture()
         let large = fixture.state.path + "/large.json"

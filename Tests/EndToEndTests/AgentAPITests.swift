@@ -270,6 +270,10 @@ import TestSupport
         _ = try? Shell.run(["curl", "-s", "-N", "--max-time", "2", "-X", "POST", agent.base + "/v1/environments/busy1/exec?stream=true",
                             "-H", "Authorization: Bearer \(agent.token)", "--data-binary", #"{"command": ["sleep", "300"], "timeoutSeconds": 600}"#])
         #expect(eventually(20) { !markedProcesses(state: agent.state.path).contains { $0.mark.contains(":exec-") } })
+        // One that closes its output and goes on: found the same way.
+        _ = try? Shell.run(["curl", "-s", "-N", "--max-time", "2", "-X", "POST", agent.base + "/v1/environments/busy1/exec?stream=true",
+                            "-H", "Authorization: Bearer \(agent.token)", "--data-binary", #"{"command": ["sh", "-c", "exec >&- 2>&-; sleep 300"], "timeoutSeconds": 600}"#])
+        #expect(eventually(20) { !markedProcesses(state: agent.state.path).contains { $0.mark.contains(":exec-") } })
         // A reader too slow to keep up holds the command back only until its own time is up.
         let slowReader = Process()
         slowReader.executableURL = URL(fileURLWithPath: "/usr/bin/curl")

@@ -22,7 +22,7 @@ import TestSupport
         // A long poll interval: only `gantry notify` can make the second pass happen quickly.
         let run = try GantryProcess(["run", "--repo", repo.path, "--state", state.path, "--interval", "60", "--stop-on-exit",
                                      "--router-port", "0"], log: state.path + "/run.log")
-        #expect(eventually(30) { running(state.path) == ["web", "status-page"] },
+        #expect(eventually(90) { running(state.path) == ["web", "status-page"] },
                 "\((try? String(contentsOfFile: state.path + "/run.log", encoding: .utf8))?.suffix(3000) ?? "no log")")
         try repo.checkout("feature", create: true)
         try repo.write("apps/hello/NOTE", "x")
@@ -74,7 +74,7 @@ import TestSupport
         defer { killMarked(state: state.path) }
         let run = try GantryProcess(["run", "--repo", repo.path, "--state", state.path, "--interval", "60", "--stop-on-exit",
                                      "--router-port", "0"], log: state.path + "/run.log")
-        #expect(eventually(30) { running(state.path) == ["web", "status-page"] })
+        #expect(eventually(90) { running(state.path) == ["web", "status-page"] })
         // A preview whose service takes 3 s to listen: its apply is under way for that long.
         try repo.checkout("agents/slow", create: true)
         let server = try String(contentsOfFile: repo.path + "/apps/hello/server.py", encoding: .utf8)
@@ -108,7 +108,7 @@ import TestSupport
         let run = try GantryProcess(["run", "--repo", repo.path, "--state", state.path, "--interval", "60", "--stop-on-exit",
                                      "--router-port", "0"], log: state.path + "/run.log")
         defer { run.terminate() }
-        #expect(eventually(30) { running(state.path) == ["web", "status-page"] })
+        #expect(eventually(90) { running(state.path) == ["web", "status-page"] })
         try repo.checkout("agents/new/topic", create: true)
         try repo.write("apps/hello/NOTE", "x")
         try repo.commit("touch")
@@ -155,7 +155,7 @@ import TestSupport
         let run = try GantryProcess(["run", "--repo", repo.path, "--state", state.path, "--interval", "0.5", "--stop-on-exit",
                                      "--router-port", "0"], log: state.path + "/run.log")
         defer { run.terminate() }
-        #expect(eventually(30) { running(state.path).isSuperset(of: ["web", "caller"]) },
+        #expect(eventually(90) { running(state.path).isSuperset(of: ["web", "caller"]) },
                 "\((try? gantry("status", "--state", state.path).stdout) ?? "")")
         let environments = try statusJSON(state.path)
         func url(_ name: String) throws -> String {
@@ -301,7 +301,7 @@ import TestSupport
         defer { killMarked(state: state.path) }
         let run = try GantryProcess(["run", "--repo", bare, "--state", state.path, "--interval", "60", "--stop-on-exit"],
                                     log: state.path + "/run.log")
-        #expect(eventually(30) { running(state.path) == ["web", "status-page"] })
+        #expect(eventually(90) { running(state.path) == ["web", "status-page"] })
         // An agent clones, commits on a branch and pushes; only the hook can wake Gantry this soon.
         try Shell.check(["git", "clone", "-q", bare, server.path + "/work"])
         let work = server.path + "/work"

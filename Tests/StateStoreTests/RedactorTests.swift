@@ -25,6 +25,21 @@ import TestSupport
             #expect(!masked.contains("2024zz"), "a piece is left: \(masked)")
         }
         #expect(redactor.redact("nothing secret here") == "nothing secret here")
+        // Python's quote() keeps '/', and hex digits may come in lower case.
+        let pythonQuoted = value.addingPercentEncoding(withAllowedCharacters: CharacterSet(charactersIn: "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-._~/"))!
+        for line in [pythonQuoted, pythonQuoted.replacingOccurrences(of: "%2B", with: "%2b").replacingOccurrences(of: "%5C", with: "%5c")] {
+            #expect(redactor.redact(line).contains("[redacted secret pay-key]"), "not masked: \(line)")
+        }
+    }
+
+    @Test func aNonASCIISecretIsMaskedAsJSONEscapesIt() throws {
+        let directory = TemporaryDirectory()
+        let secrets = try SecretStore(state: try StateStore(path: directory.path + "/gantry.db"), keyPath: directory.path + "/secrets.key")
+        try secrets.set("umlaut", value: Data("pässwörd-Ünï-7731&x".utf8), scope: .team("payments"))
+        let redactor = Redactor(store: secrets)
+        for line in [#"{"v": "p\u00e4ssw\u00f6rd-\u00dcn\u00ef-7731&x"}"#, #"{"v": "p\u00e4ssw\u00f6rd-\u00dcn\u00ef-7731\u0026x"}"#] {
+            #expect(redactor.redact(line).contains("[redacted secret umlaut]"), "not masked: \(line)")
+        }
     }
 
     /// A value set by another process (another store on the same DB) is masked within moments.
