@@ -119,15 +119,9 @@ extension AgentService {
         }.joined(separator: " ")
     }
 
-    /// One line, control characters and line breaks escaped, at most 1000 characters.
+    /// One line (`Printable.line`), at most 1000 characters.
     static func bounded(_ text: String) -> String {
-        var line = ""
-        for scalar in text.unicodeScalars {
-            switch scalar.properties.generalCategory {
-            case .control, .lineSeparator, .paragraphSeparator, .format: line += "\\u{\(String(scalar.value, radix: 16))}"
-            default: line.unicodeScalars.append(scalar)
-            }
-        }
+        let line = Printable.line(text)
         return line.count <= 1000 ? line : String(line.prefix(1000)) + "… (\(text.utf8.count) bytes)"
     }
 }

@@ -80,7 +80,7 @@ public final class AgentService: @unchecked Sendable {
     private var governanceCache: GovernanceRevision?
     /// Branch writes (check, commit, ref) one at a time.
     let writeLock = NSLock()
-    /// Whether one commit descends from another (`madeFor`), by "base tip".
+    /// `madeFor`'s answers, by "principal base tip" (dropped whole past 4096 entries).
     private let ancestryLock = NSLock()
     private var ancestry: [String: Bool] = [:]
 
@@ -169,7 +169,10 @@ public final class AgentService: @unchecked Sendable {
                 return identity.problem == nil && identity.principal == principal
             }
         }()
-        ancestryLock.withLock { ancestry[key] = owned }
+        ancestryLock.withLock {
+            if ancestry.count > 4096 { ancestry.removeAll() }
+            ancestry[key] = owned
+        }
         return owned
     }
 

@@ -38,7 +38,7 @@ public final class APIServer: @unchecked Sendable {
                               }, logger: logger)
         let group = ServiceGroup(configuration: .init(services: [app], gracefulShutdownSignals: [], logger: logger))
         self.group = group
-        let failure = Failure()
+        let failure = Box<String?>(nil)
         task = Task {
             do { try await group.run() } catch {
                 failure.set("\(error)")
@@ -355,13 +355,6 @@ extension Box {
             return true
         }
     }
-}
-
-final class Failure: @unchecked Sendable {
-    private let lock = NSLock()
-    private var text: String?
-    func set(_ value: String) { lock.withLock { text = value } }
-    func get() -> String? { lock.withLock { text } }
 }
 
 /// What Hummingbird answers itself (no such route, a method a route does not take) answered in

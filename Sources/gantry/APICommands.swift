@@ -16,7 +16,7 @@ import Glibc
 /// Builds the agents' API service for a state directory (`gantry run`, `gantry api`, `gantry mcp`).
 enum APIComposition {
     static func service(paths: StatePaths, location: String, repository: GitRepository, store: StateStore, key: SigningKey,
-                        protectedBranch: String, rate: APIRate? = nil, logger: Logger) throws -> AgentService {
+                        protectedBranch: String, rate: APIRate? = nil, secrets: SecretStore? = nil, logger: Logger) throws -> AgentService {
         var configuration = AgentService.Configuration(repositoryPath: repository.gitDirectory, stateDirectory: paths.root)
         configuration.protectedBranch = protectedBranch
         if let rate {
@@ -25,21 +25,29 @@ enum APIComposition {
         }
         if RepositoryLocation.isRemote(location) { configuration.remote = location }
         let service = AgentService(configuration: configuration, store: store, key: key, observer: LocalObserver(state: store), logger: logger)
+        // An audit log of its own (appends from request threads; the reconciler's is its loop's),
+        // chained through the same journal and repository lock.
         let audit = AuditLog(repository: repository, key: key)
         audit.journal = StateJournal(store)
         if RepositoryLocation.isRemote(location) { audit.remote = location }
-        let secrets = try? SecretStore(state: store, keyPath: paths.root.appendingPathComponent("keys/secrets.key").path)
-        if let secrets {
-            let redactor = Redactor(store: secrets)
+        if let redactor = masking(service, paths: paths, secrets: secrets ?? (try? SecretStore(state: store, keyPath: paths.secretsKey))) {
             audit.redact = { redactor.redact($0) }
-            service.redact = { redactor.redact($0) }
-            // Log lines leave only masked: without the secret store there are none to give.
-            let root = paths.root
-            service.logs = { environment, tail in LocalDriver.recentOutput(stateDirectory: root, environment: environment, lines: tail) }
         }
         service.audit = audit
-        service.routerPort = { paths.routerPort }
         return service
+    }
+
+    /// Masks the service's answers with `secrets`' values, and gives it the environments' logs
+    /// (only then: without the secret store there are no masked lines to give).
+    @discardableResult
+    static func masking(_ service: AgentService, paths: StatePaths, secrets: SecretStore?) -> Redactor? {
+        service.routerPort = { paths.routerPort }
+        guard let secrets else { return nil }
+        let redactor = Redactor(store: secrets)
+        service.redact = { redactor.redact($0) }
+        let root = paths.root
+        service.logs = { environment, tail in LocalDriver.recentOutput(stateDirectory: root, environment: environment, lines: tail) }
+        return redactor
     }
 
     /// The service for reads on this host only (`gantry diagnose ENV --json`): no repository,
@@ -47,13 +55,7 @@ enum APIComposition {
     static func local(paths: StatePaths, store: StateStore) throws -> AgentService {
         let service = AgentService(configuration: .init(repositoryPath: "", stateDirectory: paths.root), store: store, key: SigningKey(),
                                    observer: LocalObserver(state: store), logger: Logger(label: "gantry"))
-        if let secrets = try? SecretStore(state: store, keyPath: paths.root.appendingPathComponent("keys/secrets.key").path) {
-            let redactor = Redactor(store: secrets)
-            service.redact = { redactor.redact($0) }
-            let root = paths.root
-            service.logs = { environment, tail in LocalDriver.recentOutput(stateDirectory: root, environment: environment, lines: tail) }
-        }
-        service.routerPort = { paths.routerPort }
+        masking(service, paths: paths, secrets: try? SecretStore(state: store, keyPath: paths.secretsKey))
         return service
     }
 
@@ -350,7 +352,7 @@ struct LogsCommand: ParsableCommand {
         guard FileManager.default.fileExists(atPath: paths.database) else { throw Failure("no state in \(paths.root.path)") }
         let store = try StateStore(path: paths.database)
         guard try store.environment(environment) != nil else { throw Failure("no environment named '\(environment)' in \(paths.root.path)") }
-        guard let secrets = try? SecretStore(state: store, keyPath: paths.root.appendingPathComponent("keys/secrets.key").path) else {
+        guard let secrets = try? SecretStore(state: store, keyPath: paths.secretsKey) else {
             throw Failure("the secret store cannot be opened to mask secrets, so no log line is shown (run as the user that runs gantry)")
         }
         let redactor = Redactor(store: secrets)

@@ -1,6 +1,7 @@
 import API
 import ArgumentParser
 import Foundation
+import SpecLoading
 import LocalDriver
 import Reconciler
 import StateStore

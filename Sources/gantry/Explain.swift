@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import SpecLoading
 import GitStore
 import Logging
 import Reconciler

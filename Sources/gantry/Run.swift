@@ -65,7 +65,7 @@ struct Run: ParsableCommand {
         let audit = AuditLog(repository: repository, key: key)
         if RepositoryLocation.isRemote(location) { audit.remote = location }
         let driver = LocalDriver(stateDirectory: paths.root, state: store, logger: logger)
-        let secrets = try SecretStore(state: store, keyPath: paths.root.appendingPathComponent("keys/secrets.key").path)
+        let secrets = try SecretStore(state: store, keyPath: paths.secretsKey)
         driver.secrets = secrets
         Logs.redactor = Redactor(store: secrets)
         var options = Reconciler.Options()
@@ -122,7 +122,7 @@ struct Run: ParsableCommand {
         if !noAPI {
             do {
                 let service = try APIComposition.service(paths: paths, location: location, repository: repository, store: store, key: key,
-                                                         protectedBranch: branch, rate: apiRate, logger: logger)
+                                                         protectedBranch: branch, rate: apiRate, secrets: secrets, logger: logger)
                 service.executor = driver
                 service.wakeReconciler = { wake.wake() }
                 let operations = reconciler.operations

@@ -10,6 +10,7 @@ struct StatePaths {
     let root: URL
     var database: String { root.appendingPathComponent("gantry.db").path }
     var key: String { root.appendingPathComponent("keys/gantry_ed25519").path }
+    var secretsKey: String { root.appendingPathComponent("keys/secrets.key").path }
     var pidFile: String { root.appendingPathComponent("gantry.pid").path }
     var routerPortFile: String { root.appendingPathComponent("router.port").path }
     /// The port the running Gantry's router listens on; nil when it runs none (`--no-router`).
@@ -115,20 +116,5 @@ enum Revision {
         if let branch { return branch }
         guard let commit = try repository.resolveCommit(text) else { throw Failure("\(text) does not name a commit") }
         return commit
-    }
-}
-
-/// Text from a repository (file names, messages) as one terminal line: control characters,
-/// escape sequences and line breaks are shown escaped, as in audit records.
-enum Printable {
-    static func line(_ text: String) -> String {
-        var out = ""
-        for scalar in text.unicodeScalars {
-            switch scalar.properties.generalCategory {
-            case .control, .lineSeparator, .paragraphSeparator: out += "\\u{\(String(scalar.value, radix: 16))}"
-            default: out.unicodeScalars.append(scalar)
-            }
-        }
-        return out
     }
 }

@@ -30,7 +30,7 @@ struct SecretCommand: ParsableCommand {
     static func store(_ state: StateOption) throws -> SecretStore {
         let paths = StatePaths(root: state.directory)
         let store = try StateStore(path: paths.database)
-        return try SecretStore(state: store, keyPath: paths.root.appendingPathComponent("keys/secrets.key").path)
+        return try SecretStore(state: store, keyPath: paths.secretsKey)
     }
 
     struct Set: ParsableCommand {

@@ -60,7 +60,7 @@ struct Status: ParsableCommand {
                 // What the environment's processes printed last, read now (never stored), secrets masked.
                 let output = LocalDriver.recentOutput(stateDirectory: paths.root, environment: environment.name)
                 if !output.isEmpty {
-                    let redactor = (try? SecretStore(state: store, keyPath: paths.root.appendingPathComponent("keys/secrets.key").path))
+                    let redactor = (try? SecretStore(state: store, keyPath: paths.secretsKey))
                         .map { Redactor(store: $0) }
                     for (file, lines) in output {
                         print("  last lines of logs/\(file):")

@@ -160,6 +160,12 @@ import TestSupport
         let metrics = try Shell.check(["curl", "-s", agent.base + "/metrics"])
         #expect(metrics.contains("gantry_execs_total 6"), "\(metrics)")
         #expect(metrics.contains("gantry_admissions_total{decision=\"allow\"}"))
+        // The operator's side of tokens: listed without their values, revoked at once.
+        let listed = try gantry("token", "list", "--state", agent.state.path, "--json").stdout
+        let id = String(agent.token.split(separator: "_")[1])
+        #expect(listed.contains("\"id\": \"\(id)\"") && listed.contains("claude@payments") && !listed.contains(agent.token), "\(listed)")
+        #expect(try gantry("token", "revoke", id, "--state", agent.state.path).status == 0)
+        #expect(try agent.call("GET", "/v1/environments").status == 401)
         // Every answer matches docs/openapi.yaml.
         let check = try Shell.run(["python3", TestPaths.packageRoot.appendingPathComponent("scripts/openapi_check.py").path,
                                    TestPaths.packageRoot.appendingPathComponent("docs/openapi.yaml").path, agent.answers])
