@@ -69,6 +69,8 @@ public final class AgentService: @unchecked Sendable {
     public var redact: @Sendable (String) -> String = { $0 }
     /// Wakes the reconciler after the API changed a branch (nil: it sees the change on its own).
     public var wakeReconciler: (@Sendable () -> Void)?
+    /// The servers environments share on this host (for the budgets' sharing figures).
+    public var sharedServers: @Sendable () -> [SharedServer] = { [] }
     public let metrics = GantryMetrics()
     let limiter: RateLimiter
     public let inFlight: InFlight
@@ -196,7 +198,8 @@ public final class AgentService: @unchecked Sendable {
     // MARK: Reads
 
     func summary(_ record: EnvironmentRecord) throws -> EnvironmentSummary {
-        EnvironmentSummary(record, services: try observer.services(of: record.name), routerPort: routerPort())
+        EnvironmentSummary(record, services: try observer.services(of: record.name), routerPort: routerPort(),
+                           sleep: try store.lifecycleState(of: record.name))
     }
 
     public func listEnvironments(_ caller: Caller) throws -> PlainValue {

@@ -131,6 +131,16 @@ public final class APIServer: @unchecked Sendable {
                 (200, try service.exec(caller, try Self.name(context), body: body))
             }
         }
+        for action in ["sleep", "wake"] {
+            router.post("/v1/environments/:name/\(action)") { request, context in
+                await self.answer("POST /v1/environments/{name}/\(action)", request) { caller, _ in
+                    (200, try service.lifecycle(caller, try Self.name(context), action: action))
+                }
+            }
+        }
+        router.get("/v1/budgets") { request, _ in
+            await self.answer("GET /v1/budgets", request) { caller, _ in (200, try service.budgets(caller)) }
+        }
         router.get("/v1/audit") { request, _ in
             await self.answer("GET /v1/audit", request) { caller, _ in
                 let query = request.uri.queryParameters

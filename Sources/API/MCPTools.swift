@@ -118,6 +118,27 @@ public enum MCPTools {
             }
             return (lines.isEmpty ? "no records" : lines.joined(separator: "\n"), value)
         },
+        Definition(tool: Tool(name: "budget", description: "Spend against the budgets of your teams and yourself this period: limit, spent, projection, top environments, what runs now and what it costs per hour.",
+                              inputSchema: object([:]), annotations: .init(readOnlyHint: true, openWorldHint: false),
+                              outputSchema: output(["budgets", "environments"]))) { service, caller, _ in
+            let value = try service.budgets(caller)
+            var lines: [String] = []
+            if case .list(let budgets)? = value.field("budgets") {
+                for budget in budgets {
+                    let field = { (key: String) in budget.field(key).map { $0.text ?? $0.json() } ?? "?" }
+                    lines.append("\(field("scope")) \(field("name")) \(field("period")) (\(field("label"))): spent \(field("spent")) of \(field("limit")), projected \(field("projected"))\(budget.field("exhausted") == .bool(true) ? " — spent: previews paused, new ones denied" : "")")
+                }
+            }
+            lines.append("running now: \(value.field("hourly").map { $0.json() } ?? "0")/h")
+            return (lines.joined(separator: "\n"), value)
+        },
+        Definition(tool: Tool(name: "wake_environment", description: "Wake a sleeping environment (its services start and are checked healthy); answers once it serves. A request through the router wakes it too.",
+                              inputSchema: object(["name": name], required: ["name"]),
+                              annotations: .init(readOnlyHint: false, destructiveHint: false, idempotentHint: true, openWorldHint: false),
+                              outputSchema: output(["name", "phase"]))) { service, caller, arguments in
+            let value = try service.lifecycle(caller, try string(arguments, "name"), action: "wake")
+            return (summaryText(value), value)
+        },
     ]
 
     static func summaryText(_ value: PlainValue) -> String {

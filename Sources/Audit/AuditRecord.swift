@@ -18,6 +18,10 @@ public enum AuditEvent: String, Sendable, CaseIterable, Codable {
     case destroyRequested = "destroy-requested"
     /// A command ran in an environment's context (`gantry exec`, the API's exec): the command line, never its output.
     case exec
+    /// An autoscaled service reached its `max` replicas (each scaling is in the history).
+    case scaled
+    /// A preview's TTL runs out soon (24 h and 1 h before).
+    case ttlWarning = "ttl-warning"
 }
 
 /// What a caller asks to record; `AuditLog` numbers, chains and signs it.
@@ -106,7 +110,7 @@ public struct AuditRecord: Sendable {
         return precise.date(from: text) ?? ISO8601DateFormatter().date(from: text)
     }
 
-    static func timestamp(_ date: Date) -> String {
+    public static func timestamp(_ date: Date) -> String {
         let formatter = ISO8601DateFormatter()
         formatter.formatOptions = [.withInternetDateTime, .withFractionalSeconds]
         formatter.timeZone = TimeZone(identifier: "UTC")

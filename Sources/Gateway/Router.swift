@@ -8,14 +8,44 @@ public struct RouteTarget: Sendable, Equatable {
     public let environment: String
     /// The environment's own address (its network namespace), or loopback.
     public let host: String
-    public let port: Int?
+    /// The first replica's port (nil: none serves).
+    public var port: Int? { ports.first }
+    /// Every replica that serves; requests are spread across them.
+    public let ports: [Int]
     public let reason: String?
+    /// The service the route reaches (for in-flight counts and wakes).
+    public let service: String?
+    /// Nothing serves because the environment (or the service, scaled to zero) sleeps: a
+    /// request wakes it (`RouterHooks.ensureServing`) and waits.
+    public let asleep: Bool
 
     public init(environment: String, host: String = "127.0.0.1", port: Int?, reason: String? = nil) {
+        self.init(environment: environment, host: host, ports: port.map { [$0] } ?? [], reason: reason)
+    }
+
+    public init(environment: String, host: String = "127.0.0.1", ports: [Int], reason: String? = nil, service: String? = nil, asleep: Bool = false) {
         self.environment = environment
         self.host = host
-        self.port = port
+        self.ports = ports
         self.reason = reason
+        self.service = service
+        self.asleep = asleep
+    }
+}
+
+/// What the router tells the lifecycle: each request's start and end (idle timers, autoscaling),
+/// and asking a sleeping service to serve before a request is forwarded.
+public struct RouterHooks: Sendable {
+    public var started: @Sendable (_ environment: String, _ service: String) -> Void
+    public var ended: @Sendable (_ environment: String, _ service: String) -> Void
+    /// Blocks until the service serves (nil), or says why it will not (answered with a 503).
+    public var ensureServing: @Sendable (_ environment: String, _ service: String) -> String?
+
+    public init(started: @escaping @Sendable (String, String) -> Void, ended: @escaping @Sendable (String, String) -> Void,
+                ensureServing: @escaping @Sendable (String, String) -> String?) {
+        self.started = started
+        self.ended = ended
+        self.ensureServing = ensureServing
     }
 }
 
@@ -27,6 +57,10 @@ public final class Router: @unchecked Sendable {
     private var listeners: [Int32] = []
     public private(set) var port: Int = 0
     private let lock = NSLock()
+    /// Told of every routed request (nil: nothing sleeps or scales).
+    public var hooks: RouterHooks?
+    /// Spreads requests across replicas.
+    private var turn = 0
 
     /// `table` maps lowercase hostnames (without port) to targets; it is asked on every request.
     public init(table: @escaping @Sendable () -> [String: RouteTarget]) {
@@ -108,18 +142,39 @@ public final class Router: @unchecked Sendable {
         guard let split = head.headEnd() else { return }
         let headText = String(decoding: head[..<split], as: UTF8.self)
         let body = Array(head[split...])
-        var lines = headText.components(separatedBy: "\r\n")
+        let lines = headText.components(separatedBy: "\r\n")
         let hostLine = lines.first { $0.lowercased().hasPrefix("host:") }
         let host = hostLine.map { String($0.dropFirst(5)).trimmingCharacters(in: .whitespaces).lowercased() } ?? ""
         let hostname = host.split(separator: ":").first.map(String.init) ?? host
-        guard let target = table()[hostname] else {
+        guard var target = table()[hostname] else {
             respond(client, 404, "No such route", detail: "No environment has a route for \(hostname.isEmpty ? "this request (no Host header)" : hostname).")
             return
         }
-        guard let port = target.port else {
+        let hooks = self.hooks
+        if let hooks, let service = target.service {
+            hooks.started(target.environment, service)
+            defer { hooks.ended(target.environment, service) }
+            if target.asleep {
+                // Held while it wakes; forwarded once it serves.
+                if let refusal = hooks.ensureServing(target.environment, service) {
+                    respond(client, 503, "Waking up failed", detail: refusal, retryAfter: 5)
+                    return
+                }
+                target = table()[hostname] ?? target
+            }
+            forward(client, head: lines, body: body, host: host, clientIP: clientIP, target: target)
+        } else {
+            forward(client, head: lines, body: body, host: host, clientIP: clientIP, target: target)
+        }
+    }
+
+    private func forward(_ client: Int32, head: [String], body: [UInt8], host: String, clientIP: String, target: RouteTarget) {
+        var lines = head
+        guard !target.ports.isEmpty else {
             respond(client, 502, "No healthy backend", detail: "Environment \(target.environment): \(target.reason ?? "its service is not running").")
             return
         }
+        let port = target.ports[lock.withLock { () -> Int in turn &+= 1; return turn } % target.ports.count]
         let backend = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard backend >= 0 else { return }
         defer { close(backend) }
@@ -135,6 +190,12 @@ public final class Router: @unchecked Sendable {
             return
         }
         lines.removeAll { $0.isEmpty }
+        // One request per connection (an upgrade aside): a request in flight is a connection
+        // open, which is what idle timers and autoscaling count.
+        if !lines.contains(where: { $0.lowercased().hasPrefix("connection:") && $0.lowercased().contains("upgrade") }) {
+            lines.removeAll { $0.lowercased().hasPrefix("connection:") || $0.lowercased().hasPrefix("keep-alive:") }
+            lines.append("Connection: close")
+        }
         lines.insert("X-Forwarded-For: \(clientIP)", at: 1)
         lines.insert("X-Forwarded-Host: \(host)", at: 2)
         let forwarded = Array((lines.joined(separator: "\r\n") + "\r\n\r\n").utf8) + body
@@ -175,10 +236,11 @@ public final class Router: @unchecked Sendable {
         return true
     }
 
-    private func respond(_ fd: Int32, _ status: Int, _ title: String, detail: String) {
+    private func respond(_ fd: Int32, _ status: Int, _ title: String, detail: String, retryAfter: Int? = nil) {
         let escaped = detail.replacingOccurrences(of: "&", with: "&amp;").replacingOccurrences(of: "<", with: "&lt;")
         let body = "<!doctype html><title>\(status) \(title)</title><h1>\(status) \(title)</h1><p>\(escaped)</p><p>gantry router</p>\n"
-        let response = "HTTP/1.1 \(status) \(title)\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\nConnection: close\r\n\r\n" + body
+        let retry = retryAfter.map { "Retry-After: \($0)\r\n" } ?? ""
+        let response = "HTTP/1.1 \(status) \(title)\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: \(body.utf8.count)\r\n\(retry)Connection: close\r\n\r\n" + body
         _ = sendAll(fd, Array(response.utf8))
     }
 }

@@ -133,7 +133,8 @@ public enum PolicyInput {
     public static func variables(env: EnvironmentSpec?, previous: EnvironmentSpec?, actor: Actor?, principal: String?,
                                  onBehalfOf: String?, task: String?, branch: String, protected: Bool, commit: Commit,
                                  changedFiles: [String], approvals: [String], now: Date,
-                                 clone: (name: String, class: String, team: String?)? = nil) -> [String: CELValue] {
+                                 clone: (name: String, class: String, team: String?)? = nil,
+                                 cost: CELValue? = nil, budget: CELValue? = nil) -> [String: CELValue] {
         let actorValue: CELValue = .map(map([
             ("id", .string(principal ?? "")), ("kind", .string(actor?.kind.rawValue ?? "unverified")),
             ("teams", .list((actor?.teams ?? []).map { .string($0) })), ("roles", .list((actor?.roles ?? []).map { .string($0) })),
@@ -149,8 +150,8 @@ public enum PolicyInput {
             "commit": .map(map([("sha", .string(commit.sha)), ("message", .string(commit.message)),
                                 ("trailers", .map(map(commit.trailers.map { ($0.key, .string($0.value)) })))])),
             "change": .map(map([("files", .list(changedFiles.map { .string($0) }))])),
-            "cost": .map(map([("hourly", .double(0))])),
-            "budget": .map(map([])),
+            "cost": cost ?? .map(map([("hourly", .double(0))])),
+            "budget": budget ?? .map(map([])),
             "approvals": .list(approvals.map { .string($0) }),
             "clone": clone.map { source in .map(map([("from", .map(map([("name", .string(source.name)), ("class", .string(source.class)),
                                                                           ("team", source.team.map { .string($0) } ?? .null)])))])) } ?? .null,
@@ -174,6 +175,10 @@ public enum PolicyInput {
             if let cpu = service.resources.cpu { resources.append(("cpu", .double(cpu))) }
             if let memory = service.resources.memory { resources.append(("memory", .int(Int64(memory)))) }
             fields.append(("resources", .map(map(resources))))
+            if let scale = service.autoscale {
+                fields.append(("autoscale", .map(map([("min", .int(Int64(scale.min))), ("max", .int(Int64(scale.max))),
+                                                      ("targetConcurrency", .double(scale.targetConcurrency))]))))
+            }
             return (service.name, .map(map(fields)))
         }
         var specFields: [(String, CELValue)] = [
@@ -184,7 +189,10 @@ public enum PolicyInput {
             ("routes", .list(spec.routes.map { .map(map([("name", .string($0.name)), ("service", .string($0.service))])) })),
         ]
         if let template = spec.template { specFields.append(("template", .string(template))) }
-        if let ttl = spec.lifecycle.ttl { specFields.append(("lifecycle", .map(map([("ttl", .duration(seconds: Int64(ttl), nanos: 0))])))) }
+        var lifecycle: [(String, CELValue)] = []
+        if let ttl = spec.lifecycle.ttl { lifecycle.append(("ttl", .duration(seconds: Int64(ttl), nanos: 0))) }
+        if let idle = spec.lifecycle.idleSleepAfter { lifecycle.append(("idleSleepAfter", .duration(seconds: Int64(idle), nanos: 0))) }
+        if !lifecycle.isEmpty { specFields.append(("lifecycle", .map(map(lifecycle)))) }
         if let hourly = spec.budget?.hourly { specFields.append(("budget", .map(map([("hourly", .double(hourly))])))) }
         return .map(map([("name", .string(spec.name)), ("class", .string(spec.class.rawValue)),
                          ("team", spec.team.map { .string($0) } ?? .null), ("spec", .map(map(specFields)))]))
@@ -192,7 +200,7 @@ public enum PolicyInput {
 
     /// A map of `pairs`; of a repeated key (a trailer given twice, say) the first is kept, so
     /// repeating a key never empties the map a rule reads.
-    static func map(_ pairs: [(String, CELValue)]) -> CELMap {
+    public static func map(_ pairs: [(String, CELValue)]) -> CELMap {
         var seen = Set<String>()
         return (try? CELMap(pairs.filter { seen.insert($0.0).inserted }.map { (CELValue.string($0.0), $0.1) })) ?? CELMap()
     }

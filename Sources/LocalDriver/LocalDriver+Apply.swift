@@ -19,7 +19,16 @@ extension LocalDriver {
     }
 
     /// Runs `body` with `environment` marked busy (supervision does not restart its processes meanwhile).
+    /// Operations of one environment (apply, teardown, sleep, wake, scale) run one at a time.
     func operating<T>(on environment: String, _ body: () throws -> T) rethrows -> T {
+        let lock = shared.withLock { () -> NSLock in
+            if let known = operationLocks[environment] { return known }
+            let made = NSLock()
+            operationLocks[environment] = made
+            return made
+        }
+        lock.lock()
+        defer { lock.unlock() }
         shared.withLock { _ = busy.insert(environment) }
         defer { shared.withLock { _ = busy.remove(environment) } }
         return try body()
@@ -36,9 +45,17 @@ extension LocalDriver {
         outcome.changes += try applyPostgres(environment, progress: progress)
         outcome.changes += try runCreateJobs(environment, progress: progress)
         var records = Dictionary(uniqueKeysWithValues: try state.services(of: environment.name).map { ($0.name, $0) })
+        // How many replicas each service runs: the spec's, or for an autoscaled one what runs now
+        // (within its range, at least one: a new revision is started and checked).
+        var counts: [String: Int] = [:]
+        for service in environment.spec.services where service.replicas > 0 || service.autoscale != nil {
+            let running = records.values.filter { Self.serviceName(ofUnit: $0.name) == service.name && $0.phase != Self.sleepingPhase }.count
+            counts[service.name] = service.autoscale.map { scale in min(max(running == 0 ? CostModel.initialReplicas(service) : running, scale.min, 1), scale.max) }
+                ?? service.replicas
+        }
         // Ports first: every service's URL must be known before any command is interpolated.
         let units = environment.spec.caches.map { Self.cacheRecordName($0.name) }
-            + environment.spec.services.filter { $0.replicas > 0 }.map(\.name)
+            + environment.spec.services.flatMap { service in (0..<(counts[service.name] ?? 0)).map { Self.unit(service.name, replica: $0) } }
         try shared.withLock {
             var taken = try state.allocatedPorts()
             for unit in units where records[unit] == nil {
@@ -52,8 +69,9 @@ extension LocalDriver {
         let ports = records.mapValues(\.port)
         // Caches first: services connect to them as they start.
         outcome.changes += try applyCaches(environment, records: &records, progress: progress)
-        for service in environment.spec.services where service.replicas > 0 {
-            var record = records[service.name]!
+        for service in environment.spec.services where (counts[service.name] ?? 0) > 0 {
+          for replica in 0..<counts[service.name]! {
+            var record = records[Self.unit(service.name, replica: replica)]!
             let resolved = try resolve(service, spec: environment.spec, domain: environment.domain, ports: ports)
             let tree = try service.source.flatMap { try environment.source.objectID(at: $0) }
             // Secrets enter the fingerprint by version, never by value: a rotation restarts the service.
@@ -65,13 +83,24 @@ extension LocalDriver {
             if record.fingerprint == fingerprint, record.phase == "Running", let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) {
                 continue
             }
-            let change = record.pid == nil ? "+service \(service.name)" : "~service \(service.name)"
+            let change = replica > 0 ? nil : record.pid == nil ? "+service \(service.name)" : "~service \(service.name)"
             if let pid = record.pid {
-                progress("stopping the previous revision of service \(service.name)")
+                progress("stopping the previous revision of \(record.name)")
                 ProcessControl.stopGroup(pid, grace: options.stopGrace)
             }
             // Whatever the previous revision left in its group (a detached child holding the port) goes too.
-            cgroups.kill(environment.name, unit: service.name, remove: false)
+            cgroups.kill(environment.name, unit: record.name, remove: false)
+            if replica > 0 {
+                // Replicas run in the first one's working directory, as it is now.
+                record.workdir = records[service.name]!.workdir
+                record.fingerprint = fingerprint
+                record.phase = "Starting"
+                record.restarts = 0
+                try start(&record, resolved: resolved, limits: service.resources, progress: progress)
+                try waitHealthy(&record, service: service, progress: progress)
+                records[record.name] = record
+                continue
+            }
             let previousWorkdir = record.workdir
             let workdir = root.appendingPathComponent(environment.name)
                 .appendingPathComponent("\(service.name)-\(environment.commit.short)-\(fingerprint.prefix(8))")
@@ -88,18 +117,37 @@ extension LocalDriver {
             record.restarts = 0
             try start(&record, resolved: resolved, limits: service.resources, progress: progress)
             try waitHealthy(&record, service: service, progress: progress)
-            outcome.changes.append(change)
+            records[record.name] = record
+            if let change { outcome.changes.append(change) }
+          }
         }
         for record in records.values where !units.contains(record.name) {
-            progress("stopping removed service \(record.name)")
+            let isReplica = Self.serviceName(ofUnit: record.name) != record.name
+            progress("stopping removed \(isReplica ? "replica" : "service") \(record.name)")
             if let pid = record.pid { ProcessControl.stopGroup(pid, grace: options.stopGrace) }
             cgroups.kill(environment.name, unit: record.name, remove: true)
-            if let workdir = record.workdir { try? FileManager.default.removeItem(atPath: workdir) }
+            // (A replica's directory is its service's.)
+            if let workdir = record.workdir,
+               !records.values.contains(where: { $0.name != record.name && units.contains($0.name) && $0.workdir == workdir }) {
+                try? FileManager.default.removeItem(atPath: workdir)
+            }
             try state.deleteService(environment: environment.name, name: record.name)
-            outcome.changes.append("-service \(record.name)")
+            if !isReplica { outcome.changes.append("-service \(record.name)") }
         }
         return outcome
     }
+
+    /// The record (and control group, and log) name of a service's replica: the service's own
+    /// name for the first, `NAME_K` for the others (`_` is in no service name).
+    static func unit(_ service: String, replica: Int) -> String { replica == 0 ? service : "\(service)_\(replica)" }
+
+    /// The service a unit runs a replica of (a service's and a cache's own name for themselves).
+    public static func serviceName(ofUnit unit: String) -> String {
+        unit.hasPrefix("redis:") ? unit : String(unit.prefix { $0 != "_" })
+    }
+
+    /// The phase of a service's first replica while it sleeps (its port kept, no process).
+    public static let sleepingPhase = "Sleeping"
 
     struct ResolvedService {
         let command: [String]

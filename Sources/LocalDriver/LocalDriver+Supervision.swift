@@ -164,7 +164,7 @@ extension LocalDriver {
         }
         let cache = record.name.hasPrefix("redis:") ? String(record.name.dropFirst("redis:".count)) : nil
         guard let spec = (try? state.environment(record.environment))??.appliedSpec,
-              cache != nil || spec.service(named: record.name) != nil, let workdir = record.workdir,
+              cache != nil || spec.service(named: Self.serviceName(ofUnit: record.name)) != nil, let workdir = record.workdir,
               FileManager.default.fileExists(atPath: workdir) else {
             return nil
         }
@@ -179,7 +179,7 @@ extension LocalDriver {
                 try startCache(&record, cache: cache) { _ in }
             } else {
                 let ports = Dictionary(uniqueKeysWithValues: try state.services(of: record.environment).map { ($0.name, $0.port) })
-                let service = spec.service(named: record.name)!
+                let service = spec.service(named: Self.serviceName(ofUnit: record.name))!
                 // What the crashed process left in its group (a child holding the port) goes first.
                 cgroups.kill(record.environment, unit: record.name, remove: false)
                 try start(&record, resolved: try resolve(service, spec: spec, domain: domain, ports: ports), limits: service.resources) { _ in }

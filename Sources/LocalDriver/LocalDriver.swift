@@ -93,6 +93,8 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     let shared = NSRecursiveLock()
     /// Environments with an apply or teardown under way: supervision leaves their processes alone.
     var busy: Set<String> = []
+    /// One lock per environment: its operations (apply, teardown, sleep, wake, scale) run one at a time.
+    var operationLocks: [String: NSLock] = [:]
     /// Guards the templates seen made (a copy that fails forgets its template: it is looked for
     /// again), their use times and `seedTemplateMakers`; held for moments only.
     let seedTemplateLock = NSLock()
@@ -181,9 +183,12 @@ public struct LocalObserver: EnvironmentObserver {
 
     public func services(of environment: String) throws -> [ServiceObservation] {
         let address = LocalDriver.address(of: environment, in: state)
-        return try state.services(of: environment).map {
-            ServiceObservation(name: $0.name, phase: LocalDriver.observedPhase(of: $0), url: "http://\(address):\($0.port)",
-                               restarts: $0.restarts, lastExit: $0.lastExit)
+        let records = try state.services(of: environment)
+        // A service is shown once, as its first replica, with how many replicas run.
+        return records.filter { LocalDriver.serviceName(ofUnit: $0.name) == $0.name }.map { first in
+            let replicas = records.filter { LocalDriver.serviceName(ofUnit: $0.name) == first.name && LocalDriver.observedPhase(of: $0) == "Running" }.count
+            return ServiceObservation(name: first.name, phase: LocalDriver.observedPhase(of: first), url: "http://\(address):\(first.port)",
+                                      restarts: first.restarts, lastExit: first.lastExit, replicas: replicas)
         }
     }
 }

@@ -43,6 +43,8 @@ public struct Admission: Sendable {
         /// What runs, by name (a `cloneFrom` copies the data of the environment of that name).
         let running: [String: Running]
         let cache: CommitCache
+        /// Spend against budgets and the previews that hold a slot (empty when not known).
+        public let usage: Usage
     }
 
     /// An environment whose data exists: its applied class and team, and whether it is live.
@@ -58,13 +60,15 @@ public struct Admission: Sendable {
     }
 
     public func context(governance: GovernanceRevision, protectedBranch: String, protectedTip: ObjectID, revision: ObjectID,
-                        protectedMerges: Set<String>, running: [String: Running] = [:], loadLive: Bool = true) throws -> Context {
+                        protectedMerges: Set<String>, running: [String: Running] = [:], loadLive: Bool = true,
+                        usage: Usage = Usage()) throws -> Context {
         var live: [String: EnvironmentSpec] = [:]
         for environment in loadLive ? try loader.environments(at: revision) : [] where environment.isValid {
             live[environment.name] = environment.spec
         }
         return Context(governance: governance, protectedBranch: protectedBranch, protectedTip: protectedTip, revision: revision,
-                       live: live, protectedMerges: protectedMerges, running: running, cache: CommitCache(repository: repository))
+                       live: live, protectedMerges: protectedMerges, running: running, cache: CommitCache(repository: repository),
+                       usage: usage)
     }
 
     /// Judges every commit of `tip` that `hidden` does not contain, oldest first, with the
@@ -135,20 +139,31 @@ public struct Admission: Sendable {
         let isProtected = desired.branch == context.protectedBranch
         let previous = isProtected ? before.spec : context.live[desired.loaded.name]
         let files = try changedFiles(isProtected: isProtected, before: before, tip: tip.id, identity: identity)
+        // What it would cost, and where its team's and its agent's budgets stand (the agent the
+        // tip's actor is: whoever changes an environment last is charged for it).
+        let cost = CostModel.breakdown(spec, pricing: context.settings.pricing)
+        let agent = identity.tip.actor?.kind == .agent ? identity.tip.principal : nil
+        let budgets = context.settings.budgets
+        let teamBudget = spec.team.map { context.usage.spending.status(scope: "team", name: $0, limit: budgets.team($0)) } ?? []
+        let agentBudget = agent.map { context.usage.spending.status(scope: "agent", name: $0, limit: budgets.agent($0)) } ?? []
+        let costValue = Self.costValue(cost)
+        let budgetValue = Self.budgetValue(spec: spec, team: teamBudget, agent: agentBudget)
         let policy = policyVerdict({ judged, source in
             PolicyInput.variables(
                 env: spec, previous: previous, actor: judged.identity.actor, principal: judged.identity.principal,
                 onBehalfOf: judged.identity.onBehalfOf, task: judged.identity.task, branch: desired.branch, protected: isProtected,
                 commit: PolicyInput.Commit(sha: judged.info.id.hex, message: judged.info.message, trailers: judged.info.trailers),
-                changedFiles: files, approvals: [], now: Date(), clone: source)
+                changedFiles: files, approvals: [], now: Date(), clone: source, cost: costValue, budget: budgetValue)
         }, tip: try context.cache.judged(tip.id, with: context.identity), touching: touching ?? [], clones: clones.sources, context: context)
+        let budget = budgetRules(spec: spec, cost: cost, agent: agent, isNew: before.spec == nil, team: teamBudget,
+                                 agentStatus: agentBudget, context: context)
         let secretRules = missingSecrets.map {
             "secret: \($0) is not set for \(spec.name); set it with `gantry secret set \($0) --env \(spec.name)` (or --class \(spec.class.rawValue), --team)"
         }
-        let judged = signatureRules + specRules + [team.rule] + clones.rules + policy.rules + secretRules
-        if team.remedy != nil || !clones.remedies.isEmpty || policy.denied || !missingSecrets.isEmpty {
+        let judged = signatureRules + specRules + [team.rule] + clones.rules + policy.rules + budget.rules + secretRules
+        if team.remedy != nil || !clones.remedies.isEmpty || policy.denied || !budget.remedies.isEmpty || !missingSecrets.isEmpty {
             return Judgement(decision: .deny, rules: judged,
-                             remedies: (team.remedy.map { [$0] } ?? []) + clones.remedies + policy.remedies
+                             remedies: (team.remedy.map { [$0] } ?? []) + clones.remedies + policy.remedies + budget.remedies
                                 + secretRules.map { String($0.dropFirst("secret: ".count)) },
                              conditions: [.admissionDenied] + (missingSecrets.isEmpty ? [] : [.secretMissing]))
         }

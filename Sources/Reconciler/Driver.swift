@@ -190,3 +190,17 @@ public protocol EnvironmentExecutor: Sendable {
     /// group are stopped.
     func exec(_ request: ExecRequest, output: @escaping @Sendable (ExecStream, Data) -> Bool) throws -> ExecResult
 }
+
+/// Puts an environment's services to sleep and wakes them, and scales a service's replicas,
+/// without touching its data (databases, caches and files stay). Operations of one environment
+/// never overlap an apply or teardown of it.
+public protocol LifecycleDriver: AnyObject, Sendable {
+    /// Stops every service process (its control group frozen, then killed).
+    func sleep(environment: String) throws
+    /// Starts the services again and waits until they are healthy.
+    func wake(environment: String) throws
+    /// Runs `replicas` processes of the service (0: none until a wake); new ones are checked healthy.
+    func scale(environment: String, service: String, replicas: Int) throws
+    /// The replicas that run now, per service (a sleeping service 0).
+    func replicas(of environment: String) -> [String: Int]
+}

@@ -13,13 +13,16 @@ public struct ServiceObservation: Sendable, Equatable {
     public let restarts: Int
     /// How its last process ended, when one did.
     public let lastExit: String?
+    /// Processes that run it now (0 while it sleeps).
+    public let replicas: Int
 
-    public init(name: String, phase: String, url: String, restarts: Int, lastExit: String?) {
+    public init(name: String, phase: String, url: String, restarts: Int, lastExit: String?, replicas: Int = 1) {
         self.name = name
         self.phase = phase
         self.url = url
         self.restarts = restarts
         self.lastExit = lastExit
+        self.replicas = replicas
     }
 }
 
@@ -45,20 +48,26 @@ public struct EnvironmentSummary: Sendable {
     public let routes: [Route]
     /// The stored conditions, plus `Unhealthy` when the environment runs and a service does not.
     public let conditions: [Condition]
+    /// Why it sleeps (idle, asked, paused by a budget); nil while awake.
+    public let sleep: LifecycleState?
 
     public var name: String { record.name }
-    public var phase: EnvironmentPhase { record.phase }
+    /// The stored phase, or Sleeping for a running environment whose services were put to sleep.
+    public var phase: EnvironmentPhase { record.phase == .running && sleep != nil ? .sleeping : record.phase }
 
     /// `routerPort`: where the router listens, nil when none runs.
-    public init(_ record: EnvironmentRecord, services: [ServiceObservation], routerPort: Int?) {
+    public init(_ record: EnvironmentRecord, services: [ServiceObservation], routerPort: Int?, sleep: LifecycleState? = nil) {
         self.record = record
         self.services = services
+        self.sleep = record.phase == .running ? sleep : nil
         let domain = record.domain ?? "localhost"
         routes = (record.appliedSpec?.routes ?? []).map { route in
             Route(name: route.name, url: routerPort.map { "http://\(route.name).\(record.name).\(domain):\($0)" })
         }
         var conditions = record.conditions
-        if record.phase == .running, services.contains(where: { $0.phase != "Running" }) { conditions.append(.unhealthy) }
+        if record.phase == .running, self.sleep == nil, services.contains(where: { $0.phase != "Running" && $0.phase != "Sleeping" }) {
+            conditions.append(.unhealthy)
+        }
         self.conditions = conditions
     }
 
@@ -67,14 +76,20 @@ public struct EnvironmentSummary: Sendable {
                             includeDestroyed: Bool = false, only: String? = nil) throws -> [EnvironmentSummary] {
         let records = try only.map { name in try store.environment(name).map { [$0] } ?? [] }
             ?? store.environments(includeDestroyed: includeDestroyed)
-        return try records.map { EnvironmentSummary($0, services: try observer.services(of: $0.name), routerPort: routerPort) }
+        let sleeping = try store.lifecycleStates()
+        return try records.map { EnvironmentSummary($0, services: try observer.services(of: $0.name), routerPort: routerPort, sleep: sleeping[$0.name]) }
     }
 
     /// What would move the environment on, one line per condition that holds (nothing for a
     /// healthy running or destroyed environment).
     public var nextSteps: [String] {
         let commit = String(record.commit.prefix(12))
-        return conditions.map { condition in
+        let asleep: [String] = sleep.map { sleep in
+            sleep.state == .paused
+                ? ["paused: \(sleep.reason); it stays asleep until the period rolls over or the budget is raised on the protected branch, then a request or `gantry wake \(record.name)` wakes it"]
+                : ["asleep: \(sleep.reason); a request through the router, or `gantry wake \(record.name)`, wakes it"]
+        } ?? []
+        return asleep + conditions.map { condition in
             switch condition {
             case .specInvalid:
                 return "fix the environment file and push: `gantry validate --ref \(record.branch)` names the file, line and column of each problem"
@@ -104,13 +119,15 @@ public struct EnvironmentSummary: Sendable {
     public var plain: PlainValue {
         let services: [PlainValue] = self.services.map {
             .map([("name", .string($0.name)), ("phase", .string($0.phase)), ("url", .string($0.url)), ("restarts", .int($0.restarts)),
-                  ("lastExit", $0.lastExit.map { .string($0) } ?? .null)])
+                  ("lastExit", $0.lastExit.map { .string($0) } ?? .null), ("replicas", .int($0.replicas))])
         }
         let routes: [PlainValue] = self.routes.map { .map([("name", .string($0.name)), ("url", $0.url.map { .string($0) } ?? .null)]) }
         return .map([
             ("name", .string(record.name)), ("branch", .string(record.branch)), ("commit", .string(record.commit)),
             ("class", .string(record.envClass)), ("team", record.team.map { .string($0) } ?? .null),
-            ("phase", .string(record.phase.rawValue)), ("services", .list(services)), ("routes", .list(routes)),
+            ("phase", .string(phase.rawValue)), ("services", .list(services)), ("routes", .list(routes)),
+            ("sleep", sleep.map { .map([("state", .string($0.state.rawValue)), ("reason", .string($0.reason)),
+                                         ("since", .string(ISO8601DateFormatter().string(from: $0.since)))]) } ?? .null),
             ("conditions", .list(conditions.map { .string($0.rawValue) })),
             ("appliedCommit", record.appliedCommit.map { .string($0) } ?? .null),
             ("message", record.message.map { .string($0) } ?? .null),

@@ -91,6 +91,7 @@ extension Reconciler {
         // which a new commit (re-signed history, say) may cure.
         if let live, live.phase != .pending, !retry, !interrupted, !live.conditions.contains(.admissionDenied), !live.conditions.contains(.approvalPending), untouched {
             var updated = live
+            if updated.commit != desired.commit.hex { updated.lastCommitAt = clock() }
             updated.commit = desired.commit.hex
             updated.updatedAt = Date()
             try state.save(updated)
@@ -122,6 +123,7 @@ extension Reconciler {
         if record.appliedCommit == nil && (record.baseCommit == nil || recreated) { record.baseCommit = identity.hidden.first?.hex }
         record.branch = desired.branch
         record.source = desired.loaded.name
+        if record.commit != commit.id.hex || record.lastCommitAt == nil || recreated { record.lastCommitAt = clock() }
         record.commit = commit.id.hex
         record.updatedAt = Date()
         let base = baseFields(desired.name, branch: desired.branch, commit: commit, identity: identity.tip, policyRevision: context.governance.commit)
@@ -166,6 +168,13 @@ extension Reconciler {
         record.envClass = spec.class.rawValue
         record.team = spec.team
         record.domain = context.settings.domain
+        // Whoever changed it last is charged for it (and holds its preview slot).
+        record.actor = identity.tip.principal
+        record.actorKind = identity.tip.actor?.kind.rawValue
+        record.onBehalfOf = identity.tip.onBehalfOf
+        if spec.class == .preview {
+            context.usage.note(Usage.Preview(name: record.name, branch: record.branch, team: record.team, agent: record.agent))
+        }
         if unchanged {
             // Judged and recorded, nothing to apply: the running revision already matches.
             try appendOnce(.admitted, desired.name, commit.id, rules + [("change", "none: the running revision already matches")], fresh: recreated)
@@ -264,6 +273,7 @@ extension Reconciler {
             try appendOnce(.applied, plan.name, commit, base + outcome.changes.map { ("change", $0) }, fresh: reapplied)
             try state.save(record)
             try state.record(EventRecord(environment: plan.name, kind: "applied", message: "revision \(commit.short) running"))
+            lifecycle?.applied(plan.name)
             logger.info("applied", metadata: ["gantry.env": "\(plan.name)", "git.commit": "\(commit.short)"])
             summary.applied.append(plan.name)
         case .destroyed:

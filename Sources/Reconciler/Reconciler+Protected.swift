@@ -239,7 +239,7 @@ extension Reconciler {
         // A step's context (loadLive false) judges identity and governance only: no state is read for it.
         try admission.context(governance: governance, protectedBranch: trust.protectedBranch, protectedTip: tip, revision: revision,
                               protectedMerges: loadLive ? try state.protectedMerges() : [], running: loadLive ? try running(trust) : [:],
-                              loadLive: loadLive)
+                              loadLive: loadLive, usage: loadLive ? try Usage.load(state, now: clock()) : Usage())
     }
 
     /// Every environment whose data exists (it was applied), by name, with the class and team it runs with.

@@ -94,6 +94,7 @@ extension Reconciler {
             let fields = [("environment", name), ("branch", record.branch), ("commit", target.hex), ("reason", reason)]
                 + requester(ofDestroy: name, at: target) + problems.map { ("problem", $0) }
             try appendOnce(.destroyed, name, target, fields)
+            lifecycle?.forget(name)
             record.conditions = []
             record.destroyedAt = Date()
             record.updatedAt = Date()
@@ -117,6 +118,25 @@ extension Reconciler {
                 try destroy(record, reason: record.message ?? "teardown resumed", commitForNote: record.commit, &summary)
             } catch {
                 logger.error("could not resume a teardown", metadata: ["gantry.env": "\(record.name)", "error": "\(error)"])
+            }
+        }
+    }
+}
+
+extension Reconciler {
+    /// The lifecycle's pass (idle sleep, requests, ledger, budgets), then the teardown of the
+    /// previews whose TTL ran out: a `ttl-expired` record, then the teardown as for a deleted branch.
+    func expire(context: PassContext, _ summary: inout PassSummary) {
+        guard let lifecycle else { return }
+        for expiry in lifecycle.tick(settings: context.settings, revision: context.revision.hex) {
+            guard let record = try? state.environment(expiry.environment), record.phase != .destroyed,
+                  !record.conditions.contains(.destroying), let commit = ObjectID(hex: record.commit) else { continue }
+            do {
+                try appendOnce(.ttlExpired, record.name, commit, [("environment", record.name), ("branch", record.branch), ("commit", record.commit),
+                                                                   ("actor", "gantry"), ("actor-kind", "system"), ("reason", expiry.reason)])
+                try destroy(record, reason: "ttl expired: \(expiry.reason)", commitForNote: record.commit, &summary)
+            } catch {
+                logger.error("could not tear down an expired preview; retried next pass", metadata: ["gantry.env": "\(record.name)", "error": "\(error)"])
             }
         }
     }

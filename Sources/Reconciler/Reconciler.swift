@@ -77,6 +77,10 @@ public final class Reconciler: @unchecked Sendable {
     /// Told of each pass `run` makes (its duration in seconds and what it did), and of the
     /// operations recorded between passes (duration nil): for metrics.
     public var observe: ((_ seconds: Double?, _ summary: PassSummary) -> Void)?
+    /// The time budgets, TTLs and idle timers are counted with (a test drives a clock of its own).
+    public var clock: @Sendable () -> Date = { Date() }
+    /// Sleep, wake, TTL, spend and autoscaling (nil: environments never sleep and nothing is metered).
+    public var lifecycle: LifecycleController?
     /// The secrets of `spec.secrets` the environment cannot see (none are checked when nil).
     public var missingSecrets: ((EnvironmentSpec) -> [String])?
     /// The version of each secret an environment sees (name → version), to notice rotations.
@@ -277,6 +281,7 @@ public final class Reconciler: @unchecked Sendable {
             }
         }
         try sweep(branches: branches, context: context, protectedChanged: summary.changedBranches.contains(protectedBranch), &summary)
+        expire(context: context, &summary)
         resumeTeardowns(of: environments, &summary)
         rotateSecrets(&summary)
         correctDrift(&summary)

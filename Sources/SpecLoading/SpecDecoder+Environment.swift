@@ -105,6 +105,7 @@ extension SpecDecoder {
                 }
             }
             value.egress = service.stringList("egress", &diagnostics) ?? []
+            if let node = service.value("autoscale") { value.autoscale = decodeAutoscale(node, service: name, replicas: value.replicas, &diagnostics) }
             service.finish(&diagnostics)
             spec.services.append(value)
         }
@@ -178,9 +179,43 @@ extension SpecDecoder {
         if let node = reader.value("budget"), var budget = NodeReader(node, path: "spec.budget", diagnostics: &diagnostics) {
             var value = Budget()
             value.hourly = budget.number("hourly", &diagnostics)
+            if let hourly = value.hourly, hourly < 0 || !hourly.isFinite {
+                diagnostics.append(Diagnostic(budget.value("hourly")!.mark, "spec.budget.hourly must be an amount of 0 or more per hour, found \(hourly)"))
+            }
             budget.finish(&diagnostics)
             spec.budget = value
         }
+    }
+
+    /// `autoscale: {min, max, targetConcurrency}`: 0 ≤ min ≤ max ≤ 100, max ≥ 1, a positive target.
+    private static func decodeAutoscale(_ node: YAMLNode, service name: String, replicas: Int, _ diagnostics: inout [Diagnostic]) -> Autoscale? {
+        let path = "spec.services.\(name).autoscale"
+        guard var reader = NodeReader(node, path: path, diagnostics: &diagnostics) else { return nil }
+        var value = Autoscale()
+        let minimum = reader.int("min", &diagnostics)
+        let maximum = reader.int("max", &diagnostics)
+        value.min = minimum ?? 1
+        value.max = maximum ?? Swift.max(value.min, replicas, 1)
+        if let target = reader.number("targetConcurrency", &diagnostics) {
+            if target > 0 && target <= 10_000 { value.targetConcurrency = target } else {
+                diagnostics.append(Diagnostic(reader.value("targetConcurrency")!.mark, "\(path).targetConcurrency must be a number of requests above 0 and at most 10000 per replica"))
+            }
+        }
+        var valid = true
+        if value.min < 0 || value.min > 100 {
+            diagnostics.append(Diagnostic(reader.value("min")!.mark, "\(path).min must be between 0 and 100 (0 lets the service sleep while idle)"))
+            valid = false
+        }
+        if value.max < 1 || value.max > 100 {
+            diagnostics.append(Diagnostic((reader.value("max") ?? node).mark, "\(path).max must be between 1 and 100"))
+            valid = false
+        }
+        if valid && value.min > value.max {
+            diagnostics.append(Diagnostic((reader.value("max") ?? node).mark, "\(path).max (\(value.max)) must be at least min (\(value.min))"))
+            valid = false
+        }
+        reader.finish(&diagnostics)
+        return valid ? value : nil
     }
 
     static func checkLabel(_ name: String, at node: YAMLNode, what: String, _ diagnostics: inout [Diagnostic]) {

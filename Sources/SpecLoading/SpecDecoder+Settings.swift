@@ -47,16 +47,30 @@ enum SpecDecoder {
             settings.previews.idleSleepAfter = previews.duration("idleSleepAfter", &diagnostics)
             settings.previews.maxPerTeam = previews.int("maxPerTeam", &diagnostics)
             settings.previews.maxPerAgent = previews.int("maxPerAgent", &diagnostics)
+            for key in ["maxPerTeam", "maxPerAgent"] {
+                if let node = previews.value(key), let count = node.scalarText.flatMap(Int.init), count < 0 {
+                    diagnostics.append(Diagnostic(node.mark, "previews.\(key) must be a count of running previews, 0 or more (found \(count))"))
+                }
+            }
             previews.finish(&diagnostics)
         }
         if let node = reader.value("pricing"), var pricing = NodeReader(node, path: "pricing", diagnostics: &diagnostics) {
-            for key in ["cpuHour", "memoryGiBHour", "postgresHour", "redisHour"] {
-                if let value = pricing.number(key, &diagnostics) { settings.pricing[key] = value }
+            for key in CostModel.pricingKeys {
+                guard let value = pricing.number(key, &diagnostics) else { continue }
+                if value < 0 || !value.isFinite {
+                    diagnostics.append(Diagnostic(pricing.value(key)!.mark, "pricing.\(key) must be a price of 0 or more per hour, found \(value)"))
+                } else {
+                    settings.pricing[key] = value
+                }
             }
             pricing.finish(&diagnostics)
         }
         if let node = reader.value("budgets"), var budgets = NodeReader(node, path: "budgets", diagnostics: &diagnostics) {
             settings.budgets.alertAt = budgets.number("alertAt", &diagnostics) ?? 0.8
+            if !(settings.budgets.alertAt > 0 && settings.budgets.alertAt <= 1), let node = budgets.value("alertAt") {
+                diagnostics.append(Diagnostic(node.mark, "budgets.alertAt must be a fraction above 0 and at most 1 (0.8 alerts at 80% of a budget)"))
+                settings.budgets.alertAt = 0.8
+            }
             settings.budgets.teams = limits(budgets.entries("teams", &diagnostics), path: "budgets.teams", &diagnostics)
             settings.budgets.agents = limits(budgets.entries("agents", &diagnostics), path: "budgets.agents", &diagnostics)
             budgets.finish(&diagnostics)
@@ -98,6 +112,11 @@ enum SpecDecoder {
             limit.monthly = reader.number("monthly", &diagnostics)
             limit.daily = reader.number("daily", &diagnostics)
             limit.hourly = reader.number("hourly", &diagnostics)
+            for (key, amount) in [("monthly", limit.monthly), ("daily", limit.daily), ("hourly", limit.hourly)] {
+                if let amount, amount < 0 || !amount.isFinite {
+                    diagnostics.append(Diagnostic(reader.value(key)!.mark, "\(path).\(name).\(key) must be an amount of 0 or more, found \(amount)"))
+                }
+            }
             reader.finish(&diagnostics)
             result[name] = limit
         }

@@ -39,8 +39,24 @@ public struct Service: Sendable, Codable, Equatable {
     public var resources = Resources()
     public var env: [EnvVar] = []
     public var egress: [String] = []
+    /// Replicas follow the router's in-flight requests between `min` and `max` (the local driver);
+    /// `replicas` is then the count a first apply starts with.
+    public var autoscale: Autoscale?
 
     public init(name: String) { self.name = name }
+}
+
+/// `spec.services.S.autoscale`: replicas rise with in-flight requests (`targetConcurrency` per
+/// replica), up to `max`; `min: 0` lets an idle service sleep until a request wakes it.
+public struct Autoscale: Sendable, Codable, Equatable {
+    public var min = 1
+    public var max = 1
+    public var targetConcurrency = 10.0
+    public init(min: Int = 1, max: Int = 1, targetConcurrency: Double = 10) {
+        self.min = min
+        self.max = max
+        self.targetConcurrency = targetConcurrency
+    }
 }
 
 public struct EnvVar: Sendable, Codable, Equatable {

@@ -66,6 +66,14 @@ public struct EnvironmentRecord: Codable, Sendable, Equatable, FetchableRecord, 
     /// exponential backoff without a new commit; nil when nothing is to be retried).
     public var attempts: Int = 0
     public var nextAttemptAt: Date?
+    /// The principal whose commit was last admitted for it, its kind (`agent`, `human`), and
+    /// whom it acted for: its spend is charged to them, and an agent's previews count against
+    /// `previews.maxPerAgent`.
+    public var actor: String?
+    public var actorKind: String?
+    public var onBehalfOf: String?
+    /// When its branch last brought a new commit for it: a preview's TTL counts from here.
+    public var lastCommitAt: Date?
 
     public init(name: String, branch: String, commit: String, envClass: String, team: String?, now: Date = Date()) {
         self.name = name
@@ -93,6 +101,9 @@ public struct EnvironmentRecord: Codable, Sendable, Equatable, FetchableRecord, 
         }
         return .running
     }
+
+    /// The agent its spend and previews count against: the actor, when that is an agent.
+    public var agent: String? { actorKind == "agent" ? actor : nil }
 }
 
 /// One service process of an environment, with what is needed to adopt it after a restart.

@@ -141,6 +141,58 @@ public final class StateStore: Sendable {
             // An environment's latest records, for `diagnose` and the API's audit reads.
             try db.create(index: "auditRecordsByEnvironment", on: "auditRecords", columns: ["environment", "seq"])
         }
+        migrator.registerMigration("v6") { db in
+            // Who last changed an environment (its spend is theirs), and when its branch last
+            // brought a new commit (its TTL counts from then).
+            try db.alter(table: "environments") { t in
+                t.add(column: "actor", .text)
+                t.add(column: "actorKind", .text)
+                t.add(column: "onBehalfOf", .text)
+                t.add(column: "lastCommitAt", .datetime)
+            }
+            // Spend, by UTC hour (epoch seconds of its start), environment and whom it is charged to.
+            try db.create(table: "ledger") { t in
+                t.column("hour", .integer).notNull()
+                t.column("environment", .text).notNull()
+                t.column("team", .text).notNull()
+                t.column("agent", .text).notNull()
+                t.column("onBehalfOf", .text).notNull()
+                t.column("envClass", .text).notNull()
+                t.column("amount", .double).notNull()
+                t.column("seconds", .double).notNull()
+                t.primaryKey(["hour", "environment", "team", "agent", "onBehalfOf"])
+            }
+            // What each environment costs per hour now, and since when it was last accrued.
+            try db.create(table: "meters") { t in
+                t.primaryKey("environment", .text)
+                t.column("since", .datetime).notNull()
+                t.column("hourly", .double).notNull()
+                t.column("team", .text).notNull()
+                t.column("agent", .text).notNull()
+                t.column("onBehalfOf", .text).notNull()
+                t.column("envClass", .text).notNull()
+            }
+            // Environments asleep (idle, by hand, or paused by a budget); absent: awake.
+            try db.create(table: "lifecycle") { t in
+                t.primaryKey("environment", .text)
+                t.column("state", .text).notNull()
+                t.column("reason", .text).notNull()
+                t.column("since", .datetime).notNull()
+            }
+            // What was said once (a budget alert per threshold and period, a TTL warning per commit).
+            try db.create(table: "marks") { t in
+                t.primaryKey("key", .text)
+                t.column("at", .datetime).notNull()
+            }
+            // Sleep and wake asked for by `gantry sleep|wake` and the API, done by `gantry run`.
+            try db.create(table: "lifecycleRequests") { t in
+                t.autoIncrementedPrimaryKey("id")
+                t.column("environment", .text).notNull()
+                t.column("action", .text).notNull()
+                t.column("actor", .text).notNull()
+                t.column("at", .datetime).notNull()
+            }
+        }
         return migrator
     }
 

@@ -34,6 +34,7 @@ enum APIComposition {
             audit.redact = { redactor.redact($0) }
         }
         service.audit = audit
+        service.sharedServers = { LocalDriver.sharedServers(state: store) }
         return service
     }
 

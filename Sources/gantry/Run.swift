@@ -77,6 +77,13 @@ struct Run: ParsableCommand {
             reconciler.beforePass = { try repository.fetch(url: location) }
         }
         reconciler.useSecrets(secrets)
+        // Idle sleep, wake on request, TTL, spend and autoscaling.
+        // (An audit log of its own: it appends from its threads, chained through the same journal and lock.)
+        let lifecycleAudit = AuditLog(repository: repository, key: key)
+        lifecycleAudit.journal = StateJournal(store)
+        if RepositoryLocation.isRemote(location) { lifecycleAudit.remote = location }
+        let lifecycle = LifecycleController(state: store, driver: driver, audit: lifecycleAudit, logger: logger)
+        reconciler.lifecycle = lifecycle
         logger.info("gantry watching \(location) (state \(paths.root.path), audit key \(key.publicKey.fingerprint))")
         if once {
             reconciler.recover()
@@ -84,6 +91,7 @@ struct Run: ParsableCommand {
             logger.info("pass done", metadata: ["admitted": "\(summary.admitted)", "denied": "\(summary.denied)",
                                                 "applied": "\(summary.applied)", "failed": "\(summary.failed)",
                                                 "destroyed": "\(summary.destroyed)"])
+            lifecycle.flush()
             if stopOnExit { driver.shutdown() }
             return
         }
@@ -91,6 +99,9 @@ struct Run: ParsableCommand {
         var router: Router?
         if !noRouter {
             let candidate = Router { [store] in RouteTable.build(store) }
+            candidate.hooks = RouterHooks(started: { lifecycle.requestStarted(environment: $0, service: $1) },
+                                          ended: { lifecycle.requestEnded(environment: $0, service: $1) },
+                                          ensureServing: { lifecycle.ensureServing(environment: $0, service: $1) })
             do {
                 // Environments in networks of their own reach it at the gateway.
                 let gateway = driver.routerGateway
@@ -153,7 +164,10 @@ struct Run: ParsableCommand {
             stop.set()
             wake.wake()
         }
+        lifecycle.start()
         reconciler.run(wake: wake, shouldStop: { stop.isSet })
+        lifecycle.stop()
+        lifecycle.flush()
         if stopOnExit {
             driver.shutdown()
             logger.info("gantry stopped, and every service with it (--stop-on-exit)")
@@ -240,23 +254,35 @@ final class RouteAnnouncer: @unchecked Sendable {
     }
 }
 
-/// The router's view of the state: every route of every running environment.
+/// The router's view of the state: every route of every running environment, to the replicas
+/// of its service that run; a sleeping environment's (or a service scaled to zero) marked asleep.
 enum RouteTable {
     static func build(_ store: StateStore) -> [String: RouteTarget] {
         var table: [String: RouteTarget] = [:]
+        let sleeping = (try? store.lifecycleStates()) ?? [:]
         for environment in (try? store.environments()) ?? [] {
             guard let spec = environment.appliedSpec else { continue }
             let services = (try? store.services(of: environment.name)) ?? []
+            let asleep = sleeping[environment.name]
             for route in spec.routes {
                 let host = "\(route.name).\(environment.name).\(environment.domain ?? "localhost")".lowercased()
                 guard let service = services.first(where: { $0.name == route.service }) else {
                     table[host] = RouteTarget(environment: environment.name, port: nil, reason: "service \(route.service) has no process (\(environment.phase.rawValue))")
                     continue
                 }
+                if let asleep {
+                    table[host] = RouteTarget(environment: environment.name, ports: [], reason: "it sleeps (\(asleep.reason))", service: route.service, asleep: true)
+                    continue
+                }
+                if service.phase == LocalDriver.sleepingPhase {
+                    table[host] = RouteTarget(environment: environment.name, ports: [], reason: "service \(route.service) is scaled to zero",
+                                              service: route.service, asleep: true)
+                    continue
+                }
+                let ports = LocalDriver.backends(of: environment.name, service: route.service, in: services)
                 let phase = LocalDriver.observedPhase(of: service)
-                table[host] = phase == "Running"
-                    ? RouteTarget(environment: environment.name, host: LocalDriver.address(of: environment.name, in: store), port: service.port)
-                    : RouteTarget(environment: environment.name, port: nil, reason: "service \(route.service) is \(phase)")
+                table[host] = RouteTarget(environment: environment.name, host: LocalDriver.address(of: environment.name, in: store), ports: ports,
+                                          reason: ports.isEmpty ? "service \(route.service) is \(phase)" : nil, service: route.service)
             }
         }
         return table
