@@ -44,6 +44,8 @@ async def play(session, name):
             break
         await asyncio.sleep(0.5)
     emit("logs", await session.call_tool("logs", {"name": name, "tail": 5}))
+    emit("budget", await session.call_tool("budget", {}))
+    emit("wake", await session.call_tool("wake_environment", {"name": name}))
     emit("forbidden", await session.call_tool("exec", {"name": "web", "command": ["id"]}))
     emit("destroy", await session.call_tool("destroy_environment", {"name": name}))
     deadline = time.time() + 60

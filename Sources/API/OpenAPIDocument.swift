@@ -165,6 +165,60 @@ paths:
         "413": {$ref: "#/components/responses/TooLarge"}
         "422": {$ref: "#/components/responses/Invalid"}
         "429": {$ref: "#/components/responses/TooMany"}
+  /v1/environments/{name}/sleep:
+    parameters:
+      - {$ref: "#/components/parameters/Name"}
+    post:
+      operationId: sleepEnvironment
+      summary: Put an environment to sleep (its service processes stop, its data stays); answers once it sleeps.
+      responses:
+        "200":
+          description: The environment, asleep.
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Environment"}
+        "400": {$ref: "#/components/responses/BadRequest"}
+        "401": {$ref: "#/components/responses/Unauthorized"}
+        "403": {$ref: "#/components/responses/Forbidden"}
+        "404": {$ref: "#/components/responses/NotFound"}
+        "409": {$ref: "#/components/responses/Conflict"}
+        "413": {$ref: "#/components/responses/TooLarge"}
+        "429": {$ref: "#/components/responses/TooMany"}
+  /v1/environments/{name}/wake:
+    parameters:
+      - {$ref: "#/components/parameters/Name"}
+    post:
+      operationId: wakeEnvironment
+      summary: Wake a sleeping environment (its services start and are checked healthy); answers once it serves.
+      responses:
+        "200":
+          description: The environment, awake.
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Environment"}
+        "400": {$ref: "#/components/responses/BadRequest"}
+        "401": {$ref: "#/components/responses/Unauthorized"}
+        "403": {$ref: "#/components/responses/Forbidden"}
+        "404": {$ref: "#/components/responses/NotFound"}
+        "409": {$ref: "#/components/responses/Conflict"}
+        "413": {$ref: "#/components/responses/TooLarge"}
+        "429": {$ref: "#/components/responses/TooMany"}
+  /v1/budgets:
+    get:
+      operationId: budgets
+      summary: Spend against the team and agent budgets this period, what runs now and what it costs, and what sharing saves.
+      responses:
+        "200":
+          description: The budgets the caller may see.
+          content:
+            application/json:
+              schema: {$ref: "#/components/schemas/Budgets"}
+        "400": {$ref: "#/components/responses/BadRequest"}
+        "401": {$ref: "#/components/responses/Unauthorized"}
+        "403": {$ref: "#/components/responses/Forbidden"}
+        "409": {$ref: "#/components/responses/Conflict"}
+        "413": {$ref: "#/components/responses/TooLarge"}
+        "429": {$ref: "#/components/responses/TooMany"}
   /v1/audit:
     get:
       operationId: auditLog
@@ -273,6 +327,7 @@ components:
         url: {type: string}
         restarts: {type: integer}
         lastExit: {type: string, nullable: true}
+        replicas: {type: integer, description: "Processes that run it now (0 while it sleeps)"}
     Route:
       type: object
       required: [name, url]
@@ -296,7 +351,64 @@ components:
         message: {type: string, nullable: true}
         attempts: {type: integer}
         nextAttemptAt: {type: string, nullable: true}
+        sleep:
+          type: object
+          nullable: true
+          description: Why it sleeps (absent or null while awake); a paused one is not woken by requests.
+          required: [state, reason, since]
+          properties:
+            state: {type: string, enum: [sleeping, paused]}
+            reason: {type: string}
+            since: {type: string}
         next: {type: array, items: {type: string}}
+    Budget:
+      type: object
+      required: [scope, name, period, label, limit, spent, remaining, hourly, projected, exhausted, top]
+      properties:
+        scope: {type: string, enum: [team, agent]}
+        name: {type: string}
+        period: {type: string, enum: [hourly, daily, monthly]}
+        label: {type: string}
+        limit: {type: number}
+        spent: {type: number}
+        remaining: {type: number}
+        hourly: {type: number}
+        projected: {type: number}
+        fraction: {type: number}
+        exhausted: {type: boolean}
+        top:
+          type: array
+          items: {type: object, required: [environment, amount], properties: {environment: {type: string}, amount: {type: number}}}
+    Budgets:
+      type: object
+      required: [at, budgets, environments, hourly, sharing]
+      properties:
+        at: {type: string}
+        budgets: {type: array, items: {$ref: "#/components/schemas/Budget"}}
+        environments:
+          type: array
+          items:
+            type: object
+            required: [name, class, hourly, asleep]
+            properties:
+              name: {type: string}
+              team: {type: string, nullable: true}
+              agent: {type: string, nullable: true}
+              class: {type: string}
+              hourly: {type: number}
+              asleep: {type: boolean}
+        hourly: {type: number}
+        sharing:
+          type: array
+          items:
+            type: object
+            required: [server, environments, memoryBytes, savedHourly, savedMonthly]
+            properties:
+              server: {type: string}
+              environments: {type: integer}
+              memoryBytes: {type: integer}
+              savedHourly: {type: number}
+              savedMonthly: {type: number}
     EnvironmentList:
       type: object
       required: [environments]

@@ -111,6 +111,8 @@ say("Gantry benchmarks (\(ProcessInfo.processInfo.activeProcessorCount) cores); 
 /// `GANTRY_BENCH_ONLY=passes|push|preview|isolation|burst|admission|protected|cel|fullstack|rss|api` runs one part.
 let only = ProcessInfo.processInfo.environment["GANTRY_BENCH_ONLY"]
 func runs(_ part: String) -> Bool { only == nil || only == part }
+/// The bench runs hundreds of previews by one agent: no caps (their admission is measured on its own).
+let benchPreviews = "{ttl: 72h, idleSleepAfter: 30m}"
 
 /// A reconciler with the local driver over `repo` and a new state directory (stop its driver when done).
 struct BenchReconciler {
@@ -135,7 +137,7 @@ struct BenchReconciler {
 // MARK: 1. A full pass over unchanged branches, against `git for-each-ref`.
 for total in [1_000, 10_000] where runs("passes") {
     let repo = try TestRepository()
-    try repo.seedExample()
+    try repo.seedExample(previews: benchPreviews)
     try addBranches(repo, count: total, prefix: "agents/bench/")
     let bench = try BenchReconciler(repo)
     let (git, driver, reconciler) = (bench.git, bench.driver, bench.reconciler)
@@ -165,7 +167,7 @@ for total in [1_000, 10_000] where runs("passes") {
 // MARK: 2. Push -> admitted record written, woken by `gantry notify`, 1,000 branches.
 if runs("push") {
     let repo = try TestRepository()
-    try repo.seedExample()
+    try repo.seedExample(previews: benchPreviews)
     try repo.write("environments/bench.yaml", "apiVersion: gantry/v1\nkind: Environment\nmetadata: {name: bench, class: development}\n")
     try repo.commitAsOwner("an environment with no services, so a push costs admission and recording only")
     try addBranches(repo, count: 1_000, prefix: "agents/other/")
@@ -248,7 +250,7 @@ if runs("push") {
 // MARK: 2b. The pass a push starts, alone (in this process, no wake-up): where push -> admitted goes.
 if runs("admit") {
     let repo = try TestRepository()
-    try repo.seedExample()
+    try repo.seedExample(previews: benchPreviews)
     try repo.write("environments/bench.yaml", "apiVersion: gantry/v1\nkind: Environment\nmetadata: {name: bench, class: development}\n")
     try repo.commitAsOwner("an environment with no services")
     try addBranches(repo, count: 1_000, prefix: "agents/other/")
@@ -271,7 +273,7 @@ if runs("admit") {
 // MARK: 3. Push -> preview serving HTTP 200, over 20 branches.
 if runs("preview") {
     let repo = try TestRepository()
-    try repo.seedExample()
+    try repo.seedExample(previews: benchPreviews)
     let state = TemporaryDirectory("gantry-bench")
     let run = try startReconciler(repo: repo, state: state)
     defer { kill(run.processIdentifier, SIGTERM); run.waitUntilExit() }
@@ -322,7 +324,7 @@ if runs("isolation") {
     var medians: [Bool: Double] = [:]
     for isolated in [true, false] {
         let repo = try TestRepository()
-        try repo.seedExample()
+        try repo.seedExample(previews: benchPreviews)
         // The example's cpu limit (half a core) would slow the isolated start on its own: the mechanism is measured.
         let template = try String(contentsOfFile: repo.path + "/templates/python-web.yaml", encoding: .utf8)
         try repo.write("templates/python-web.yaml", template.replacingOccurrences(of: "cpu: 0.5, ", with: ""))
@@ -364,7 +366,7 @@ if runs("burst") {
     let pool = Reconciler.Options().maxConcurrentOperations
     for limit in [pool, 1] {
         let repo = try TestRepository()
-        try repo.seedExample()
+        try repo.seedExample(previews: benchPreviews)
         var options = Reconciler.Options()
         options.maxConcurrentOperations = limit
         var driverOptions = LocalDriver.Options()
@@ -412,7 +414,7 @@ if runs("burst") {
 // unsigned commits), measured on the `gantry run` process, against a bare Swift process.
 if runs("rss") {
     let repo = try TestRepository()
-    try repo.seedExample()
+    try repo.seedExample(previews: benchPreviews)
     let main = try repo.git("rev-parse", "main")
     let web = try String(contentsOfFile: repo.path + "/environments/web.yaml", encoding: .utf8)
     var input = ""
@@ -459,7 +461,7 @@ if runs("rss") {
 // MARK: 4. Admission of one commit: its signature and 20 policies.
 if runs("admission") {
     let repo = try TestRepository()
-    try repo.seedExample()
+    try repo.seedExample(previews: benchPreviews)
     let checks = ["env.spec.services.all(s, env.spec.services[s].replicas <= 5)", "actor.kind in ['human', 'agent']",
                   "size(change.files) < 1000", "!env.name.contains('prod') || env.class == 'production'",
                   "branch.name.matches('^[a-z0-9/._-]+$')", "env.spec.routes.all(r, r.service in env.spec.services)"]
@@ -500,7 +502,7 @@ if runs("admission") {
 // MARK: 4b. The protected branch walked commit by commit: 200 signed commits pushed to main at once.
 if runs("protected") {
     let repo = try TestRepository()
-    try repo.seedExample()
+    try repo.seedExample(previews: benchPreviews)
     let bench = try BenchReconciler(repo)
     let (store, driver, reconciler) = (bench.store, bench.driver, bench.reconciler)
     defer { driver.shutdown() }
@@ -560,7 +562,7 @@ if runs("cel") {
 // MARK: 6. Full stack: push -> preview with a seeded PostgreSQL database serving a query; a 100 MB clone.
 if runs("fullstack") {
     let repo = try TestRepository()
-    try repo.seedExample()
+    try repo.seedExample(previews: benchPreviews)
     try repo.write("db/seed.sql", "CREATE TABLE users(name text); INSERT INTO users SELECT 'user' || g FROM generate_series(1, 1000) g;")
     try repo.write("apps/pgapp/server.py", """
         import http.server, os, subprocess

@@ -36,12 +36,13 @@ public struct RouteTarget: Sendable, Equatable {
 /// What the router tells the lifecycle: each request's start and end (idle timers, autoscaling),
 /// and asking a sleeping service to serve before a request is forwarded.
 public struct RouterHooks: Sendable {
-    public var started: @Sendable (_ environment: String, _ service: String) -> Void
+    /// A request came; true when it must wait for `ensureServing` (its service is being stopped).
+    public var started: @Sendable (_ environment: String, _ service: String) -> Bool
     public var ended: @Sendable (_ environment: String, _ service: String) -> Void
     /// Blocks until the service serves (nil), or says why it will not (answered with a 503).
     public var ensureServing: @Sendable (_ environment: String, _ service: String) -> String?
 
-    public init(started: @escaping @Sendable (String, String) -> Void, ended: @escaping @Sendable (String, String) -> Void,
+    public init(started: @escaping @Sendable (String, String) -> Bool, ended: @escaping @Sendable (String, String) -> Void,
                 ensureServing: @escaping @Sendable (String, String) -> String?) {
         self.started = started
         self.ended = ended
@@ -61,6 +62,13 @@ public final class Router: @unchecked Sendable {
     public var hooks: RouterHooks?
     /// Spreads requests across replicas.
     private var turn = 0
+    /// How long a request waits for a sleeping service to serve.
+    public var holdSeconds = 30.0
+    /// Requests forwarded to each backend port and not yet done.
+    private var forwarding: [Int: Int] = [:]
+
+    /// Requests under way to `port` (a replica going away waits for them).
+    public func inFlight(port: Int) -> Int { lock.withLock { forwarding[port] ?? 0 } }
 
     /// `table` maps lowercase hostnames (without port) to targets; it is asked on every request.
     public init(table: @escaping @Sendable () -> [String: RouteTarget]) {
@@ -152,15 +160,21 @@ public final class Router: @unchecked Sendable {
         }
         let hooks = self.hooks
         if let hooks, let service = target.service {
-            hooks.started(target.environment, service)
+            let hold = hooks.started(target.environment, service)
             defer { hooks.ended(target.environment, service) }
-            if target.asleep {
+            if target.asleep || hold {
                 // Held while it wakes; forwarded once it serves.
                 if let refusal = hooks.ensureServing(target.environment, service) {
                     respond(client, 503, "Waking up failed", detail: refusal, retryAfter: 5)
                     return
                 }
                 target = table()[hostname] ?? target
+                // A replica being started (by this wake, another, or an apply) serves once healthy.
+                let deadline = Date().addingTimeInterval(holdSeconds)
+                while target.ports.isEmpty, target.asleep, Date() < deadline {
+                    usleep(10_000)
+                    target = table()[hostname] ?? target
+                }
             }
             forward(client, head: lines, body: body, host: host, clientIP: clientIP, target: target)
         } else {
@@ -174,7 +188,16 @@ public final class Router: @unchecked Sendable {
             respond(client, 502, "No healthy backend", detail: "Environment \(target.environment): \(target.reason ?? "its service is not running").")
             return
         }
-        let port = target.ports[lock.withLock { () -> Int in turn &+= 1; return turn } % target.ports.count]
+        // Round robin, skipping a replica that has more requests under way than another.
+        let port = lock.withLock { () -> Int in
+            turn &+= 1
+            let least = target.ports.map { forwarding[$0, default: 0] }.min() ?? 0
+            let candidates = target.ports.filter { forwarding[$0, default: 0] == least }
+            let chosen = candidates[turn % candidates.count]
+            forwarding[chosen, default: 0] += 1
+            return chosen
+        }
+        defer { lock.withLock { forwarding[port, default: 1] -= 1; if forwarding[port] == 0 { forwarding[port] = nil } } }
         let backend = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         guard backend >= 0 else { return }
         defer { close(backend) }
@@ -201,6 +224,10 @@ public final class Router: @unchecked Sendable {
         let forwarded = Array((lines.joined(separator: "\r\n") + "\r\n\r\n").utf8) + body
         guard sendAll(backend, forwarded) else { return }
         // Stream the rest of the request to the backend while the response streams back.
+        // Both descriptors are closed only once the pump is done with them: a descriptor closed
+        // under it would be reused by the next connection, and the pump would read that one's
+        // request or shut its socket down.
+        let pumped = DispatchSemaphore(value: 0)
         let pump = Thread { [self] in
             var chunk = [UInt8](repeating: 0, count: 16384)
             while true {
@@ -208,6 +235,7 @@ public final class Router: @unchecked Sendable {
                 if count <= 0 || !sendAll(backend, Array(chunk[0..<count])) { break }
             }
             shutdown(backend, Int32(SHUT_WR))
+            pumped.signal()
         }
         pump.start()
         var chunk = [UInt8](repeating: 0, count: 16384)
@@ -216,6 +244,7 @@ public final class Router: @unchecked Sendable {
             if count <= 0 || !sendAll(client, Array(chunk[0..<count])) { break }
         }
         shutdown(client, Int32(SHUT_RDWR))
+        pumped.wait()
     }
 
     static func socketAddress(_ host: String, _ port: Int) -> sockaddr_in {

@@ -38,16 +38,21 @@ extension LocalDriver: LifecycleDriver {
 
     /// Runs `replicas` processes of the service: new ones started (and checked healthy), extra
     /// ones stopped; at 0 the first replica sleeps until a request wakes it.
-    public func scale(environment name: String, service serviceName: String, replicas: Int) throws {
+    public func scale(environment name: String, service serviceName: String, replicas: Int, drain: (Int) -> Void) throws {
         try Self.checkName(name)
         try operating(on: name) {
             guard let spec = try state.environment(name)?.appliedSpec, let service = spec.service(named: serviceName) else {
                 throw LocalDriverError("\(name) runs no service \(serviceName)")
             }
             let records = try state.services(of: name).filter { Self.serviceName(ofUnit: $0.name) == serviceName }
-            for record in records where Self.replicaIndex(record.name) >= max(replicas, 1) {
-                try stopUnit(record, keep: false)
+            let going = records.filter { Self.replicaIndex($0.name) >= replicas }
+            // Out of routing first, then what they serve finishes, then they stop.
+            for var record in going where record.phase == "Running" {
+                record.phase = "Draining"
+                try state.save(record)
             }
+            for record in going { drain(record.port) }
+            for record in going where Self.replicaIndex(record.name) > 0 { try stopUnit(record, keep: false) }
             if replicas == 0, let first = records.first(where: { $0.name == serviceName }) {
                 try stopUnit(first, keep: true)
                 return

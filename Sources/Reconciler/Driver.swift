@@ -199,8 +199,9 @@ public protocol LifecycleDriver: AnyObject, Sendable {
     func sleep(environment: String) throws
     /// Starts the services again and waits until they are healthy.
     func wake(environment: String) throws
-    /// Runs `replicas` processes of the service (0: none until a wake); new ones are checked healthy.
-    func scale(environment: String, service: String, replicas: Int) throws
+    /// Runs `replicas` processes of the service (0: none until a wake); new ones are checked
+    /// healthy; one that goes is first taken out of routing and `drain(port)` waits for what it serves.
+    func scale(environment: String, service: String, replicas: Int, drain: (Int) -> Void) throws
     /// The replicas that run now, per service (a sleeping service 0).
     func replicas(of environment: String) -> [String: Int]
 }

@@ -54,6 +54,8 @@ public final class LifecycleController: @unchecked Sendable {
     private var held: [String: Int] = [:]
     /// Sleeps and scalings under way (never two at once for an environment).
     private var working: Set<String> = []
+    /// Environments, and "environment/service"s, being stopped: their requests wait.
+    private var stopping: Set<String> = []
     /// Replica counts wanted by the scaler over the stabilization window, per "environment/service".
     private var wanted: [String: [(at: Date, count: Int)]] = [:]
     /// The autoscaled services of awake environments (refreshed each tick).
@@ -79,15 +81,46 @@ public final class LifecycleController: @unchecked Sendable {
 
     // MARK: The router's side
 
-    public func requestStarted(environment: String, service: String) {
+    /// Counts a request in; true when it must wait (`ensureServing`) before it is forwarded:
+    /// its service or environment is being stopped.
+    @discardableResult
+    public func requestStarted(environment: String, service: String) -> Bool {
         let now = clock()
-        lock.withLock {
+        return lock.withLock {
             lastRequest[environment] = now
             let count = (inFlight[environment]?[service] ?? 0) + 1
             inFlight[environment, default: [:]][service] = count
             peak[environment, default: [:]][service] = max(peak[environment]?[service] ?? 0, count)
+            return stopping.contains(environment) || stopping.contains("\(environment)/\(service)")
         }
     }
+
+    /// Requests forwarded to each replica's port and not yet answered (set by the router's owner),
+    /// so a replica going away finishes them first.
+    public var portInFlight: @Sendable (Int) -> Int = { _ in 0 }
+    /// How long a replica going away waits for the requests it serves.
+    public var drainSeconds = 30.0
+
+    func drain(_ port: Int) {
+        let deadline = Date().addingTimeInterval(drainSeconds)
+        while portInFlight(port) > 0, Date() < deadline { usleep(10_000) }
+    }
+
+    /// Marks an environment (or "environment/service") as being stopped, when nothing is in
+    /// flight for it (`ifIdle`) — checked and marked at once, so a request either came first (and
+    /// the stop is not made) or waits for the stop and then wakes it.
+    private func beginStop(_ key: String, ifIdle: Bool) -> Bool {
+        lock.withLock {
+            let parts = key.split(separator: "/", maxSplits: 1).map(String.init)
+            let counts = inFlight[parts[0]] ?? [:]
+            let busy = parts.count == 2 ? (counts[parts[1]] ?? 0) > 0 : counts.values.contains { $0 > 0 }
+            if ifIdle && busy { return false }
+            stopping.insert(key)
+            return true
+        }
+    }
+
+    private func endStop(_ key: String) { _ = lock.withLock { stopping.remove(key) } }
 
     public func requestEnded(environment: String, service: String) {
         let now = clock()
@@ -104,6 +137,11 @@ public final class LifecycleController: @unchecked Sendable {
     /// environment is woken, a service scaled to 0 gets a replica. Blocks until it serves (nil)
     /// or the hold runs out, too many requests wait, or it may not wake (the reason, for a 503).
     public func ensureServing(environment: String, service: String) -> String? {
+        // A stop under way finishes first; then the environment is woken (or the service started) again.
+        let waitUntil = Date().addingTimeInterval(options.holdTimeout)
+        while Date() < waitUntil, lock.withLock({ stopping.contains(environment) || stopping.contains("\(environment)/\(service)") }) {
+            usleep(10_000)
+        }
         let sleep = try? state.lifecycleState(of: environment)
         if let sleep, sleep.state == .paused {
             return "\(environment) is paused: \(sleep.reason). It wakes when the period rolls over or the budget is raised on the protected branch"
@@ -166,13 +204,16 @@ public final class LifecycleController: @unchecked Sendable {
     /// Puts an environment to sleep (idle, `gantry sleep`, a budget): its service processes stop,
     /// its data stays. `paused` keeps requests from waking it (a spent budget).
     @discardableResult
-    public func sleep(_ environment: String, actor: String, reason: String, paused: Bool = false,
+    public func sleep(_ environment: String, actor: String, reason: String, paused: Bool = false, ifIdle: Bool = false,
                       event: AuditEvent = .slept, fields: [(String, String)] = []) -> String? {
         guard let record = try? state.environment(environment), record.phase == .running else {
             return "\(environment) does not run (nothing to put to sleep)"
         }
         guard lock.withLock({ working.insert(environment).inserted }) else { return "\(environment) is being scaled or put to sleep already" }
         defer { lock.withLock { _ = working.remove(environment) } }
+        // (Idle: only if no request came meanwhile; the requests that come now wait, then wake it.)
+        guard beginStop(environment, ifIdle: ifIdle) else { return "\(environment) has requests in flight" }
+        defer { endStop(environment) }
         do {
             try driver.sleep(environment: environment)
         } catch {
@@ -231,7 +272,7 @@ public final class LifecycleController: @unchecked Sendable {
                 }
                 if !busy, now.timeIntervalSince(last) >= idle {
                     let reason = "idle: no request through the router for \(Self.duration(now.timeIntervalSince(last))) (idleSleepAfter \(Self.duration(idle)))"
-                    background { self.sleep(record.name, actor: "gantry", reason: reason) }
+                    background { self.sleep(record.name, actor: "gantry", reason: reason, ifIdle: true) }
                 }
             }
         }
@@ -395,8 +436,14 @@ public final class LifecycleController: @unchecked Sendable {
             let reason = "\(observed) request\(observed == 1 ? "" : "s") in flight, target \(CostModel.format(scale.targetConcurrency)) per replica"
             background { [self] in
                 defer { lock.withLock { _ = working.remove(environment) } }
+                // To zero only with nothing in flight; the requests that come meanwhile wait, then start it again.
+                let key = "\(environment)/\(service.name)"
+                if next == 0 {
+                    guard beginStop(key, ifIdle: true) else { return }
+                }
+                defer { if next == 0 { endStop(key) } }
                 do {
-                    try driver.scale(environment: environment, service: service.name, replicas: next)
+                    try driver.scale(environment: environment, service: service.name, replicas: next) { self.drain($0) }
                 } catch {
                     logger.error("could not scale", metadata: ["gantry.env": "\(environment)", "service": "\(service.name)", "error": "\(error)"])
                     return
@@ -415,7 +462,7 @@ public final class LifecycleController: @unchecked Sendable {
         }
         defer { lock.withLock { _ = working.remove(environment) } }
         do {
-            try driver.scale(environment: environment, service: service, replicas: 1)
+            try driver.scale(environment: environment, service: service, replicas: 1) { self.drain($0) }
         } catch {
             return "\(environment)'s service \(service) could not be started: \(error)"
         }

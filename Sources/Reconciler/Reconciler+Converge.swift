@@ -183,7 +183,9 @@ extension Reconciler {
             try state.save(record)
             return
         }
-        try appendOnce(.admitted, desired.name, commit.id, rules, fresh: recreated)
+        // What it will cost per hour once it runs (FORMATS.md's `cost-hourly`).
+        let hourly = CostModel.breakdown(spec, pricing: context.settings.pricing).hourly
+        try appendOnce(.admitted, desired.name, commit.id, rules + [("cost-hourly", String(format: "%.4f", hourly))], fresh: recreated)
         summary.admitted.append(desired.name)
         record.message = "applying \(commit.id.short)"
         record.conditions.append(.applying)

@@ -150,6 +150,9 @@ public final class StateStore: Sendable {
                 t.add(column: "onBehalfOf", .text)
                 t.add(column: "lastCommitAt", .datetime)
             }
+            // Environments known before: their TTL counts from the upgrade (never a teardown at
+            // the first pass for a preview older than its TTL whose last commit is not known).
+            try db.execute(sql: "UPDATE environments SET lastCommitAt = ?", arguments: [Date()])
             // Spend, by UTC hour (epoch seconds of its start), environment and whom it is charged to.
             try db.create(table: "ledger") { t in
                 t.column("hour", .integer).notNull()

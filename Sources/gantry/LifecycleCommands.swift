@@ -41,6 +41,9 @@ enum Lifecycles {
         let current = try store.lifecycleState(of: name)
         if action == "sleep", let current { print("\(name) already sleeps: \(current.reason)"); return }
         if action == "wake", current == nil { print("\(name) is awake"); return }
+        if action == "wake", let current, current.state == .paused {
+            throw Failure("\(name) is paused: \(current.reason). It may be woken once the budget's next period starts, or an admin raises the budget on the protected branch (`gantry budget` shows it)")
+        }
         guard let text = try? String(contentsOfFile: paths.pidFile, encoding: .utf8),
               let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), kill(pid, 0) == 0 else {
             throw Failure("no `gantry run` is running for \(paths.root.path): it is the one that puts environments to sleep and wakes them")

@@ -42,9 +42,12 @@ struct Run: ParsableCommand {
     @Flag(help: "Do not serve the API.")
     var noAPI = false
     @OptionGroup var apiRate: APIRate
+    @Option(help: "Seconds an autoscaled service waits before it scales down (the highest count wanted within them is kept).")
+    var scaleDownWindow = 60.0
 
     func validate() throws {
         guard interval > 0 else { throw ValidationError("--interval must be a positive number of seconds") }
+        guard scaleDownWindow >= 0, scaleDownWindow <= 86_400 else { throw ValidationError("--scale-down-window must be 0 to 86400 seconds") }
         guard !repo.isEmpty else { throw ValidationError("--repo must name a repository path or URL") }
     }
 
@@ -82,7 +85,9 @@ struct Run: ParsableCommand {
         let lifecycleAudit = AuditLog(repository: repository, key: key)
         lifecycleAudit.journal = StateJournal(store)
         if RepositoryLocation.isRemote(location) { lifecycleAudit.remote = location }
-        let lifecycle = LifecycleController(state: store, driver: driver, audit: lifecycleAudit, logger: logger)
+        var lifecycleOptions = LifecycleController.Options()
+        lifecycleOptions.stabilizationWindow = scaleDownWindow
+        let lifecycle = LifecycleController(state: store, driver: driver, audit: lifecycleAudit, logger: logger, options: lifecycleOptions)
         reconciler.lifecycle = lifecycle
         logger.info("gantry watching \(location) (state \(paths.root.path), audit key \(key.publicKey.fingerprint))")
         if once {
@@ -102,6 +107,7 @@ struct Run: ParsableCommand {
             candidate.hooks = RouterHooks(started: { lifecycle.requestStarted(environment: $0, service: $1) },
                                           ended: { lifecycle.requestEnded(environment: $0, service: $1) },
                                           ensureServing: { lifecycle.ensureServing(environment: $0, service: $1) })
+            lifecycle.portInFlight = { [weak candidate] port in candidate?.inFlight(port: port) ?? 0 }
             do {
                 // Environments in networks of their own reach it at the gateway.
                 let gateway = driver.routerGateway
@@ -281,8 +287,10 @@ enum RouteTable {
                 }
                 let ports = LocalDriver.backends(of: environment.name, service: route.service, in: services)
                 let phase = LocalDriver.observedPhase(of: service)
+                // A first replica being started (a wake, a scale from zero, an apply) or stopped is waited for.
                 table[host] = RouteTarget(environment: environment.name, host: LocalDriver.address(of: environment.name, in: store), ports: ports,
-                                          reason: ports.isEmpty ? "service \(route.service) is \(phase)" : nil, service: route.service)
+                                          reason: ports.isEmpty ? "service \(route.service) is \(phase)" : nil, service: route.service,
+                                          asleep: ports.isEmpty && (phase == "Starting" || phase == "Draining"))
             }
         }
         return table

@@ -47,9 +47,9 @@ struct Status: ParsableCommand {
             let conditions = summary.conditions.isEmpty ? "" : "  [\(summary.conditions.map(\.rawValue).joined(separator: ", "))]"
             // (The last commit judged; when it is not the one running — denied, waiting — both.)
             let running = environment.appliedCommit.flatMap { $0 == environment.commit ? nil : "  (running \($0.prefix(7)))" } ?? ""
-            print(Printable.line("\(environment.name)  \(environment.phase.rawValue)  \(environment.envClass)  \(environment.branch)@\(environment.commit.prefix(7))\(running)\(conditions)"))
+            print(Printable.line("\(environment.name)  \(summary.phase.rawValue)  \(environment.envClass)  \(environment.branch)@\(environment.commit.prefix(7))\(running)\(conditions)"))
             for service in summary.services {
-                print("  service \(service.name): \(service.phase)  \(service.url)\(service.restarts > 0 ? "  (\(service.restarts) restarts)" : "")")
+                print("  service \(service.name): \(service.phase)  \(service.url)\(service.replicas > 1 ? "  (\(service.replicas) replicas)" : "")\(service.restarts > 0 ? "  (\(service.restarts) restarts)" : "")")
             }
             for route in summary.routes {
                 print("  route \(route.name): \(route.url ?? "(no router: `gantry run` is not running one — started with --no-router, or the router could not listen: see its log)")")

@@ -136,6 +136,20 @@ import TestSupport
         #expect(try agent.call("GET", "/v1/environments/day1").json["name"] as? String == name)
         let explain = try agent.call("GET", "/v1/commits/\(created.json["commit"] as? String ?? "")/explain")
         #expect(explain.status == 200, "\(explain.body)")
+        // Asleep and awake again on request; never production, by an agent.
+        #expect(try agent.call("POST", "/v1/environments/web/sleep").status == 403)
+        let asleep = try agent.call("POST", "/v1/environments/day1/sleep")
+        #expect(asleep.status == 200 && asleep.json["phase"] as? String == "Sleeping", "\(asleep.body)")
+        #expect((asleep.json["sleep"] as? [String: Any])?["reason"] as? String == "asked by claude@payments")
+        let awake = try agent.call("POST", "/v1/environments/day1/wake")
+        #expect(awake.status == 200 && awake.json["phase"] as? String == "Running", "\(awake.body)")
+        // Its budgets: the team's and its own, with what runs now.
+        let budgets = try agent.call("GET", "/v1/budgets")
+        #expect(budgets.status == 200)
+        let budgetList = budgets.json["budgets"] as? [[String: Any]] ?? []
+        #expect(budgetList.contains { $0["scope"] as? String == "team" && $0["name"] as? String == "payments" && $0["period"] as? String == "monthly" }, "\(budgets.body)")
+        #expect(budgetList.contains { $0["scope"] as? String == "agent" && $0["name"] as? String == "claude@payments" }, "\(budgets.body)")
+        #expect((budgets.json["environments"] as? [[String: Any]])?.contains { $0["name"] as? String == name } == true)
         // Forbidden: production exec, and main's environment's deletion.
         #expect(try agent.call("POST", "/v1/environments/web/exec", body: #"{"command": ["id"]}"#).status == 403)
         #expect(try agent.call("DELETE", "/v1/environments/web").status == 403)
@@ -147,7 +161,7 @@ import TestSupport
         // Every step is in the signed audit log under claude@payments.
         let trail = try auditTrail(agent, name)
         let events = trail.map(\.event)
-        for event in ["admitted", "applied", "exec", "destroy-requested", "destroyed"] {
+        for event in ["admitted", "applied", "exec", "slept", "woke", "destroy-requested", "destroyed"] {
             #expect(events.contains(event), "no \(event) record: \(trail)")
         }
         // Every record of the agent's acts names it; Gantry's own correction of the break names nobody.
@@ -199,7 +213,8 @@ import TestSupport
         #expect(result.status == 0, "\(result.stdout.suffix(3000))\n\(result.stderr.suffix(3000))\n\(agent.log)")
         let steps = steps(result.stdout)
         let tools = steps["tools"]?["tools"] as? [String: [String: Any]] ?? [:]
-        for tool in ["list_environments", "get_environment", "diagnose", "logs", "create_environment", "destroy_environment", "exec", "explain_commit", "audit_log"] {
+        for tool in ["list_environments", "get_environment", "diagnose", "logs", "create_environment", "destroy_environment", "exec", "explain_commit", "audit_log",
+                     "budget", "wake_environment"] {
             #expect(tools[tool]?["output"] as? Bool == true, "\(tool) missing or without an output schema")
         }
         #expect(tools["diagnose"]?["readOnly"] as? Bool == true)
@@ -210,6 +225,11 @@ import TestSupport
         #expect((steps["exec"]?["text"] as? String)?.contains("tests-passed") == true, "\(steps["exec"] ?? [:])")
         let services = (steps["diagnose"]?["structured"] as? [String: Any])?["services"] as? [[String: Any]]
         #expect((services?.first?["restarts"] as? Int ?? 0) >= 1, "\(steps["diagnose"] ?? [:])")
+        #expect(steps["budget"]?["isError"] as? Bool == false)
+        let budgets = (steps["budget"]?["structured"] as? [String: Any])?["budgets"] as? [[String: Any]] ?? []
+        #expect(budgets.contains { $0["scope"] as? String == "team" && $0["name"] as? String == "payments" }, "\(steps["budget"] ?? [:])")
+        #expect(steps["wake"]?["isError"] as? Bool == false)
+        #expect((steps["wake"]?["structured"] as? [String: Any])?["phase"] as? String == "Running", "\(steps["wake"] ?? [:])")
         #expect(steps["forbidden"]?["isError"] as? Bool == true)
         #expect((steps["forbidden"]?["text"] as? String)?.contains("production") == true)
         #expect(steps["destroy"]?["isError"] as? Bool == false)

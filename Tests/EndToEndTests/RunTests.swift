@@ -196,7 +196,7 @@ import TestSupport
 
     @Test func killDashNineAtAnyMomentThenRestartConverges() throws {
         let repo = try TestRepository()
-        try repo.seedExample()
+        try repo.seedExample(previews: "{ttl: 72h, idleSleepAfter: 30m, maxPerTeam: 100, maxPerAgent: 100}")
         let state = TemporaryDirectory()
         defer { killMarked(state: state.path) }
         let arguments = ["run", "--repo", repo.path, "--state", state.path, "--interval", "0.1"]

@@ -71,7 +71,7 @@ final class Loop: @unchecked Sendable {
 @Suite(.serialized) struct ReconcilerStepTests {
     func seeded(configure: (inout Reconciler.Options) -> Void = { _ in }) throws -> Loop {
         let repo = try TestRepository()
-        try repo.seedExample()
+        try repo.seedExample(previews: "{ttl: 72h, idleSleepAfter: 30m, maxPerTeam: 100, maxPerAgent: 100}")
         let loop = try Loop(repo: repo, configure: configure)
         try loop.pass()
         return loop

@@ -106,9 +106,16 @@ public final class TestRepository: @unchecked Sendable {
     /// Copies the project's example-repo/ into the repository and commits it on main, signed by
     /// the owner (see `ownerPrincipal`).
     @discardableResult
-    public func seedExample(extraSigners: [String] = []) throws -> String {
+    /// `previews` replaces gantry.yaml's `previews:` settings (a test that runs more previews
+    /// than the example's caps allow).
+    public func seedExample(extraSigners: [String] = [], previews: String? = nil) throws -> String {
         let source = TestPaths.packageRoot.appendingPathComponent("example-repo").path
         try Shell.check(["cp", "-R", source + "/.", path])
+        if let previews {
+            let settings = try String(contentsOfFile: path + "/gantry.yaml", encoding: .utf8)
+            try write("gantry.yaml", settings.split(separator: "\n", omittingEmptySubsequences: false)
+                .map { $0.hasPrefix("previews:") ? "previews: \(previews)" : String($0) }.joined(separator: "\n"))
+        }
         try write("identities/allowed_signers", ([allowedSignersLine, try ownerSignersLine()] + extraSigners).joined(separator: "\n") + "\n")
         // The test's own signer is an agent acting for alice, like claude@payments in the example.
         let actors = try String(contentsOfFile: path + "/identities/actors.yaml", encoding: .utf8)
