@@ -108,7 +108,7 @@ let logger = ProcessInfo.processInfo.environment["GANTRY_BENCH_TRACE"] != nil
     ? Logger(label: "bench") { _ in TraceHandler() } : Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
 say("Gantry benchmarks (\(ProcessInfo.processInfo.activeProcessorCount) cores); gantry binary \(gantryBinary)")
 
-/// `GANTRY_BENCH_ONLY=passes|push|preview|isolation|burst|admission|protected|cel|fullstack|rss|api` runs one part.
+/// `GANTRY_BENCH_ONLY=passes|push|preview|isolation|burst|admission|protected|cel|fullstack|rss|api|lifecycle` runs one part.
 let only = ProcessInfo.processInfo.environment["GANTRY_BENCH_ONLY"]
 func runs(_ part: String) -> Bool { only == nil || only == part }
 /// The bench runs hundreds of previews by one agent: no caps (their admission is measured on its own).
@@ -691,6 +691,79 @@ if runs("api") {
     var list: [Double] = []
     for _ in 0..<100 { list.append(try time { _ = try LoopbackHTTP.request(base: base, path: "/v1/environments", token: token) }) }
     report("GET /v1/environments (4 environments)", list)
+}
+
+// MARK: 7. Lifecycle: a sleeping environment's first byte through the router (its services started
+// and checked healthy first; target under 500 ms, moonshot 150 ms), and what the router adds to a
+// request against the same request sent to the service directly.
+/// GET `path` from 127.0.0.1:`port` with `host` as Host: seconds to the first byte of the answer, and the status line.
+func firstByte(port: Int, host: String, path: String = "/") throws -> (seconds: Double, status: String) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw ShellError(description: "socket failed") }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = UInt16(port).bigEndian
+    address.sin_addr.s_addr = inet_addr(host.hasPrefix("10.") ? host : "127.0.0.1")
+    let started = DispatchTime.now().uptimeNanoseconds
+    let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    guard connected == 0 else { throw ShellError(description: "cannot connect to port \(port)") }
+    let request = Array("GET \(path) HTTP/1.1\r\nHost: \(host)\r\nConnection: close\r\n\r\n".utf8)
+    _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+    var buffer = [UInt8](repeating: 0, count: 65536)
+    var received = [UInt8]()
+    var first: UInt64?
+    while true {
+        let count = recv(fd, &buffer, buffer.count, 0)
+        if count <= 0 { break }
+        if first == nil { first = DispatchTime.now().uptimeNanoseconds }
+        received += buffer[0..<count]
+    }
+    let status = String(decoding: received.prefix { $0 != 13 }, as: UTF8.self)
+    return (Double((first ?? DispatchTime.now().uptimeNanoseconds) - started) / 1e9, status)
+}
+
+if runs("lifecycle") {
+    let repo = try TestRepository()
+    try repo.seedExample(previews: benchPreviews)
+    try repo.write("environments/nap.yaml", """
+        apiVersion: gantry/v1
+        kind: Environment
+        metadata: {name: nap, team: payments, class: development}
+        spec:
+          template: python-web
+        """)
+    try repo.commitAsOwner("an environment to put to sleep and wake")
+    let state = TemporaryDirectory("gantry-bench-lifecycle")
+    let run = Process()
+    run.executableURL = URL(fileURLWithPath: gantryBinary)
+    run.arguments = ["run", "--repo", repo.path, "--state", state.path, "--interval", "0.2", "--stop-on-exit", "--router-port", "0", "--no-api"]
+    run.standardError = FileHandle(forWritingAtPath: "/dev/null")
+    try run.run()
+    defer { run.terminate(); run.waitUntilExit() }
+    let store = try StateStore(path: state.path + "/gantry.db")
+    guard eventually(90, { (try? store.environment("nap"))??.phase == .running }),
+          let port = (try? String(contentsOfFile: state.path + "/router.port", encoding: .utf8)).flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) else {
+        throw ShellError(description: "nap did not run")
+    }
+    let host = "www.nap.localhost"
+    var wakes: [Double] = []
+    for _ in 0..<20 {
+        guard spawnWait([gantryBinary, "sleep", "nap", "--state", state.path]) == 0 else { throw ShellError(description: "gantry sleep failed") }
+        let answer = try firstByte(port: port, host: host, path: "/healthz")
+        guard answer.status.contains(" 200") else { throw ShellError(description: "a woken request answered \(answer.status)") }
+        wakes.append(answer.seconds)
+    }
+    report("wake on request: first byte of a sleeping environment through the router (target < 500 ms, moonshot < 150 ms)", wakes)
+    guard let service = try store.services(of: "nap").first(where: { $0.name == "web" }) else { throw ShellError(description: "no service") }
+    let direct = LocalDriver.address(of: "nap", in: store)
+    var routed: [Double] = [], straight: [Double] = []
+    for _ in 0..<200 {
+        routed.append(try firstByte(port: port, host: host, path: "/healthz").seconds)
+        straight.append(try firstByte(port: service.port, host: direct, path: "/healthz").seconds)
+    }
+    report("a request through the router (awake)", routed, baseline: ("the same request sent to the service directly", straight))
+    say("router added latency: median \(milliseconds(percentile(routed, 0.5) - percentile(straight, 0.5))), p99 \(milliseconds(percentile(routed, 0.99) - percentile(straight, 0.99)))")
 }
 
 say("done")
