@@ -121,12 +121,29 @@ public final class Usage: @unchecked Sendable {
         public let agent: String?
     }
 
-    public let spending: Spending
     private let lock = NSLock()
     private var previews: [String: Preview]
+    /// Read from the ledger the first time a budget rule asks (most passes judge nothing).
+    private var loaded: Spending?
+    private let loadSpending: @Sendable () -> Spending
+
+    public var spending: Spending {
+        lock.withLock {
+            if let loaded { return loaded }
+            let made = loadSpending()
+            loaded = made
+            return made
+        }
+    }
 
     public init(spending: Spending = Spending(now: Date()), previews: [Preview] = []) {
-        self.spending = spending
+        self.loaded = spending
+        self.loadSpending = { spending }
+        self.previews = Dictionary(previews.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
+    }
+
+    init(previews: [Preview], spending: @escaping @Sendable () -> Spending) {
+        self.loadSpending = spending
         self.previews = Dictionary(previews.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
     }
 
@@ -136,7 +153,9 @@ public final class Usage: @unchecked Sendable {
         let previews = try state.environments().filter { $0.envClass == EnvironmentClass.preview.rawValue
             && ($0.appliedCommit != nil || $0.conditions.contains(.applying)) }
             .map { Preview(name: $0.name, branch: $0.branch, team: $0.team, agent: $0.agent) }
-        return Usage(spending: try Spending.load(state, now: now), previews: previews)
+        // (A ledger that cannot be read counts as nothing spent for this pass: the pass that
+        // follows reads it again.)
+        return Usage(previews: previews) { (try? Spending.load(state, now: now)) ?? Spending(now: now) }
     }
 
     public func note(_ preview: Preview) { lock.withLock { previews[preview.name] = preview } }

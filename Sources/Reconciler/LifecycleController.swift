@@ -61,6 +61,8 @@ public final class LifecycleController: @unchecked Sendable {
     /// The autoscaled services of awake environments (refreshed each tick).
     private var scaled: [(environment: String, service: Service)] = []
     private var lastAccrual: Date?
+    /// The pricing changed: the meters are written again at once.
+    private var dirty = true
     private var settings = Settings()
     private var started = Date()
     private var scaler: Thread?
@@ -255,7 +257,10 @@ public final class LifecycleController: @unchecked Sendable {
     /// records about a team or agent go). Returns the previews whose TTL ran out.
     public func tick(settings: Settings, revision: String) -> [Expiry] {
         let now = clock()
-        lock.withLock { self.settings = settings }
+        lock.withLock {
+            if self.settings.pricing != settings.pricing { dirty = true }
+            self.settings = settings
+        }
         let records = ((try? state.environments()) ?? []).filter { $0.phase == .running && !$0.conditions.contains(.destroying) }
         let sleeping = (try? state.lifecycleStates()) ?? [:]
         takeRequests()
@@ -277,8 +282,10 @@ public final class LifecycleController: @unchecked Sendable {
             }
         }
         lock.withLock { scaled = autoscaled }
-        meter(now: now, force: false)
-        budgets(settings: settings, revision: revision, records: records, sleeping: sleeping, now: now)
+        // Budgets are judged each time the ledger is written (at least every `accrualInterval`).
+        if meter(now: now, force: false) {
+            budgets(settings: settings, revision: revision, records: records, sleeping: sleeping, now: now)
+        }
         return expired
     }
 
@@ -325,7 +332,13 @@ public final class LifecycleController: @unchecked Sendable {
     // MARK: Spend
 
     /// Writes the ledger when what runs changed or `accrualInterval` passed (`force`: now).
-    func meter(now: Date, force: Bool) {
+    /// True when it wrote.
+    @discardableResult
+    func meter(now: Date, force: Bool) -> Bool {
+        // What runs changes through this controller's hooks (applied, forget, sleep, wake, scale),
+        // which force a write; otherwise the meters are accrued every `accrualInterval`.
+        let due = lock.withLock { dirty || (lastAccrual.map { now.timeIntervalSince($0) >= options.accrualInterval } ?? true) }
+        guard force || due else { return false }
         let pricing = lock.withLock { settings.pricing }
         let sleeping = (try? state.lifecycleStates()) ?? [:]
         var current: [Meter] = []
@@ -338,15 +351,13 @@ public final class LifecycleController: @unchecked Sendable {
             current.append(Meter(environment: record.name, since: now, hourly: cost.hourly, team: record.team, agent: record.agent,
                                  onBehalfOf: record.onBehalfOf, envClass: record.envClass))
         }
-        let stored = (try? state.meters()) ?? []
-        let changed = stored.count != current.count || !current.allSatisfy { meter in stored.contains { $0.environment == meter.environment && $0.charges(like: meter) } }
-        let due = lock.withLock { lastAccrual.map { now.timeIntervalSince($0) >= options.accrualInterval } ?? true }
-        guard force || changed || due else { return }
         do {
             try state.accrue(until: now, current: current)
-            lock.withLock { lastAccrual = now }
+            lock.withLock { lastAccrual = now; dirty = false }
+            return true
         } catch {
             logger.error("could not write the spend ledger; retried next pass", metadata: ["error": "\(error)"])
+            return false
         }
     }
 

@@ -24,11 +24,6 @@ public struct Meter: Codable, Sendable, Equatable, FetchableRecord, PersistableR
         self.envClass = envClass
     }
 
-    /// The same rate and charge (what `accrue` compares to decide whether a meter changed).
-    public func charges(like other: Meter) -> Bool {
-        abs(hourly - other.hourly) < 1e-12 && team == other.team && agent == other.agent && onBehalfOf == other.onBehalfOf
-            && envClass == other.envClass
-    }
 }
 
 /// Spend accrued in one period, by whom it is charged to.
