@@ -86,7 +86,7 @@ let package = Package(
         .testTarget(name: "GovernanceTests", dependencies: ["Governance", "Audit", "GitStore", "SpecLoading", "SpecModel", "CEL", "TestSupport"]),
         .testTarget(name: "AuditTests", dependencies: ["Audit", "GitStore", "TestSupport"]),
         .testTarget(name: "StateStoreTests", dependencies: ["StateStore", "TestSupport", .product(name: "GRDB", package: "GRDB.swift")]),
-        .testTarget(name: "LocalDriverTests", dependencies: ["LocalDriver", "Reconciler", "StateStore", "SpecModel", "SpecLoading", "Audit", "GitStore", "Governance", "TestSupport",
+        .testTarget(name: "LocalDriverTests", dependencies: ["LocalDriver", "Gateway", "Reconciler", "StateStore", "SpecModel", "SpecLoading", "Audit", "GitStore", "Governance", "TestSupport",
                                                            .product(name: "Logging", package: "swift-log")]),
         // The agents' API in-process over a real repository, state DB and curl: who may do what, bad input, rate limits.
         .testTarget(name: "APITests", dependencies: ["API", "StateStore", "GitStore", "Audit", "Governance", "Reconciler", "SpecLoading", "TestSupport",

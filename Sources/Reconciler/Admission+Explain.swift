@@ -14,6 +14,8 @@ extension Admission {
         /// The tip the protected branch was last seen at (a merge on top of it counts as an approval).
         public var observedTip: ObjectID?
         public var records: [String: EnvironmentRecord] = [:]
+        /// Spend and preview slots (empty when not known).
+        public var usage = Usage()
         public init(trust: TrustState? = nil, lastAdmitted: ObjectID? = nil, protectedMerges: Set<String> = [],
                     observedTip: ObjectID? = nil, records: [String: EnvironmentRecord] = [:]) {
             self.trust = trust
@@ -47,7 +49,7 @@ extension Admission {
         if branch != protectedBranch {
             let governance = try GovernanceRevision.load(at: revision, repository: repository)
             let context = try self.context(governance: governance, protectedBranch: protectedBranch, protectedTip: protectedTip,
-                                           revision: revision, protectedMerges: known.protectedMerges, running: known.running(protectedBranch))
+                                           revision: revision, protectedMerges: known.protectedMerges, running: known.running(protectedBranch), usage: known.usage)
             lines.append("commit \(commit.short) on \(branch), judged with policy revision \(revision.short) of \(protectedBranch)")
             let hidden = (known.lastAdmitted.map { [$0] } ?? []) + [revision]
             let identity = try judgeIdentity(tip: commit, hiding: hidden, changedSince: try repository.mergeBase(protectedTip, commit), context: context)
@@ -58,7 +60,7 @@ extension Admission {
         if try commit == revision || repository.isReachable(commit, from: revision) {
             let policy = try GovernanceRevision.load(at: known.trust?.policyRevision.flatMap(ObjectID.init(hex:)) ?? revision, repository: repository)
             let context = try self.context(governance: policy, protectedBranch: protectedBranch, protectedTip: protectedTip,
-                                           revision: revision, protectedMerges: known.protectedMerges, running: known.running(protectedBranch))
+                                           revision: revision, protectedMerges: known.protectedMerges, running: known.running(protectedBranch), usage: known.usage)
             lines.append("commit \(commit.short) on \(protectedBranch) is admitted (the admitted revision is \(revision.short)), judged with policy revision \(policy.commit.short)")
             let parent = try repository.commit(commit).parents.first
             let identity = try judgeIdentity(tip: commit, hiding: parent.map { [$0] } ?? [], changedSince: parent, context: context)
@@ -93,7 +95,7 @@ extension Admission {
             guard step == commit else { return lines }
             let envContext = try self.context(governance: governance, protectedBranch: protectedBranch, protectedTip: protectedTip,
                                               revision: revision, protectedMerges: known.protectedMerges.union(verdict.isProtectedMerge ? [step.hex] : []),
-                                              running: known.running(protectedBranch))
+                                              running: known.running(protectedBranch), usage: known.usage)
             let identity = try judgeIdentity(tip: commit, hiding: [revision], changedSince: revision, context: envContext)
             let released = try environments(at: commit, branch: branch, touchedSince: revision, identity: identity, context: envContext, known: known)
             lines.append("environments it releases once admitted:")
@@ -150,6 +152,7 @@ extension Admission {
             known.protectedMerges = try store.protectedMerges()
             known.observedTip = try store.processedRefs()[known.trust?.protectedBranch ?? defaultProtectedBranch].flatMap(ObjectID.init(hex:))
             known.records = Dictionary(try store.environments(includeDestroyed: true).map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+            known.usage = try Usage.load(store, now: Date())
         }
         let protectedBranch = known.trust?.protectedBranch ?? defaultProtectedBranch
         let onBranch = try branch ?? (branches[protectedBranch] == target ? protectedBranch : nil)
