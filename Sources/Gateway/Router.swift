@@ -66,6 +66,10 @@ public final class Router: @unchecked Sendable {
     public var holdSeconds = 30.0
     /// Requests forwarded to each backend port and not yet done.
     private var forwarding: [Int: Int] = [:]
+    /// Connections served at once, at most `maxConnections`; a request head must arrive within `headSeconds`.
+    private var connections = 0
+    public var maxConnections = 1024
+    public var headSeconds = 10.0
 
     /// Requests under way to `port` (a replica going away waits for them).
     public func inFlight(port: Int) -> Int { lock.withLock { forwarding[port] ?? 0 } }
@@ -132,22 +136,45 @@ public final class Router: @unchecked Sendable {
             }
             _ = fcntl(client, F_SETFD, FD_CLOEXEC)
             let address = String(cString: inet_ntoa(peer.sin_addr))
-            Thread.detachNewThread { [self] in handle(client, from: address) }
+            // A thread per connection, up to `maxConnections` at once: beyond, a 503 at once.
+            let admitted = lock.withLock { () -> Bool in
+                guard connections < maxConnections else { return false }
+                connections += 1
+                return true
+            }
+            guard admitted else {
+                Thread.detachNewThread { [self] in
+                    respond(client, 503, "Too many connections", detail: "The router serves \(maxConnections) connections at once; retry shortly.", retryAfter: 1)
+                    close(client)
+                }
+                continue
+            }
+            Thread.detachNewThread { [self] in
+                defer { lock.withLock { connections -= 1 } }
+                handle(client, from: address)
+            }
         }
     }
 
     private func handle(_ client: Int32, from clientIP: String) {
         defer { close(client) }
+        // The head must arrive within `headSeconds` (a connection that trickles it is closed);
+        // once forwarding, no limit (a response may stream for long).
+        var limit = timeval(tv_sec: Int(headSeconds), tv_usec: 0)
+        setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &limit, socklen_t(MemoryLayout<timeval>.size))
+        let headStarted = Date()
         // Read the request head (bounded), then forward it and stream the rest.
         var head = [UInt8]()
         var buffer = [UInt8](repeating: 0, count: 8192)
         while !head.containsHeadEnd() {
             let count = recv(client, &buffer, buffer.count, 0)
-            if count <= 0 { return }
+            if count <= 0 || Date().timeIntervalSince(headStarted) > headSeconds { return }
             head += buffer[0..<count]
             if head.count > 64 * 1024 { respond(client, 431, "Request header too large", detail: "The request head exceeds 64 KiB."); return }
         }
         guard let split = head.headEnd() else { return }
+        var unlimited = timeval(tv_sec: 0, tv_usec: 0)
+        setsockopt(client, SOL_SOCKET, SO_RCVTIMEO, &unlimited, socklen_t(MemoryLayout<timeval>.size))
         let headText = String(decoding: head[..<split], as: UTF8.self)
         let body = Array(head[split...])
         let lines = headText.components(separatedBy: "\r\n")

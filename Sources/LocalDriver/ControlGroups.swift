@@ -108,10 +108,11 @@ struct ControlGroups: Sendable {
             case "memory":
                 if let memory { _ = Self.write("\(memory)", to: path + "/memory.limit_in_bytes") }
             case "cpu":
-                if let cpu { _ = Self.write("100000", to: path + "/cpu.cfs_period_us"); _ = Self.write("\(Int(cpu * 100_000))", to: path + "/cpu.cfs_quota_us") }
+                // (The kernel's least quota is 1 ms a period: a smaller one would be refused, and leave it unlimited.)
+                if let cpu { _ = Self.write("100000", to: path + "/cpu.cfs_period_us"); _ = Self.write("\(max(1000, Int(cpu * 100_000)))", to: path + "/cpu.cfs_quota_us") }
             case "unified":
                 _ = Self.write(memory.map(String.init) ?? "max", to: path + "/memory.max")
-                _ = Self.write(cpu.map { "\(Int($0 * 100_000)) 100000" } ?? "max 100000", to: path + "/cpu.max")
+                _ = Self.write(cpu.map { "\(max(1000, Int($0 * 100_000))) 100000" } ?? "max 100000", to: path + "/cpu.max")
             default: break
             }
             joins.append(path + "/cgroup.procs")

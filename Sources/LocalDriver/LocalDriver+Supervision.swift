@@ -236,7 +236,8 @@ extension LocalDriver {
         for database in environment.spec.databases {
             switch database.engine {
             case "sqlite":
-                if !FileManager.default.fileExists(atPath: sqlitePath(environment: environment.name, database: database.name)) {
+                // (As the apply sees it: whatever the environment put at the path — a link, say — is its own.)
+                if !Self.exists(sqlitePath(environment: environment.name, database: database.name)) {
                     found.append("database \(database.name) (sqlite) is missing")
                 }
             case "postgres":

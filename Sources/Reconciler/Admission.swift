@@ -131,8 +131,8 @@ public struct Admission: Sendable {
         }
         let watched = desired.loaded.watchedPaths + before.watched
         let touching = asFound ? [] : try touchingCommits(watched: watched, change: tip.id, since: before.base, context: context)
-        let team = asFound ? (rule: "team: taken as found at the trust anchor", remedy: nil)
-            : teamRule(environment: desired.name, teams: [spec.team, before.team], touching: touching, change: tip.id, context: context)
+        let teamRule = asFound ? (rule: "team: taken as found at the trust anchor", remedy: nil)
+            : self.teamRule(environment: desired.name, teams: [spec.team, before.team], touching: touching, change: tip.id, context: context)
         let clones = cloneRules(spec, context: context)
         // On the protected branch the change runs from what runs (its files since then, its spec as
         // `previous`); a preview's from its merge-base with the protected branch.
@@ -141,12 +141,15 @@ public struct Admission: Sendable {
         let files = try changedFiles(isProtected: isProtected, before: before, tip: tip.id, identity: identity)
         // What it would cost, and where its team's and its agent's budgets stand (the agent the
         // tip's actor is: whoever changes an environment last is charged for it).
-        let cost = CostModel.breakdown(spec, pricing: context.settings.pricing)
+        // Judged at the most it may cost: an autoscaled service at its max.
+        let cost = CostModel.breakdown(spec, pricing: context.settings.pricing, ceiling: true)
         let agent = identity.tip.actor?.kind == .agent ? identity.tip.principal : nil
         let budgets = context.settings.budgets
-        let teamBudget = spec.team.map { context.usage.spending.status(scope: "team", name: $0, limit: budgets.team($0)) } ?? []
+        // A preview is charged to its file's team, else to the team of the live environment it previews.
+        let team = spec.team ?? (isProtected ? nil : context.live[desired.loaded.name]?.team)
+        let teamBudget = team.map { context.usage.spending.status(scope: "team", name: $0, limit: budgets.team($0)) } ?? []
         let agentBudget = agent.map { context.usage.spending.status(scope: "agent", name: $0, limit: budgets.agent($0)) } ?? []
-        let costValue = Self.costValue(cost)
+        let costValue = Self.costValue(cost, initial: CostModel.breakdown(spec, pricing: context.settings.pricing))
         let budgetValue = Self.budgetValue(spec: spec, team: teamBudget, agent: agentBudget)
         let policy = policyVerdict({ judged, source in
             PolicyInput.variables(
@@ -155,15 +158,15 @@ public struct Admission: Sendable {
                 commit: PolicyInput.Commit(sha: judged.info.id.hex, message: judged.info.message, trailers: judged.info.trailers),
                 changedFiles: files, approvals: [], now: Date(), clone: source, cost: costValue, budget: budgetValue)
         }, tip: try context.cache.judged(tip.id, with: context.identity), touching: touching ?? [], clones: clones.sources, context: context)
-        let budget = budgetRules(spec: spec, cost: cost, agent: agent, isNew: before.spec == nil, team: teamBudget,
+        let budget = budgetRules(spec: spec, cost: cost, agent: agent, chargedTeam: team, isNew: before.spec == nil, team: teamBudget,
                                  agentStatus: agentBudget, context: context)
         let secretRules = missingSecrets.map {
             "secret: \($0) is not set for \(spec.name); set it with `gantry secret set \($0) --env \(spec.name)` (or --class \(spec.class.rawValue), --team)"
         }
-        let judged = signatureRules + specRules + [team.rule] + clones.rules + policy.rules + budget.rules + secretRules
-        if team.remedy != nil || !clones.remedies.isEmpty || policy.denied || !budget.remedies.isEmpty || !missingSecrets.isEmpty {
+        let judged = signatureRules + specRules + [teamRule.rule] + clones.rules + policy.rules + budget.rules + secretRules
+        if teamRule.remedy != nil || !clones.remedies.isEmpty || policy.denied || !budget.remedies.isEmpty || !missingSecrets.isEmpty {
             return Judgement(decision: .deny, rules: judged,
-                             remedies: (team.remedy.map { [$0] } ?? []) + clones.remedies + policy.remedies + budget.remedies
+                             remedies: (teamRule.remedy.map { [$0] } ?? []) + clones.remedies + policy.remedies + budget.remedies
                                 + secretRules.map { String($0.dropFirst("secret: ".count)) },
                              conditions: [.admissionDenied] + (missingSecrets.isEmpty ? [] : [.secretMissing]))
         }

@@ -168,8 +168,10 @@ public final class Usage: @unchecked Sendable {
 
 extension Admission {
     /// The environment's cost under `pricing`, for the policies' `cost` and the budget rules.
-    static func costValue(_ cost: CostBreakdown) -> CELValue {
-        .map(PolicyInput.map([("hourly", .double(cost.hourly)),
+    /// `hourly`: the most it may cost (an autoscaled service at its max); `initial`: what it
+    /// costs as first applied; `items`: the most, item by item.
+    static func costValue(_ cost: CostBreakdown, initial: CostBreakdown) -> CELValue {
+        .map(PolicyInput.map([("hourly", .double(cost.hourly)), ("initial", .double(initial.hourly)),
                               ("items", .map(PolicyInput.map(cost.lines.map { ($0.item, .double($0.hourly)) })))]))
     }
 
@@ -190,15 +192,22 @@ extension Admission {
     /// `spec.budget.hourly`, the team's and the agent's budgets, and the preview caps.
     /// Production is only told (a budget never denies or pauses it); a preview beyond a cap, or
     /// any other environment whose spend to the period's end would pass what is left, is denied.
-    func budgetRules(spec: EnvironmentSpec, cost: CostBreakdown, agent: String?, isNew: Bool, team: [BudgetStatus],
+    func budgetRules(spec: EnvironmentSpec, cost: CostBreakdown, agent: String?, chargedTeam: String?, isNew: Bool, team: [BudgetStatus],
                      agentStatus: [BudgetStatus], context: Context) -> (rules: [String], remedies: [String]) {
         var rules: [String] = []
         var remedies: [String] = []
         let money = CostModel.format
+        let settings = context.settings
+        // A preview must be someone's: where teams are capped or budgeted, one of no team is refused.
+        if spec.class == .preview, chargedTeam == nil, settings.previews.maxPerTeam != nil || !settings.budgets.teams.isEmpty {
+            rules.append("budget: \(spec.name) belongs to no team, and previews.maxPerTeam or budgets.teams apply")
+            remedies.append("name the team in metadata.team (a team you are a member of)")
+        }
         let items = cost.lines.filter { $0.hourly > 0 }.map { "\($0.item) \(money($0.hourly))" }.joined(separator: ", ")
         if let ceiling = spec.budget?.hourly {
+            let most = spec.services.contains { $0.autoscale != nil } ? " at most (autoscaled services at their max)" : ""
             if cost.hourly > ceiling + 1e-9 {
-                rules.append("budget: \(spec.name) costs \(money(cost.hourly))/h (\(items)), over its spec.budget.hourly of \(money(ceiling))")
+                rules.append("budget: \(spec.name) costs \(money(cost.hourly))/h\(most) (\(items)), over its spec.budget.hourly of \(money(ceiling))")
                 remedies.append("lower the replicas or resources of \(spec.name) to at most \(money(ceiling))/h (`gantry cost --env \(spec.name)` shows the breakdown), or raise spec.budget.hourly")
             } else {
                 rules.append("budget: \(spec.name) costs \(money(cost.hourly))/h, within its spec.budget.hourly of \(money(ceiling)): ok")
@@ -219,9 +228,8 @@ extension Admission {
             }
         }
         guard spec.class == .preview, isNew else { return (rules, remedies) }
-        let settings = context.settings.previews
         let usage = context.usage
-        if let cap = settings.maxPerTeam, let team = spec.team {
+        if let cap = settings.previews.maxPerTeam, let team = chargedTeam {
             let held = usage.previews(where: { $0.team == team }, except: spec.name)
             if held.count >= cap {
                 rules.append("previews: team \(team) already runs \(held.count) previews, its cap (previews.maxPerTeam \(cap)): \(Self.listing(held))")
@@ -230,7 +238,7 @@ extension Admission {
                 rules.append("previews: team \(team) runs \(held.count) of at most \(cap): ok")
             }
         }
-        if let cap = settings.maxPerAgent, let agent {
+        if let cap = settings.previews.maxPerAgent, let agent {
             let held = usage.previews(where: { $0.agent == agent }, except: spec.name)
             if held.count >= cap {
                 rules.append("previews: agent \(agent) already runs \(held.count) previews, its cap (previews.maxPerAgent \(cap)): \(Self.listing(held))")

@@ -184,6 +184,12 @@ public final class LifecycleController: @unchecked Sendable {
         guard let record = try? state.environment(environment), record.phase == .running else {
             return "\(environment) does not run (nothing to wake)"
         }
+        let was = try? state.lifecycleState(of: environment)
+        if let was, was.state == .paused {
+            return "\(environment) is paused: \(was.reason). It wakes when the period rolls over or the budget is raised on the protected branch"
+        }
+        guard lock.withLock({ working.insert(environment).inserted }) else { return "\(environment) is being put to sleep or scaled; retry" }
+        defer { lock.withLock { _ = working.remove(environment) } }
         let began = clock()
         do {
             try driver.wake(environment: environment)
@@ -191,7 +197,6 @@ public final class LifecycleController: @unchecked Sendable {
             logger.error("could not wake", metadata: ["gantry.env": "\(environment)", "error": "\(error)"])
             return "\(environment) could not be woken: \(error)"
         }
-        let was = try? state.lifecycleState(of: environment)
         try? state.setLifecycleState(environment, nil)
         let now = clock()
         lock.withLock { awakeSince[environment] = now; lastRequest[environment] = now }
@@ -207,7 +212,7 @@ public final class LifecycleController: @unchecked Sendable {
     /// its data stays. `paused` keeps requests from waking it (a spent budget).
     @discardableResult
     public func sleep(_ environment: String, actor: String, reason: String, paused: Bool = false, ifIdle: Bool = false,
-                      event: AuditEvent = .slept, fields: [(String, String)] = []) -> String? {
+                      event: AuditEvent = .slept, fields: [(String, String)] = [], restore: Bool = false) -> String? {
         guard let record = try? state.environment(environment), record.phase == .running else {
             return "\(environment) does not run (nothing to put to sleep)"
         }
@@ -223,6 +228,12 @@ public final class LifecycleController: @unchecked Sendable {
             return "\(environment) could not be put to sleep: \(error)"
         }
         let now = clock()
+        if restore {
+            // Put back to sleep (its state kept): history only.
+            meter(now: now, force: true)
+            note(environment, "stopped", "was asleep, yet its processes ran: stopped again (\(reason))")
+            return nil
+        }
         try? state.setLifecycleState(environment, LifecycleState(environment: environment, state: paused ? .paused : .sleeping,
                                                                  reason: reason, since: now))
         meter(now: now, force: true)
@@ -269,6 +280,15 @@ public final class LifecycleController: @unchecked Sendable {
         for record in records {
             guard let spec = record.appliedSpec else { continue }
             if sleeping[record.name] == nil { autoscaled += spec.services.filter { $0.autoscale != nil }.map { (record.name, $0) } }
+            // Asleep, yet something of it runs (nothing of Gantry's starts it then): stopped again.
+            if let asleep = sleeping[record.name], driver.replicas(of: record.name).values.contains(where: { $0 > 0 }),
+               lock.withLock({ !working.contains(record.name) && wakes[record.name] == nil }) {
+                logger.warning("asleep but running: stopped again", metadata: ["gantry.env": "\(record.name)"])
+                background {
+                    self.sleep(record.name, actor: "gantry", reason: asleep.reason, paused: asleep.state == .paused,
+                               event: asleep.state == .paused ? .budgetPaused : .slept, restore: true)
+                }
+            }
             if let expiry = checkTTL(record, spec: spec, settings: settings, now: now) { expired.append(expiry); continue }
             if sleeping[record.name] == nil, let idle = idleLimit(spec, settings: settings) {
                 let (last, busy) = lock.withLock { () -> (Date, Bool) in
@@ -305,13 +325,23 @@ public final class LifecycleController: @unchecked Sendable {
     /// `lifecycle.idleSleepAfter`, else for a preview `previews.idleSleepAfter`. Production
     /// sleeps only when its own spec says so.
     func idleLimit(_ spec: EnvironmentSpec, settings: Settings) -> Double? {
-        spec.lifecycle.idleSleepAfter ?? (spec.class == .preview ? settings.previews.idleSleepAfter : nil)
+        guard spec.class == .preview else { return spec.lifecycle.idleSleepAfter }
+        return Self.smaller(spec.lifecycle.idleSleepAfter, settings.previews.idleSleepAfter)
+    }
+
+    /// A preview's limit: the smaller of its spec's and `previews`' (an agent's file never
+    /// lengthens what the protected branch sets).
+    static func smaller(_ own: Double?, _ governed: Double?) -> Double? {
+        switch (own, governed) {
+        case let (own?, governed?): return min(own, governed)
+        default: return own ?? governed
+        }
     }
 
     /// A preview whose branch brought no new commit for its TTL expires; a warning is recorded
     /// once at each of `ttlWarnings` before.
     private func checkTTL(_ record: EnvironmentRecord, spec: EnvironmentSpec, settings: Settings, now: Date) -> Expiry? {
-        guard spec.class == .preview, let ttl = spec.lifecycle.ttl ?? settings.previews.ttl else { return nil }
+        guard spec.class == .preview, let ttl = Self.smaller(spec.lifecycle.ttl, settings.previews.ttl) else { return nil }
         let base = record.lastCommitAt ?? record.createdAt
         let left = base.addingTimeInterval(ttl).timeIntervalSince(now)
         if left <= 0 {
@@ -340,12 +370,11 @@ public final class LifecycleController: @unchecked Sendable {
         let due = lock.withLock { dirty || (lastAccrual.map { now.timeIntervalSince($0) >= options.accrualInterval } ?? true) }
         guard force || due else { return false }
         let pricing = lock.withLock { settings.pricing }
-        let sleeping = (try? state.lifecycleStates()) ?? [:]
         var current: [Meter] = []
         for record in (try? state.environments()) ?? [] where record.appliedCommit != nil && record.phase != .destroyed {
             guard let spec = record.appliedSpec else { continue }
+            // What runs is charged, whatever the environment's lifecycle state says.
             var running = driver.replicas(of: record.name)
-            if sleeping[record.name] != nil { running = running.mapValues { _ in 0 } }
             for service in spec.services where running[service.name] == nil { running[service.name] = 0 }
             let cost = CostModel.breakdown(spec, pricing: pricing, running: running)
             current.append(Meter(environment: record.name, since: now, hourly: cost.hourly, team: record.team, agent: record.agent,
@@ -565,8 +594,9 @@ public final class LifecycleController: @unchecked Sendable {
 public enum Autoscaler {
     /// Replicas for `inFlight` requests at `target` per replica, within `min`…`max`.
     public static func wanted(inFlight: Int, target: Double, min: Int, max: Int) -> Int {
-        let raw = Int((Double(inFlight) / target).rounded(.up))
-        return Swift.min(Swift.max(raw, min), max)
+        // (Clamped as a Double: a tiny target must never overflow the conversion.)
+        let raw = target > 0 ? (Double(inFlight) / target).rounded(.up) : Double(max)
+        return Swift.min(Swift.max(Int(Swift.min(Swift.max(raw, 0), Double(max))), min), max)
     }
 
     /// The next replica count, or nil to stay: up at once to what is wanted, at most doubling

@@ -166,7 +166,8 @@ extension Reconciler {
         }
         guard let spec = desired.spec else { return }
         record.envClass = spec.class.rawValue
-        record.team = spec.team
+        // (A preview of no team is charged to, and seen by, the team of the live environment it previews.)
+        record.team = spec.team ?? (desired.branch == context.protectedBranch ? nil : context.live[desired.loaded.name]?.team)
         record.domain = context.settings.domain
         // Whoever changed it last is charged for it (and holds its preview slot).
         record.actor = identity.tip.principal

@@ -83,8 +83,8 @@ extension SpecDecoder {
             }
             if let resourcesNode = service.value("resources"), var resources = NodeReader(resourcesNode, path: "spec.services.\(name).resources", diagnostics: &diagnostics) {
                 value.resources.cpu = resources.number("cpu", &diagnostics)
-                if let cpu = value.resources.cpu, !(cpu > 0 && cpu <= 1024), let node = resources.value("cpu") {
-                    diagnostics.append(Diagnostic(node.mark, "spec.services.\(name).resources.cpu must be a number of cores above 0 and at most 1024 (0.5 is half a core), found \(NodeReader.show(node))"))
+                if let cpu = value.resources.cpu, !(cpu >= 0.01 && cpu <= 1024), let node = resources.value("cpu") {
+                    diagnostics.append(Diagnostic(node.mark, "spec.services.\(name).resources.cpu must be a number of cores from 0.01 to 1024 (0.5 is half a core), found \(NodeReader.show(node))"))
                     value.resources.cpu = nil
                 }
                 if let memory = resources.value("memory") {
@@ -197,8 +197,8 @@ extension SpecDecoder {
         value.min = minimum ?? 1
         value.max = maximum ?? Swift.max(value.min, replicas, 1)
         if let target = reader.number("targetConcurrency", &diagnostics) {
-            if target > 0 && target <= 10_000 { value.targetConcurrency = target } else {
-                diagnostics.append(Diagnostic(reader.value("targetConcurrency")!.mark, "\(path).targetConcurrency must be a number of requests above 0 and at most 10000 per replica"))
+            if target >= 0.1 && target <= 10_000 { value.targetConcurrency = target } else {
+                diagnostics.append(Diagnostic(reader.value("targetConcurrency")!.mark, "\(path).targetConcurrency must be a number of requests per replica from 0.1 to 10000, found \(target)"))
             }
         }
         var valid = true

@@ -27,11 +27,14 @@ public enum CostModel {
 
     /// `running` gives the replicas that run now per service (a sleeping service 0); without it,
     /// the count an apply starts (the spec's `replicas`, within an autoscaled service's range).
-    public static func breakdown(_ spec: EnvironmentSpec, pricing: [String: Double], running: [String: Int]? = nil) -> CostBreakdown {
+    /// With `ceiling`, an autoscaled service is priced at its `max` (what admission judges: the
+    /// most it may cost once the router's load scales it).
+    public static func breakdown(_ spec: EnvironmentSpec, pricing: [String: Double], running: [String: Int]? = nil,
+                                 ceiling: Bool = false) -> CostBreakdown {
         var result = CostBreakdown()
         let cpuHour = pricing["cpuHour"] ?? 0, memoryHour = pricing["memoryGiBHour"] ?? 0
         for service in spec.services {
-            let replicas = running?[service.name] ?? initialReplicas(service)
+            let replicas = running?[service.name] ?? (ceiling ? service.autoscale?.max : nil) ?? initialReplicas(service)
             let cpu = service.resources.cpu ?? defaultCPU
             let gib = Double(service.resources.memory ?? defaultMemory) / Double(1 << 30)
             let each = cpu * cpuHour + gib * memoryHour

@@ -48,7 +48,7 @@ enum Lifecycles {
               let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)), kill(pid, 0) == 0 else {
             throw Failure("no `gantry run` is running for \(paths.root.path): it is the one that puts environments to sleep and wakes them")
         }
-        let actor = "operator:" + (ProcessInfo.processInfo.environment["USER"] ?? String(getuid()))
+        let actor = "operator:" + (getpwuid(getuid()).flatMap { String(cString: $0.pointee.pw_name) } ?? String(getuid()))
         try store.requestLifecycle(name, action: action, actor: actor)
         kill(pid, SIGUSR1)
         let deadline = Date().addingTimeInterval(timeout)

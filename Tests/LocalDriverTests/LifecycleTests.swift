@@ -145,7 +145,7 @@ final class FakeClock: @unchecked Sendable {
     @Test func idleSleepCountsFromTheLastRequestAndARequestWakesIt() throws {
         let clock = FakeClock(Self.start)
         let (repo, harness, lifecycle) = try seeded(Self.settings(previews: "{ttl: 72h, idleSleepAfter: 30m}"), clock: clock)
-        try pushPreview(repo, branch: "idle", greeting: "idle")
+        try pushPreview(repo, branch: "idle", greeting: "idle", extra: "  databases: {local: {engine: sqlite}}\n")
         try harness.pass()
         let name = try #require(try harness.state.environments().first { $0.branch == "idle" }?.name)
         // A request every 20 minutes keeps it awake (every request resets the timer, not only the first).
@@ -172,6 +172,14 @@ final class FakeClock: @unchecked Sendable {
         let slept = try events(harness, lifecycle, .slept)
         #expect(slept.count == 1 && slept.first?.value("reason")?.contains("idle") == true)
         #expect(try EnvironmentSummary.read(harness.state, observer: LocalObserver(state: harness.state), routerPort: nil, only: name).first?.phase == .sleeping)
+        // Asleep, its dropped database is not recreated (that would start its services) until it wakes.
+        let database = harness.stateDirectory.path + "/envs/\(name)/data/db-local.sqlite3"
+        #expect(FileManager.default.fileExists(atPath: database))
+        try FileManager.default.removeItem(atPath: database)
+        try harness.pass()
+        try harness.pass()
+        #expect(!isRunning(try harness.service(name)?.pid))
+        #expect(try harness.state.lifecycleState(of: name) != nil)
         // Asleep, it costs nothing for its services.
         clock.advance(60)
         try harness.pass()
@@ -181,12 +189,16 @@ final class FakeClock: @unchecked Sendable {
         #expect(try harness.get(name, "/healthz") != nil)
         #expect(try events(harness, lifecycle, .woke).count == 1)
         #expect(try harness.state.meters().first { $0.environment == name }?.hourly == 0.5)
+        // Awake, its drift is corrected.
+        try harness.pass()
+        #expect(eventually(15) { FileManager.default.fileExists(atPath: database) })
     }
 
     @Test func aPreviewExpiresAfterItsTTLWithWarningsAndANewCommitBringsItBack() throws {
         let clock = FakeClock(Self.start)
         let (repo, harness, lifecycle) = try seeded(Self.settings(previews: "{ttl: 26h, idleSleepAfter: 100h}"), clock: clock)
-        try pushPreview(repo, branch: "short-lived", greeting: "ttl")
+        // (Its own file asks for ten years: the protected branch's 26 h is what counts.)
+        try pushPreview(repo, branch: "short-lived", greeting: "ttl", extra: "  lifecycle: {ttl: 3650d}\n")
         try harness.pass()
         let name = try #require(try harness.state.environments().first { $0.branch == "short-lived" }?.name)
         clock.advance(3 * 3600)
@@ -227,6 +239,32 @@ final class FakeClock: @unchecked Sendable {
         #expect(second.phase == .denied)
         let message = second.message ?? ""
         #expect(message.contains("agent \(repo.principal) already runs 1 previews") && message.contains(first.name) && message.contains("free a slot"), "\(message)")
+        // Leaving the team out changes nothing: a preview of web is charged to, and counted for, web's team.
+        try repo.checkout("main")
+        try repo.checkout("teamless", create: true)
+        try repo.write("environments/web.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: web, class: production}
+            spec:
+              template: python-web
+            """)
+        try repo.write("environments/orphan.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: orphan, class: development}
+            spec:
+              template: python-web
+            """)
+        try repo.commit("No team")
+        try repo.checkout("main")
+        try harness.pass()
+        let teamless = try #require(try harness.state.environments().first { $0.branch == "teamless" && $0.source == "web" })
+        #expect(teamless.phase == .denied, "one agent, one preview: \(teamless.message ?? "")")
+        let rules = try harness.records().last { $0.event == "denied" && $0.value("environment") == teamless.name }?.values("rule") ?? []
+        #expect(rules.contains { $0.hasPrefix("previews: team payments runs 1 of at most 5") }, "\(rules)")
+        let orphan = try #require(try harness.state.environments().first { $0.branch == "teamless" && $0.source == "orphan" })
+        #expect(orphan.message?.contains("belongs to no team") == true, "\(orphan.message ?? "")")
         // Over its own hourly budget: denied with the breakdown (0.5 cpu at 1.0 = 0.5/h > 0.25).
         try pushPreview(repo, branch: "third", greeting: "three", extra: "  budget: {hourly: 0.25}\n")
         try harness.pass()
@@ -259,6 +297,10 @@ final class FakeClock: @unchecked Sendable {
         #expect(abs(cost.lines[1].hourly - 0.01125) < 1e-9)
         #expect(abs(cost.hourly - (0.045 + 0.01125 + 0.02 + 0 + 0.01)) < 1e-9)
         #expect(CostModel.breakdown(spec, pricing: pricing, running: ["api": 0, "bare": 0]).hourly == 0.03, "asleep, services cost nothing")
+        // Autoscaled, admission prices it at its max.
+        spec.services[0].autoscale = Autoscale(min: 1, max: 10, targetConcurrency: 5)
+        #expect(abs(CostModel.breakdown(spec, pricing: pricing, ceiling: true).lines[0].hourly - 0.225) < 1e-9)
+        #expect(abs(CostModel.breakdown(spec, pricing: pricing).lines[0].hourly - 0.045) < 1e-9, "it starts at its replicas")
         #expect(abs(BudgetPeriod.monthly.hoursLeft(at: Self.start) - 730 * (24.0 * 24 + 14) / (31 * 24)) < 1e-6)
         #expect(BudgetPeriod.daily.label(at: Self.start) == "2026-12-07")
     }
@@ -266,6 +308,7 @@ final class FakeClock: @unchecked Sendable {
     @Test func autoscalerStepsUpAtMostDoublingAndDownOnlyAfterTheWindow() {
         #expect(Autoscaler.wanted(inFlight: 25, target: 10, min: 1, max: 5) == 3)
         #expect(Autoscaler.wanted(inFlight: 0, target: 10, min: 0, max: 5) == 0)
+        #expect(Autoscaler.wanted(inFlight: 5, target: 1e-300, min: 1, max: 3) == 3, "a tiny target never overflows")
         #expect(Autoscaler.next(current: 1, want: 5, recent: [5], windowFull: false, min: 1, max: 5) == 2)
         #expect(Autoscaler.next(current: 0, want: 3, recent: [3], windowFull: false, min: 0, max: 5) == 1)
         #expect(Autoscaler.next(current: 4, want: 1, recent: [4, 1], windowFull: true, min: 1, max: 5) == nil, "wanted 4 within the window")

@@ -78,6 +78,36 @@ import Testing
         #expect(router.inFlight(port: backendPort) == 0)
     }
 
+    @Test func aTricklingHeadIsClosedAndConnectionsAreBounded() throws {
+        let table = Table()
+        let router = Router { table.all }
+        router.headSeconds = 1
+        router.maxConnections = 2
+        try router.start(port: 0)
+        defer { router.stop() }
+        func open() -> Int32 {
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+            var address = sockaddr_in()
+            address.sin_family = sa_family_t(AF_INET)
+            address.sin_port = UInt16(router.port).bigEndian
+            address.sin_addr.s_addr = inet_addr("127.0.0.1")
+            _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+            return fd
+        }
+        // Two slow clients hold both places: a third is answered 503 at once.
+        let slow = [open(), open()]
+        defer { slow.forEach { close($0) } }
+        for fd in slow { _ = "GET / HTTP/1.1\r\nHost: x".withCString { send(fd, $0, strlen($0), 0) } }
+        Thread.sleep(forTimeInterval: 0.2)
+        #expect(try get(router.port, host: "www.any.localhost").status == "503")
+        // Their heads never end: closed after headSeconds, and their places freed.
+        var byte: UInt8 = 0
+        let started = Date()
+        #expect(recv(slow[0], &byte, 1, 0) == 0)
+        #expect(Date().timeIntervalSince(started) < 5)
+        #expect(eventually(5) { (try? get(router.port, host: "www.any.localhost").status) == "404" })
+    }
+
     func freePort() throws -> Int {
         let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
         defer { close(fd) }

@@ -67,6 +67,50 @@ import TestSupport
         }
     }
 
+    @Test func lifecycleFieldsAreCheckedWithPositions() throws {
+        let (repo, commit) = try loaded(["environments/scaled.yaml": """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: scaled, class: development}
+            spec:
+              services:
+                tiny:
+                  command: [python3, server.py]
+                  resources: {cpu: 0.005}
+                  autoscale: {min: 1, max: 3, targetConcurrency: 1e-300}
+                upside:
+                  command: [python3, server.py]
+                  autoscale: {min: 4, max: 2}
+                huge:
+                  command: [python3, server.py]
+                  autoscale: {min: 0, max: 1000, targetConcurrency: .nan}
+              budget: {hourly: -1}
+            """, "gantry.yaml": """
+            apiVersion: gantry/v1
+            kind: Settings
+            previews: {maxPerTeam: -1}
+            pricing: {cpuHour: -0.04, redisHour: .inf}
+            budgets: {alertAt: 1.5, teams: {payments: {monthly: -5}}}
+            """])
+        let diagnostics = try ConfigLoader(repository: try repo.open()).validate(at: commit).map(\.description)
+        let expected = [
+            "environments/scaled.yaml:8:24: spec.services.tiny.resources.cpu must be a number of cores from 0.01 to 1024",
+            "environments/scaled.yaml:9:54: spec.services.tiny.autoscale.targetConcurrency must be a number of requests per replica from 0.1 to 10000",
+            "environments/scaled.yaml:12:32: spec.services.upside.autoscale.max (2) must be at least min (4)",
+            "environments/scaled.yaml:15:32: spec.services.huge.autoscale.max must be between 1 and 100",
+            "environments/scaled.yaml:15:57: spec.services.huge.autoscale.targetConcurrency must be a number",
+            "environments/scaled.yaml:16:20: spec.budget.hourly must be an amount of 0 or more per hour",
+            "gantry.yaml:3:24: previews.maxPerTeam must be a count of running previews, 0 or more",
+            "gantry.yaml:4:20: pricing.cpuHour must be a price of 0 or more per hour",
+            "gantry.yaml:4:38: pricing.redisHour must be a number",
+            "gantry.yaml:5:20: budgets.alertAt must be a fraction above 0 and at most 1",
+            "gantry.yaml:5:53: budgets.teams.payments.monthly must be an amount of 0 or more",
+        ]
+        for prefix in expected {
+            #expect(diagnostics.contains { $0.hasPrefix(prefix) }, "missing: \(prefix)\ngot:\n\(diagnostics.joined(separator: "\n"))")
+        }
+    }
+
     @Test func passwordsAreRefusedOnCommandLinesAndAllowedInEnv() throws {
         let (repo, commit) = try loaded(["environments/leaky.yaml": """
             apiVersion: gantry/v1
@@ -206,7 +250,7 @@ import TestSupport
                   command: [sleep, "1"]
                   resources: {cpu: 0.5, memory: 1e-400Ki}
             """)).map(\.description)
-        for prefix in ["environments/hostile.yaml:8:24: spec.services.web.resources.cpu must be a number of cores above 0",
+        for prefix in ["environments/hostile.yaml:8:24: spec.services.web.resources.cpu must be a number of cores from 0.01 to 1024",
                        "environments/hostile.yaml:8:36: spec.services.web.resources.memory must be a quantity",
                        "environments/hostile.yaml:11:37: spec.services.other.resources.memory must be a quantity"] {
             #expect(found.contains { $0.hasPrefix(prefix) }, "missing: \(prefix)\ngot:\n\(found.joined(separator: "\n"))")
