@@ -198,11 +198,6 @@ extension Admission {
         var remedies: [String] = []
         let money = CostModel.format
         let settings = context.settings
-        // A preview must be someone's: where teams are capped or budgeted, one of no team is refused.
-        if spec.class == .preview, chargedTeam == nil, settings.previews.maxPerTeam != nil || !settings.budgets.teams.isEmpty {
-            rules.append("budget: \(spec.name) belongs to no team, and previews.maxPerTeam or budgets.teams apply")
-            remedies.append("name the team in metadata.team (a team you are a member of)")
-        }
         let items = cost.lines.filter { $0.hourly > 0 }.map { "\($0.item) \(money($0.hourly))" }.joined(separator: ", ")
         if let ceiling = spec.budget?.hourly {
             let most = spec.services.contains { $0.autoscale != nil } ? " at most (autoscaled services at their max)" : ""

@@ -263,8 +263,9 @@ final class FakeClock: @unchecked Sendable {
         #expect(teamless.phase == .denied, "one agent, one preview: \(teamless.message ?? "")")
         let rules = try harness.records().last { $0.event == "denied" && $0.value("environment") == teamless.name }?.values("rule") ?? []
         #expect(rules.contains { $0.hasPrefix("previews: team payments runs 1 of at most 5") }, "\(rules)")
+        // A new file of no team is no team's: the agent's cap still counts it.
         let orphan = try #require(try harness.state.environments().first { $0.branch == "teamless" && $0.source == "orphan" })
-        #expect(orphan.message?.contains("belongs to no team") == true, "\(orphan.message ?? "")")
+        #expect(orphan.message?.contains("agent \(repo.principal) already runs 1 previews") == true, "\(orphan.message ?? "")")
         // Over its own hourly budget: denied with the breakdown (0.5 cpu at 1.0 = 0.5/h > 0.25).
         try pushPreview(repo, branch: "third", greeting: "three", extra: "  budget: {hourly: 0.25}\n")
         try harness.pass()
