@@ -88,7 +88,11 @@ public final class GantryMetrics: @unchecked Sendable {
             running.set(Double(depth.running))
         }
         var counts: [String: Int] = Dictionary(uniqueKeysWithValues: EnvironmentPhase.allCases.filter { $0 != .destroyed }.map { ($0.rawValue, 0) })
-        for record in (try? store.environments()) ?? [] { counts[record.phase.rawValue, default: 0] += 1 }
+        let asleep = (try? store.lifecycleStates()) ?? [:]
+        for record in (try? store.environments()) ?? [] {
+            let phase = record.phase == .running && asleep[record.name] != nil ? EnvironmentPhase.sleeping : record.phase
+            counts[phase.rawValue, default: 0] += 1
+        }
         lock.withLock {
             for (phase, count) in counts {
                 let gauge = phaseGauges[phase] ?? registry.makeGauge(descriptor: Self.name("environments", "", "Environments by phase."),
