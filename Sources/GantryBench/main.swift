@@ -21,15 +21,8 @@ func say(_ line: String) { FileHandle.standardOutput.write(Data((line + "\n").ut
 /// Runs a command with posix_spawnp and waits: far lighter than Foundation's Process, so the
 /// figures measure git and gantry rather than the harness.
 func spawnWait(_ arguments: [String]) -> Int32 {
-    var pid: pid_t = 0
-    var actions = posix_spawn_file_actions_t()
-    posix_spawn_file_actions_init(&actions)
-    defer { posix_spawn_file_actions_destroy(&actions) }
-    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-    let argv = arguments.map { strdup($0) } + [nil]
-    defer { argv.forEach { free($0) } }
-    guard posix_spawnp(&pid, arguments[0], &actions, nil, argv, environ) == 0 else { return -1 }
+    let pid = spawnQuiet(arguments)
+    guard pid > 0 else { return -1 }
     var status: Int32 = 0
     waitpid(pid, &status, 0)
     return status

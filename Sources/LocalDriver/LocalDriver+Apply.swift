@@ -93,25 +93,19 @@ extension LocalDriver {
             if replica > 0 {
                 // Replicas run in the first one's working directory, as it is now.
                 record.workdir = records[service.name]!.workdir
-                record.fingerprint = fingerprint
-                record.phase = "Starting"
-                record.restarts = 0
-                try start(&record, resolved: resolved, limits: service.resources, progress: progress)
-                try waitHealthy(&record, service: service, progress: progress)
-                records[record.name] = record
-                continue
+            } else {
+                let previousWorkdir = record.workdir
+                let workdir = root.appendingPathComponent(environment.name)
+                    .appendingPathComponent("\(service.name)-\(environment.commit.short)-\(fingerprint.prefix(8))")
+                progress("materializing \(service.source ?? "(no source)") for service \(service.name)")
+                try? FileManager.default.removeItem(at: workdir)
+                if let source = service.source {
+                    try environment.source.materialize(source, into: workdir)
+                }
+                try handOver(workdir, to: user)
+                if let previousWorkdir, previousWorkdir != workdir.path { try? FileManager.default.removeItem(atPath: previousWorkdir) }
+                record.workdir = workdir.path
             }
-            let previousWorkdir = record.workdir
-            let workdir = root.appendingPathComponent(environment.name)
-                .appendingPathComponent("\(service.name)-\(environment.commit.short)-\(fingerprint.prefix(8))")
-            progress("materializing \(service.source ?? "(no source)") for service \(service.name)")
-            try? FileManager.default.removeItem(at: workdir)
-            if let source = service.source {
-                try environment.source.materialize(source, into: workdir)
-            }
-            try handOver(workdir, to: user)
-            if let previousWorkdir, previousWorkdir != workdir.path { try? FileManager.default.removeItem(atPath: previousWorkdir) }
-            record.workdir = workdir.path
             record.fingerprint = fingerprint
             record.phase = "Starting"
             record.restarts = 0

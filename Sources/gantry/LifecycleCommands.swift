@@ -76,18 +76,9 @@ struct CostCommand: ParsableCommand {
     func run() throws {
         let paths = StatePaths(root: state.directory)
         let repository = try RepositoryLocation.open(try RepositoryLocation.resolve(repo, paths: paths), paths: paths)
-        guard let commit = try repository.resolveCommit(ref) else { throw Failure("\(ref) does not name a commit") }
         let loader = ConfigLoader(repository: repository)
-        let branchName = ref.hasPrefix("refs/heads/") ? String(ref.dropFirst("refs/heads/".count)) : ref
-        let desired = try loader.desiredEnvironments(branch: branchName, commit: commit, protectedBranch: branch,
-                                                     protectedTip: try repository.resolveCommit(branch))
-        guard let found = desired.first(where: { $0.name == env || $0.loaded.name == env }) else {
-            throw Failure("\(ref) has no environment '\(env)'\(desired.isEmpty ? "" : "; it has: \(desired.map(\.name).joined(separator: ", "))")")
-        }
-        guard let spec = found.spec else {
-            for diagnostic in found.loaded.diagnostics { print(diagnostic) }
-            throw ExitCode(1)
-        }
+        let (found, commit, branchName) = try EnvironmentAtRef.find(env, ref: ref, protectedBranch: branch, in: repository)
+        let spec = found.spec!
         let revision = Budgets.governingRevision(paths: paths, repository: repository, branch: branch)
         let pricing = revision.map { loader.settings(at: $0).settings.pricing } ?? [:]
         let cost = CostModel.breakdown(spec, pricing: pricing)
@@ -135,5 +126,26 @@ enum Budgets {
             return revision
         }
         return (try? repository.resolveCommit(branch)) ?? nil
+    }
+}
+
+/// The environment `name` as branch `ref` asks for it (a preview when `ref` is not the protected
+/// branch): `gantry render` and `gantry cost`. Its spec errors are printed, and exit 1.
+enum EnvironmentAtRef {
+    static func find(_ name: String, ref: String, protectedBranch: String, in repository: GitRepository) throws
+        -> (environment: DesiredEnvironment, commit: ObjectID, branch: String) {
+        guard let commit = try repository.resolveCommit(ref) else { throw Failure("\(ref) does not name a commit in \(repository.path)") }
+        let branch = ref.hasPrefix("refs/heads/") ? String(ref.dropFirst("refs/heads/".count)) : ref
+        let desired = try ConfigLoader(repository: repository).desiredEnvironments(branch: branch, commit: commit, protectedBranch: protectedBranch,
+                                                                                  protectedTip: try repository.resolveCommit(protectedBranch))
+        guard let found = desired.first(where: { $0.name == name || $0.loaded.name == name }) else {
+            let names = desired.map(\.name)
+            throw Failure("\(ref) has no environment '\(name)'\(names.isEmpty ? " (it changes none)" : "; it has: \(names.joined(separator: ", "))")")
+        }
+        guard found.spec != nil else {
+            for diagnostic in found.loaded.diagnostics { print(diagnostic) }
+            throw ExitCode(1)
+        }
+        return (found, commit, branch)
     }
 }

@@ -122,19 +122,9 @@ struct Render: ParsableCommand {
 
     func run() throws {
         let repository = try GitRepositoryOpener.open(repo)
-        guard let commit = try repository.resolveCommit(ref) else { throw Failure("\(ref) does not name a commit in \(repo)") }
         let loader = ConfigLoader(repository: repository)
-        let branchName = ref.hasPrefix("refs/heads/") ? String(ref.dropFirst("refs/heads/".count)) : ref
-        let desired = try loader.desiredEnvironments(branch: branchName, commit: commit, protectedBranch: branch,
-                                                     protectedTip: try repository.resolveCommit(branch))
-        guard let found = desired.first(where: { $0.name == env || $0.loaded.name == env }) else {
-            let names = desired.map(\.name)
-            throw Failure("\(ref) has no environment '\(env)'\(names.isEmpty ? " (it changes none)" : "; it has: \(names.joined(separator: ", "))")")
-        }
-        guard var spec = found.spec else {
-            for diagnostic in found.loaded.diagnostics { print(diagnostic) }
-            throw ExitCode(1)
-        }
+        let (found, commit, branchName) = try EnvironmentAtRef.find(env, ref: ref, protectedBranch: branch, in: repository)
+        var spec = found.spec!
         var ports: [String: Int] = [:]
         let paths = StatePaths(root: state.directory)
         if FileManager.default.fileExists(atPath: paths.database), let store = try? StateStore(path: paths.database) {

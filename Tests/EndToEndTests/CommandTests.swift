@@ -402,4 +402,30 @@ import TestSupport
         #expect(result.stdout.contains("state database: mode 600") && result.stdout.contains("keys: mode 700"), "\(result.stdout)")
         #expect(result.stdout.contains("last gantry run: \(root ? "enforced" : "advisory")"))
     }
+
+    @Test func costPricesItemByItemAndBudgetReportsSpendAndSharing() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        // web: 0.5 cpu × 0.04 + 64 MiB (0.0625 GiB) × 0.005 = 0.0203125 per hour under the example's pricing.
+        let cost = try gantry("cost", "--repo", repo.path, "--env", "web")
+        #expect(cost.status == 0 && cost.stdout.contains("web at main@") && cost.stdout.contains("service web: 0.0203/h = 1 × (0.5 cpu × 0.04 + 0.0625 GiB × 0.005)"),
+                "\(cost.stdout)\(cost.stderr)")
+        let json = try gantry("cost", "--repo", repo.path, "--env", "web", "--json")
+        let object = try #require(try JSONSerialization.jsonObject(with: Data(json.stdout.utf8)) as? [String: Any])
+        #expect(abs((object["hourly"] as? Double ?? 0) - 0.0203125) < 1e-9)
+        #expect(try gantry("cost", "--repo", repo.path, "--env", "nope").stderr.contains("has no environment 'nope'"))
+        // After a pass, the budget report: the example's team budgets, what runs, and what it costs.
+        let state = TemporaryDirectory()
+        defer { killMarked(state: state.path) }
+        #expect(try gantry("run", "--repo", repo.path, "--state", state.path, "--once").status == 0)
+        let budget = try gantry("budget", "--state", state.path, "--json")
+        let report = try #require(try JSONSerialization.jsonObject(with: Data(budget.stdout.utf8)) as? [String: Any], "\(budget.stdout)\(budget.stderr)")
+        let budgets = report["budgets"] as? [[String: Any]] ?? []
+        #expect(budgets.contains { $0["scope"] as? String == "team" && $0["name"] as? String == "payments" && $0["limit"] as? Double == 500 }, "\(budgets)")
+        let environments = report["environments"] as? [[String: Any]] ?? []
+        #expect(Set(environments.compactMap { $0["name"] as? String }) == ["web", "status-page"])
+        #expect(environments.allSatisfy { ($0["hourly"] as? Double ?? 0) > 0.02 }, "\(environments)")
+        let text = try gantry("budget", "--state", state.path)
+        #expect(text.stdout.contains("team payments monthly") && text.stdout.contains("running now: 2 environments"), "\(text.stdout)")
+    }
 }

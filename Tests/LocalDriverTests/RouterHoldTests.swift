@@ -127,15 +127,8 @@ import Testing
         private var pid: pid_t = 0
 
         func start(_ arguments: [String]) {
-            var actions = posix_spawn_file_actions_t()
-            posix_spawn_file_actions_init(&actions)
-            defer { posix_spawn_file_actions_destroy(&actions) }
-            posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
-            posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
-            let argv = arguments.map { strdup($0) } + [nil]
-            defer { argv.forEach { free($0) } }
-            var child: pid_t = 0
-            if posix_spawnp(&child, arguments[0], &actions, nil, argv, environ) == 0 { lock.withLock { pid = child } }
+            let child = spawnQuiet(arguments)
+            lock.withLock { pid = child }
         }
 
         func stop() {

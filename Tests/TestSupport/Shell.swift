@@ -103,3 +103,18 @@ public final class TemporaryDirectory: @unchecked Sendable {
         return self
     }
 }
+
+/// Starts `arguments` with posix_spawnp, its output to /dev/null, and returns its pid (0 when it
+/// could not start): far lighter than Foundation's `Process`, whose waitUntilExit spins when the
+/// process was started off the main thread.
+public func spawnQuiet(_ arguments: [String]) -> pid_t {
+    var pid: pid_t = 0
+    var actions = posix_spawn_file_actions_t()
+    posix_spawn_file_actions_init(&actions)
+    defer { posix_spawn_file_actions_destroy(&actions) }
+    posix_spawn_file_actions_addopen(&actions, 1, "/dev/null", O_WRONLY, 0)
+    posix_spawn_file_actions_addopen(&actions, 2, "/dev/null", O_WRONLY, 0)
+    let argv = arguments.map { strdup($0) } + [nil]
+    defer { argv.forEach { free($0) } }
+    return posix_spawnp(&pid, arguments[0], &actions, nil, argv, environ) == 0 ? pid : 0
+}
