@@ -113,6 +113,8 @@ public struct Admission: Sendable {
         var base: [ObjectID]
         /// Paths of the environment at that revision (its file, template, sources).
         var watched: [String] = []
+        /// The agent it is charged to now (its preview slot is that agent's).
+        var agent: String?
     }
 
     /// Identity, then the spec, team membership, policies and secrets, then (when the revision
@@ -158,7 +160,8 @@ public struct Admission: Sendable {
                 commit: PolicyInput.Commit(sha: judged.info.id.hex, message: judged.info.message, trailers: judged.info.trailers),
                 changedFiles: files, approvals: [], now: Date(), clone: source, cost: costValue, budget: budgetValue)
         }, tip: try context.cache.judged(tip.id, with: context.identity), touching: touching ?? [], clones: clones.sources, context: context)
-        let budget = budgetRules(spec: spec, cost: cost, agent: agent, chargedTeam: team, isNew: before.spec == nil, team: teamBudget,
+        let budget = budgetRules(spec: spec, cost: cost, agent: agent, chargedTeam: team, isNew: before.spec == nil,
+                                 movesToAgent: before.spec != nil && agent != nil && before.agent != agent, team: teamBudget,
                                  agentStatus: agentBudget, context: context)
         let secretRules = missingSecrets.map {
             "secret: \($0) is not set for \(spec.name); set it with `gantry secret set \($0) --env \(spec.name)` (or --class \(spec.class.rawValue), --team)"

@@ -192,7 +192,9 @@ extension Admission {
     /// `spec.budget.hourly`, the team's and the agent's budgets, and the preview caps.
     /// Production is only told (a budget never denies or pauses it); a preview beyond a cap, or
     /// any other environment whose spend to the period's end would pass what is left, is denied.
-    func budgetRules(spec: EnvironmentSpec, cost: CostBreakdown, agent: String?, chargedTeam: String?, isNew: Bool, team: [BudgetStatus],
+    /// `movesToAgent`: a running preview another agent changes becomes that agent's (its slot with it).
+    func budgetRules(spec: EnvironmentSpec, cost: CostBreakdown, agent: String?, chargedTeam: String?, isNew: Bool, movesToAgent: Bool = false,
+                     team: [BudgetStatus],
                      agentStatus: [BudgetStatus], context: Context) -> (rules: [String], remedies: [String]) {
         var rules: [String] = []
         var remedies: [String] = []
@@ -222,9 +224,9 @@ extension Admission {
                 remedies.append("wait for the \(status.period.rawValue) period after \(status.label), lower the cost of \(spec.name), free budget by destroying other environments of \(status.scope) \(status.name) (`gantry budget` lists them), or have an admin raise budgets.\(status.scope)s.\(status.name).\(status.period.rawValue) on \(context.protectedBranch)")
             }
         }
-        guard spec.class == .preview, isNew else { return (rules, remedies) }
+        guard spec.class == .preview, isNew || movesToAgent else { return (rules, remedies) }
         let usage = context.usage
-        if let cap = settings.previews.maxPerTeam, let team = chargedTeam {
+        if isNew, let cap = settings.previews.maxPerTeam, let team = chargedTeam {
             let held = usage.previews(where: { $0.team == team }, except: spec.name)
             if held.count >= cap {
                 rules.append("previews: team \(team) already runs \(held.count) previews, its cap (previews.maxPerTeam \(cap)): \(Self.listing(held))")

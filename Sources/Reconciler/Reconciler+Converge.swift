@@ -204,6 +204,7 @@ extension Reconciler {
         guard let live, let applied = live.appliedCommit.flatMap(ObjectID.init(hex:)) else { return before }
         before.envClass = live.envClass
         before.team = live.team
+        before.agent = live.agent
         before.spec = live.appliedSpec
         if let loaded = try loadedEnvironments(at: applied).first(where: { $0.name == (live.source ?? live.name) }) {
             before.watched = loaded.watchedPaths

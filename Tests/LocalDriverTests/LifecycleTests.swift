@@ -25,9 +25,9 @@ final class FakeClock: @unchecked Sendable {
 
     /// The example repository with `settings` as its gantry.yaml (in the anchored seed commit),
     /// a harness whose reconciler and lifecycle run on `clock`, and one pass done.
-    func seeded(_ settings: String, clock: FakeClock) throws -> (TestRepository, Harness, LifecycleController) {
+    func seeded(_ settings: String, clock: FakeClock, extraSigners: [String] = []) throws -> (TestRepository, Harness, LifecycleController) {
         let repo = try TestRepository()
-        try repo.seedExample()
+        try repo.seedExample(extraSigners: extraSigners)
         try repo.write("gantry.yaml", settings)
         try repo.signing(with: repo.ownerKeyPath) { _ = try repo.git("commit", "-q", "-a", "--amend", "-m", "Seed from example-repo") }
         let harness = try Harness(repo: repo)
@@ -280,6 +280,32 @@ final class FakeClock: @unchecked Sendable {
         try repo.checkout("main")
         try harness.pass()
         #expect(try harness.environment(second.name)?.phase == .running)
+    }
+
+    @Test func anotherAgentTakingOverAPreviewNeedsASlotOfItsOwn() throws {
+        let clock = FakeClock(Self.start)
+        let claude = try TestRepository(principal: "claude@payments")
+        let (repo, harness, _) = try seeded(Self.settings(previews: "{ttl: 72h, idleSleepAfter: 10h, maxPerAgent: 1}"), clock: clock,
+                                            extraSigners: [claude.allowedSignersLine])
+        // claude's preview, and the repository's agent's own.
+        try repo.checkout("claude-a", create: true)
+        try repo.write("environments/web.yaml", try String(contentsOfFile: repo.path + "/environments/web.yaml", encoding: .utf8) + "\n")
+        try repo.signing(with: claude.keyPath) { _ = try repo.commit("claude's preview") }
+        try repo.checkout("main")
+        try pushPreview(repo, branch: "mine", greeting: "mine")
+        try harness.pass()
+        let theirs = try #require(try harness.state.environments().first { $0.branch == "claude-a" })
+        #expect(theirs.phase == .running && theirs.agent == "claude@payments")
+        #expect(try harness.state.environments().first { $0.branch == "mine" }?.phase == .running)
+        // The repository's agent commits onto claude's preview: it would become its second; denied, claude's keeps running.
+        try repo.checkout("claude-a")
+        try repo.write("environments/web.yaml", try String(contentsOfFile: repo.path + "/environments/web.yaml", encoding: .utf8) + "\n")
+        try repo.commit("take it over")
+        try repo.checkout("main")
+        try harness.pass()
+        let after = try #require(try harness.environment(theirs.name))
+        #expect(after.message?.contains("agent \(repo.principal) already runs 1 previews") == true, "\(after.message ?? "")")
+        #expect(after.phase == .running && after.agent == "claude@payments")
     }
 
     @Test func costFollowsThePricingAndCELSeesIt() throws {
