@@ -44,6 +44,8 @@ extension LocalDriver: LifecycleDriver {
             guard let spec = try state.environment(name)?.appliedSpec, let service = spec.service(named: serviceName) else {
                 throw LocalDriverError("\(name) runs no service \(serviceName)")
             }
+            // Never more than the revision that runs allows (the scaler may hold an older one's max).
+            let replicas = min(replicas, service.autoscale?.max ?? max(service.replicas, 1))
             let records = try state.services(of: name).filter { Self.serviceName(ofUnit: $0.name) == serviceName }
             let going = records.filter { Self.replicaIndex($0.name) >= replicas }
             // Out of routing first, then what they serve finishes, then they stop.

@@ -161,7 +161,8 @@ public struct Admission: Sendable {
                 changedFiles: files, approvals: [], now: Date(), clone: source, cost: costValue, budget: budgetValue)
         }, tip: try context.cache.judged(tip.id, with: context.identity), touching: touching ?? [], clones: clones.sources, context: context)
         let budget = budgetRules(spec: spec, cost: cost, agent: agent, chargedTeam: team, isNew: before.spec == nil,
-                                 movesToAgent: before.spec != nil && agent != nil && before.agent != agent, team: teamBudget,
+                                 movesToAgent: before.spec != nil && agent != nil && before.agent != agent,
+                                 movesToTeam: before.spec != nil && team != nil && before.team != team, team: teamBudget,
                                  agentStatus: agentBudget, context: context)
         let secretRules = missingSecrets.map {
             "secret: \($0) is not set for \(spec.name); set it with `gantry secret set \($0) --env \(spec.name)` (or --class \(spec.class.rawValue), --team)"

@@ -194,6 +194,7 @@ extension Admission {
     /// any other environment whose spend to the period's end would pass what is left, is denied.
     /// `movesToAgent`: a running preview another agent changes becomes that agent's (its slot with it).
     func budgetRules(spec: EnvironmentSpec, cost: CostBreakdown, agent: String?, chargedTeam: String?, isNew: Bool, movesToAgent: Bool = false,
+                     movesToTeam: Bool = false,
                      team: [BudgetStatus],
                      agentStatus: [BudgetStatus], context: Context) -> (rules: [String], remedies: [String]) {
         var rules: [String] = []
@@ -224,9 +225,9 @@ extension Admission {
                 remedies.append("wait for the \(status.period.rawValue) period after \(status.label), lower the cost of \(spec.name), free budget by destroying other environments of \(status.scope) \(status.name) (`gantry budget` lists them), or have an admin raise budgets.\(status.scope)s.\(status.name).\(status.period.rawValue) on \(context.protectedBranch)")
             }
         }
-        guard spec.class == .preview, isNew || movesToAgent else { return (rules, remedies) }
+        guard spec.class == .preview, isNew || movesToAgent || movesToTeam else { return (rules, remedies) }
         let usage = context.usage
-        if isNew, let cap = settings.previews.maxPerTeam, let team = chargedTeam {
+        if isNew || movesToTeam, let cap = settings.previews.maxPerTeam, let team = chargedTeam {
             let held = usage.previews(where: { $0.team == team }, except: spec.name)
             if held.count >= cap {
                 rules.append("previews: team \(team) already runs \(held.count) previews, its cap (previews.maxPerTeam \(cap)): \(Self.listing(held))")
@@ -235,7 +236,7 @@ extension Admission {
                 rules.append("previews: team \(team) runs \(held.count) of at most \(cap): ok")
             }
         }
-        if let cap = settings.previews.maxPerAgent, let agent {
+        if isNew || movesToAgent, let cap = settings.previews.maxPerAgent, let agent {
             let held = usage.previews(where: { $0.agent == agent }, except: spec.name)
             if held.count >= cap {
                 rules.append("previews: agent \(agent) already runs \(held.count) previews, its cap (previews.maxPerAgent \(cap)): \(Self.listing(held))")

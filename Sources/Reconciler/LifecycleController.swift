@@ -181,7 +181,7 @@ public final class LifecycleController: @unchecked Sendable {
     /// idle timer starts again, a `woke` record. Nil when it serves, else why not.
     @discardableResult
     public func wake(_ environment: String, actor: String, reason: String) -> String? {
-        guard let record = try? state.environment(environment), record.phase == .running else {
+        guard let record = try? state.environment(environment), Self.runs(record) else {
             return "\(environment) does not run (nothing to wake)"
         }
         let was = try? state.lifecycleState(of: environment)
@@ -213,7 +213,7 @@ public final class LifecycleController: @unchecked Sendable {
     @discardableResult
     public func sleep(_ environment: String, actor: String, reason: String, paused: Bool = false, ifIdle: Bool = false,
                       event: AuditEvent = .slept, fields: [(String, String)] = [], restore: Bool = false) -> String? {
-        guard let record = try? state.environment(environment), record.phase == .running else {
+        guard let record = try? state.environment(environment), Self.runs(record) else {
             return "\(environment) does not run (nothing to put to sleep)"
         }
         guard lock.withLock({ working.insert(environment).inserted }) else { return "\(environment) is being scaled or put to sleep already" }
@@ -272,7 +272,8 @@ public final class LifecycleController: @unchecked Sendable {
             if self.settings.pricing != settings.pricing { dirty = true }
             self.settings = settings
         }
-        let records = ((try? state.environments()) ?? []).filter { $0.phase == .running && !$0.conditions.contains(.destroying) }
+        // (Failed, or waiting for approval, its applied revision still runs: its TTL, idle time and budget count.)
+        let records = ((try? state.environments()) ?? []).filter(Self.runs)
         let sleeping = (try? state.lifecycleStates()) ?? [:]
         takeRequests()
         var autoscaled: [(String, Service)] = []
@@ -280,8 +281,10 @@ public final class LifecycleController: @unchecked Sendable {
         for record in records {
             guard let spec = record.appliedSpec else { continue }
             if sleeping[record.name] == nil { autoscaled += spec.services.filter { $0.autoscale != nil }.map { (record.name, $0) } }
-            // Asleep, yet something of it runs (nothing of Gantry's starts it then): stopped again.
-            if let asleep = sleeping[record.name], driver.replicas(of: record.name).values.contains(where: { $0 > 0 }),
+            // Asleep, yet something of it runs (nothing of Gantry's starts it then, an apply aside:
+            // a new revision wakes it): stopped again.
+            if let asleep = sleeping[record.name], !record.conditions.contains(.applying),
+               driver.replicas(of: record.name).values.contains(where: { $0 > 0 }),
                lock.withLock({ !working.contains(record.name) && wakes[record.name] == nil }) {
                 logger.warning("asleep but running: stopped again", metadata: ["gantry.env": "\(record.name)"])
                 background {
@@ -307,6 +310,11 @@ public final class LifecycleController: @unchecked Sendable {
             budgets(settings: settings, revision: revision, records: records, sleeping: sleeping, now: now)
         }
         return expired
+    }
+
+    /// Whether a revision of it runs (applied, not destroyed nor being torn down).
+    static func runs(_ record: EnvironmentRecord) -> Bool {
+        record.appliedCommit != nil && record.phase != .destroyed && !record.conditions.contains(.destroying)
     }
 
     /// `gantry sleep|wake` and the API's, done off the loop.
@@ -602,9 +610,11 @@ public enum Autoscaler {
     /// The next replica count, or nil to stay: up at once to what is wanted, at most doubling
     /// (from 0, to 1); down, once the window is full, only to the most wanted within it.
     public static func next(current: Int, want: Int, recent: [Int], windowFull: Bool, min: Int, max: Int) -> Int? {
+        // Above its max (lowered by a new revision): down to it at once.
+        if current > max { return max }
         if want > current { return Swift.min(want, Swift.max(current * 2, 1), max) }
         guard windowFull else { return nil }
-        let floor = Swift.max(recent.max() ?? want, min)
+        let floor = Swift.min(Swift.max(recent.max() ?? want, min), max)
         return floor < current ? floor : nil
     }
 }

@@ -131,6 +131,8 @@ extension Reconciler {
         for expiry in lifecycle.tick(settings: context.settings, revision: context.revision.hex) {
             guard let record = try? state.environment(expiry.environment), record.phase != .destroyed,
                   !record.conditions.contains(.destroying), let commit = ObjectID(hex: record.commit) else { continue }
+            // A commit pushed since this pass listed the branches is judged first (it may keep it).
+            if let tip = try? repository.reference("refs/heads/\(record.branch)"), (try? processedRefs()[record.branch]) != tip.hex { continue }
             do {
                 try appendOnce(.ttlExpired, record.name, commit, [("environment", record.name), ("branch", record.branch), ("commit", record.commit),
                                                                    ("actor", "gantry"), ("actor-kind", "system"), ("reason", expiry.reason)])

@@ -192,6 +192,19 @@ final class FakeClock: @unchecked Sendable {
         // Awake, its drift is corrected.
         try harness.pass()
         #expect(eventually(15) { FileManager.default.fileExists(atPath: database) })
+        // Asleep again, a new commit wakes it for good (the apply starts it; nothing stops it again).
+        #expect(lifecycle.sleep(name, actor: "test", reason: "by hand") == nil)
+        try repo.checkout("idle")
+        try repo.write("environments/web.yaml", try String(contentsOfFile: repo.path + "/environments/web.yaml", encoding: .utf8)
+            .replacingOccurrences(of: "GREETING: \"idle\"", with: "GREETING: \"idle again\""))
+        try repo.commit("A new revision")
+        try repo.checkout("main")
+        try harness.pass()
+        try harness.pass()
+        try harness.pass()
+        #expect(try harness.state.lifecycleState(of: name) == nil)
+        #expect(isRunning(try harness.service(name)?.pid), "\(harness.diagnose(name))")
+        #expect(try harness.get(name, "/")?.contains("idle again") == true)
     }
 
     @Test func aPreviewExpiresAfterItsTTLWithWarningsAndANewCommitBringsItBack() throws {
@@ -308,6 +321,37 @@ final class FakeClock: @unchecked Sendable {
         #expect(after.phase == .running && after.agent == "claude@payments")
     }
 
+    @Test func namingATeamLaterNeedsASlotUnderThatTeamsCap() throws {
+        let clock = FakeClock(Self.start)
+        let (repo, harness, _) = try seeded(Self.settings(previews: "{ttl: 72h, idleSleepAfter: 10h, maxPerTeam: 1, maxPerAgent: 5}"), clock: clock)
+        // A new file of no team, then a preview of web (team payments: its one slot).
+        try repo.checkout("solo", create: true)
+        let solo = """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: solo, class: development}
+            spec:
+              template: python-web
+
+            """
+        try repo.write("environments/solo.yaml", solo)
+        try repo.commit("No team")
+        try repo.checkout("main")
+        try pushPreview(repo, branch: "paid", greeting: "paid")
+        try harness.pass()
+        let preview = try #require(try harness.state.environments().first { $0.branch == "solo" })
+        #expect(preview.phase == .running && preview.team == nil)
+        // Naming payments afterwards: it would be payments' second.
+        try repo.checkout("solo")
+        try repo.write("environments/solo.yaml", solo.replacingOccurrences(of: "class: development", with: "team: payments, class: development"))
+        try repo.commit("Now payments'")
+        try repo.checkout("main")
+        try harness.pass()
+        let after = try #require(try harness.environment(preview.name))
+        #expect(after.message?.contains("team payments already runs 1 previews") == true, "\(after.message ?? "")")
+        #expect(after.team == nil, "still no team's: the change was denied")
+    }
+
     @Test func costFollowsThePricingAndCELSeesIt() throws {
         var spec = EnvironmentSpec(name: "x", team: "t", class: .preview)
         var service = Service(name: "api")
@@ -342,5 +386,8 @@ final class FakeClock: @unchecked Sendable {
         #expect(Autoscaler.next(current: 4, want: 1, recent: [1, 1], windowFull: false, min: 1, max: 5) == nil, "the window is not full yet")
         #expect(Autoscaler.next(current: 4, want: 1, recent: [2, 1], windowFull: true, min: 1, max: 5) == 2)
         #expect(Autoscaler.next(current: 1, want: 0, recent: [0, 0], windowFull: true, min: 0, max: 5) == 0)
+        // A new revision lowered max: down to it at once, and never kept above it.
+        #expect(Autoscaler.next(current: 6, want: 6, recent: [6], windowFull: false, min: 1, max: 2) == 2)
+        #expect(Autoscaler.next(current: 2, want: 2, recent: [6, 2], windowFull: true, min: 1, max: 2) == nil)
     }
 }
