@@ -26,6 +26,12 @@ import StateStore
         #expect(denial.values("rule").contains("policy preview-limits: fail: a preview may run at most 2 replicas of a service"))
         #expect(denial.values("rule").contains("signature: ok (agent@example.com)"))
         #expect(try harness.service("web--greedy") == nil)
+        // One replica to start, autoscaled up to 5: the policy reads autoscale.max too.
+        try repo.checkout("main")
+        try repo.checkout("scaly", create: true)
+        try repo.writeWeb(service: "{replicas: 1, autoscale: {min: 1, max: 5}}")
+        try repo.commit("one replica, up to five")
+        #expect(try harness.pass().denied == ["web--scaly"])
     }
 
     @Test func aBranchThatDeletesThePolicyIsStillJudgedByMain() throws {
