@@ -185,13 +185,13 @@ public final class Router: @unchecked Sendable {
             respond(client, 404, "No such route", detail: "No environment has a route for \(hostname.isEmpty ? "this request (no Host header)" : hostname).")
             return
         }
-        let hooks = self.hooks
-        if let hooks, let service = target.service {
-            let hold = hooks.started(target.environment, service)
-            defer { hooks.ended(target.environment, service) }
+        if let hooks = self.hooks, let service = target.service {
+            let environment = target.environment
+            let hold = hooks.started(environment, service)
+            defer { hooks.ended(environment, service) }
             if target.asleep || hold {
                 // Held while it wakes; forwarded once it serves.
-                if let refusal = hooks.ensureServing(target.environment, service) {
+                if let refusal = hooks.ensureServing(environment, service) {
                     respond(client, 503, "Waking up failed", detail: refusal, retryAfter: 5)
                     return
                 }
@@ -204,9 +204,9 @@ public final class Router: @unchecked Sendable {
                 }
             }
             forward(client, head: lines, body: body, host: host, clientIP: clientIP, target: target)
-        } else {
-            forward(client, head: lines, body: body, host: host, clientIP: clientIP, target: target)
+            return
         }
+        forward(client, head: lines, body: body, host: host, clientIP: clientIP, target: target)
     }
 
     private func forward(_ client: Int32, head: [String], body: [UInt8], host: String, clientIP: String, target: RouteTarget) {

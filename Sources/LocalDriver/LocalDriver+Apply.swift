@@ -56,16 +56,7 @@ extension LocalDriver {
         // Ports first: every service's URL must be known before any command is interpolated.
         let units = environment.spec.caches.map { Self.cacheRecordName($0.name) }
             + environment.spec.services.flatMap { service in (0..<(counts[service.name] ?? 0)).map { Self.unit(service.name, replica: $0) } }
-        try shared.withLock {
-            var taken = try state.allocatedPorts()
-            for unit in units where records[unit] == nil {
-                let port = try ProcessControl.freePort(excluding: taken)
-                taken.insert(port)
-                let record = ServiceRecord(environment: environment.name, name: unit, port: port)
-                try state.save(record)
-                records[unit] = record
-            }
-        }
+        try addRecords(units, of: environment.name, to: &records)
         let ports = records.mapValues(\.port)
         // Caches first: services connect to them as they start.
         outcome.changes += try applyCaches(environment, records: &records, progress: progress)
@@ -129,6 +120,20 @@ extension LocalDriver {
             if !isReplica { outcome.changes.append("-service \(record.name)") }
         }
         return outcome
+    }
+
+    /// Records, each with a free port of its own, for the `units` that have none in `records`.
+    func addRecords(_ units: [String], of environment: String, to records: inout [String: ServiceRecord]) throws {
+        try shared.withLock {
+            var taken = try state.allocatedPorts()
+            for unit in units where records[unit] == nil {
+                let port = try ProcessControl.freePort(excluding: taken)
+                taken.insert(port)
+                let record = ServiceRecord(environment: environment, name: unit, port: port)
+                try state.save(record)
+                records[unit] = record
+            }
+        }
     }
 
     /// The record (and control group, and log) name of a service's replica: the service's own

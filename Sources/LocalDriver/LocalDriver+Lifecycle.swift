@@ -111,18 +111,7 @@ extension LocalDriver: LifecycleDriver {
         guard let first = records[service.name], let workdir = first.workdir, FileManager.default.fileExists(atPath: workdir) else {
             throw LocalDriverError("service \(service.name) of \(name) has no working directory to start from; a new commit applies it again")
         }
-        try shared.withLock {
-            var taken = try state.allocatedPorts()
-            for replica in 1..<max(count, 1) where records[Self.unit(service.name, replica: replica)] == nil {
-                let port = try ProcessControl.freePort(excluding: taken)
-                taken.insert(port)
-                var record = ServiceRecord(environment: name, name: Self.unit(service.name, replica: replica), port: port)
-                record.workdir = workdir
-                record.fingerprint = first.fingerprint
-                try state.save(record)
-                records[record.name] = record
-            }
-        }
+        try addRecords((1..<max(count, 1)).map { Self.unit(service.name, replica: $0) }, of: name, to: &records)
         let ports = records.mapValues(\.port)
         let resolved = try resolve(service, spec: spec, domain: (try? state.environment(name))??.domain ?? domain, ports: ports)
         var started: [(ServiceRecord, Service)] = []

@@ -159,7 +159,6 @@ public final class Usage: @unchecked Sendable {
     }
 
     public func note(_ preview: Preview) { lock.withLock { previews[preview.name] = preview } }
-    public func forget(_ name: String) { _ = lock.withLock { previews.removeValue(forKey: name) } }
 
     func previews(where matches: (Preview) -> Bool, except name: String) -> [Preview] {
         lock.withLock { previews.values.filter { $0.name != name && matches($0) }.sorted { $0.name < $1.name } }

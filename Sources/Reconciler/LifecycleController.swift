@@ -61,11 +61,12 @@ public final class LifecycleController: @unchecked Sendable {
     /// The autoscaled services of awake environments (refreshed each tick).
     private var scaled: [(environment: String, service: Service)] = []
     private var lastAccrual: Date?
-    /// The pricing changed: the meters are written again at once.
+    /// What runs, or its pricing, changed: the meters are written at the next tick.
     private var dirty = true
+    /// Applied specs decoded, by environment, with the fingerprint they were decoded at.
+    private var specs: [String: (fingerprint: String?, spec: EnvironmentSpec)] = [:]
     private var settings = Settings()
     private var started = Date()
-    private var scaler: Thread?
     private var stopped = false
     /// Records are written off the threads that decide them (a wake answers before its record is signed).
     private let recorder = DispatchQueue(label: "gantry.lifecycle.records")
@@ -131,9 +132,6 @@ public final class LifecycleController: @unchecked Sendable {
             inFlight[environment, default: [:]][service] = max(0, (inFlight[environment]?[service] ?? 1) - 1)
         }
     }
-
-    /// Requests under way for the environment's services.
-    public func inFlight(of environment: String) -> [String: Int] { lock.withLock { inFlight[environment] ?? [:] } }
 
     /// Makes the environment's service serve before a request is forwarded: a sleeping
     /// environment is woken, a service scaled to 0 gets a replica. Blocks until it serves (nil)
@@ -244,11 +242,12 @@ public final class LifecycleController: @unchecked Sendable {
     }
 
     /// An environment was applied (its services run its new revision): awake, idle timer from now.
+    /// The meters are written at the loop's next tick (a burst of applies writes them once, not
+    /// once per apply).
     public func applied(_ environment: String) {
         if (try? state.lifecycleState(of: environment)) != nil { try? state.setLifecycleState(environment, nil) }
         let now = clock()
-        lock.withLock { awakeSince[environment] = now }
-        meter(now: now, force: true)
+        lock.withLock { awakeSince[environment] = now; dirty = true }
     }
 
     /// An environment was torn down: nothing of it is kept.
@@ -257,8 +256,9 @@ public final class LifecycleController: @unchecked Sendable {
         lock.withLock {
             awakeSince[environment] = nil; lastRequest[environment] = nil; inFlight[environment] = nil; peak[environment] = nil
             wanted = wanted.filter { !$0.key.hasPrefix(environment + "/") }
+            specs[environment] = nil
+            dirty = true
         }
-        meter(now: clock(), force: true)
     }
 
     // MARK: Once a pass
@@ -279,7 +279,7 @@ public final class LifecycleController: @unchecked Sendable {
         var autoscaled: [(String, Service)] = []
         var expired: [Expiry] = []
         for record in records {
-            guard let spec = record.appliedSpec else { continue }
+            guard let spec = appliedSpec(record) else { continue }
             if sleeping[record.name] == nil { autoscaled += spec.services.filter { $0.autoscale != nil }.map { (record.name, $0) } }
             // Asleep, yet something of it runs (nothing of Gantry's starts it then, an apply aside:
             // a new revision wakes it): stopped again.
@@ -293,7 +293,7 @@ public final class LifecycleController: @unchecked Sendable {
                 }
             }
             if let expiry = checkTTL(record, spec: spec, settings: settings, now: now) { expired.append(expiry); continue }
-            if sleeping[record.name] == nil, let idle = idleLimit(spec, settings: settings) {
+            if sleeping[record.name] == nil, let idle = Self.idleLimit(spec, settings: settings) {
                 let (last, busy) = lock.withLock { () -> (Date, Bool) in
                     let since = [lastRequest[record.name], awakeSince[record.name], started].compactMap { $0 }.max()!
                     return (since, (inFlight[record.name] ?? [:]).values.contains { $0 > 0 } || wakes[record.name] != nil)
@@ -310,6 +310,14 @@ public final class LifecycleController: @unchecked Sendable {
             budgets(settings: settings, revision: revision, records: records, sleeping: sleeping, now: now)
         }
         return expired
+    }
+
+    /// The applied spec, decoded once per revision (every tick reads every running environment's).
+    func appliedSpec(_ record: EnvironmentRecord) -> EnvironmentSpec? {
+        if let known = lock.withLock({ specs[record.name] }), known.fingerprint == record.fingerprint { return known.spec }
+        guard let spec = record.appliedSpec else { return nil }
+        lock.withLock { specs[record.name] = (record.fingerprint, spec) }
+        return spec
     }
 
     /// Whether a revision of it runs (applied, not destroyed nor being torn down).
@@ -332,7 +340,7 @@ public final class LifecycleController: @unchecked Sendable {
     /// How long the environment may go without a request before it sleeps: its spec's
     /// `lifecycle.idleSleepAfter`, else for a preview `previews.idleSleepAfter`. Production
     /// sleeps only when its own spec says so.
-    func idleLimit(_ spec: EnvironmentSpec, settings: Settings) -> Double? {
+    static func idleLimit(_ spec: EnvironmentSpec, settings: Settings) -> Double? {
         guard spec.class == .preview else { return spec.lifecycle.idleSleepAfter }
         return Self.smaller(spec.lifecycle.idleSleepAfter, settings.previews.idleSleepAfter)
     }
@@ -380,7 +388,7 @@ public final class LifecycleController: @unchecked Sendable {
         let pricing = lock.withLock { settings.pricing }
         var current: [Meter] = []
         for record in (try? state.environments()) ?? [] where record.appliedCommit != nil && record.phase != .destroyed {
-            guard let spec = record.appliedSpec else { continue }
+            guard let spec = appliedSpec(record) else { continue }
             // What runs is charged, whatever the environment's lifecycle state says.
             var running = driver.replicas(of: record.name)
             for service in spec.services where running[service.name] == nil { running[service.name] = 0 }
@@ -450,7 +458,6 @@ public final class LifecycleController: @unchecked Sendable {
             }
         }
         thread.name = "gantry.autoscaler"
-        lock.withLock { scaler = thread }
         thread.start()
     }
 
@@ -558,8 +565,12 @@ public final class LifecycleController: @unchecked Sendable {
         }
     }
 
-    /// Waits until every record decided so far is written (tests, shutdown).
-    public func flush() { recorder.sync {} }
+    /// Writes the meters if what runs changed since, and waits until every record decided so far
+    /// is written (`gantry run --once`, shutdown, tests).
+    public func flush() {
+        meter(now: clock(), force: false)
+        recorder.sync {}
+    }
 
     private func background(_ work: @escaping @Sendable () -> Void) {
         Thread.detachNewThread { work() }

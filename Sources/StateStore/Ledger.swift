@@ -140,10 +140,6 @@ extension StateStore {
         }
     }
 
-    public func isMarked(_ key: String) throws -> Bool {
-        try pool.read { db in try Bool.fetchOne(db, sql: "SELECT 1 FROM marks WHERE key = ?", arguments: [key]) ?? false }
-    }
-
     // MARK: Requests
 
     public func requestLifecycle(_ environment: String, action: String, actor: String, at now: Date = Date()) throws {

@@ -402,8 +402,11 @@ import TestSupport
         #expect(result.stdout.contains("state database: mode 600") && result.stdout.contains("keys: mode 700"), "\(result.stdout)")
         #expect(result.stdout.contains("last gantry run: \(root ? "enforced" : "advisory")"))
     }
+}
 
-    @Test func costPricesItemByItemAndBudgetReportsSpendAndSharing() throws {
+/// `gantry cost` and `gantry budget` against the example's pricing and budgets.
+@Suite(.serialized) struct CostCommandTests {
+    @Test func costPricesItemByItemAndBudgetReportsSpend() throws {
         let repo = try TestRepository()
         try repo.seedExample()
         // web: 0.5 cpu × 0.04 + 64 MiB (0.0625 GiB) × 0.005 = 0.0203125 per hour under the example's pricing.

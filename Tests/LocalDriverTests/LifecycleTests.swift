@@ -25,14 +25,15 @@ final class FakeClock: @unchecked Sendable {
 
     /// The example repository with `settings` as its gantry.yaml (in the anchored seed commit),
     /// a harness whose reconciler and lifecycle run on `clock`, and one pass done.
-    func seeded(_ settings: String, clock: FakeClock, extraSigners: [String] = []) throws -> (TestRepository, Harness, LifecycleController) {
+    func seeded(_ settings: String, clock: FakeClock, extraSigners: [String] = [],
+                options: LifecycleController.Options = LifecycleController.Options()) throws -> (TestRepository, Harness, LifecycleController) {
         let repo = try TestRepository()
         try repo.seedExample(extraSigners: extraSigners)
         try repo.write("gantry.yaml", settings)
         try repo.signing(with: repo.ownerKeyPath) { _ = try repo.git("commit", "-q", "-a", "--amend", "-m", "Seed from example-repo") }
         let harness = try Harness(repo: repo)
         let lifecycle = LifecycleController(state: harness.state, driver: harness.driver, audit: AuditLog(repository: try repo.open(), key: harness.key),
-                                  logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }, clock: { clock.now })
+                                  logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }, options: options, clock: { clock.now })
         harness.reconciler.clock = { clock.now }
         harness.reconciler.lifecycle = lifecycle
         try harness.pass()
@@ -88,6 +89,8 @@ final class FakeClock: @unchecked Sendable {
         let (repo, harness, lifecycle) = try seeded(Self.settings(previews: "{ttl: 72h, idleSleepAfter: 100h}", budgets: "{alertAt: 0.5, teams: {payments: {daily: 13}}}"), clock: clock)
         try pushPreview(repo, branch: "feature-a", greeting: "a")
         try harness.pass()
+        // (The loop's next pass, within a second, meters what that pass applied.)
+        try harness.pass()
         let preview = try #require(try harness.state.environments().first { $0.branch == "feature-a" })
         #expect(preview.phase == .running)
         #expect(preview.actor == repo.principal && preview.agent == repo.principal)
@@ -99,6 +102,8 @@ final class FakeClock: @unchecked Sendable {
         let payments = try #require(spending.status(scope: "team", name: "payments", limit: limit).first)
         #expect(abs(payments.spent - 6.0) < 0.01, "six hours of two environments at 0.5/h each: \(payments.spent)")
         #expect(abs(payments.hourly - 1.0) < 0.001)
+        #expect(payments.top.map(\.environment).sorted() == [preview.name, "web"].sorted() && payments.top.allSatisfy { abs($0.amount - 3.0) < 0.01 },
+                "\(payments.top)")
         #expect(try events(harness, lifecycle, .budgetAlert).isEmpty, "46% is below alertAt")
         clock.advance(3600)
         try harness.pass()
@@ -350,6 +355,55 @@ final class FakeClock: @unchecked Sendable {
         let after = try #require(try harness.environment(preview.name))
         #expect(after.message?.contains("team payments already runs 1 previews") == true, "\(after.message ?? "")")
         #expect(after.team == nil, "still no team's: the change was denied")
+    }
+
+    @Test func aWakeHoldsABoundedQueueOfRequests() throws {
+        let clock = FakeClock(Self.start)
+        var options = LifecycleController.Options()
+        options.maxHeld = 2
+        let (repo, harness, lifecycle) = try seeded(Self.settings(), clock: clock, options: options)
+        try pushPreview(repo, branch: "queue", greeting: "queue")
+        try harness.pass()
+        let name = try #require(try harness.state.environments().first { $0.branch == "queue" }?.name)
+        #expect(lifecycle.sleep(name, actor: "test", reason: "by hand") == nil)
+        // Six requests at once while it wakes: two are held and served, the others refused at once.
+        let answers = Answers()
+        let group = DispatchGroup()
+        for _ in 0..<6 {
+            group.enter()
+            Thread.detachNewThread {
+                answers.add(lifecycle.ensureServing(environment: name, service: "web"))
+                group.leave()
+            }
+        }
+        group.wait()
+        let all = answers.all
+        #expect(all.filter { $0 == nil }.count >= 1, "\(all)")
+        #expect(all.contains { $0?.contains("2 requests already wait for it") == true }, "\(all)")
+        #expect(all.allSatisfy { $0 == nil || $0!.contains("already wait") }, "\(all)")
+        #expect(try harness.get(name, "/healthz") != nil)
+    }
+
+    final class Answers: @unchecked Sendable {
+        private let lock = NSLock()
+        private var values: [String?] = []
+        func add(_ value: String?) { lock.withLock { values.append(value) } }
+        var all: [String?] { lock.withLock { values } }
+    }
+
+    @Test func idleTimeIsTheSmallerForAPreviewAndProductionSleepsOnlyWhenItsSpecSaysSo() {
+        var settings = Settings()
+        settings.previews.idleSleepAfter = 1800
+        var production = EnvironmentSpec(name: "web", team: "payments", class: .production)
+        #expect(LifecycleController.idleLimit(production, settings: settings) == nil)
+        production.lifecycle.idleSleepAfter = 600
+        #expect(LifecycleController.idleLimit(production, settings: settings) == 600)
+        var preview = EnvironmentSpec(name: "web--x", team: "payments", class: .preview)
+        #expect(LifecycleController.idleLimit(preview, settings: settings) == 1800)
+        preview.lifecycle.idleSleepAfter = 10 * 365 * 86_400
+        #expect(LifecycleController.idleLimit(preview, settings: settings) == 1800, "a file never lengthens it")
+        preview.lifecycle.idleSleepAfter = 60
+        #expect(LifecycleController.idleLimit(preview, settings: settings) == 60)
     }
 
     @Test func costFollowsThePricingAndCELSeesIt() throws {

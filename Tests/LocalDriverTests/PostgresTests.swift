@@ -45,6 +45,10 @@ import StateStore
         #expect(try Shell.check(try harness.inEnvironment("shop", ["psql", url, "-At", "-c", "select count(*) from users"])).trimmingCharacters(in: .whitespacesAndNewlines) == "2")
         let copy = try databaseURL(harness, "shop-copy")
         #expect(try Shell.check(try harness.inEnvironment("shop-copy", ["psql", copy, "-At", "-c", "select count(*) from users"])).trimmingCharacters(in: .whitespacesAndNewlines) == "2")
+        // Both environments share the host's one PostgreSQL server: what one server each would cost more.
+        let shared = try #require(LocalDriver.sharedServers(state: harness.state).first)
+        #expect(shared.environments == 2 && shared.memory > 1 << 20, "\(shared)")
+        #expect(abs(shared.savedHourly(pricing: ["memoryGiBHour": 1.0]) - Double(shared.memory) / Double(1 << 30)) < 1e-12)
         // The password is in no file Gantry wrote.
         let password = String(url.dropFirst("postgres://\(role):".count).prefix { $0 != "@" })
         #expect(try Shell.run(["grep", "-r", "-l", "-a", password, harness.stateDirectory.path + "/envs", harness.stateDirectory.path + "/gantry.db"]).status == 1)
