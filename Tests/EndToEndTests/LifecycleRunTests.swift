@@ -66,9 +66,9 @@ import TestSupport
         #expect(phase(state.path, "web--nap") == "Sleeping")
         let woke = try gantry("wake", "web--nap", "--state", state.path)
         #expect(woke.status == 0 && woke.stdout.contains("awake"), "\(woke.stdout) \(woke.stderr)")
-        // Production is not put to sleep by an idle timer of its own kind, and the records verify.
-        let production = try gantry("sleep", "nope", "--state", state.path)
-        #expect(production.status != 0 && production.stderr.contains("no environment nope"))
+        // An environment that does not exist is refused by name; the records verify.
+        let unknown = try gantry("sleep", "nope", "--state", state.path)
+        #expect(unknown.status != 0 && unknown.stderr.contains("no environment nope"))
         let records = try gantry("audit", "log", "--repo", repo.path, "--env", "web--nap", "--json")
         #expect(records.stdout.contains("\"slept\"") && records.stdout.contains("\"woke\""))
         #expect(try gantry("audit", "verify", "--repo", repo.path, "--state", state.path).status == 0)
