@@ -18,6 +18,7 @@ let package = Package(
         .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.13.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
+        .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.2"),
     ],
     targets: [
         // System-library shim for libgit2 (Debian libgit2-dev). No logic.
@@ -48,8 +49,12 @@ let package = Package(
         // The embedded default driver: supervised local processes.
         .target(name: "LocalDriver", dependencies: ["Reconciler", "SpecModel", "StateStore",
                                                     .product(name: "Logging", package: "swift-log")]),
-        // Ingress: routes <route>.<environment>.<domain> by Host to services.
-        .target(name: "Gateway"),
+        // Ingress: routes <route>.<environment>.<domain> by Host to services. Egress: the proxy
+        // (SwiftNIO) with allow/deny lists, DLP, credential injection, DNS and the kill switch.
+        .target(name: "Gateway", dependencies: ["CRE2", "SpecModel",
+                                                .product(name: "NIOCore", package: "swift-nio"),
+                                                .product(name: "NIOPosix", package: "swift-nio"),
+                                                .product(name: "NIOSSL", package: "swift-nio-ssl")]),
         // The agents' API over one service layer: HTTP/JSON (Hummingbird), MCP (stdio and streamable
         // HTTP), Prometheus metrics. Bearer tokens act as principals under the protected branch's governance.
         .target(name: "API", dependencies: ["GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Reconciler", "Governance",
@@ -92,6 +97,8 @@ let package = Package(
         .testTarget(name: "APITests", dependencies: ["API", "StateStore", "GitStore", "Audit", "Governance", "Reconciler", "SpecLoading", "TestSupport",
                                                    .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "GitStore", "Audit"]),
+        // The egress proxy in-process: real sockets, curl as the client, Python servers upstream.
+        .testTarget(name: "GatewayTests", dependencies: ["Gateway", "SpecModel", "TestSupport"]),
         // Replays Fuzz/corpus/ and Fuzz/regressions/ through the fuzz targets.
         .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets"]),
     ],

@@ -44,9 +44,7 @@ extension AgentService {
 
     /// `gantry api` beside a `gantry run`: the request is the run's to do.
     private func signalRunningGantry() throws {
-        let pidFile = configuration.stateDirectory.appendingPathComponent("gantry.pid").path
-        guard let text = try? String(contentsOfFile: pidFile, encoding: .utf8), let pid = pid_t(text.trimmingCharacters(in: .whitespacesAndNewlines)),
-              kill(pid, SIGUSR1) == 0 else {
+        guard signalRunning(SIGUSR1) else {
             throw APIError.conflict("no `gantry run` runs for this state directory: it is the one that puts environments to sleep and wakes them",
                                     fix: "start `gantry run`")
         }

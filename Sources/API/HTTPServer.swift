@@ -138,6 +138,9 @@ public final class APIServer: @unchecked Sendable {
                 }
             }
         }
+        router.post("/v1/kill") { request, _ in
+            await self.answer("POST /v1/kill", request) { caller, body in (200, try service.killSwitch(caller, body: body)) }
+        }
         router.get("/v1/budgets") { request, _ in
             await self.answer("GET /v1/budgets", request) { caller, _ in (200, try service.budgets(caller)) }
         }

@@ -22,6 +22,10 @@ public enum AuditEvent: String, Sendable, CaseIterable, Codable {
     case scaled
     /// A preview's TTL runs out soon (24 h and 1 h before).
     case ttlWarning = "ttl-warning"
+    /// The egress proxy refused a host (rate-limited: one per environment, service, host and rule a minute).
+    case egressDenied = "egress-denied"
+    /// The egress proxy blocked a request that carried a credential (the rule, never the value).
+    case dlpBlocked = "dlp-blocked"
 }
 
 /// What a caller asks to record; `AuditLog` numbers, chains and signs it.

@@ -187,6 +187,7 @@ public enum PolicyInput {
             ("caches", .map(map(spec.caches.map { ($0.name, .map(map([("engine", .string($0.engine))]))) }))),
             ("secrets", strings(spec.secrets)),
             ("routes", .list(spec.routes.map { .map(map([("name", .string($0.name)), ("service", .string($0.service))])) })),
+            ("egress", strings(spec.egress ?? [])),
         ]
         if let template = spec.template { specFields.append(("template", .string(template))) }
         var lifecycle: [(String, CELValue)] = []

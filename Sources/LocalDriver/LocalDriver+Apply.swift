@@ -251,6 +251,13 @@ extension LocalDriver {
         if let routerPort, record.environment != Self.hostEnvironment {
             variables["GANTRY_ROUTER"] = "http://\(isolatesNetwork ? Networks.gateway : "127.0.0.1"):\(routerPort)"
         }
+        // The way out: the egress proxy at the gateway (only from a network of its own, where
+        // nothing else leads outside). Local addresses go direct.
+        if let egressPort, isolatesNetwork, record.environment != Self.hostEnvironment {
+            let proxy = "http://\(Networks.gateway):\(egressPort)"
+            for name in ["HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"] { variables[name] = proxy }
+            for name in ["NO_PROXY", "no_proxy"] { variables[name] = "localhost,127.0.0.1,::1,\(Networks.gateway)" }
+        }
         variables["GANTRY_ENVIRONMENT"] = record.environment
         variables["GANTRY_SERVICE"] = record.name
         variables[Self.markVariable] = "\(instance):\(record.environment):\(unit)"

@@ -25,13 +25,14 @@ extension LocalDriver {
         return Networks.gateway
     }
 
-    /// The ports an environment's network may open at the gateway: PostgreSQL's and the router's.
-    func gatewayPorts() throws -> [Int] {
+    /// The ports an environment's network may open at the gateway: PostgreSQL's, the router's,
+    /// the egress proxy's (and its DNS).
+    func gatewayPorts() throws -> GatewayPorts {
         gatewayPorts(postgres: try postgresPort())
     }
 
-    func gatewayPorts(postgres: Int?) -> [Int] {
-        (postgres.map { [$0] } ?? []) + (routerPort.map { [$0] } ?? [])
+    func gatewayPorts(postgres: Int?) -> GatewayPorts {
+        GatewayPorts(tcp: [postgres, routerPort, egressPort].compactMap { $0 }, dns: egressPort)
     }
 
     /// The port of this Gantry's PostgreSQL server (nil before it was ever started).
@@ -65,6 +66,12 @@ extension LocalDriver {
     /// starts on that port later is out of their reach.
     public func routerStopped() {
         routerPort = nil
+        try? writeHostRules()
+    }
+
+    /// The egress proxy stopped: its port is closed to the environments at once.
+    public func egressStopped() {
+        egressPort = nil
         try? writeHostRules()
     }
 

@@ -142,7 +142,7 @@ extension LocalDriver {
 
     /// Restarts one service found not running (or reports it with `correct` false); nil when it runs.
     private func superviseService(_ listed: ServiceRecord, correct: Bool, now: Date) -> DriverEvent? {
-        guard !busy.contains(listed.environment),
+        guard !busy.contains(listed.environment), killSwitches?.reason(for: listed.environment) == nil,
               var record = ((try? state.services(of: listed.environment)) ?? []).first(where: { $0.name == listed.name }) else { return nil }
         guard record.phase == "Running" || record.phase == "Restarting" || record.phase == "Starting" else { return nil }
         if let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) { return nil }

@@ -134,11 +134,15 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     /// The uids whose networks this process made or checked (their links are in the host table).
     var networksMade: Set<uid_t> = []
     /// The gateway ports the host table's rules were last written with (`writeHostRules`).
-    var refreshedPorts: [Int]?
+    var refreshedPorts: GatewayPorts?
     /// When `refreshNetworkRules` last checked that the host table is there.
     var hostTableCheckedAt: Date?
     /// The router's port, when environments reach it at the gateway (`GANTRY_ROUTER`).
     public var routerPort: Int?
+    /// The egress proxy's port at the gateway (`HTTP_PROXY`, and DNS on the same port number).
+    public var egressPort: Int?
+    /// Environments under a kill switch: their processes are frozen, never restarted meanwhile.
+    public var killSwitches: KillSwitchBoard?
     /// Where `${secrets.NAME}` values and the passwords Gantry makes for its servers come from;
     /// nil when no secret store is configured.
     public var secrets: (any SecretResolver)?

@@ -23,6 +23,14 @@ import Glibc
 ///   The namespace's own rules allow the same ports only (they outlive a flush of the host's
 ///   ruleset, and the host table is written again, with every live link, when `supervise` finds
 ///   it gone or a Gantry starts).
+/// What an environment may open at the gateway: TCP ports (PostgreSQL's, the router's, the
+/// egress proxy's) and the DNS port (UDP, the egress proxy's resolver: every query the
+/// namespace sends to port 53 goes there).
+struct GatewayPorts: Sendable, Equatable {
+    var tcp: [Int]
+    var dns: Int?
+}
+
 struct Networks: Sendable {
     /// Connections an environment may hold at once to each port of the gateway.
     static let connectionsPerPort = 32
@@ -112,7 +120,7 @@ struct Networks: Sendable {
     /// table's set (`writeHostRules` made the table). Inside the namespace, only the gateway's
     /// `gatewayPorts` are allowed out (`innerRules`). Returns the environment's address. Made in
     /// one script (each tool started from Gantry costs more than the script's steps).
-    func ensure(uid: uid_t, gatewayPorts: [Int]) throws -> String {
+    func ensure(uid: uid_t, gatewayPorts: GatewayPorts) throws -> String {
         guard enabled else { throw LocalDriverError("network namespaces are not available: \(unavailable ?? "")") }
         let (host, environment) = Self.addresses(index: Self.index(of: uid))
         let namespace = Self.namespace(uid), interface = Self.hostInterface(uid)
@@ -121,6 +129,7 @@ struct Networks: Sendable {
         if Self.isComplete(uid), (try? Self.run(["/bin/sh", "-c", """
             ip -o -4 addr show dev \(interface) up | grep -q ' \(host)/31' &&
             ip -n \(namespace) -o -4 route show \(Self.gateway) | grep -q . &&
+            \(Self.nameserverRoutes(namespace: namespace, host: host, environment: environment))
             nsenter --net=\(Self.namespacePath(uid)) -- nft -f - <<'RULES' &&
             \(Self.innerRules(gatewayPorts: gatewayPorts))
             RULES
@@ -160,6 +169,7 @@ struct Networks: Sendable {
                 link set eth0 up
                 route add \(Self.gateway)/32 via \(host) src \(environment)
                 STEPS
+                \(Self.nameserverRoutes(namespace: namespace, host: host, environment: environment))
                 # Inside: what arrives on eth0 goes to loopback, port kept (route_localnet lets it);
                 # what leaves may only reach the gateway's ports.
                 nsenter --net=\(Self.namespacePath(uid)) -- /bin/sh -c 'set -e
@@ -182,29 +192,53 @@ struct Networks: Sendable {
     /// namespace's loopback, port kept; what leaves may only reach `gatewayPorts` at the gateway.
     /// The host table allows the same, but rules in the namespace stay when the host's ruleset is
     /// flushed (a firewall reload) and the environment's user cannot change them.
-    static func innerRules(gatewayPorts: [Int]) -> String {
+    static func innerRules(gatewayPorts: GatewayPorts) -> String {
         let table = "ip gantry"
-        let ports = gatewayPorts.sorted().map(String.init).joined(separator: ", ")
+        let ports = gatewayPorts.tcp.sorted().map(String.init).joined(separator: ", ")
+        // DNS: every query to port 53 (whatever resolv.conf names) goes to the egress proxy's
+        // resolver; a loopback nameserver's queries leave with the environment's address.
+        let dns = gatewayPorts.dns.map { port in """
+            add rule \(table) dns udp dport 53 dnat to \(gateway):\(port)
+            add rule \(table) dnssource oifname "eth0" ip saddr 127.0.0.0/8 masquerade
+            add rule \(table) output oifname "eth0" ip daddr \(gateway) udp dport \(port) accept
+
+            """ } ?? ""
         return """
             table \(table) {
               set ports { type inet_service; }
               chain prerouting { type nat hook prerouting priority -100; policy accept; }
               chain output { type filter hook output priority 0; policy accept; }
+              chain dns { type nat hook output priority -100; policy accept; }
+              chain dnssource { type nat hook postrouting priority 100; policy accept; }
             }
             flush chain \(table) prerouting
             flush chain \(table) output
+            flush chain \(table) dns
+            flush chain \(table) dnssource
             flush set \(table) ports
             \(ports.isEmpty ? "" : "add element \(table) ports { \(ports) }")
             add rule \(table) prerouting iifname "eth0" dnat to 127.0.0.1
             add rule \(table) output oifname "eth0" ct state established,related accept
             add rule \(table) output oifname "eth0" ip daddr \(gateway) tcp dport @ports accept
-            add rule \(table) output oifname "eth0" drop
+            \(dns)add rule \(table) output oifname "eth0" drop
             """
+    }
+
+    /// Routes inside the namespace to the host's IPv4 nameservers (resolv.conf): a query needs a
+    /// route before the rules above send it to the gateway; nothing else goes that way.
+    static func nameserverRoutes(namespace: String, host: String, environment: String) -> String {
+        let servers = ((try? String(contentsOfFile: "/etc/resolv.conf", encoding: .utf8)) ?? "").split(separator: "\n").compactMap { line -> String? in
+            let words = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            var parsed = in_addr()
+            guard words.count >= 2, words[0] == "nameserver", inet_pton(AF_INET, String(words[1]), &parsed) == 1, !words[1].hasPrefix("127.") else { return nil }
+            return String(words[1])
+        }
+        return servers.map { "ip -n \(namespace) route replace \($0)/32 via \(host) src \(environment) &&" }.joined(separator: "\n") + (servers.isEmpty ? "" : "\n")
     }
 
     /// Writes `innerRules` with `gatewayPorts` in the namespaces of `uids` (one script; a
     /// namespace that cannot be entered is skipped: it is remade before its next process starts).
-    func allowGatewayPorts(_ gatewayPorts: [Int], inside uids: [uid_t]) {
+    func allowGatewayPorts(_ gatewayPorts: GatewayPorts, inside uids: [uid_t]) {
         guard enabled, !uids.isEmpty else { return }
         let rules = Self.innerRules(gatewayPorts: gatewayPorts)
         let script = uids.map { uid in
@@ -217,9 +251,9 @@ struct Networks: Sendable {
     /// to those already there), allowing the gateway's `gatewayPorts`: written as one transaction.
     /// Whatever the set holds, nothing arriving on a link named like an environment's opens a
     /// connection to any host address but the gateway (every Gantry's environments share that rule).
-    func hostRules(gatewayPorts: [Int], links: [uid_t] = [], sharedLimits: [Int: Int] = [:]) -> String {
+    func hostRules(gatewayPorts: GatewayPorts, links: [uid_t] = [], sharedLimits: [Int: Int] = [:]) -> String {
         let table = "inet \(hostTable)"
-        let ports = gatewayPorts.sorted()
+        let ports = gatewayPorts.tcp.sorted()
         let match = ports.count == 1 ? "\(ports[0])" : "{ \(ports.map(String.init).joined(separator: ", ")) }"
         // Each port at most `connectionsPerPort` connections at once per environment (its address:
         // one environment cannot take every PostgreSQL connection slot, even without a password).
@@ -233,6 +267,7 @@ struct Networks: Sendable {
             add rule \(table) input ip daddr \(Self.gateway) tcp dport \(match) accept
 
             """
+        let dns = gatewayPorts.dns.map { "add rule \(table) input ip daddr \(Self.gateway) udp dport \($0) add @queries { ip saddr limit rate over 100/second burst 200 packets } drop\nadd rule \(table) input ip daddr \(Self.gateway) udp dport \($0) accept\n" } ?? ""
         let members = links.isEmpty ? "" : "add element \(table) envs { \(links.map { "\"\(Self.hostInterface($0))\"" }.joined(separator: ", ")) }\n"
         return """
             table \(table) {
@@ -240,6 +275,7 @@ struct Networks: Sendable {
               set envs { type ifname; }
               set connections { type ipv4_addr . inet_service; size 65535; flags dynamic; }
               set totals { type inet_service; size 64; flags dynamic; }
+              set queries { type ipv4_addr; size 65535; flags dynamic,timeout; timeout 10s; }
               chain input { type filter hook input priority 0; policy accept; }
               chain forward { type filter hook forward priority 0; policy accept; }
             }
@@ -249,7 +285,7 @@ struct Networks: Sendable {
             add rule \(table) input iifname "\(Self.interfacePrefix)*" ip daddr != \(Self.gateway) drop
             add rule \(table) input iifname "\(Self.interfacePrefix)*" meta nfproto ipv6 drop
             add rule \(table) input iifname != @envs accept
-            \(allowed)add rule \(table) input drop
+            \(allowed)\(dns)add rule \(table) input drop
             add rule \(table) forward iifname @envs drop
             add rule \(table) forward oifname @envs drop
 

@@ -70,6 +70,8 @@ public final class LifecycleController: @unchecked Sendable {
     private var stopped = false
     /// Records are written off the threads that decide them (a wake answers before its record is signed).
     private let recorder = DispatchQueue(label: "gantry.lifecycle.records")
+    /// Environments under a kill switch are not woken, put to sleep or scaled (the reconciler's board).
+    public var killSwitches = KillSwitchBoard()
 
     public init(state: StateStore, driver: any LifecycleDriver, audit: AuditLog, logger: Logger, options: Options = Options(),
                 clock: @escaping @Sendable () -> Date = { Date() }) {
@@ -142,6 +144,7 @@ public final class LifecycleController: @unchecked Sendable {
         while Date() < waitUntil, lock.withLock({ stopping.contains(environment) || stopping.contains("\(environment)/\(service)") }) {
             usleep(10_000)
         }
+        if let why = killSwitches.reason(for: environment) { return "\(environment) is stopped by the \(why)" }
         let sleep = try? state.lifecycleState(of: environment)
         if let sleep, sleep.state == .paused {
             return "\(environment) is paused: \(sleep.reason). It wakes when the period rolls over or the budget is raised on the protected branch"
@@ -182,6 +185,7 @@ public final class LifecycleController: @unchecked Sendable {
         guard let record = try? state.environment(environment), Self.runs(record) else {
             return "\(environment) does not run (nothing to wake)"
         }
+        if let why = killSwitches.reason(for: environment) { return "\(environment) is stopped by the \(why): it wakes once a human with a role lifts it" }
         let was = try? state.lifecycleState(of: environment)
         if let was, was.state == .paused {
             return "\(environment) is paused: \(was.reason). It wakes when the period rolls over or the budget is raised on the protected branch"
@@ -214,6 +218,7 @@ public final class LifecycleController: @unchecked Sendable {
         guard let record = try? state.environment(environment), Self.runs(record) else {
             return "\(environment) does not run (nothing to put to sleep)"
         }
+        if let why = killSwitches.reason(for: environment) { return "\(environment) is frozen by the \(why); it is not put to sleep meanwhile" }
         guard lock.withLock({ working.insert(environment).inserted }) else { return "\(environment) is being scaled or put to sleep already" }
         defer { lock.withLock { _ = working.remove(environment) } }
         // (Idle: only if no request came meanwhile; the requests that come now wait, then wake it.)
@@ -278,8 +283,11 @@ public final class LifecycleController: @unchecked Sendable {
         takeRequests()
         var autoscaled: [(String, Service)] = []
         var expired: [Expiry] = []
+        let killed = killSwitches.all
         for record in records {
             guard let spec = appliedSpec(record) else { continue }
+            // Frozen by a kill switch: nothing starts, stops or expires meanwhile.
+            if killed[record.name] != nil { continue }
             if sleeping[record.name] == nil { autoscaled += spec.services.filter { $0.autoscale != nil }.map { (record.name, $0) } }
             // Asleep, yet something of it runs (nothing of Gantry's starts it then, an apply aside:
             // a new revision wakes it): stopped again.
@@ -467,7 +475,8 @@ public final class LifecycleController: @unchecked Sendable {
     /// wanted within the stabilization window; `min: 0` lets an idle service sleep.
     public func scaleStep(now: Date) {
         let services = lock.withLock { scaled }
-        for (environment, service) in services {
+        let killed = killSwitches.all
+        for (environment, service) in services where killed[environment] == nil {
             guard let scale = service.autoscale else { continue }
             let key = "\(environment)/\(service.name)"
             let (observed, busy) = lock.withLock { () -> (Int, Bool) in
@@ -537,6 +546,14 @@ public final class LifecycleController: @unchecked Sendable {
     }
 
     // MARK: Records
+
+    /// A signed record about `environment` (on the commit it runs) and a line in its history,
+    /// for what other parts of Gantry decide about it (the egress proxy, the kill switch).
+    public func record(_ event: AuditEvent, environment: String, actor: String, history: String, _ fields: [(String, String)]) {
+        note(environment, event.rawValue, history)
+        guard let record = try? state.environment(environment) else { return }
+        writeRecord(event, record, actor: actor, fields)
+    }
 
     private func note(_ environment: String, _ kind: String, _ message: String) {
         try? state.record(EventRecord(environment: environment, kind: kind, message: message, at: clock()))

@@ -231,11 +231,16 @@ extension Reconciler {
         // The secret versions as of now: the driver resolves these or newer ones, so a rotation
         // racing this apply is still noticed on the next pass.
         if let secretVersions, !spec.secrets.isEmpty { appliedSecretVersions[desired.name] = secretVersions(spec) }
-        let driver = self.driver, logger = self.logger
+        let driver = self.driver, logger = self.logger, killSwitches = self.killSwitches
         // An older revision still waiting is not applied first (branches pushed back and forth).
         for dropped in operations.dropQueuedApplies(of: desired.name) { completions[dropped] = nil }
         let ticket = operations.submit(desired.name, after: spec.databases.compactMap(\.cloneFrom),
                                        urgent: desired.branch == context.protectedBranch) {
+            // Under a kill switch nothing of the environment starts: the apply is tried again
+            // (with backoff) until the switch is lifted.
+            if let why = killSwitches.reason(for: plan.name) {
+                return .failed("held by the kill switch (\(why)); it is applied once a human with a role lifts the switch", .retryWithBackoff)
+            }
             do {
                 return .applied(try driver.apply(plan) { step in
                     logger.info("Applying revision \(commit.short): \(step)", metadata: ["gantry.env": "\(plan.name)"])

@@ -18,7 +18,8 @@ extension Reconciler {
         // (One with an apply or teardown under way is left to it; one asleep is corrected once it
         // wakes: an apply would start its services.)
         let asleep = (try? state.lifecycleStates()) ?? [:]
-        for record in (try? state.environments()) ?? [] where record.phase == .running && !operations.isBusy(record.name) && asleep[record.name] == nil {
+        for record in (try? state.environments()) ?? [] where record.phase == .running && !operations.isBusy(record.name) && asleep[record.name] == nil
+                                                              && killSwitches.reason(for: record.name) == nil {
             guard let plan = appliedPlan(record), !plan.spec.databases.isEmpty else { continue }
             let found = driver.drift(plan)
             guard !found.isEmpty else { continue }

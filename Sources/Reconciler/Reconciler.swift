@@ -77,10 +77,15 @@ public final class Reconciler: @unchecked Sendable {
     /// Told of each pass `run` makes (its duration in seconds and what it did), and of the
     /// operations recorded between passes (duration nil): for metrics.
     public var observe: ((_ seconds: Double?, _ summary: PassSummary) -> Void)?
+    /// Told each pass the settings of the last admitted protected revision (the egress proxy and
+    /// the kill switch follow them).
+    public var governed: ((_ settings: Settings, _ revision: String) -> Void)?
     /// The time budgets, TTLs and idle timers are counted with (a test drives a clock of its own).
     public var clock: @Sendable () -> Date = { Date() }
     /// Sleep, wake, TTL, spend and autoscaling (nil: environments never sleep and nothing is metered).
     public var lifecycle: LifecycleController?
+    /// The environments a kill switch covers: not applied, corrected, woken or scaled meanwhile.
+    public let killSwitches = KillSwitchBoard()
     /// The secrets of `spec.secrets` the environment cannot see (none are checked when nil).
     public var missingSecrets: ((EnvironmentSpec) -> [String])?
     /// The version of each secret an environment sees (name → version), to notice rotations.

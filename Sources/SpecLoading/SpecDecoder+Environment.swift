@@ -41,7 +41,10 @@ extension SpecDecoder {
             specReader.finish(&diagnostics)
         }
         reader.finish(&diagnostics)
-        if kind == "Environment" { References.check(spec: spec, node: node, &diagnostics) }
+        if kind == "Environment" {
+            References.check(spec: spec, node: node, &diagnostics)
+            checkInjections(spec, at: node.mark, &diagnostics)
+        }
         return spec
     }
 
@@ -104,7 +107,11 @@ extension SpecDecoder {
                     value.env.append(EnvVar(name: variable, value: text))
                 }
             }
-            value.egress = service.stringList("egress", &diagnostics) ?? []
+            if let node = service.value("egress") {
+                let (hosts, inject) = egressList(node, path: "spec.services.\(name).egress", &diagnostics)
+                value.egress = hosts
+                value.egressInject = inject.isEmpty ? nil : inject
+            }
             if let node = service.value("autoscale") { value.autoscale = decodeAutoscale(node, service: name, replicas: value.replicas, &diagnostics) }
             service.finish(&diagnostics)
             spec.services.append(value)
@@ -143,6 +150,11 @@ extension SpecDecoder {
             spec.caches.append(Cache(name: name, engine: engine))
         }
         spec.secrets = reader.stringList("secrets", &diagnostics) ?? []
+        if let node = reader.value("egress") {
+            let (hosts, inject) = egressList(node, path: "spec.egress", &diagnostics)
+            spec.egress = hosts
+            spec.egressInject = inject.isEmpty ? nil : inject
+        }
         if let routesNode = reader.value("routes") {
             let serviceList = spec.services.map(\.name)
             let serviceNames = Set(serviceList)

@@ -84,6 +84,8 @@ enum SpecDecoder {
             }
             settings.egress.allow = egress.stringList("allow", &diagnostics) ?? []
             settings.egress.deny = egress.stringList("deny", &diagnostics) ?? []
+            checkHosts(settings.egress.allow, node: egress.value("allow"), path: "egress.allow", &diagnostics)
+            checkHosts(settings.egress.deny, node: egress.value("deny"), path: "egress.deny", &diagnostics)
             egress.finish(&diagnostics)
         }
         settings.killSwitch = reader.bool("killSwitch", &diagnostics) ?? false

@@ -18,6 +18,10 @@ public struct EnvironmentSpec: Sendable, Codable, Equatable {
     public var jobs: [Job] = []
     public var lifecycle = Lifecycle()
     public var budget: Budget?
+    /// `spec.egress`: hosts every service may reach through the egress proxy (nil: none).
+    public var egress: [String]?
+    /// Credentials the proxy adds for every service (from `{host, inject}` entries of `spec.egress`).
+    public var egressInject: [EgressInject]?
 
     public init(name: String, team: String?, class: EnvironmentClass) {
         self.name = name
@@ -39,6 +43,8 @@ public struct Service: Sendable, Codable, Equatable {
     public var resources = Resources()
     public var env: [EnvVar] = []
     public var egress: [String] = []
+    /// Credentials the proxy adds for this service (from `{host, inject}` entries of its `egress`).
+    public var egressInject: [EgressInject]?
     /// Replicas follow the router's in-flight requests between `min` and `max` (the local driver);
     /// `replicas` is then the count a first apply starts with.
     public var autoscale: Autoscale?

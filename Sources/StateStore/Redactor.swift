@@ -118,8 +118,9 @@ extension Redactor {
 }
 
 extension SecretStore {
-    /// Every stored value with its name, decrypted: for the redactor only.
-    func allValues() throws -> [(name: String, value: Data)] {
+    /// Every stored value with its name, decrypted: for the redactor and the egress proxy's DLP
+    /// (which keep them in memory only).
+    public func allValues() throws -> [(name: String, value: Data)] {
         let rows = try state.pool.read { db in try Row.fetchAll(db, sql: "SELECT name, scopeKind, scopeValue, sealed FROM secrets") }
         return rows.compactMap { row in
             let name: String = row["name"], kind: String = row["scopeKind"], scope: String = row["scopeValue"]

@@ -196,6 +196,27 @@ public final class StateStore: Sendable {
                 t.column("at", .datetime).notNull()
             }
         }
+        migrator.registerMigration("v7") { db in
+            // Kill switches turned on and off by `gantry kill` and the API (the one on main is
+            // gantry.yaml's `killSwitch`): each switch's state, who changed it last, and when.
+            try db.create(table: "killSwitches") { t in
+                t.column("scope", .text).notNull()
+                t.column("name", .text).notNull()
+                t.column("on", .boolean).notNull()
+                t.column("actor", .text).notNull()
+                t.column("reason", .text).notNull()
+                t.column("since", .datetime).notNull()
+                t.primaryKey(["scope", "name"])
+            }
+            // Each change bumps `requested`; the running Gantry sets `applied` once the proxy and
+            // the processes follow it (a command waits for that).
+            try db.create(table: "killGenerations") { t in
+                t.primaryKey("id", .integer)
+                t.column("requested", .integer).notNull()
+                t.column("applied", .integer).notNull()
+            }
+            try db.execute(sql: "INSERT INTO killGenerations(id, requested, applied) VALUES (1, 0, 0)")
+        }
         return migrator
     }
 

@@ -44,11 +44,21 @@ struct Run: ParsableCommand {
     @OptionGroup var apiRate: APIRate
     @Option(help: "Seconds an autoscaled service waits before it scales down (the highest count wanted within them is kept).")
     var scaleDownWindow = 60.0
+    @Option(help: "Port of the egress proxy (HTTP_PROXY, and DNS on UDP) at the environments' gateway; 0 picks a free one.")
+    var egressPort = 3128
+    @Flag(help: "Do not start the egress proxy (environments then reach nothing outside).")
+    var noEgress = false
+    @Option(parsing: .singleValue, help: "Pin a host for the egress proxy, as HOST=ADDRESS (repeatable; the operator's pin may be an internal address).")
+    var egressResolve: [String] = []
+    @Option(help: "A PEM file of extra certificate authorities the egress proxy trusts when it speaks TLS for an injected credential.")
+    var egressCA: String?
 
     func validate() throws {
         guard interval > 0 else { throw ValidationError("--interval must be a positive number of seconds") }
         guard scaleDownWindow >= 0, scaleDownWindow <= 86_400 else { throw ValidationError("--scale-down-window must be 0 to 86400 seconds") }
         guard !repo.isEmpty else { throw ValidationError("--repo must name a repository path or URL") }
+        guard (0...65535).contains(egressPort) else { throw ValidationError("--egress-port must be 0 to 65535") }
+        do { _ = try EgressControl.pins(egressResolve) } catch { throw ValidationError("\(error)") }
     }
 
     func run() throws {
@@ -89,6 +99,9 @@ struct Run: ParsableCommand {
         lifecycleOptions.stabilizationWindow = scaleDownWindow
         let lifecycle = LifecycleController(state: store, driver: driver, audit: lifecycleAudit, logger: logger, options: lifecycleOptions)
         reconciler.lifecycle = lifecycle
+        // Kill switches: one board for everything that could start an environment's processes.
+        lifecycle.killSwitches = reconciler.killSwitches
+        driver.killSwitches = reconciler.killSwitches
         logger.info("gantry watching \(location) (state \(paths.root.path), audit key \(key.publicKey.fingerprint))")
         if once {
             reconciler.recover()
@@ -103,7 +116,8 @@ struct Run: ParsableCommand {
         try Data("\(getpid())\n".utf8).write(to: URL(fileURLWithPath: paths.pidFile))
         var router: Router?
         if !noRouter {
-            let candidate = Router { [store] in RouteTable.build(store) }
+            let board = reconciler.killSwitches
+            let candidate = Router { [store] in RouteTable.build(store, killSwitches: board) }
             candidate.hooks = RouterHooks(started: { lifecycle.requestStarted(environment: $0, service: $1) },
                                           ended: { lifecycle.requestEnded(environment: $0, service: $1) },
                                           ensureServing: { lifecycle.ensureServing(environment: $0, service: $1) })
@@ -127,6 +141,33 @@ struct Run: ParsableCommand {
             try? FileManager.default.removeItem(atPath: paths.routerPortFile)
         }
         defer { try? FileManager.default.removeItem(atPath: paths.pidFile) }
+        // The egress proxy and the kill switch.
+        let egress = EgressControl(store: store, driver: driver, board: reconciler.killSwitches, secrets: secrets, lifecycle: lifecycle,
+                                   logger: logger, pinned: try EgressControl.pins(egressResolve))
+        if !noEgress {
+            if let gateway = driver.routerGateway {
+                do {
+                    let proxy = try EgressProxy(snapshot: .empty, hooks: egress.hooks, extraCertificates: egressCA)
+                    try proxy.start(host: gateway, port: egressPort)
+                    egress.proxy = proxy
+                    driver.egressPort = proxy.port
+                    try? Data("\(proxy.port)\n".utf8).write(to: URL(fileURLWithPath: paths.egressPortFile))
+                    logger.info("egress proxy listening on \(gateway):\(proxy.port) (HTTP and CONNECT; DNS on UDP)")
+                } catch {
+                    logger.error("the egress proxy could not start; environments reach nothing outside (use --egress-port)", metadata: ["error": "\(error)"])
+                }
+            } else {
+                logger.warning("no egress proxy: environments share the host's network here (\(LocalDriver.networkSupport ?? "isolation is off")), so egress control is advisory")
+            }
+        }
+        reconciler.governed = { settings, _ in egress.governed(settings) }
+        egress.start()
+        defer {
+            egress.stop()
+            egress.proxy?.stop()
+            if egress.proxy != nil, !stopOnExit { driver.egressStopped() }
+            try? FileManager.default.removeItem(atPath: paths.egressPortFile)
+        }
         if announceRoutes, let router {
             let announcer = RouteAnnouncer(routerPort: router.port, store: store)
             let before = reconciler.beforePass
@@ -263,11 +304,19 @@ final class RouteAnnouncer: @unchecked Sendable {
 /// The router's view of the state: every route of every running environment, to the replicas
 /// of its service that run; a sleeping environment's (or a service scaled to zero) marked asleep.
 enum RouteTable {
-    static func build(_ store: StateStore) -> [String: RouteTarget] {
+    static func build(_ store: StateStore, killSwitches: KillSwitchBoard? = nil) -> [String: RouteTarget] {
         var table: [String: RouteTarget] = [:]
         let sleeping = (try? store.lifecycleStates()) ?? [:]
+        let killed = killSwitches?.all ?? [:]
         for environment in (try? store.environments()) ?? [] {
             guard let spec = environment.appliedSpec else { continue }
+            if let why = killed[environment.name] {
+                for route in spec.routes {
+                    let host = "\(route.name).\(environment.name).\(environment.domain ?? "localhost")".lowercased()
+                    table[host] = RouteTarget(environment: environment.name, port: nil, reason: "it is frozen by the \(why)")
+                }
+                continue
+            }
             let services = (try? store.services(of: environment.name)) ?? []
             let asleep = sleeping[environment.name]
             for route in spec.routes {

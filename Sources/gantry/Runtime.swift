@@ -13,6 +13,7 @@ struct StatePaths {
     var secretsKey: String { root.appendingPathComponent("keys/secrets.key").path }
     var pidFile: String { root.appendingPathComponent("gantry.pid").path }
     var routerPortFile: String { root.appendingPathComponent("router.port").path }
+    var egressPortFile: String { root.appendingPathComponent("egress.port").path }
     /// The port the running Gantry's router listens on; nil when it runs none (`--no-router`).
     var routerPort: Int? {
         (try? String(contentsOfFile: routerPortFile, encoding: .utf8)).flatMap { Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }

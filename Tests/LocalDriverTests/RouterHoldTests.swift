@@ -24,8 +24,8 @@ import Testing
     @Test func aRequestForASleepingServiceIsHeldWhileItWakesThenForwarded() throws {
         let table = Table()
         table.set("www.sleepy.localhost", RouteTarget(environment: "sleepy", ports: [], reason: "it sleeps", service: "web", asleep: true))
-        let backendPort = try freePort()
-        let backend = Spawned()
+        let backendPort = try freeLoopbackPort()
+        let backend = SpawnedProcess()
         let woken = Box()
         let router = Router { table.all }
         router.hooks = RouterHooks(started: { _, _ in false }, ended: { _, _ in }, ensureServing: { environment, service in
@@ -59,8 +59,8 @@ import Testing
 
     @Test func aRequestDuringAStopWaitsForItAndEveryRequestIsCounted() throws {
         let table = Table()
-        let backendPort = try freePort()
-        let backend = Spawned()
+        let backendPort = try freeLoopbackPort()
+        let backend = SpawnedProcess()
         backend.start(["python3", "-m", "http.server", "\(backendPort)", "--bind", "127.0.0.1", "--directory", "/"])
         defer { backend.stop() }
         #expect(eventually(10) { httpGet("http://127.0.0.1:\(backendPort)/") != nil })
@@ -106,38 +106,6 @@ import Testing
         #expect(recv(slow[0], &byte, 1, 0) == 0)
         #expect(Date().timeIntervalSince(started) < 5)
         #expect(eventually(5) { (try? get(router.port, host: "www.any.localhost").status) == "404" })
-    }
-
-    func freePort() throws -> Int {
-        let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-        defer { close(fd) }
-        var address = sockaddr_in()
-        address.sin_family = sa_family_t(AF_INET)
-        address.sin_addr.s_addr = inet_addr("127.0.0.1")
-        _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-        var length = socklen_t(MemoryLayout<sockaddr_in>.size)
-        _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
-        return Int(UInt16(bigEndian: address.sin_port))
-    }
-
-    /// A child process started with posix_spawn and stopped with SIGKILL (Foundation's Process
-    /// spins in waitUntilExit when started off the main thread).
-    final class Spawned: @unchecked Sendable {
-        private let lock = NSLock()
-        private var pid: pid_t = 0
-
-        func start(_ arguments: [String]) {
-            let child = spawnQuiet(arguments)
-            lock.withLock { pid = child }
-        }
-
-        func stop() {
-            let child = lock.withLock { pid }
-            guard child > 0 else { return }
-            kill(child, SIGKILL)
-            var status: Int32 = 0
-            waitpid(child, &status, 0)
-        }
     }
 
     final class Box: @unchecked Sendable {

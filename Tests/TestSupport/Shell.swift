@@ -118,3 +118,37 @@ public func spawnQuiet(_ arguments: [String]) -> pid_t {
     defer { argv.forEach { free($0) } }
     return posix_spawnp(&pid, arguments[0], &actions, nil, argv, environ) == 0 ? pid : 0
 }
+
+/// A TCP port free on 127.0.0.1 (the kernel's pick, released for the caller to bind).
+public func freeLoopbackPort() throws -> Int {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    _ = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+    _ = withUnsafeMutablePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) } }
+    return Int(UInt16(bigEndian: address.sin_port))
+}
+
+/// A child process started with posix_spawn (`spawnQuiet`) and stopped with SIGKILL.
+public final class SpawnedProcess: @unchecked Sendable {
+    private let lock = NSLock()
+    private var pid: pid_t = 0
+
+    public init() {}
+
+    public func start(_ arguments: [String]) {
+        let child = spawnQuiet(arguments)
+        lock.withLock { pid = child }
+    }
+
+    public func stop() {
+        let child = lock.withLock { pid }
+        guard child > 0 else { return }
+        kill(child, SIGKILL)
+        var status: Int32 = 0
+        waitpid(child, &status, 0)
+    }
+}

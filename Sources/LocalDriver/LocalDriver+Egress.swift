@@ -1,0 +1,78 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// What the egress proxy and the kill switch need of the local driver: whose address a
+/// connection comes from, which service opened it, and freezing an environment's processes.
+extension LocalDriver {
+    /// Every environment's own address (its network namespace) → the environment.
+    public func environmentAddresses() -> [String: String] {
+        guard isolatesNetwork else { return [:] }
+        var found: [String: String] = [:]
+        for holder in (try? state.holders(Self.networkAllocation)) ?? [] { found[holder.name] = holder.environment }
+        return found
+    }
+
+    /// The service whose process holds the connection from `address:port` (an environment's
+    /// address) to the egress proxy: the socket is found in the namespace's TCP table, its owner
+    /// among the environment's processes, and the service from that process's control group
+    /// (which the environment's user cannot leave). Nil when any step finds nothing.
+    public func service(connectedFrom address: String, port: Int) -> String? {
+        guard let egressPort, let environment = environmentAddresses()[address],
+              let uid = ((try? state.allocations(Self.uidAllocation, of: environment)) ?? []).compactMap({ uid_t($0) }).first else { return nil }
+        let pids = ProcessControl.processes(ownedBy: uid)
+        guard let first = pids.first, let table = try? String(contentsOfFile: "/proc/\(first)/net/tcp", encoding: .utf8) else { return nil }
+        let local = Self.procAddress(address, port), remote = Self.procAddress(Networks.gateway, egressPort)
+        guard let line = table.split(separator: "\n").first(where: { $0.contains(" \(local) \(remote) ") }) else { return nil }
+        let fields = line.split(separator: " ")
+        guard fields.count > 9 else { return nil }
+        let socket = "socket:[\(fields[9])]"
+        for pid in pids {
+            let directory = "/proc/\(pid)/fd"
+            guard let descriptors = try? FileManager.default.contentsOfDirectory(atPath: directory),
+                  descriptors.contains(where: { (try? FileManager.default.destinationOfSymbolicLink(atPath: directory + "/" + $0)) == socket }) else { continue }
+            return unit(of: pid, environment: environment).map(Self.serviceName(ofUnit:))
+        }
+        return nil
+    }
+
+    /// The unit (service replica, cache, job) whose control group holds `pid`.
+    func unit(of pid: pid_t, environment: String) -> String? {
+        guard let lines = try? String(contentsOfFile: "/proc/\(pid)/cgroup", encoding: .utf8) else { return nil }
+        for line in lines.split(separator: "\n") {
+            let parts = line.split(separator: "/").map(String.init)
+            if let index = parts.lastIndex(of: environment), index + 1 < parts.count { return parts[index + 1] }
+        }
+        return nil
+    }
+
+    /// `10.202.0.3:40000` as /proc/net/tcp writes it (the address's bytes in host order, hex).
+    static func procAddress(_ address: String, _ port: Int) -> String {
+        var parsed = in_addr()
+        inet_pton(AF_INET, address, &parsed)
+        return String(format: "%08X:%04X", parsed.s_addr, port)
+    }
+
+    /// Freezes (or thaws) every process of an environment: its control group's freezer, else a
+    /// SIGSTOP (SIGCONT) to each process of its user. False when neither is possible.
+    @discardableResult
+    public func setFrozen(_ environment: String, _ frozen: Bool) -> Bool {
+        let groups = cgroups.directories(environment).filter { $0.controller == "freezer" || $0.controller == "unified" }
+        if !groups.isEmpty, FileManager.default.fileExists(atPath: groups[0].path) {
+            return groups.map { ControlGroups.freeze($0, frozen) }.contains(true)
+        }
+        let uids = ((try? state.allocations(Self.uidAllocation, of: environment)) ?? []).compactMap { uid_t($0) }
+        guard !uids.isEmpty else { return false }
+        for uid in uids { for pid in ProcessControl.processes(ownedBy: uid) { kill(pid, frozen ? SIGSTOP : SIGCONT) } }
+        return true
+    }
+
+    /// Whether an environment's processes are frozen (its control group says so).
+    public func isFrozen(_ environment: String) -> Bool {
+        guard let group = cgroups.directories(environment).first(where: { $0.controller == "freezer" || $0.controller == "unified" }) else { return false }
+        let file = group.controller == "freezer" ? "/freezer.state" : "/cgroup.freeze"
+        let text = (try? String(contentsOfFile: group.path + file, encoding: .utf8))?.trimmingCharacters(in: .whitespacesAndNewlines)
+        return text == "FROZEN" || text == "FREEZING" || text == "1"
+    }
+}

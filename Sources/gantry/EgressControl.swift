@@ -1,0 +1,226 @@
+import Audit
+import Foundation
+import Gateway
+import LocalDriver
+import Logging
+import Reconciler
+import SpecModel
+import StateStore
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Keeps the egress proxy and the kill switch in step with governance, the environments, the
+/// secrets and the switches in the state DB: after every pass, every second, and at once when
+/// `gantry kill` or the API signals (SIGUSR2). Freezes what a switch covers and thaws what it no
+/// longer covers; writes `kill-switch`, `egress-denied` and `dlp-blocked` records.
+final class EgressControl: @unchecked Sendable {
+    let store: StateStore
+    let driver: LocalDriver
+    let board: KillSwitchBoard
+    let secrets: SecretStore
+    let lifecycle: LifecycleController
+    let logger: Logger
+    let pinned: [String: [IPAddress]]
+    var proxy: EgressProxy?
+
+    private let lock = NSLock()
+    private var settings = Settings()
+    private var covered: [String: String] = [:]
+    private var started = false
+    /// Records of denials and DLP blocks, at most one per key per interval (the rest counted).
+    private var lastRecord: [String: (at: Date, suppressed: Int)] = [:]
+    static let deniedRecordInterval: TimeInterval = 60
+    static let dlpRecordInterval: TimeInterval = 10
+    private let refreshQueue = DispatchQueue(label: "gantry.egress.refresh")
+    private var signalSource: DispatchSourceSignal?
+
+    init(store: StateStore, driver: LocalDriver, board: KillSwitchBoard, secrets: SecretStore, lifecycle: LifecycleController,
+         logger: Logger, pinned: [String: [IPAddress]]) {
+        self.store = store
+        self.driver = driver
+        self.board = board
+        self.secrets = secrets
+        self.lifecycle = lifecycle
+        self.logger = logger
+        self.pinned = pinned
+    }
+
+    /// The hooks the proxy calls: the service behind a connection, and each event.
+    var hooks: EgressHooks {
+        EgressHooks(identify: { [driver] in driver.service(connectedFrom: $0, port: $1) },
+                    event: { [weak self] in self?.record($0) })
+    }
+
+    /// Starts following: a refresh now, then on SIGUSR2 and every second.
+    func start() {
+        signal(SIGUSR2, SIG_IGN)
+        let source = DispatchSource.makeSignalSource(signal: SIGUSR2, queue: refreshQueue)
+        source.setEventHandler { [weak self] in self?.refreshNow() }
+        source.resume()
+        signalSource = source
+        lock.withLock { started = true }
+        refresh()
+        Thread.detachNewThread { [weak self] in
+            while let self, self.lock.withLock({ self.started }) {
+                usleep(1_000_000)
+                self.refresh()
+            }
+        }
+    }
+
+    func stop() {
+        lock.withLock { started = false }
+        signalSource?.cancel()
+    }
+
+    /// The settings of the last admitted protected revision (each pass).
+    func governed(_ new: Settings) {
+        let changed = lock.withLock { () -> Bool in
+            defer { settings = new }
+            return settings != new
+        }
+        if changed { refresh() }
+    }
+
+    func refresh() { refreshQueue.async { [weak self] in self?.refreshNow() } }
+
+    /// One whole step: who is covered, frozen or thawed, what the proxy decides with, and the
+    /// generation the commands wait for.
+    private func refreshNow() {
+        let settings = lock.withLock { self.settings }
+        guard let records = try? store.environments().filter({ $0.phase != .destroyed }),
+              let every = try? store.killSwitches(lifted: true), let generations = try? store.killGenerations() else { return }
+        let switches = every.filter(\.on)
+        let now = KillSwitchBoard.coverage(switches: switches, onMain: settings.killSwitch,
+                                           environments: records.map { ($0.name, $0.appliedSpec?.team ?? $0.team) })
+        let before = lock.withLock { covered }
+        // The board first (nothing starts what is about to be frozen), then the proxy (open
+        // tunnels cut), then the processes.
+        board.set(now)
+        proxy?.update(snapshot(settings: settings, records: records, covered: now))
+        for (name, reason) in now where before[name] == nil {
+            let frozen = driver.setFrozen(name, true)
+            logger.warning("kill switch: \(name) cut off and frozen", metadata: ["gantry.env": "\(name)", "reason": "\(reason)"])
+            let actor = Self.actor(of: reason, switches: switches, environment: name, records: records)
+            lifecycle.record(.killSwitch, environment: name, actor: actor, history: "kill switch on: \(reason)",
+                             [("state", "on"), ("reason", reason), ("processes", frozen ? "frozen" : "none running")])
+        }
+        for (name, reason) in before where now[name] == nil {
+            if records.contains(where: { $0.name == name }) { driver.setFrozen(name, false) }
+            logger.notice("kill switch lifted: \(name) runs again", metadata: ["gantry.env": "\(name)"])
+            let team = records.first { $0.name == name }.flatMap { $0.appliedSpec?.team ?? $0.team }
+            let lifter = settings.killSwitch ? nil : every.last { !$0.on && $0.covers(environment: name, team: team) }
+            lifecycle.record(.killSwitch, environment: name, actor: lifter?.actor ?? "protected branch", history: "kill switch off (was: \(reason))",
+                             [("state", "off"), ("was", reason)] + (lifter.map { [("note", $0.reason)] } ?? []))
+        }
+        lock.withLock { covered = now }
+        try? store.markKillApplied(generations.requested)
+    }
+
+    /// Who turned on the switch that covers `environment` (gantry.yaml's: the protected branch).
+    static func actor(of reason: String, switches: [KillSwitch], environment: String, records: [EnvironmentRecord]) -> String {
+        let team = records.first { $0.name == environment }.flatMap { $0.appliedSpec?.team ?? $0.team }
+        return switches.first { $0.covers(environment: environment, team: team) }?.actor ?? "protected branch"
+    }
+
+    /// What the proxy decides with now.
+    func snapshot(settings: Settings, records: [EnvironmentRecord], covered: [String: String]) -> EgressSnapshot {
+        let policy = EgressPolicy(defaultAllows: settings.egress.default == "allow",
+                                  allow: settings.egress.allow.compactMap { try? HostPattern.parse($0).get() },
+                                  deny: settings.egress.deny.compactMap { try? HostPattern.parse($0).get() },
+                                  pinned: pinned)
+        var callers: [String: EgressCaller] = [:]
+        let byName = Dictionary(records.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        for (address, name) in driver.environmentAddresses() {
+            let spec = byName[name]?.appliedSpec
+            callers[address] = EgressCaller(environment: name, grants: spec.map(grants) ?? EgressGrants(), killed: covered[name])
+        }
+        let values = ((try? secrets.allValues()) ?? []).compactMap { name, value in String(data: value, encoding: .utf8).map { (name: name, value: $0) } }
+        return EgressSnapshot(policy: policy, callers: callers, dlp: DLPScanner(secrets: values))
+    }
+
+    /// An environment's lists and injections, with the secrets of its injections resolved.
+    func grants(_ spec: EnvironmentSpec) -> EgressGrants {
+        var grants = EgressGrants()
+        grants.environment = (spec.egress ?? []).compactMap { try? HostPattern.parse($0).get() }
+        for service in spec.services {
+            grants.services[service.name] = service.egress.compactMap { try? HostPattern.parse($0).get() }
+        }
+        let lists = [("", spec.egressInject ?? [])] + spec.services.map { ($0.name, $0.egressInject ?? []) }
+        for (owner, injections) in lists where !injections.isEmpty {
+            grants.injections[owner] = injections.compactMap { inject in
+                guard let host = try? HostPattern.parse(inject.host).get() else { return nil }
+                var headers: [(name: String, value: String)] = []
+                for header in inject.headers {
+                    guard let value = resolve(header.value, spec: spec) else {
+                        logger.warning("an injected header names a secret that is not set: not injected", metadata: ["gantry.env": "\(spec.name)", "host": "\(inject.host)", "header": "\(header.name)"])
+                        return nil
+                    }
+                    headers.append((header.name, value))
+                }
+                return EgressInjection(host: host, headers: headers, tls: inject.tls)
+            }
+        }
+        return grants
+    }
+
+    /// `${secrets.NAME}` replaced by the secret's value as the environment sees it; nil when one
+    /// is missing or its value could break the header (a line break).
+    func resolve(_ template: String, spec: EnvironmentSpec) -> String? {
+        var result = "", rest = Substring(template)
+        while let open = rest.range(of: "${secrets.") {
+            guard let close = rest[open.upperBound...].firstIndex(of: "}") else { return nil }
+            result += rest[..<open.lowerBound]
+            let name = String(rest[open.upperBound..<close])
+            guard let found = try? secrets.lookup(name, environment: spec.name, class: spec.class.rawValue, team: spec.team),
+                  let value = String(data: found.value, encoding: .utf8), !value.contains(where: { $0.isNewline || $0 == "\0" }) else { return nil }
+            result += value
+            rest = rest[rest.index(after: close)...]
+        }
+        return result + rest
+    }
+
+    /// A proxy event: a history line and, within the rate limits, a signed record.
+    func record(_ event: EgressEvent) {
+        let interval: TimeInterval
+        let auditEvent: AuditEvent
+        switch event.kind {
+        case .allowed, .killed: return
+        case .denied: (interval, auditEvent) = (Self.deniedRecordInterval, .egressDenied)
+        case .dlpBlocked: (interval, auditEvent) = (Self.dlpRecordInterval, .dlpBlocked)
+        }
+        let key = "\(event.kind.rawValue)|\(event.environment)|\(event.service ?? "")|\(event.host)|\(event.rule)"
+        let now = Date()
+        let suppressed: Int? = lock.withLock {
+            if let last = lastRecord[key], now.timeIntervalSince(last.at) < interval {
+                lastRecord[key] = (last.at, last.suppressed + 1)
+                return nil
+            }
+            let count = lastRecord[key]?.suppressed ?? 0
+            lastRecord[key] = (now, 0)
+            return count
+        }
+        logger.warning("egress \(event.kind.rawValue): \(event.host):\(event.port)", metadata: [
+            "gantry.env": "\(event.environment)", "service": "\(event.service ?? "unknown")", "rule": "\(event.rule)", "reason": "\(event.reason)"])
+        guard let suppressed else { return }
+        var fields: [(String, String)] = [("host", event.host), ("port", String(event.port)), ("service", event.service ?? "unknown"), ("rule", event.rule)]
+        if event.kind == .denied { fields.append(("reason", event.reason)) }
+        if suppressed > 0 { fields.append(("repeats", "\(suppressed) more since the last record")) }
+        lifecycle.record(auditEvent, environment: event.environment, actor: "gantry",
+                         history: "\(event.kind.rawValue) \(event.host):\(event.port) (\(event.rule))", fields)
+    }
+
+    /// `--egress-resolve host=address` pins.
+    static func pins(_ values: [String]) throws -> [String: [IPAddress]] {
+        var pins: [String: [IPAddress]] = [:]
+        for value in values {
+            let parts = value.split(separator: "=", maxSplits: 1).map(String.init)
+            guard parts.count == 2, let host = HostName.normalize(parts[0]), let address = IPAddress(parts[1]) else {
+                throw Failure("--egress-resolve '\(value)' must be HOST=ADDRESS (api.example.com=127.0.0.1)")
+            }
+            pins[host, default: []].append(address)
+        }
+        return pins
+    }
+}
