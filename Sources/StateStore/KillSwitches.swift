@@ -40,9 +40,9 @@ extension StateStore {
     /// The switches that are on (with `lifted`, those lifted too), oldest change first.
     public func killSwitches(lifted: Bool = false) throws -> [KillSwitch] {
         try pool.read { db in
-            try Row.fetchAll(db, sql: "SELECT scope, name, on, actor, reason, since FROM killSwitches \(lifted ? "" : "WHERE on = 1 ")ORDER BY since, scope, name").compactMap { row in
+            try Row.fetchAll(db, sql: "SELECT scope, name, engaged, actor, reason, since FROM killSwitches \(lifted ? "" : "WHERE engaged = 1 ")ORDER BY since, scope, name").compactMap { row in
                 KillSwitch.Scope(rawValue: row["scope"]).map {
-                    KillSwitch(scope: $0, name: row["name"], on: row["on"], actor: row["actor"], reason: row["reason"], since: row["since"])
+                    KillSwitch(scope: $0, name: row["name"], on: row["engaged"], actor: row["actor"], reason: row["reason"], since: row["since"])
                 }
             }
         }
@@ -55,11 +55,11 @@ extension StateStore {
         try pool.write { db in
             if on {
                 try db.execute(sql: """
-                    INSERT INTO killSwitches(scope, name, on, actor, reason, since) VALUES (?, ?, 1, ?, ?, ?)
-                    ON CONFLICT(scope, name) DO UPDATE SET on = 1, actor = excluded.actor, reason = excluded.reason, since = excluded.since WHERE on = 0
+                    INSERT INTO killSwitches(scope, name, engaged, actor, reason, since) VALUES (?, ?, 1, ?, ?, ?)
+                    ON CONFLICT(scope, name) DO UPDATE SET engaged = 1, actor = excluded.actor, reason = excluded.reason, since = excluded.since WHERE engaged = 0
                     """, arguments: [scope.rawValue, name, actor, reason, now])
             } else {
-                try db.execute(sql: "UPDATE killSwitches SET on = 0, actor = ?, reason = ?, since = ? WHERE scope = ? AND name = ? AND on = 1",
+                try db.execute(sql: "UPDATE killSwitches SET engaged = 0, actor = ?, reason = ?, since = ? WHERE scope = ? AND name = ? AND engaged = 1",
                                arguments: [actor, reason, now, scope.rawValue, name])
             }
             let changed = db.changesCount > 0

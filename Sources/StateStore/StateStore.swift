@@ -202,7 +202,7 @@ public final class StateStore: Sendable {
             try db.create(table: "killSwitches") { t in
                 t.column("scope", .text).notNull()
                 t.column("name", .text).notNull()
-                t.column("on", .boolean).notNull()
+                t.column("engaged", .boolean).notNull()
                 t.column("actor", .text).notNull()
                 t.column("reason", .text).notNull()
                 t.column("since", .datetime).notNull()

@@ -23,6 +23,7 @@ import TestSupport
         ("POST", "/v1/environments/web/sleep", nil),
         ("POST", "/v1/environments/web/wake", nil),
         ("GET", "/v1/budgets", nil),
+        ("POST", "/v1/kill", #"{"scope": "env", "name": "web", "on": true}"#),
         ("GET", "/v1/audit", nil),
         ("GET", "/v1/commits/0000000/explain", nil),
         ("POST", "/mcp", #"{"jsonrpc": "2.0", "id": 1, "method": "tools/list"}"#),
