@@ -28,7 +28,7 @@ final class EgressDNS: ChannelInboundHandler, @unchecked Sendable {
         guard let bytes = payload.readBytes(length: payload.readableBytes), let query = Self.parse(bytes) else { return }
         let remote = envelope.remoteAddress
         let channel = context.channel, proxy = self.proxy
-        guard let address = remote.ipAddress.flatMap(IPAddress.init)?.description, let caller = proxy.current.callers[address] else {
+        guard let address = remote.ipAddress.flatMap(IPAddress.init)?.description, let caller = proxy.caller(at: address) else {
             Self.send(channel, to: remote, Self.answer(query, rcode: 5, addresses: []))
             return
         }

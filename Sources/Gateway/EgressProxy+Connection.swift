@@ -120,9 +120,8 @@ final class ProxyConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     private func readHead(_ context: ChannelHandlerContext, _ head: [UInt8]) {
-        let snapshot = proxy.current
         guard let peer = context.channel.remoteAddress, let address = peer.ipAddress.flatMap(IPAddress.init)?.description,
-              let caller = snapshot.callers[address] else {
+              let caller = proxy.caller(at: address) else {
             let from = context.channel.remoteAddress?.ipAddress ?? "?"
             refuse(context, 403, "Forbidden", "\(from) is not the address of an environment Gantry runs: this proxy serves environments only")
             return

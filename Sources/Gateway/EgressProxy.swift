@@ -55,10 +55,14 @@ public struct EgressEvent: Sendable {
 public struct EgressHooks: Sendable {
     public var identify: @Sendable (_ address: String, _ port: Int) -> String?
     public var event: @Sendable (EgressEvent) -> Void
+    /// Asked about an address the snapshot does not know (an environment made since).
+    public var caller: @Sendable (_ address: String) -> EgressCaller?
 
-    public init(identify: @escaping @Sendable (String, Int) -> String?, event: @escaping @Sendable (EgressEvent) -> Void) {
+    public init(identify: @escaping @Sendable (String, Int) -> String?, event: @escaping @Sendable (EgressEvent) -> Void,
+                caller: @escaping @Sendable (String) -> EgressCaller? = { _ in nil }) {
         self.identify = identify
         self.event = event
+        self.caller = caller
     }
 }
 
@@ -176,6 +180,17 @@ public final class EgressProxy: @unchecked Sendable {
     }
 
     public var current: EgressSnapshot { lock.withLock { snapshot } }
+
+    /// The caller at `address`: the snapshot's, else the host's answer (kept until the next update).
+    func caller(at address: String) -> EgressCaller? {
+        if let known = lock.withLock({ snapshot.callers[address] }) { return known }
+        guard let found = hooks.caller(address) else { return nil }
+        lock.withLock { snapshot.callers[address] = found }
+        return found
+    }
+
+    /// Replaces one environment's entry (its revision is being applied).
+    public func setCaller(_ caller: EgressCaller, at address: String) { lock.withLock { snapshot.callers[address] = caller } }
 
     public func counters(of environment: String) -> EgressCounters { lock.withLock { counters[environment] ?? EgressCounters() } }
     public var allCounters: [String: EgressCounters] { lock.withLock { counters } }

@@ -231,7 +231,7 @@ extension Reconciler {
         // The secret versions as of now: the driver resolves these or newer ones, so a rotation
         // racing this apply is still noticed on the next pass.
         if let secretVersions, !spec.secrets.isEmpty { appliedSecretVersions[desired.name] = secretVersions(spec) }
-        let driver = self.driver, logger = self.logger, killSwitches = self.killSwitches
+        let driver = self.driver, logger = self.logger, killSwitches = self.killSwitches, willApply = self.willApply
         // An older revision still waiting is not applied first (branches pushed back and forth).
         for dropped in operations.dropQueuedApplies(of: desired.name) { completions[dropped] = nil }
         let ticket = operations.submit(desired.name, after: spec.databases.compactMap(\.cloneFrom),
@@ -241,6 +241,7 @@ extension Reconciler {
             if let why = killSwitches.reason(for: plan.name) {
                 return .failed("held by the kill switch (\(why)); it is applied once a human with a role lifts the switch", .retryWithBackoff)
             }
+            willApply?(plan.name, plan.spec)
             do {
                 return .applied(try driver.apply(plan) { step in
                     logger.info("Applying revision \(commit.short): \(step)", metadata: ["gantry.env": "\(plan.name)"])

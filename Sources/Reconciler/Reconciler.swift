@@ -80,6 +80,8 @@ public final class Reconciler: @unchecked Sendable {
     /// Told each pass the settings of the last admitted protected revision (the egress proxy and
     /// the kill switch follow them).
     public var governed: ((_ settings: Settings, _ revision: String) -> Void)?
+    /// Told before an environment's revision is applied (its services may call out as they start).
+    public var willApply: (@Sendable (_ environment: String, _ spec: EnvironmentSpec) -> Void)?
     /// The time budgets, TTLs and idle timers are counted with (a test drives a clock of its own).
     public var clock: @Sendable () -> Date = { Date() }
     /// Sleep, wake, TTL, spend and autoscaling (nil: environments never sleep and nothing is metered).

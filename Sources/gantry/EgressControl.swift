@@ -27,6 +27,8 @@ final class EgressControl: @unchecked Sendable {
     private let lock = NSLock()
     private var settings = Settings()
     private var covered: [String: String] = [:]
+    /// Specs being applied, by environment (they hold until the apply ends).
+    private var pending: [String: EnvironmentSpec] = [:]
     private var started = false
     /// Records of denials and DLP blocks, at most one per key per interval (the rest counted).
     private var lastRecord: [String: (at: Date, suppressed: Int)] = [:]
@@ -49,7 +51,25 @@ final class EgressControl: @unchecked Sendable {
     /// The hooks the proxy calls: the service behind a connection, and each event.
     var hooks: EgressHooks {
         EgressHooks(identify: { [driver] in driver.service(connectedFrom: $0, port: $1) },
-                    event: { [weak self] in self?.record($0) })
+                    event: { [weak self] in self?.record($0) },
+                    caller: { [weak self] in self?.caller(at: $0) })
+    }
+
+    /// A revision is about to be applied: its lists hold from now (its services may call out as
+    /// they start), and until the apply ends whatever the state DB says ran before.
+    func willApply(_ environment: String, _ spec: EnvironmentSpec) {
+        lock.withLock { pending[environment] = spec }
+        if let address = driver.environmentAddresses().first(where: { $0.value == environment })?.key {
+            proxy?.setCaller(EgressCaller(environment: environment, grants: grants(spec), killed: board.reason(for: environment)), at: address)
+        }
+    }
+
+    /// The caller at an address the proxy's snapshot does not know yet (an environment whose
+    /// network was made since the last refresh).
+    func caller(at address: String) -> EgressCaller? {
+        guard let environment = driver.environmentAddresses()[address] else { return nil }
+        let spec = lock.withLock { pending[environment] } ?? (try? store.environment(environment))??.appliedSpec
+        return EgressCaller(environment: environment, grants: spec.map(grants) ?? EgressGrants(), killed: board.reason(for: environment))
     }
 
     /// Starts following: a refresh now, then on SIGUSR2 and every second.
@@ -132,8 +152,12 @@ final class EgressControl: @unchecked Sendable {
                                   pinned: pinned)
         var callers: [String: EgressCaller] = [:]
         let byName = Dictionary(records.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
+        let applying = lock.withLock { () -> [String: EnvironmentSpec] in
+            pending = pending.filter { byName[$0.key]?.conditions.contains(.applying) ?? false }
+            return pending
+        }
         for (address, name) in driver.environmentAddresses() {
-            let spec = byName[name]?.appliedSpec
+            let spec = applying[name] ?? byName[name]?.appliedSpec
             callers[address] = EgressCaller(environment: name, grants: spec.map(grants) ?? EgressGrants(), killed: covered[name])
         }
         let values = ((try? secrets.allValues()) ?? []).compactMap { name, value in String(data: value, encoding: .utf8).map { (name: name, value: $0) } }

@@ -161,6 +161,7 @@ struct Run: ParsableCommand {
             }
         }
         reconciler.governed = { settings, _ in egress.governed(settings) }
+        reconciler.willApply = { egress.willApply($0, $1) }
         egress.start()
         defer {
             egress.stop()
