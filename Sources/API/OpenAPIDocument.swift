@@ -219,6 +219,46 @@ paths:
         "409": {$ref: "#/components/responses/Conflict"}
         "413": {$ref: "#/components/responses/TooLarge"}
         "429": {$ref: "#/components/responses/TooMany"}
+  /v1/kill:
+    post:
+      operationId: killSwitch
+      summary: Turn a kill switch on (the scope's connections cut and refused, its processes frozen) or lift it (a human with a role only); answers once the running Gantry applied it.
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema:
+              type: object
+              additionalProperties: false
+              required: [scope, "on"]
+              properties:
+                scope: {type: string, enum: [all, team, env]}
+                name: {type: string, description: The team or environment (not for all).}
+                "on": {type: boolean}
+                reason: {type: string, maxLength: 500, description: One line, kept in the records.}
+      responses:
+        "200":
+          description: Recorded, and applied when a gantry run runs.
+          content:
+            application/json:
+              schema:
+                type: object
+                required: [scope, name, "on", changed, applied, milliseconds]
+                properties:
+                  scope: {type: string}
+                  name: {type: string}
+                  "on": {type: boolean}
+                  changed: {type: boolean, description: False when the switch already was in that state.}
+                  applied: {type: boolean, description: The running Gantry cut the connections and froze (or thawed) the processes before this answer.}
+                  milliseconds: {type: number}
+                  message: {type: string}
+        "400": {$ref: "#/components/responses/BadRequest"}
+        "401": {$ref: "#/components/responses/Unauthorized"}
+        "403": {$ref: "#/components/responses/Forbidden"}
+        "404": {$ref: "#/components/responses/NotFound"}
+        "409": {$ref: "#/components/responses/Conflict"}
+        "413": {$ref: "#/components/responses/TooLarge"}
+        "429": {$ref: "#/components/responses/TooMany"}
   /v1/audit:
     get:
       operationId: auditLog

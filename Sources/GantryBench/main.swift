@@ -3,6 +3,8 @@
 import API
 import Audit
 import Foundation
+import Gateway
+import SpecModel
 import GitStore
 import Governance
 import LocalDriver
@@ -101,7 +103,7 @@ let logger = ProcessInfo.processInfo.environment["GANTRY_BENCH_TRACE"] != nil
     ? Logger(label: "bench") { _ in TraceHandler() } : Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
 say("Gantry benchmarks (\(ProcessInfo.processInfo.activeProcessorCount) cores); gantry binary \(gantryBinary)")
 
-/// `GANTRY_BENCH_ONLY=passes|push|preview|isolation|burst|admission|protected|cel|fullstack|rss|api|lifecycle` runs one part.
+/// `GANTRY_BENCH_ONLY=passes|push|preview|isolation|burst|admission|protected|cel|fullstack|rss|api|lifecycle|egress` runs one part.
 let only = ProcessInfo.processInfo.environment["GANTRY_BENCH_ONLY"]
 func runs(_ part: String) -> Bool { only == nil || only == part }
 /// The bench runs hundreds of previews by one agent: no caps (their admission is measured on its own).
@@ -757,6 +759,72 @@ if runs("lifecycle") {
     }
     report("a request through the router (awake)", routed, baseline: ("the same request sent to the service directly", straight))
     say("router added latency: median \(milliseconds(percentile(routed, 0.5) - percentile(straight, 0.5))), p99 \(milliseconds(percentile(routed, 0.99) - percentile(straight, 0.99)))")
+}
+
+/// Sends a GET for `path` (an absolute URL when `port` is the egress proxy's) and reads the whole
+/// answer: its time and size.
+func download(port: Int, host: String, path: String) throws -> (seconds: Double, bytes: Int) {
+    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+    guard fd >= 0 else { throw ShellError(description: "socket failed") }
+    defer { close(fd) }
+    var address = sockaddr_in()
+    address.sin_family = sa_family_t(AF_INET)
+    address.sin_port = UInt16(port).bigEndian
+    address.sin_addr.s_addr = inet_addr("127.0.0.1")
+    let started = DispatchTime.now().uptimeNanoseconds
+    let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
+    guard connected == 0 else { throw ShellError(description: "cannot connect to port \(port)") }
+    let request = Array("GET \(path) HTTP/1.1\r\nHost: \(host)\r\nConnection: close\r\n\r\n".utf8)
+    _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
+    var buffer = [UInt8](repeating: 0, count: 1 << 16)
+    var total = 0
+    while true {
+        let count = recv(fd, &buffer, buffer.count, 0)
+        if count <= 0 { break }
+        total += count
+    }
+    return (Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9, total)
+}
+
+if runs("egress") {
+    // An outside host stood in for by a Python server on loopback, reached directly and through
+    // the egress proxy (the caller is 127.0.0.1, as an environment's address would be).
+    let files = TemporaryDirectory("gantry-bench-egress")
+    try Data(repeating: 97, count: 100).write(to: URL(fileURLWithPath: files.path + "/small.txt"))
+    try Data(repeating: 98, count: 32 << 20).write(to: URL(fileURLWithPath: files.path + "/big.bin"))
+    let upstreamPort = try freeLoopbackPort()
+    let upstream = SpawnedProcess()
+    upstream.start(["python3", "-m", "http.server", "\(upstreamPort)", "--bind", "127.0.0.1", "--directory", files.path])
+    defer { upstream.stop() }
+    guard eventually(10, { (try? download(port: upstreamPort, host: "127.0.0.1", path: "/small.txt").bytes) ?? 0 > 100 }) else {
+        throw ShellError(description: "the upstream server did not start")
+    }
+    var grants = EgressGrants()
+    grants.environment = [try HostPattern.parse("bench.test").get()]
+    let proxy = try EgressProxy(snapshot: EgressSnapshot(policy: EgressPolicy(pinned: ["bench.test": [IPAddress("127.0.0.1")!]]),
+                                                         callers: ["127.0.0.1": EgressCaller(environment: "bench", grants: grants, killed: nil)],
+                                                         dlp: DLPScanner(secrets: [("bench-secret", "bench-secret-value-0123456789")])),
+                                hooks: EgressHooks(identify: { _, _ in nil }, event: { _ in }))
+    try proxy.start(host: "127.0.0.1", port: 0)
+    defer { proxy.stop() }
+    let url = "http://bench.test:\(upstreamPort)"
+    var proxied: [Double] = [], direct: [Double] = []
+    for _ in 0..<200 {
+        proxied.append(try firstByte(port: proxy.port, host: "bench.test", path: url + "/small.txt").seconds)
+        direct.append(try firstByte(port: upstreamPort, host: "127.0.0.1", path: "/small.txt").seconds)
+    }
+    report("a small GET through the egress proxy (allow-list, DLP, resolution)", proxied, baseline: ("the same GET sent directly", direct))
+    say("egress proxy added latency: median \(milliseconds(percentile(proxied, 0.5) - percentile(direct, 0.5))), p99 \(milliseconds(percentile(proxied, 0.99) - percentile(direct, 0.99)))")
+    var proxiedRate: [Double] = [], directRate: [Double] = []
+    for _ in 0..<5 {
+        let through = try download(port: proxy.port, host: "bench.test", path: url + "/big.bin")
+        let straight = try download(port: upstreamPort, host: "127.0.0.1", path: "/big.bin")
+        guard through.bytes > 32 << 20, straight.bytes > 32 << 20 else { throw ShellError(description: "a download was cut short") }
+        proxiedRate.append(Double(through.bytes) / through.seconds / 1e6)
+        directRate.append(Double(straight.bytes) / straight.seconds / 1e6)
+    }
+    let rate = percentile(proxiedRate, 0.5), baseRate = percentile(directRate, 0.5)
+    say(String(format: "egress proxy throughput (32 MiB answers, n=5): median %.0f MB/s | baseline direct: median %.0f MB/s | ratio %.2fx", rate, baseRate, rate / baseRate))
 }
 
 say("done")

@@ -68,14 +68,19 @@ final class Loop: @unchecked Sendable {
     }
 }
 
-@Suite(.serialized) struct ReconcilerStepTests {
-    func seeded(configure: (inout Reconciler.Options) -> Void = { _ in }) throws -> Loop {
+extension Loop {
+    /// The example repository on main, passed once; previews without caps.
+    static func seeded(configure: (inout Reconciler.Options) -> Void = { _ in }) throws -> Loop {
         let repo = try TestRepository()
         try repo.seedExample(previews: "{ttl: 72h, idleSleepAfter: 30m, maxPerTeam: 100, maxPerAgent: 100}")
         let loop = try Loop(repo: repo, configure: configure)
         try loop.pass()
         return loop
     }
+}
+
+@Suite(.serialized) struct ReconcilerStepTests {
+    func seeded(configure: (inout Reconciler.Options) -> Void = { _ in }) throws -> Loop { try Loop.seeded(configure: configure) }
 
     @Test func detectionJudgesOnlyWhatMoved() throws {
         let loop = try seeded()
