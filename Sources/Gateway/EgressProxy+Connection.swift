@@ -64,7 +64,7 @@ final class ProxyConnection: ChannelInboundHandler, @unchecked Sendable {
     func channelInactive(context: ChannelHandlerContext) {
         state = .closed
         timeout?.cancel()
-        upstream?.close(promise: nil)
+        if let upstream { Self.closeAfterWrites(upstream) }
         proxy.unregister(context.channel)
         if let environment {
             let (out, into) = (bytesOut, bytesIn)
@@ -73,6 +73,27 @@ final class ProxyConnection: ChannelInboundHandler, @unchecked Sendable {
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
+
+    /// The client finished sending (a half-close, as some clients do after a request): a
+    /// tunnel passes it on, a request under way still gets its answer, anything else ends.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        guard let event = event as? ChannelEvent, event == .inputClosed else { return context.fireUserInboundEventTriggered(event) }
+        switch state {
+        case .tunnel:
+            if let upstream {
+                upstream.writeAndFlush(ByteBuffer()).whenComplete { _ in upstream.close(mode: .output, promise: nil) }
+            }
+        case .responding, .deciding:
+            return
+        default:
+            context.close(promise: nil)
+        }
+    }
+
+    /// Closes `channel` once what was written to it went out (a close alone drops pending writes).
+    static func closeAfterWrites(_ channel: Channel) {
+        channel.writeAndFlush(ByteBuffer()).whenComplete { _ in channel.close(promise: nil) }
+    }
 
     /// Moves the state on with what `buffer` holds.
     private func advance(_ context: ChannelHandlerContext) {
@@ -86,6 +107,9 @@ final class ProxyConnection: ChannelInboundHandler, @unchecked Sendable {
             buffer.removeFirst(end + 4)
             readHead(context, head)
         case .body(let request, let caller, let head):
+            guard buffer.count <= EgressProxy.maxBody + EgressProxy.maxHead else {
+                return refuse(context, 413, "Content Too Large", "a plain HTTP request body may be at most \(EgressProxy.maxBody) bytes through the proxy")
+            }
             if request.chunked {
                 switch ProxyRequest.dechunk(buffer, limit: EgressProxy.maxBody) {
                 case .incomplete: return
@@ -308,7 +332,7 @@ final class UpstreamRelay: ChannelInboundHandler, @unchecked Sendable {
         client.setOption(ChannelOptions.autoRead, value: context.channel.isWritable).whenFailure { _ in }
     }
 
-    func channelInactive(context: ChannelHandlerContext) { client.close(promise: nil) }
+    func channelInactive(context: ChannelHandlerContext) { ProxyConnection.closeAfterWrites(client) }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) { context.close(promise: nil) }
 }

@@ -125,6 +125,7 @@ public final class EgressProxy: @unchecked Sendable {
                     .serverChannelOption(.backlog, value: 512)
                     .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
                     .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+                    .childChannelOption(.allowRemoteHalfClosure, value: true)
                     .childChannelInitializer { [self] channel in
                         channel.eventLoop.makeCompletedFuture {
                             try channel.pipeline.syncOperations.addHandler(ProxyConnection(proxy: self))

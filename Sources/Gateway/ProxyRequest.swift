@@ -30,6 +30,10 @@ struct ProxyRequest: Sendable {
     static func parse(head: [UInt8]) -> Result<ProxyRequest, Refusal> {
         func bad(_ detail: String) -> Result<ProxyRequest, Refusal> { .failure(Refusal(status: 400, title: "Bad Request", detail: detail)) }
         guard let text = String(bytes: head, encoding: .isoLatin1) else { return bad("the request head is not text") }
+        // A lone CR or LF, or a NUL, would read as a line break (or the end) to some upstream: refused.
+        if head.contains(0) || text.replacingOccurrences(of: "\r\n", with: "").contains(where: { $0 == "\r" || $0 == "\n" }) {
+            return bad("the request head holds a bare CR, LF or NUL")
+        }
         var lines = text.components(separatedBy: "\r\n")
         let requestLine = lines.removeFirst().split(separator: " ", omittingEmptySubsequences: false).map(String.init)
         guard requestLine.count == 3, requestLine[2].hasPrefix("HTTP/1.") else { return bad("the request line is not 'METHOD TARGET HTTP/1.x'") }

@@ -7,15 +7,30 @@ import StateStore
 public final class KillSwitchBoard: @unchecked Sendable {
     private let lock = NSLock()
     private var covered: [String: String] = [:]
+    /// The switches behind `covered`, for environments it does not list yet (made since).
+    private var switches: [KillSwitch] = []
+    private var onMain = false
 
     public init() {}
 
-    /// Why `environment` is under a kill switch, or nil.
-    public func reason(for environment: String) -> String? { lock.withLock { covered[environment] } }
+    /// Why `environment` (of `team`, when known) is under a kill switch, or nil. An environment
+    /// made since the last refresh is judged against the switches themselves.
+    public func reason(for environment: String, team: String? = nil) -> String? {
+        lock.withLock {
+            if let known = covered[environment] { return known }
+            return Self.coverage(switches: switches, onMain: onMain, environments: [(environment, team)])[environment]
+        }
+    }
 
     public var all: [String: String] { lock.withLock { covered } }
 
-    public func set(_ new: [String: String]) { lock.withLock { covered = new } }
+    public func set(_ new: [String: String], switches: [KillSwitch] = [], onMain: Bool = false) {
+        lock.withLock {
+            covered = new
+            self.switches = switches
+            self.onMain = onMain
+        }
+    }
 
     /// The environments `switches` (and gantry.yaml's `killSwitch`, `onMain`) cover among
     /// `environments` (name, team), each with the switch that covers it, most general first.

@@ -238,7 +238,7 @@ extension Reconciler {
                                        urgent: desired.branch == context.protectedBranch) {
             // Under a kill switch nothing of the environment starts: the apply is tried again
             // (with backoff) until the switch is lifted.
-            if let why = killSwitches.reason(for: plan.name) {
+            if let why = killSwitches.reason(for: plan.name, team: plan.spec.team) {
                 return .failed("held by the kill switch (\(why)); it is applied once a human with a role lifts the switch", .retryWithBackoff)
             }
             willApply?(plan.name, plan.spec)

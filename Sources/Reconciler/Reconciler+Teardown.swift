@@ -59,13 +59,13 @@ extension Reconciler {
         try state.save(record)
         summary.tearingDown.append(record.name)
         let driver = self.driver, name = record.name, sources = GitSources(path: repository.path), logger = self.logger
-        let killSwitches = self.killSwitches
+        let killSwitches = self.killSwitches, team = record.team
         // A revision still waiting to be applied never runs once the teardown is decided.
         for dropped in operations.dropQueuedApplies(of: name) { completions[dropped] = nil }
         let ticket = operations.submit(name, kind: .destroy) {
             // Frozen by a kill switch: its onDestroy job would run frozen too. The teardown waits
             // (retried) until a human with a role lifts the switch.
-            if let why = killSwitches.reason(for: name) {
+            if let why = killSwitches.reason(for: name, team: team) {
                 return .failed("held by the kill switch (\(why)); torn down once it is lifted", .retryWithBackoff)
             }
             do {

@@ -117,7 +117,7 @@ final class EgressControl: @unchecked Sendable {
         let before = lock.withLock { covered }
         // The board first (nothing starts what is about to be frozen), then the proxy (open
         // tunnels cut), then the processes.
-        board.set(now)
+        board.set(now, switches: switches, onMain: settings.killSwitch)
         proxy?.update(snapshot(settings: settings, records: records, covered: now))
         for (name, reason) in now where before[name] == nil {
             let frozen = driver.setFrozen(name, true)

@@ -22,6 +22,10 @@ import Testing
         import http.server, json, ssl, sys
         class H(http.server.BaseHTTPRequestHandler):
             def answer(self):
+                if self.path.startswith('/big'):
+                    self.send_response(200); self.send_header('Content-Length', str(8 << 20)); self.end_headers()
+                    for _ in range(128): self.wfile.write(b'b' * 65536)
+                    return
                 length = int(self.headers.get('Content-Length') or 0)
                 body = self.rfile.read(length).decode('latin-1') if length else ''
                 out = json.dumps({'method': self.command, 'path': self.path, 'headers': dict(self.headers), 'body': body}).encode()
@@ -258,6 +262,31 @@ import Testing
         #expect(output.contains("allowed.test rcode=0 answers=1 127.0.0.1"), "\(output)")
         #expect(output.contains("denied.test rcode=3 answers=0"))
         #expect(output.contains("a.b.svc.test rcode=3 answers=0"))
+    }
+
+    @Test func largeAnswersArriveWholeAndAHalfClosedClientStillGetsItsAnswer() throws {
+        let f = try start()
+        defer { f.stop() }
+        for _ in 0..<3 {
+            let size = try Shell.run(["curl", "-s", "-o", "/dev/null", "-w", "%{size_download}", "--max-time", "20", "-x", "http://127.0.0.1:\(f.proxy.port)",
+                                      "http://allowed.test:\(f.plainPort)/big"]).stdout
+            #expect(size == "\(8 << 20)", "the answer was cut short: \(size) bytes")
+        }
+        // A client that shuts its sending side once the request is out (as some do).
+        let script = """
+            import socket, sys
+            s = socket.create_connection(('127.0.0.1', int(sys.argv[1]))); s.settimeout(10)
+            s.sendall(('GET http://allowed.test:%s/half HTTP/1.1\\r\\nHost: allowed.test\\r\\n\\r\\n' % sys.argv[2]).encode())
+            s.shutdown(socket.SHUT_WR)
+            data = b''
+            while True:
+                chunk = s.recv(65536)
+                if not chunk: break
+                data += chunk
+            print(data.split(b'\\r\\n')[0].decode(), len(data))
+            """
+        let answer = try Shell.check(["python3", "-c", script, "\(f.proxy.port)", "\(f.plainPort)"])
+        #expect(answer.hasPrefix("HTTP/1.0 200") || answer.hasPrefix("HTTP/1.1 200"), "\(answer)")
     }
 
     @Test func connectionsFromOtherAddressesAreRefused() throws {

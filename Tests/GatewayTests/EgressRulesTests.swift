@@ -99,7 +99,8 @@ import Testing
         #expect(!upstream.contains("evil.test"))
         #expect(upstream.contains("Authorization: Bearer x\r\n") && upstream.contains("Connection: close\r\n"))
         for bad in ["GET /relative HTTP/1.1", "GET https://x.test/ HTTP/1.1", "POST http://x.test/ HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked",
-                    "GET http://x.test/ HTTP/1.1\r\n folded", "CONNECT x.test:99999 HTTP/1.1"] {
+                    "GET http://x.test/ HTTP/1.1\r\n folded", "CONNECT x.test:99999 HTTP/1.1",
+                    "GET http://x.test/ HTTP/1.1\r\nX-A: 1\nContent-Length: 5", "GET http://x.test/ HTTP/1.1\r\nX-A: 1\r2"] {
             guard case .failure(let refusal) = parse(bad) else { Issue.record("accepted: \(bad)"); continue }
             #expect(refusal.status == 400)
         }
