@@ -103,7 +103,7 @@ let logger = ProcessInfo.processInfo.environment["GANTRY_BENCH_TRACE"] != nil
     ? Logger(label: "bench") { _ in TraceHandler() } : Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
 say("Gantry benchmarks (\(ProcessInfo.processInfo.activeProcessorCount) cores); gantry binary \(gantryBinary)")
 
-/// `GANTRY_BENCH_ONLY=passes|push|preview|isolation|burst|admission|protected|cel|fullstack|rss|api|lifecycle|egress` runs one part.
+/// `GANTRY_BENCH_ONLY=passes|push|preview|isolation|burst|admission|protected|cel|fullstack|rss|api|lifecycle|egress|kill` runs one part.
 let only = ProcessInfo.processInfo.environment["GANTRY_BENCH_ONLY"]
 func runs(_ part: String) -> Bool { only == nil || only == part }
 /// The bench runs hundreds of previews by one agent: no caps (their admission is measured on its own).
@@ -825,6 +825,93 @@ if runs("egress") {
     }
     let rate = percentile(proxiedRate, 0.5), baseRate = percentile(directRate, 0.5)
     say(String(format: "egress proxy throughput (32 MiB answers, n=5): median %.0f MB/s | baseline direct: median %.0f MB/s | ratio %.2fx", rate, baseRate, rate / baseRate))
+}
+
+if runs("kill") {
+    // A real `gantry run` with an environment holding a tunnel through the proxy to a TCP echo
+    // server here, cut off by `gantry kill` ten times: how long the command takes, and when the
+    // far end sees the tunnel close, measured from the moment the command returned.
+    let repo = try TestRepository()
+    try repo.seedExample(previews: benchPreviews)
+    try repo.write("apps/hold/server.py", #"""
+        import http.server, os, socket, urllib.parse
+        held = []
+        class H(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                q = dict(urllib.parse.parse_qsl(urllib.parse.urlparse(self.path).query))
+                if 'target' in q:
+                    proxy = urllib.parse.urlparse(os.environ['HTTPS_PROXY'])
+                    s = socket.create_connection((proxy.hostname, proxy.port), timeout=10)
+                    s.sendall(('CONNECT %s HTTP/1.1\r\n\r\n' % q['target']).encode()); answer = s.recv(4096); held.append(s)
+                    if b' 200 ' not in answer.split(b'\r\n')[0]: return self.send_error(502)
+                self.send_response(200); self.send_header('Content-Length', '2'); self.end_headers(); self.wfile.write(b'ok')
+            def log_message(self, *a): pass
+        http.server.ThreadingHTTPServer(('0.0.0.0', int(os.environ['PORT'])), H).serve_forever()
+        """#)
+    try repo.write("environments/hold.yaml", """
+        apiVersion: gantry/v1
+        kind: Environment
+        metadata: {name: hold, team: payments, class: development}
+        spec:
+          egress: [tunnel.test]
+          services:
+            web: {source: apps/hold, command: [python3, server.py], health: {http: /healthz}}
+          routes:
+            - {name: www, service: web}
+        """)
+    try repo.commitAsOwner("an environment that holds a tunnel")
+    let work = TemporaryDirectory("gantry-bench-kill")
+    let closedLog = work.path + "/closed.log"
+    try """
+        import socket, sys, time, threading
+        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind(('127.0.0.1', int(sys.argv[1]))); s.listen(64)
+        def serve(c):
+            while c.recv(4096): pass
+            with open(sys.argv[2], 'a') as log: log.write('%f\\n' % time.time())
+        while True:
+            c, _ = s.accept(); threading.Thread(target=serve, args=(c,), daemon=True).start()
+        """.write(toFile: work.path + "/far.py", atomically: true, encoding: .utf8)
+    let farPort = try freeLoopbackPort()
+    let far = SpawnedProcess()
+    far.start(["python3", work.path + "/far.py", "\(farPort)", closedLog])
+    defer { far.stop() }
+    let state = TemporaryDirectory("gantry-bench-kill-state")
+    let run = Process()
+    run.executableURL = URL(fileURLWithPath: gantryBinary)
+    run.arguments = ["run", "--repo", repo.path, "--state", state.path, "--interval", "0.5", "--stop-on-exit", "--router-port", "0",
+                     "--egress-port", "0", "--no-api", "--egress-resolve", "tunnel.test=127.0.0.1"]
+    FileManager.default.createFile(atPath: work.path + "/run.log", contents: nil)
+    run.standardError = FileHandle(forWritingAtPath: work.path + "/run.log")
+    try run.run()
+    defer { run.terminate(); run.waitUntilExit() }
+    let store = try StateStore(path: state.path + "/gantry.db")
+    guard eventually(90, { (try? store.environment("hold"))??.phase == .running }),
+          let port = (try? String(contentsOfFile: state.path + "/router.port", encoding: .utf8)).flatMap({ Int($0.trimmingCharacters(in: .whitespacesAndNewlines)) }) else {
+        throw ShellError(description: "hold did not run")
+    }
+    var commands: [Double] = [], cuts: [Double] = []
+    for round in 0..<10 {
+        // Lifted (from the round before), the service opens a tunnel again.
+        guard eventually(10, { (try? firstByte(port: port, host: "www.hold.localhost", path: "/open?target=tunnel.test:\(farPort)").status.contains(" 200")) ?? false }) else {
+            _ = try? FileManager.default.copyItem(atPath: work.path + "/run.log", toPath: "/tmp/kill-run-\(getpid()).log")
+            throw ShellError(description: "round \(round): no tunnel (the run's log: /tmp/kill-run-\(getpid()).log)")
+        }
+        let before = ((try? String(contentsOfFile: closedLog, encoding: .utf8)) ?? "").split(separator: "\n").count
+        let began = Date()
+        guard spawnWait([gantryBinary, "kill", "--env", "hold", "--state", state.path]) == 0 else { throw ShellError(description: "gantry kill failed") }
+        let returned = Date()
+        commands.append(returned.timeIntervalSince(began))
+        guard eventually(2, interval: 0.001, { ((try? String(contentsOfFile: closedLog, encoding: .utf8)) ?? "").split(separator: "\n").count > before }),
+              let closed = ((try? String(contentsOfFile: closedLog, encoding: .utf8)) ?? "").split(separator: "\n").last.flatMap({ Double($0) }) else {
+            throw ShellError(description: "round \(round): the tunnel was not cut within 2 s")
+        }
+        cuts.append(closed - returned.timeIntervalSince1970)
+        guard spawnWait([gantryBinary, "kill", "--env", "hold", "--off", "--key", repo.ownerKeyPath, "--state", state.path, "--repo", repo.path]) == 0 else {
+            throw ShellError(description: "gantry kill --off failed")
+        }
+    }
+    report("gantry kill --env: the command, until the running gantry reports the tunnels cut and processes frozen", commands)
+    say("kill switch: the tunnel's far end saw the close, measured from the command's return (negative: before it returned): median \(milliseconds(percentile(cuts, 0.5))), worst \(milliseconds(cuts.max() ?? 0)) (target: within 100 ms, 1 s at worst)")
 }
 
 say("done")
