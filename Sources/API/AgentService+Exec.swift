@@ -41,6 +41,10 @@ extension AgentService {
         }
         let service = try fields.string("service", in: "the request body")
         let record = try inspectable(caller, name)
+        if let why = killSwitch(record) {
+            throw APIError.conflict("\(record.name) is frozen by the \(why): nothing runs in it meanwhile",
+                                    fix: "a human with a role lifts the switch (POST /v1/kill with \"on\": false)")
+        }
         if record.envClass == "production" {
             let role = try trustedGovernance().settings.approvals["production"]?.role ?? "approver"
             guard caller.actor.kind == .human, caller.actor.roles.contains(role) else {

@@ -64,6 +64,12 @@ extension AgentService {
         return .map(answer)
     }
 
+    /// Why a kill switch covers `record` (nil: none does).
+    func killSwitch(_ record: EnvironmentRecord) -> String? {
+        KillSwitchBoard.reason(in: store, environment: record.name, team: record.team,
+                               onMain: (try? trustedGovernance().settings.killSwitch) ?? false)
+    }
+
     /// Signals the running `gantry run` of this state directory; false when none runs.
     func signalRunning(_ signal: Int32) -> Bool {
         let pidFile = configuration.stateDirectory.appendingPathComponent("gantry.pid").path

@@ -20,6 +20,10 @@ extension AgentService {
                                          fix: "a human with role \(role) runs `gantry \(action) \(record.name)`")
             }
         }
+        if let why = killSwitch(record) {
+            throw APIError.conflict("\(record.name) is frozen by the \(why): it is not put to sleep or woken meanwhile",
+                                    fix: "a human with a role lifts the switch (POST /v1/kill with \"on\": false)")
+        }
         guard record.phase == .running, !record.conditions.contains(.destroying) else {
             throw APIError.conflict("\(record.name) is \(record.phase.rawValue), not running: nothing to \(action)",
                                     fix: "wait until it is Running (GET /v1/environments/\(record.name))")

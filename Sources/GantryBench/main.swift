@@ -801,7 +801,7 @@ if runs("egress") {
     }
     var grants = EgressGrants()
     grants.environment = [try HostPattern.parse("bench.test").get()]
-    let proxy = try EgressProxy(snapshot: EgressSnapshot(policy: EgressPolicy(pinned: ["bench.test": [IPAddress("127.0.0.1")!]]),
+    let proxy = try EgressProxy(snapshot: EgressSnapshot(policy: EgressPolicy(pinned: ["bench.test": [IPAddress("127.0.0.1")!]], pinnedPorts: ["bench.test": upstreamPort]),
                                                          callers: ["127.0.0.1": EgressCaller(environment: "bench", grants: grants, killed: nil)],
                                                          dlp: DLPScanner(secrets: [("bench-secret", "bench-secret-value-0123456789")])),
                                 hooks: EgressHooks(identify: { _, _ in nil }, event: { _ in }))
@@ -879,7 +879,7 @@ if runs("kill") {
     let run = Process()
     run.executableURL = URL(fileURLWithPath: gantryBinary)
     run.arguments = ["run", "--repo", repo.path, "--state", state.path, "--interval", "0.5", "--stop-on-exit", "--router-port", "0",
-                     "--egress-port", "0", "--no-api", "--egress-resolve", "tunnel.test=127.0.0.1"]
+                     "--egress-port", "0", "--no-api", "--egress-resolve", "tunnel.test:\(farPort)=127.0.0.1"]
     FileManager.default.createFile(atPath: work.path + "/run.log", contents: nil)
     run.standardError = FileHandle(forWritingAtPath: work.path + "/run.log")
     try run.run()

@@ -38,6 +38,8 @@ public final class DLPScanner: @unchecked Sendable {
     private let compiled: [(name: String, regex: OpaquePointer)]
     /// Each secret's forms: (secret name, form, bytes).
     private let needles: [(secret: String, form: String, bytes: [UInt8])]
+    /// Each secret in lower case, for host names (which DNS compares without case).
+    private let lowered: [(secret: String, bytes: [UInt8])]
 
     /// `secrets`: name → value of every secret to look for.
     public init(secrets: [(name: String, value: String)]) {
@@ -56,6 +58,13 @@ public final class DLPScanner: @unchecked Sendable {
             }
         }
         self.needles = needles
+        lowered = secrets.filter { $0.value.utf8.count >= Self.minimumSecretLength }.map { ($0.name, Array($0.value.lowercased().utf8)) }
+    }
+
+    /// A secret in a host name, whatever its case (a DNS label carries it to the resolver).
+    public func scan(name: String) -> DLPFinding? {
+        let bytes = Array(name.lowercased().utf8)
+        return lowered.first { Self.contains(bytes, $0.bytes) }.map { DLPFinding(rule: "secret:\($0.secret)", place: "host name") }
     }
 
     deinit { for (_, regex) in compiled { gantry_re2_free(regex) } }
@@ -63,7 +72,9 @@ public final class DLPScanner: @unchecked Sendable {
     /// The first credential found in `bytes` (what `place` names), or nil.
     public func scan(_ bytes: [UInt8], place: String) -> DLPFinding? {
         var views: [(String, [UInt8])] = [("raw", bytes)]
-        if bytes.contains(0x25) || bytes.contains(0x2b) { views.append(("url-encoded", Self.percentDecoded(bytes))) }
+        if bytes.contains(0x25) { views.append(("url-encoded", Self.percentDecoded(bytes, plusIsSpace: false))) }
+        if bytes.contains(0x2b) { views.append(("form-encoded", Self.percentDecoded(bytes, plusIsSpace: true))) }
+        if bytes.contains(0x5c) { views.append(("JSON-escaped", Self.jsonUnescaped(bytes))) }
         for decoded in Self.basicCredentials(in: bytes) { views.append(("base64", decoded)) }
         for (how, view) in views {
             for needle in needles where Self.contains(view, needle.bytes) {
@@ -118,7 +129,7 @@ public final class DLPScanner: @unchecked Sendable {
         }
     }
 
-    static func percentDecoded(_ bytes: [UInt8]) -> [UInt8] {
+    static func percentDecoded(_ bytes: [UInt8], plusIsSpace: Bool) -> [UInt8] {
         func hex(_ byte: UInt8) -> UInt8? {
             switch byte {
             case 0x30...0x39: return byte - 0x30
@@ -135,7 +146,29 @@ public final class DLPScanner: @unchecked Sendable {
                 out.append(high << 4 | low)
                 index += 3
             } else {
-                out.append(bytes[index] == 0x2b ? 0x20 : bytes[index])
+                out.append(plusIsSpace && bytes[index] == 0x2b ? 0x20 : bytes[index])
+                index += 1
+            }
+        }
+        return out
+    }
+
+    /// JSON string escapes undone (`\/`, `\"`, `\\`, `\uXXXX` for ASCII): how an encoder may write a secret.
+    static func jsonUnescaped(_ bytes: [UInt8]) -> [UInt8] {
+        var out: [UInt8] = []
+        out.reserveCapacity(bytes.count)
+        var index = 0
+        while index < bytes.count {
+            guard bytes[index] == 0x5c, index + 1 < bytes.count else { out.append(bytes[index]); index += 1; continue }
+            let next = bytes[index + 1]
+            if next == 0x75, index + 5 < bytes.count, let value = UInt32(String(decoding: bytes[index + 2..<index + 6], as: UTF8.self), radix: 16), value < 0x80 {
+                out.append(UInt8(value))
+                index += 6
+            } else if [0x2f, 0x22, 0x5c].contains(next) {
+                out.append(next)
+                index += 2
+            } else {
+                out.append(bytes[index])
                 index += 1
             }
         }

@@ -40,6 +40,12 @@ final class EgressDNS: ChannelInboundHandler, @unchecked Sendable {
             guard let host = HostName.normalize(query.name), IPAddress(host) == nil else {
                 return Self.send(channel, to: remote, Self.answer(query, rcode: 3, addresses: []))
             }
+            // A secret in a name would leave in the query to the host's resolver.
+            if let finding = proxy.current.dlp.scan(name: query.name) ?? proxy.current.dlp.scan(Array(query.name.utf8), place: "DNS name") {
+                proxy.report(EgressEvent(kind: .dlpBlocked, environment: caller.environment, service: nil, host: "(a DNS name)", port: 53,
+                                         rule: finding.rule, reason: "\(finding)"))
+                return Self.send(channel, to: remote, Self.answer(query, rcode: 3, addresses: []))
+            }
             // Allowed for the environment or for one of its services (DNS does not say which asks).
             let services = [nil] + caller.grants.services.keys.sorted().map(Optional.some)
             let policy = proxy.current.policy
@@ -49,7 +55,8 @@ final class EgressDNS: ChannelInboundHandler, @unchecked Sendable {
                 return Self.send(channel, to: remote, Self.answer(query, rcode: 3, addresses: []))
             }
             let addresses = proxy.resolve(host)
-            if EgressJudge.checkResolved(host: host, addresses: addresses, policy: policy) != nil {
+            // (A pin for one port answers: the port is judged when the connection comes.)
+            if EgressJudge.checkResolved(host: host, port: policy.pinnedPorts[host], addresses: addresses, policy: policy) != nil {
                 return Self.send(channel, to: remote, Self.answer(query, rcode: 3, addresses: []))
             }
             let wanted = addresses.filter {

@@ -30,6 +30,11 @@ final class ProxyConnection: ChannelInboundHandler, @unchecked Sendable {
     var environment: String?
     var bytesOut = 0, bytesIn = 0
     var timeout: Scheduled<Void>?
+    /// Where the search for the head's end goes on, and the readers of a body and a ClientHello:
+    /// each read is looked at once (a head, body or hello trickled in costs no more than one sent whole).
+    var headScanned = 0
+    var chunks = ProxyRequest.ChunkedDecoder(limit: EgressProxy.maxBody)
+    var hello = TLSHello.Reader()
 
     init(proxy: EgressProxy) { self.proxy = proxy }
 
@@ -99,7 +104,8 @@ final class ProxyConnection: ChannelInboundHandler, @unchecked Sendable {
     private func advance(_ context: ChannelHandlerContext) {
         switch state {
         case .head:
-            guard let end = Self.headEnd(buffer) else {
+            guard let end = Self.headEnd(buffer, from: max(0, headScanned - 3)) else {
+                headScanned = buffer.count
                 if buffer.count > EgressProxy.maxHead { refuse(context, 431, "Request Header Fields Too Large", "the request head is over \(EgressProxy.maxHead) bytes") }
                 return
             }
@@ -111,7 +117,7 @@ final class ProxyConnection: ChannelInboundHandler, @unchecked Sendable {
                 return refuse(context, 413, "Content Too Large", "a plain HTTP request body may be at most \(EgressProxy.maxBody) bytes through the proxy")
             }
             if request.chunked {
-                switch ProxyRequest.dechunk(buffer, limit: EgressProxy.maxBody) {
+                switch chunks.feed(buffer) {
                 case .incomplete: return
                 case .invalid(let why): refuse(context, 400, "Bad Request", "the chunked body is malformed: \(why)")
                 case .done(let body, _): decide(context, request, caller, head: head, body: body)
@@ -123,7 +129,7 @@ final class ProxyConnection: ChannelInboundHandler, @unchecked Sendable {
             // A tunnel's first bytes may come before the answer: kept, within bounds.
             if buffer.count > TLSHello.limit { context.channel.setOption(ChannelOptions.autoRead, value: false).whenFailure { _ in } }
         case .sniffing(let request, let caller, let service):
-            switch TLSHello.read(buffer) {
+            switch hello.feed(buffer) {
             case .needMore: return
             case .notTLS, .hello(serverName: nil):
                 relayTunnel(context)
@@ -185,24 +191,29 @@ final class ProxyConnection: ChannelInboundHandler, @unchecked Sendable {
         let loop = context.eventLoop, proxy = self.proxy
         let bound = NIOLoopBound((self, context), eventLoop: loop)
         proxy.blocking.async {
-            let (verdict, service, addresses) = proxy.judge(host: request.host, caller: caller, peer: peer, needsService: needsService)
-            var finding: DLPFinding?
+            // The head is checked before the host is even resolved: a secret in a host name
+            // would otherwise leave in a DNS query.
+            let dlp = proxy.current.dlp
+            let line = Array(head.prefix { $0 != 0x0d })
+            var finding = dlp.scan(name: request.host) ?? dlp.scan(line, place: "URL") ?? dlp.scan(head, place: "headers")
+            var (verdict, service, addresses): (EgressVerdict, String?, [IPAddress]) = (.allow(rule: ""), nil, [])
             var injection: EgressInjection?
-            if verdict.allowed {
-                let dlp = proxy.current.dlp
-                let line = Array(head.prefix { $0 != 0x0d })
-                finding = dlp.scan(line, place: "URL") ?? dlp.scan(head, place: "headers") ?? (body.isEmpty ? nil : dlp.scan(body, place: "body"))
-                if request.kind == .plain { injection = EgressJudge.injection(host: request.host, grants: caller.grants, service: service) }
+            if finding == nil {
+                (verdict, service, addresses) = proxy.judge(host: request.host, port: request.port, caller: caller, peer: peer, needsService: needsService)
+                if verdict.allowed {
+                    finding = body.isEmpty ? nil : dlp.scan(body, place: "body")
+                    if request.kind == .plain { injection = EgressJudge.injection(host: request.host, grants: caller.grants, service: service) }
+                }
             }
             loop.execute {
                 let (connection, context) = bound.value
                 guard case .deciding = connection.state else { return }
-                if !verdict.allowed { return connection.deny(context, caller, service, request, verdict) }
                 if let finding {
                     proxy.report(EgressEvent(kind: .dlpBlocked, environment: caller.environment, service: service, host: request.host,
                                              port: request.port, rule: finding.rule, reason: "\(finding)"))
                     return connection.refuse(context, 403, "Forbidden", "DLP blocked this request to \(request.host): \(finding). Secrets must not leave an environment; let the proxy add the credential instead: egress: [{host: \(request.host), inject: {Authorization: \"Bearer ${secrets.NAME}\"}}]")
                 }
+                if !verdict.allowed { return connection.deny(context, caller, service, request, verdict) }
                 connection.connect(context, request, caller, service, addresses, injection: injection, body: body)
             }
         }
@@ -296,9 +307,9 @@ final class ProxyConnection: ChannelInboundHandler, @unchecked Sendable {
         context.writeAndFlush(NIOAny(ByteBuffer(string: text))).whenComplete { _ in context.close(promise: nil) }
     }
 
-    static func headEnd(_ bytes: [UInt8]) -> Int? {
-        guard bytes.count >= 4 else { return nil }
-        for index in 0...(bytes.count - 4) where bytes[index] == 0x0d && bytes[index + 1] == 0x0a && bytes[index + 2] == 0x0d && bytes[index + 3] == 0x0a {
+    static func headEnd(_ bytes: [UInt8], from start: Int = 0) -> Int? {
+        guard bytes.count >= 4, start <= bytes.count - 4 else { return nil }
+        for index in start...(bytes.count - 4) where bytes[index] == 0x0d && bytes[index + 1] == 0x0a && bytes[index + 2] == 0x0d && bytes[index + 3] == 0x0a {
             return index
         }
         return nil

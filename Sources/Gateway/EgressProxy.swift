@@ -162,7 +162,8 @@ public final class EgressProxy: @unchecked Sendable {
     }
 
     /// Replaces what the proxy decides with; connections of environments the kill switch now
-    /// covers are cut, and this returns once they are closed (at most a second).
+    /// covers are cut, and this returns once they are closed (waiting at most a second): the
+    /// number still open then (0: all cut).
     @discardableResult
     public func update(_ new: EgressSnapshot) -> Int {
         let cut: [Channel] = lock.withLock {
@@ -172,12 +173,13 @@ public final class EgressProxy: @unchecked Sendable {
         }
         let closed = cut.map { $0.close() }
         let deadline = Date().addingTimeInterval(1)
+        var pending = 0
         for future in closed {
             let semaphore = DispatchSemaphore(value: 0)
             future.whenComplete { _ in semaphore.signal() }
-            _ = semaphore.wait(timeout: .now() + max(0, deadline.timeIntervalSinceNow))
+            if semaphore.wait(timeout: .now() + max(0, deadline.timeIntervalSinceNow)) == .timedOut { pending += 1 }
         }
-        return cut.count
+        return pending
     }
 
     public var current: EgressSnapshot { lock.withLock { snapshot } }
@@ -253,7 +255,7 @@ public final class EgressProxy: @unchecked Sendable {
 
     /// The whole decision for a request of `caller` to `host`, off the event loop: the lists
     /// (asking which service calls only when that matters), then where the host resolves.
-    func judge(host: String, caller: EgressCaller, peer: (String, Int), needsService: Bool) -> (EgressVerdict, service: String?, addresses: [IPAddress]) {
+    func judge(host: String, port: Int, caller: EgressCaller, peer: (String, Int), needsService: Bool) -> (EgressVerdict, service: String?, addresses: [IPAddress]) {
         let policy = current.policy
         var service: String?
         var verdict = EgressJudge.decide(host: host, policy: policy, grants: caller.grants, service: nil)
@@ -266,7 +268,7 @@ public final class EgressProxy: @unchecked Sendable {
         guard !addresses.isEmpty else {
             return (.deny(reason: "\(host) does not resolve", rule: "DNS", remedy: "check the name; the proxy resolves with the host's resolver"), service, [])
         }
-        if let refused = EgressJudge.checkResolved(host: host, addresses: addresses, policy: policy) { return (refused, service, []) }
+        if let refused = EgressJudge.checkResolved(host: host, port: port, addresses: addresses, policy: policy) { return (refused, service, []) }
         return (verdict, service, addresses)
     }
 }

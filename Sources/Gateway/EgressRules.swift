@@ -20,12 +20,16 @@ public struct EgressPolicy: Sendable {
     /// Where hosts resolve before DNS: the operator's pins (`gantry run --egress-resolve`), trusted
     /// as the operator's lists are (a pinned host may be internal).
     public var pinned: [String: [IPAddress]]
+    /// The one port a pin opens (`HOST:PORT=ADDRESS`); a pin to an internal address has one.
+    public var pinnedPorts: [String: Int]
 
-    public init(defaultAllows: Bool = false, allow: [HostPattern] = [], deny: [HostPattern] = [], pinned: [String: [IPAddress]] = [:]) {
+    public init(defaultAllows: Bool = false, allow: [HostPattern] = [], deny: [HostPattern] = [], pinned: [String: [IPAddress]] = [:],
+                pinnedPorts: [String: Int] = [:]) {
         self.defaultAllows = defaultAllows
         self.allow = allow
         self.deny = deny
         self.pinned = pinned
+        self.pinnedPorts = pinnedPorts
     }
 }
 
@@ -90,8 +94,12 @@ public enum EgressJudge {
     }
 
     /// The decision once `host` resolved to `addresses`: an internal one is refused unless the
-    /// operator listed it (or the host) in gantry.yaml or pinned the host.
-    public static func checkResolved(host: String, addresses: [IPAddress], policy: EgressPolicy) -> EgressVerdict? {
+    /// operator listed it (or the host) in gantry.yaml or pinned the host for that `port`.
+    public static func checkResolved(host: String, port: Int?, addresses: [IPAddress], policy: EgressPolicy) -> EgressVerdict? {
+        if policy.pinned[host] != nil, let only = policy.pinnedPorts[host], only != port, addresses.contains(where: { $0.internalKind != nil }) {
+            return .deny(reason: "\(host) is pinned to an internal address for port \(only) only", rule: "internal addresses",
+                         remedy: "use port \(only), or the operator pins the host for this port (--egress-resolve \(host):PORT=ADDRESS)")
+        }
         if policy.pinned[host] != nil || policy.allow.contains(where: { !$0.isAddress && $0.matches(host: host) && !$0.description.contains("*") }) {
             return nil
         }

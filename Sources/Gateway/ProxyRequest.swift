@@ -138,28 +138,62 @@ struct ProxyRequest: Sendable {
     }
 
     static func dechunk(_ bytes: [UInt8], limit: Int) -> Chunked {
-        var body: [UInt8] = [], index = 0
-        func line() -> String?? {
-            guard let end = (index..<max(index, bytes.count - 1)).first(where: { bytes[$0] == 0x0d && bytes[$0 + 1] == 0x0a }) else { return .none }
-            defer { index = end + 2 }
-            return .some(String(bytes: bytes[index..<end], encoding: .isoLatin1))
-        }
-        while true {
-            guard let sizeLine = line() else { return .incomplete }
-            guard let text = sizeLine, let size = Int(text.split(separator: ";").first.map(String.init)?.trimmingCharacters(in: .whitespaces) ?? "", radix: 16),
-                  size >= 0 else { return .invalid("a chunk size is not hexadecimal") }
-            if size == 0 {
-                // Trailers, then a blank line.
-                while true {
-                    guard let trailer = line() else { return .incomplete }
-                    if trailer == "" { return .done(body: body, used: index) }
+        var decoder = ChunkedDecoder(limit: limit)
+        return decoder.feed(bytes)
+    }
+
+    /// Decodes a growing buffer chunk by chunk, never reading a byte twice (a body trickled in
+    /// one-byte chunks costs no more than one sent whole).
+    struct ChunkedDecoder {
+        let limit: Int
+        private var index = 0
+        private var body: [UInt8] = []
+        /// The current chunk's bytes still to come (nil: a size line is next).
+        private var remaining: Int?
+        private var inTrailers = false
+
+        init(limit: Int) { self.limit = limit }
+
+        /// The next line from `index` (without CRLF), or nil until it is complete. A line longer
+        /// than 4 KiB is an error.
+        private enum Line { case text(String), tooLong }
+
+        private mutating func line(_ bytes: [UInt8]) -> Line? {
+            var end = index
+            while end + 1 < bytes.count {
+                if bytes[end] == 0x0d && bytes[end + 1] == 0x0a {
+                    defer { index = end + 2 }
+                    return .text(String(decoding: bytes[index..<end], as: UTF8.self))
                 }
+                end += 1
             }
-            guard body.count + size <= limit else { return .invalid("the body is larger than \(limit) bytes") }
-            guard bytes.count >= index + size + 2 else { return .incomplete }
-            body += bytes[index..<index + size]
-            guard bytes[index + size] == 0x0d, bytes[index + size + 1] == 0x0a else { return .invalid("a chunk does not end with CRLF") }
-            index += size + 2
+            return bytes.count - index > 4096 ? .tooLong : nil
+        }
+
+        mutating func feed(_ bytes: [UInt8]) -> Chunked {
+            while true {
+                if inTrailers {
+                    guard let next = line(bytes) else { return .incomplete }
+                    guard case .text(let trailer) = next else { return .invalid("a trailer line is over 4 KiB") }
+                    if trailer.isEmpty { return .done(body: body, used: index) }
+                    continue
+                }
+                if let left = remaining {
+                    guard bytes.count >= index + left + 2 else { return .incomplete }
+                    body += bytes[index..<index + left]
+                    guard bytes[index + left] == 0x0d, bytes[index + left + 1] == 0x0a else { return .invalid("a chunk does not end with CRLF") }
+                    index += left + 2
+                    remaining = nil
+                    continue
+                }
+                guard let next = line(bytes) else { return .incomplete }
+                guard case .text(let text) = next else { return .invalid("a chunk size line is over 4 KiB") }
+                guard let size = Int(text.split(separator: ";").first.map(String.init)?.trimmingCharacters(in: .whitespaces) ?? "", radix: 16),
+                      size >= 0 else { return .invalid("a chunk size is not hexadecimal") }
+                if size == 0 { inTrailers = true; continue }
+                guard body.count + size <= limit else { return .invalid("the body is larger than \(limit) bytes") }
+                remaining = size
+            }
         }
     }
 }

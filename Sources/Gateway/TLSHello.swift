@@ -10,23 +10,36 @@ enum TLSHello: Equatable {
     /// A ClientHello larger than this is refused.
     static let limit = 64 << 10
 
+    /// Reads the whole of `bytes` (tests; the proxy keeps a `Reader` across reads).
     static func read(_ bytes: [UInt8]) -> TLSHello {
-        guard let first = bytes.first else { return .needMore }
-        guard first == 0x16 else { return .notTLS }
-        // The handshake message, gathered from consecutive handshake records.
-        var handshake: [UInt8] = [], index = 0
-        while true {
-            guard bytes.count >= index + 5 else { return bytes.count > limit ? .malformed("the ClientHello is too large") : .needMore }
-            guard bytes[index] == 0x16, bytes[index + 1] == 3 else { return .malformed("a TLS record of the handshake is not a handshake record") }
-            let length = Int(bytes[index + 3]) << 8 | Int(bytes[index + 4])
-            guard bytes.count >= index + 5 + length else { return .needMore }
-            handshake += bytes[index + 5..<index + 5 + length]
-            index += 5 + length
-            if handshake.count >= 4 {
-                guard handshake[0] == 1 else { return .malformed("the first handshake message is not a ClientHello") }
-                let total = Int(handshake[1]) << 16 | Int(handshake[2]) << 8 | Int(handshake[3])
-                guard total + 4 <= limit else { return .malformed("the ClientHello is too large") }
-                if handshake.count >= total + 4 { return parse(Array(handshake[4..<total + 4])) }
+        var reader = Reader()
+        return reader.feed(bytes)
+    }
+
+    /// Reads a growing buffer record by record, never twice: each call looks only at what came
+    /// since (a ClientHello trickled in byte by byte costs no more than one sent whole).
+    struct Reader {
+        /// Where the next record starts in the buffer.
+        private var offset = 0
+        private var handshake: [UInt8] = []
+
+        mutating func feed(_ bytes: [UInt8]) -> TLSHello {
+            guard let first = bytes.first else { return .needMore }
+            guard first == 0x16 else { return .notTLS }
+            while true {
+                guard bytes.count >= offset + 5 else { return bytes.count > limit ? .malformed("the ClientHello is too large") : .needMore }
+                guard bytes[offset] == 0x16, bytes[offset + 1] == 3 else { return .malformed("a TLS record of the handshake is not a handshake record") }
+                let length = Int(bytes[offset + 3]) << 8 | Int(bytes[offset + 4])
+                guard bytes.count >= offset + 5 + length else { return .needMore }
+                handshake += bytes[offset + 5..<offset + 5 + length]
+                offset += 5 + length
+                if handshake.count >= 4 {
+                    guard handshake[0] == 1 else { return .malformed("the first handshake message is not a ClientHello") }
+                    let total = Int(handshake[1]) << 16 | Int(handshake[2]) << 8 | Int(handshake[3])
+                    guard total + 4 <= limit else { return .malformed("the ClientHello is too large") }
+                    if handshake.count >= total + 4 { return parse(Array(handshake[4..<total + 4])) }
+                }
+                guard offset <= limit else { return .malformed("the ClientHello is too large") }
             }
         }
     }

@@ -87,7 +87,8 @@ struct ControlGroups: Sendable {
 
     /// Makes the unit's group (and its environment's) with the given limits; returns the files a
     /// process writes its pid to, to join it. Empty when there are no cgroups.
-    func prepare(_ environment: String, unit: String, memory: Int?, cpu: Double?) throws -> [String] {
+    /// An environment frozen by a kill switch (`keepFrozen`) stays frozen: what joins it is frozen too.
+    func prepare(_ environment: String, unit: String, memory: Int?, cpu: Double?, keepFrozen: Bool = false) throws -> [String] {
         guard isActive else { return [] }
         if case .v2(let base, true) = layout {
             _ = Self.makeDirectory(base + "/" + environment)
@@ -99,7 +100,7 @@ struct ControlGroups: Sendable {
         }
         // A group frozen by a teardown or restart that Gantry did not finish (killed meanwhile)
         // would freeze what joins it: thawed first.
-        thaw(environment)
+        if !keepFrozen { thaw(environment) }
         thaw(environment, unit: unit)
         var joins: [String] = []
         for (controller, path) in directories(environment, unit: unit) {

@@ -220,7 +220,7 @@ extension LocalDriver {
         try state.save(record)
         // The service's own control group, joined before its code runs (none for the host's servers).
         let joins = record.environment == Self.hostEnvironment ? []
-            : try cgroups.prepare(record.environment, unit: record.name, memory: limits.memory, cpu: limits.cpu)
+            : try cgroups.prepare(record.environment, unit: record.name, memory: limits.memory, cpu: limits.cpu, keepFrozen: isKilled(record.environment))
         // And its network, entered before it drops to its user.
         let network = try network(of: record.environment, user: user)
         let pid = try ProcessControl.spawn(ControlGroups.joining(joins, Networks.entering(network, Self.asUser(user, resolved.command))),

@@ -22,9 +22,19 @@ extension LocalDriver {
         guard let egressPort, let environment = environmentAddresses()[address],
               let uid = ((try? state.allocations(Self.uidAllocation, of: environment)) ?? []).compactMap({ uid_t($0) }).first else { return nil }
         let pids = ProcessControl.processes(ownedBy: uid)
-        guard let first = pids.first, let table = try? String(contentsOfFile: "/proc/\(first)/net/tcp", encoding: .utf8) else { return nil }
+        // The namespace's TCP table, read through the first process that is in it (one that is
+        // exiting, or not in the namespace, shows another table).
         let local = Self.procAddress(address, port), remote = Self.procAddress(Networks.gateway, egressPort)
-        guard let line = table.split(separator: "\n").first(where: { $0.contains(" \(local) \(remote) ") }) else { return nil }
+        var seen = Set<String>(), found: Substring?
+        for pid in pids {
+            guard let namespace = try? FileManager.default.destinationOfSymbolicLink(atPath: "/proc/\(pid)/ns/net"), seen.insert(namespace).inserted,
+                  let table = ProcessControl.readProc("/proc/\(pid)/net/tcp") else { continue }
+            if let line = table.split(separator: "\n").first(where: { $0.contains(" \(local) \(remote) ") }) {
+                found = line
+                break
+            }
+        }
+        guard let line = found else { return nil }
         let fields = line.split(separator: " ")
         guard fields.count > 9 else { return nil }
         let socket = "socket:[\(fields[9])]"
@@ -67,6 +77,9 @@ extension LocalDriver {
         for uid in uids { for pid in ProcessControl.processes(ownedBy: uid) { kill(pid, frozen ? SIGSTOP : SIGCONT) } }
         return true
     }
+
+    /// Whether a kill switch covers the environment (its processes stay frozen, nothing thaws them).
+    func isKilled(_ environment: String) -> Bool { killSwitches?.reason(for: environment) != nil }
 
     /// Whether an environment's processes are frozen (its control group says so).
     public func isFrozen(_ environment: String) -> Bool {

@@ -19,6 +19,9 @@ extension LocalDriver: EnvironmentExecutor {
         guard !environment.conditions.contains(.destroying) else {
             throw ExecRefusal(.notRunning, "\(name) is being torn down")
         }
+        if let why = killSwitches?.reason(for: name, team: environment.team) {
+            throw ExecRefusal(.notRunning, "\(name) is frozen by the \(why): nothing runs in it until a human with a role lifts the switch")
+        }
         guard let spec = environment.appliedSpec else {
             throw ExecRefusal(.notRunning, "\(name) has no applied revision yet (\(environment.phase.rawValue)); wait until it is Running")
         }
@@ -39,7 +42,7 @@ extension LocalDriver: EnvironmentExecutor {
         let unit = "exec-" + (0..<4).map { _ in String(format: "%02x", UInt8.random(in: 0...255)) }.joined()
         let variables = processVariables(record, resolved: ResolvedService(command: request.command, environment: resolved.environment),
                                          user: user, unit: unit)
-        let joins = try cgroups.prepare(name, unit: unit, memory: service.resources.memory, cpu: service.resources.cpu)
+        let joins = try cgroups.prepare(name, unit: unit, memory: service.resources.memory, cpu: service.resources.cpu, keepFrozen: isKilled(name))
         defer { cgroups.kill(name, unit: unit, remove: true) }
         let network = try network(of: name, user: user)
         var outPipe: [Int32] = [-1, -1], errPipe: [Int32] = [-1, -1]

@@ -199,7 +199,7 @@ extension LocalDriver {
     func sandboxed(_ environment: String, unit: String, _ command: [String]) throws -> [String] {
         let user = try user(of: environment)
         let network = try network(of: environment, user: user)
-        let joins = try cgroups.prepare(environment, unit: unit, memory: nil, cpu: nil)
+        let joins = try cgroups.prepare(environment, unit: unit, memory: nil, cpu: nil, keepFrozen: isKilled(environment))
         return ControlGroups.joining(joins, Networks.entering(network, Self.asUser(user, command)))
     }
 
@@ -311,7 +311,7 @@ extension LocalDriver {
             }
         }
         for (table, uidColumn, flag) in [("shm", 7, "-m"), ("msg", 7, "-q"), ("sem", 4, "-s")] {
-            let lines = ((try? String(contentsOfFile: "/proc/sysvipc/\(table)", encoding: .utf8)) ?? "").split(separator: "\n").dropFirst()
+            let lines = (ProcessControl.readProc("/proc/sysvipc/\(table)") ?? "").split(separator: "\n").dropFirst()
             for line in lines {
                 let fields = line.split(separator: " ")
                 guard fields.count > uidColumn, uid_t(fields[uidColumn]) == uid else { continue }

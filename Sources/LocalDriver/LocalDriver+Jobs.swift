@@ -84,7 +84,7 @@ extension LocalDriver {
         variables["GANTRY_JOB"] = name
         variables["GANTRY_JOB_PHASE"] = phase
         variables[Self.markVariable] = "\(instance):\(environment):job-\(name)"
-        let joins = try cgroups.prepare(environment, unit: "job-\(name)", memory: nil, cpu: nil)
+        let joins = try cgroups.prepare(environment, unit: "job-\(name)", memory: nil, cpu: nil, keepFrozen: isKilled(environment))
         defer { cgroups.kill(environment, unit: "job-\(name)", remove: true) }
         let network = try network(of: environment, user: user)
         let pid = try ProcessControl.spawn(ControlGroups.joining(joins, Networks.entering(network, Self.asUser(user, command))), directory: checkout.path,

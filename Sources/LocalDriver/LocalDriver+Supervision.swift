@@ -80,7 +80,11 @@ extension LocalDriver {
     public func recover(desired: Set<String>) -> [DriverEvent] {
         var events: [DriverEvent] = []
         // A Gantry killed in the middle of stopping a group leaves it frozen: what is adopted runs again.
-        for environment in desired { cgroups.thaw(environment); for record in (try? state.services(of: environment)) ?? [] { cgroups.thaw(environment, unit: record.name) } }
+        // (Not one a kill switch froze: it stays frozen until the switch is lifted.)
+        for environment in desired where !isKilled(environment) {
+            cgroups.thaw(environment)
+            for record in (try? state.services(of: environment)) ?? [] { cgroups.thaw(environment, unit: record.name) }
+        }
         let records = (try? state.allServices()) ?? []
         let known = Dictionary(records.compactMap { record in record.pid.map { ($0, record) } }, uniquingKeysWith: { a, _ in a })
         // One scan of /proc for every Gantry's marked processes: this instance's are adopted or

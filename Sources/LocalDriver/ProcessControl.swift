@@ -333,3 +333,20 @@ enum ProcessControl {
         throw SpawnError(description: "no free loopback port found")
     }
 }
+
+extension ProcessControl {
+    /// The whole of a /proc file. (Foundation reads a file the size its metadata says, and /proc
+    /// says 0: it stops at the first 4 KiB, and a namespace's TCP table or /proc/sysvipc is longer.)
+    static func readProc(_ path: String) -> String? {
+        let fd = open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { close(fd) }
+        var data = [UInt8](), chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let count = read(fd, &chunk, chunk.count)
+            if count < 0 && errno == EINTR { continue }
+            guard count > 0 else { return count == 0 ? String(decoding: data, as: UTF8.self) : nil }
+            data += chunk[0..<count]
+        }
+    }
+}

@@ -32,6 +32,12 @@ public final class KillSwitchBoard: @unchecked Sendable {
         }
     }
 
+    /// Why a switch in the state DB (or gantry.yaml's, `onMain`) covers `environment`, for a
+    /// process that has no board (a command, the API beside a run).
+    public static func reason(in store: StateStore, environment: String, team: String?, onMain: Bool) -> String? {
+        coverage(switches: (try? store.killSwitches()) ?? [], onMain: onMain, environments: [(environment, team)])[environment]
+    }
+
     /// The environments `switches` (and gantry.yaml's `killSwitch`, `onMain`) cover among
     /// `environments` (name, team), each with the switch that covers it, most general first.
     public static func coverage(switches: [KillSwitch], onMain: Bool, environments: [(name: String, team: String?)]) -> [String: String] {

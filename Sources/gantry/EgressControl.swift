@@ -22,6 +22,7 @@ final class EgressControl: @unchecked Sendable {
     let lifecycle: LifecycleController
     let logger: Logger
     let pinned: [String: [IPAddress]]
+    let pinnedPorts: [String: Int]
     var proxy: EgressProxy?
 
     private let lock = NSLock()
@@ -30,22 +31,27 @@ final class EgressControl: @unchecked Sendable {
     /// Specs being applied, by environment (they hold until the apply ends).
     private var pending: [String: EnvironmentSpec] = [:]
     private var started = false
-    /// Records of denials and DLP blocks, at most one per key per interval (the rest counted).
+    /// Records of denials and DLP blocks: at most one per key per interval, and at most
+    /// `recordsPerMinute` per environment and kind (the rest counted, and said in the next one):
+    /// an environment asking for a thousand names cannot flood the notes.
     private var lastRecord: [String: (at: Date, suppressed: Int)] = [:]
+    private var windows: [String: (start: Date, written: Int, suppressed: Int)] = [:]
     static let deniedRecordInterval: TimeInterval = 60
     static let dlpRecordInterval: TimeInterval = 10
+    static let recordsPerMinute = 20
     private let refreshQueue = DispatchQueue(label: "gantry.egress.refresh")
     private var signalSource: DispatchSourceSignal?
 
     init(store: StateStore, driver: LocalDriver, board: KillSwitchBoard, secrets: SecretStore, lifecycle: LifecycleController,
-         logger: Logger, pinned: [String: [IPAddress]]) {
+         logger: Logger, pins: (addresses: [String: [IPAddress]], ports: [String: Int])) {
         self.store = store
         self.driver = driver
         self.board = board
         self.secrets = secrets
         self.lifecycle = lifecycle
         self.logger = logger
-        self.pinned = pinned
+        self.pinned = pins.addresses
+        self.pinnedPorts = pins.ports
     }
 
     /// The hooks the proxy calls: the service behind a connection, and each event.
@@ -80,7 +86,8 @@ final class EgressControl: @unchecked Sendable {
         source.resume()
         signalSource = source
         lock.withLock { started = true }
-        refresh()
+        // The first one before anything else runs: a restart must not thaw what a switch froze.
+        refreshQueue.sync { refreshNow() }
         Thread.detachNewThread { [weak self] in
             while let self, self.lock.withLock({ self.started }) {
                 usleep(1_000_000)
@@ -118,9 +125,15 @@ final class EgressControl: @unchecked Sendable {
         // The board first (nothing starts what is about to be frozen), then the proxy (open
         // tunnels cut), then the processes.
         board.set(now, switches: switches, onMain: settings.killSwitch)
-        proxy?.update(snapshot(settings: settings, records: records, covered: now))
+        // Frozen first (nothing sends any more), then every connection cut.
+        var frozen: [String: Bool] = [:]
+        for (name, _) in now where before[name] == nil || !driver.isFrozen(name) {
+            frozen[name] = driver.setFrozen(name, true)
+            if before[name] != nil, frozen[name] == true { logger.warning("kill switch: \(name) was running again; frozen", metadata: ["gantry.env": "\(name)"]) }
+        }
+        let open = proxy?.update(snapshot(settings: settings, records: records, covered: now)) ?? 0
         for (name, reason) in now where before[name] == nil {
-            let frozen = driver.setFrozen(name, true)
+            let frozen = frozen[name] ?? false
             logger.warning("kill switch: \(name) cut off and frozen", metadata: ["gantry.env": "\(name)", "reason": "\(reason)"])
             let actor = Self.actor(of: reason, switches: switches, environment: name, records: records)
             lifecycle.record(.killSwitch, environment: name, actor: actor, history: "kill switch on: \(reason)",
@@ -135,7 +148,10 @@ final class EgressControl: @unchecked Sendable {
                              [("state", "off"), ("was", reason)] + (lifter.map { [("note", $0.reason)] } ?? []))
         }
         lock.withLock { covered = now }
-        try? store.markKillApplied(generations.requested)
+        // Applied once every connection of the covered environments is closed (else the next refresh tries again).
+        if open == 0 { try? store.markKillApplied(generations.requested) } else {
+            logger.error("kill switch: \(open) connections are not closed yet; trying again")
+        }
     }
 
     /// Who turned on the switch that covers `environment` (gantry.yaml's: the protected branch).
@@ -149,7 +165,7 @@ final class EgressControl: @unchecked Sendable {
         let policy = EgressPolicy(defaultAllows: settings.egress.default == "allow",
                                   allow: settings.egress.allow.compactMap { try? HostPattern.parse($0).get() },
                                   deny: settings.egress.deny.compactMap { try? HostPattern.parse($0).get() },
-                                  pinned: pinned)
+                                  pinned: pinned, pinnedPorts: pinnedPorts)
         var callers: [String: EgressCaller] = [:]
         let byName = Dictionary(records.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         let applying = lock.withLock { () -> [String: EnvironmentSpec] in
@@ -215,36 +231,59 @@ final class EgressControl: @unchecked Sendable {
         case .dlpBlocked: (interval, auditEvent) = (Self.dlpRecordInterval, .dlpBlocked)
         }
         let key = "\(event.kind.rawValue)|\(event.environment)|\(event.service ?? "")|\(event.host)|\(event.rule)"
+        let window = "\(event.kind.rawValue)|\(event.environment)"
         let now = Date()
-        let suppressed: Int? = lock.withLock {
+        let suppressed: (same: Int, others: Int)? = lock.withLock {
+            if lastRecord.count > 10_000 { lastRecord = lastRecord.filter { now.timeIntervalSince($0.value.at) < interval } }
+            var budget = windows[window] ?? (now, 0, 0)
+            if now.timeIntervalSince(budget.start) >= 60 { budget = (now, 0, budget.suppressed) }
+            defer { windows[window] = budget }
             if let last = lastRecord[key], now.timeIntervalSince(last.at) < interval {
                 lastRecord[key] = (last.at, last.suppressed + 1)
                 return nil
             }
-            let count = lastRecord[key]?.suppressed ?? 0
+            guard budget.written < Self.recordsPerMinute else {
+                budget.suppressed += 1
+                return nil
+            }
+            budget.written += 1
+            let counts = (lastRecord[key]?.suppressed ?? 0, budget.suppressed)
+            budget.suppressed = 0
             lastRecord[key] = (now, 0)
-            return count
+            return counts
         }
+        guard let suppressed else { return }
         logger.warning("egress \(event.kind.rawValue): \(event.host):\(event.port)", metadata: [
             "gantry.env": "\(event.environment)", "service": "\(event.service ?? "unknown")", "rule": "\(event.rule)", "reason": "\(event.reason)"])
-        guard let suppressed else { return }
         var fields: [(String, String)] = [("host", event.host), ("port", String(event.port)), ("service", event.service ?? "unknown"), ("rule", event.rule)]
         if event.kind == .denied { fields.append(("reason", event.reason)) }
-        if suppressed > 0 { fields.append(("repeats", "\(suppressed) more since the last record")) }
+        if suppressed.same > 0 { fields.append(("repeats", "\(suppressed.same) more since the last record")) }
+        if suppressed.others > 0 { fields.append(("unrecorded", "\(suppressed.others) more of this environment over the limit of \(Self.recordsPerMinute) records a minute (the proxy's counters have them all)")) }
         lifecycle.record(auditEvent, environment: event.environment, actor: "gantry",
                          history: "\(event.kind.rawValue) \(event.host):\(event.port) (\(event.rule))", fields)
     }
 
-    /// `--egress-resolve host=address` pins.
-    static func pins(_ values: [String]) throws -> [String: [IPAddress]] {
-        var pins: [String: [IPAddress]] = [:]
+    /// `--egress-resolve HOST[:PORT]=ADDRESS` pins. A pin to an internal address names its port:
+    /// it opens that one (an environment listing the host must not reach everything else there).
+    static func pins(_ values: [String]) throws -> (addresses: [String: [IPAddress]], ports: [String: Int]) {
+        var addresses: [String: [IPAddress]] = [:], ports: [String: Int] = [:]
         for value in values {
             let parts = value.split(separator: "=", maxSplits: 1).map(String.init)
-            guard parts.count == 2, let host = HostName.normalize(parts[0]), let address = IPAddress(parts[1]) else {
-                throw Failure("--egress-resolve '\(value)' must be HOST=ADDRESS (api.example.com=127.0.0.1)")
+            let target = parts.first ?? ""
+            var name = target, port: Int?
+            if let colon = target.lastIndex(of: ":"), let number = Int(target[target.index(after: colon)...]) {
+                name = String(target[..<colon])
+                port = number
             }
-            pins[host, default: []].append(address)
+            guard parts.count == 2, let host = HostName.normalize(name), let address = IPAddress(parts[1]), port.map({ (1...65535).contains($0) }) ?? true else {
+                throw Failure("--egress-resolve '\(value)' must be HOST[:PORT]=ADDRESS (api.example.com:8443=127.0.0.1)")
+            }
+            if address.internalKind != nil && port == nil {
+                throw Failure("--egress-resolve '\(value)' pins an internal address (\(address.internalKind!)): name the one port it opens, HOST:PORT=ADDRESS")
+            }
+            addresses[host, default: []].append(address)
+            if let port { ports[host] = port }
         }
-        return pins
+        return (addresses, ports)
     }
 }

@@ -38,6 +38,9 @@ enum Lifecycles {
             throw Failure("no environment \(name) (`gantry status` lists them)")
         }
         guard record.phase == .running else { throw Failure("\(name) is \(record.phase.rawValue), not running: there is nothing to \(action)") }
+        if let why = KillSwitchBoard.reason(in: store, environment: name, team: record.team, onMain: false) {
+            throw Failure("\(name) is frozen by the \(why): it is not put to sleep or woken until a human with a role lifts it (`gantry kill --env \(name) --off --key KEY`)")
+        }
         let current = try store.lifecycleState(of: name)
         if action == "sleep", let current { print("\(name) already sleeps: \(current.reason)"); return }
         if action == "wake", current == nil { print("\(name) is awake"); return }

@@ -48,7 +48,7 @@ struct Run: ParsableCommand {
     var egressPort = 3128
     @Flag(help: "Do not start the egress proxy (environments then reach nothing outside).")
     var noEgress = false
-    @Option(parsing: .singleValue, help: "Pin a host for the egress proxy, as HOST=ADDRESS (repeatable; the operator's pin may be an internal address).")
+    @Option(parsing: .singleValue, help: "Pin a host for the egress proxy, as HOST[:PORT]=ADDRESS (repeatable; a pin to an internal address names the one port it opens).")
     var egressResolve: [String] = []
     @Option(help: "A PEM file of extra certificate authorities the egress proxy trusts when it speaks TLS for an injected credential.")
     var egressCA: String?
@@ -143,7 +143,7 @@ struct Run: ParsableCommand {
         defer { try? FileManager.default.removeItem(atPath: paths.pidFile) }
         // The egress proxy and the kill switch.
         let egress = EgressControl(store: store, driver: driver, board: reconciler.killSwitches, secrets: secrets, lifecycle: lifecycle,
-                                   logger: logger, pinned: try EgressControl.pins(egressResolve))
+                                   logger: logger, pins: try EgressControl.pins(egressResolve))
         if !noEgress {
             if let gateway = driver.routerGateway {
                 do {

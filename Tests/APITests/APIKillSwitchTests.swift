@@ -25,6 +25,11 @@ import Testing
             #expect((answer.error?["message"] as? String)?.contains(words) == true, "\(body): \(answer.body)")
         }
         #expect(try fixture.store.killSwitches().count == 1)
+        // Nothing runs in, wakes or sleeps a frozen environment through the API meanwhile.
+        for (path, body) in [("/v1/environments/web/exec", #"{"command": ["true"]}"#), ("/v1/environments/web/sleep", "{}"), ("/v1/environments/web/wake", "{}")] {
+            let answer = try fixture.call("POST", path, token: alice, body: body)
+            #expect(answer.status == 409 && (answer.error?["message"] as? String)?.contains("kill switch") == true, "\(path): \(answer.status) \(answer.body)")
+        }
         let lifted = try fixture.call("POST", "/v1/kill", token: alice, body: #"{"scope": "env", "name": "web", "on": false}"#)
         #expect(lifted.status == 200, "\(lifted.body)")
         #expect(try fixture.store.killSwitches().isEmpty)

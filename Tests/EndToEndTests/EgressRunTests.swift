@@ -158,9 +158,10 @@ import TestSupport
         #expect(try gantry("secret", "set", "api-token", "--env", "probe", "--state", state.path, input: token).status == 0)
         var arguments = ["run", "--repo", repo.path, "--state", state.path, "--interval", "0.5", "--stop-on-exit",
                          "--router-port", "0", "--egress-port", "0", "--no-api"]
-        for name in ["allowed.test", "denied.test", "a.svc.test", "a.b.svc.test", "blocked.test", "inject.test", "tunnel.test"] {
-            arguments += ["--egress-resolve", "\(name)=127.0.0.1"]
+        for name in ["allowed.test", "denied.test", "a.svc.test", "a.b.svc.test", "blocked.test", "inject.test"] {
+            arguments += ["--egress-resolve", "\(name):\(httpPort)=127.0.0.1"]
         }
+        arguments += ["--egress-resolve", "tunnel.test:\(tcpPort)=127.0.0.1"]
         let run = try GantryProcess(arguments, log: state.path + "/run.log")
         defer { run.terminate() }
         #expect(eventually(120) { status(state.path, "probe")?["phase"] as? String == "Running" }, "\(log(state.path))")
@@ -185,10 +186,15 @@ import TestSupport
             let answer = probe(router, "/fetch?url=" + query(url))
             #expect(answer.hasPrefix("403 ") && answer.contains("internal address"), "\(url): \(answer)")
         }
+        // A pin opens its one port: not the router (nor Gantry's API) beside it.
+        let otherPort = probe(router, "/fetch?url=" + query("http://allowed.test:\(router)/"))
+        #expect(otherPort.hasPrefix("403 ") && otherPort.contains("for port \(up) only"), "\(otherPort)")
         // DNS answers allowed names only; a direct connection goes nowhere.
         #expect(probe(router, "/dns?name=allowed.test") == "resolved 127.0.0.1")
         #expect(probe(router, "/dns?name=denied.test").hasPrefix("error"))
         #expect(probe(router, "/direct?host=1.1.1.1&port=80").hasPrefix("error"))
+        // Asking for many names does not flood the audit notes (a capped number of records a minute).
+        for index in 0..<40 { _ = probe(router, "/dns?name=flood\(index).example.org") }
         // DLP: a credential shape, and the managed secret's value, never leave.
         let leak = probe(router, "/fetch?url=" + query("http://allowed.test:\(up)/") + "&body=" + query("key=AKIA" + "QWERTYUIOPASDFGH"))
         #expect(leak.hasPrefix("403 ") && leak.contains("pattern:aws-access-key-id"), "\(leak)")
@@ -223,6 +229,9 @@ import TestSupport
         let frozenAt = ticks(ticksFile)
         Thread.sleep(forTimeInterval: 0.5)
         #expect(ticks(ticksFile) == frozenAt, "the process that ignores the proxy kept running")
+        // A frozen environment is not woken or put to sleep by hand either.
+        let wake = try gantry("wake", "probe", "--state", state.path)
+        #expect(wake.status != 0 && wake.stderr.contains("frozen by the kill switch"), "\(wake.stderr)")
         // The router says why instead of waiting on a frozen process.
         #expect(probe(router, "/healthz").contains("kill switch"))
         // An agent's key cannot lift it; a human admin's can.
@@ -236,6 +245,9 @@ import TestSupport
         // The records: egress-denied (naming host and service), dlp-blocked (the rule), kill-switch on and off.
         let records = try gantry("audit", "log", "--repo", repo.path, "--env", "probe", "--json").stdout
         #expect(records.contains("\"egress-denied\"") && records.contains("denied.test"))
+        let floods = Set((try NSRegularExpression(pattern: "flood[0-9]+\\.example\\.org")).matches(in: records, range: NSRange(records.startIndex..., in: records))
+            .compactMap { Range($0.range, in: records).map { String(records[$0]) } })
+        #expect(!floods.isEmpty && floods.count <= 20, "\(floods.count) flooded names recorded one by one")
         #expect(records.contains("\"dlp-blocked\"") && records.contains("pattern:aws-access-key-id"))
         #expect(records.contains("\"kill-switch\"") && records.contains(TestRepository.ownerPrincipal))
         #expect(!records.contains(token))

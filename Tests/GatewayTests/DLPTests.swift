@@ -59,6 +59,27 @@ import Testing
         #expect(scanner.scan(Array("GET / HTTP/1.1\r\n\(basic)\r\n\r\n".utf8), place: "headers")?.rule == "secret:db-password")
     }
 
+    @Test func encodingsThatKeepAPlusOrEscapeASlashAreCaughtToo() {
+        let secret = "Sup3r+Secret/Value_123"
+        let scanner = DLPScanner(secrets: [("api", secret)])
+        // Percent-encoding that leaves '+' alone (Python's quote(safe="+"), Go's PathEscape).
+        #expect(scanner.scan(Array("k=Sup3r+Secret%2FValue_123".utf8), place: "body")?.rule == "secret:api")
+        // JSON encoders that escape '/' or write \u escapes.
+        #expect(scanner.scan(Array(#"{"k": "Sup3r+Secret\/Value_123"}"#.utf8), place: "body")?.rule == "secret:api")
+        #expect(scanner.scan(Array(#"{"k": "Sup3r\u002bSecret\/Value_123"}"#.utf8), place: "body")?.rule == "secret:api")
+    }
+
+    @Test func aChunkedBodyTrickledInIsDecodedOnce() {
+        var decoder = ProxyRequest.ChunkedDecoder(limit: 1 << 20)
+        let whole = Array((String(repeating: "1\r\nA\r\n", count: 2000) + "0\r\nX-T: 1\r\n\r\n").utf8)
+        var result = ProxyRequest.Chunked.incomplete
+        for end in stride(from: 1, through: whole.count, by: 7) { result = decoder.feed(Array(whole[..<end])) }
+        if result == .incomplete { result = decoder.feed(whole) }
+        #expect(result == .done(body: Array(repeating: 0x41, count: 2000), used: whole.count))
+        var reader = TLSHello.Reader()
+        #expect(reader.feed([0x16, 3, 1]) == .needMore)
+    }
+
     @Test func shortSecretsAreNotLookedFor() {
         let scanner = DLPScanner(secrets: [("pin", "1234")])
         #expect(scanner.scan(Array("GET /?pin=1234 HTTP/1.1\r\n\r\n".utf8), place: "URL") == nil)

@@ -79,11 +79,14 @@ import Testing
 
     @Test func aNameThatResolvesInsideIsRefusedUnlessTheOperatorNamedIt() {
         let addresses = [IPAddress("127.0.0.1")!]
-        #expect(EgressJudge.checkResolved(host: "localtest.me", addresses: addresses, policy: EgressPolicy(defaultAllows: true)) != nil)
-        #expect(EgressJudge.checkResolved(host: "registry.corp", addresses: addresses, policy: EgressPolicy(allow: patterns(["registry.corp"]))) == nil)
-        #expect(EgressJudge.checkResolved(host: "a.corp.example", addresses: addresses, policy: EgressPolicy(allow: patterns(["*.corp.example"]))) != nil)
-        #expect(EgressJudge.checkResolved(host: "pinned.test", addresses: addresses, policy: EgressPolicy(pinned: ["pinned.test": addresses])) == nil)
-        #expect(EgressJudge.checkResolved(host: "pypi.org", addresses: [IPAddress("151.101.0.223")!], policy: EgressPolicy()) == nil)
+        #expect(EgressJudge.checkResolved(host: "localtest.me", port: 80, addresses: addresses, policy: EgressPolicy(defaultAllows: true)) != nil)
+        #expect(EgressJudge.checkResolved(host: "registry.corp", port: 443, addresses: addresses, policy: EgressPolicy(allow: patterns(["registry.corp"]))) == nil)
+        #expect(EgressJudge.checkResolved(host: "a.corp.example", port: 443, addresses: addresses, policy: EgressPolicy(allow: patterns(["*.corp.example"]))) != nil)
+        // A pin to loopback opens its one port, not Gantry's API or the router beside it.
+        let pinned = EgressPolicy(pinned: ["pinned.test": addresses], pinnedPorts: ["pinned.test": 8443])
+        #expect(EgressJudge.checkResolved(host: "pinned.test", port: 8443, addresses: addresses, policy: pinned) == nil)
+        #expect(EgressJudge.checkResolved(host: "pinned.test", port: 7070, addresses: addresses, policy: pinned) != nil)
+        #expect(EgressJudge.checkResolved(host: "pypi.org", port: 443, addresses: [IPAddress("151.101.0.223")!], policy: EgressPolicy()) == nil)
     }
 
     @Test func requestHeadsAreParsedStrictly() throws {
