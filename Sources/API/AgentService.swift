@@ -199,7 +199,7 @@ public final class AgentService: @unchecked Sendable {
 
     func summary(_ record: EnvironmentRecord) throws -> EnvironmentSummary {
         EnvironmentSummary(record, services: try observer.services(of: record.name), routerPort: routerPort(),
-                           sleep: try store.lifecycleState(of: record.name))
+                           sleep: try store.lifecycleState(of: record.name), killSwitch: killSwitch(record))
     }
 
     public func listEnvironments(_ caller: Caller) throws -> PlainValue {

@@ -24,6 +24,10 @@ public final class GantryMetrics: @unchecked Sendable {
     private var requestCounters: [String: Counter] = [:]
     /// Where the queue depth is read at each scrape (the reconciler's operations pool).
     public var queueDepth: (@Sendable () -> (queued: Int, running: Int))?
+    /// The egress proxy's counters at each scrape: environment → counter (`allowed`, `denied`,
+    /// `dlp-blocked`, `killed`, `bytes-out`, `bytes-in`) → count since the proxy started.
+    public var egress: (@Sendable () -> [String: [String: Int]])?
+    private var egressCounters: [String: (counter: Counter, last: Int)] = [:]
 
     public init() {
         passes = registry.makeCounter(descriptor: Self.name("passes", "total", "Reconcile passes made."))
@@ -93,7 +97,21 @@ public final class GantryMetrics: @unchecked Sendable {
             let phase = record.phase == .running && asleep[record.name] != nil ? EnvironmentPhase.sleeping : record.phase
             counts[phase.rawValue, default: 0] += 1
         }
+        let egress = egress?() ?? [:]
         lock.withLock {
+            for (environment, values) in egress {
+                for (name, value) in values {
+                    let key = environment + "|" + name
+                    let bytes = name.hasPrefix("bytes-")
+                    let entry = egressCounters[key] ?? (bytes
+                        ? registry.makeCounter(descriptor: Self.name("egress", "bytes_total", "Bytes through the egress proxy, by environment and direction."),
+                                               labels: [("environment", environment), ("direction", String(name.dropFirst("bytes-".count)))])
+                        : registry.makeCounter(descriptor: Self.name("egress_requests", "total", "Egress proxy requests, by environment and decision."),
+                                               labels: [("environment", environment), ("decision", name)]), 0)
+                    if value > entry.last { entry.counter.increment(by: Int64(value - entry.last)) }
+                    egressCounters[key] = (entry.counter, max(value, entry.last))
+                }
+            }
             for (phase, count) in counts {
                 let gauge = phaseGauges[phase] ?? registry.makeGauge(descriptor: Self.name("environments", "", "Environments by phase."),
                                                                       labels: [("phase", phase)])

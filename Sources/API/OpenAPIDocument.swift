@@ -391,6 +391,7 @@ components:
         message: {type: string, nullable: true}
         attempts: {type: integer}
         nextAttemptAt: {type: string, nullable: true}
+        killSwitch: {type: string, nullable: true, description: The kill switch that cuts it off and freezes it (null when none does).}
         sleep:
           type: object
           nullable: true

@@ -50,15 +50,19 @@ public struct EnvironmentSummary: Sendable {
     public let conditions: [Condition]
     /// Why it sleeps (idle, asked, paused by a budget); nil while awake.
     public let sleep: LifecycleState?
+    /// The kill switch that cuts it off and freezes it (a switch of the state DB); nil: none.
+    public let killSwitch: String?
 
     public var name: String { record.name }
     /// The stored phase, or Sleeping for a running environment whose services were put to sleep.
     public var phase: EnvironmentPhase { record.phase == .running && sleep != nil ? .sleeping : record.phase }
 
     /// `routerPort`: where the router listens, nil when none runs.
-    public init(_ record: EnvironmentRecord, services: [ServiceObservation], routerPort: Int?, sleep: LifecycleState? = nil) {
+    public init(_ record: EnvironmentRecord, services: [ServiceObservation], routerPort: Int?, sleep: LifecycleState? = nil,
+                killSwitch: String? = nil) {
         self.record = record
         self.services = services
+        self.killSwitch = record.phase == .destroyed ? nil : killSwitch
         self.sleep = record.phase == .running ? sleep : nil
         let domain = record.domain ?? "localhost"
         routes = (record.appliedSpec?.routes ?? []).map { route in
@@ -77,7 +81,10 @@ public struct EnvironmentSummary: Sendable {
         let records = try only.map { name in try store.environment(name).map { [$0] } ?? [] }
             ?? store.environments(includeDestroyed: includeDestroyed)
         let sleeping = try store.lifecycleStates()
-        return try records.map { EnvironmentSummary($0, services: try observer.services(of: $0.name), routerPort: routerPort, sleep: sleeping[$0.name]) }
+        let killed = KillSwitchBoard.coverage(switches: try store.killSwitches(), onMain: false, environments: records.map { ($0.name, $0.team) })
+        return try records.map {
+            EnvironmentSummary($0, services: try observer.services(of: $0.name), routerPort: routerPort, sleep: sleeping[$0.name], killSwitch: killed[$0.name])
+        }
     }
 
     /// What would move the environment on, one line per condition that holds (nothing for a
@@ -89,7 +96,8 @@ public struct EnvironmentSummary: Sendable {
                 ? ["paused: \(sleep.reason); it stays asleep until the period rolls over or the budget is raised on the protected branch, then a request or `gantry wake \(record.name)` wakes it"]
                 : ["asleep: \(sleep.reason); a request through the router, or `gantry wake \(record.name)`, wakes it"]
         } ?? []
-        return asleep + conditions.map { condition in
+        let frozen = killSwitch.map { ["frozen by the \($0): no connection leaves it and its processes are stopped; a human with a role lifts it (`gantry kill --env \(record.name) --off --key KEY`)"] } ?? []
+        return frozen + asleep + conditions.map { condition in
             switch condition {
             case .specInvalid:
                 return "fix the environment file and push: `gantry validate --ref \(record.branch)` names the file, line and column of each problem"
@@ -128,6 +136,7 @@ public struct EnvironmentSummary: Sendable {
             ("phase", .string(phase.rawValue)), ("services", .list(services)), ("routes", .list(routes)),
             ("sleep", sleep.map { .map([("state", .string($0.state.rawValue)), ("reason", .string($0.reason)),
                                          ("since", .string(ISO8601DateFormatter().string(from: $0.since)))]) } ?? .null),
+            ("killSwitch", killSwitch.map { .string($0) } ?? .null),
             ("conditions", .list(conditions.map { .string($0.rawValue) })),
             ("appliedCommit", record.appliedCommit.map { .string($0) } ?? .null),
             ("message", record.message.map { .string($0) } ?? .null),

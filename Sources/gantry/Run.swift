@@ -188,6 +188,12 @@ struct Run: ParsableCommand {
                 service.metrics.queueDepth = { operations.depth }
                 let metrics = service.metrics
                 reconciler.observe = { seconds, summary in metrics.record(seconds: seconds, summary: summary) }
+                metrics.egress = { [weak egress] in
+                    (egress?.proxy?.allCounters ?? [:]).mapValues { counts in
+                        ["allowed": counts.allowed, "denied": counts.denied, "dlp-blocked": counts.dlpBlocked, "killed": counts.killed,
+                         "bytes-out": counts.bytesOut, "bytes-in": counts.bytesIn]
+                    }
+                }
                 let address = api
                 Thread.detachNewThread {
                     do {

@@ -123,7 +123,9 @@ import TestSupport
         var diagnosis: [String: Any] = [:]
         #expect(eventually(30) {
             diagnosis = (try? agent.call("GET", "/v1/environments/\(name)/diagnose").json) ?? [:]
+            // (The restart is counted, then its event is written: both are waited for.)
             return ((diagnosis["services"] as? [[String: Any]])?.first?["restarts"] as? Int ?? 0) >= 1
+                && (diagnosis["drift"] as? [[String: Any]])?.contains { $0["event"] as? String == "restarted" } == true
         }, "\(diagnosis)")
         let verdicts = diagnosis["verdicts"] as? [[String: Any]] ?? []
         #expect(verdicts.first?["decision"] as? String == "allow")

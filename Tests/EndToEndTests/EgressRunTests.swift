@@ -156,8 +156,9 @@ import TestSupport
         defer { killMarked(state: state.path) }
         let token = "tok-" + UUID().uuidString
         #expect(try gantry("secret", "set", "api-token", "--env", "probe", "--state", state.path, input: token).status == 0)
+        let apiPort = try freeLoopbackPort()
         var arguments = ["run", "--repo", repo.path, "--state", state.path, "--interval", "0.5", "--stop-on-exit",
-                         "--router-port", "0", "--egress-port", "0", "--no-api"]
+                         "--router-port", "0", "--egress-port", "0", "--api", "127.0.0.1:\(apiPort)"]
         for name in ["allowed.test", "denied.test", "a.svc.test", "a.b.svc.test", "blocked.test", "inject.test"] {
             arguments += ["--egress-resolve", "\(name):\(httpPort)=127.0.0.1"]
         }
@@ -229,6 +230,8 @@ import TestSupport
         let frozenAt = ticks(ticksFile)
         Thread.sleep(forTimeInterval: 0.5)
         #expect(ticks(ticksFile) == frozenAt, "the process that ignores the proxy kept running")
+        // Status says so, and what would lift it.
+        #expect((status(state.path, "probe")?["killSwitch"] as? String)?.contains("kill switch env probe") == true)
         // A frozen environment is not woken or put to sleep by hand either.
         let wake = try gantry("wake", "probe", "--state", state.path)
         #expect(wake.status != 0 && wake.stderr.contains("frozen by the kill switch"), "\(wake.stderr)")
@@ -240,6 +243,11 @@ import TestSupport
         let lift = try gantry("kill", "--env", "probe", "--off", "--key", repo.ownerKeyPath, "--state", state.path, "--repo", repo.path)
         #expect(lift.status == 0, "\(lift.stdout) \(lift.stderr)")
         #expect(eventually(5) { ticks(ticksFile) > frozenAt })
+        #expect(status(state.path, "probe")?["killSwitch"] is NSNull)
+        // The proxy's counters, per environment, on /metrics.
+        let metrics = httpGet("http://127.0.0.1:\(apiPort)/metrics") ?? ""
+        #expect(metrics.contains(#"gantry_egress_requests_total{environment="probe",decision="denied"}"#), "\(metrics.suffix(2000))")
+        #expect(metrics.contains(#"gantry_egress_requests_total{environment="probe",decision="dlp-blocked"}"#))
         #expect(fromInside().contains("\"host\""))
 
         // The records: egress-denied (naming host and service), dlp-blocked (the rule), kill-switch on and off.
