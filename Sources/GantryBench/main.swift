@@ -691,8 +691,10 @@ if runs("api") {
 // MARK: 7. Lifecycle: a sleeping environment's first byte through the router (its services started
 // and checked healthy first; target under 500 ms, moonshot 150 ms), and what the router adds to a
 // request against the same request sent to the service directly.
-/// GET `path` from 127.0.0.1:`port` with `host` as Host: seconds to the first byte of the answer, and the status line.
-func firstByte(port: Int, host: String, path: String = "/") throws -> (seconds: Double, status: String) {
+/// GET `path` from 127.0.0.1:`port` (the environment's own address for a `10.` host) with `host` as
+/// Host, reading the whole answer: seconds to its first byte and to its end, its size and status line.
+/// (`path` is an absolute URL when `port` is the egress proxy's.)
+func fetch(port: Int, host: String, path: String = "/") throws -> (firstByte: Double, total: Double, bytes: Int, status: String) {
     let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
     guard fd >= 0 else { throw ShellError(description: "socket failed") }
     defer { close(fd) }
@@ -705,17 +707,24 @@ func firstByte(port: Int, host: String, path: String = "/") throws -> (seconds: 
     guard connected == 0 else { throw ShellError(description: "cannot connect to port \(port)") }
     let request = Array("GET \(path) HTTP/1.1\r\nHost: \(host)\r\nConnection: close\r\n\r\n".utf8)
     _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
-    var buffer = [UInt8](repeating: 0, count: 65536)
-    var received = [UInt8]()
+    var buffer = [UInt8](repeating: 0, count: 1 << 16)
+    var head = [UInt8](), total = 0
     var first: UInt64?
     while true {
         let count = recv(fd, &buffer, buffer.count, 0)
         if count <= 0 { break }
         if first == nil { first = DispatchTime.now().uptimeNanoseconds }
-        received += buffer[0..<count]
+        if head.count < 256 { head += buffer[0..<min(count, 256)] }
+        total += count
     }
-    let status = String(decoding: received.prefix { $0 != 13 }, as: UTF8.self)
-    return (Double((first ?? DispatchTime.now().uptimeNanoseconds) - started) / 1e9, status)
+    let end = DispatchTime.now().uptimeNanoseconds
+    let status = String(decoding: head.prefix { $0 != 13 }, as: UTF8.self)
+    return (Double((first ?? end) - started) / 1e9, Double(end - started) / 1e9, total, status)
+}
+
+func firstByte(port: Int, host: String, path: String = "/") throws -> (seconds: Double, status: String) {
+    let answer = try fetch(port: port, host: host, path: path)
+    return (answer.firstByte, answer.status)
 }
 
 if runs("lifecycle") {
@@ -761,31 +770,6 @@ if runs("lifecycle") {
     say("router added latency: median \(milliseconds(percentile(routed, 0.5) - percentile(straight, 0.5))), p99 \(milliseconds(percentile(routed, 0.99) - percentile(straight, 0.99)))")
 }
 
-/// Sends a GET for `path` (an absolute URL when `port` is the egress proxy's) and reads the whole
-/// answer: its time and size.
-func download(port: Int, host: String, path: String) throws -> (seconds: Double, bytes: Int) {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    guard fd >= 0 else { throw ShellError(description: "socket failed") }
-    defer { close(fd) }
-    var address = sockaddr_in()
-    address.sin_family = sa_family_t(AF_INET)
-    address.sin_port = UInt16(port).bigEndian
-    address.sin_addr.s_addr = inet_addr("127.0.0.1")
-    let started = DispatchTime.now().uptimeNanoseconds
-    let connected = withUnsafePointer(to: &address) { $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) } }
-    guard connected == 0 else { throw ShellError(description: "cannot connect to port \(port)") }
-    let request = Array("GET \(path) HTTP/1.1\r\nHost: \(host)\r\nConnection: close\r\n\r\n".utf8)
-    _ = request.withUnsafeBytes { send(fd, $0.baseAddress, $0.count, 0) }
-    var buffer = [UInt8](repeating: 0, count: 1 << 16)
-    var total = 0
-    while true {
-        let count = recv(fd, &buffer, buffer.count, 0)
-        if count <= 0 { break }
-        total += count
-    }
-    return (Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9, total)
-}
-
 if runs("egress") {
     // An outside host stood in for by a Python server on loopback, reached directly and through
     // the egress proxy (the caller is 127.0.0.1, as an environment's address would be).
@@ -796,7 +780,7 @@ if runs("egress") {
     let upstream = SpawnedProcess()
     upstream.start(["python3", "-m", "http.server", "\(upstreamPort)", "--bind", "127.0.0.1", "--directory", files.path])
     defer { upstream.stop() }
-    guard eventually(10, { (try? download(port: upstreamPort, host: "127.0.0.1", path: "/small.txt").bytes) ?? 0 > 100 }) else {
+    guard eventually(10, { (try? fetch(port: upstreamPort, host: "127.0.0.1", path: "/small.txt").bytes) ?? 0 > 100 }) else {
         throw ShellError(description: "the upstream server did not start")
     }
     var grants = EgressGrants()
@@ -817,11 +801,11 @@ if runs("egress") {
     say("egress proxy added latency: median \(milliseconds(percentile(proxied, 0.5) - percentile(direct, 0.5))), p99 \(milliseconds(percentile(proxied, 0.99) - percentile(direct, 0.99)))")
     var proxiedRate: [Double] = [], directRate: [Double] = []
     for _ in 0..<5 {
-        let through = try download(port: proxy.port, host: "bench.test", path: url + "/big.bin")
-        let straight = try download(port: upstreamPort, host: "127.0.0.1", path: "/big.bin")
+        let through = try fetch(port: proxy.port, host: "bench.test", path: url + "/big.bin")
+        let straight = try fetch(port: upstreamPort, host: "127.0.0.1", path: "/big.bin")
         guard through.bytes > 32 << 20, straight.bytes > 32 << 20 else { throw ShellError(description: "a download was cut short") }
-        proxiedRate.append(Double(through.bytes) / through.seconds / 1e6)
-        directRate.append(Double(straight.bytes) / straight.seconds / 1e6)
+        proxiedRate.append(Double(through.bytes) / through.total / 1e6)
+        directRate.append(Double(straight.bytes) / straight.total / 1e6)
     }
     let rate = percentile(proxiedRate, 0.5), baseRate = percentile(directRate, 0.5)
     say(String(format: "egress proxy throughput (32 MiB answers, n=5): median %.0f MB/s | baseline direct: median %.0f MB/s | ratio %.2fx", rate, baseRate, rate / baseRate))
