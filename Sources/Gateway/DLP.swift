@@ -4,6 +4,18 @@ import Foundation
 import Glibc
 #endif
 
+/// An ASCII hexadecimal digit's value.
+enum HexDigit {
+    static func value(_ byte: UInt8) -> UInt8? {
+        switch byte {
+        case 0x30...0x39: return byte - 0x30
+        case 0x41...0x46: return byte - 0x37
+        case 0x61...0x66: return byte - 0x57
+        default: return nil
+        }
+    }
+}
+
 /// What a data-loss check found: the rule, never the value.
 public struct DLPFinding: Sendable, Equatable, CustomStringConvertible {
     /// `pattern:aws-access-key-id`, `secret:stripe-key`.
@@ -74,7 +86,12 @@ public final class DLPScanner: @unchecked Sendable {
         var views: [(String, [UInt8])] = [("raw", bytes)]
         if bytes.contains(0x25) { views.append(("url-encoded", Self.percentDecoded(bytes, plusIsSpace: false))) }
         if bytes.contains(0x2b) { views.append(("form-encoded", Self.percentDecoded(bytes, plusIsSpace: true))) }
-        if bytes.contains(0x5c) { views.append(("JSON-escaped", Self.jsonUnescaped(bytes))) }
+        // JSON escapes, as sent and inside a percent-encoded form field.
+        for (how, view) in views where view.contains(0x5c) { views.append(("JSON-escaped" + (how == "raw" ? "" : ", \(how)"), Self.jsonUnescaped(view))) }
+        // Base64 wrapped in lines (MIME, PEM-style): the line breaks and spaces taken out.
+        if bytes.contains(0x0a) || bytes.contains(0x0d) {
+            views.append(("line-wrapped", bytes.filter { $0 != 0x0a && $0 != 0x0d && $0 != 0x20 && $0 != 0x09 }))
+        }
         for decoded in Self.basicCredentials(in: bytes) { views.append(("base64", decoded)) }
         for (how, view) in views {
             for needle in needles where Self.contains(view, needle.bytes) {
@@ -130,14 +147,7 @@ public final class DLPScanner: @unchecked Sendable {
     }
 
     static func percentDecoded(_ bytes: [UInt8], plusIsSpace: Bool) -> [UInt8] {
-        func hex(_ byte: UInt8) -> UInt8? {
-            switch byte {
-            case 0x30...0x39: return byte - 0x30
-            case 0x41...0x46: return byte - 0x37
-            case 0x61...0x66: return byte - 0x57
-            default: return nil
-            }
-        }
+        let hex = HexDigit.value
         var out: [UInt8] = []
         out.reserveCapacity(bytes.count)
         var index = 0

@@ -259,7 +259,10 @@ public final class EgressProxy: @unchecked Sendable {
         let policy = current.policy
         var service: String?
         var verdict = EgressJudge.decide(host: host, policy: policy, grants: caller.grants, service: nil)
-        if !verdict.allowed || needsService {
+        // Which service calls is asked only when it could change the answer (a service's own list
+        // names the host) or an injection depends on it: the lookup reads the kernel's tables.
+        let serviceCouldAllow = !verdict.allowed && caller.grants.services.values.contains { $0.contains { $0.matches(host: host) } }
+        if serviceCouldAllow || needsService {
             service = hooks.identify(peer.0, peer.1)
             if service != nil { verdict = EgressJudge.decide(host: host, policy: policy, grants: caller.grants, service: service) }
         }

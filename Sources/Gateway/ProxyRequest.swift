@@ -156,26 +156,29 @@ struct ProxyRequest: Sendable {
 
         /// The next line from `index` (without CRLF), or nil until it is complete. A line longer
         /// than 4 KiB is an error.
-        private enum Line { case text(String), tooLong }
+        /// Chunks a body may have: a client sending a megabyte one byte at a time is refused.
+        static let maxChunks = 4096
+        private var chunks = 0
 
-        private mutating func line(_ bytes: [UInt8]) -> Line? {
+        /// The end of the line that starts at `index` (the CR of its CRLF), or nil until it is
+        /// complete; `tooLong` past 4 KiB.
+        private func lineEnd(_ bytes: [UInt8]) -> (end: Int?, tooLong: Bool) {
             var end = index
             while end + 1 < bytes.count {
-                if bytes[end] == 0x0d && bytes[end + 1] == 0x0a {
-                    defer { index = end + 2 }
-                    return .text(String(decoding: bytes[index..<end], as: UTF8.self))
-                }
+                if bytes[end] == 0x0d && bytes[end + 1] == 0x0a { return (end, false) }
                 end += 1
             }
-            return bytes.count - index > 4096 ? .tooLong : nil
+            return (nil, bytes.count - index > 4096)
         }
 
         mutating func feed(_ bytes: [UInt8]) -> Chunked {
             while true {
                 if inTrailers {
-                    guard let next = line(bytes) else { return .incomplete }
-                    guard case .text(let trailer) = next else { return .invalid("a trailer line is over 4 KiB") }
-                    if trailer.isEmpty { return .done(body: body, used: index) }
+                    let (found, tooLong) = lineEnd(bytes)
+                    guard let end = found else { return tooLong ? .invalid("a trailer line is over 4 KiB") : .incomplete }
+                    let empty = end == index
+                    index = end + 2
+                    if empty { return .done(body: body, used: index) }
                     continue
                 }
                 if let left = remaining {
@@ -186,14 +189,26 @@ struct ProxyRequest: Sendable {
                     remaining = nil
                     continue
                 }
-                guard let next = line(bytes) else { return .incomplete }
-                guard case .text(let text) = next else { return .invalid("a chunk size line is over 4 KiB") }
-                guard let size = Int(text.split(separator: ";").first.map(String.init)?.trimmingCharacters(in: .whitespaces) ?? "", radix: 16),
-                      size >= 0 else { return .invalid("a chunk size is not hexadecimal") }
+                let (found, tooLong) = lineEnd(bytes)
+                guard let end = found else { return tooLong ? .invalid("a chunk size line is over 4 KiB") : .incomplete }
+                // Hexadecimal digits, then optional spaces and an extension after ';'.
+                var size = 0, digits = 0, at = index
+                while at < end, let digit = HexDigit.value(bytes[at]) {
+                    size = size * 16 + Int(digit)
+                    digits += 1
+                    at += 1
+                    guard digits <= 8 else { return .invalid("a chunk size is too large") }
+                }
+                while at < end, bytes[at] == 0x20 || bytes[at] == 0x09 { at += 1 }
+                guard digits > 0, at == end || bytes[at] == 0x3b else { return .invalid("a chunk size is not hexadecimal") }
+                index = end + 2
                 if size == 0 { inTrailers = true; continue }
+                chunks += 1
+                guard chunks <= Self.maxChunks else { return .invalid("the body has more than \(Self.maxChunks) chunks") }
                 guard body.count + size <= limit else { return .invalid("the body is larger than \(limit) bytes") }
                 remaining = size
             }
         }
+
     }
 }

@@ -38,14 +38,24 @@ extension LocalDriver {
         let fields = line.split(separator: " ")
         guard fields.count > 9 else { return nil }
         let socket = "socket:[\(fields[9])]"
+        // At most `maxDescriptorsRead` descriptors are looked at: an environment that holds
+        // thousands cannot make each of its requests cost the proxy more (unknown: refused).
+        var budget = Self.maxDescriptorsRead
         for pid in pids {
             let directory = "/proc/\(pid)/fd"
-            guard let descriptors = try? FileManager.default.contentsOfDirectory(atPath: directory),
-                  descriptors.contains(where: { (try? FileManager.default.destinationOfSymbolicLink(atPath: directory + "/" + $0)) == socket }) else { continue }
-            return unit(of: pid, environment: environment).map(Self.serviceName(ofUnit:))
+            guard let descriptors = try? FileManager.default.contentsOfDirectory(atPath: directory) else { continue }
+            for descriptor in descriptors {
+                budget -= 1
+                guard budget >= 0 else { return nil }
+                if (try? FileManager.default.destinationOfSymbolicLink(atPath: directory + "/" + descriptor)) == socket {
+                    return unit(of: pid, environment: environment).map(Self.serviceName(ofUnit:))
+                }
+            }
         }
         return nil
     }
+
+    static let maxDescriptorsRead = 4096
 
     /// The unit (service replica, cache, job) whose control group holds `pid`.
     func unit(of pid: pid_t, environment: String) -> String? {

@@ -185,6 +185,11 @@ public enum IPAddress: Sendable, Hashable, CustomStringConvertible {
             return nil
         case .v6(let bytes):
             if bytes[0..<15].allSatisfy({ $0 == 0 }) { return bytes[15] == 1 ? "loopback" : "unspecified" }
+            // ::a.b.c.d (IPv4-compatible) and ::ffff:0:a.b.c.d (SIIT) carry an IPv4 address.
+            if bytes[0..<12].allSatisfy({ $0 == 0 }) { return "IPv4-compatible" }
+            if bytes[0..<8].allSatisfy({ $0 == 0 }) && bytes[8] == 0xff && bytes[9] == 0xff && bytes[10] == 0 && bytes[11] == 0 { return "IPv4-translated" }
+            if bytes[0] == 0xfe && bytes[1] & 0xc0 == 0xc0 { return "site-local" }
+            if bytes[0] == 0x01 && bytes[1] == 0 && bytes[2..<8].allSatisfy({ $0 == 0 }) { return "discard" }
             if bytes[0] == 0xfe && bytes[1] & 0xc0 == 0x80 { return "link-local" }
             if bytes[0] & 0xfe == 0xfc { return "private (unique local)" }
             if bytes[0] == 0xff { return "multicast" }

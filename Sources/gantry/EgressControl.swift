@@ -36,6 +36,9 @@ final class EgressControl: @unchecked Sendable {
     /// an environment asking for a thousand names cannot flood the notes.
     private var lastRecord: [String: (at: Date, suppressed: Int)] = [:]
     private var windows: [String: (start: Date, written: Int, suppressed: Int)] = [:]
+    /// Records written per environment and kind today (at most `recordsPerDay`).
+    private var daily: [String: (day: Int, written: Int)] = [:]
+    static let recordsPerDay = 300
     static let deniedRecordInterval: TimeInterval = 60
     static let dlpRecordInterval: TimeInterval = 10
     static let recordsPerMinute = 20
@@ -78,8 +81,10 @@ final class EgressControl: @unchecked Sendable {
         return EgressCaller(environment: environment, grants: spec.map(grants) ?? EgressGrants(), killed: board.reason(for: environment))
     }
 
-    /// Starts following: a refresh now, then on SIGUSR2 and every second.
+    /// Starts following: a refresh now, then on SIGUSR2 and every second (once: a second call
+    /// only refreshes).
     func start() {
+        guard !lock.withLock({ started }) else { return refreshQueue.sync { refreshNow() } }
         signal(SIGUSR2, SIG_IGN)
         let source = DispatchSource.makeSignalSource(signal: SIGUSR2, queue: refreshQueue)
         source.setEventHandler { [weak self] in self?.refreshNow() }
@@ -233,7 +238,7 @@ final class EgressControl: @unchecked Sendable {
         let key = "\(event.kind.rawValue)|\(event.environment)|\(event.service ?? "")|\(event.host)|\(event.rule)"
         let window = "\(event.kind.rawValue)|\(event.environment)"
         let now = Date()
-        let suppressed: (same: Int, others: Int)? = lock.withLock {
+        let suppressed = lock.withLock { () -> (same: Int, others: Int)? in
             if lastRecord.count > 10_000 { lastRecord = lastRecord.filter { now.timeIntervalSince($0.value.at) < interval } }
             var budget = windows[window] ?? (now, 0, 0)
             if now.timeIntervalSince(budget.start) >= 60 { budget = (now, 0, budget.suppressed) }
@@ -242,11 +247,15 @@ final class EgressControl: @unchecked Sendable {
                 lastRecord[key] = (last.at, last.suppressed + 1)
                 return nil
             }
-            guard budget.written < Self.recordsPerMinute else {
+            let day = Int(now.timeIntervalSince1970 / 86_400)
+            var today: (day: Int, written: Int) = daily[window].flatMap { $0.day == day ? $0 : nil } ?? (day, 0)
+            guard budget.written < Self.recordsPerMinute, today.written < Self.recordsPerDay else {
                 budget.suppressed += 1
                 return nil
             }
             budget.written += 1
+            today.written += 1
+            daily[window] = today
             let counts = (lastRecord[key]?.suppressed ?? 0, budget.suppressed)
             budget.suppressed = 0
             lastRecord[key] = (now, 0)
@@ -258,7 +267,7 @@ final class EgressControl: @unchecked Sendable {
         var fields: [(String, String)] = [("host", event.host), ("port", String(event.port)), ("service", event.service ?? "unknown"), ("rule", event.rule)]
         if event.kind == .denied { fields.append(("reason", event.reason)) }
         if suppressed.same > 0 { fields.append(("repeats", "\(suppressed.same) more since the last record")) }
-        if suppressed.others > 0 { fields.append(("unrecorded", "\(suppressed.others) more of this environment over the limit of \(Self.recordsPerMinute) records a minute (the proxy's counters have them all)")) }
+        if suppressed.others > 0 { fields.append(("unrecorded", "\(suppressed.others) more of this environment over the limits of \(Self.recordsPerMinute) records a minute and \(Self.recordsPerDay) a day (the proxy's counters have them all)")) }
         lifecycle.record(auditEvent, environment: event.environment, actor: "gantry",
                          history: "\(event.kind.rawValue) \(event.host):\(event.port) (\(event.rule))", fields)
     }

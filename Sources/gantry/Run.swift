@@ -144,24 +144,29 @@ struct Run: ParsableCommand {
         // The egress proxy and the kill switch.
         let egress = EgressControl(store: store, driver: driver, board: reconciler.killSwitches, secrets: secrets, lifecycle: lifecycle,
                                    logger: logger, pins: try EgressControl.pins(egressResolve))
+        reconciler.governed = { settings, _ in egress.governed(settings) }
+        reconciler.willApply = { egress.willApply($0, $1) }
         if !noEgress {
             if let gateway = driver.routerGateway {
                 do {
+                    // The switches and lists are loaded before the proxy listens (a restart never
+                    // lets a killed environment through for a moment).
                     let proxy = try EgressProxy(snapshot: .empty, hooks: egress.hooks, extraCertificates: egressCA)
-                    try proxy.start(host: gateway, port: egressPort)
                     egress.proxy = proxy
+                    egress.start()
+                    try proxy.start(host: gateway, port: egressPort)
                     driver.egressPort = proxy.port
                     try? Data("\(proxy.port)\n".utf8).write(to: URL(fileURLWithPath: paths.egressPortFile))
                     logger.info("egress proxy listening on \(gateway):\(proxy.port) (HTTP and CONNECT; DNS on UDP)")
                 } catch {
+                    egress.proxy?.stop()
+                    egress.proxy = nil
                     logger.error("the egress proxy could not start; environments reach nothing outside (use --egress-port)", metadata: ["error": "\(error)"])
                 }
             } else {
                 logger.warning("no egress proxy: environments share the host's network here (\(LocalDriver.networkSupport ?? "isolation is off")), so egress control is advisory")
             }
         }
-        reconciler.governed = { settings, _ in egress.governed(settings) }
-        reconciler.willApply = { egress.willApply($0, $1) }
         egress.start()
         defer {
             egress.stop()

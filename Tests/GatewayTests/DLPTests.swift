@@ -69,6 +69,17 @@ import Testing
         #expect(scanner.scan(Array(#"{"k": "Sup3r\u002bSecret\/Value_123"}"#.utf8), place: "body")?.rule == "secret:api")
     }
 
+    @Test func wrappedBase64AndJSONInsideAFormFieldAreCaught() {
+        let secret = "Sup3rS3cr3t+Val/ue=XYZ"
+        let scanner = DLPScanner(secrets: [("team", secret)])
+        // MIME base64 (76-column lines) and base64 wrapped every 16 characters.
+        let encoded = Data(("prefix-" + secret + "-suffix").utf8).base64EncodedString()
+        let wrapped = stride(from: 0, to: encoded.count, by: 16).map { String(encoded.dropFirst($0).prefix(16)) }.joined(separator: "\r\n")
+        #expect(scanner.scan(Array(wrapped.utf8), place: "body")?.rule == "secret:team")
+        // json_encode, then urlencode (PHP's way).
+        #expect(scanner.scan(Array("k=Sup3rS3cr3t%5Cu002bVal%5C%2Fue%3DXYZ".utf8), place: "body")?.rule == "secret:team")
+    }
+
     @Test func aChunkedBodyTrickledInIsDecodedOnce() {
         var decoder = ProxyRequest.ChunkedDecoder(limit: 1 << 20)
         let whole = Array((String(repeating: "1\r\nA\r\n", count: 2000) + "0\r\nX-T: 1\r\n\r\n").utf8)
@@ -76,6 +87,13 @@ import Testing
         for end in stride(from: 1, through: whole.count, by: 7) { result = decoder.feed(Array(whole[..<end])) }
         if result == .incomplete { result = decoder.feed(whole) }
         #expect(result == .done(body: Array(repeating: 0x41, count: 2000), used: whole.count))
+        // A body of too many chunks is refused, whatever its size.
+        var tiny = ProxyRequest.ChunkedDecoder(limit: 1 << 20)
+        if case .invalid(let why) = tiny.feed(Array(String(repeating: "1\r\nA\r\n", count: 5000).utf8)) {
+            #expect(why.contains("chunks"))
+        } else {
+            Issue.record("5000 one-byte chunks were accepted")
+        }
         var reader = TLSHello.Reader()
         #expect(reader.feed([0x16, 3, 1]) == .needMore)
     }

@@ -59,7 +59,7 @@ import Testing
 
     @Test func internalAddressesNeedTheOperatorsList() {
         let agentListed = grants(environment: ["169.254.169.254", "127.0.0.1", "10.0.0.0/8"])
-        for host in ["169.254.169.254", "127.0.0.1", "10.1.2.3", "::1", "fe80::1", "0.0.0.0", "100.64.0.1"] {
+        for host in ["169.254.169.254", "127.0.0.1", "10.1.2.3", "::1", "fe80::1", "0.0.0.0", "100.64.0.1", "::127.0.0.1", "::ffff:0:7f00:1", "fec0::1", "100::1"] {
             let verdict = EgressJudge.decide(host: HostName.normalize(host)!, policy: EgressPolicy(defaultAllows: true), grants: agentListed, service: nil)
             #expect(!verdict.allowed, "\(host) was allowed")
         }
