@@ -63,4 +63,29 @@ func markedProcesses(state: String) -> [(pid: Int32, mark: String)] {
 
 func killMarked(state: String) {
     for (pid, _) in markedProcesses(state: state) { kill(-pid, SIGKILL); kill(pid, SIGKILL) }
+    releaseLeftovers(state: state)
+}
+
+/// What a `gantry run` that left its services running (`--once`, or killed) leaves on the host
+/// besides its processes: its uids' claims and networks, its control groups and its host table.
+/// (Gantry's next start on the host would collect them; a test leaves nothing behind itself.)
+func releaseLeftovers(state: String) {
+    let path = URL(fileURLWithPath: state).standardizedFileURL.path
+    let registry = "/var/lib/gantry/uids"
+    for entry in (try? FileManager.default.contentsOfDirectory(atPath: registry)) ?? [] {
+        guard let uid = Int(entry), let claim = try? String(contentsOfFile: registry + "/" + entry, encoding: .utf8),
+              claim.split(separator: "\n").first.map(String.init) == path else { continue }
+        _ = try? Shell.run(["pkill", "-9", "-u", entry])
+        _ = try? Shell.run(["ip", "link", "del", "gantry\(uid)"])
+        _ = try? Shell.run(["ip", "netns", "del", "gantry-\(uid)"])
+        unlink(registry + "/" + entry)
+    }
+    // The instance is named by the state directory's path (LocalDriver: SHA-256, 6 bytes in hex).
+    guard let digest = try? Shell.run(["sha256sum"], input: path).stdout.prefix(12), digest.count == 12 else { return }
+    let groups = ((try? FileManager.default.contentsOfDirectory(atPath: "/sys/fs/cgroup")) ?? []).map { "/sys/fs/cgroup/\($0)/gantry-\(digest)" }
+        + ["/sys/fs/cgroup/gantry-\(digest)"]
+    for group in groups where FileManager.default.fileExists(atPath: group) {
+        _ = try? Shell.run(["find", group, "-depth", "-type", "d", "-exec", "rmdir", "{}", ";"])
+    }
+    _ = try? Shell.run(["nft", "delete", "table", "inet", "gantry_host_\(digest)"])
 }
