@@ -261,4 +261,40 @@ import TestSupport
         #expect(!records.contains(token))
         #expect(try gantry("audit", "verify", "--repo", repo.path, "--state", state.path).status == 0)
     }
+
+    @Test func killSwitchOnMainFreezesEverythingUntilTheCommitIsReverted() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        // One human's signature suffices for governance here (no second admin to approve).
+        func settings(killSwitch: Bool) throws {
+            let text = try String(contentsOfFile: repo.path + "/gantry.yaml", encoding: .utf8)
+            let lines = text.split(separator: "\n", omittingEmptySubsequences: false).filter {
+                !$0.hasPrefix("approvals:") && !$0.hasPrefix("  production:") && !$0.hasPrefix("  governance:") && !$0.hasPrefix("killSwitch:")
+            }
+            try repo.write("gantry.yaml", lines.joined(separator: "\n") + "killSwitch: \(killSwitch)\n")
+        }
+        try settings(killSwitch: false)
+        try repo.commitAsOwner("No approvals in this test")
+        let state = TemporaryDirectory()
+        defer { killMarked(state: state.path) }
+        let run = try GantryProcess(["run", "--repo", repo.path, "--state", state.path, "--interval", "0.5", "--stop-on-exit",
+                                     "--router-port", "0", "--egress-port", "0", "--no-api"], log: state.path + "/run.log")
+        defer { run.terminate() }
+        #expect(eventually(120) { status(state.path, "web")?["phase"] as? String == "Running" }, "\(log(state.path))")
+        let router = try #require(port(state.path + "/router.port"))
+        func routed() -> String {
+            (try? Shell.run(["curl", "-s", "--max-time", "10", "-H", "Host: www.web.localhost", "http://127.0.0.1:\(router)/"]))?.stdout ?? ""
+        }
+        #expect(routed().contains("hello"))
+        // A signed commit on main turns it on: every environment is frozen, the router says why.
+        try settings(killSwitch: true)
+        try repo.commitAsOwner("Kill switch: everything off")
+        #expect(eventually(30) { routed().contains("killSwitch: true in gantry.yaml") }, "\(routed()) \(log(state.path))")
+        // Reverting the commit lifts it.
+        try repo.git("revert", "--no-edit", "-S", "HEAD")
+        _ = try repo.signing(with: repo.ownerKeyPath) { try repo.git("commit", "--amend", "--no-edit", "-S") }
+        #expect(eventually(30) { routed().contains("hello") }, "\(routed()) \(log(state.path))")
+        let records = try gantry("audit", "log", "--repo", repo.path, "--env", "web", "--json").stdout
+        #expect(records.contains("\"kill-switch\"") && records.contains("protected branch"))
+    }
 }
