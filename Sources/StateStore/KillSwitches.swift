@@ -32,8 +32,8 @@ public struct KillSwitch: Sendable, Equatable, Codable {
         }
     }
 
-    /// `all`, `team payments`, `env web`.
-    public var label: String { scope == .all ? "all" : "\(scope.rawValue) \(name)" }
+    /// `all`, `team payments`, `env web` (gantry.yaml's switch: `all (gantry.yaml)`).
+    public var label: String { scope == .all ? (name.isEmpty ? "all" : "all (\(name))") : "\(scope.rawValue) \(name)" }
 }
 
 extension StateStore {

@@ -27,6 +27,9 @@ final class EgressControl: @unchecked Sendable {
 
     private let lock = NSLock()
     private var settings = Settings()
+    /// Whether a pass told the protected revision's settings yet (until then its kill switch is
+    /// the one the state DB remembers from the last run).
+    private var governedOnce = false
     private var covered: [String: String] = [:]
     /// Specs being applied, by environment (they hold until the apply ends).
     private var pending: [String: EnvironmentSpec] = [:]
@@ -109,8 +112,8 @@ final class EgressControl: @unchecked Sendable {
     /// The settings of the last admitted protected revision (each pass).
     func governed(_ new: Settings) {
         let changed = lock.withLock { () -> Bool in
-            defer { settings = new }
-            return settings != new
+            defer { settings = new; governedOnce = true }
+            return settings != new || !governedOnce
         }
         if changed { refresh() }
     }
@@ -120,7 +123,13 @@ final class EgressControl: @unchecked Sendable {
     /// One whole step: who is covered, frozen or thawed, what the proxy decides with, and the
     /// generation the commands wait for.
     private func refreshNow() {
-        let settings = lock.withLock { self.settings }
+        let (settings, governed) = lock.withLock { (self.settings, governedOnce) }
+        // gantry.yaml's switch is kept in the state DB too (scope all, name gantry.yaml): status
+        // shows it, and a restart holds it before its first pass has read the protected branch.
+        if governed, let main = try? store.killSwitches().contains(where: { $0.scope == .all && $0.name == Self.mainSwitch }), main != settings.killSwitch {
+            _ = try? store.setKillSwitch(.all, name: Self.mainSwitch, on: settings.killSwitch, actor: "protected branch",
+                                         reason: "killSwitch: true in gantry.yaml on the protected branch")
+        }
         guard let records = try? store.environments().filter({ $0.phase != .destroyed }),
               let every = try? store.killSwitches(lifted: true), let generations = try? store.killGenerations() else { return }
         let switches = every.filter(\.on)
@@ -158,6 +167,8 @@ final class EgressControl: @unchecked Sendable {
             logger.error("kill switch: \(open) connections are not closed yet; trying again")
         }
     }
+
+    static let mainSwitch = "gantry.yaml"
 
     /// Who turned on the switch that covers `environment` (gantry.yaml's: the protected branch).
     static func actor(of reason: String, switches: [KillSwitch], environment: String, records: [EnvironmentRecord]) -> String {

@@ -290,10 +290,15 @@ import TestSupport
         try settings(killSwitch: true)
         try repo.commitAsOwner("Kill switch: everything off")
         #expect(eventually(30) { routed().contains("killSwitch: true in gantry.yaml") }, "\(routed()) \(log(state.path))")
+        #expect((status(state.path, "web")?["killSwitch"] as? String)?.contains("gantry.yaml") == true)
+        // No command lifts it: only the protected branch does.
+        let lift = try gantry("kill", "--all", "--off", "--key", repo.ownerKeyPath, "--state", state.path, "--repo", repo.path)
+        #expect(lift.status != 0 && lift.stderr.contains("revert that commit"), "\(lift.stderr)")
         // Reverting the commit lifts it.
         try repo.git("revert", "--no-edit", "-S", "HEAD")
         _ = try repo.signing(with: repo.ownerKeyPath) { try repo.git("commit", "--amend", "--no-edit", "-S") }
         #expect(eventually(30) { routed().contains("hello") }, "\(routed()) \(log(state.path))")
+        #expect(status(state.path, "web")?["killSwitch"] is NSNull)
         let records = try gantry("audit", "log", "--repo", repo.path, "--env", "web", "--json").stdout
         #expect(records.contains("\"kill-switch\"") && records.contains("protected branch"))
     }
