@@ -24,6 +24,8 @@ final class EgressControl: @unchecked Sendable {
     let pinned: [String: [IPAddress]]
     let pinnedPorts: [String: Int]
     var proxy: EgressProxy?
+    /// Wakes the reconcile loop (a lifted switch's held applies go at once).
+    var wakeLoop: (@Sendable () -> Void)?
 
     private let lock = NSLock()
     private var settings = Settings()
@@ -153,14 +155,23 @@ final class EgressControl: @unchecked Sendable {
             lifecycle.record(.killSwitch, environment: name, actor: actor, history: "kill switch on: \(reason)",
                              [("state", "on"), ("reason", reason), ("processes", frozen ? "frozen" : "none running")])
         }
+        var released = false
         for (name, reason) in before where now[name] == nil {
             if records.contains(where: { $0.name == name }) { driver.setFrozen(name, false) }
+            // An apply or teardown the switch held is tried at the next pass, not after its backoff.
+            if var record = try? store.environment(name), record.conditions.contains(.applyFailed),
+               record.message?.contains("held by the kill switch") == true {
+                record.nextAttemptAt = Date()
+                try? store.save(record)
+                released = true
+            }
             logger.notice("kill switch lifted: \(name) runs again", metadata: ["gantry.env": "\(name)"])
             let team = records.first { $0.name == name }.flatMap { $0.appliedSpec?.team ?? $0.team }
             let lifter = settings.killSwitch ? nil : every.last { !$0.on && $0.covers(environment: name, team: team) }
             lifecycle.record(.killSwitch, environment: name, actor: lifter?.actor ?? "protected branch", history: "kill switch off (was: \(reason))",
                              [("state", "off"), ("was", reason)] + (lifter.map { [("note", $0.reason)] } ?? []))
         }
+        if released { wakeLoop?() }
         lock.withLock { covered = now }
         // Applied once every connection of the covered environments is closed (else the next refresh tries again).
         if open == 0 { try? store.markKillApplied(generations.requested) } else {

@@ -181,6 +181,7 @@ struct Run: ParsableCommand {
         }
         let stop = StopFlag()
         let wake = WakeSignal()
+        egress.wakeLoop = { wake.wake() }
         // The API starts beside the loop: reconciling never waits for it.
         let apiServer = LockedServer()
         if !noAPI {

@@ -294,10 +294,15 @@ import TestSupport
         // No command lifts it: only the protected branch does.
         let lift = try gantry("kill", "--all", "--off", "--key", repo.ownerKeyPath, "--state", state.path, "--repo", repo.path)
         #expect(lift.status != 0 && lift.stderr.contains("revert that commit"), "\(lift.stderr)")
-        // Reverting the commit lifts it.
-        try repo.git("revert", "--no-edit", "-S", "HEAD")
+        // A change made meanwhile waits, with the reason.
+        let web = try String(contentsOfFile: repo.path + "/environments/web.yaml", encoding: .utf8)
+        try repo.write("environments/web.yaml", web.replacingOccurrences(of: "  template: python-web", with: "  template: python-web\n  services: {web: {env: {GREETING: \"changed while frozen\"}}}"))
+        try repo.commitAsOwner("A change while everything is frozen")
+        #expect(eventually(30) { (status(state.path, "web")?["message"] as? String)?.contains("held by the kill switch") == true }, "\(log(state.path))")
+        // Reverting the switch's commit lifts it, and the held change is applied at once (not after its backoff).
+        try repo.git("revert", "--no-edit", "-S", "HEAD~1")
         _ = try repo.signing(with: repo.ownerKeyPath) { try repo.git("commit", "--amend", "--no-edit", "-S") }
-        #expect(eventually(30) { routed().contains("hello") }, "\(routed()) \(log(state.path))")
+        #expect(eventually(8) { routed().contains("changed while frozen") }, "\(routed()) \(log(state.path))")
         #expect(status(state.path, "web")?["killSwitch"] is NSNull)
         let records = try gantry("audit", "log", "--repo", repo.path, "--env", "web", "--json").stdout
         #expect(records.contains("\"kill-switch\"") && records.contains("protected branch"))
