@@ -17,9 +17,9 @@ deps:
 	fi
 
 ## The Python packages the tests drive Gantry with: the MCP client, and the OpenAPI answer check.
-PYTHON_PACKAGES := mcp==2.3.0 jsonschema pyyaml
+PYTHON_PACKAGES := mcp==2.3.0 jsonschema pyyaml kubernetes-validate
 pydeps:
-	@python3 -c "import jsonschema, yaml, importlib.metadata as m; assert m.version('mcp') == '2.3.0'" 2>/dev/null \
+	@python3 -c "import jsonschema, yaml, kubernetes_validate, importlib.metadata as m; assert m.version('mcp') == '2.3.0'" 2>/dev/null \
 	  || python3 -m pip install -q $(PYTHON_PACKAGES)
 
 build: deps

@@ -55,6 +55,8 @@ let package = Package(
                                                 .product(name: "NIOCore", package: "swift-nio"),
                                                 .product(name: "NIOPosix", package: "swift-nio"),
                                                 .product(name: "NIOSSL", package: "swift-nio-ssl")]),
+        // The cluster driver: an environment as Kubernetes objects (typed, Codable). No I/O yet.
+        .target(name: "KubernetesDriver", dependencies: ["SpecModel", .product(name: "Crypto", package: "swift-crypto")]),
         // The agents' API over one service layer: HTTP/JSON (Hummingbird), MCP (stdio and streamable
         // HTTP), Prometheus metrics. Bearer tokens act as principals under the protected branch's governance.
         .target(name: "API", dependencies: ["GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Reconciler", "Governance",
@@ -67,7 +69,7 @@ let package = Package(
                                             .product(name: "Logging", package: "swift-log")]),
         // The CLI and composition root.
         .executableTarget(name: "gantry", dependencies: [
-            "GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver", "Governance", "CEL", "Gateway", "API",
+            "GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver", "Governance", "CEL", "Gateway", "API", "KubernetesDriver",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -99,6 +101,8 @@ let package = Package(
         .testTarget(name: "EndToEndTests", dependencies: ["TestSupport", "GitStore", "Audit"]),
         // The egress proxy in-process: real sockets, curl as the client, Python servers upstream.
         .testTarget(name: "GatewayTests", dependencies: ["Gateway", "SpecModel", "TestSupport"]),
+        // Rendered manifests, validated by kubernetes-validate (PyPI) against a current Kubernetes.
+        .testTarget(name: "KubernetesDriverTests", dependencies: ["KubernetesDriver", "SpecModel", "SpecLoading", "GitStore", "TestSupport"]),
         // Replays Fuzz/corpus/ and Fuzz/regressions/ through the fuzz targets.
         .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets"]),
     ],

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import KubernetesDriver
 import LocalDriver
 import Reconciler
 import SpecLoading
@@ -118,13 +119,34 @@ struct Render: ParsableCommand {
     var env: String
     @Option(help: "The protected branch.")
     var branch = "main"
+    @Option(help: "json: the effective spec; kubernetes: the manifests the cluster driver would apply (multi-document YAML, secret values omitted).")
+    var format = "json"
+    @Flag(help: "With --format kubernetes: PostgreSQL as a CloudNativePG Cluster (the cluster has its CRD).")
+    var cloudnativePg = false
     @OptionGroup var state: StateOption
+
+    func validate() throws {
+        guard ["json", "kubernetes"].contains(format) else { throw ValidationError("--format must be json or kubernetes") }
+    }
 
     func run() throws {
         let repository = try GitRepositoryOpener.open(repo)
         let loader = ConfigLoader(repository: repository)
         let (found, commit, branchName) = try EnvironmentAtRef.find(env, ref: ref, protectedBranch: branch, in: repository)
         var spec = found.spec!
+        if format == "kubernetes" {
+            var options = KubernetesRenderer.Options()
+            options.cloudNativePG = cloudnativePg
+            let renderer = KubernetesRenderer(options: options)
+            let domain = loader.settings(at: try repository.resolveCommit(branch) ?? commit).settings.domain
+            do {
+                print("# \(found.name) from \(branchName)@\(commit.short): Kubernetes manifests (secret values are filled in on the data plane)")
+                print(try renderer.yaml(try renderer.render(spec, commit: commit.hex, domain: domain)), terminator: "")
+            } catch let error as KubernetesRenderer.RenderError {
+                throw Failure("\(found.loaded.file): \(error)")
+            }
+            return
+        }
         var ports: [String: Int] = [:]
         let paths = StatePaths(root: state.directory)
         if FileManager.default.fileExists(atPath: paths.database), let store = try? StateStore(path: paths.database) {

@@ -26,6 +26,15 @@ import TestSupport
         #expect(result.stdout.contains("\"name\" : \"web--agents-x\""))
         #expect(result.stdout.contains("\"class\" : \"preview\""))
         #expect(result.stdout.contains("hello from web--agents-x"))
+        // The cluster driver's manifests: a service needs an image there, and the file is named.
+        let noImage = try gantry("render", "--repo", repo.path, "--ref", "agents/x", "--env", "web", "--format", "kubernetes")
+        #expect(noImage.status != 0 && noImage.stderr.contains("environments/web.yaml") && noImage.stderr.contains("image is required"), "\(noImage.stderr)")
+        let web = try String(contentsOfFile: repo.path + "/environments/web.yaml", encoding: .utf8)
+        try repo.write("environments/web.yaml", web.replacingOccurrences(of: "  template: python-web", with: "  template: python-web\n  services: {web: {image: registry.example/web:1}}"))
+        try repo.commit("an image for the cluster")
+        let manifests = try gantry("render", "--repo", repo.path, "--ref", "agents/x", "--env", "web", "--format", "kubernetes")
+        #expect(manifests.status == 0, "\(manifests.stderr)")
+        #expect(manifests.stdout.contains("\"namespace\" : \"gantry-web--agents-x\"") && manifests.stdout.contains("\"kind\" : \"Ingress\""))
     }
 
     @Test func keysPrintsAnAllowedSignersLine() throws {
