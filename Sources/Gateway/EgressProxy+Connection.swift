@@ -209,9 +209,11 @@ final class ProxyConnection: ChannelInboundHandler, @unchecked Sendable {
                 let (connection, context) = bound.value
                 guard case .deciding = connection.state else { return }
                 if let finding {
-                    proxy.report(EgressEvent(kind: .dlpBlocked, environment: caller.environment, service: service, host: request.host,
+                    // A host name that holds a secret is not repeated anywhere.
+                    let host = finding.place == "host name" ? "(a host name holding a secret)" : request.host
+                    proxy.report(EgressEvent(kind: .dlpBlocked, environment: caller.environment, service: service, host: host,
                                              port: request.port, rule: finding.rule, reason: "\(finding)"))
-                    return connection.refuse(context, 403, "Forbidden", "DLP blocked this request to \(request.host): \(finding). Secrets must not leave an environment; let the proxy add the credential instead: egress: [{host: \(request.host), inject: {Authorization: \"Bearer ${secrets.NAME}\"}}]")
+                    return connection.refuse(context, 403, "Forbidden", "DLP blocked this request to \(host): \(finding). Secrets must not leave an environment; let the proxy add the credential instead: egress: [{host: \(host), inject: {Authorization: \"Bearer ${secrets.NAME}\"}}]")
                 }
                 if !verdict.allowed { return connection.deny(context, caller, service, request, verdict) }
                 connection.connect(context, request, caller, service, addresses, injection: injection, body: body)

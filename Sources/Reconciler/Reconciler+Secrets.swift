@@ -32,7 +32,7 @@ extension Reconciler {
         // What is written about environments (state DB, audit notes) never holds a secret's value.
         let redactor = Redactor(store: store)
         state.useRedactor(redactor)
-        audit.redact = { redactor.redact($0) }
+        audit.redact = { redactor.redact($0, fresh: true) }
         useSecrets(resolver: store)
     }
 

@@ -25,8 +25,10 @@ public final class Redactor: @unchecked Sendable {
 
     /// `text` with each secret value replaced by `[redacted secret NAME]`, longest first; a value is
     /// also caught percent-encoded (as it stands in a URL).
-    public func redact(_ text: String) -> String {
-        let values = current()
+    /// `fresh`: the secrets table is looked at now, whatever was checked a moment ago (a signed
+    /// record is kept for good: a secret set by another process 50 ms before must be masked).
+    public func redact(_ text: String, fresh: Bool = false) -> String {
+        let values = current(fresh: fresh)
         guard !values.isEmpty, !text.isEmpty else { return text }
         var result = text
         for (value, label) in values where result.contains(value) {
@@ -35,12 +37,12 @@ public final class Redactor: @unchecked Sendable {
         return result
     }
 
-    private func current() -> [(text: String, label: String)] {
+    private func current(fresh: Bool = false) -> [(text: String, label: String)] {
         // Every value this process set or read bumps the generation first, so a log line never
         // holds a value the redactor has not seen (and most lines cost no read of the DB).
         let generation = store.generation.value
         let now = Date()
-        if let known = lock.withLock({ seenGeneration == generation && now.timeIntervalSince(checkedAt) < Self.recheck ? values : nil }) { return known }
+        if !fresh, let known = lock.withLock({ seenGeneration == generation && now.timeIntervalSince(checkedAt) < Self.recheck ? values : nil }) { return known }
         let signature = try? store.state.pool.read { db in
             try Row.fetchOne(db, sql: "SELECT count(*) AS n, coalesce(max(updatedAt), '') AS at, coalesce(sum(version), 0) AS v FROM secrets")
                 .map { "\($0["n"] as Int):\($0["at"] as String):\($0["v"] as Int)" }

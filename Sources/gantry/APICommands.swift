@@ -31,7 +31,7 @@ enum APIComposition {
         audit.journal = StateJournal(store)
         if RepositoryLocation.isRemote(location) { audit.remote = location }
         if let redactor = masking(service, paths: paths, secrets: secrets ?? (try? SecretStore(state: store, keyPath: paths.secretsKey))) {
-            audit.redact = { redactor.redact($0) }
+            audit.redact = { redactor.redact($0, fresh: true) }
         }
         service.audit = audit
         service.sharedServers = { LocalDriver.sharedServers(state: store) }

@@ -80,7 +80,8 @@ struct Run: ParsableCommand {
         let driver = LocalDriver(stateDirectory: paths.root, state: store, logger: logger)
         let secrets = try SecretStore(state: store, keyPath: paths.secretsKey)
         driver.secrets = secrets
-        Logs.redactor = Redactor(store: secrets)
+        let redactor = Redactor(store: secrets)
+        Logs.redactor = redactor
         var options = Reconciler.Options()
         options.protectedBranch = branch
         options.pollInterval = interval
@@ -94,6 +95,8 @@ struct Run: ParsableCommand {
         // (An audit log of its own: it appends from its threads, chained through the same journal and lock.)
         let lifecycleAudit = AuditLog(repository: repository, key: key)
         lifecycleAudit.journal = StateJournal(store)
+        // (Its records name hosts an environment asked for: no secret may stand in them.)
+        lifecycleAudit.redact = { redactor.redact($0, fresh: true) }
         if RepositoryLocation.isRemote(location) { lifecycleAudit.remote = location }
         var lifecycleOptions = LifecycleController.Options()
         lifecycleOptions.stabilizationWindow = scaleDownWindow

@@ -178,6 +178,9 @@ import Testing
         // A secret in a host name is caught before the name is resolved (it would leave in a DNS query).
         let named = try f.curl(["http://\(secret.lowercased()).a.svc.test:\(f.plainPort)/"])
         #expect(named.status == "403" && named.body.contains("secret:orders-db"), "\(named)")
+        // The name is repeated nowhere (records, logs): it holds the secret.
+        #expect(f.events.last(.dlpBlocked)?.host == "(a host name holding a secret)")
+        #expect(!f.events.contains { $0.host.contains(secret.lowercased()) || $0.reason.contains(secret.lowercased()) })
     }
 
     @Test func injectedCredentialsReplaceTheRequestsOwnAndNeverReachTheEnvironment() throws {
