@@ -220,8 +220,9 @@ import TestSupport
         }
         let run = try GantryProcess(arguments + ["--stop-on-exit"], log: state.path + "/run.log")
         // Converged: every desired environment Running, and nothing else left (the sweep of deleted
-        // branches ends the pass, after the changed branches are applied).
-        #expect(eventually(60) {
+        // branches ends the pass, after the changed branches are applied). (Up to 2 minutes: on a
+        // loaded 2-core machine, the suite's other runs share it.)
+        #expect(eventually(120) {
             let listed = ((try? statusJSON(state.path)) ?? []).compactMap { $0["name"] as? String }
             return running(state.path) == expected && Set(listed) == expected
         }, "running: \(running(state.path)) want \(expected); \(((try? statusJSON(state.path)) ?? []).map { "\($0["name"] ?? "") \($0["phase"] ?? "") \($0["conditions"] ?? "") \($0["message"] ?? "")" })")
