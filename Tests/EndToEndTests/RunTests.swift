@@ -225,7 +225,7 @@ import TestSupport
         #expect(eventually(120) {
             let listed = ((try? statusJSON(state.path)) ?? []).compactMap { $0["name"] as? String }
             return running(state.path) == expected && Set(listed) == expected
-        }, "running: \(running(state.path)) want \(expected); \(((try? statusJSON(state.path)) ?? []).map { "\($0["name"] ?? "") \($0["phase"] ?? "") \($0["conditions"] ?? "") \($0["message"] ?? "")" })")
+        }, "running: \(running(state.path)) want \(expected); \(((try? statusJSON(state.path)) ?? []).map { "\($0["name"] ?? "") \($0["phase"] ?? "") \($0["conditions"] ?? "") \($0["message"] ?? "")" }) \(((try? String(contentsOfFile: state.path + "/run.log", encoding: .utf8)) ?? "").suffix(3000))")
         // Exactly one process per desired service, no orphans and no duplicates.
         #expect(eventually(10) {
             let marks = markedProcesses(state: state.path).map(\.mark)
