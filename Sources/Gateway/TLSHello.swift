@@ -10,12 +10,6 @@ enum TLSHello: Equatable {
     /// A ClientHello larger than this is refused.
     static let limit = 64 << 10
 
-    /// Reads the whole of `bytes` (tests; the proxy keeps a `Reader` across reads).
-    static func read(_ bytes: [UInt8]) -> TLSHello {
-        var reader = Reader()
-        return reader.feed(bytes)
-    }
-
     /// Reads a growing buffer record by record, never twice: each call looks only at what came
     /// since (a ClientHello trickled in byte by byte costs no more than one sent whole).
     struct Reader {

@@ -14,75 +14,32 @@ public struct LabelSelector: Codable, Sendable, Equatable {
     public var matchLabels: [String: String]
 }
 
+/// What every kind here has: its kind and metadata.
+public protocol KubernetesObject: Encodable, Sendable {
+    var kind: String { get }
+    var metadata: ObjectMeta { get }
+}
+
 /// One object of any kind: what `gantry render --format kubernetes` prints and the driver applies.
-public enum KubeObject: Sendable, Equatable {
-    case namespace(Namespace)
-    case deployment(Deployment)
-    case service(KubeService)
-    case ingress(Ingress)
-    case secret(Secret)
-    case networkPolicy(NetworkPolicy)
-    case resourceQuota(ResourceQuota)
-    case limitRange(LimitRange)
-    case horizontalPodAutoscaler(HorizontalPodAutoscaler)
-    case statefulSet(StatefulSet)
-    case postgresCluster(PostgresCluster)
+public struct KubeObject: Sendable {
+    public let object: any KubernetesObject
+    public init(_ object: any KubernetesObject) { self.object = object }
 
-    public var kind: String {
-        switch self {
-        case .namespace(let o): o.kind
-        case .deployment(let o): o.kind
-        case .service(let o): o.kind
-        case .ingress(let o): o.kind
-        case .secret(let o): o.kind
-        case .networkPolicy(let o): o.kind
-        case .resourceQuota(let o): o.kind
-        case .limitRange(let o): o.kind
-        case .horizontalPodAutoscaler(let o): o.kind
-        case .statefulSet(let o): o.kind
-        case .postgresCluster(let o): o.kind
-        }
-    }
+    public var kind: String { object.kind }
+    public var metadata: ObjectMeta { object.metadata }
 
-    public var metadata: ObjectMeta {
-        switch self {
-        case .namespace(let o): o.metadata
-        case .deployment(let o): o.metadata
-        case .service(let o): o.metadata
-        case .ingress(let o): o.metadata
-        case .secret(let o): o.metadata
-        case .networkPolicy(let o): o.metadata
-        case .resourceQuota(let o): o.metadata
-        case .limitRange(let o): o.metadata
-        case .horizontalPodAutoscaler(let o): o.metadata
-        case .statefulSet(let o): o.metadata
-        case .postgresCluster(let o): o.metadata
-        }
-    }
+    /// The object as `type`, when it is one.
+    public func `as`<T: KubernetesObject>(_ type: T.Type) -> T? { object as? T }
 
     /// The object as JSON (a YAML document too), keys sorted.
     public func json() throws -> String {
         let encoder = JSONEncoder()
         encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        let data: Data
-        switch self {
-        case .namespace(let o): data = try encoder.encode(o)
-        case .deployment(let o): data = try encoder.encode(o)
-        case .service(let o): data = try encoder.encode(o)
-        case .ingress(let o): data = try encoder.encode(o)
-        case .secret(let o): data = try encoder.encode(o)
-        case .networkPolicy(let o): data = try encoder.encode(o)
-        case .resourceQuota(let o): data = try encoder.encode(o)
-        case .limitRange(let o): data = try encoder.encode(o)
-        case .horizontalPodAutoscaler(let o): data = try encoder.encode(o)
-        case .statefulSet(let o): data = try encoder.encode(o)
-        case .postgresCluster(let o): data = try encoder.encode(o)
-        }
-        return String(decoding: data, as: UTF8.self)
+        return String(decoding: try encoder.encode(object), as: UTF8.self)
     }
 }
 
-public struct Namespace: Codable, Sendable, Equatable {
+public struct Namespace: KubernetesObject, Codable, Equatable {
     public var apiVersion = "v1"
     public var kind = "Namespace"
     public var metadata: ObjectMeta
@@ -157,7 +114,7 @@ public struct PodTemplate: Codable, Sendable, Equatable {
     public var spec: PodSpec
 }
 
-public struct Deployment: Codable, Sendable, Equatable {
+public struct Deployment: KubernetesObject, Codable, Equatable {
     public struct Spec: Codable, Sendable, Equatable {
         /// Nil when an autoscaler owns the count.
         public var replicas: Int?
@@ -170,7 +127,7 @@ public struct Deployment: Codable, Sendable, Equatable {
     public var spec: Spec
 }
 
-public struct KubeService: Codable, Sendable, Equatable {
+public struct KubeService: KubernetesObject, Codable, Equatable {
     public struct Port: Codable, Sendable, Equatable {
         public var name: String
         public var port: Int
@@ -188,7 +145,7 @@ public struct KubeService: Codable, Sendable, Equatable {
     public var spec: Spec
 }
 
-public struct Ingress: Codable, Sendable, Equatable {
+public struct Ingress: KubernetesObject, Codable, Equatable {
     public struct Backend: Codable, Sendable, Equatable {
         public struct ServiceBackend: Codable, Sendable, Equatable {
             public struct Port: Codable, Sendable, Equatable { public var number: Int }
@@ -218,7 +175,7 @@ public struct Ingress: Codable, Sendable, Equatable {
 }
 
 /// A Secret; its values are materialized on the data plane only (rendered with empty values).
-public struct Secret: Codable, Sendable, Equatable {
+public struct Secret: KubernetesObject, Codable, Equatable {
     public var apiVersion = "v1"
     public var kind = "Secret"
     public var metadata: ObjectMeta
@@ -226,7 +183,7 @@ public struct Secret: Codable, Sendable, Equatable {
     public var stringData: [String: String]
 }
 
-public struct NetworkPolicy: Codable, Sendable, Equatable {
+public struct NetworkPolicy: KubernetesObject, Codable, Equatable {
     public struct Port: Codable, Sendable, Equatable {
         public var `protocol`: String
         public var port: Int
@@ -255,7 +212,7 @@ public struct NetworkPolicy: Codable, Sendable, Equatable {
     public var spec: Spec
 }
 
-public struct ResourceQuota: Codable, Sendable, Equatable {
+public struct ResourceQuota: KubernetesObject, Codable, Equatable {
     public struct Spec: Codable, Sendable, Equatable { public var hard: [String: String] }
     public var apiVersion = "v1"
     public var kind = "ResourceQuota"
@@ -263,7 +220,7 @@ public struct ResourceQuota: Codable, Sendable, Equatable {
     public var spec: Spec
 }
 
-public struct LimitRange: Codable, Sendable, Equatable {
+public struct LimitRange: KubernetesObject, Codable, Equatable {
     public struct Item: Codable, Sendable, Equatable {
         public var type = "Container"
         public var `default`: [String: String]
@@ -276,7 +233,7 @@ public struct LimitRange: Codable, Sendable, Equatable {
     public var spec: Spec
 }
 
-public struct HorizontalPodAutoscaler: Codable, Sendable, Equatable {
+public struct HorizontalPodAutoscaler: KubernetesObject, Codable, Equatable {
     public struct Target: Codable, Sendable, Equatable {
         public var apiVersion = "apps/v1"
         public var kind = "Deployment"
@@ -306,7 +263,7 @@ public struct HorizontalPodAutoscaler: Codable, Sendable, Equatable {
     public var spec: Spec
 }
 
-public struct StatefulSet: Codable, Sendable, Equatable {
+public struct StatefulSet: KubernetesObject, Codable, Equatable {
     public struct Claim: Codable, Sendable, Equatable {
         public struct Spec: Codable, Sendable, Equatable {
             public var accessModes = ["ReadWriteOnce"]
@@ -329,7 +286,7 @@ public struct StatefulSet: Codable, Sendable, Equatable {
 }
 
 /// CloudNativePG's `Cluster` (when that CRD is installed).
-public struct PostgresCluster: Codable, Sendable, Equatable {
+public struct PostgresCluster: KubernetesObject, Codable, Equatable {
     public struct Spec: Codable, Sendable, Equatable {
         public struct Storage: Codable, Sendable, Equatable { public var size: String }
         public struct Bootstrap: Codable, Sendable, Equatable {

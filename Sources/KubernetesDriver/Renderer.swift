@@ -49,17 +49,17 @@ public struct KubernetesRenderer: Sendable {
         func meta(_ name: String, _ extra: [String: String] = [:]) -> ObjectMeta {
             ObjectMeta(name: name, namespace: namespace, labels: labels.merging(extra) { $1 }, annotations: ["gantry.dev/commit": commit])
         }
-        var objects: [KubeObject] = [.namespace(Namespace(metadata: ObjectMeta(name: namespace, namespace: nil, labels: labels,
+        var objects: [KubeObject] = [KubeObject(Namespace(metadata: ObjectMeta(name: namespace, namespace: nil, labels: labels,
                                                                                    annotations: ["gantry.dev/commit": commit])))]
         // Secrets: the environment's (`${secrets.X}`) and the credentials Gantry makes for its
         // databases and caches; their values are filled in on the data plane.
         let credentials = spec.databases.filter { $0.engine == "postgres" }.flatMap { ["\($0.name)-url", "\($0.name)-password"] }
             + spec.caches.flatMap { ["\($0.name)-url", "\($0.name)-password"] }
         if !spec.secrets.isEmpty {
-            objects.append(.secret(Secret(metadata: meta("gantry-secrets"), stringData: Dictionary(uniqueKeysWithValues: spec.secrets.map { ($0, "") }))))
+            objects.append(KubeObject(Secret(metadata: meta("gantry-secrets"), stringData: Dictionary(uniqueKeysWithValues: spec.secrets.map { ($0, "") }))))
         }
         if !credentials.isEmpty {
-            objects.append(.secret(Secret(metadata: meta("gantry-credentials"), stringData: Dictionary(uniqueKeysWithValues: credentials.map { ($0, "") }))))
+            objects.append(KubeObject(Secret(metadata: meta("gantry-credentials"), stringData: Dictionary(uniqueKeysWithValues: credentials.map { ($0, "") }))))
         }
         var quota = (cpu: 0.0, memory: 0, pods: 0)
         for service in spec.services {
@@ -84,23 +84,23 @@ public struct KubernetesRenderer: Sendable {
                 container.livenessProbe = Probe(httpGet: .init(path: path, port: Self.containerPort), timeoutSeconds: timeout, periodSeconds: 10, failureThreshold: 6)
             }
             let selector = labels.merging(own) { $1 }
-            objects.append(.deployment(Deployment(metadata: meta(service.name, own), spec: .init(
+            objects.append(KubeObject(Deployment(metadata: meta(service.name, own), spec: .init(
                 replicas: service.autoscale == nil ? service.replicas : nil, selector: LabelSelector(matchLabels: selector),
                 template: PodTemplate(metadata: ObjectMeta(name: service.name, namespace: nil, labels: selector, annotations: ["gantry.dev/commit": commit]),
                                       spec: PodSpec(containers: [container]))))))
-            objects.append(.service(KubeService(metadata: meta(service.name, own), spec: .init(
+            objects.append(KubeObject(KubeService(metadata: meta(service.name, own), spec: .init(
                 selector: selector, ports: [.init(name: "http", port: Self.servicePort, targetPort: Self.containerPort)], clusterIP: nil))))
             if let scale = service.autoscale {
                 // An HPA follows CPU (70% of the request): in-flight requests are the router's measure,
                 // which a cluster does not have; it never goes below one replica.
-                objects.append(.horizontalPodAutoscaler(HorizontalPodAutoscaler(metadata: meta(service.name, own), spec: .init(
+                objects.append(KubeObject(HorizontalPodAutoscaler(metadata: meta(service.name, own), spec: .init(
                     scaleTargetRef: .init(name: service.name), minReplicas: max(1, scale.min), maxReplicas: max(1, scale.max),
                     metrics: [.init(resource: .init(target: .init(averageUtilization: 70)))]))))
             }
         }
         for route in spec.routes {
             let host = "\(route.name).\(spec.name).\(domain)".lowercased()
-            objects.append(.ingress(Ingress(metadata: meta("route-\(route.name)"), spec: .init(ingressClassName: options.ingressClass, rules: [
+            objects.append(KubeObject(Ingress(metadata: meta("route-\(route.name)"), spec: .init(ingressClassName: options.ingressClass, rules: [
                 .init(host: host, http: .init(paths: [.init(backend: .init(service: .init(name: route.service, port: .init(number: Self.servicePort))))]))]))))
         }
         for database in spec.databases where database.engine == "postgres" {
@@ -118,22 +118,22 @@ public struct KubernetesRenderer: Sendable {
                                       ports: [ContainerPort(name: "redis", containerPort: 6379)],
                                       resources: Resources(requests: ["cpu": "100m", "memory": "\(128 << 20)"], limits: ["cpu": "250m", "memory": "\(256 << 20)"]))
             container.securityContext.runAsNonRoot = nil
-            objects.append(.deployment(Deployment(metadata: meta("redis-\(cache.name)", own), spec: .init(
+            objects.append(KubeObject(Deployment(metadata: meta("redis-\(cache.name)", own), spec: .init(
                 replicas: 1, selector: LabelSelector(matchLabels: selector),
                 template: PodTemplate(metadata: ObjectMeta(name: "redis-\(cache.name)", namespace: nil, labels: selector, annotations: nil),
                                       spec: PodSpec(containers: [container]))))))
-            objects.append(.service(KubeService(metadata: meta("redis-\(cache.name)", own), spec: .init(
+            objects.append(KubeObject(KubeService(metadata: meta("redis-\(cache.name)", own), spec: .init(
                 selector: selector, ports: [.init(name: "redis", port: 6379, targetPort: 6379)], clusterIP: nil))))
             quota.cpu += 0.25
             quota.memory += 256 << 20
             quota.pods += 1
         }
-        objects.append(.networkPolicy(networkPolicy(meta: meta("gantry-isolation"), namespace: namespace)))
+        objects.append(KubeObject(networkPolicy(meta: meta("gantry-isolation"), namespace: namespace)))
         // Room for a rolling update: twice what the environment asks, at least 2 pods more.
-        objects.append(.resourceQuota(ResourceQuota(metadata: meta("gantry-quota"), spec: .init(hard: [
+        objects.append(KubeObject(ResourceQuota(metadata: meta("gantry-quota"), spec: .init(hard: [
             "limits.cpu": Self.cpu(quota.cpu * 2), "limits.memory": "\(quota.memory * 2)",
             "requests.cpu": Self.cpu(quota.cpu * 2), "requests.memory": "\(quota.memory * 2)", "pods": "\(quota.pods * 2 + 2)"]))))
-        objects.append(.limitRange(LimitRange(metadata: meta("gantry-defaults"), spec: .init(limits: [
+        objects.append(KubeObject(LimitRange(metadata: meta("gantry-defaults"), spec: .init(limits: [
             .init(default: ["cpu": "250m", "memory": "\(256 << 20)"], defaultRequest: ["cpu": "250m", "memory": "\(256 << 20)"])]))))
         return objects
     }
@@ -215,7 +215,7 @@ public struct KubernetesRenderer: Sendable {
         let name = "postgres-\(database.name)"
         let own = ["gantry.dev/database": database.name]
         if options.cloudNativePG {
-            return [.postgresCluster(PostgresCluster(metadata: meta(name, own), spec: .init(
+            return [KubeObject(PostgresCluster(metadata: meta(name, own), spec: .init(
                 storage: .init(size: "1Gi"), bootstrap: .init(initdb: .init(database: database.name, owner: database.name)))))]
         }
         let selector = labels.merging(own) { $1 }
@@ -229,8 +229,8 @@ public struct KubernetesRenderer: Sendable {
                                   volumeMounts: [VolumeMount(name: "data", mountPath: "/var/lib/postgresql/data")])
         container.securityContext.runAsNonRoot = nil
         return [
-            .service(KubeService(metadata: meta(name, own), spec: .init(selector: selector, ports: [.init(name: "postgres", port: 5432, targetPort: 5432)], clusterIP: "None"))),
-            .statefulSet(StatefulSet(metadata: meta(name, own), spec: .init(
+            KubeObject(KubeService(metadata: meta(name, own), spec: .init(selector: selector, ports: [.init(name: "postgres", port: 5432, targetPort: 5432)], clusterIP: "None"))),
+            KubeObject(StatefulSet(metadata: meta(name, own), spec: .init(
                 serviceName: name, selector: LabelSelector(matchLabels: selector),
                 template: PodTemplate(metadata: ObjectMeta(name: name, namespace: nil, labels: selector, annotations: ["gantry.dev/commit": commit]),
                                       spec: PodSpec(containers: [container])),

@@ -33,6 +33,8 @@ final class EgressControl: @unchecked Sendable {
     /// the one the state DB remembers from the last run).
     private var governedOnce = false
     private var covered: [String: String] = [:]
+    /// The last DLP scanner and the secrets it was built for.
+    private var dlp: (key: [String], scanner: DLPScanner)?
     /// Specs being applied, by environment (they hold until the apply ends).
     private var pending: [String: EnvironmentSpec] = [:]
     private var started = false
@@ -151,7 +153,7 @@ final class EgressControl: @unchecked Sendable {
         for (name, reason) in now where before[name] == nil {
             let frozen = frozen[name] ?? false
             logger.warning("kill switch: \(name) cut off and frozen", metadata: ["gantry.env": "\(name)", "reason": "\(reason)"])
-            let actor = Self.actor(of: reason, switches: switches, environment: name, records: records)
+            let actor = Self.actor(switches: switches, environment: name, records: records)
             lifecycle.record(.killSwitch, environment: name, actor: actor, history: "kill switch on: \(reason)",
                              [("state", "on"), ("reason", reason), ("processes", frozen ? "frozen" : "none running")])
         }
@@ -182,7 +184,7 @@ final class EgressControl: @unchecked Sendable {
     static let mainSwitch = "gantry.yaml"
 
     /// Who turned on the switch that covers `environment` (gantry.yaml's: the protected branch).
-    static func actor(of reason: String, switches: [KillSwitch], environment: String, records: [EnvironmentRecord]) -> String {
+    static func actor(switches: [KillSwitch], environment: String, records: [EnvironmentRecord]) -> String {
         let team = records.first { $0.name == environment }.flatMap { $0.appliedSpec?.team ?? $0.team }
         return switches.first { $0.covers(environment: environment, team: team) }?.actor ?? "protected branch"
     }
@@ -203,8 +205,20 @@ final class EgressControl: @unchecked Sendable {
             let spec = applying[name] ?? byName[name]?.appliedSpec
             callers[address] = EgressCaller(environment: name, grants: spec.map(grants) ?? EgressGrants(), killed: covered[name])
         }
+        return EgressSnapshot(policy: policy, callers: callers, dlp: scanner())
+    }
+
+    /// The DLP scanner for the secrets stored now: built again only when they changed (each
+    /// refresh, every second, would otherwise compile its patterns anew).
+    private func scanner() -> DLPScanner {
         let values = ((try? secrets.allValues()) ?? []).compactMap { name, value in String(data: value, encoding: .utf8).map { (name: name, value: $0) } }
-        return EgressSnapshot(policy: policy, callers: callers, dlp: DLPScanner(secrets: values))
+        let key = values.map { $0.name + "\u{0}" + $0.value }.sorted()
+        return lock.withLock {
+            if let cached = dlp, cached.key == key { return cached.scanner }
+            let made = DLPScanner(secrets: values)
+            dlp = (key, made)
+            return made
+        }
     }
 
     /// An environment's lists and injections, with the secrets of its injections resolved.

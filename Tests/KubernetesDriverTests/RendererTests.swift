@@ -75,7 +75,7 @@ import TestSupport
     @Test func secretsAreReferencesNeverValues() throws {
         let renderer = KubernetesRenderer()
         let objects = try renderer.render(try rich(), commit: "c", domain: "example.com")
-        guard case .deployment(let api)? = objects.first(where: { $0.kind == "Deployment" && $0.metadata.name == "api" }) else {
+        guard let api = objects.first(where: { $0.kind == "Deployment" && $0.metadata.name == "api" })?.as(Deployment.self) else {
             Issue.record("no api deployment"); return
         }
         let env = Dictionary(api.spec.template.spec.containers[0].env!.map { ($0.name, $0) }, uniquingKeysWith: { a, _ in a })
@@ -91,7 +91,7 @@ import TestSupport
         #expect(api.spec.replicas == nil)
         let yaml = try renderer.yaml(objects)
         #expect(!yaml.contains("${"))
-        guard case .secret(let secrets)? = objects.first(where: { $0.kind == "Secret" && $0.metadata.name == "gantry-secrets" }) else {
+        guard let secrets = objects.first(where: { $0.kind == "Secret" && $0.metadata.name == "gantry-secrets" })?.as(Secret.self) else {
             Issue.record("no secret"); return
         }
         #expect(secrets.stringData == ["stripe-key": ""])
@@ -99,7 +99,7 @@ import TestSupport
 
     @Test func theNetworkPolicyLetsOutDNSAndTheProxyOnly() throws {
         let objects = try KubernetesRenderer().render(try rich(), commit: "c", domain: "example.com")
-        guard case .networkPolicy(let policy)? = objects.first(where: { $0.kind == "NetworkPolicy" }) else { Issue.record("no policy"); return }
+        guard let policy = objects.first(where: { $0.kind == "NetworkPolicy" })?.as(NetworkPolicy.self) else { Issue.record("no policy"); return }
         #expect(policy.spec.policyTypes == ["Ingress", "Egress"] && policy.spec.podSelector.matchLabels.isEmpty)
         let out = policy.spec.egress.flatMap(\.to).compactMap { $0.namespaceSelector?.matchLabels["kubernetes.io/metadata.name"] }
         #expect(Set(out) == ["gantry-shop", "kube-system", "gantry-system"])
