@@ -19,6 +19,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-nio", from: "2.101.3"),
         .package(url: "https://github.com/apple/swift-http-types", from: "1.8.0"),
         .package(url: "https://github.com/apple/swift-nio-ssl", from: "2.37.2"),
+        .package(url: "https://github.com/swift-server/async-http-client", from: "1.37.0"),
     ],
     targets: [
         // System-library shim for libgit2 (Debian libgit2-dev). No logic.
@@ -55,8 +56,15 @@ let package = Package(
                                                 .product(name: "NIOCore", package: "swift-nio"),
                                                 .product(name: "NIOPosix", package: "swift-nio"),
                                                 .product(name: "NIOSSL", package: "swift-nio-ssl")]),
-        // The cluster driver: an environment as Kubernetes objects (typed, Codable). No I/O yet.
-        .target(name: "KubernetesDriver", dependencies: ["SpecModel", .product(name: "Crypto", package: "swift-crypto")]),
+        // The cluster driver: an environment as Kubernetes objects (typed, Codable), applied
+        // server-side through a thin API client (async-http-client), pruned by an inventory in the state DB.
+        .target(name: "KubernetesDriver", dependencies: ["SpecModel", "SpecLoading", "Reconciler", "StateStore",
+                                                         .product(name: "Crypto", package: "swift-crypto"),
+                                                         .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                                                         .product(name: "NIOCore", package: "swift-nio"),
+                                                         .product(name: "NIOHTTP1", package: "swift-nio"),
+                                                         .product(name: "NIOSSL", package: "swift-nio-ssl"),
+                                                         .product(name: "Logging", package: "swift-log")]),
         // The agents' API over one service layer: HTTP/JSON (Hummingbird), MCP (stdio and streamable
         // HTTP), Prometheus metrics. Bearer tokens act as principals under the protected branch's governance.
         .target(name: "API", dependencies: ["GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Reconciler", "Governance",
@@ -102,7 +110,9 @@ let package = Package(
         // The egress proxy in-process: real sockets, curl as the client, Python servers upstream.
         .testTarget(name: "GatewayTests", dependencies: ["Gateway", "SpecModel", "TestSupport"]),
         // Rendered manifests, validated by kubernetes-validate (PyPI) against a current Kubernetes.
-        .testTarget(name: "KubernetesDriverTests", dependencies: ["KubernetesDriver", "SpecModel", "SpecLoading", "GitStore", "TestSupport"]),
+        .testTarget(name: "KubernetesDriverTests", dependencies: ["KubernetesDriver", "SpecModel", "SpecLoading", "GitStore", "TestSupport",
+                                                                  "Reconciler", "StateStore", "Audit", "Governance",
+                                                                  .product(name: "Logging", package: "swift-log")]),
         // Replays Fuzz/corpus/ and Fuzz/regressions/ through the fuzz targets.
         .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets"]),
     ],

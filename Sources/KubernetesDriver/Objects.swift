@@ -16,6 +16,7 @@ public struct LabelSelector: Codable, Sendable, Equatable {
 
 /// What every kind here has: its kind and metadata.
 public protocol KubernetesObject: Encodable, Sendable {
+    var apiVersion: String { get }
     var kind: String { get }
     var metadata: ObjectMeta { get }
 }
@@ -25,6 +26,7 @@ public struct KubeObject: Sendable {
     public let object: any KubernetesObject
     public init(_ object: any KubernetesObject) { self.object = object }
 
+    public var apiVersion: String { object.apiVersion }
     public var kind: String { object.kind }
     public var metadata: ObjectMeta { object.metadata }
 
@@ -32,10 +34,13 @@ public struct KubeObject: Sendable {
     public func `as`<T: KubernetesObject>(_ type: T.Type) -> T? { object as? T }
 
     /// The object as JSON (a YAML document too), keys sorted.
-    public func json() throws -> String {
+    public func json() throws -> String { String(decoding: try jsonData(pretty: true), as: UTF8.self) }
+
+    /// The object as JSON: what the driver sends as an apply patch.
+    public func jsonData(pretty: Bool = false) throws -> Data {
         let encoder = JSONEncoder()
-        encoder.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        return String(decoding: try encoder.encode(object), as: UTF8.self)
+        encoder.outputFormatting = pretty ? [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes] : [.sortedKeys, .withoutEscapingSlashes]
+        return try encoder.encode(object)
     }
 }
 
@@ -180,7 +185,10 @@ public struct Secret: KubernetesObject, Codable, Equatable {
     public var kind = "Secret"
     public var metadata: ObjectMeta
     public var type = "Opaque"
-    public var stringData: [String: String]
+    /// As rendered: the keys, with empty values (values are filled in on the data plane).
+    public var stringData: [String: String]?
+    /// As applied: base64 values.
+    public var data: [String: String]?
 }
 
 public struct NetworkPolicy: KubernetesObject, Codable, Equatable {

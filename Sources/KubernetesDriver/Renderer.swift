@@ -53,7 +53,8 @@ public struct KubernetesRenderer: Sendable {
                                                                                    annotations: ["gantry.dev/commit": commit])))]
         // Secrets: the environment's (`${secrets.X}`) and the credentials Gantry makes for its
         // databases and caches; their values are filled in on the data plane.
-        let credentials = spec.databases.filter { $0.engine == "postgres" }.flatMap { ["\($0.name)-url", "\($0.name)-password"] }
+        // (CloudNativePG makes a database's credentials itself: its `<cluster>-app` Secret.)
+        let credentials = spec.databases.filter { $0.engine == "postgres" && !options.cloudNativePG }.flatMap { ["\($0.name)-url", "\($0.name)-password"] }
             + spec.caches.flatMap { ["\($0.name)-url", "\($0.name)-password"] }
         if !spec.secrets.isEmpty {
             objects.append(KubeObject(Secret(metadata: meta("gantry-secrets"), stringData: Dictionary(uniqueKeysWithValues: spec.secrets.map { ($0, "") }))))
@@ -86,7 +87,7 @@ public struct KubernetesRenderer: Sendable {
             let selector = labels.merging(own) { $1 }
             objects.append(KubeObject(Deployment(metadata: meta(service.name, own), spec: .init(
                 replicas: service.autoscale == nil ? service.replicas : nil, selector: LabelSelector(matchLabels: selector),
-                template: PodTemplate(metadata: ObjectMeta(name: service.name, namespace: nil, labels: selector, annotations: ["gantry.dev/commit": commit]),
+                template: PodTemplate(metadata: ObjectMeta(name: service.name, namespace: nil, labels: selector, annotations: nil),
                                       spec: PodSpec(containers: [container]))))))
             objects.append(KubeObject(KubeService(metadata: meta(service.name, own), spec: .init(
                 selector: selector, ports: [.init(name: "http", port: Self.servicePort, targetPort: Self.containerPort)], clusterIP: nil))))
@@ -203,6 +204,7 @@ public struct KubernetesRenderer: Sendable {
             if spec.databases.first(where: { $0.name == parts[1] })?.engine == "sqlite" {
                 return .text("sqlite:///data/\(parts[1]).sqlite")
             }
+            if options.cloudNativePG { return secret("postgres-\(parts[1])-app", "uri") }
             return secret("gantry-credentials", "\(parts[1])-url")
         case ("caches", 3) where parts[2] == "url": return secret("gantry-credentials", "\(parts[1])-url")
         case ("secrets", 2): return secret("gantry-secrets", parts[1])
@@ -232,7 +234,7 @@ public struct KubernetesRenderer: Sendable {
             KubeObject(KubeService(metadata: meta(name, own), spec: .init(selector: selector, ports: [.init(name: "postgres", port: 5432, targetPort: 5432)], clusterIP: "None"))),
             KubeObject(StatefulSet(metadata: meta(name, own), spec: .init(
                 serviceName: name, selector: LabelSelector(matchLabels: selector),
-                template: PodTemplate(metadata: ObjectMeta(name: name, namespace: nil, labels: selector, annotations: ["gantry.dev/commit": commit]),
+                template: PodTemplate(metadata: ObjectMeta(name: name, namespace: nil, labels: selector, annotations: nil),
                                       spec: PodSpec(containers: [container])),
                 volumeClaimTemplates: [.init(metadata: ObjectMeta(name: "data", namespace: nil, labels: nil, annotations: nil),
                                              spec: .init(resources: Resources(requests: ["storage": "1Gi"], limits: nil)))]))),

@@ -18,14 +18,24 @@ extension LocalDriver {
         return try operating(on: name) { try tearDown(name, sources: sources, progress: progress) }
     }
 
+    /// Whether anything of `name` is here besides services: its directory, a uid, a database, a network.
+    private func holdsAnything(_ name: String) throws -> Bool {
+        try FileManager.default.fileExists(atPath: root.appendingPathComponent(name).path)
+            || !state.allocations(Self.uidAllocation, of: name).isEmpty || !state.allocations(Self.databaseAllocation, of: name).isEmpty
+            || !state.allocations(Self.networkAllocation, of: name).isEmpty
+    }
+
+    public func holds(environment name: String) -> Bool {
+        guard Self.isSafeName(name) else { return false }
+        return (try? !state.services(of: name).isEmpty || holdsAnything(name)) ?? true
+    }
+
     private func tearDown(_ name: String, sources: (any SourceStore)?, progress: (String) -> Void) throws -> [String] {
         var problems: [String] = []
         // Never applied (no service, no directory, nothing allocated): nothing of it can run, and
         // the scans of /proc below are skipped (a pass may tear down thousands of such previews).
         let services = try state.services(of: name)
-        if services.isEmpty, !FileManager.default.fileExists(atPath: root.appendingPathComponent(name).path),
-           try state.allocations(Self.uidAllocation, of: name).isEmpty, try state.allocations(Self.databaseAllocation, of: name).isEmpty,
-           try state.allocations(Self.networkAllocation, of: name).isEmpty {
+        if services.isEmpty, !(try holdsAnything(name)) {
             try? secrets?.forgetCredentials(of: name)
             return []
         }

@@ -105,6 +105,16 @@ public protocol Driver: AnyObject, Sendable {
     func drift(_ environment: PlannedEnvironment) -> [String]
     /// Stops everything without forgetting it (used when Gantry shuts down with `--stop-on-exit`).
     func shutdown()
+    /// Whether anything of the environment is on this driver (a driver that may be wrong says yes).
+    func holds(environment name: String) -> Bool
+    /// Whether `drift` has anything to look at for this environment (called every pass).
+    func checksDrift(_ environment: PlannedEnvironment) -> Bool
+}
+
+extension Driver {
+    public func holds(environment name: String) -> Bool { true }
+    /// A driver that only supervises processes looks for drift in databases.
+    public func checksDrift(_ environment: PlannedEnvironment) -> Bool { !environment.spec.databases.isEmpty }
 }
 
 /// A secret's value as a driver receives it, with its version: fingerprints and rotations count

@@ -20,7 +20,7 @@ extension Reconciler {
         let asleep = (try? state.lifecycleStates()) ?? [:]
         for record in (try? state.environments()) ?? [] where record.phase == .running && !operations.isBusy(record.name) && asleep[record.name] == nil
                                                               && killSwitches.reason(for: record.name) == nil {
-            guard let plan = appliedPlan(record), !plan.spec.databases.isEmpty else { continue }
+            guard let plan = appliedPlan(record), driver.checksDrift(plan) else { continue }
             let found = driver.drift(plan)
             guard !found.isEmpty else { continue }
             if options.detectOnly {

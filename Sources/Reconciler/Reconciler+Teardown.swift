@@ -133,7 +133,6 @@ extension Reconciler {
     /// The lifecycle's pass (idle sleep, requests, ledger, budgets), then the teardown of the
     /// previews whose TTL ran out: a `ttl-expired` record, then the teardown as for a deleted branch.
     func expire(context: PassContext, _ summary: inout PassSummary) {
-        governed?(context.settings, context.revision.hex)
         guard let lifecycle else { return }
         for expiry in lifecycle.tick(settings: context.settings, revision: context.revision.hex) {
             guard let record = try? state.environment(expiry.environment), record.phase != .destroyed,

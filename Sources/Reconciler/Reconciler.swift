@@ -242,6 +242,8 @@ public final class Reconciler: @unchecked Sendable {
             correctDrift(&summary)
             return
         }
+        // (Before anything is applied: the drivers' choice and the egress rules follow these settings.)
+        governed?(context.settings, context.revision.hex)
         let processed = try processedRefs()
         let protectedBranch = context.protectedBranch
         let environments = try state.environments()

@@ -89,6 +89,14 @@ enum SpecDecoder {
             egress.finish(&diagnostics)
         }
         settings.killSwitch = reader.bool("killSwitch", &diagnostics) ?? false
+        for (target, node) in reader.entries("drivers", &diagnostics) {
+            guard let driver = NodeReader.string(node, path: "drivers.\(target)", &diagnostics) else { continue }
+            guard Settings.driverNames.contains(driver) else {
+                diagnostics.append(Diagnostic(node.mark, "drivers.\(target): unknown driver '\(driver)'\(suggestion(driver, Settings.driverNames)); the drivers are \(Settings.driverNames.joined(separator: ", "))"))
+                continue
+            }
+            settings.drivers[target] = driver
+        }
         let classes = EnvironmentClass.allCases.map(\.rawValue)
         for (target, node) in reader.entries("clones", &diagnostics) {
             guard case .sequence(let items, _) = node else {

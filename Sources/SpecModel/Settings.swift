@@ -10,6 +10,10 @@ public struct Settings: Sendable, Codable, Equatable {
     public var budgets = Budgets()
     public var egress = Egress()
     public var killSwitch = false
+    /// `drivers.<class or environment>`: the driver that runs those environments (`local`,
+    /// `kubernetes`); an environment's own name wins over its class; absent: `local`.
+    public var drivers: [String: String] = [:]
+    public static let driverNames = ["local", "kubernetes"]
     /// `clones.<class>`: the classes an environment of that class may `cloneFrom` (absent: every
     /// class but production).
     public var clones: [String: [String]] = [:]
@@ -19,6 +23,11 @@ public struct Settings: Sendable, Codable, Equatable {
     /// Whether an environment of class `target` may clone the data of one of class `source`.
     public func mayClone(from source: String, into target: String) -> Bool {
         clones[target].map { $0.contains(source) } ?? (source != "production")
+    }
+
+    /// The driver of the environment `name` of class `envClass`.
+    public func driver(for name: String, class envClass: String) -> String {
+        drivers[name] ?? drivers[envClass] ?? "local"
     }
 
     /// The `approvals` key for changes to gantry.yaml, identities/ and policies/ on the protected branch.

@@ -217,6 +217,17 @@ public final class StateStore: Sendable {
             }
             try db.execute(sql: "INSERT INTO killGenerations(id, requested, applied) VALUES (1, 0, 0)")
         }
+        migrator.registerMigration("v8") { db in
+            // What a cluster driver applied for an environment (object references, never their
+            // content): pruning deletes what a new revision no longer renders, teardown knows
+            // where to look.
+            try db.create(table: "clusterInventory") { t in
+                t.column("environment", .text).notNull()
+                t.column("driver", .text).notNull()
+                t.column("entry", .text).notNull()
+                t.primaryKey(["environment", "driver", "entry"])
+            }
+        }
         return migrator
     }
 

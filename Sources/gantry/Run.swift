@@ -4,6 +4,7 @@ import API
 import Foundation
 import Gateway
 import GitStore
+import KubernetesDriver
 import LocalDriver
 import Logging
 import Reconciler
@@ -52,6 +53,7 @@ struct Run: ParsableCommand {
     var egressResolve: [String] = []
     @Option(help: "A PEM file of extra certificate authorities the egress proxy trusts when it speaks TLS for an injected credential.")
     var egressCA: String?
+    @OptionGroup var kubernetes: KubernetesOptions
 
     func validate() throws {
         guard interval > 0 else { throw ValidationError("--interval must be a positive number of seconds") }
@@ -80,13 +82,18 @@ struct Run: ParsableCommand {
         let driver = LocalDriver(stateDirectory: paths.root, state: store, logger: logger)
         let secrets = try SecretStore(state: store, keyPath: paths.secretsKey)
         driver.secrets = secrets
+        // gantry.yaml's `drivers` put environments on the cluster; the rest stay local.
+        let cluster = try kubernetes.driver(state: store, logger: logger)
+        cluster.secrets = secrets
+        let drivers = DriverRouter(drivers: ["local": driver, KubernetesDriver.name: cluster])
         let redactor = Redactor(store: secrets)
         Logs.redactor = redactor
         var options = Reconciler.Options()
         options.protectedBranch = branch
         options.pollInterval = interval
         options.detectOnly = detectOnly
-        let reconciler = Reconciler(repository: repository, state: store, audit: audit, driver: driver, logger: logger, options: options)
+        let reconciler = Reconciler(repository: repository, state: store, audit: audit, driver: drivers, logger: logger, options: options)
+        reconciler.governed = { settings, _ in drivers.govern(settings) }
         if RepositoryLocation.isRemote(location) {
             reconciler.beforePass = { try repository.fetch(url: location) }
         }
@@ -147,7 +154,10 @@ struct Run: ParsableCommand {
         // The egress proxy and the kill switch.
         let egress = EgressControl(store: store, driver: driver, board: reconciler.killSwitches, secrets: secrets, lifecycle: lifecycle,
                                    logger: logger, pins: try EgressControl.pins(egressResolve))
-        reconciler.governed = { settings, _ in egress.governed(settings) }
+        reconciler.governed = { settings, _ in
+            drivers.govern(settings)
+            egress.governed(settings)
+        }
         reconciler.willApply = { egress.willApply($0, $1) }
         if !noEgress {
             if let gateway = driver.routerGateway {
