@@ -53,7 +53,12 @@ public struct KubeConfig: Sendable {
         guard let data = FileManager.default.contents(atPath: path) else {
             throw KubeConfigError("\(path): cannot be read (pass --kubeconfig with a readable file)")
         }
-        let root = try YAMLParser().parse(data, file: path)
+        let root: YAMLNode
+        do {
+            root = try YAMLParser().parse(data, file: path)
+        } catch let problem as Diagnostic {
+            throw KubeConfigError("\(problem)")
+        }
         let directory = URL(fileURLWithPath: path).deletingLastPathComponent().path
         func fail(_ node: YAMLNode, _ message: String) -> KubeConfigError { KubeConfigError("\(node.mark): \(message)") }
         func field(_ node: YAMLNode, _ key: String) -> YAMLNode? {

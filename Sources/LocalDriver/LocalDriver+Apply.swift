@@ -15,6 +15,9 @@ extension LocalDriver {
     public func apply(_ environment: PlannedEnvironment, progress: (String) -> Void) throws -> ApplyOutcome {
         try Self.checkName(environment.name)
         for database in environment.spec.databases { if let source = database.cloneFrom { try Self.checkName(source) } }
+        for service in environment.spec.services where service.command.isEmpty {
+            throw RevisionError("service \(service.name) has an image but no command: the local driver runs commands; give it one, or put the environment on the kubernetes driver (gantry.yaml's drivers)")
+        }
         return try operating(on: environment.name) { try converge(environment, progress: progress) }
     }
 

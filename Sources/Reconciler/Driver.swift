@@ -53,6 +53,9 @@ public struct PlannedEnvironment: Sendable {
     public let domain: String
     /// The revision's files.
     public let source: any SourceSnapshot
+    /// The driver gantry.yaml's `drivers` names for it (`local`, `kubernetes`); nil for a revision
+    /// that runs already (drift, a rotation): wherever it runs.
+    public var driver: String?
 
     public init(name: String, branch: String, commit: ObjectID, spec: EnvironmentSpec, fingerprint: String,
                 domain: String, source: any SourceSnapshot) {

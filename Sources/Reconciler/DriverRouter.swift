@@ -1,16 +1,15 @@
 import Foundation
 import SpecModel
 
-/// The drivers of one Gantry, each environment on the one gantry.yaml's `drivers` names for it
-/// (its own name, else its class; `local` when neither is listed). The settings are those of the
-/// last admitted protected revision, handed over each pass (`govern`): a branch cannot choose.
+/// The drivers of one Gantry. A revision to apply goes to the driver gantry.yaml's `drivers`
+/// names for it (its own name, else its class; `local` when neither is listed: the reconciler
+/// reads them from the last admitted protected revision, so a branch cannot choose); a revision
+/// that already runs (drift, a rotation) stays on the driver that holds it.
 ///
 /// An environment that moves (gantry.yaml now names another driver) is applied on its new driver
 /// first, then removed from the old one.
 public final class DriverRouter: Driver, @unchecked Sendable {
     public let drivers: [String: any Driver]
-    private let lock = NSLock()
-    private var settings = Settings()
 
     /// `drivers` by name (`local`, `kubernetes`); `local` must be one of them.
     public init(drivers: [String: any Driver]) {
@@ -18,18 +17,9 @@ public final class DriverRouter: Driver, @unchecked Sendable {
         self.drivers = drivers
     }
 
-    /// Takes the settings of the protected branch's last admitted revision.
-    public func govern(_ settings: Settings) {
-        lock.withLock { self.settings = settings }
-    }
-
-    /// The name of the driver `environment` runs on.
-    public func driverName(for environment: PlannedEnvironment) -> String {
-        lock.withLock { settings }.driver(for: environment.name, class: environment.spec.class.rawValue)
-    }
-
     func route(_ environment: PlannedEnvironment) throws -> (name: String, driver: any Driver) {
-        let name = driverName(for: environment)
+        let name = environment.driver
+            ?? drivers.sorted(by: { $0.key < $1.key }).first(where: { $0.value.holds(environment: environment.name) })?.key ?? "local"
         guard let driver = drivers[name] else {
             throw RevisionError("gantry.yaml puts \(environment.name) on the \(name) driver, which this Gantry does not run (it runs \(drivers.keys.sorted().joined(separator: ", ")))")
         }

@@ -225,9 +225,11 @@ extension Reconciler {
     /// outcome on this thread. Production and the protected branch go first; a clone waits for the
     /// environments it clones from.
     func submitApply(_ desired: DesiredEnvironment, spec: EnvironmentSpec, commit: ObjectID, base: [(String, String)], context: PassContext) {
-        let plan = PlannedEnvironment(name: desired.name, branch: desired.branch, commit: desired.commit, spec: spec,
-                                      fingerprint: desired.fingerprint, domain: context.settings.domain,
-                                      source: GitSnapshot(path: repository.path, commit: desired.commit))
+        var planned = PlannedEnvironment(name: desired.name, branch: desired.branch, commit: desired.commit, spec: spec,
+                                         fingerprint: desired.fingerprint, domain: context.settings.domain,
+                                         source: GitSnapshot(path: repository.path, commit: desired.commit))
+        planned.driver = context.settings.driver(for: desired.name, class: spec.class.rawValue)
+        let plan = planned
         // The secret versions as of now: the driver resolves these or newer ones, so a rotation
         // racing this apply is still noticed on the next pass.
         if let secretVersions, !spec.secrets.isEmpty { appliedSecretVersions[desired.name] = secretVersions(spec) }

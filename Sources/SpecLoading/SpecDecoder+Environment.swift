@@ -66,10 +66,12 @@ extension SpecDecoder {
                 if command.isEmpty {
                     diagnostics.append(Diagnostic(service.value("command")!.mark, "spec.services.\(name).command must not be empty"))
                 }
-            } else {
-                diagnostics.append(Diagnostic(node.mark, "spec.services.\(name).command is required: the program and its arguments, e.g. [\"python3\", \"server.py\"]"))
             }
             value.image = service.string("image", &diagnostics)
+            // (An image runs its own entrypoint on the kubernetes driver; the local driver needs a command.)
+            if service.value("command") == nil, value.image == nil {
+                diagnostics.append(Diagnostic(node.mark, "spec.services.\(name).command is required: the program and its arguments, e.g. [\"python3\", \"server.py\"] (or an image, on the kubernetes driver)"))
+            }
             if let replicas = service.int("replicas", &diagnostics) {
                 if replicas < 0 || replicas > 100 {
                     diagnostics.append(Diagnostic(service.value("replicas")!.mark, "spec.services.\(name).replicas must be between 0 and 100"))

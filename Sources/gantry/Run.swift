@@ -93,7 +93,6 @@ struct Run: ParsableCommand {
         options.pollInterval = interval
         options.detectOnly = detectOnly
         let reconciler = Reconciler(repository: repository, state: store, audit: audit, driver: drivers, logger: logger, options: options)
-        reconciler.governed = { settings, _ in drivers.govern(settings) }
         if RepositoryLocation.isRemote(location) {
             reconciler.beforePass = { try repository.fetch(url: location) }
         }
@@ -154,10 +153,7 @@ struct Run: ParsableCommand {
         // The egress proxy and the kill switch.
         let egress = EgressControl(store: store, driver: driver, board: reconciler.killSwitches, secrets: secrets, lifecycle: lifecycle,
                                    logger: logger, pins: try EgressControl.pins(egressResolve))
-        reconciler.governed = { settings, _ in
-            drivers.govern(settings)
-            egress.governed(settings)
-        }
+        reconciler.governed = { settings, _ in egress.governed(settings) }
         reconciler.willApply = { egress.willApply($0, $1) }
         if !noEgress {
             if let gateway = driver.routerGateway {

@@ -289,3 +289,7 @@ import TestSupport
         #expect(try driver.destroy(environment: "shop", sources: nil) { _ in }.isEmpty, "nothing applied: nothing to reach")
     }
 }
+
+extension FakeCluster {
+    func client() throws -> KubeClient { try KubeClient(config: try KubeConfig.load(path: kubeconfig)) }
+}

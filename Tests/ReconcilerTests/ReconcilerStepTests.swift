@@ -16,9 +16,11 @@ final class Loop: @unchecked Sendable {
     let state: StateStore
     let key: SigningKey
     let driver = FakeDriver()
+    /// The driver named `kubernetes` when the loop routes (`routed`): gantry.yaml's `drivers` choose.
+    let cluster = FakeDriver()
     let reconciler: Reconciler
 
-    init(repo: TestRepository, reusing previous: Loop? = nil, configure: (inout Reconciler.Options) -> Void = { _ in }) throws {
+    init(repo: TestRepository, reusing previous: Loop? = nil, routed: Bool = false, configure: (inout Reconciler.Options) -> Void = { _ in }) throws {
         self.repo = repo
         directory = previous?.directory ?? TemporaryDirectory("gantry-loop")
         state = try StateStore(path: directory.path + "/gantry.db")
@@ -27,7 +29,8 @@ final class Loop: @unchecked Sendable {
         var options = Reconciler.Options()
         configure(&options)
         let audit = AuditLog(repository: git, key: key)
-        reconciler = Reconciler(repository: git, state: state, audit: audit, driver: driver,
+        reconciler = Reconciler(repository: git, state: state, audit: audit,
+                                driver: routed ? DriverRouter(drivers: ["local": driver, "kubernetes": cluster]) : driver,
                                 logger: Logger(label: "test") { _ in SwiftLogNoOpLogHandler() }, options: options)
         if try state.trust()?.anchor == nil, let main = try git.resolveCommit("refs/heads/main") {
             try Trust.anchor(main, branch: "main", by: "the test's operator", how: "gantry trust set", repository: git, state: state, audit: audit)

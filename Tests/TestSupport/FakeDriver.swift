@@ -133,6 +133,9 @@ public final class FakeDriver: Driver, Sendable {
     public func drifted(_ environment: String, _ findings: [String]) { state.withLock { $0.drift[environment] = findings } }
 
     public func supervise(correct: Bool) -> [DriverEvent] { [] }
+
+    /// Whether an applied revision of it is here (not destroyed since).
+    public func holds(environment name: String) -> Bool { state.withLock { $0.services[name] != nil } }
     public func drift(_ environment: PlannedEnvironment) -> [String] { state.withLock { $0.drift[environment.name] ?? [] } }
     public func shutdown() {}
 }

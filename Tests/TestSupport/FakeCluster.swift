@@ -1,23 +1,21 @@
 import Foundation
-@testable import KubernetesDriver
-import Testing
-import TestSupport
 
 /// The test API server (Tests/Fixtures/kube-apiserver.py) over TLS with a bearer token, and a
 /// kubeconfig that reaches it. No cluster can run on the test machine (no container engine): this
 /// server implements the endpoints the driver uses with the API's semantics (see the script).
-final class FakeCluster: @unchecked Sendable {
-    let directory: TemporaryDirectory
-    let port: Int
-    let token: String
-    let kubeconfig: String
-    let certificate: String
+public final class FakeCluster: @unchecked Sendable {
+    public typealias JSONObject = [String: Any]
+    public let directory: TemporaryDirectory
+    public let port: Int
+    public let token: String
+    public let kubeconfig: String
+    public let certificate: String
     private let process = SpawnedProcess()
 
-    static var script: String { TestPaths.packageRoot.appendingPathComponent("Tests/Fixtures/kube-apiserver.py").path }
+    public static var script: String { TestPaths.packageRoot.appendingPathComponent("Tests/Fixtures/kube-apiserver.py").path }
 
     /// `clientCA`: the server demands a client certificate signed by it (then no token is checked).
-    init(cnpg: Bool = false, clientCA: String? = nil, token: String? = nil) throws {
+    public init(cnpg: Bool = false, clientCA: String? = nil, token: String? = nil) throws {
         directory = TemporaryDirectory("gantry-kube")
         port = try freeLoopbackPort()
         self.token = token ?? "token-\(UInt64.random(in: 1...UInt64.max))"
@@ -53,7 +51,7 @@ final class FakeCluster: @unchecked Sendable {
 
     deinit { process.stop() }
 
-    func stop() { process.stop() }
+    public func stop() { process.stop() }
 
     private func waitUntilListening() throws {
         let deadline = Date().addingTimeInterval(15)
@@ -73,11 +71,9 @@ final class FakeCluster: @unchecked Sendable {
         throw ShellError(description: "the test API server did not start on port \(port)")
     }
 
-    func client() throws -> KubeClient { try KubeClient(config: try KubeConfig.load(path: kubeconfig)) }
-
     /// A request as another client (kubectl) makes it: `curl` with the CA and token.
     @discardableResult
-    func curl(_ method: String, _ path: String, body: String? = nil, contentType: String = "application/merge-patch+json") throws -> (status: Int, body: JSONObject) {
+    public func curl(_ method: String, _ path: String, body: String? = nil, contentType: String = "application/merge-patch+json") throws -> (status: Int, body: JSONObject) {
         var arguments = ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", "--cacert", certificate, "-X", method,
                          "-H", "Authorization: Bearer \(token)", "https://127.0.0.1:\(port)\(path)"]
         if let body { arguments += ["-H", "Content-Type: \(contentType)", "--data-binary", body] }
@@ -89,13 +85,13 @@ final class FakeCluster: @unchecked Sendable {
     }
 
     /// The object at `path`, nil when the server answers 404.
-    func object(_ path: String) throws -> JSONObject? {
+    public func object(_ path: String) throws -> JSONObject? {
         let (status, body) = try curl("GET", path)
         return status == 404 ? nil : body
     }
 
     /// The requests the server saw (method, path, query, content type), in order.
-    func requests() throws -> [[String: String]] {
+    public func requests() throws -> [[String: String]] {
         let output = try Shell.check(["curl", "-s", "--cacert", certificate, "https://127.0.0.1:\(port)/_requests"])
         return ((try? JSONSerialization.jsonObject(with: Data(output.utf8))) as? [[String: String]]) ?? []
     }
