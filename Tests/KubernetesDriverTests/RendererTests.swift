@@ -57,6 +57,26 @@ import TestSupport
         return try Shell.run(["python3", "-m", "kubernetes_validate", "--strict", "-k", Self.kubernetesVersion, file])
     }
 
+    /// Gantry's own Deployment, service account and least-privilege ClusterRole (deploy/kubernetes/).
+    @Test func theDeployManifestsValidate() throws {
+        let text = try String(contentsOfFile: TestPaths.packageRoot.appendingPathComponent("deploy/kubernetes/gantry.yaml").path, encoding: .utf8)
+        let result = try validate(text)
+        #expect(result.status == 0 && !result.stdout.contains("INVALID"), "\(result.stdout)\(result.stderr)")
+        for kind in ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "PersistentVolumeClaim", "Deployment", "Service"] {
+            #expect(text.contains("kind: \(kind)\n"))
+        }
+        // The role grants no rights over RBAC, nodes or CRDs, and no wildcard.
+        #expect(!text.contains("\"*\"") && !text.contains("[*]") && !text.contains("rolebindings") && !text.contains("customresourcedefinitions"))
+    }
+
+    /// A Secret as the driver applies it (values in `data`, base64) is as valid as the rendered one.
+    @Test func aMaterializedSecretValidates() throws {
+        let secret = KubeObject(Secret(metadata: ObjectMeta(name: "gantry-secrets", namespace: "gantry-shop", labels: ["a": "b"], annotations: nil),
+                                       stringData: nil, data: ["stripe-key": Data("v".utf8).base64EncodedString()]))
+        let result = try validate(try KubernetesRenderer().yaml([secret]))
+        #expect(result.status == 0 && !result.stdout.contains("INVALID"), "\(result.stdout)\(result.stderr)")
+    }
+
     @Test func everyRenderedObjectValidatesAgainstKubernetes() throws {
         let renderer = KubernetesRenderer()
         let objects = try renderer.render(try rich(), commit: String(repeating: "a", count: 40), domain: "example.com")
