@@ -65,6 +65,14 @@ let package = Package(
                                                          .product(name: "NIOHTTP1", package: "swift-nio"),
                                                          .product(name: "NIOSSL", package: "swift-nio-ssl"),
                                                          .product(name: "Logging", package: "swift-log")]),
+        // The data plane: signed plans (apply, destroy, kill switches) the control plane issues for
+        // `gantry agent`, the agent that judges and carries them out beside the workloads, and the
+        // control plane's `agent` driver.
+        .target(name: "DataPlane", dependencies: ["Reconciler", "StateStore", "Audit", "SpecModel", "GitStore",
+                                                  .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                                                  .product(name: "NIOCore", package: "swift-nio"),
+                                                  .product(name: "NIOHTTP1", package: "swift-nio"),
+                                                  .product(name: "Logging", package: "swift-log")]),
         // The agents' API over one service layer: HTTP/JSON (Hummingbird), MCP (stdio and streamable
         // HTTP), Prometheus metrics. Bearer tokens act as principals under the protected branch's governance.
         .target(name: "API", dependencies: ["GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Reconciler", "Governance",
@@ -77,7 +85,7 @@ let package = Package(
                                             .product(name: "Logging", package: "swift-log")]),
         // The CLI and composition root.
         .executableTarget(name: "gantry", dependencies: [
-            "GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver", "Governance", "CEL", "Gateway", "API", "KubernetesDriver",
+            "GitStore", "SpecModel", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver", "Governance", "CEL", "Gateway", "API", "KubernetesDriver", "DataPlane",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
             .product(name: "Logging", package: "swift-log"),
         ]),
@@ -113,6 +121,9 @@ let package = Package(
         .testTarget(name: "KubernetesDriverTests", dependencies: ["KubernetesDriver", "SpecModel", "SpecLoading", "GitStore", "TestSupport",
                                                                   "Reconciler", "StateStore", "Audit", "Governance",
                                                                   .product(name: "Logging", package: "swift-log")]),
+        // Plans judged by the agent (signature, sequence, age, paths) with real keys; the agent's rounds against a control plane.
+        .testTarget(name: "DataPlaneTests", dependencies: ["DataPlane", "Reconciler", "StateStore", "Audit", "SpecModel", "GitStore", "TestSupport",
+                                                         .product(name: "Logging", package: "swift-log")]),
         // Replays Fuzz/corpus/ and Fuzz/regressions/ through the fuzz targets.
         .testTarget(name: "FuzzRegressionTests", dependencies: ["FuzzTargets"]),
     ],

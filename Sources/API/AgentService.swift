@@ -45,6 +45,8 @@ public final class AgentService: @unchecked Sendable {
         public var maxWaitSeconds = 600.0
         /// Requests each token may have under way at once.
         public var maxInFlight = 8
+        /// The token `gantry agent` proves itself with (nil: no data plane; its endpoints answer 404).
+        public var dataPlaneToken: String?
 
         public init(repositoryPath: String, stateDirectory: URL) {
             self.repositoryPath = repositoryPath

@@ -156,6 +156,7 @@ public final class APIServer: @unchecked Sendable {
                 (200, try service.explain(caller, commit: context.parameters.get("sha") ?? ""))
             }
         }
+        dataPlaneRoutes(router)
         MCPEndpoint.install(on: router, service: service, server: self)
         router.add(middleware: JSONErrors(metrics: service.metrics))
     }

@@ -141,7 +141,10 @@ extension Reconciler {
         }
         let judgement = try admission.judge(desired, tip: commit, identity: identity, before: prior, context: context,
                                             changesRevision: !unchanged, asFound: asFound,
-                                            missingSecrets: desired.spec.flatMap { spec in missingSecrets?(spec) } ?? [])
+                                            missingSecrets: desired.spec.flatMap { spec in
+                                                // (The data plane keeps its environments' secrets: the control plane cannot know them.)
+                                                context.settings.driver(for: desired.name, class: spec.class.rawValue) == "agent" ? [] : missingSecrets?(spec)
+                                            } ?? [])
         record.conditions = judgement.conditions
         let rules = base + [("decision", judgement.decision.rawValue)] + judgement.rules.map { ("rule", $0) }
         switch judgement.decision {

@@ -11,9 +11,9 @@ public struct Settings: Sendable, Codable, Equatable {
     public var egress = Egress()
     public var killSwitch = false
     /// `drivers.<class or environment>`: the driver that runs those environments (`local`,
-    /// `kubernetes`); an environment's own name wins over its class; absent: `local`.
+    /// `kubernetes`, `agent`: the data plane); an environment's own name wins over its class; absent: `local`.
     public var drivers: [String: String] = [:]
-    public static let driverNames = ["local", "kubernetes"]
+    public static let driverNames = ["local", "kubernetes", "agent"]
     /// `clones.<class>`: the classes an environment of that class may `cloneFrom` (absent: every
     /// class but production).
     public var clones: [String: [String]] = [:]

@@ -228,6 +228,29 @@ public final class StateStore: Sendable {
                 t.primaryKey(["environment", "driver", "entry"])
             }
         }
+        migrator.registerMigration("v9") { db in
+            // The data plane: signed plans the control plane issued for its agent (no secret
+            // values: a plan names secrets), the agent's reports of each, and its last health.
+            try db.create(table: "dataPlanePlans") { t in
+                t.primaryKey("sequence", .integer)
+                t.column("environment", .text).notNull()
+                t.column("action", .text).notNull()
+                t.column("envelope", .blob).notNull()
+                t.column("issuedAt", .datetime).notNull()
+            }
+            try db.create(table: "dataPlaneReports") { t in
+                t.primaryKey("sequence", .integer)
+                t.column("environment", .text).notNull()
+                t.column("ok", .boolean).notNull()
+                t.column("body", .text).notNull()
+                t.column("receivedAt", .datetime).notNull()
+            }
+            try db.create(table: "dataPlaneHealth") { t in
+                t.primaryKey("id", .integer)
+                t.column("body", .text).notNull()
+                t.column("receivedAt", .datetime).notNull()
+            }
+        }
         return migrator
     }
 

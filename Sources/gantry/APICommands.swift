@@ -16,9 +16,11 @@ import Glibc
 /// Builds the agents' API service for a state directory (`gantry run`, `gantry api`, `gantry mcp`).
 enum APIComposition {
     static func service(paths: StatePaths, location: String, repository: GitRepository, store: StateStore, key: SigningKey,
-                        protectedBranch: String, rate: APIRate? = nil, secrets: SecretStore? = nil, logger: Logger) throws -> AgentService {
+                        protectedBranch: String, rate: APIRate? = nil, secrets: SecretStore? = nil, dataPlaneToken: String? = nil,
+                        logger: Logger) throws -> AgentService {
         var configuration = AgentService.Configuration(repositoryPath: repository.gitDirectory, stateDirectory: paths.root)
         configuration.protectedBranch = protectedBranch
+        configuration.dataPlaneToken = dataPlaneToken
         if let rate {
             configuration.requestsPerSecond = rate.rate
             configuration.burst = rate.burst

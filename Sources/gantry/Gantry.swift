@@ -8,7 +8,7 @@ struct Gantry: ParsableCommand {
         abstract: "A GitOps control plane for AI agents: branches in, governed environments and signed audit notes out.",
         subcommands: [Run.self, Status.self, Validate.self, Render.self, AuditCommand.self, Keys.self, Notify.self, Demo.self, Approve.self, Explain.self, CELCommand.self, SecretCommand.self, EnvCommand.self, TrustCommand.self, Diagnose.self,
                       TokenCommand.self, APICommand.self, MCPCommand.self, ExecCommand.self, LogsCommand.self,
-                      SleepCommand.self, WakeCommand.self, CostCommand.self, BudgetCommand.self, KillCommand.self])
+                      SleepCommand.self, WakeCommand.self, CostCommand.self, BudgetCommand.self, KillCommand.self, AgentCommand.self])
 }
 
 /// `--state DIR`: `$GANTRY_STATE`, else `.gantry` in the current directory.

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Audit
 import API
+import DataPlane
 import Foundation
 import Gateway
 import GitStore
@@ -54,6 +55,10 @@ struct Run: ParsableCommand {
     @Option(help: "A PEM file of extra certificate authorities the egress proxy trusts when it speaks TLS for an injected credential.")
     var egressCA: String?
     @OptionGroup var kubernetes: KubernetesOptions
+    @Option(help: "A file holding the token `gantry agent` proves itself with: environments gantry.yaml's drivers put on `agent` then run where the agent runs (plans at /v1/dataplane on the API).")
+    var dataPlaneTokenFile: String?
+    @Option(help: "Seconds an apply or teardown on the data plane waits for the agent's report.")
+    var dataPlaneTimeout = 300.0
 
     func validate() throws {
         guard interval > 0 else { throw ValidationError("--interval must be a positive number of seconds") }
@@ -85,7 +90,12 @@ struct Run: ParsableCommand {
         // gantry.yaml's `drivers` put environments on the cluster; the rest stay local.
         let cluster = try kubernetes.driver(state: store, logger: logger)
         cluster.secrets = secrets
-        let drivers = DriverRouter(drivers: ["local": driver, KubernetesDriver.name: cluster])
+        // gantry.yaml's `drivers` may put environments on the data plane (`gantry agent`).
+        let dataPlaneToken = try dataPlaneTokenFile.map { try DataPlaneOptions.token(from: $0) }
+        let dataPlane = dataPlaneToken.map { _ in AgentDriver(state: store, key: key, logger: logger, timeout: dataPlaneTimeout) }
+        var installed: [String: any Driver] = ["local": driver, KubernetesDriver.name: cluster]
+        installed[AgentDriver.name] = dataPlane
+        let drivers = DriverRouter(drivers: installed)
         let redactor = Redactor(store: secrets)
         Logs.redactor = redactor
         var options = Reconciler.Options()
@@ -111,6 +121,8 @@ struct Run: ParsableCommand {
         // Kill switches: one board for everything that could start an environment's processes.
         lifecycle.killSwitches = reconciler.killSwitches
         driver.killSwitches = reconciler.killSwitches
+        let board = reconciler.killSwitches
+        dataPlane?.switches = { board.all }
         logger.info("gantry watching \(location) (state \(paths.root.path), audit key \(key.publicKey.fingerprint))")
         if once {
             reconciler.recover()
@@ -196,7 +208,8 @@ struct Run: ParsableCommand {
         if !noAPI {
             do {
                 let service = try APIComposition.service(paths: paths, location: location, repository: repository, store: store, key: key,
-                                                         protectedBranch: branch, rate: apiRate, secrets: secrets, logger: logger)
+                                                         protectedBranch: branch, rate: apiRate, secrets: secrets,
+                                                         dataPlaneToken: dataPlaneToken, logger: logger)
                 service.executor = driver
                 service.wakeReconciler = { wake.wake() }
                 let operations = reconciler.operations
