@@ -116,6 +116,8 @@ public final class AgentDriver: Driver, @unchecked Sendable {
     public func recover(desired: Set<String>) -> [DriverEvent] { [] }
     public func drift(_ environment: PlannedEnvironment) -> [String] { [] }
     public func checksDrift(_ environment: PlannedEnvironment) -> Bool { false }
+    /// The agent keeps the secrets, and applies again what uses one that changed there.
+    public func followsSecretRotation(_ environment: PlannedEnvironment) -> Bool { false }
     public func shutdown() {}
 }
 

@@ -5,6 +5,7 @@ import Logging
 import NIOCore
 import NIOHTTP1
 import Reconciler
+import SpecModel
 import StateStore
 
 /// `gantry agent`: runs beside the workloads, with a driver and the secret store, and takes its
@@ -50,6 +51,8 @@ public final class DataPlaneAgent: @unchecked Sendable {
     public var replicas: ((String) -> [String: Int])?
     /// The agent's own state DB: what runs here is recorded in it (its router and `gantry status` read it).
     public var store: StateStore?
+    /// The versions of a spec's secrets in this machine's store: one that changes is applied again.
+    public var secretVersions: ((EnvironmentSpec) -> [String: String])?
 
     private let lock = NSLock()
     private var persisted: Persisted
@@ -57,6 +60,10 @@ public final class DataPlaneAgent: @unchecked Sendable {
     private var events: [DriverEvent] = []
     private var lastHealth = Date.distantPast
     private var reachable: Bool?
+    /// The plan that runs each environment (kept on disk too), and the secret versions it ran with.
+    private var running: [String: Plan] = [:]
+    private var appliedVersions: [String: [String: String]] = [:]
+    let plansDirectory: URL
 
     public init(options: Options, driver: any Driver, verifier: PlanVerifier, stateDirectory: URL, logger: Logger) throws {
         self.options = options
@@ -64,13 +71,19 @@ public final class DataPlaneAgent: @unchecked Sendable {
         self.verifier = verifier
         self.logger = logger
         stateFile = stateDirectory.appendingPathComponent("agent.json")
+        plansDirectory = stateDirectory.appendingPathComponent("plans")
+        try FileManager.default.createDirectory(at: plansDirectory, withIntermediateDirectories: true)
+        for file in (try? FileManager.default.contentsOfDirectory(at: plansDirectory, includingPropertiesForKeys: nil)) ?? [] {
+            guard let data = FileManager.default.contents(atPath: file.path), let plan = try? Plan.decode(data) else { continue }
+            running[plan.environment] = plan
+        }
         if let data = FileManager.default.contents(atPath: stateFile.path) {
             persisted = try JSONDecoder().decode(Persisted.self, from: data)
         } else {
             persisted = Persisted()
         }
         http = HTTPClient(eventLoopGroupProvider: .singleton,
-                          configuration: HTTPClient.Configuration(timeout: .init(connect: .seconds(5), read: .seconds(30))))
+                          configuration: HTTPClient.Configuration(timeout: .init(connect: .seconds(2), read: .seconds(30))))
     }
 
     deinit {
@@ -111,13 +124,15 @@ public final class DataPlaneAgent: @unchecked Sendable {
 
     /// One round: plans, supervision, the kill switches enforced again, reports and health.
     public func round() {
+        // (Before anything that waits on the network: anything that started under a switch, by
+        // whatever means, is frozen again.)
+        for name in switches.keys { freeze?(name, true) }
         if let envelopes = fetch() {
             for envelope in envelopes { handle(envelope) }
         }
         let held = switches
         for event in driver.supervise(correct: true) where held[event.environment] == nil { note(event) }
-        // (Anything that started under a switch, by whatever means, is frozen again.)
-        for name in held.keys { freeze?(name, true) }
+        rotateSecrets()
         deliver()
     }
 
@@ -172,6 +187,7 @@ public final class DataPlaneAgent: @unchecked Sendable {
         }
         report.changes = report.changes.map(redact)
         if report.ok { record(plan) }
+        if report.ok, plan.action != .switches { keep(plan) }
         lock.withLock {
             persisted.lastSequence = max(persisted.lastSequence, plan.sequence)
             if plan.action == .apply, report.ok { persisted.environments[plan.environment] = plan.sequence }
@@ -210,6 +226,52 @@ public final class DataPlaneAgent: @unchecked Sendable {
                 throw AgentError(description: "held by the kill switch (\(why)); it is torn down once the switch is lifted")
             }
             return try driver.destroy(environment: plan.environment, sources: nil) { step in logger.info("tearing down \(plan.environment): \(step)") }
+        }
+    }
+
+    /// Keeps the plan that now runs its environment (none after a teardown), on disk too.
+    func keep(_ plan: Plan) {
+        let file = plansDirectory.appendingPathComponent(plan.environment + ".json")
+        guard PlanSnapshot.isInside(plan.environment), !plan.environment.contains("/") else { return }
+        if plan.action == .destroy {
+            lock.withLock {
+                running[plan.environment] = nil
+                appliedVersions[plan.environment] = nil
+            }
+            try? FileManager.default.removeItem(at: file)
+            return
+        }
+        let versions = plan.spec.flatMap { secretVersions?($0) }
+        lock.withLock {
+            running[plan.environment] = plan
+            appliedVersions[plan.environment] = versions
+        }
+        do { try plan.canonical().write(to: file, options: .atomic) } catch {
+            logger.error("could not keep plan \(plan.sequence) on disk", metadata: ["error": "\(error)"])
+        }
+    }
+
+    /// Applies again, here, what uses a secret whose value changed in this machine's store (the
+    /// control plane cannot know: it never holds them).
+    func rotateSecrets() {
+        guard let secretVersions else { return }
+        let (plans, held) = lock.withLock { (running, persisted.switches) }
+        for (name, plan) in plans.sorted(by: { $0.key < $1.key }) where held[name] == nil {
+            guard let spec = plan.spec, !spec.secrets.isEmpty, let commit = plan.commit.flatMap(ObjectID.init(hex:)) else { continue }
+            let now = secretVersions(spec)
+            let before: [String: String]? = lock.withLock { appliedVersions[name] }
+            guard before != now else { continue }
+            lock.withLock { appliedVersions[name] = now }
+            let environment = PlannedEnvironment(name: name, branch: plan.branch ?? "", commit: commit, spec: spec, fingerprint: plan.fingerprint ?? "",
+                                                 domain: plan.domain ?? "localhost", source: PlanSnapshot(plan))
+            do {
+                let changes = try driver.apply(environment) { step in logger.info("rotating secrets of \(name): \(step)") }.changes
+                if !changes.isEmpty {
+                    note(DriverEvent(environment: name, kind: "secret-rotated", message: redact(changes.joined(separator: ", "))))
+                }
+            } catch {
+                note(DriverEvent(environment: name, kind: "rotation-failed", message: redact("\(error)")))
+            }
         }
     }
 

@@ -112,12 +112,16 @@ public protocol Driver: AnyObject, Sendable {
     func holds(environment name: String) -> Bool
     /// Whether `drift` has anything to look at for this environment (called every pass).
     func checksDrift(_ environment: PlannedEnvironment) -> Bool
+    /// Whether a change of the environment's secrets in Gantry's store is applied by applying
+    /// it again (false where the secrets live elsewhere: the data plane keeps its own).
+    func followsSecretRotation(_ environment: PlannedEnvironment) -> Bool
 }
 
 extension Driver {
     public func holds(environment name: String) -> Bool { true }
     /// A driver that only supervises processes looks for drift in databases.
     public func checksDrift(_ environment: PlannedEnvironment) -> Bool { !environment.spec.databases.isEmpty }
+    public func followsSecretRotation(_ environment: PlannedEnvironment) -> Bool { true }
 }
 
 /// A secret's value as a driver receives it, with its version: fingerprints and rotations count

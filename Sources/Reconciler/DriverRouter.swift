@@ -68,6 +68,10 @@ public final class DriverRouter: Driver, @unchecked Sendable {
         drivers.values.contains { $0.holds(environment: name) }
     }
 
+    public func followsSecretRotation(_ environment: PlannedEnvironment) -> Bool {
+        (try? route(environment).driver.followsSecretRotation(environment)) ?? false
+    }
+
     public func shutdown() {
         for (_, driver) in drivers { driver.shutdown() }
     }

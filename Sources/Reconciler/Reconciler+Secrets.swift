@@ -53,7 +53,7 @@ extension Reconciler {
         guard let secretVersions else { return }
         // (One with an apply or teardown under way is left to it.)
         for record in (try? state.environments()) ?? [] where record.phase == .running && !operations.isBusy(record.name) {
-            guard let plan = appliedPlan(record), !plan.spec.secrets.isEmpty else { continue }
+            guard let plan = appliedPlan(record), !plan.spec.secrets.isEmpty, driver.followsSecretRotation(plan) else { continue }
             let versions = secretVersions(plan.spec)
             let previous = appliedSecretVersions[record.name]
             guard previous != versions else { continue }

@@ -71,6 +71,11 @@ struct AgentCommand: ParsableCommand {
         agent.redact = { redactor.redact($0) }
         agent.replicas = { driver.replicas(of: $0) }
         agent.store = store
+        agent.secretVersions = { spec in
+            var versions: [String: String] = [:]
+            for name in spec.secrets { versions[name] = ((try? secrets.resolve(name, for: spec)) ?? nil)?.version ?? "-" }
+            return versions
+        }
         logger.info("gantry agent: plans from \(control), signed by \(trusted.fingerprint); state \(paths.root.path)")
         try Data("\(getpid())\n".utf8).write(to: URL(fileURLWithPath: paths.pidFile))
         var router: Router?
