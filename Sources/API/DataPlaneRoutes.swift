@@ -66,16 +66,22 @@ extension APIServer {
             throw APIError.badRequest("the body is not a JSON object", fix: #"send {"reports": [...], "health": {...}}"#)
         }
         let reports = object["reports"] as? [[String: Any]] ?? []
+        var kept = 0
         for report in reports {
             guard let sequence = report["sequence"] as? Int, sequence > 0, let ok = report["ok"] as? Bool else { continue }
+            // Only a report on a plan this control plane issued (none in advance: it would stand
+            // for the plan once issued), under that plan's environment.
+            guard let plan = try store.plans(after: sequence - 1, limit: 1).first, plan.sequence == sequence else { continue }
+            var report = report
+            report["environment"] = plan.environment
             let body = try JSONSerialization.data(withJSONObject: report, options: [.sortedKeys])
-            try store.addReport(sequence: sequence, environment: report["environment"] as? String ?? "", ok: ok,
-                                body: String(decoding: body, as: UTF8.self))
+            try store.addReport(sequence: sequence, environment: plan.environment, ok: ok, body: String(decoding: body, as: UTF8.self))
+            kept += 1
         }
         if let health = object["health"] as? [String: Any] {
             let body = try JSONSerialization.data(withJSONObject: health, options: [.sortedKeys])
             try store.setDataPlaneHealth(String(decoding: body, as: UTF8.self))
         }
-        return reports.count
+        return kept
     }
 }

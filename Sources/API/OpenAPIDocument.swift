@@ -259,6 +259,69 @@ paths:
         "409": {$ref: "#/components/responses/Conflict"}
         "413": {$ref: "#/components/responses/TooLarge"}
         "429": {$ref: "#/components/responses/TooMany"}
+  /v1/dataplane/plans:
+    get:
+      operationId: dataPlanePlans
+      summary: For `gantry agent` only (the data-plane token, not an API token) — the signed plans after a sequence, oldest first, at most 100 (docs/data-plane.md).
+      parameters:
+        - {name: after, in: query, required: false, schema: {type: integer, minimum: 0}}
+      responses:
+        "200":
+          description: The plans.
+          content:
+            application/json:
+              schema:
+                type: object
+                required: [plans]
+                properties:
+                  plans:
+                    type: array
+                    items:
+                      type: object
+                      required: [plan, signature]
+                      properties:
+                        plan: {type: string, description: The plan's JSON, base64.}
+                        signature: {type: string, description: SSHSIG by the reconciler's key, namespace gantry-plan.}
+        "401": {$ref: "#/components/responses/Unauthorized"}
+        "404": {$ref: "#/components/responses/NotFound"}
+  /v1/dataplane/reports:
+    post:
+      operationId: dataPlaneReports
+      summary: For `gantry agent` only (the data-plane token) — its reports on plans, and its health.
+      requestBody:
+        required: true
+        content:
+          application/json:
+            schema:
+              type: object
+              properties:
+                reports:
+                  type: array
+                  items:
+                    type: object
+                    required: [sequence, ok]
+                    properties:
+                      sequence: {type: integer}
+                      environment: {type: string}
+                      ok: {type: boolean}
+                      changes: {type: array, items: {type: string}}
+                      error: {type: string}
+                      refused: {type: string}
+                health: {type: object}
+      responses:
+        "200":
+          description: Kept.
+          content:
+            application/json:
+              schema:
+                type: object
+                required: [received]
+                properties:
+                  received: {type: integer}
+        "400": {$ref: "#/components/responses/BadRequest"}
+        "401": {$ref: "#/components/responses/Unauthorized"}
+        "404": {$ref: "#/components/responses/NotFound"}
+        "413": {$ref: "#/components/responses/TooLarge"}
   /v1/audit:
     get:
       operationId: auditLog

@@ -18,8 +18,6 @@ public final class AgentDriver: Driver, @unchecked Sendable {
     let key: SigningKey
     let logger: Logger
     public var timeout: TimeInterval
-    /// The environments each kill switch covers now (name → reason); set by the composition root.
-    public var switches: (() -> [String: String])?
 
     private let lock = NSLock()
     private var publishedSwitches: [String: String]?
@@ -95,9 +93,11 @@ public final class AgentDriver: Driver, @unchecked Sendable {
     /// The agent supervises what it runs; the control plane sends it the kill switches that
     /// cover its environments whenever they change.
     public func supervise(correct: Bool) -> [DriverEvent] {
-        guard let switches else { return [] }
-        let ours = Set(((try? state.environments()) ?? []).map(\.name).filter { holds(environment: $0) })
-        let now = switches().filter { ours.contains($0.key) }
+        // (From the state DB, not from what this process has loaded: a control plane that just
+        // started must not send "no switch" while one is on.)
+        guard let environments = try? state.environments(), let stored = try? state.killSwitches() else { return [] }
+        let ours = environments.filter { $0.destroyedAt == nil && holds(environment: $0.name) }
+        let now = KillSwitchBoard.coverage(switches: stored, onMain: false, environments: ours.map { ($0.name, $0.team) })
         let changed: Bool = lock.withLock {
             guard publishedSwitches != now else { return false }
             publishedSwitches = now

@@ -68,6 +68,13 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
             driftFindings[environment.name] = nil
         }
         let objects = try desiredObjects(environment, client: client)
+        // A namespace that exists and is not this environment's (Gantry's own `gantry-system`,
+        // another team's) is never taken over: applying would relabel it, and the environment's
+        // teardown would delete it.
+        let namespace = ObjectRef(apiVersion: "v1", kind: "Namespace", namespace: nil, name: KubernetesRenderer.namespace(of: environment.name))
+        if let live = try client.get(namespace), !Self.owned(live, by: environment.name) {
+            throw RevisionError("namespace \(namespace.name) exists and is not Gantry's namespace for \(environment.name) (it lacks app.kubernetes.io/managed-by: gantry and gantry.dev/environment: \(environment.name)): rename the environment, or remove or relabel that namespace")
+        }
         let wanted = objects.map(ObjectRef.init)
         let previous = try inventory(of: environment.name)
         // What is about to exist is in the inventory before it exists: an apply cut short leaves

@@ -121,8 +121,6 @@ struct Run: ParsableCommand {
         // Kill switches: one board for everything that could start an environment's processes.
         lifecycle.killSwitches = reconciler.killSwitches
         driver.killSwitches = reconciler.killSwitches
-        let board = reconciler.killSwitches
-        dataPlane?.switches = { board.all }
         logger.info("gantry watching \(location) (state \(paths.root.path), audit key \(key.publicKey.fingerprint))")
         if once {
             reconciler.recover()

@@ -264,6 +264,21 @@ import TestSupport
         #expect(try cluster.object(Self.ns) != nil)
     }
 
+    /// An environment whose namespace would be one that exists and is not its own (Gantry's
+    /// `gantry-system`, say) is refused: applying would take it over, tearing down would delete it.
+    @Test func aNamespaceThatIsNotTheEnvironmentsIsNeverTakenOver() throws {
+        let cluster = try FakeCluster()
+        let driver = try driver(cluster)
+        try cluster.curl("PATCH", "/api/v1/namespaces/gantry-shop?fieldManager=kubectl", body: #"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"gantry-shop","labels":{"app.kubernetes.io/name":"gantry"}}}"#,
+                         contentType: "application/apply-patch+yaml")
+        let error = try #require(throws: RevisionError.self) { try driver.apply(try Self.plan("services:\n  api: {image: registry.example/api:1}")) { _ in } }
+        #expect(error.description.contains("namespace gantry-shop exists and is not Gantry's namespace for shop"))
+        let labels = try #require(try cluster.object(Self.ns)?["metadata"] as? [String: Any])["labels"] as? [String: String]
+        #expect(labels?["app.kubernetes.io/managed-by"] == nil)
+        #expect(try cluster.object("/apis/apps/v1/namespaces/gantry-shop/deployments/api") == nil)
+        #expect(!driver.holds(environment: "shop"))
+    }
+
     @Test func cloudNativePGIsUsedWhenItsAPIIsServed() throws {
         let cluster = try FakeCluster(cnpg: true)
         let driver = try driver(cluster)
