@@ -64,11 +64,12 @@ enum APIComposition {
 
     /// The service of a state directory outside `gantry run` (`gantry api`, `gantry mcp`): its
     /// repository (`--repo`, else the one `gantry run` watched), store and key.
-    static func service(paths: StatePaths, repo: String?, protectedBranch: String, rate: APIRate? = nil, logger: Logger) throws -> AgentService {
+    static func service(paths: StatePaths, repo: String?, protectedBranch: String, rate: APIRate? = nil, dataPlaneToken: String? = nil,
+                        logger: Logger) throws -> AgentService {
         let location = try RepositoryLocation.resolve(repo, paths: paths)
         return try service(paths: paths, location: location, repository: try RepositoryLocation.open(location, paths: paths),
                            store: try StateStore(path: paths.database), key: try SigningKey.loadOrCreate(at: paths.key),
-                           protectedBranch: protectedBranch, rate: rate, logger: logger)
+                           protectedBranch: protectedBranch, rate: rate, dataPlaneToken: dataPlaneToken, logger: logger)
     }
 
     /// Parses `HOST:PORT` (`:PORT` and `PORT` mean 127.0.0.1).
@@ -197,12 +198,15 @@ struct APICommand: ParsableCommand {
     @Option(help: "The protected branch (until the trust state names one).")
     var branch = "main"
     @OptionGroup var rate: APIRate
+    @Option(help: "A file holding the data-plane token: serve /v1/dataplane to `gantry agent` (the plans `gantry run` issues).")
+    var dataPlaneTokenFile: String?
 
     func run() throws {
         Logs.bootstrap()
         let logger = Logger(label: "gantry.api")
         let paths = StatePaths(root: state.directory)
-        let service = try APIComposition.service(paths: paths, repo: repo, protectedBranch: branch, rate: rate, logger: logger)
+        let service = try APIComposition.service(paths: paths, repo: repo, protectedBranch: branch, rate: rate,
+                                                 dataPlaneToken: try dataPlaneTokenFile.map { try DataPlaneOptions.token(from: $0) }, logger: logger)
         let server = try APIComposition.start(service, address: api, paths: paths, logger: logger)
         let stop = WakeSignal()
         let stopped = StopFlag()

@@ -25,7 +25,7 @@ final class APIFixture: @unchecked Sendable {
 
     /// `gantry api` (the real binary, in a process of its own) over a seeded repository;
     /// `rate`: requests per second and burst of each token.
-    init(listGantrysKey: Bool = true, rate: (Double, Double)? = nil) throws {
+    init(listGantrysKey: Bool = true, rate: (Double, Double)? = nil, dataPlaneToken: String? = nil) throws {
         repo = try TestRepository()
         state = TemporaryDirectory("gantry-api")
         // Gantry's key, made as `gantry run` makes it, listed on main as principal gantry.
@@ -43,6 +43,10 @@ final class APIFixture: @unchecked Sendable {
         try store.save(EnvironmentRecord(name: Self.preview, branch: "agents/agent@example.com/p1", commit: tip, envClass: "preview", team: "payments"))
         var arguments = ["api", "--repo", repo.path, "--state", state.path, "--api", "127.0.0.1:0"]
         if let rate { arguments += ["--api-rate", String(rate.0), "--api-burst", String(rate.1)] }
+        if let dataPlaneToken {
+            try dataPlaneToken.write(toFile: state.path + "/dataplane.token", atomically: true, encoding: .utf8)
+            arguments += ["--data-plane-token-file", state.path + "/dataplane.token"]
+        }
         process.executableURL = URL(fileURLWithPath: TestPaths.gantryBinary)
         process.arguments = arguments
         process.environment = Shell.gitEnvironment
