@@ -91,7 +91,7 @@ let package = Package(
         ]),
         // `make bench`: figures against a git-CLI baseline measured in the same run.
         .executableTarget(name: "GantryBench", dependencies: [
-            "GitStore", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver", "TestSupport", "CEL", "Governance", "API", "Gateway", "SpecModel",
+            "GitStore", "SpecLoading", "Audit", "StateStore", "Reconciler", "LocalDriver", "TestSupport", "CEL", "Governance", "API", "Gateway", "SpecModel", "KubernetesDriver",
             .product(name: "Logging", package: "swift-log"),
         ]),
         // `make fuzz` (docs/fuzzing.md): the fuzz targets' bodies, run by libFuzzer or replayed on files.

@@ -7,6 +7,8 @@ import Gateway
 import SpecModel
 import GitStore
 import Governance
+import KubernetesDriver
+import SpecLoading
 import LocalDriver
 import Logging
 import Reconciler
@@ -103,7 +105,7 @@ let logger = ProcessInfo.processInfo.environment["GANTRY_BENCH_TRACE"] != nil
     ? Logger(label: "bench") { _ in TraceHandler() } : Logger(label: "bench") { _ in SwiftLogNoOpLogHandler() }
 say("Gantry benchmarks (\(ProcessInfo.processInfo.activeProcessorCount) cores); gantry binary \(gantryBinary)")
 
-/// `GANTRY_BENCH_ONLY=passes|push|preview|isolation|burst|admission|protected|cel|fullstack|rss|api|lifecycle|egress|kill` runs one part.
+/// `GANTRY_BENCH_ONLY=passes|push|preview|isolation|burst|admission|protected|cel|fullstack|rss|api|lifecycle|egress|kill|kubernetes|dataplane` runs one part.
 let only = ProcessInfo.processInfo.environment["GANTRY_BENCH_ONLY"]
 func runs(_ part: String) -> Bool { only == nil || only == part }
 /// The bench runs hundreds of previews by one agent: no caps (their admission is measured on its own).
@@ -896,6 +898,138 @@ if runs("kill") {
     }
     report("gantry kill --env: the command, until the running gantry reports the tunnels cut and processes frozen", commands)
     say("kill switch: the tunnel's far end saw the close, measured from the command's return (negative: before it returned): median \(milliseconds(percentile(cuts, 0.5))), worst \(milliseconds(cuts.max() ?? 0)) (target: within 100 ms, 1 s at worst)")
+}
+
+/// The cluster driver against the test API server (Tests/Fixtures/kube-apiserver.py, TLS and a
+/// token): an apply that creates everything, one that finds nothing changed (a GET and a dry-run
+/// per object, then the rollouts' watches), a teardown; the baseline is plain GETs of the same
+/// objects through the same client in the same run.
+if runs("kubernetes") {
+    say("--- kubernetes: the driver against the test API server")
+    let cluster = try FakeCluster()
+    defer { cluster.stop() }
+    let state = TemporaryDirectory("gantry-bench-kube")
+    let store = try StateStore(path: state.path + "/gantry.db")
+    let secrets = try SecretStore(state: store, keyPath: state.path + "/secrets.key", environment: [:])
+    let client = try KubeClient(config: try KubeConfig.load(path: cluster.kubeconfig))
+    var options = KubernetesDriver.Options()
+    options.teardownTimeout = 30
+    let driver = KubernetesDriver(client: client, state: store, logger: logger, options: options)
+    driver.secrets = secrets
+    let repo = try TestRepository()
+    try repo.seedExample()
+    let services = (0..<5).map { "    s\($0): {image: registry.example/s\($0):1, replicas: 2, env: {DATABASE_URL: \"${databases.main.url}\"}}" }.joined(separator: "\n")
+    var plans: [PlannedEnvironment] = []
+    for index in 0..<5 {
+        try repo.write("environments/k\(index).yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: k\(index), team: payments, class: development}
+            spec:
+              services:
+            \(services)
+              databases:
+                main: {engine: postgres}
+              caches:
+                sessions: {engine: redis}
+              routes:
+                - {name: www, service: s0}
+            """)
+    }
+    let sha = try repo.commitAsOwner("clusters")
+    let commit = ObjectID(hex: sha)!
+    for loaded in try ConfigLoader(repository: try repo.open()).environments(at: commit) where loaded.name.hasPrefix("k") {
+        guard let spec = loaded.spec else { continue }
+        plans.append(PlannedEnvironment(name: loaded.name, branch: "main", commit: commit, spec: spec, fingerprint: "f", domain: "example.com",
+                                        source: GitSnapshot(path: repo.path, commit: commit)))
+    }
+    var creates: [Double] = [], unchanged: [Double] = [], gets: [Double] = [], teardowns: [Double] = []
+    var objects = 0
+    for plan in plans {
+        creates.append(try time { _ = try driver.apply(plan) { _ in } })
+        let refs = try store.inventory(of: plan.name, driver: KubernetesDriver.name).compactMap(ObjectRef.init(entry:))
+        objects = refs.count
+        for _ in 0..<4 {
+            unchanged.append(try time {
+                let outcome = try driver.apply(plan) { _ in }
+                guard outcome.changes.isEmpty else { throw ShellError(description: "an unchanged apply changed \(outcome.changes)") }
+            })
+            gets.append(try time { for ref in refs { _ = try client.get(ref) } })
+        }
+    }
+    for plan in plans { teardowns.append(try time { _ = try driver.destroy(environment: plan.name, sources: nil) { _ in } }) }
+    report("apply creating an environment (\(objects) objects, 7 rollouts awaited)", creates)
+    report("apply with nothing changed (GET and dry-run per object, rollouts checked)", unchanged, baseline: ("\(objects) GETs", gets))
+    report("teardown (namespace deleted and gone)", teardowns)
+}
+
+/// The data plane end to end: `gantry run` and `gantry agent` as two processes; a commit changes
+/// two environments alike, one on the agent and one local; the time from the commit until each is
+/// recorded applied (the agent's: plan issued, fetched, verified, applied, reported). The local one
+/// is the baseline, in the same run.
+if runs("dataplane") {
+    say("--- dataplane: commit to applied, through gantry agent vs the local driver")
+    let repo = try TestRepository()
+    try repo.seedExample()
+    let settings = try String(contentsOfFile: repo.path + "/gantry.yaml", encoding: .utf8)
+    try repo.write("gantry.yaml", settings + "drivers: {development: agent, lo: local}\n")
+    func spec(_ name: String, _ round: Int) -> String {
+        """
+        apiVersion: gantry/v1
+        kind: Environment
+        metadata: {name: \(name), team: payments, class: development}
+        spec:
+          services:
+            web:
+              source: apps/hello
+              command: [python3, server.py]
+              health: {http: /healthz}
+              env: {GREETING: "round \(round)"}
+        """
+    }
+    try repo.write("environments/dp.yaml", spec("dp", 0))
+    try repo.write("environments/lo.yaml", spec("lo", 0))
+    try repo.commitAsOwner("data plane bench")
+    let control = TemporaryDirectory("gantry-bench-control"), agentState = TemporaryDirectory("gantry-bench-agent")
+    let token = control.path + "/token"
+    try "bench-token-0123456789abcdef".write(toFile: token, atomically: true, encoding: .utf8)
+    let apiPort = try freeLoopbackPort()
+    let run = Process(), agent = Process()
+    run.executableURL = URL(fileURLWithPath: gantryBinary)
+    run.arguments = ["run", "--repo", repo.path, "--state", control.path, "--api", "127.0.0.1:\(apiPort)", "--no-router", "--no-egress",
+                     "--stop-on-exit", "--interval", "0.2", "--data-plane-token-file", token]
+    run.standardError = FileHandle(forWritingAtPath: "/dev/null")
+    try run.run()
+    guard eventually(30, { FileManager.default.fileExists(atPath: control.path + "/keys/gantry_ed25519.pub") }) else { throw ShellError(description: "no control plane") }
+    agent.executableURL = URL(fileURLWithPath: gantryBinary)
+    agent.arguments = ["agent", "--control", "http://127.0.0.1:\(apiPort)", "--key", control.path + "/keys/gantry_ed25519.pub", "--token-file", token,
+                       "--state", agentState.path, "--no-router", "--interval", "0.2", "--stop-on-exit"]
+    agent.standardError = FileHandle(forWritingAtPath: "/dev/null")
+    try agent.run()
+    defer {
+        agent.terminate(); agent.waitUntilExit()
+        run.terminate(); run.waitUntilExit()
+    }
+    let store = try StateStore(path: control.path + "/gantry.db")
+    func applied(_ name: String, _ commit: String) -> Bool { (try? store.environment(name))??.appliedCommit == commit }
+    var remote: [Double] = [], local: [Double] = []
+    let first = try repo.git("rev-parse", "main")
+    guard eventually(120, { applied("dp", first) && applied("lo", first) }) else { throw ShellError(description: "the first revision did not apply") }
+    for round in 1...8 {
+        try repo.write("environments/dp.yaml", spec("dp", round))
+        try repo.write("environments/lo.yaml", spec("lo", round))
+        let start = Date()
+        let commit = try repo.commitAsOwner("round \(round)")
+        var doneRemote: Double?, doneLocal: Double?
+        guard eventually(120, interval: 0.01, {
+            if doneRemote == nil, applied("dp", commit) { doneRemote = Date().timeIntervalSince(start) }
+            if doneLocal == nil, applied("lo", commit) { doneLocal = Date().timeIntervalSince(start) }
+            return doneRemote != nil && doneLocal != nil
+        }) else { throw ShellError(description: "round \(round) did not apply") }
+        remote.append(doneRemote!)
+        local.append(doneLocal!)
+    }
+    report("commit to applied through gantry agent (plan, fetch, verify, apply, report)", remote, baseline: ("the same on the local driver", local))
 }
 
 say("done")

@@ -196,14 +196,16 @@ public final class KubeClient: @unchecked Sendable {
         return true
     }
 
-    /// Watches `ref` until `done` says the object is as wanted (then returns it) or `timeout`
-    /// passes (then returns the last version seen, nil if none).
-    public func watch(_ ref: ObjectRef, timeout: TimeInterval, until done: @escaping @Sendable (JSONObject) -> Bool) throws -> JSONObject? {
+    /// Watches `ref` (the changes after `resourceVersion`, else its current state first) until
+    /// `done` says the object is as wanted (then returns it) or `timeout` passes (then returns the
+    /// last version seen, nil if none).
+    public func watch(_ ref: ObjectRef, timeout: TimeInterval, after resourceVersion: String? = nil,
+                      until done: @escaping @Sendable (JSONObject) -> Bool) throws -> JSONObject? {
         let operation = "watch \(ref)"
         let seconds = max(1, Int(timeout.rounded(.up)))
-        let request = try makeRequest(.GET, try ref.collectionPath(),
-                                      query: [("watch", "true"), ("fieldSelector", "metadata.name=\(ref.name)"), ("timeoutSeconds", "\(seconds)")],
-                                      body: nil, contentType: nil, operation: operation)
+        var query = [("watch", "true"), ("fieldSelector", "metadata.name=\(ref.name)"), ("timeoutSeconds", "\(seconds)")]
+        if let resourceVersion { query.append(("resourceVersion", resourceVersion)) }
+        let request = try makeRequest(.GET, try ref.collectionPath(), query: query, body: nil, contentType: nil, operation: operation)
         let delegate = WatchDelegate(done: done)
         let task = http.execute(request: request, delegate: delegate, deadline: .now() + .seconds(Int64(seconds + 5)))
         do {

@@ -261,8 +261,13 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
     /// Waits (at most `rolloutTimeout`) until the workload runs its new revision; else throws
     /// with the reason: the controller's condition and what its pods are waiting on.
     func awaitRollout(_ ref: ObjectRef, client: KubeClient, progress: (String) -> Void) throws {
-        progress("waiting for \(ref) to roll out")
-        let last = try client.watch(ref, timeout: options.rolloutTimeout) { Self.rollout($0) != Self.rollout(nil) && Self.settled(Self.rollout($0)) }
+        // (Most applies change no workload: one GET says so without opening a watch.)
+        var last = try client.get(ref)
+        if !Self.settled(Self.rollout(last)) {
+            progress("waiting for \(ref) to roll out")
+            let version = (last?["metadata"] as? JSONObject)?["resourceVersion"] as? String
+            last = try client.watch(ref, timeout: options.rolloutTimeout, after: version) { Self.settled(Self.rollout($0)) } ?? last
+        }
         let state = Self.rollout(last)
         switch state {
         case .ready:

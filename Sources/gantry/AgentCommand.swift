@@ -34,6 +34,8 @@ struct AgentCommand: ParsableCommand {
     var routerPort = 8080
     @Flag(help: "Do not start the HTTP router.")
     var noRouter = false
+    @Flag(help: "Stop every service when the agent exits (default: leave them running for its next start to adopt).")
+    var stopOnExit = false
     @Flag(help: "Log debug detail.")
     var verbose = false
 
@@ -104,6 +106,7 @@ struct AgentCommand: ParsableCommand {
             wake.wake()
         }
         agent.run(until: { stop.isSet })
+        if stopOnExit { driver.shutdown() }
     }
 }
 

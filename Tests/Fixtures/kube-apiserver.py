@@ -26,7 +26,7 @@ merges some by key, containers by name).
 Usage: kube-apiserver.py PORT [--token T] [--cert C --key K [--client-ca CA]] [--cnpg]
 Test hooks: GET /_requests lists the requests seen (method, path, query, content type).
 """
-import base64, copy, json, re, ssl, sys, threading, time, uuid
+import base64, copy, json, re, select, ssl, sys, threading, time, uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlparse, parse_qs
 
@@ -568,6 +568,10 @@ class Handler(BaseHTTPRequestHandler):
             while True:
                 for event in pending:
                     chunk(event)
+                # A client that went away (closed, or sent TLS close_notify) ends the watch, as
+                # kube-apiserver does.
+                if select.select([self.connection], [], [], 0)[0]:
+                    break
                 with LOCK:
                     remaining = deadline - time.time()
                     if remaining <= 0:
