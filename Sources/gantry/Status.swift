@@ -29,11 +29,20 @@ struct Status: ParsableCommand {
         let trust = try store.trust()
         // What the last `gantry run` could enforce (per-environment users need root).
         let isolation: String? = try store.meta("isolation")
+        // The data plane's last health report (`gantry agent`), when there is one.
+        let dataPlane = try store.dataPlaneHealth()
+        let heard = dataPlane.map { "data plane: last heard from \(Int(Date().timeIntervalSince($0.receivedAt).rounded())) s ago" }
         if json {
+            let health = dataPlane.map { health -> PlainValue in
+                let report = (try? YAMLParser().parse(Data(health.body.utf8), file: "health").plainValue) ?? .null
+                return .map([("lastHeard", .string(ISO8601DateFormatter().string(from: health.receivedAt))), ("health", report)])
+            }
             print(PlainValue.map([("environments", .list(summaries.map(\.plain)))] + (trust.map { [("governance", GovernanceSummary.value($0))] } ?? [])
-                                 + (isolation.map { [("isolation", .string($0))] } ?? [])).json(indent: "  "))
+                                 + (isolation.map { [("isolation", .string($0))] } ?? [])
+                                 + (health.map { [("dataPlane", $0)] } ?? [])).json(indent: "  "))
             return
         }
+        if env == nil, let heard { print(heard) }
         if env == nil, let trust {
             for line in GovernanceSummary.lines(trust) { print(Printable.line(line)) }
         }

@@ -101,6 +101,11 @@ import TestSupport
         #expect(eventually(30) { (try? gantry("status", "--state", control.path, "--env", "shop").stdout.contains("running")) == true },
                 "\((try? gantry("status", "--state", control.path, "--env", "shop").stdout) ?? "")")
 
+        // The agent's health reaches the control plane's status.
+        #expect(eventually(15) { (try? gantry("status", "--state", control.path).stdout.contains("data plane: last heard from")) == true })
+        let health = try gantry("status", "--state", control.path, "--json").stdout
+        #expect(health.contains("\"dataPlane\"") && health.contains("\"lastSequence\""), "\(health.suffix(1500))")
+
         // The control plane never held the value: not in its state, its notes, its log.
         #expect(contents(under: control.path).range(of: Data(Self.secret.utf8)) == nil)
         #expect(!(try repo.git("log", "--all", "--notes=gantry", "--format=%N")).contains(Self.secret))
