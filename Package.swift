@@ -70,6 +70,7 @@ let package = Package(
         // control plane's `agent` driver.
         .target(name: "DataPlane", dependencies: ["Reconciler", "StateStore", "Audit", "SpecModel", "GitStore",
                                                   .product(name: "AsyncHTTPClient", package: "async-http-client"),
+                                                  .product(name: "NIOSSL", package: "swift-nio-ssl"),
                                                   .product(name: "NIOCore", package: "swift-nio"),
                                                   .product(name: "NIOHTTP1", package: "swift-nio"),
                                                   .product(name: "Logging", package: "swift-log")]),

@@ -21,6 +21,10 @@ public final class AgentDriver: Driver, @unchecked Sendable {
 
     private let lock = NSLock()
     private var publishedSwitches: [String: String]?
+    private var publishedAt = Date.distantPast
+    /// How long the agent may take to show (in its health) the switches last sent before they
+    /// are sent again in a fresh plan (one it refused as stale, one lost or reordered on the way).
+    public var switchesResend: TimeInterval = 10
 
     public init(state: StateStore, key: SigningKey, logger: Logger, timeout: TimeInterval = 300) {
         self.state = state
@@ -98,12 +102,25 @@ public final class AgentDriver: Driver, @unchecked Sendable {
         guard let environments = try? state.environments(), let stored = try? state.killSwitches() else { return [] }
         let ours = environments.filter { $0.destroyedAt == nil && holds(environment: $0.name) }
         let now = KillSwitchBoard.coverage(switches: stored, onMain: false, environments: ours.map { ($0.name, $0.team) })
-        let changed: Bool = lock.withLock {
-            guard publishedSwitches != now else { return false }
+        // What the agent says it enforces, from its last health report after the last send.
+        let enforced: Set<String>? = {
+            guard let health = try? state.dataPlaneHealth(), health.receivedAt > lock.withLock({ publishedAt }),
+                  let object = (try? JSONSerialization.jsonObject(with: Data(health.body.utf8))) as? [String: Any],
+                  let switches = object["switches"] as? [String: Any] else { return nil }
+            return Set(switches.keys)
+        }()
+        let send: Bool = lock.withLock {
+            let changed = publishedSwitches != now
+            // (Only an agent heard from since says what it enforces: one that is away gets the
+            // switches again once it reports.)
+            let unconfirmed = enforced.map { $0 != Set(now.keys) } ?? false
+            guard changed || (unconfirmed && Date().timeIntervalSince(publishedAt) >= switchesResend) else { return false }
+            // (Not confirmed in time: sent again, fresh; a stale, lost or reordered plan is replaced.)
             publishedSwitches = now
+            publishedAt = Date()
             return true
         }
-        guard changed else { return [] }
+        guard send else { return [] }
         do {
             try issue(.switches, environment: "") { $0.killSwitches = now }
         } catch {

@@ -4,6 +4,7 @@ import GitStore
 import Logging
 import NIOCore
 import NIOHTTP1
+import NIOSSL
 import Reconciler
 import SpecModel
 import StateStore
@@ -21,6 +22,8 @@ public final class DataPlaneAgent: @unchecked Sendable {
         public var token: String
         public var interval: TimeInterval = 1
         public var healthInterval: TimeInterval = 5
+        /// PEM certificate authorities trusted for an https control plane (besides the system's).
+        public var certificateAuthority: [UInt8]?
         public init(control: String, token: String) {
             self.control = control.hasSuffix("/") ? String(control.dropLast()) : control
             self.token = token
@@ -82,8 +85,12 @@ public final class DataPlaneAgent: @unchecked Sendable {
         } else {
             persisted = Persisted()
         }
+        var tls = TLSConfiguration.makeClientConfiguration()
+        if let ca = options.certificateAuthority {
+            tls.additionalTrustRoots = [.certificates(try NIOSSLCertificate.fromPEMBytes(ca))]
+        }
         http = HTTPClient(eventLoopGroupProvider: .singleton,
-                          configuration: HTTPClient.Configuration(timeout: .init(connect: .seconds(2), read: .seconds(30))))
+                          configuration: HTTPClient.Configuration(tlsConfiguration: tls, timeout: .init(connect: .seconds(2), read: .seconds(30))))
     }
 
     deinit {
@@ -167,13 +174,21 @@ public final class DataPlaneAgent: @unchecked Sendable {
         do {
             plan = try verifier.verify(envelope, after: lastSequence)
         } catch let refusal as PlanRefusal {
-            // (What a refused plan claims is not trusted: only its sequence is echoed, to be matched.)
             let claimed = Data(base64Encoded: envelope.plan).flatMap { try? Plan.decode($0) }
             logger.error("plan refused", metadata: ["sequence": "\(claimed?.sequence ?? 0)", "why": "\(refusal)"])
-            var report = AgentReport(sequence: claimed?.sequence ?? 0, environment: "", ok: false)
-            report.refused = "\(refusal.kind.rawValue): \(refusal.description)"
-            report.error = "refused by the data plane: \(refusal.description)"
-            queue(report)
+            // A plan the control plane signed (stale, replayed) is reported under its sequence: the
+            // control plane then knows that plan did not run. What nobody signed (tampered, forged,
+            // malformed) claims nothing the control plane should believe: it goes into the health
+            // report's events, and its sequence stands for no plan.
+            switch refusal.kind {
+            case .stale, .replayed:
+                var report = AgentReport(sequence: claimed?.sequence ?? 0, environment: "", ok: false)
+                report.refused = "\(refusal.kind.rawValue): \(refusal.description)"
+                report.error = "refused by the data plane: \(refusal.description)"
+                queue(report)
+            case .tampered, .untrusted, .malformed:
+                note(DriverEvent(environment: "", kind: "plan-refused", message: "\(refusal.kind.rawValue): \(refusal.description)"))
+            }
             return
         } catch {
             return

@@ -118,6 +118,12 @@ public struct PlanVerifier: Sendable {
         guard age >= -skew else {
             throw PlanRefusal(kind: .stale, description: "plan \(plan.sequence) claims to be issued \(Int(-age)) s in the future")
         }
+        // An environment's name is a DNS-1123 label (empty for the kill switches).
+        let allowed = Set("abcdefghijklmnopqrstuvwxyz0123456789-")
+        guard plan.environment.count <= 63, plan.environment.allSatisfy({ allowed.contains($0) }),
+              !plan.environment.hasPrefix("-"), plan.environment.isEmpty == (plan.action == .switches) else {
+            throw PlanRefusal(kind: .malformed, description: "plan \(plan.sequence) names an environment that is no DNS-1123 label: \(plan.environment.prefix(80))")
+        }
         for file in plan.files where !PlanSnapshot.isInside(file.path) {
             throw PlanRefusal(kind: .malformed, description: "plan \(plan.sequence) names a file outside the revision: \(file.path)")
         }

@@ -72,6 +72,9 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
         // another team's) is never taken over: applying would relabel it, and the environment's
         // teardown would delete it.
         let namespace = ObjectRef(apiVersion: "v1", kind: "Namespace", namespace: nil, name: KubernetesRenderer.namespace(of: environment.name))
+        if Self.reserved(namespace.name, options: options) {
+            throw RevisionError("the environment \(environment.name) would live in namespace \(namespace.name), which Gantry keeps for itself: rename the environment")
+        }
         if let live = try client.get(namespace), !Self.owned(live, by: environment.name) {
             throw RevisionError("namespace \(namespace.name) exists and is not Gantry's namespace for \(environment.name) (it lacks app.kubernetes.io/managed-by: gantry and gantry.dev/environment: \(environment.name)): rename the environment, or remove or relabel that namespace")
         }
@@ -171,6 +174,11 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
         } catch {
             return .failed(error)
         }
+    }
+
+    /// Namespaces no environment may have: Gantry's own (its Deployment, the egress proxy).
+    static func reserved(_ namespace: String, options: Options) -> Bool {
+        [KubernetesRenderer.systemNamespace, options.renderer.egressNamespace].contains(namespace)
     }
 
     static func owned(_ object: JSONObject, by environment: String) -> Bool {
@@ -294,10 +302,18 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
             let name = (pod["metadata"] as? JSONObject)?["name"] as? String ?? "?"
             for container in (pod["status"] as? JSONObject)?["containerStatuses"] as? [JSONObject] ?? [] {
                 let state = container["state"] as? JSONObject ?? [:]
-                for key in ["waiting", "terminated"] {
-                    guard let detail = state[key] as? JSONObject, let reason = detail["reason"] as? String else { continue }
-                    let message = (detail["message"] as? String).map { ": " + String($0.prefix(300)) } ?? ""
-                    problems.append("pod \(name): container \(container["name"] as? String ?? "?") \(key): \(reason)\(message)")
+                let label = "pod \(name): container \(container["name"] as? String ?? "?")"
+                // Reasons only, and the kubelet's own words for an image it cannot pull: a
+                // container's messages (its termination log) are the workload's to write, and
+                // nothing it writes goes into Gantry's records.
+                if let waiting = state["waiting"] as? JSONObject, let reason = waiting["reason"] as? String {
+                    let kubelets = ["ErrImagePull", "ImagePullBackOff", "InvalidImageName", "ErrImageNeverPull"]
+                    let message = kubelets.contains(reason) ? (waiting["message"] as? String).map { ": " + String($0.prefix(300)) } ?? "" : ""
+                    problems.append("\(label) waiting: \(reason)\(message)")
+                }
+                if let terminated = state["terminated"] as? JSONObject, let reason = terminated["reason"] as? String {
+                    let code = (terminated["exitCode"] as? NSNumber).map { " (exit code \($0.intValue))" } ?? ""
+                    problems.append("\(label) terminated: \(reason)\(code)")
                 }
             }
         }
@@ -313,7 +329,7 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
         var left: [String] = []
         let namespace = ObjectRef(apiVersion: "v1", kind: "Namespace", namespace: nil, name: KubernetesRenderer.namespace(of: name))
         if let live = try client.get(namespace) {
-            if Self.owned(live, by: name) {
+            if Self.owned(live, by: name), !Self.reserved(namespace.name, options: options) {
                 progress("deleting namespace \(namespace.name)")
                 try client.delete(namespace)
                 if let stuck = try awaitDeletion(namespace, client: client) { left.append(stuck) }

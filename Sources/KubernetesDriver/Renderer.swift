@@ -35,12 +35,18 @@ public struct KubernetesRenderer: Sendable {
     static let servicePort = 80
     public static let managedBy = "gantry"
 
-    /// The namespace of an environment: `gantry-<name>`, shortened with a hash past 63 characters.
+    /// Where Gantry itself runs (deploy/kubernetes): no environment's namespace.
+    public static let systemNamespace = "gantry-system"
+
+    /// The namespace of an environment: `gantry-<name>` up to 62 characters; past that, exactly
+    /// 63: the name cut to 43 characters, `-`, and 48 bits of its SHA-256. The two forms never
+    /// meet (their lengths differ), and no name can be made to land on another's hashed form
+    /// short of a 48-bit second preimage.
     public static func namespace(of environment: String) -> String {
         let name = "gantry-" + environment
-        guard name.count > 63 else { return name }
-        let digest = SHA256.hash(data: Data(environment.utf8)).prefix(4).map { String(format: "%02x", $0) }.joined()
-        return "gantry-" + environment.prefix(46) + "-" + digest
+        guard name.count > 62 else { return name }
+        let digest = SHA256.hash(data: Data(environment.utf8)).prefix(6).map { String(format: "%02x", $0) }.joined()
+        return "gantry-" + environment.prefix(43) + "-" + digest
     }
 
     public func render(_ spec: EnvironmentSpec, commit: String, domain: String) throws -> [KubeObject] {

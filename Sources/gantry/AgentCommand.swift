@@ -19,8 +19,12 @@ struct AgentCommand: ParsableCommand {
         commandName: "agent",
         abstract: "Run the data plane beside the workloads: apply the control plane's signed plans with the local driver and this machine's secrets.")
 
-    @Option(help: "The control plane's API, http(s)://HOST:PORT (its `gantry run --data-plane-token-file`).")
+    @Option(help: "The control plane's API, https://HOST:PORT (its `gantry run --data-plane-token-file`, behind TLS); http only on loopback or with --allow-http.")
     var control: String
+    @Option(help: "A PEM file of certificate authorities trusted for the control plane's TLS (besides the system's).")
+    var controlCA: String?
+    @Flag(help: "Allow plain http to a control plane off this host: the token and the reports then cross the network unprotected.")
+    var allowHTTP = false
     @Option(help: "The control plane's public key: its state directory's keys/gantry_ed25519.pub (or the `ssh-ed25519 AAAA...` line). Plans it did not sign are refused.")
     var key: String
     @Option(help: "A file holding the data-plane token (the same as the control plane's --data-plane-token-file).")
@@ -41,7 +45,15 @@ struct AgentCommand: ParsableCommand {
 
     func validate() throws {
         guard interval > 0, maxPlanAge > 0 else { throw ValidationError("--interval and --max-plan-age must be positive") }
-        guard control.hasPrefix("http://") || control.hasPrefix("https://") else { throw ValidationError("--control must be http(s)://HOST:PORT") }
+        guard control.hasPrefix("http://") || control.hasPrefix("https://") else { throw ValidationError("--control must be https://HOST:PORT") }
+        // Plans are signed, but the token and the reports ride on the connection: plain http is
+        // for this host only, unless asked for.
+        if control.hasPrefix("http://"), !allowHTTP {
+            let host = URL(string: control)?.host ?? ""
+            guard ["127.0.0.1", "localhost", "::1", "[::1]"].contains(host) else {
+                throw ValidationError("--control \(control) is plain http to another host: the data-plane token and the agent's reports would cross the network unprotected (anyone on the way could forge a report). Put the control plane's API behind TLS and use https://, or pass --allow-http")
+            }
+        }
     }
 
     func run() throws {
@@ -67,6 +79,11 @@ struct AgentCommand: ParsableCommand {
         verifier.maxAge = maxPlanAge
         var options = DataPlaneAgent.Options(control: control, token: token)
         options.interval = interval
+        if let controlCA {
+            guard let pem = FileManager.default.contents(atPath: controlCA) else { throw Failure("\(controlCA): cannot be read (--control-ca)") }
+            options.certificateAuthority = Array(pem)
+        }
+        if control.hasPrefix("http://"), allowHTTP { logger.warning("the control plane is reached over plain http (--allow-http): its token and the reports are not protected on the way") }
         let agent = try DataPlaneAgent(options: options, driver: driver, verifier: verifier, stateDirectory: paths.root, logger: logger)
         agent.freeze = { name, on in _ = driver.setFrozen(name, on) }
         agent.switchesChanged = { board.set($0) }

@@ -97,6 +97,19 @@ import TestSupport
         #expect(try snapshot.objectID(at: "apps/shop")?.hex == String(repeating: "b", count: 40))
     }
 
+    @Test func anEnvironmentNameThatIsNoLabelIsRefused() throws {
+        for name in ["../agent", "Shop", "a/b", "-x", String(repeating: "a", count: 64), ""] {
+            var bad = plan(7)
+            bad.environment = name
+            let refusal = try #require(throws: PlanRefusal.self) { try PlanVerifier(trusted: key.publicKey).verify(try PlanEnvelope.seal(bad, key: key), after: 0) }
+            #expect(refusal.kind == .malformed, "\(name)")
+        }
+        var switches = Plan(sequence: 8, issuedAt: Date(), action: .switches, environment: "shop")
+        #expect(throws: PlanRefusal.self) { try PlanVerifier(trusted: key.publicKey).verify(try PlanEnvelope.seal(switches, key: key), after: 0) }
+        switches.environment = ""
+        #expect(try PlanVerifier(trusted: key.publicKey).verify(try PlanEnvelope.seal(switches, key: key), after: 0).sequence == 8)
+    }
+
     /// The files a plan carries come from a real revision: the service's tree, a seed, nothing else.
     @Test func aPlanCarriesTheFilesItsServicesNeed() throws {
         let repo = try TestRepository()

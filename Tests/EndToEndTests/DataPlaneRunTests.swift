@@ -207,11 +207,31 @@ import TestSupport
                 (try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["reports"] as? [[String: Any]]
             }.flatMap { $0 }
         }
+        // What the control plane signed (stale, replayed) is reported under its sequence; what
+        // nobody signed (tampered, forged) claims no sequence, and shows in the health's events.
         let refusals = { Set(reports().compactMap { ($0["refused"] as? String)?.split(separator: ":").first.map(String.init) }) }
-        #expect(eventually(30) { refusals() == ["tampered", "replayed", "untrusted", "stale"] }, "\(reports()) \(self.read(state.path + "/agent.log").suffix(2000))")
+        let events = { () -> Set<String> in
+            Set(self.read(reportsFile).split(separator: "\n").compactMap { line -> [[String: Any]]? in
+                ((try? JSONSerialization.jsonObject(with: Data(line.utf8)) as? [String: Any])?["health"] as? [String: Any])?["events"] as? [[String: Any]]
+            }.flatMap { $0 }.filter { $0["kind"] as? String == "plan-refused" }.compactMap { ($0["message"] as? String)?.split(separator: ":").first.map(String.init) })
+        }
+        #expect(eventually(30) { refusals() == ["replayed", "stale"] && events() == ["tampered", "untrusted"] },
+                "\(reports()) \(events()) \(self.read(state.path + "/agent.log").suffix(2000))")
+        #expect(!reports().contains { $0["sequence"] as? Int == 6 || $0["sequence"] as? Int == 7 }, "no report stands for the claims of unsigned plans")
         #expect(reports().contains { $0["sequence"] as? Int == 5 && $0["ok"] as? Bool == true })
         let kept = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: state.path + "/agent.json"))) as? [String: Any]
         #expect(kept?["lastSequence"] as? Int == 5)
         #expect((kept?["switches"] as? [String: String])?.isEmpty == true, "the altered plan's switch was not taken")
+    }
+
+    /// Plain http to a control plane on another host is refused unless asked for: the token and
+    /// the reports would cross the network unprotected.
+    @Test func plainHTTPOffThisHostIsRefused() throws {
+        let directory = TemporaryDirectory()
+        try "dp-token-0123456789abcdef".write(toFile: directory.path + "/token", atomically: true, encoding: .utf8)
+        _ = try Shell.check(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", directory.path + "/control"])
+        let refused = try gantry("agent", "--control", "http://10.9.8.7:7070", "--key", directory.path + "/control.pub",
+                                 "--token-file", directory.path + "/token", "--state", directory.path + "/agent")
+        #expect(refused.status != 0 && refused.stderr.contains("plain http to another host") && refused.stderr.contains("--allow-http"), "\(refused.stderr)")
     }
 }

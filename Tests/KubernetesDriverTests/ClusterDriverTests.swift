@@ -204,10 +204,20 @@ import TestSupport
             services:
               api: {image: "registry.example/unpullable:9"}
             """)
+        // A pod of the workload whose container wrote its own termination message: the workload's
+        // words never reach Gantry's records (reasons only).
+        try cluster.curl("PATCH", "/api/v1/namespaces/gantry-shop?fieldManager=setup", body: """
+            {"apiVersion":"v1","kind":"Namespace","metadata":{"name":"gantry-shop","labels":{"app.kubernetes.io/managed-by":"gantry","gantry.dev/environment":"shop"}}}
+            """, contentType: "application/apply-patch+yaml")
+        try cluster.curl("PATCH", "/api/v1/namespaces/gantry-shop/pods/api-old?fieldManager=kubelet", body: """
+            {"apiVersion":"v1","kind":"Pod","metadata":{"name":"api-old","labels":{"app.kubernetes.io/managed-by":"gantry","gantry.dev/environment":"shop","gantry.dev/service":"api"}},
+             "status":{"containerStatuses":[{"name":"api","state":{"terminated":{"reason":"Error","exitCode":3,"message":"EXFIL-9f8e7d"}}}]}}
+            """, contentType: "application/apply-patch+yaml")
         let started = Date()
         let error = try #require(throws: RolloutError.self) { try driver.apply(plan) { _ in } }
         #expect(error.description.contains("Deployment/api has stalled: ProgressDeadlineExceeded"))
         #expect(error.description.contains("container api waiting: ErrImagePull"))
+        #expect(error.description.contains("container api terminated: Error (exit code 3)") && !error.description.contains("EXFIL"), "\(error)")
         #expect(Date().timeIntervalSince(started) < 10, "a stall ends the wait before its bound")
         #expect(ErrorDisposition.of(error) == .retryWithBackoff)
     }
@@ -277,6 +287,17 @@ import TestSupport
         #expect(labels?["app.kubernetes.io/managed-by"] == nil)
         #expect(try cluster.object("/apis/apps/v1/namespaces/gantry-shop/deployments/api") == nil)
         #expect(!driver.holds(environment: "shop"))
+    }
+
+    /// Gantry's own namespace is no environment's, even before it exists.
+    @Test func anEnvironmentCannotLiveInGantrysOwnNamespace() throws {
+        let cluster = try FakeCluster()
+        let driver = try driver(cluster)
+        var plan = try Self.plan("services:\n  api: {image: registry.example/api:1}")
+        plan = PlannedEnvironment(name: "system", branch: "main", commit: plan.commit, spec: plan.spec, fingerprint: "f", domain: "example.com", source: plan.source)
+        let error = try #require(throws: RevisionError.self) { try driver.apply(plan) { _ in } }
+        #expect(error.description.contains("namespace gantry-system, which Gantry keeps for itself"))
+        #expect(try cluster.object("/api/v1/namespaces/gantry-system") == nil)
     }
 
     @Test func cloudNativePGIsUsedWhenItsAPIIsServed() throws {

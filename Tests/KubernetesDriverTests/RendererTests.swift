@@ -134,5 +134,14 @@ import TestSupport
         spec.services[0].image = nil
         #expect(throws: KubernetesRenderer.RenderError.self) { try KubernetesRenderer().render(spec, commit: "c", domain: "example.com") }
         #expect(KubernetesRenderer.namespace(of: String(repeating: "a", count: 60)).count <= 63)
+        // Up to 62 characters the name as is; past that exactly 63, with 48 bits of a hash: the two
+        // forms never meet, so a short name cannot squat a long one's namespace.
+        let long = "payments-ledger-reconciliation-service-europe-region-west1"
+        let hashed = KubernetesRenderer.namespace(of: long)
+        #expect(hashed.count == 63 && hashed.hasPrefix("gantry-" + long.prefix(43) + "-"))
+        let squat = String(hashed.dropFirst("gantry-".count))
+        #expect(KubernetesRenderer.namespace(of: squat) != hashed)
+        #expect(KubernetesRenderer.namespace(of: String(repeating: "b", count: 55)).count == 62)
+        #expect(KubernetesRenderer.namespace(of: String(repeating: "b", count: 56)).count == 63)
     }
 }
