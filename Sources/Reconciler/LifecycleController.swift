@@ -72,6 +72,10 @@ public final class LifecycleController: @unchecked Sendable {
     private let recorder = DispatchQueue(label: "gantry.lifecycle.records")
     /// Environments under a kill switch are not woken, put to sleep or scaled (the reconciler's board).
     public var killSwitches = KillSwitchBoard()
+    /// Whether an environment runs on this controller's driver (the local one): idle sleep and
+    /// autoscaling act only there; one on a cluster or the data plane is scaled there, and only
+    /// expires here (a teardown).
+    public var runsHere: @Sendable (String) -> Bool = { _ in true }
 
     public init(state: StateStore, driver: any LifecycleDriver, audit: AuditLog, logger: Logger, options: Options = Options(),
                 clock: @escaping @Sendable () -> Date = { Date() }) {
@@ -288,7 +292,8 @@ public final class LifecycleController: @unchecked Sendable {
             guard let spec = appliedSpec(record) else { continue }
             // Frozen by a kill switch: nothing starts, stops or expires meanwhile.
             if killed[record.name] != nil { continue }
-            if sleeping[record.name] == nil { autoscaled += spec.services.filter { $0.autoscale != nil }.map { (record.name, $0) } }
+            let here = runsHere(record.name)
+            if sleeping[record.name] == nil, here { autoscaled += spec.services.filter { $0.autoscale != nil }.map { (record.name, $0) } }
             // Asleep, yet something of it runs (nothing of Gantry's starts it then, an apply aside:
             // a new revision wakes it): stopped again.
             if let asleep = sleeping[record.name], !record.conditions.contains(.applying),
@@ -301,7 +306,7 @@ public final class LifecycleController: @unchecked Sendable {
                 }
             }
             if let expiry = checkTTL(record, spec: spec, settings: settings, now: now) { expired.append(expiry); continue }
-            if sleeping[record.name] == nil, let idle = Self.idleLimit(spec, settings: settings) {
+            if sleeping[record.name] == nil, here, let idle = Self.idleLimit(spec, settings: settings) {
                 let (last, busy) = lock.withLock { () -> (Date, Bool) in
                     let since = [lastRequest[record.name], awakeSince[record.name], started].compactMap { $0 }.max()!
                     return (since, (inFlight[record.name] ?? [:]).values.contains { $0 > 0 } || wakes[record.name] != nil)

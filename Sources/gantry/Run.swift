@@ -118,6 +118,8 @@ struct Run: ParsableCommand {
         lifecycleOptions.stabilizationWindow = scaleDownWindow
         let lifecycle = LifecycleController(state: store, driver: driver, audit: lifecycleAudit, logger: logger, options: lifecycleOptions)
         reconciler.lifecycle = lifecycle
+        // (Idle sleep and autoscaling act on what runs here; the cluster and the data plane scale their own.)
+        lifecycle.runsHere = { [cluster, dataPlane] name in !cluster.holds(environment: name) && !(dataPlane?.holds(environment: name) ?? false) }
         // Kill switches: one board for everything that could start an environment's processes.
         lifecycle.killSwitches = reconciler.killSwitches
         driver.killSwitches = reconciler.killSwitches
