@@ -55,15 +55,6 @@ import TestSupport
         return before > 0 && ticks(work) == before
     }
 
-    /// Every file under `directory`, as bytes.
-    func contents(under directory: String) -> Data {
-        var all = Data()
-        for case let file as String in FileManager.default.enumerator(atPath: directory)?.allObjects ?? [] {
-            if let data = FileManager.default.contents(atPath: directory + "/" + file) { all.append(data) }
-        }
-        return all
-    }
-
     @Test func theAgentRunsItsEnvironmentWithSecretsThatNeverLeaveAndHoldsWithoutTheControlPlane() throws {
         let repo = try TestRepository()
         try repo.seedExample()

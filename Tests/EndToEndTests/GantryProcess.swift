@@ -89,3 +89,13 @@ func releaseLeftovers(state: String) {
     }
     _ = try? Shell.run(["nft", "delete", "table", "inet", "gantry_host_\(digest)"])
 }
+
+/// Every file under `directory` (a state directory: the DB, its WAL, logs, keys), as bytes: a
+/// test greps it for a value that must not be there.
+func contents(under directory: String) -> Data {
+    var all = Data()
+    for case let file as String in FileManager.default.enumerator(atPath: directory)?.allObjects ?? [] {
+        if let data = FileManager.default.contents(atPath: directory + "/" + file) { all.append(data) }
+    }
+    return all
+}

@@ -33,15 +33,6 @@ import TestSupport
                    "--kubeconfig", cluster.kubeconfig, "--kube-rollout-timeout", "30", "--kube-teardown-timeout", "10")
     }
 
-    /// Every file under `directory` (the state directory: the DB, its WAL, logs), as bytes.
-    func contents(under directory: String) -> Data {
-        var all = Data()
-        for case let file as String in FileManager.default.enumerator(atPath: directory)?.allObjects ?? [] {
-            if let data = FileManager.default.contents(atPath: directory + "/" + file) { all.append(data) }
-        }
-        return all
-    }
-
     @Test func anEnvironmentOnTheClusterIsAppliedPrunedAndTornDown() throws {
         let cluster = try FakeCluster()
         let repo = try TestRepository()

@@ -34,21 +34,10 @@ import TestSupport
 
     /// The environment `shop` as Gantry loads it from a real repository, with `spec` as its spec.
     static func plan(_ spec: String, commit: String = String(repeating: "a", count: 40)) throws -> PlannedEnvironment {
-        let repo = try TestRepository()
-        try repo.seedExample()
-        try repo.write("environments/shop.yaml", """
-            apiVersion: gantry/v1
-            kind: Environment
-            metadata: {name: shop, team: payments, class: production}
-            spec:
-            \(spec.split(separator: "\n", omittingEmptySubsequences: false).map { "  " + $0 }.joined(separator: "\n"))
-            """)
-        let sha = try repo.commitAsOwner("shop")
-        let loaded = try ConfigLoader(repository: try repo.open()).environments(at: ObjectID(hex: sha)!)
-        let spec = try #require(loaded.first { $0.name == "shop" }?.spec)
+        let spec = try shopSpec(spec)
         let id = ObjectID(hex: commit)!
         return PlannedEnvironment(name: "shop", branch: "main", commit: id, spec: spec, fingerprint: "f", domain: "example.com",
-                                  source: GitSnapshot(path: repo.path, commit: id))
+                                  source: GitSnapshot(path: "/nonexistent", commit: id))
     }
 
     static let shop = """

@@ -13,41 +13,32 @@ import TestSupport
 
     /// A spec with every part a cluster renders, loaded from a real repository as Gantry loads it.
     func rich() throws -> EnvironmentSpec {
-        let repo = try TestRepository()
-        try repo.seedExample()
-        try repo.write("environments/shop.yaml", """
-            apiVersion: gantry/v1
-            kind: Environment
-            metadata: {name: shop, team: payments, class: production}
-            spec:
-              secrets: [stripe-key]
-              services:
-                api:
-                  image: registry.example/api:1.4
-                  command: [python3, server.py]
-                  health: {http: /healthz, timeout: 3s}
-                  resources: {cpu: 0.5, memory: 256Mi}
-                  env:
-                    GREETING: "hello from ${env.name}"
-                    DATABASE_URL: "${databases.main.url}"
-                    STRIPE_KEY: "${secrets.stripe-key}"
-                    AUTH: "Bearer ${secrets.stripe-key} for $(literal)"
-                    WORKER_URL: "${services.worker.url}"
-                  autoscale: {min: 1, max: 4, targetConcurrency: 10}
-                worker:
-                  image: registry.example/worker:2
-                  replicas: 2
-                  env: {CACHE: "${caches.sessions.url}"}
-              databases:
-                main: {engine: postgres}
-              caches:
-                sessions: {engine: redis}
-              routes:
-                - {name: www, service: api}
+        try shopSpec("""
+            secrets: [stripe-key]
+            services:
+              api:
+                image: registry.example/api:1.4
+                command: [python3, server.py]
+                health: {http: /healthz, timeout: 3s}
+                resources: {cpu: 0.5, memory: 256Mi}
+                env:
+                  GREETING: "hello from ${env.name}"
+                  DATABASE_URL: "${databases.main.url}"
+                  STRIPE_KEY: "${secrets.stripe-key}"
+                  AUTH: "Bearer ${secrets.stripe-key} for $(literal)"
+                  WORKER_URL: "${services.worker.url}"
+                autoscale: {min: 1, max: 4, targetConcurrency: 10}
+              worker:
+                image: registry.example/worker:2
+                replicas: 2
+                env: {CACHE: "${caches.sessions.url}"}
+            databases:
+              main: {engine: postgres}
+            caches:
+              sessions: {engine: redis}
+            routes:
+              - {name: www, service: api}
             """)
-        let sha = try repo.commitAsOwner("a shop")
-        let loaded = try ConfigLoader(repository: try repo.open()).environments(at: ObjectID(hex: sha)!)
-        return try #require(loaded.first { $0.name == "shop" }?.spec)
     }
 
     func validate(_ yaml: String) throws -> Shell.Result {
