@@ -20,6 +20,8 @@ extension APIServer {
             case .success(let plans):
                 var body = Data(#"{"plans":["#.utf8)
                 for (index, plan) in plans.enumerated() {
+                    // (At most 64 MiB a page, at least one plan: the agent asks again after the last.)
+                    if index > 0, body.count + plan.envelope.count > 64 << 20 { break }
                     if index > 0 { body.append(UInt8(ascii: ",")) }
                     body.append(plan.envelope)
                 }

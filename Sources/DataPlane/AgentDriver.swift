@@ -68,6 +68,9 @@ public final class AgentDriver: Driver, @unchecked Sendable {
         let files = try PlanSnapshot.files(of: environment.source, paths: paths)
         var objects: [String: String] = [:]
         for path in spec.services.compactMap(\.source) { objects[path] = try environment.source.objectID(at: path)?.hex }
+        // Held by the data plane from the moment a plan may run there (kept apart from the plans,
+        // which are pruned).
+        try state.setInventory(["environment"], of: environment.name, driver: Self.name)
         let sequence = try issue(.apply, environment: environment.name) { plan in
             plan.branch = environment.branch
             plan.commit = environment.commit.hex
@@ -86,12 +89,13 @@ public final class AgentDriver: Driver, @unchecked Sendable {
         let sequence = try issue(.destroy, environment: name)
         let report = try awaitReport(sequence, environment: name, progress: progress)
         guard report.ok else { throw AgentError(description: "the data plane could not tear down \(name) (plan \(sequence)): \(report.error ?? "no reason given")") }
+        try state.setInventory([], of: name, driver: Self.name)
         return report.changes
     }
 
-    /// Whether the last plan for `name` runs it (an apply).
+    /// Whether the data plane runs (or may run) `name`: from its first apply plan until a teardown it reported.
     public func holds(environment name: String) -> Bool {
-        do { return try state.lastPlan(of: name)?.action == Plan.Action.apply.rawValue } catch { return true }
+        (try? !state.inventory(of: name, driver: Self.name).isEmpty) ?? true
     }
 
     /// The agent supervises what it runs; the control plane sends it the kill switches that
@@ -101,7 +105,8 @@ public final class AgentDriver: Driver, @unchecked Sendable {
         // started must not send "no switch" while one is on.)
         guard let environments = try? state.environments(), let stored = try? state.killSwitches() else { return [] }
         let ours = environments.filter { $0.destroyedAt == nil && holds(environment: $0.name) }
-        let now = KillSwitchBoard.coverage(switches: stored, onMain: false, environments: ours.map { ($0.name, $0.team) })
+        // (The team of the revision that runs, as the local driver's switches see it.)
+        let now = KillSwitchBoard.coverage(switches: stored, onMain: false, environments: ours.map { ($0.name, $0.appliedSpec?.team ?? $0.team) })
         // What the agent says it enforces, from its last health report after the last send.
         let enforced: Set<String>? = {
             guard let health = try? state.dataPlaneHealth(), health.receivedAt > lock.withLock({ publishedAt }),

@@ -180,15 +180,22 @@ public final class DataPlaneAgent: @unchecked Sendable {
             // control plane then knows that plan did not run. What nobody signed (tampered, forged,
             // malformed) claims nothing the control plane should believe: it goes into the health
             // report's events, and its sequence stands for no plan.
-            switch refusal.kind {
-            case .stale, .replayed:
-                var report = AgentReport(sequence: claimed?.sequence ?? 0, environment: "", ok: false)
+            if let sequence = refusal.signedSequence {
+                var report = AgentReport(sequence: sequence, environment: "", ok: false)
                 report.refused = "\(refusal.kind.rawValue): \(refusal.description)"
                 report.error = "refused by the data plane: \(refusal.description)"
                 queue(report)
-            case .tampered, .untrusted, .malformed:
+                // Past a plan the control plane signed and that can never be carried out (stale, say):
+                // the next page holds what comes after it (the control plane sends what is still
+                // wanted again, fresh), so a backlog of old plans cannot wedge the agent.
+                if refusal.kind != .replayed {
+                    lock.withLock { persisted.lastSequence = max(persisted.lastSequence, sequence) }
+                    do { try save() } catch { logger.error("could not keep the agent's state", metadata: ["error": "\(error)"]) }
+                }
+            } else {
                 note(DriverEvent(environment: "", kind: "plan-refused", message: "\(refusal.kind.rawValue): \(refusal.description)"))
             }
+            _ = claimed
             return
         } catch {
             return

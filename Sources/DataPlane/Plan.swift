@@ -77,6 +77,15 @@ public struct PlanRefusal: Error, CustomStringConvertible, Sendable {
     public enum Kind: String, Sendable { case tampered, untrusted, replayed, stale, malformed }
     public let kind: Kind
     public let description: String
+    /// The plan's sequence when the control plane did sign it (stale, replayed, or signed but
+    /// malformed): the agent may move past it. Nil for what nobody signed.
+    public var signedSequence: Int?
+
+    public init(kind: Kind, description: String, signedSequence: Int? = nil) {
+        self.kind = kind
+        self.description = description
+        self.signedSequence = signedSequence
+    }
 }
 
 /// The agent's judge of plans: the signature must verify, by the control plane's key, over the
@@ -107,25 +116,29 @@ public struct PlanVerifier: Sendable {
         do { plan = try Plan.decode(bytes) } catch {
             throw PlanRefusal(kind: .malformed, description: "its contents are not a plan (\(error))")
         }
-        guard plan.version == 1 else { throw PlanRefusal(kind: .malformed, description: "plan version \(plan.version) is not known to this agent") }
+        let signed = plan.sequence
+        guard plan.version == 1 else {
+            throw PlanRefusal(kind: .malformed, description: "plan version \(plan.version) is not known to this agent", signedSequence: signed)
+        }
         guard plan.sequence > lastSequence else {
-            throw PlanRefusal(kind: .replayed, description: "plan \(plan.sequence) is not after the last one accepted (\(lastSequence)): a replay")
+            throw PlanRefusal(kind: .replayed, description: "plan \(plan.sequence) is not after the last one accepted (\(lastSequence)): a replay", signedSequence: signed)
         }
         let age = now.timeIntervalSince(plan.issuedAt)
         guard age <= maxAge else {
-            throw PlanRefusal(kind: .stale, description: "plan \(plan.sequence) was issued \(Int(age)) s ago, more than \(Int(maxAge)) s: stale")
+            throw PlanRefusal(kind: .stale, description: "plan \(plan.sequence) was issued \(Int(age)) s ago, more than \(Int(maxAge)) s: stale", signedSequence: signed)
         }
         guard age >= -skew else {
-            throw PlanRefusal(kind: .stale, description: "plan \(plan.sequence) claims to be issued \(Int(-age)) s in the future")
+            throw PlanRefusal(kind: .stale, description: "plan \(plan.sequence) claims to be issued \(Int(-age)) s in the future", signedSequence: signed)
         }
         // An environment's name is a DNS-1123 label (empty for the kill switches).
         let allowed = Set("abcdefghijklmnopqrstuvwxyz0123456789-")
         guard plan.environment.count <= 63, plan.environment.allSatisfy({ allowed.contains($0) }),
               !plan.environment.hasPrefix("-"), plan.environment.isEmpty == (plan.action == .switches) else {
-            throw PlanRefusal(kind: .malformed, description: "plan \(plan.sequence) names an environment that is no DNS-1123 label: \(plan.environment.prefix(80))")
+            throw PlanRefusal(kind: .malformed, description: "plan \(plan.sequence) names an environment that is no DNS-1123 label: \(plan.environment.prefix(80))",
+                              signedSequence: signed)
         }
         for file in plan.files where !PlanSnapshot.isInside(file.path) {
-            throw PlanRefusal(kind: .malformed, description: "plan \(plan.sequence) names a file outside the revision: \(file.path)")
+            throw PlanRefusal(kind: .malformed, description: "plan \(plan.sequence) names a file outside the revision: \(file.path)", signedSequence: signed)
         }
         return plan
     }

@@ -167,6 +167,16 @@ public final class KubeClient: @unchecked Sendable {
         return try Self.object(body, operation)
     }
 
+    /// Creates the object, and only creates it: one that exists already is an error (409
+    /// AlreadyExists), never adopted.
+    public func create(_ ref: ObjectRef, json: Data) throws -> JSONObject {
+        let operation = "create \(ref)"
+        let (status, body) = try send(.POST, try ref.collectionPath(), query: [("fieldManager", Self.fieldManager)], body: json,
+                                      contentType: "application/json", operation: operation)
+        guard status == 201 || status == 200 else { throw Self.failure(operation, status, body) }
+        return try Self.object(body, operation)
+    }
+
     /// The objects of `kind` in `namespace` (every namespace when nil) carrying every label of `labels`.
     public func list(apiVersion: String, kind: String, namespace: String?, labels: [String: String]) throws -> [JSONObject] {
         let ref = ObjectRef(apiVersion: apiVersion, kind: kind, namespace: namespace, name: "")

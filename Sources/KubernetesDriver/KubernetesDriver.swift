@@ -67,23 +67,34 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
             applyStarted[environment.name] = Date()
             driftFindings[environment.name] = nil
         }
-        let objects = try desiredObjects(environment, client: client)
-        // A namespace that exists and is not this environment's (Gantry's own `gantry-system`,
-        // another team's) is never taken over: applying would relabel it, and the environment's
-        // teardown would delete it.
         let namespace = ObjectRef(apiVersion: "v1", kind: "Namespace", namespace: nil, name: KubernetesRenderer.namespace(of: environment.name))
         if Self.reserved(namespace.name, options: options) {
             throw RevisionError("the environment \(environment.name) would live in namespace \(namespace.name), which Gantry keeps for itself: rename the environment")
         }
-        if let live = try client.get(namespace), !Self.owned(live, by: environment.name) {
-            throw RevisionError("namespace \(namespace.name) exists and is not Gantry's namespace for \(environment.name) (it lacks app.kubernetes.io/managed-by: gantry and gantry.dev/environment: \(environment.name)): rename the environment, or remove or relabel that namespace")
+        // The namespace is Gantry's only if Gantry made it: its claim (a random value kept in
+        // the state DB before the namespace is made) is on it. Labels anyone could set; a
+        // namespace made before, by anyone, is never adopted (it could hold their RoleBindings,
+        // and would receive the environment's secrets).
+        let claim = try claim(of: environment.name, make: true)!
+        let objects = try desiredObjects(environment, client: client, claim: claim)
+        var outcome = ApplyOutcome()
+        if let live = try client.get(namespace) {
+            guard Self.claimed(live, by: environment.name, claim: claim) else { throw Self.notOurs(namespace, environment.name) }
         }
         let wanted = objects.map(ObjectRef.init)
         let previous = try inventory(of: environment.name)
         // What is about to exist is in the inventory before it exists: an apply cut short leaves
         // nothing the next one cannot prune.
         try state.setInventory(Set(previous + wanted).map(\.entry), of: environment.name, driver: Self.name)
-        var outcome = ApplyOutcome()
+        if try client.get(namespace) == nil, let made = objects.first(where: { $0.kind == "Namespace" }) {
+            progress("creating namespace \(namespace.name)")
+            do {
+                _ = try client.create(namespace, json: try made.jsonData())
+            } catch let error as KubeAPIError where error.status == 409 {
+                throw Self.notOurs(namespace, environment.name)
+            }
+            outcome.changes.append("\(namespace) created")
+        }
         for (index, stage) in Self.stages(objects).enumerated() where !stage.isEmpty {
             progress("stage \(index + 1) of 3: \(stage.map { ObjectRef($0).description }.joined(separator: ", "))")
             for object in stage {
@@ -112,8 +123,30 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
         return outcome
     }
 
-    /// The environment's objects as they should be live, secrets with their values.
-    func desiredObjects(_ environment: PlannedEnvironment, client: KubeClient) throws -> [KubeObject] {
+    static func notOurs(_ namespace: ObjectRef, _ environment: String) -> RevisionError {
+        RevisionError("namespace \(namespace.name) exists and Gantry did not make it for \(environment) (it lacks Gantry's claim): Gantry never adopts a namespace; rename the environment, or delete that namespace")
+    }
+
+    /// The random claim Gantry puts on the namespace it makes for `environment` (made and kept first when `make`).
+    func claim(of environment: String, make: Bool) throws -> String? {
+        let key = "kubernetes.claim." + environment
+        if let known: String = try state.meta(key) { return known }
+        guard make else { return nil }
+        let made = SymmetricKey(size: .bits128).withUnsafeBytes { Data($0) }.map { String(format: "%02x", $0) }.joined()
+        try state.setMeta(key, made)
+        return made
+    }
+
+    /// Whether a live namespace is the one Gantry made for `environment`.
+    static func claimed(_ namespace: JSONObject, by environment: String, claim: String?) -> Bool {
+        let annotations = (namespace["metadata"] as? JSONObject)?["annotations"] as? [String: String] ?? [:]
+        return owned(namespace, by: environment) && claim != nil && annotations[claimAnnotation] == claim
+    }
+
+    static let claimAnnotation = "gantry.dev/claim"
+
+    /// The environment's objects as they should be live, secrets with their values, the namespace with its claim.
+    func desiredObjects(_ environment: PlannedEnvironment, client: KubeClient, claim: String) throws -> [KubeObject] {
         var options = self.options.renderer
         options.cloudNativePG = try self.options.cloudNativePG ?? client.serves("postgresql.cnpg.io/v1")
         let objects: [KubeObject]
@@ -122,7 +155,11 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
         } catch let error as KubernetesRenderer.RenderError {
             throw RevisionError(error.description)
         }
-        return try objects.map { try materialize($0, environment: environment) }
+        return try objects.map { object in
+            guard var namespace = object.as(Namespace.self) else { return try materialize(object, environment: environment) }
+            namespace.metadata.annotations = (namespace.metadata.annotations ?? [:]).merging([Self.claimAnnotation: claim]) { $1 }
+            return KubeObject(namespace)
+        }
     }
 
     /// Namespaces and what defines kinds first, then what configures (secrets, quotas, policies,
@@ -329,15 +366,16 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
         var left: [String] = []
         let namespace = ObjectRef(apiVersion: "v1", kind: "Namespace", namespace: nil, name: KubernetesRenderer.namespace(of: name))
         if let live = try client.get(namespace) {
-            if Self.owned(live, by: name), !Self.reserved(namespace.name, options: options) {
+            if Self.claimed(live, by: name, claim: try claim(of: name, make: false)), !Self.reserved(namespace.name, options: options) {
                 progress("deleting namespace \(namespace.name)")
                 try client.delete(namespace)
                 if let stuck = try awaitDeletion(namespace, client: client) { left.append(stuck) }
             } else {
-                left.append("namespace \(namespace.name) no longer carries Gantry's labels for \(name): left in place")
+                left.append("namespace \(namespace.name) is not the one Gantry made for \(name) (its labels or claim changed): left in place")
             }
         }
         try state.setInventory([], of: name, driver: Self.name)
+        try state.setMeta("kubernetes.claim." + name, String?.none)
         try secrets?.forgetCredentials(of: name)
         lock.withLock {
             lastDriftCheck[name] = nil
@@ -399,7 +437,8 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
     /// Each object that is missing or that applying again would change, with the fields and who changed them.
     func differences(_ environment: PlannedEnvironment, client: KubeClient) throws -> [String] {
         var found: [String] = []
-        for object in try desiredObjects(environment, client: client) {
+        guard let claim = try claim(of: environment.name, make: false) else { return [] }
+        for object in try desiredObjects(environment, client: client, claim: claim) {
             let ref = ObjectRef(object)
             guard let live = try client.get(ref) else {
                 found.append("\(ref) is missing")

@@ -29,6 +29,11 @@ extension StateStore {
             let sequence = (try Int.fetchOne(db, sql: "SELECT MAX(sequence) FROM dataPlanePlans") ?? 0) + 1
             try db.execute(sql: "INSERT INTO dataPlanePlans(sequence, environment, action, envelope, issuedAt) VALUES (?, ?, ?, ?, ?)",
                            arguments: [sequence, environment, action, try make(sequence), now])
+            // A plan supersedes the environment's earlier ones not yet carried out (the kill
+            // switches' likewise): an agent that was away finds one plan each, not a backlog.
+            try db.execute(sql: """
+                DELETE FROM dataPlanePlans WHERE environment = ? AND sequence < ? AND sequence NOT IN (SELECT sequence FROM dataPlaneReports)
+                """, arguments: [environment, sequence])
             try db.execute(sql: """
                 DELETE FROM dataPlanePlans WHERE issuedAt < ? AND sequence < ? AND sequence IN (SELECT sequence FROM dataPlaneReports)
                 """, arguments: [now.addingTimeInterval(-86_400), sequence])

@@ -8,7 +8,8 @@ What it implements, as kube-apiserver does:
     required, field ownership per manager, 409 Conflict on a field another manager owns with a
     different value unless force=true, fields a manager stops applying are removed, dryRun=All;
   - merge patch (application/merge-patch+json) as another manager (`kubectl edit`, `scale`);
-  - GET, LIST with labelSelector (k=v, k!=v, k, !k) and fieldSelector metadata.name=, DELETE;
+  - POST to a collection (create; 409 AlreadyExists), GET, LIST with labelSelector (k=v, k!=v,
+    k, !k) and fieldSelector metadata.name=, DELETE;
   - watch (?watch=true): ADDED for what exists, then MODIFIED/DELETED, chunked, timeoutSeconds;
   - 404 for unknown objects, namespaces and unserved APIs (the CloudNativePG CRD unless
     --cnpg), 409 on a stale resourceVersion, 422 Invalid with causes, 403 in a terminating namespace,
@@ -337,6 +338,37 @@ def apply(gv, plural, namespace, name, body, query, content_type):
     return (201 if live is None else 200), result
 
 
+def create(gv, plural, namespace, body, query):
+    """POST to a collection: the object is made, or 409 AlreadyExists (no adoption)."""
+    kind, _ = RESOURCES[(gv, plural)]
+    try:
+        obj = json.loads(body or b"{}")
+    except ValueError as error:
+        raise Failure(400, "BadRequest", "error decoding: %s" % error)
+    name = (obj.get("metadata") or {}).get("name")
+    validate(obj, kind, name, namespace)
+    key = (gv, plural, namespace or "", name)
+    if key in STORE:
+        raise Failure(409, "AlreadyExists", '%s "%s" already exists' % (plural, name))
+    if kind != "Namespace":
+        namespace_state(namespace)
+    fold_secret(obj)
+    manager = (query.get("fieldManager") or ["unknown"])[0]
+    meta = obj.setdefault("metadata", {})
+    if namespace:
+        meta["namespace"] = namespace
+    set_owners(obj, {manager: ("Update", leaves(obj))})
+    meta["uid"] = str(uuid.uuid4())
+    meta["creationTimestamp"] = now()
+    meta["generation"] = 1
+    if kind == "Namespace":
+        meta.setdefault("labels", {})["kubernetes.io/metadata.name"] = name
+        obj["status"] = {"phase": "Active"}
+    if (query.get("dryRun") or [None])[0] != "All":
+        store(key, obj, True)
+    return 201, obj
+
+
 def delete(gv, plural, namespace, name):
     key = (gv, plural, namespace or "", name)
     live = STORE.get(key)
@@ -537,6 +569,9 @@ class Handler(BaseHTTPRequestHandler):
                     return self.send(code, public(obj))
                 if method == "DELETE" and name:
                     return self.send(*delete(gv, plural, namespace, name))
+                if method == "POST" and name is None:
+                    code, obj = create(gv, plural, namespace, body, query)
+                    return self.send(code, public(obj))
             raise Failure(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         except Failure as failure:
             return self.send(*failure.response)

@@ -91,10 +91,12 @@ import TestSupport
         #expect(url.hasPrefix("postgres://main:") && url.hasSuffix("@postgres-main.gantry-shop.svc.cluster.local:5432/main"))
         #expect(!steps.joined().contains("sk_live") && !outcome.changes.joined().contains("sk_live"))
 
-        // Server-side apply as the field manager gantry, forced; the namespace first, workloads last.
+        // The namespace made first (created, never adopted: a POST), then server-side apply as the
+        // field manager gantry, forced; workloads last.
+        let writes = try cluster.requests().filter { $0["method"] == "POST" || ($0["method"] == "PATCH" && !($0["query"] ?? "").contains("dryRun")) }
+        #expect(writes.first?["method"] == "POST" && writes.first?["path"] == "/api/v1/namespaces")
         let patches = try applies(cluster)
         #expect(patches.allSatisfy { $0["contentType"] == "application/apply-patch+yaml" && $0["query"]!.contains("fieldManager=gantry") && $0["query"]!.contains("force=true") })
-        #expect(patches.first?["path"] == Self.ns)
         let order = patches.map { $0["path"]! }
         let firstWorkload = try #require(order.firstIndex { $0.contains("/deployments/") || $0.contains("/statefulsets/") })
         let lastConfiguration = try #require(order.lastIndex { $0.contains("/secrets/") || $0.contains("/services/") || $0.contains("/resourcequotas/") })
@@ -193,21 +195,19 @@ import TestSupport
             services:
               api: {image: "registry.example/unpullable:9"}
             """)
+        let started = Date()
+        #expect(throws: RolloutError.self) { try driver.apply(plan) { _ in } }
+        #expect(Date().timeIntervalSince(started) < 10, "a stall ends the wait before its bound")
         // A pod of the workload whose container wrote its own termination message: the workload's
         // words never reach Gantry's records (reasons only).
-        try cluster.curl("PATCH", "/api/v1/namespaces/gantry-shop?fieldManager=setup", body: """
-            {"apiVersion":"v1","kind":"Namespace","metadata":{"name":"gantry-shop","labels":{"app.kubernetes.io/managed-by":"gantry","gantry.dev/environment":"shop"}}}
-            """, contentType: "application/apply-patch+yaml")
         try cluster.curl("PATCH", "/api/v1/namespaces/gantry-shop/pods/api-old?fieldManager=kubelet", body: """
             {"apiVersion":"v1","kind":"Pod","metadata":{"name":"api-old","labels":{"app.kubernetes.io/managed-by":"gantry","gantry.dev/environment":"shop","gantry.dev/service":"api"}},
              "status":{"containerStatuses":[{"name":"api","state":{"terminated":{"reason":"Error","exitCode":3,"message":"EXFIL-9f8e7d"}}}]}}
             """, contentType: "application/apply-patch+yaml")
-        let started = Date()
         let error = try #require(throws: RolloutError.self) { try driver.apply(plan) { _ in } }
         #expect(error.description.contains("Deployment/api has stalled: ProgressDeadlineExceeded"))
         #expect(error.description.contains("container api waiting: ErrImagePull"))
         #expect(error.description.contains("container api terminated: Error (exit code 3)") && !error.description.contains("EXFIL"), "\(error)")
-        #expect(Date().timeIntervalSince(started) < 10, "a stall ends the wait before its bound")
         #expect(ErrorDisposition.of(error) == .retryWithBackoff)
     }
 
@@ -259,23 +259,28 @@ import TestSupport
         _ = try driver.apply(try Self.plan("services:\n  api: {image: registry.example/api:1}")) { _ in }
         try cluster.curl("PATCH", "\(Self.ns)?fieldManager=kubectl-label", body: #"{"metadata":{"labels":{"gantry.dev/environment":"other"}}}"#)
         let left = try driver.destroy(environment: "shop", sources: nil) { _ in }
-        #expect(left == ["namespace gantry-shop no longer carries Gantry's labels for shop: left in place"])
+        #expect(left == ["namespace gantry-shop is not the one Gantry made for shop (its labels or claim changed): left in place"])
         #expect(try cluster.object(Self.ns) != nil)
     }
 
-    /// An environment whose namespace would be one that exists and is not its own (Gantry's
-    /// `gantry-system`, say) is refused: applying would take it over, tearing down would delete it.
-    @Test func aNamespaceThatIsNotTheEnvironmentsIsNeverTakenOver() throws {
-        let cluster = try FakeCluster()
-        let driver = try driver(cluster)
-        try cluster.curl("PATCH", "/api/v1/namespaces/gantry-shop?fieldManager=kubectl", body: #"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"gantry-shop","labels":{"app.kubernetes.io/name":"gantry"}}}"#,
-                         contentType: "application/apply-patch+yaml")
-        let error = try #require(throws: RevisionError.self) { try driver.apply(try Self.plan("services:\n  api: {image: registry.example/api:1}")) { _ in } }
-        #expect(error.description.contains("namespace gantry-shop exists and is not Gantry's namespace for shop"))
-        let labels = try #require(try cluster.object(Self.ns)?["metadata"] as? [String: Any])["labels"] as? [String: String]
-        #expect(labels?["app.kubernetes.io/managed-by"] == nil)
-        #expect(try cluster.object("/apis/apps/v1/namespaces/gantry-shop/deployments/api") == nil)
-        #expect(!driver.holds(environment: "shop"))
+    /// A namespace that exists before Gantry makes it is never adopted: one of another team (no
+    /// labels), and one a squatter labelled as Gantry's (it could hold their RoleBindings, and
+    /// would receive the environment's secrets).
+    @Test func aNamespaceGantryDidNotMakeIsNeverAdopted() throws {
+        for labels in [#"{"app.kubernetes.io/name":"gantry"}"#, #"{"app.kubernetes.io/managed-by":"gantry","gantry.dev/environment":"shop"}"#] {
+            let cluster = try FakeCluster()
+            let driver = try driver(cluster)
+            try secrets.set("stripe-key", value: Data("sk_live_squatted".utf8), scope: .environment("shop"))
+            try cluster.curl("PATCH", "/api/v1/namespaces/gantry-shop?fieldManager=squatter", body: #"{"apiVersion":"v1","kind":"Namespace","metadata":{"name":"gantry-shop","labels":\#(labels)}}"#,
+                             contentType: "application/apply-patch+yaml")
+            let error = try #require(throws: RevisionError.self) { try driver.apply(try Self.plan(Self.shop)) { _ in } }
+            #expect(error.description.contains("namespace gantry-shop exists and Gantry did not make it for shop"))
+            #expect(try cluster.object("/api/v1/namespaces/gantry-shop/secrets/gantry-secrets") == nil, "no secret reaches a squatted namespace")
+            #expect(try cluster.object("/apis/apps/v1/namespaces/gantry-shop/deployments/api") == nil)
+            #expect(!driver.holds(environment: "shop"))
+            #expect(try driver.destroy(environment: "shop", sources: nil) { _ in }.isEmpty)
+            #expect(try cluster.object(Self.ns) != nil, "and a teardown leaves it")
+        }
     }
 
     /// Gantry's own namespace is no environment's, even before it exists.
