@@ -1,6 +1,6 @@
 # Gantry — build, run, test and benchmark. `make run` and `make test` install what is missing.
 SWIFT ?= swift
-DEBIAN_PACKAGES := libgit2-dev libyaml-dev libsqlite3-dev libre2-dev g++ pkg-config openssh-client git python3 curl redis-server postgresql iproute2 nftables util-linux
+DEBIAN_PACKAGES := libgit2-dev libyaml-dev libsqlite3-dev libre2-dev g++ pkg-config openssh-client openssl git python3 curl redis-server postgresql iproute2 nftables util-linux
 STATE ?= .gantry
 
 .PHONY: deps pydeps build run test bench fuzz-cel fuzz api-fuzz openapi clean
