@@ -158,9 +158,9 @@ public final class KubeClient: @unchecked Sendable {
 
     /// Server-side apply of `object` (JSON, which is YAML) as Gantry's field manager, taking
     /// fields others changed (`force`); with `dryRun` the server answers what it would make.
-    public func apply(_ ref: ObjectRef, json: Data, dryRun: Bool = false) throws -> JSONObject {
+    public func apply(_ ref: ObjectRef, json: Data, dryRun: Bool = false, manager: String = KubeClient.fieldManager) throws -> JSONObject {
         let operation = "\(dryRun ? "dry-run apply" : "apply") \(ref)"
-        var query = [("fieldManager", Self.fieldManager), ("force", "true")]
+        var query = [("fieldManager", manager), ("force", "true")]
         if dryRun { query.append(("dryRun", "All")) }
         let (status, body) = try send(.PATCH, try ref.path(), query: query, body: json, contentType: "application/apply-patch+yaml", operation: operation)
         guard status == 200 || status == 201 else { throw Self.failure(operation, status, body) }

@@ -41,6 +41,9 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
     private var driftRunning: Set<String> = []
     /// When each environment's last apply began: a drift check that started before it is stale.
     private var applyStarted: [String: Date] = [:]
+    /// The environments a kill switch holds, with when that was last asserted on the cluster.
+    private var killed: [String: Date] = [:]
+    private let killQueue = DispatchQueue(label: "gantry.kubernetes.kill-switch")
 
     public init(client: KubeClient?, unconfigured: String = "this Gantry was started without a cluster (pass --kubeconfig PATH, or run it in a cluster)",
                 state: StateStore, logger: Logger, options: Options = Options()) {
@@ -100,6 +103,12 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
             for object in stage {
                 if let change = try converge(object, client: client, progress: progress) { outcome.changes.append(change) }
             }
+        }
+        // Applied, the environment runs again: a kill switch's deny-all policy goes, now that
+        // its own policy is back (never before: no policy at all would let everything through).
+        let killPolicy = Self.killPolicy(in: namespace.name)
+        if try client.delete(killPolicy) {
+            outcome.changes.append("\(killPolicy) deleted (the kill switch was lifted)")
         }
         var kept = wanted
         for ref in Set(previous).subtracting(wanted).sorted() {
@@ -355,6 +364,61 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
             }
         }
         return problems
+    }
+
+    // MARK: The kill switch
+
+    /// The field manager of what the kill switch changes (replicas at 0): the next apply after
+    /// the lift takes the fields back.
+    public static let killSwitchManager = "gantry-kill-switch"
+
+    /// `setKilled` on a queue of its own (a cluster that answers slowly holds no caller), logged.
+    public func killSwitch(_ environment: String, _ on: Bool) {
+        killQueue.async { [self] in
+            do { try setKilled(environment, on) } catch {
+                lock.withLock { killed[environment] = nil }
+                logger.error("kill switch: the cluster did not follow", metadata: ["gantry.env": "\(environment)", "on": "\(on)", "error": "\(error)"])
+            }
+        }
+    }
+
+    static func killPolicy(in namespace: String) -> ObjectRef {
+        ObjectRef(apiVersion: "networking.k8s.io/v1", kind: "NetworkPolicy", namespace: namespace, name: "gantry-kill-switch")
+    }
+
+    /// A kill switch on an environment on the cluster: first a policy that lets nothing in or
+    /// out (and then the environment's own, which lets DNS and the egress proxy through, goes:
+    /// policies add up), then every workload scaled to 0 (an HPA stands still at 0). Lifted,
+    /// the next pass applies the running revision again (through the reconciler, one operation
+    /// at a time), which restores both and removes the deny-all policy last.
+    public func setKilled(_ environment: String, _ on: Bool) throws {
+        guard let client, holds(environment: environment) else { return }
+        let namespace = KubernetesRenderer.namespace(of: environment)
+        guard on else {
+            lock.withLock {
+                killed[environment] = nil
+                driftFindings[environment] = ["the kill switch was lifted: its replicas and network policy are restored"]
+                lastDriftCheck[environment] = Date()
+            }
+            return
+        }
+        // (Asserted again every 10 s while on: an apply that was under way when the switch came
+        // on may have put something back.)
+        let due: Bool = lock.withLock {
+            guard killed[environment].map({ Date().timeIntervalSince($0) >= 10 }) ?? true else { return false }
+            killed[environment] = Date()
+            return true
+        }
+        guard due else { return }
+        let labels = ["app.kubernetes.io/managed-by": KubernetesRenderer.managedBy, "gantry.dev/environment": environment]
+        let deny = NetworkPolicy(metadata: ObjectMeta(name: "gantry-kill-switch", namespace: namespace, labels: labels, annotations: nil),
+                                 spec: .init(podSelector: LabelSelector(matchLabels: [:]), policyTypes: ["Ingress", "Egress"], ingress: [], egress: []))
+        _ = try client.apply(Self.killPolicy(in: namespace), json: try KubeObject(deny).jsonData(), manager: Self.killSwitchManager)
+        try client.delete(ObjectRef(apiVersion: "networking.k8s.io/v1", kind: "NetworkPolicy", namespace: namespace, name: "gantry-isolation"))
+        for ref in try inventory(of: environment) where ["Deployment", "StatefulSet"].contains(ref.kind) {
+            let body = #"{"apiVersion":"\#(ref.apiVersion)","kind":"\#(ref.kind)","metadata":{"name":"\#(ref.name)"},"spec":{"replicas":0}}"#
+            _ = try client.apply(ref, json: Data(body.utf8), manager: Self.killSwitchManager)
+        }
     }
 
     // MARK: Teardown

@@ -17,6 +17,8 @@ import Glibc
 final class EgressControl: @unchecked Sendable {
     let store: StateStore
     let driver: LocalDriver
+    /// What a kill switch does to an environment on a cluster (nil: no cluster).
+    var clusterKill: ((String, Bool) -> Void)?
     let board: KillSwitchBoard
     let secrets: SecretStore
     let lifecycle: LifecycleController
@@ -149,6 +151,8 @@ final class EgressControl: @unchecked Sendable {
             frozen[name] = driver.setFrozen(name, true)
             if before[name] != nil, frozen[name] == true { logger.warning("kill switch: \(name) was running again; frozen", metadata: ["gantry.env": "\(name)"]) }
         }
+        // On a cluster: cut off and scaled to 0 (asserted again while on; the driver throttles).
+        for (name, _) in now { clusterKill?(name, true) }
         let open = proxy?.update(snapshot(settings: settings, records: records, covered: now)) ?? 0
         for (name, reason) in now where before[name] == nil {
             let frozen = frozen[name] ?? false
@@ -159,7 +163,10 @@ final class EgressControl: @unchecked Sendable {
         }
         var released = false
         for (name, reason) in before where now[name] == nil {
-            if records.contains(where: { $0.name == name }) { driver.setFrozen(name, false) }
+            if records.contains(where: { $0.name == name }) {
+                driver.setFrozen(name, false)
+                clusterKill?(name, false)
+            }
             // An apply or teardown the switch held is tried at the next pass, not after its backoff.
             if var record = try? store.environment(name), record.conditions.contains(.applyFailed),
                record.message?.contains("held by the kill switch") == true {

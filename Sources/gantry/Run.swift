@@ -166,6 +166,7 @@ struct Run: ParsableCommand {
         let egress = EgressControl(store: store, driver: driver, board: reconciler.killSwitches, secrets: secrets, lifecycle: lifecycle,
                                    logger: logger, pins: try EgressControl.pins(egressResolve))
         reconciler.governed = { settings, _ in egress.governed(settings) }
+        egress.clusterKill = { [cluster] name, on in cluster.killSwitch(name, on) }
         reconciler.willApply = { egress.willApply($0, $1) }
         if !noEgress {
             if let gateway = driver.routerGateway {

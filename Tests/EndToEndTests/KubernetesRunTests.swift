@@ -87,4 +87,44 @@ import TestSupport
         let verify = try gantry("audit", "verify", "--repo", repo.path, "--state", state.path)
         #expect(verify.status == 0, "\(verify.stdout) \(verify.stderr)")
     }
+
+    /// `gantry kill` reaches an environment on a cluster: cut off (deny-all policy, its own gone)
+    /// and scaled to 0; a human's lift brings both back at the next pass.
+    @Test func theKillSwitchReachesTheCluster() throws {
+        let cluster = try FakeCluster()
+        let repo = try TestRepository()
+        try repo.seedExample()
+        let settings = try String(contentsOfFile: repo.path + "/gantry.yaml", encoding: .utf8)
+        try repo.write("gantry.yaml", settings + "drivers: {development: kubernetes}\n")
+        try repo.write("environments/shop.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: shop, team: payments, class: development}
+            spec:
+              services:
+                api: {image: registry.example/shop-api:1.0, replicas: 2}
+            """)
+        try repo.commitAsOwner("shop on the cluster")
+        let state = TemporaryDirectory()
+        defer { killMarked(state: state.path) }
+        let run = try GantryProcess(["run", "--repo", repo.path, "--state", state.path, "--no-router", "--no-api", "--no-egress", "--interval", "0.5",
+                                     "--kubeconfig", cluster.kubeconfig, "--kube-drift-interval", "1"], log: state.path + "/run.log")
+        defer { run.kill9() }
+        let deployment = "/apis/apps/v1/namespaces/gantry-shop/deployments/api"
+        let policies = "/apis/networking.k8s.io/v1/namespaces/gantry-shop/networkpolicies/"
+        func replicas() -> Int? { ((try? cluster.object(deployment))??["spec"] as? [String: Any])?["replicas"] as? Int }
+        #expect(eventually(60) { replicas() == 2 }, "\((try? String(contentsOfFile: state.path + "/run.log", encoding: .utf8))?.suffix(2000) ?? "")")
+
+        let kill = try gantry("kill", "--env", "shop", "--reason", "cluster drill", "--state", state.path, "--repo", repo.path)
+        #expect(kill.status == 0, "\(kill.stderr)")
+        #expect(eventually(20) { replicas() == 0 && (try? cluster.object(policies + "gantry-kill-switch")) != nil && (try? cluster.object(policies + "gantry-isolation")) == nil })
+        // Held: the drift check does not undo it.
+        Thread.sleep(forTimeInterval: 2.5)
+        #expect(replicas() == 0)
+
+        let lift = try gantry("kill", "--env", "shop", "--off", "--key", repo.ownerKeyPath, "--state", state.path, "--repo", repo.path)
+        #expect(lift.status == 0, "\(lift.stderr)")
+        #expect(eventually(30) { replicas() == 2 && (try? cluster.object(policies + "gantry-kill-switch")) == nil && (try? cluster.object(policies + "gantry-isolation")) != nil },
+                "\((try? String(contentsOfFile: state.path + "/run.log", encoding: .utf8))?.suffix(2000) ?? "")")
+    }
 }

@@ -250,7 +250,8 @@ def apply(gv, plural, namespace, name, body, query, content_type):
             raise Failure(422, "Invalid", 'PatchOptions.meta.k8s.io "" is invalid: fieldManager: Required value: is required for apply patch')
         if applied.get("apiVersion") != gv:
             raise Failure(400, "BadRequest", "apiVersion %r does not match the request's %r" % (applied.get("apiVersion"), gv))
-        validate(applied, kind, name, namespace)
+        if (applied.get("metadata") or {}).get("name") != name:
+            raise Failure(400, "BadRequest", "the name of the object (%s) does not match the name on the URL (%s)" % ((applied.get("metadata") or {}).get("name"), name))
         fold_secret(applied)
         wanted = leaves(applied)
         table = owners(live) if live else {}
@@ -319,6 +320,8 @@ def apply(gv, plural, namespace, name, body, query, content_type):
     meta["name"] = name
     if namespace:
         meta["namespace"] = namespace
+    # (As the API does: what is validated is the object the patch makes, not the patch.)
+    validate(result, kind, name, namespace)
     set_owners(result, table)
     if live is None:
         meta["uid"] = str(uuid.uuid4())

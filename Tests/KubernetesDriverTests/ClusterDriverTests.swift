@@ -177,6 +177,38 @@ import TestSupport
         #expect(try findings(driver, plan, expectNone: true).isEmpty)
     }
 
+    /// A kill switch on a cluster: nothing in or out (a deny-all policy first, then the
+    /// environment's own goes), every workload at 0; lifted, the next apply restores both and
+    /// removes the deny-all policy last.
+    @Test func theKillSwitchCutsAnEnvironmentOffAndTheLiftRestoresIt() throws {
+        let cluster = try FakeCluster()
+        let driver = try driver(cluster)
+        try secrets.set("stripe-key", value: Data("v1".utf8), scope: .environment("shop"))
+        let plan = try Self.plan(Self.shop)
+        _ = try driver.apply(plan) { _ in }
+        let policies = "/apis/networking.k8s.io/v1/namespaces/gantry-shop/networkpolicies/"
+        func replicas(_ path: String) throws -> Int? { (try cluster.object(path)?["spec"] as? [String: Any])?["replicas"] as? Int }
+        try driver.setKilled("shop", true)
+        let deny = try #require(try cluster.object(policies + "gantry-kill-switch"))
+        let spec = try #require(deny["spec"] as? [String: Any])
+        #expect((spec["ingress"] as? [Any])?.isEmpty == true && (spec["egress"] as? [Any])?.isEmpty == true && spec["policyTypes"] as? [String] == ["Ingress", "Egress"])
+        #expect(try cluster.object(policies + "gantry-isolation") == nil, "its own policy (DNS, the proxy) no longer adds to it")
+        #expect(try replicas("/apis/apps/v1/namespaces/gantry-shop/deployments/api") == 0)
+        #expect(try replicas("/apis/apps/v1/namespaces/gantry-shop/deployments/redis-sessions") == 0)
+        #expect(try replicas("/apis/apps/v1/namespaces/gantry-shop/statefulsets/postgres-main") == 0)
+        // Lifted: the next pass finds it to restore, and the apply does, the deny-all policy last.
+        try driver.setKilled("shop", false)
+        #expect(try findings(driver, plan).contains { $0.contains("the kill switch was lifted") })
+        let restored = try driver.apply(plan) { _ in }
+        #expect(restored.changes.contains("NetworkPolicy/gantry-kill-switch deleted (the kill switch was lifted)"), "\(restored.changes)")
+        #expect(try cluster.object(policies + "gantry-isolation") != nil && cluster.object(policies + "gantry-kill-switch") == nil)
+        #expect(try replicas("/apis/apps/v1/namespaces/gantry-shop/deployments/api") == 2)
+        let writes = try cluster.requests().filter { ($0["method"] == "PATCH" && !($0["query"] ?? "").contains("dryRun")) || $0["method"] == "DELETE" }.map { "\($0["method"]!) \($0["path"]!)" }
+        let isolation = try #require(writes.lastIndex { $0.hasPrefix("PATCH") && $0.hasSuffix("/gantry-isolation") })
+        let lift = try #require(writes.lastIndex { $0.hasPrefix("DELETE") && $0.hasSuffix("/gantry-kill-switch") })
+        #expect(isolation < lift, "never a moment without a policy")
+    }
+
     /// The findings of the driver's background drift check (it runs on a queue; a pass collects them).
     func findings(_ driver: KubernetesDriver, _ plan: PlannedEnvironment, expectNone: Bool = false) throws -> [String] {
         let deadline = Date().addingTimeInterval(expectNone ? 1.5 : 10)
