@@ -106,8 +106,13 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
         }
         // Applied, the environment runs again: a kill switch's deny-all policy goes, now that
         // its own policy is back (never before: no policy at all would let everything through).
+        // An apply that was under way when a switch came on cuts it off again at once instead.
         let killPolicy = Self.killPolicy(in: namespace.name)
-        if try client.delete(killPolicy) {
+        if lock.withLock({ killed[environment.name] != nil }) {
+            lock.withLock { killed[environment.name] = nil }
+            try setKilled(environment.name, true)
+            outcome.changes.append("cut off again: a kill switch came on during the apply")
+        } else if try client.delete(killPolicy) {
             outcome.changes.append("\(killPolicy) deleted (the kill switch was lifted)")
         }
         var kept = wanted

@@ -196,6 +196,11 @@ import TestSupport
         #expect(try replicas("/apis/apps/v1/namespaces/gantry-shop/deployments/api") == 0)
         #expect(try replicas("/apis/apps/v1/namespaces/gantry-shop/deployments/redis-sessions") == 0)
         #expect(try replicas("/apis/apps/v1/namespaces/gantry-shop/statefulsets/postgres-main") == 0)
+        // An apply that was under way when the switch came on does not open it again.
+        let during = try driver.apply(plan) { _ in }
+        #expect(during.changes.contains("cut off again: a kill switch came on during the apply"))
+        #expect(try cluster.object(policies + "gantry-kill-switch") != nil && cluster.object(policies + "gantry-isolation") == nil)
+        #expect(try replicas("/apis/apps/v1/namespaces/gantry-shop/deployments/api") == 0)
         // Lifted: the next pass finds it to restore, and the apply does, the deny-all policy last.
         try driver.setKilled("shop", false)
         #expect(try findings(driver, plan).contains { $0.contains("the kill switch was lifted") })
