@@ -38,6 +38,8 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
     private let lock = NSLock()
     private var lastDriftCheck: [String: Date] = [:]
     private var driftFindings: [String: [String]] = [:]
+    /// Environments whose kill switch was lifted and whose workloads are not restored yet.
+    private var lifted: Set<String> = []
     private var driftRunning: Set<String> = []
     /// When each environment's last apply began: a drift check that started before it is stale.
     private var applyStarted: [String: Date] = [:]
@@ -112,8 +114,9 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
             lock.withLock { killed[environment.name] = nil }
             try setKilled(environment.name, true)
             outcome.changes.append("cut off again: a kill switch came on during the apply")
-        } else if try client.delete(killPolicy) {
-            outcome.changes.append("\(killPolicy) deleted (the kill switch was lifted)")
+        } else {
+            if try client.delete(killPolicy) { outcome.changes.append("\(killPolicy) deleted (the kill switch was lifted)") }
+            lock.withLock { _ = lifted.remove(environment.name) }
         }
         var kept = wanted
         for ref in Set(previous).subtracting(wanted).sorted() {
@@ -402,6 +405,7 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
         guard on else {
             lock.withLock {
                 killed[environment] = nil
+                lifted.insert(environment)
                 driftFindings[environment] = ["the kill switch was lifted: its replicas and network policy are restored"]
                 lastDriftCheck[environment] = Date()
             }
@@ -410,6 +414,7 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
         // (Asserted again every 10 s while on: an apply that was under way when the switch came
         // on may have put something back.)
         let due: Bool = lock.withLock {
+            lifted.remove(environment)
             guard killed[environment].map({ Date().timeIntervalSince($0) >= 10 }) ?? true else { return false }
             killed[environment] = Date()
             return true
@@ -449,6 +454,7 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
         lock.withLock {
             lastDriftCheck[name] = nil
             driftFindings[name] = nil
+            lifted.remove(name)
         }
         return left
     }
@@ -470,6 +476,12 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
     }
 
     // MARK: Drift
+
+    /// A lifted kill switch is undone even with `--detect-only`: the workloads Gantry scaled to 0
+    /// and the policy it removed are its own doing, not drift by others.
+    public func restoresOwnCut(_ environment: PlannedEnvironment) -> Bool {
+        lock.withLock { lifted.contains(environment.name) }
+    }
 
     /// What of the environment differs from what Gantry applied (found by a background check at
     /// most every `driftInterval`); the findings are handed over once.

@@ -115,6 +115,10 @@ public protocol Driver: AnyObject, Sendable {
     /// Whether a change of the environment's secrets in Gantry's store is applied by applying
     /// it again (false where the secrets live elsewhere: the data plane keeps its own).
     func followsSecretRotation(_ environment: PlannedEnvironment) -> Bool
+    /// Whether the drift found is the driver's own cut to undo (a kill switch lifted while the
+    /// environment's workloads were scaled away): restored even with `--detect-only`, which
+    /// leaves alone what others changed, not what Gantry itself did.
+    func restoresOwnCut(_ environment: PlannedEnvironment) -> Bool
 }
 
 extension Driver {
@@ -122,6 +126,7 @@ extension Driver {
     /// A driver that only supervises processes looks for drift in databases.
     public func checksDrift(_ environment: PlannedEnvironment) -> Bool { !environment.spec.databases.isEmpty }
     public func followsSecretRotation(_ environment: PlannedEnvironment) -> Bool { true }
+    public func restoresOwnCut(_ environment: PlannedEnvironment) -> Bool { false }
 }
 
 /// A secret's value as a driver receives it, with its version: fingerprints and rotations count

@@ -72,6 +72,10 @@ public final class DriverRouter: Driver, @unchecked Sendable {
         (try? route(environment).driver.followsSecretRotation(environment)) ?? false
     }
 
+    public func restoresOwnCut(_ environment: PlannedEnvironment) -> Bool {
+        (try? route(environment).driver.restoresOwnCut(environment)) ?? false
+    }
+
     public func shutdown() {
         for (_, driver) in drivers { driver.shutdown() }
     }

@@ -7,7 +7,8 @@ import StateStore
 extension Reconciler {
     /// Every pass compares actual with desired for running environments: processes the driver finds
     /// stopped, databases that disappeared. Corrections are recorded as `drift-corrected` with what
-    /// was found; with `detectOnly` the drift is only reported.
+    /// was found; with `detectOnly` the drift is only reported (what the driver itself cut off,
+    /// under a kill switch since lifted, is restored all the same).
     func correctDrift(_ summary: inout PassSummary) {
         var corrected: [String: [String]] = [:]
         for event in driver.supervise(correct: !options.detectOnly) {
@@ -23,7 +24,7 @@ extension Reconciler {
             guard let plan = appliedPlan(record), driver.checksDrift(plan) else { continue }
             let found = driver.drift(plan)
             guard !found.isEmpty else { continue }
-            if options.detectOnly {
+            if options.detectOnly && !driver.restoresOwnCut(plan) {
                 for item in found { note(DriverEvent(environment: record.name, kind: "drift-detected", message: "\(item); not corrected (--detect-only)")) }
                 summary.drift.append(record.name)
                 continue

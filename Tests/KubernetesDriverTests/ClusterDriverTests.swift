@@ -202,9 +202,12 @@ import TestSupport
         #expect(try cluster.object(policies + "gantry-kill-switch") != nil && cluster.object(policies + "gantry-isolation") == nil)
         #expect(try replicas("/apis/apps/v1/namespaces/gantry-shop/deployments/api") == 0)
         // Lifted: the next pass finds it to restore, and the apply does, the deny-all policy last.
+        #expect(!driver.restoresOwnCut(plan))
         try driver.setKilled("shop", false)
         #expect(try findings(driver, plan).contains { $0.contains("the kill switch was lifted") })
+        #expect(driver.restoresOwnCut(plan), "restored even with --detect-only: the cut was Gantry's")
         let restored = try driver.apply(plan) { _ in }
+        #expect(!driver.restoresOwnCut(plan))
         #expect(restored.changes.contains("NetworkPolicy/gantry-kill-switch deleted (the kill switch was lifted)"), "\(restored.changes)")
         #expect(try cluster.object(policies + "gantry-isolation") != nil && cluster.object(policies + "gantry-kill-switch") == nil)
         #expect(try replicas("/apis/apps/v1/namespaces/gantry-shop/deployments/api") == 2)

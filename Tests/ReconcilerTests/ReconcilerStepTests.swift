@@ -177,6 +177,39 @@ extension Loop {
         #expect(loop.driver.overlapped.isEmpty)
     }
 
+    /// `--detect-only` reports what others changed and corrects nothing of it, but what the driver
+    /// itself cut off under a kill switch, since lifted, is restored.
+    @Test func detectOnlyLeavesOthersDriftButRestoresAGantryCut() throws {
+        let loop = try seeded { $0.detectOnly = true }
+        try loop.repo.checkout("agents/data", create: true)
+        try loop.repo.write("environments/data.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: data, class: development}
+            spec:
+              template: python-web
+              databases:
+                main: {engine: sqlite}
+            """)
+        try loop.repo.commit("an environment with a database\n\nAgent: claude-code")
+        try loop.repo.checkout("main")
+        let name = "data--agents-data"
+        try loop.pass()
+        #expect(try loop.state.environment(name)?.phase == .running, "\(loop.trail())")
+        let applies = { loop.driver.finished.filter { $0.environment == name }.count }
+        let before = applies()
+        loop.driver.drifted(name, ["database main (sqlite) is missing"])
+        try loop.pass()
+        #expect(applies() == before, "drift by others is only reported")
+        #expect(try loop.state.events(of: name).contains { $0.kind == "drift-detected" && $0.message.contains("not corrected (--detect-only)") })
+        loop.driver.drifted(name, ["the kill switch was lifted: its replicas and network policy are restored"], ownCut: true)
+        try loop.pass()
+        #expect(try loop.passUntil { applies() == before + 1 }, "\(loop.trail())")
+        try loop.pass()
+        let corrected = try loop.records().filter { $0.event == "drift-corrected" && $0.value("environment") == name }
+        #expect(corrected.first?.values("found") == ["the kill switch was lifted: its replicas and network policy are restored; recreated"], "\(loop.trail())")
+    }
+
     @Test func productionAndTheProtectedBranchGoFirst() throws {
         let loop = try seeded { $0.maxConcurrentOperations = 1 }
         loop.driver.hold("web--agents-a")

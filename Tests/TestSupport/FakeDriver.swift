@@ -36,6 +36,8 @@ public final class FakeDriver: Driver, Sendable {
         var stopped: Set<String> = []
         /// Drift each environment shows until its next apply corrects it.
         var drift: [String: [String]] = [:]
+        /// Those whose drift is the driver's own cut to undo (a lifted kill switch).
+        var ownCuts: Set<String> = []
     }
 
     private let state = Mutex(State())
@@ -87,6 +89,7 @@ public final class FakeDriver: Driver, Sendable {
         state.withLock {
             $0.services[environment.name] = environment.spec.services.map(\.name)
             $0.drift[environment.name] = nil
+            $0.ownCuts.remove(environment.name)
         }
         return ApplyOutcome(changes: ["~fake \(environment.name)"])
     }
@@ -130,13 +133,20 @@ public final class FakeDriver: Driver, Sendable {
     public func stop(_ service: String, of environment: String) { state.withLock { _ = $0.stopped.insert("\(environment)/\(service)") } }
 
     /// `environment` shows `findings` as drift (a dropped database, say) until an apply corrects it.
-    public func drifted(_ environment: String, _ findings: [String]) { state.withLock { $0.drift[environment] = findings } }
+    /// With `ownCut`, the drift is the driver's own doing to undo (restored even with `--detect-only`).
+    public func drifted(_ environment: String, _ findings: [String], ownCut: Bool = false) {
+        state.withLock {
+            $0.drift[environment] = findings
+            if ownCut { $0.ownCuts.insert(environment) }
+        }
+    }
 
     public func supervise(correct: Bool) -> [DriverEvent] { [] }
 
     /// Whether an applied revision of it is here (not destroyed since).
     public func holds(environment name: String) -> Bool { state.withLock { $0.services[name] != nil } }
     public func drift(_ environment: PlannedEnvironment) -> [String] { state.withLock { $0.drift[environment.name] ?? [] } }
+    public func restoresOwnCut(_ environment: PlannedEnvironment) -> Bool { state.withLock { $0.ownCuts.contains(environment.name) } }
     public func shutdown() {}
 }
 
