@@ -62,6 +62,25 @@ final class Loop: @unchecked Sendable {
         return commit
     }
 
+    /// A branch `agents/data` with an environment that has a SQLite database (so the driver is
+    /// asked for drift), passed once; its preview's name.
+    func pushDatabasePreview() throws -> String {
+        try repo.checkout("agents/data", create: true)
+        try repo.write("environments/data.yaml", """
+            apiVersion: gantry/v1
+            kind: Environment
+            metadata: {name: data, class: development}
+            spec:
+              template: python-web
+              databases:
+                main: {engine: sqlite}
+            """)
+        try repo.commit("an environment with a database\n\nAgent: claude-code")
+        try repo.checkout("main")
+        try pass()
+        return "data--agents-data"
+    }
+
     /// Passes without waiting until `condition` holds (or 10 s pass).
     func passUntil(_ condition: () throws -> Bool) throws -> Bool {
         try eventually(10, interval: 0.02) {
@@ -146,20 +165,7 @@ extension Loop {
     /// the `drift-corrected` record is written when it finishes.
     @Test func aDriftCorrectionHoldsBackNoOtherBranch() throws {
         let loop = try seeded()
-        try loop.repo.checkout("agents/data", create: true)
-        try loop.repo.write("environments/data.yaml", """
-            apiVersion: gantry/v1
-            kind: Environment
-            metadata: {name: data, class: development}
-            spec:
-              template: python-web
-              databases:
-                main: {engine: sqlite}
-            """)
-        try loop.repo.commit("an environment with a database\n\nAgent: claude-code")
-        try loop.repo.checkout("main")
-        let name = "data--agents-data"
-        try loop.pass()
+        let name = try loop.pushDatabasePreview()
         #expect(try loop.state.environment(name)?.phase == .running, "\(loop.trail())")
         loop.driver.hold(name)
         loop.driver.drifted(name, ["database main (sqlite) is missing"])
@@ -181,20 +187,7 @@ extension Loop {
     /// itself cut off under a kill switch, since lifted, is restored.
     @Test func detectOnlyLeavesOthersDriftButRestoresAGantryCut() throws {
         let loop = try seeded { $0.detectOnly = true }
-        try loop.repo.checkout("agents/data", create: true)
-        try loop.repo.write("environments/data.yaml", """
-            apiVersion: gantry/v1
-            kind: Environment
-            metadata: {name: data, class: development}
-            spec:
-              template: python-web
-              databases:
-                main: {engine: sqlite}
-            """)
-        try loop.repo.commit("an environment with a database\n\nAgent: claude-code")
-        try loop.repo.checkout("main")
-        let name = "data--agents-data"
-        try loop.pass()
+        let name = try loop.pushDatabasePreview()
         #expect(try loop.state.environment(name)?.phase == .running, "\(loop.trail())")
         let applies = { loop.driver.finished.filter { $0.environment == name }.count }
         let before = applies()
