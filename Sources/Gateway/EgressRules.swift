@@ -22,14 +22,23 @@ public struct EgressPolicy: Sendable {
     public var pinned: [String: [IPAddress]]
     /// The one port a pin opens (`HOST:PORT=ADDRESS`); a pin to an internal address has one.
     public var pinnedPorts: [String: Int]
+    /// The addresses of this host's own interfaces: internal whatever their range (a server the
+    /// host runs on all its addresses answers on its public one too).
+    public var hostAddresses: Set<IPAddress>
 
     public init(defaultAllows: Bool = false, allow: [HostPattern] = [], deny: [HostPattern] = [], pinned: [String: [IPAddress]] = [:],
-                pinnedPorts: [String: Int] = [:]) {
+                pinnedPorts: [String: Int] = [:], hostAddresses: Set<IPAddress> = []) {
         self.defaultAllows = defaultAllows
         self.allow = allow
         self.deny = deny
         self.pinned = pinned
         self.pinnedPorts = pinnedPorts
+        self.hostAddresses = hostAddresses
+    }
+
+    /// Why `address` is internal (nil: it is not): its range, or being one of this host's own.
+    public func internalKind(of address: IPAddress) -> String? {
+        address.internalKind ?? (hostAddresses.contains(address) ? "an address of this host" : nil)
     }
 }
 
@@ -73,7 +82,7 @@ public enum EgressJudge {
             return .allow(rule: "egress.allow '\(entry)'")
         }
         let literal = IPAddress(host)
-        if let literal, let kind = literal.internalKind {
+        if let literal, let kind = policy.internalKind(of: literal) {
             return .deny(reason: "\(host) is an internal address (\(kind))", rule: "internal addresses",
                          remedy: "only an admin can open it, by listing it in egress.allow in gantry.yaml")
         }
@@ -96,7 +105,7 @@ public enum EgressJudge {
     /// The decision once `host` resolved to `addresses`: an internal one is refused unless the
     /// operator listed it (or the host) in gantry.yaml or pinned the host for that `port`.
     public static func checkResolved(host: String, port: Int?, addresses: [IPAddress], policy: EgressPolicy) -> EgressVerdict? {
-        if policy.pinned[host] != nil, let only = policy.pinnedPorts[host], only != port, addresses.contains(where: { $0.internalKind != nil }) {
+        if policy.pinned[host] != nil, let only = policy.pinnedPorts[host], only != port, addresses.contains(where: { policy.internalKind(of: $0) != nil }) {
             return .deny(reason: "\(host) is pinned to an internal address for port \(only) only", rule: "internal addresses",
                          remedy: "use port \(only), or the operator pins the host for this port (--egress-resolve \(host):PORT=ADDRESS)")
         }
@@ -104,7 +113,7 @@ public enum EgressJudge {
             return nil
         }
         for address in addresses {
-            guard let kind = address.internalKind, !policy.allow.contains(where: { $0.matches(address: address) }) else { continue }
+            guard let kind = policy.internalKind(of: address), !policy.allow.contains(where: { $0.matches(address: address) }) else { continue }
             return .deny(reason: "\(host) resolves to \(address), an internal address (\(kind))", rule: "internal addresses",
                          remedy: "only an admin can open it, by listing the host (exactly) or the address in egress.allow in gantry.yaml")
         }
@@ -115,5 +124,31 @@ public enum EgressJudge {
     public static func injection(host: String, grants: EgressGrants, service: String?) -> EgressInjection? {
         let lists = [grants.injections[service ?? ""] ?? [], service == nil ? [] : grants.injections[""] ?? []]
         return lists.joined().first { $0.host.matches(host: host) }
+    }
+}
+
+/// The addresses of this host's interfaces, IPv4 and IPv6 (getifaddrs: the kernel's own list).
+public enum HostInterfaces {
+    public static func addresses() -> Set<IPAddress> {
+        var first: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&first) == 0 else { return [] }
+        defer { freeifaddrs(first) }
+        var found: Set<IPAddress> = []
+        var cursor = first
+        while let entry = cursor {
+            defer { cursor = entry.pointee.ifa_next }
+            guard let address = entry.pointee.ifa_addr else { continue }
+            var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
+            switch Int32(address.pointee.sa_family) {
+            case AF_INET:
+                address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { var raw = $0.pointee.sin_addr; _ = inet_ntop(AF_INET, &raw, &text, socklen_t(text.count)) }
+            case AF_INET6:
+                address.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { var raw = $0.pointee.sin6_addr; _ = inet_ntop(AF_INET6, &raw, &text, socklen_t(text.count)) }
+            default:
+                continue
+            }
+            if let parsed = IPAddress(String(cString: text)) { found.insert(parsed) }
+        }
+        return found
     }
 }

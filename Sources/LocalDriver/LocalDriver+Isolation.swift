@@ -290,10 +290,10 @@ extension LocalDriver {
     }
 
     /// The places of the host every user may write to, outside the environments' directories.
-    static let sharedDirectories = ["/tmp", "/var/tmp", "/dev/shm", "/dev/mqueue"]
+    static let sharedDirectories = ["/tmp", "/var/tmp", "/run/lock", "/dev/shm", "/dev/mqueue"]
 
     /// Removes what `uid` left in the host's shared places (files, sockets, directories it owns in
-    /// /tmp, /var/tmp, /dev/shm, POSIX message queues) and its System V IPC objects, so the next
+    /// /tmp, /var/tmp, /run/lock, /dev/shm, POSIX message queues) and its System V IPC objects, so the next
     /// holder of the uid (another state directory's environment) finds nothing of it. Its
     /// processes are gone.
     static func scrubSharedFiles(of uid: uid_t) {

@@ -89,6 +89,25 @@ import Testing
         #expect(EgressJudge.checkResolved(host: "pypi.org", port: 443, addresses: [IPAddress("151.101.0.223")!], policy: EgressPolicy()) == nil)
     }
 
+    /// The host's own public address answers for every server it runs on all its addresses: an
+    /// environment that lists it (or a name resolving to it) is refused, as for loopback.
+    @Test func thisHostsOwnAddressesAreInternalWhateverTheirRange() throws {
+        let own = HostInterfaces.addresses()
+        #expect(own.contains(IPAddress("127.0.0.1")!), "\(own)")
+        let policy = EgressPolicy(defaultAllows: true, hostAddresses: [IPAddress("198.51.100.20")!, IPAddress("2001:db8::20")!])
+        let listed = grants(environment: ["198.51.100.20", "2001:db8::20", "host.example"])
+        for host in ["198.51.100.20", "2001:db8::20"] {
+            let verdict = EgressJudge.decide(host: HostName.normalize(host)!, policy: policy, grants: listed, service: nil)
+            #expect(verdict == .deny(reason: "\(HostName.normalize(host)!) is an internal address (an address of this host)", rule: "internal addresses",
+                                     remedy: "only an admin can open it, by listing it in egress.allow in gantry.yaml"), "\(verdict)")
+        }
+        #expect(EgressJudge.decide(host: "198.51.100.21", policy: policy, grants: grants(environment: ["198.51.100.21"]), service: nil).allowed)
+        let resolved = EgressJudge.checkResolved(host: "host.example", port: 9999, addresses: [IPAddress("198.51.100.20")!], policy: policy)
+        #expect(resolved.map { !$0.allowed } == true)
+        let operators = EgressPolicy(allow: patterns(["198.51.100.20"]), hostAddresses: policy.hostAddresses)
+        #expect(EgressJudge.decide(host: "198.51.100.20", policy: operators, grants: EgressGrants(), service: nil).allowed)
+    }
+
     @Test func requestHeadsAreParsedStrictly() throws {
         func parse(_ text: String) -> Result<ProxyRequest, ProxyRequest.Refusal> { ProxyRequest.parse(head: Array(text.utf8)) }
         guard case .success(let connect) = parse("CONNECT api.stripe.com:443 HTTP/1.1\r\nHost: api.stripe.com:443") else { Issue.record("CONNECT refused"); return }

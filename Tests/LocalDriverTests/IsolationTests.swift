@@ -148,6 +148,7 @@ struct IsolationTests {
         #expect(((try? String(contentsOfFile: "/proc/\(detached)/cgroup", encoding: .utf8)) ?? "").contains("/\(name)/web"))
         // Files it leaves in the host's shared places (here written as its user, in its network)...
         let leftovers = ["/tmp/gantry-leftover-\(probeUID)", "/dev/shm/gantry-leftover-\(probeUID)"]
+            + (FileManager.default.fileExists(atPath: "/run/lock") ? ["/run/lock/gantry-leftover-\(probeUID)"] : [])
         for path in leftovers { #expect(try Shell.run(try harness.inEnvironment(name, ["sh", "-c", "echo mine > \(path)"])).status == 0) }
         #expect(leftovers.allSatisfy { FileManager.default.fileExists(atPath: $0) })
         // ...are gone when the branch is, with the detached process.

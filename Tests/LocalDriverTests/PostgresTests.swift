@@ -593,7 +593,9 @@ import StateStore
     }
 
     /// Another environment grants on its own database and tables to a role whose name it can
-    /// work out: the victim's teardown still drops that role, and the victim made again logs in.
+    /// work out, and makes its database read-only with a 1 ms statement timeout for whoever comes
+    /// in (Gantry, to revoke those grants): the victim's teardown still drops that role, and the
+    /// victim made again logs in.
     /// An environment's roles share its sessions (several databases do not multiply them).
     @Test(.enabled(if: getuid() == 0)) func grantsFromAnotherEnvironmentNeitherKeepARoleNorLockItOut() throws {
         let repo = try TestRepository()
@@ -627,6 +629,8 @@ import StateStore
             GRANT CONNECT, TEMPORARY ON DATABASE \(attacker) TO \(victim);
             CREATE TABLE gx(i int); GRANT SELECT ON gx TO \(victim);
             ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO \(victim);
+            ALTER DATABASE \(attacker) SET default_transaction_read_only = on;
+            ALTER DATABASE \(attacker) SET statement_timeout = 1;
             """]))
         try repo.remove("environments/victim.yaml")
         try repo.commit("the victim goes")
