@@ -78,6 +78,9 @@ extension LocalDriver {
     /// SIGSTOP (SIGCONT) to each process of its user. False when neither is possible.
     @discardableResult
     public func setFrozen(_ environment: String, _ frozen: Bool) -> Bool {
+        // (Frozen, its clients' PostgreSQL sessions end too: the server is Gantry's, outside the
+        // environment's group, and would go on running what a frozen client sent it.)
+        defer { if frozen { endDatabaseSessions(of: environment) } }
         let groups = cgroups.directories(environment).filter { $0.controller == "freezer" || $0.controller == "unified" }
         if !groups.isEmpty, FileManager.default.fileExists(atPath: groups[0].path) {
             return groups.map { ControlGroups.freeze($0, frozen) }.contains(true)
@@ -86,6 +89,20 @@ extension LocalDriver {
         guard !uids.isEmpty else { return false }
         for uid in uids { for pid in ProcessControl.processes(ownedBy: uid) { kill(pid, frozen ? SIGSTOP : SIGCONT) } }
         return true
+    }
+
+    /// Ends every session of the environment's PostgreSQL roles, when the server runs (it is not
+    /// started for this).
+    func endDatabaseSessions(of environment: String) {
+        guard let roles = try? state.allocations(Self.databaseAllocation, of: environment), !roles.isEmpty,
+              let server = try? state.services(of: Self.hostEnvironment).first(where: { $0.name == Self.postgresRecord }),
+              let pid = server.pid, ProcessControl.isAlive(pid, start: server.pidStart) else { return }
+        let listed = roles.map { "'" + $0.replacingOccurrences(of: "'", with: "''") + "'" }.joined(separator: ", ")
+        do {
+            _ = try psql(port: server.port, sql: "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename IN (\(listed)) AND pid <> pg_backend_pid();")
+        } catch {
+            logger.warning("could not end the PostgreSQL sessions of a frozen environment", metadata: ["gantry.env": "\(environment)", "error": "\(error)"])
+        }
     }
 
     /// Whether a kill switch covers the environment (its processes stay frozen, nothing thaws them).

@@ -645,6 +645,32 @@ import StateStore
         #expect(back.status == 0 && back.stdout.contains("1"), "\(back.stderr)")
     }
 
+    /// A kill switch freezes an environment's processes; the server runs the queries they sent
+    /// outside its group, so its sessions end with the freeze (a loop in the database would go on).
+    @Test(.enabled(if: getuid() == 0)) func freezingAnEnvironmentEndsItsDatabaseSessions() throws {
+        let repo = try TestRepository()
+        try repo.seedExample()
+        try writeEnvironment(repo, "busy")
+        try repo.commit("an environment with a database")
+        let harness = try Harness(repo: repo)
+        #expect(try harness.pass().applied.contains("busy"), "\(harness.diagnose("busy"))")
+        let port = try #require(try harness.service("_host", "postgres")).port
+        let role = LocalDriver.postgresName(environment: "busy", database: "main")
+        let sessions = { try harness.driver.psql(port: port, sql: "SELECT count(*) FROM pg_stat_activity WHERE usename = '\(role)'").trimmingCharacters(in: .whitespacesAndNewlines) }
+        let command = try harness.inEnvironment("busy", ["psql", try databaseURL(harness, "busy"), "-c", "select pg_sleep(120)"])
+        let client = Process()
+        client.executableURL = URL(fileURLWithPath: "/usr/bin/env")
+        client.arguments = command
+        client.standardOutput = FileHandle.nullDevice
+        client.standardError = FileHandle.nullDevice
+        try client.run()
+        defer { if client.isRunning { client.terminate() }; client.waitUntilExit() }
+        #expect(eventually(10) { (try? sessions()) == "1" }, "the client never connected")
+        harness.driver.setFrozen("busy", true)
+        #expect(eventually(10) { (try? sessions()) == "0" }, "a frozen environment's session went on")
+        harness.driver.setFrozen("busy", false)
+    }
+
     /// `shop-a`'s database `main` and `shop`'s database `a-main` were both `g_shop_a_main` once:
     /// one environment's teardown dropped the other's data.
     @Test func namesThatOnceCollidedStayApartAndTeardownDropsOnlyItsOwn() throws {
