@@ -21,6 +21,9 @@ struct ControlGroups: Sendable {
     }
 
     let layout: Layout
+    /// The memory limit of a unit that states none (a service without `resources.memory`, a
+    /// cache, a job, a seed): without one, any environment could take the host's memory.
+    var defaultMemory = 512 << 20
     /// Processes an environment may have at once (fork bombs end there).
     static let maxProcesses = 4096
     static let v1Controllers = ["pids", "freezer", "memory", "cpu"]
@@ -88,8 +91,9 @@ struct ControlGroups: Sendable {
     /// Makes the unit's group (and its environment's) with the given limits; returns the files a
     /// process writes its pid to, to join it. Empty when there are no cgroups.
     /// An environment frozen by a kill switch (`keepFrozen`) stays frozen: what joins it is frozen too.
-    func prepare(_ environment: String, unit: String, memory: Int?, cpu: Double?, keepFrozen: Bool = false) throws -> [String] {
+    func prepare(_ environment: String, unit: String, memory stated: Int?, cpu: Double?, keepFrozen: Bool = false) throws -> [String] {
         guard isActive else { return [] }
+        let memory: Int? = stated ?? defaultMemory
         if case .v2(let base, true) = layout {
             _ = Self.makeDirectory(base + "/" + environment)
             _ = Self.write("+pids +memory +cpu", to: base + "/" + environment + "/cgroup.subtree_control")

@@ -33,7 +33,10 @@ extension LocalDriver {
     /// The redis-server configuration for standard input.
     func cacheConfiguration(_ cache: String, environment: String, port: Int, directory: String) throws -> Data {
         let password = try cachePassword(cache, environment: environment).value
-        return Data("port \(port)\nbind 127.0.0.1\nprotected-mode yes\nrequirepass \(password)\ndir \(directory)\nsave \"\"\nappendonly no\n".utf8)
+        // Within its group's memory: past three quarters of it, the least recently used keys go
+        // (a cache), rather than the server being killed.
+        let maxMemory = options.defaultMemory / 4 * 3
+        return Data("port \(port)\nbind 127.0.0.1\nprotected-mode yes\nrequirepass \(password)\ndir \(directory)\nsave \"\"\nappendonly no\nmaxmemory \(maxMemory)\nmaxmemory-policy allkeys-lru\n".utf8)
     }
 
     /// Starts (or keeps) every cache of the environment; returns the change lines.

@@ -23,6 +23,9 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     public struct Options: Sendable {
         /// Seconds a new process has to pass its health check.
         public var startTimeout = 30.0
+        /// Bytes of memory a unit that states none may use (a service without `resources.memory`,
+        /// a cache, a job, a seed); a service that needs more states it.
+        public var defaultMemory = 512 << 20
         /// Seconds a service without an HTTP health check must stay up (unless it listens on PORT sooner).
         public var settleTime = 2.0
         /// Seconds between SIGTERM and SIGKILL when stopping.
@@ -156,7 +159,9 @@ public final class LocalDriver: Driver, @unchecked Sendable {
         let digest = SHA256.hash(data: Data(stateDirectory.standardizedFileURL.path.utf8))
         self.instance = digest.prefix(6).map { String(format: "%02x", $0) }.joined()
         instanceToken = Self.instanceToken(of: self.stateDirectory)
-        cgroups = ControlGroups(instance: instance, enabled: options.useControlGroups)
+        var cgroups = ControlGroups(instance: instance, enabled: options.useControlGroups)
+        cgroups.defaultMemory = options.defaultMemory
+        self.cgroups = cgroups
         networks = Networks(enabled: options.isolateNetwork && options.isolateUsers, instance: instance,
                             owner: "\(self.stateDirectory.path) \(instanceToken)")
         secureStateDirectory()

@@ -40,6 +40,17 @@ import StateStore
         let cmdline = String(decoding: FileManager.default.contents(atPath: "/proc/\(cache.pid!)/cmdline") ?? Data(), as: UTF8.self)
         #expect(!cmdline.contains(password))
         #expect(try Shell.run(["grep", "-r", "-l", "-a", password, harness.stateDirectory.path, repo.path + "/.git"]).status == 1)
+        // Bounded: the cache (which states no memory) gets the default limit and evicts within
+        // three quarters of it, so no environment takes the host's memory; the service keeps the
+        // 64 MiB its template states.
+        let maxMemory = try Shell.check(try harness.inEnvironment("cachey", ["redis-cli", "-u", url, "--no-auth-warning", "config", "get", "maxmemory"]))
+        #expect(maxMemory.split(separator: "\n").last.map(String.init) == "\(LocalDriver.Options().defaultMemory / 4 * 3)", "\(maxMemory)")
+        if case .v1(let directories) = harness.driver.cgroups.layout, let memory = directories["memory"] {
+            for (unit, bytes) in [("redis-sessions", 512 << 20), ("web", 64 << 20)] {
+                let limit = try String(contentsOfFile: "\(memory)/cachey/\(unit)/memory.limit_in_bytes", encoding: .utf8)
+                #expect(Int(limit.trimmingCharacters(in: .whitespacesAndNewlines)) == bytes, "\(unit)")
+            }
+        }
 
         // Drift: a killed redis comes back on the next pass, with the same password.
         kill(cache.pid!, SIGKILL)
