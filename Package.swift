@@ -53,6 +53,7 @@ let package = Package(
         // Ingress: routes <route>.<environment>.<domain> by Host to services. Egress: the proxy
         // (SwiftNIO) with allow/deny lists, DLP, credential injection, DNS and the kill switch.
         .target(name: "Gateway", dependencies: ["CRE2", "SpecModel",
+                                                .product(name: "Crypto", package: "swift-crypto"),
                                                 .product(name: "NIOCore", package: "swift-nio"),
                                                 .product(name: "NIOPosix", package: "swift-nio"),
                                                 .product(name: "NIOSSL", package: "swift-nio-ssl")]),

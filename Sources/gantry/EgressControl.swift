@@ -305,14 +305,18 @@ final class EgressControl: @unchecked Sendable {
             return counts
         }
         guard let suppressed else { return }
+        // (The full name goes to Gantry's log only: see RecordedHost.)
+        let shown = RecordedHost.shown(event.host)
         logger.warning("egress \(event.kind.rawValue): \(event.host):\(event.port)", metadata: [
-            "gantry.env": "\(event.environment)", "service": "\(event.service ?? "unknown")", "rule": "\(event.rule)", "reason": "\(event.reason)"])
-        var fields: [(String, String)] = [("host", event.host), ("port", String(event.port)), ("service", event.service ?? "unknown"), ("rule", event.rule)]
-        if event.kind == .denied { fields.append(("reason", event.reason)) }
+            "gantry.env": "\(event.environment)", "service": "\(event.service ?? "unknown")", "rule": "\(event.rule)", "reason": "\(event.reason)",
+            "host-digest": "\(shown.digest ?? "none")"])
+        var fields: [(String, String)] = [("host", shown.host), ("port", String(event.port)), ("service", event.service ?? "unknown"), ("rule", event.rule)]
+        if let digest = shown.digest { fields.append(("host-digest", "\(digest) (the full name is in Gantry's log)")) }
+        if event.kind == .denied { fields.append(("reason", event.reason.replacingOccurrences(of: event.host, with: shown.host))) }
         if suppressed.same > 0 { fields.append(("repeats", "\(suppressed.same) more since the last record")) }
         if suppressed.others > 0 { fields.append(("unrecorded", "\(suppressed.others) more of this environment over the limits of \(Self.recordsPerMinute) records a minute and \(Self.recordsPerDay) a day (the proxy's counters have them all)")) }
         lifecycle.record(auditEvent, environment: event.environment, actor: "gantry",
-                         history: "\(event.kind.rawValue) \(event.host):\(event.port) (\(event.rule))", fields)
+                         history: "\(event.kind.rawValue) \(shown.host):\(event.port) (\(event.rule))", fields)
     }
 
     /// `--egress-resolve HOST[:PORT]=ADDRESS` pins. A pin to an internal address names its port:

