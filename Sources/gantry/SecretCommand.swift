@@ -46,6 +46,15 @@ struct SecretCommand: ParsableCommand {
             guard !value.isEmpty else { throw Failure("no value on standard input: printf %s \"$VALUE\" | gantry secret set \(name) ...") }
             try SecretCommand.store(state).set(name, value: value, scope: scope.scope)
             print("stored \(name) for \(scope.scope) (\(value.count) bytes); services that use it restart on the next pass")
+            // A preview's name goes to the first branch that claims it (`agents-x` and `agents/x`
+            // both ask for `web--agents-x`): say who holds it, or that nobody does yet.
+            if let env = scope.env, let states = try? StateStore(path: StatePaths(root: state.directory).database) {
+                if let holder = try? states.environment(env), holder.phase != .destroyed {
+                    print("\(env) is held by branch \(holder.branch)")
+                } else {
+                    print("note: no environment is named \(env) yet; the first branch to claim the name gets this secret (a preview of branch B is ENV--<B with / as ->, unless another branch holds that name)")
+                }
+            }
         }
     }
 

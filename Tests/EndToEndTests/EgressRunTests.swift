@@ -155,7 +155,8 @@ import TestSupport
         let state = TemporaryDirectory()
         defer { killMarked(state: state.path) }
         let token = "tok-" + UUID().uuidString
-        #expect(try gantry("secret", "set", "api-token", "--env", "probe", "--state", state.path, input: token).status == 0)
+        let stored = try gantry("secret", "set", "api-token", "--env", "probe", "--state", state.path, input: token)
+        #expect(stored.status == 0 && stored.stdout.contains("no environment is named probe yet; the first branch to claim the name gets this secret"), "\(stored.stdout)")
         let apiPort = try freeLoopbackPort()
         var arguments = ["run", "--repo", repo.path, "--state", state.path, "--interval", "0.5", "--stop-on-exit",
                          "--router-port", "0", "--egress-port", "0", "--api", "127.0.0.1:\(apiPort)"]
