@@ -25,4 +25,19 @@ public enum RecordedHost {
         let digest = Data(mac).prefix(8).map { String(format: "%02x", $0) }.joined()
         return ("…." + kept.joined(separator: "."), digest)
     }
+
+    /// `text` (a denial's reason) with `host`, and every name it quotes (a TLS server name the
+    /// environment sent), as a record may show them.
+    public static func bounded(_ text: String, host: String, key: Data = digestKey) -> String {
+        var result = text.replacingOccurrences(of: host, with: shown(host, key: key).host)
+        var searchFrom = result.startIndex
+        while let open = result[searchFrom...].firstIndex(of: "'"),
+              let close = result[result.index(after: open)...].firstIndex(of: "'") {
+            let quoted = String(result[result.index(after: open)..<close])
+            let replacement = shown(quoted, key: key).host
+            result.replaceSubrange(result.index(after: open)..<close, with: replacement)
+            searchFrom = result.index(open, offsetBy: replacement.count + 2)
+        }
+        return result
+    }
 }

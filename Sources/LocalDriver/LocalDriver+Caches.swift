@@ -34,9 +34,10 @@ extension LocalDriver {
     func cacheConfiguration(_ cache: String, environment: String, port: Int, directory: String) throws -> Data {
         let password = try cachePassword(cache, environment: environment).value
         // Within its group's memory: past three quarters of it, the least recently used keys go
-        // (a cache), rather than the server being killed.
+        // (a cache), rather than the server being killed; CONFIG is gone, so the environment
+        // cannot lift that.
         let maxMemory = options.defaultMemory / 4 * 3
-        return Data("port \(port)\nbind 127.0.0.1\nprotected-mode yes\nrequirepass \(password)\ndir \(directory)\nsave \"\"\nappendonly no\nmaxmemory \(maxMemory)\nmaxmemory-policy allkeys-lru\n".utf8)
+        return Data("port \(port)\nbind 127.0.0.1\nprotected-mode yes\nrequirepass \(password)\ndir \(directory)\nsave \"\"\nappendonly no\nmaxmemory \(maxMemory)\nmaxmemory-policy allkeys-lru\nrename-command CONFIG \"\"\n".utf8)
     }
 
     /// Starts (or keeps) every cache of the environment; returns the change lines.

@@ -643,10 +643,11 @@ extension LocalDriver {
         // large database is given the clone time limit. A lock held by an environment's session
         // — its role's row, say — makes a statement fail after 10 s rather than wait. What an
         // environment set on its own database for sessions in it — read-only, a 1 ms statement
-        // timeout — would stop Gantry revoking what it granted: a client's settings win.)
+        // timeout, a role to become — would stop Gantry revoking what it granted: a client's
+        // settings win.)
         try ProcessControl.run(["psql", "-h", postgresSocketDirectory, "-p", String(port), "-U", user, "-d", database,
                      "-v", "ON_ERROR_STOP=1", "-q", "-A", "-t", "-X"], input: sql,
-                    environment: ["PGPASSWORD": try password ?? postgresSuperuserPassword(), "PGOPTIONS": "-c lock_timeout=10s -c statement_timeout=0 -c default_transaction_read_only=off -c idle_in_transaction_session_timeout=0"],
+                    environment: ["PGPASSWORD": try password ?? postgresSuperuserPassword(), "PGOPTIONS": "-c lock_timeout=10s -c statement_timeout=0 -c default_transaction_read_only=off -c idle_in_transaction_session_timeout=0 -c role=none"],
                     label: "psql", timeout: options.cloneTimeout)
     }
 }

@@ -312,7 +312,7 @@ final class EgressControl: @unchecked Sendable {
             "host-digest": "\(shown.digest ?? "none")"])
         var fields: [(String, String)] = [("host", shown.host), ("port", String(event.port)), ("service", event.service ?? "unknown"), ("rule", event.rule)]
         if let digest = shown.digest { fields.append(("host-digest", "\(digest) (the full name is in Gantry's log)")) }
-        if event.kind == .denied { fields.append(("reason", event.reason.replacingOccurrences(of: event.host, with: shown.host))) }
+        if event.kind == .denied { fields.append(("reason", RecordedHost.bounded(event.reason, host: event.host))) }
         if suppressed.same > 0 { fields.append(("repeats", "\(suppressed.same) more since the last record")) }
         if suppressed.others > 0 { fields.append(("unrecorded", "\(suppressed.others) more of this environment over the limits of \(Self.recordsPerMinute) records a minute and \(Self.recordsPerDay) a day (the proxy's counters have them all)")) }
         lifecycle.record(auditEvent, environment: event.environment, actor: "gantry",

@@ -125,6 +125,10 @@ import Testing
             #expect(RecordedHost.shown(host).digest == shown.digest, "the same name has the same digest in one run")
         }
         #expect(RecordedHost.shown(hex).host == "….exfil.example")
+        // A TLS server name the environment sent is quoted in the reason: cut the same way.
+        let sni = "leak-" + hex.prefix(48) + "-end"
+        let reason = RecordedHost.bounded("the TLS server name '\(sni)' is not \(hex)", host: hex)
+        #expect(reason == "the TLS server name '….\(sni.prefix(24))…' is not ….exfil.example", "\(reason)")
     }
 
     @Test func requestHeadsAreParsedStrictly() throws {

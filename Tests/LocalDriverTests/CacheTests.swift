@@ -43,8 +43,10 @@ import StateStore
         // Bounded: the cache (which states no memory) gets the default limit and evicts within
         // three quarters of it, so no environment takes the host's memory; the service keeps the
         // 64 MiB its template states.
-        let maxMemory = try Shell.check(try harness.inEnvironment("cachey", ["redis-cli", "-u", url, "--no-auth-warning", "config", "get", "maxmemory"]))
-        #expect(maxMemory.split(separator: "\n").last.map(String.init) == "\(LocalDriver.Options().defaultMemory / 4 * 3)", "\(maxMemory)")
+        let memoryInfo = try Shell.check(try harness.inEnvironment("cachey", ["redis-cli", "-u", url, "--no-auth-warning", "info", "memory"]))
+        #expect(memoryInfo.contains("maxmemory:\(LocalDriver.Options().defaultMemory / 4 * 3)\r") && memoryInfo.contains("maxmemory_policy:allkeys-lru"), "\(memoryInfo)")
+        let lifted = try Shell.run(try harness.inEnvironment("cachey", ["redis-cli", "-u", url, "--no-auth-warning", "config", "set", "maxmemory", "0"]))
+        #expect(lifted.stdout.contains("ERR unknown command"), "the environment cannot lift the bound: \(lifted.stdout)")
         if case .v1(let directories) = harness.driver.cgroups.layout, let memory = directories["memory"] {
             for (unit, bytes) in [("redis-sessions", 512 << 20), ("web", 64 << 20)] {
                 let limit = try String(contentsOfFile: "\(memory)/cachey/\(unit)/memory.limit_in_bytes", encoding: .utf8)

@@ -631,6 +631,7 @@ import StateStore
             ALTER DEFAULT PRIVILEGES GRANT SELECT ON TABLES TO \(victim);
             ALTER DATABASE \(attacker) SET default_transaction_read_only = on;
             ALTER DATABASE \(attacker) SET statement_timeout = 1;
+            ALTER DATABASE \(attacker) SET role = \(attacker);
             """]))
         try repo.remove("environments/victim.yaml")
         try repo.commit("the victim goes")
