@@ -78,9 +78,11 @@ extension LocalDriver {
     /// SIGSTOP (SIGCONT) to each process of its user. False when neither is possible.
     @discardableResult
     public func setFrozen(_ environment: String, _ frozen: Bool) -> Bool {
-        // (Frozen, its clients' PostgreSQL sessions end too: the server is Gantry's, outside the
-        // environment's group, and would go on running what a frozen client sent it.)
-        defer { if frozen { endDatabaseSessions(of: environment) } }
+        // (Frozen, its roles may not log in and their sessions end: the server is Gantry's, outside
+        // the environment's group, and would go on running what a frozen client sent it, or what
+        // anyone holding the password sends. Thawed, they log in again. In order, off the caller's
+        // thread: the proxy's cut must not wait for psql.)
+        defer { Self.databaseLogins.async { [self] in setDatabaseLogin(of: environment, allowed: !frozen) } }
         let groups = cgroups.directories(environment).filter { $0.controller == "freezer" || $0.controller == "unified" }
         if !groups.isEmpty, FileManager.default.fileExists(atPath: groups[0].path) {
             return groups.map { ControlGroups.freeze($0, frozen) }.contains(true)
@@ -91,17 +93,22 @@ extension LocalDriver {
         return true
     }
 
-    /// Ends every session of the environment's PostgreSQL roles, when the server runs (it is not
-    /// started for this).
-    func endDatabaseSessions(of environment: String) {
+    static let databaseLogins = DispatchQueue(label: "gantry.postgres-logins")
+
+    /// Lets the environment's PostgreSQL roles log in, or not (and then ends their sessions), when
+    /// the server runs (it is not started for this).
+    func setDatabaseLogin(of environment: String, allowed: Bool) {
         guard let roles = try? state.allocations(Self.databaseAllocation, of: environment), !roles.isEmpty,
               let server = try? state.services(of: Self.hostEnvironment).first(where: { $0.name == Self.postgresRecord }),
               let pid = server.pid, ProcessControl.isAlive(pid, start: server.pidStart) else { return }
         let listed = roles.map { "'" + $0.replacingOccurrences(of: "'", with: "''") + "'" }.joined(separator: ", ")
+        let login = "SELECT format('ALTER ROLE %I \(allowed ? "LOGIN" : "NOLOGIN")', rolname) FROM pg_roles WHERE rolname IN (\(listed)) \\gexec\n"
+        let end = allowed ? "" : "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename IN (\(listed)) AND pid <> pg_backend_pid();\n"
         do {
-            _ = try psql(port: server.port, sql: "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename IN (\(listed)) AND pid <> pg_backend_pid();")
+            _ = try psql(port: server.port, sql: login + end)
         } catch {
-            logger.warning("could not end the PostgreSQL sessions of a frozen environment", metadata: ["gantry.env": "\(environment)", "error": "\(error)"])
+            logger.warning("could not \(allowed ? "let the PostgreSQL roles of a thawed environment log in again" : "stop the PostgreSQL sessions of a frozen environment")",
+                           metadata: ["gantry.env": "\(environment)", "error": "\(error)"])
         }
     }
 

@@ -669,7 +669,12 @@ import StateStore
         #expect(eventually(10) { (try? sessions()) == "1" }, "the client never connected")
         harness.driver.setFrozen("busy", true)
         #expect(eventually(10) { (try? sessions()) == "0" }, "a frozen environment's session went on")
+        // Whoever holds its password (another environment it handed it to) cannot log in meanwhile.
+        let url = try databaseURL(harness, "busy")
+        let login = { try Shell.run(["psql", url, "-Atc", "select 1"]) }
+        #expect(eventually(10) { (try? login())?.stderr.contains("not permitted to log in") == true }, "\((try? login())?.stderr ?? "")")
         harness.driver.setFrozen("busy", false)
+        #expect(eventually(10) { (try? login())?.status == 0 }, "thawed, it logs in again")
     }
 
     /// `shop-a`'s database `main` and `shop`'s database `a-main` were both `g_shop_a_main` once:
