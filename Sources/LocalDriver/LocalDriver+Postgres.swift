@@ -604,7 +604,9 @@ extension LocalDriver {
     }
 
     /// Drops the databases of destroyed environments that their teardown could not drop (the
-    /// server was down or full), at most every `Options.dropRetryInterval`. Runs on the reconciler's
+    /// server was down or full), at most every `Options.dropRetryInterval`, twice as long after each
+    /// retry that left something (up to 64 times: a lock another environment holds on the role
+    /// makes each attempt wait `lock_timeout`, on this thread). Runs on the reconciler's
     /// thread (`supervise`), so no apply of a new environment of the same name starts meanwhile;
     /// one under way (busy) is left alone.
     func retryFailedDrops(now: Date) -> [DriverEvent] {
@@ -631,7 +633,15 @@ extension LocalDriver {
                 logger.warning("could not drop the databases of a destroyed environment yet", metadata: ["gantry.env": "\(environment)", "error": "\(problems.joined(separator: "; "))"])
             }
         }
-        if !left { shared.withLock { dropsPending = false } }
+        shared.withLock {
+            if left {
+                dropFailures = min(dropFailures + 1, 6)
+                nextDropAttempt = Date().addingTimeInterval(options.dropRetryInterval * Double(1 << dropFailures))
+            } else {
+                dropsPending = false
+                dropFailures = 0
+            }
+        }
         return events
     }
 

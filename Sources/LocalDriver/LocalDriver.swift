@@ -130,6 +130,9 @@ public final class LocalDriver: Driver, @unchecked Sendable {
     /// True at start: a Gantry that stopped in between may have left some.
     var dropsPending = true
     var nextDropAttempt: Date?
+    /// Retries in a row that left something undropped: each doubles the wait (at most 64 times the
+    /// interval), so an environment holding a lock on another's role cannot keep the loop busy.
+    var dropFailures = 0
     /// The environments' control groups (inactive without root or a cgroup hierarchy).
     let cgroups: ControlGroups
     /// The environments' network namespaces (inactive without root or the tools).
