@@ -88,6 +88,20 @@ struct ControlGroups: Sendable {
         }
     }
 
+    /// Bounds the environment's group as a whole: what outlives its units (files in /dev/shm it
+    /// left, charged to the group) cannot grow past what its units may use together.
+    func limitEnvironment(_ environment: String, memory: Int) {
+        guard isActive else { return }
+        for (controller, path) in directories(environment) {
+            guard Self.makeDirectory(path) else { continue }
+            switch controller {
+            case "memory": _ = Self.write("\(memory)", to: path + "/memory.limit_in_bytes")
+            case "unified": _ = Self.write("\(memory)", to: path + "/memory.max")
+            default: break
+            }
+        }
+    }
+
     /// Makes the unit's group (and its environment's) with the given limits; returns the files a
     /// process writes its pid to, to join it. Empty when there are no cgroups.
     /// An environment frozen by a kill switch (`keepFrozen`) stays frozen: what joins it is frozen too.

@@ -37,6 +37,16 @@ extension LocalDriver {
         return try body()
     }
 
+    /// What an environment's units may use together: each service replica (at most its autoscale
+    /// maximum) what it states or the default, each cache the default, and the default once more
+    /// for its jobs, seeds and `gantry exec`.
+    static func environmentMemory(_ spec: EnvironmentSpec, defaultMemory: Int) -> Int {
+        let services = spec.services.reduce(0) { total, service in
+            total + (service.resources.memory ?? defaultMemory) * max(service.replicas, service.autoscale?.max ?? 0, 1)
+        }
+        return services + spec.caches.count * defaultMemory + defaultMemory
+    }
+
     private func converge(_ environment: PlannedEnvironment, progress: (String) -> Void) throws -> ApplyOutcome {
         var outcome = ApplyOutcome()
         let user = try shared.withLock {
@@ -44,6 +54,7 @@ extension LocalDriver {
             try prepareEnvironmentDirectory(environment.name)
             return try self.user(of: environment.name)
         }
+        cgroups.limitEnvironment(environment.name, memory: Self.environmentMemory(environment.spec, defaultMemory: options.defaultMemory))
         outcome.changes += try applySQLite(environment, progress: progress)
         outcome.changes += try applyPostgres(environment, progress: progress)
         outcome.changes += try runCreateJobs(environment, progress: progress)
