@@ -25,20 +25,27 @@ public struct EgressPolicy: Sendable {
     /// The addresses of this host's own interfaces: internal whatever their range (a server the
     /// host runs on all its addresses answers on its public one too).
     public var hostAddresses: Set<IPAddress>
+    /// IPv4 networks the host answers for as a whole (an address with a prefix on a loopback
+    /// device makes its whole network local): network and mask.
+    public var hostNetworks: [(network: UInt32, mask: UInt32)]
 
     public init(defaultAllows: Bool = false, allow: [HostPattern] = [], deny: [HostPattern] = [], pinned: [String: [IPAddress]] = [:],
-                pinnedPorts: [String: Int] = [:], hostAddresses: Set<IPAddress> = []) {
+                pinnedPorts: [String: Int] = [:], hostAddresses: Set<IPAddress> = [], hostNetworks: [(network: UInt32, mask: UInt32)] = []) {
         self.defaultAllows = defaultAllows
         self.allow = allow
         self.deny = deny
         self.pinned = pinned
         self.pinnedPorts = pinnedPorts
         self.hostAddresses = hostAddresses
+        self.hostNetworks = hostNetworks
     }
 
     /// Why `address` is internal (nil: it is not): its range, or being one of this host's own.
     public func internalKind(of address: IPAddress) -> String? {
-        address.internalKind ?? (hostAddresses.contains(address) ? "an address of this host" : nil)
+        if let kind = address.internalKind { return kind }
+        if hostAddresses.contains(address) { return "an address of this host" }
+        if case .v4(let value) = address, hostNetworks.contains(where: { value & $0.mask == $0.network }) { return "a network this host answers for" }
+        return nil
     }
 }
 
@@ -129,6 +136,25 @@ public enum EgressJudge {
 
 /// The addresses of this host's interfaces, IPv4 and IPv6 (getifaddrs: the kernel's own list).
 public enum HostInterfaces {
+    /// The IPv4 networks of addresses on loopback devices: the kernel answers for every address
+    /// of such a network (`ip addr add 198.51.100.9/24 dev lo` makes 198.51.100.0/24 local).
+    public static func loopbackNetworks() -> [(network: UInt32, mask: UInt32)] {
+        var first: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&first) == 0 else { return [] }
+        defer { freeifaddrs(first) }
+        var found: [(network: UInt32, mask: UInt32)] = []
+        var cursor = first
+        while let entry = cursor {
+            defer { cursor = entry.pointee.ifa_next }
+            guard entry.pointee.ifa_flags & UInt32(IFF_LOOPBACK) != 0, let address = entry.pointee.ifa_addr, let netmask = entry.pointee.ifa_netmask,
+                  address.pointee.sa_family == sa_family_t(AF_INET) else { continue }
+            let value = address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt32(bigEndian: $0.pointee.sin_addr.s_addr) }
+            let mask = netmask.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt32(bigEndian: $0.pointee.sin_addr.s_addr) }
+            if mask != ~UInt32(0) { found.append((value & mask, mask)) }
+        }
+        return found
+    }
+
     public static func addresses() -> Set<IPAddress> {
         var first: UnsafeMutablePointer<ifaddrs>?
         guard getifaddrs(&first) == 0 else { return [] }

@@ -201,7 +201,8 @@ final class EgressControl: @unchecked Sendable {
         let policy = EgressPolicy(defaultAllows: settings.egress.default == "allow",
                                   allow: settings.egress.allow.compactMap { try? HostPattern.parse($0).get() },
                                   deny: settings.egress.deny.compactMap { try? HostPattern.parse($0).get() },
-                                  pinned: pinned, pinnedPorts: pinnedPorts, hostAddresses: HostInterfaces.addresses())
+                                  pinned: pinned, pinnedPorts: pinnedPorts, hostAddresses: HostInterfaces.addresses(),
+                                  hostNetworks: HostInterfaces.loopbackNetworks())
         var callers: [String: EgressCaller] = [:]
         let byName = Dictionary(records.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         let applying = lock.withLock { () -> [String: EnvironmentSpec] in

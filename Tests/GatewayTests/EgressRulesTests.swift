@@ -104,6 +104,11 @@ import Testing
         #expect(EgressJudge.decide(host: "198.51.100.21", policy: policy, grants: grants(environment: ["198.51.100.21"]), service: nil).allowed)
         let resolved = EgressJudge.checkResolved(host: "host.example", port: 9999, addresses: [IPAddress("198.51.100.20")!], policy: policy)
         #expect(resolved.map { !$0.allowed } == true)
+        // A prefix on a loopback device makes its whole network local.
+        let network = EgressPolicy(defaultAllows: true, hostNetworks: [(network: 0xC633_6400, mask: 0xFFFF_FF00)])
+        #expect(!EgressJudge.decide(host: "198.51.100.77", policy: network, grants: grants(environment: ["198.51.100.77"]), service: nil).allowed)
+        #expect(EgressJudge.decide(host: "198.51.101.77", policy: network, grants: grants(environment: ["198.51.101.77"]), service: nil).allowed)
+        #expect(HostInterfaces.loopbackNetworks().contains { $0.network == 0x7F00_0000 && $0.mask == 0xFF00_0000 }, "127.0.0.0/8 on lo")
         let operators = EgressPolicy(allow: patterns(["198.51.100.20"]), hostAddresses: policy.hostAddresses)
         #expect(EgressJudge.decide(host: "198.51.100.20", policy: operators, grants: EgressGrants(), service: nil).allowed)
     }
