@@ -134,32 +134,16 @@ public enum EgressJudge {
     }
 }
 
-/// The addresses of this host's interfaces, IPv4 and IPv6 (getifaddrs: the kernel's own list).
+/// What this host answers for, from its interfaces (getifaddrs: the kernel's own list): every
+/// address, IPv4 and IPv6, and the IPv4 networks of addresses on loopback devices (the kernel
+/// answers for all of such a network: `ip addr add 198.51.100.9/24 dev lo` makes 198.51.100.0/24
+/// local).
 public enum HostInterfaces {
-    /// The IPv4 networks of addresses on loopback devices: the kernel answers for every address
-    /// of such a network (`ip addr add 198.51.100.9/24 dev lo` makes 198.51.100.0/24 local).
-    public static func loopbackNetworks() -> [(network: UInt32, mask: UInt32)] {
+    public static func read() -> (addresses: Set<IPAddress>, loopbackNetworks: [(network: UInt32, mask: UInt32)]) {
         var first: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&first) == 0 else { return [] }
+        guard getifaddrs(&first) == 0 else { return ([], []) }
         defer { freeifaddrs(first) }
-        var found: [(network: UInt32, mask: UInt32)] = []
-        var cursor = first
-        while let entry = cursor {
-            defer { cursor = entry.pointee.ifa_next }
-            guard entry.pointee.ifa_flags & UInt32(IFF_LOOPBACK) != 0, let address = entry.pointee.ifa_addr, let netmask = entry.pointee.ifa_netmask,
-                  address.pointee.sa_family == sa_family_t(AF_INET) else { continue }
-            let value = address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt32(bigEndian: $0.pointee.sin_addr.s_addr) }
-            let mask = netmask.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt32(bigEndian: $0.pointee.sin_addr.s_addr) }
-            if mask != ~UInt32(0) { found.append((value & mask, mask)) }
-        }
-        return found
-    }
-
-    public static func addresses() -> Set<IPAddress> {
-        var first: UnsafeMutablePointer<ifaddrs>?
-        guard getifaddrs(&first) == 0 else { return [] }
-        defer { freeifaddrs(first) }
-        var found: Set<IPAddress> = []
+        var addresses: Set<IPAddress> = [], networks: [(network: UInt32, mask: UInt32)] = []
         var cursor = first
         while let entry = cursor {
             defer { cursor = entry.pointee.ifa_next }
@@ -167,14 +151,22 @@ public enum HostInterfaces {
             var text = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN))
             switch Int32(address.pointee.sa_family) {
             case AF_INET:
-                address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { var raw = $0.pointee.sin_addr; _ = inet_ntop(AF_INET, &raw, &text, socklen_t(text.count)) }
+                let value = address.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { inet in
+                    var raw = inet.pointee.sin_addr
+                    _ = inet_ntop(AF_INET, &raw, &text, socklen_t(text.count))
+                    return UInt32(bigEndian: raw.s_addr)
+                }
+                if entry.pointee.ifa_flags & UInt32(IFF_LOOPBACK) != 0, let netmask = entry.pointee.ifa_netmask {
+                    let mask = netmask.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt32(bigEndian: $0.pointee.sin_addr.s_addr) }
+                    if mask != ~UInt32(0) { networks.append((value & mask, mask)) }
+                }
             case AF_INET6:
                 address.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { var raw = $0.pointee.sin6_addr; _ = inet_ntop(AF_INET6, &raw, &text, socklen_t(text.count)) }
             default:
                 continue
             }
-            if let parsed = IPAddress(String(cString: text)) { found.insert(parsed) }
+            if let parsed = IPAddress(String(cString: text)) { addresses.insert(parsed) }
         }
-        return found
+        return (addresses, networks)
     }
 }

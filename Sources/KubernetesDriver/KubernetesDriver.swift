@@ -110,8 +110,7 @@ public final class KubernetesDriver: Driver, @unchecked Sendable {
         // its own policy is back (never before: no policy at all would let everything through).
         // An apply that was under way when a switch came on cuts it off again at once instead.
         let killPolicy = Self.killPolicy(in: namespace.name)
-        if lock.withLock({ killed[environment.name] != nil }) {
-            lock.withLock { killed[environment.name] = nil }
+        if lock.withLock({ killed.removeValue(forKey: environment.name) != nil }) {
             try setKilled(environment.name, true)
             outcome.changes.append("cut off again: a kill switch came on during the apply")
         } else {

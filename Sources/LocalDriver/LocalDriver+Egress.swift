@@ -95,12 +95,14 @@ extension LocalDriver {
 
     static let databaseLogins = DispatchQueue(label: "gantry.postgres-logins")
 
+    /// Returns once the roles' logins `setFrozen` asked for are set (a command that exits next).
+    public static func awaitDatabaseLogins() { databaseLogins.sync {} }
+
     /// Lets the environment's PostgreSQL roles log in, or not (and then ends their sessions), when
     /// the server runs (it is not started for this).
     func setDatabaseLogin(of environment: String, allowed: Bool) {
         guard let roles = try? state.allocations(Self.databaseAllocation, of: environment), !roles.isEmpty,
-              let server = try? state.services(of: Self.hostEnvironment).first(where: { $0.name == Self.postgresRecord }),
-              let pid = server.pid, ProcessControl.isAlive(pid, start: server.pidStart) else { return }
+              let server = Self.runningPostgres(state: state) else { return }
         let listed = roles.map { "'" + $0.replacingOccurrences(of: "'", with: "''") + "'" }.joined(separator: ", ")
         let login = "SELECT format('ALTER ROLE %I \(allowed ? "LOGIN" : "NOLOGIN")', rolname) FROM pg_roles WHERE rolname IN (\(listed)) \\gexec\n"
         let end = allowed ? "" : "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE usename IN (\(listed)) AND pid <> pg_backend_pid();\n"

@@ -140,8 +140,7 @@ extension LocalDriver {
     /// The host's PostgreSQL server as environments share it: how many use it and its resident
     /// memory (its processes', read from /proc). Needs only the state DB.
     public static func sharedServers(state: StateStore) -> [SharedServer] {
-        guard let record = try? state.services(of: hostEnvironment).first(where: { $0.name == postgresRecord }),
-              let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) else { return [] }
+        guard let record = runningPostgres(state: state), let pid = record.pid else { return [] }
         let users = Set(((try? state.holders(databaseAllocation)) ?? []).map(\.environment))
         let live = Set(((try? state.environments()) ?? []).map(\.name))
         var memory = 0

@@ -547,11 +547,17 @@ extension LocalDriver {
          "-v", "ON_ERROR_STOP=1", "-q", "-X"]
     }
 
+    /// The host's PostgreSQL server's record, when it runs (nothing starts it).
+    static func runningPostgres(state: StateStore) -> ServiceRecord? {
+        guard let record = try? state.services(of: hostEnvironment).first(where: { $0.name == postgresRecord }),
+              let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) else { return nil }
+        return record
+    }
+
     /// Every database of the host's server (one psql call): nil when the server is not running,
     /// or, with why, when it runs but could not be listed.
     func listPostgresDatabases() -> (databases: Set<String>?, unlisted: String?) {
-        guard let record = try? state.services(of: Self.hostEnvironment).first(where: { $0.name == Self.postgresRecord }),
-              let pid = record.pid, ProcessControl.isAlive(pid, start: record.pidStart) else { return (nil, nil) }
+        guard let record = Self.runningPostgres(state: state) else { return (nil, nil) }
         do {
             let names = try psql(port: record.port, sql: "SELECT datname FROM pg_database")
             return (Set(names.split(separator: "\n").map { $0.trimmingCharacters(in: .whitespaces) }), nil)

@@ -198,11 +198,11 @@ final class EgressControl: @unchecked Sendable {
 
     /// What the proxy decides with now.
     func snapshot(settings: Settings, records: [EnvironmentRecord], covered: [String: String]) -> EgressSnapshot {
+        let host = HostInterfaces.read()
         let policy = EgressPolicy(defaultAllows: settings.egress.default == "allow",
                                   allow: settings.egress.allow.compactMap { try? HostPattern.parse($0).get() },
                                   deny: settings.egress.deny.compactMap { try? HostPattern.parse($0).get() },
-                                  pinned: pinned, pinnedPorts: pinnedPorts, hostAddresses: HostInterfaces.addresses(),
-                                  hostNetworks: HostInterfaces.loopbackNetworks())
+                                  pinned: pinned, pinnedPorts: pinnedPorts, hostAddresses: host.addresses, hostNetworks: host.loopbackNetworks)
         var callers: [String: EgressCaller] = [:]
         let byName = Dictionary(records.map { ($0.name, $0) }, uniquingKeysWith: { first, _ in first })
         let applying = lock.withLock { () -> [String: EnvironmentSpec] in

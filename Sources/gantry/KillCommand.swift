@@ -64,9 +64,12 @@ struct KillCommand: ParsableCommand {
         let records = try store.environments().filter { $0.phase != .destroyed }
         let coverage = KillSwitchBoard.coverage(switches: switches, onMain: false, environments: records.map { ($0.name, $0.appliedSpec?.team ?? $0.team) })
         let driver = LocalDriver(stateDirectory: paths.root, state: store, logger: Logger(label: "gantry"))
+        // (Its PostgreSQL roles' logins change too: that needs the server's password.)
+        driver.secrets = try SecretStore(state: store, keyPath: paths.secretsKey)
         for record in records where (scope == .all || (scope == .env && record.name == name) || (scope == .team && (record.appliedSpec?.team ?? record.team) == name)) {
             driver.setFrozen(record.name, coverage[record.name] != nil)
         }
+        LocalDriver.awaitDatabaseLogins()
         print("kill switch \(state) for \(label): recorded; no `gantry run` runs for \(paths.root.path), so the processes were \(off ? "thawed" : "frozen") here (the proxy follows when it starts)")
     }
 

@@ -28,9 +28,11 @@ struct SecretCommand: ParsableCommand {
     }
 
     static func store(_ state: StateOption) throws -> SecretStore {
-        let paths = StatePaths(root: state.directory)
-        let store = try StateStore(path: paths.database)
-        return try SecretStore(state: store, keyPath: paths.secretsKey)
+        try store(state, in: try StateStore(path: StatePaths(root: state.directory).database))
+    }
+
+    static func store(_ state: StateOption, in states: StateStore) throws -> SecretStore {
+        try SecretStore(state: states, keyPath: StatePaths(root: state.directory).secretsKey)
     }
 
     struct Set: ParsableCommand {
@@ -44,11 +46,12 @@ struct SecretCommand: ParsableCommand {
             var value = FileHandle.standardInput.readDataToEndOfFile()
             if value.last == UInt8(ascii: "\n") { value.removeLast() }
             guard !value.isEmpty else { throw Failure("no value on standard input: printf %s \"$VALUE\" | gantry secret set \(name) ...") }
-            try SecretCommand.store(state).set(name, value: value, scope: scope.scope)
+            let states = try StateStore(path: StatePaths(root: state.directory).database)
+            try SecretCommand.store(state, in: states).set(name, value: value, scope: scope.scope)
             print("stored \(name) for \(scope.scope) (\(value.count) bytes); services that use it restart on the next pass")
             // A preview's name goes to the first branch that claims it (`agents-x` and `agents/x`
             // both ask for `web--agents-x`): say who holds it, or that nobody does yet.
-            if let env = scope.env, let states = try? StateStore(path: StatePaths(root: state.directory).database) {
+            if let env = scope.env {
                 if let holder = try? states.environment(env), holder.phase != .destroyed {
                     print("\(env) is held by branch \(holder.branch)")
                 } else {

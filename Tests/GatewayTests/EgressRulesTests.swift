@@ -92,7 +92,7 @@ import Testing
     /// The host's own public address answers for every server it runs on all its addresses: an
     /// environment that lists it (or a name resolving to it) is refused, as for loopback.
     @Test func thisHostsOwnAddressesAreInternalWhateverTheirRange() throws {
-        let own = HostInterfaces.addresses()
+        let own = HostInterfaces.read().addresses
         #expect(own.contains(IPAddress("127.0.0.1")!), "\(own)")
         let policy = EgressPolicy(defaultAllows: true, hostAddresses: [IPAddress("198.51.100.20")!, IPAddress("2001:db8::20")!])
         let listed = grants(environment: ["198.51.100.20", "2001:db8::20", "host.example"])
@@ -108,7 +108,7 @@ import Testing
         let network = EgressPolicy(defaultAllows: true, hostNetworks: [(network: 0xC633_6400, mask: 0xFFFF_FF00)])
         #expect(!EgressJudge.decide(host: "198.51.100.77", policy: network, grants: grants(environment: ["198.51.100.77"]), service: nil).allowed)
         #expect(EgressJudge.decide(host: "198.51.101.77", policy: network, grants: grants(environment: ["198.51.101.77"]), service: nil).allowed)
-        #expect(HostInterfaces.loopbackNetworks().contains { $0.network == 0x7F00_0000 && $0.mask == 0xFF00_0000 }, "127.0.0.0/8 on lo")
+        #expect(HostInterfaces.read().loopbackNetworks.contains { $0.network == 0x7F00_0000 && $0.mask == 0xFF00_0000 }, "127.0.0.0/8 on lo")
         let operators = EgressPolicy(allow: patterns(["198.51.100.20"]), hostAddresses: policy.hostAddresses)
         #expect(EgressJudge.decide(host: "198.51.100.20", policy: operators, grants: EgressGrants(), service: nil).allowed)
     }

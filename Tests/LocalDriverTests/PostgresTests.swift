@@ -3,6 +3,7 @@ import Testing
 import TestSupport
 @testable import LocalDriver
 @testable import Reconciler
+import Logging
 import StateStore
 
 /// A real PostgreSQL server (Debian's), started by Gantry under the state directory.
@@ -667,14 +668,20 @@ import StateStore
         try client.run()
         defer { if client.isRunning { client.terminate() }; client.waitUntilExit() }
         #expect(eventually(10) { (try? sessions()) == "1" }, "the client never connected")
-        harness.driver.setFrozen("busy", true)
-        #expect(eventually(10) { (try? sessions()) == "0" }, "a frozen environment's session went on")
-        // Whoever holds its password (another environment it handed it to) cannot log in meanwhile.
         let url = try databaseURL(harness, "busy")
         let login = { try Shell.run(["psql", url, "-Atc", "select 1"]) }
-        #expect(eventually(10) { (try? login())?.stderr.contains("not permitted to log in") == true }, "\((try? login())?.stderr ?? "")")
-        harness.driver.setFrozen("busy", false)
-        #expect(eventually(10) { (try? login())?.status == 0 }, "thawed, it logs in again")
+        // (As `gantry kill` without a running Gantry does: a driver of its own, waited for before exiting.)
+        let killer = LocalDriver(stateDirectory: harness.stateDirectory.url, state: harness.state, logger: Logger(label: "kill"))
+        killer.secrets = harness.secrets
+        killer.setFrozen("busy", true)
+        LocalDriver.awaitDatabaseLogins()
+        // Whoever holds its password (another environment it handed it to) cannot log in meanwhile.
+        let refused = try login()
+        #expect(refused.stderr.contains("not permitted to log in"), "\(refused.stderr)")
+        #expect(eventually(10) { (try? sessions()) == "0" }, "a frozen environment's session went on")
+        killer.setFrozen("busy", false)
+        LocalDriver.awaitDatabaseLogins()
+        #expect(try login().status == 0, "thawed, it logs in again")
     }
 
     /// `shop-a`'s database `main` and `shop`'s database `a-main` were both `g_shop_a_main` once:
